@@ -1,0 +1,1 @@
+"""Helpers for tests and end-to-end setups (need the `test` extra)."""
