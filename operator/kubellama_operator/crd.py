@@ -1,0 +1,374 @@
+"""The `LlamaServer` CustomResourceDefinition, built in Python.
+
+This module is the single source of truth for the schema: `crds/kubellama.dev_llamaservers.yaml`
+is generated from it (``python -m kubellama_operator.crd > crds/kubellama.dev_llamaservers.yaml``;
+a test fails when the file is stale) and the operator applies the schema's defaults itself
+(`spec.apply_defaults`), so it behaves the same on API servers and emulators that do not default.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import yaml
+
+from . import CRD_NAME, GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION, __version__
+
+PHASES = ["Pending", "Downloading", "Loading", "Ready", "Degraded", "Failed"]
+
+#: Server flags the operator sets itself; `server.extraArgs` may not repeat them.
+MANAGED_FLAGS = ["-m", "--model", "--host", "--port", "--api-key", "--api-key-file",
+                 "--slot-save-path", "-mu", "--model-url", "-hfr", "--hf-repo", "-hff", "--hf-file"]
+
+Schema = dict[str, Any]
+
+
+def _s(description: str = "", **kw: Any) -> Schema:
+    out: Schema = {"type": "string"}
+    if description:
+        out["description"] = description
+    out.update(kw)
+    return out
+
+
+def _i(description: str = "", minimum: int | None = None, **kw: Any) -> Schema:
+    out: Schema = {"type": "integer"}
+    if description:
+        out["description"] = description
+    if minimum is not None:
+        out["minimum"] = minimum
+    out.update(kw)
+    return out
+
+
+def _b(description: str = "", **kw: Any) -> Schema:
+    out: Schema = {"type": "boolean"}
+    if description:
+        out["description"] = description
+    out.update(kw)
+    return out
+
+
+def _o(description: str, properties: dict[str, Schema], required: list[str] | None = None,
+       rules: list[tuple[str, str]] | None = None, **kw: Any) -> Schema:
+    out: Schema = {"type": "object", "description": description, "properties": properties}
+    if required:
+        out["required"] = required
+    if rules:
+        out["x-kubernetes-validations"] = [{"rule": r, "message": m} for r, m in rules]
+    out.update(kw)
+    return out
+
+
+def _map(description: str) -> Schema:
+    return {"type": "object", "description": description, "additionalProperties": {"type": "string"}}
+
+
+def _quantity(description: str = "", **kw: Any) -> Schema:
+    out: Schema = {"anyOf": [{"type": "integer"}, {"type": "string"}],
+                   "x-kubernetes-int-or-string": True,
+                   "pattern": r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"}
+    if description:
+        out["description"] = description
+    out.update(kw)
+    return out
+
+
+def _secret_ref(description: str, default_key: str) -> Schema:
+    return _o(description, {
+        "name": _s("Secret name, in the LlamaServer's namespace.", minLength=1),
+        "key": _s("Key inside the Secret.", default=default_key, minLength=1),
+    }, required=["name"])
+
+
+def _model_schema() -> Schema:
+    return _o(
+        "Where the GGUF model comes from: exactly one of url, huggingFace or pvc.",
+        {
+            "url": _s("HTTP(S) URL of a .gguf file. The file keeps the URL path's basename.",
+                      pattern=r"^https?://.+", maxLength=2048),
+            "huggingFace": _o("A file in a Hugging Face repository.", {
+                "repo": _s("Repository id, e.g. ggml-org/gemma-3-270m-it-GGUF.",
+                           pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$"),
+                "file": _s("Path of the .gguf file inside the repository.", minLength=1),
+                "revision": _s("Branch, tag or commit (default: main).", minLength=1),
+            }, required=["repo", "file"]),
+            "pvc": _o("A model file already on an existing PersistentVolumeClaim (no download).", {
+                "claimName": _s("Name of the claim, in the LlamaServer's namespace.", minLength=1),
+                "path": _s("Path of the .gguf file inside the claim.", minLength=1,
+                           pattern=r"^[^/].*$"),
+            }, required=["claimName", "path"]),
+            "sha256": _s("Expected SHA-256 of the file; the download fails on a mismatch.",
+                         pattern=r"^[A-Fa-f0-9]{64}$"),
+            "alias": _s("Model id served by /v1/models (default: the file name).", minLength=1),
+            "tokenSecretRef": _secret_ref(
+                "Secret with a Hugging Face access token, for gated repositories (sets HF_TOKEN).",
+                "token"),
+        },
+        rules=[
+            ("(has(self.url) ? 1 : 0) + (has(self.huggingFace) ? 1 : 0) + (has(self.pvc) ? 1 : 0) == 1",
+             "spec.model needs exactly one source: url, huggingFace or pvc"),
+            ("!has(self.tokenSecretRef) || has(self.huggingFace)",
+             "spec.model.tokenSecretRef is only used with a huggingFace source"),
+        ],
+    )
+
+
+def _server_schema() -> Schema:
+    return _o("llama.cpp server settings; unset fields keep the server's defaults.", {
+        "contextSize": _i("Context size in tokens for all slots together (-c).", 0),
+        "parallel": _i("Number of slots, i.e. requests decoded together (-np).", 1),
+        "batchSize": _i("Logical batch size (-b).", 1),
+        "ubatchSize": _i("Physical batch size (-ub).", 1),
+        "threads": _i("CPU threads for generation (-t).", 1),
+        "gpuLayers": _i("Layers offloaded to the GPU (-ngl); default: all when gpu.count > 0.", 0),
+        "embedding": _b("Serve embeddings only (--embedding)."),
+        "chatTemplate": _s("Chat template name or Jinja text (--chat-template).", minLength=1),
+        "systemPrompt": _s("System prompt prepended to every conversation (-spf).", minLength=1),
+        "nPredict": _i("Default maximum tokens to generate, -1 = unlimited (-n).", -1),
+        "metrics": _b("Expose Prometheus metrics on /metrics (--metrics).", default=True),
+        "shutdownTimeoutSeconds": _i(
+            "On termination, how long running requests may finish (--shutdown-timeout).", 0,
+            default=30),
+        "startupTimeoutSeconds": _i(
+            "How long the server may take to load the model before the pod is restarted.", 30,
+            default=1800),
+        "extraArgs": {"type": "array", "items": {"type": "string", "maxLength": 1024},
+                      "description": "More kubellama-server flags, passed through as they are.",
+                      "maxItems": 64,
+                      "x-kubernetes-validations": [{
+                          "rule": "self.all(a, !(a in FLAGS) && !FLAGS.exists(f, a.startsWith(f + '=')))"
+                                  .replace("FLAGS", repr(MANAGED_FLAGS).replace("'", '"')),
+                          "message": "spec.server.extraArgs may not set flags the operator manages: "
+                                     + ", ".join(MANAGED_FLAGS)}]},
+    })
+
+
+def _gpu_schema() -> Schema:
+    return _o("GPU scheduling. count 0 means a CPU server.", {
+        "count": _i("GPUs per replica.", 0, default=0),
+        "resourceName": _s("Extended resource to request.", default="nvidia.com/gpu", minLength=1),
+        "product": _s("Required value of the node label nvidia.com/gpu.product, e.g. NVIDIA-L4."),
+        "tensorSplit": {"type": "array", "items": {"type": "number", "minimum": 0}, "maxItems": 16,
+                        "description": "Share of the model per GPU (-ts), e.g. [3, 1]."},
+        "mainGpu": _i("GPU for small tensors and scratch (-mg).", 0),
+    }, rules=[
+        ("(has(self.count) && self.count > 0) || (!has(self.product) && !has(self.tensorSplit) && !has(self.mainGpu))",
+         "spec.gpu.product, tensorSplit and mainGpu need spec.gpu.count > 0"),
+        ("!has(self.tensorSplit) || (has(self.count) && size(self.tensorSplit) <= self.count)",
+         "spec.gpu.tensorSplit has more entries than spec.gpu.count"),
+    ])
+
+
+def _resources_schema() -> Schema:
+    qmap = {"type": "object", "additionalProperties": _quantity()}
+    return _o("Compute resources of the server container (core ResourceRequirements).", {
+        "limits": dict(qmap, description="Maximum resources."),
+        "requests": dict(qmap, description="Requested resources."),
+    })
+
+
+def _tolerations_schema() -> Schema:
+    return {"type": "array", "description": "Pod tolerations (the GPU taint is tolerated automatically).",
+            "items": _o("A core Toleration.", {
+                "key": _s(), "operator": _s(enum=["Exists", "Equal"]), "value": _s(),
+                "effect": _s(enum=["NoSchedule", "PreferNoSchedule", "NoExecute"]),
+                "tolerationSeconds": {"type": "integer", "format": "int64"},
+            })}
+
+
+def _storage_schema() -> Schema:
+    size = _quantity("Volume size.")
+    return _o("Volumes for the model cache and for saved slots (prompt caches).", {
+        "model": _o("Model cache volume (unused for a pvc model source).", {
+            "size": dict(size, default="20Gi"),
+            "storageClassName": _s("StorageClass of the per-replica claims."),
+            "accessModes": {"type": "array", "items": _s(enum=["ReadWriteOnce", "ReadWriteOncePod",
+                                                              "ReadWriteMany", "ReadOnlyMany"]),
+                            "default": ["ReadWriteOnce"], "minItems": 1},
+            "claimName": _s("Existing claim shared by all replicas instead of one claim per replica; "
+                            "use a ReadWriteMany claim when replicas > 1.", minLength=1),
+        }),
+        "slots": _o("Slot (KV/prompt cache) persistence for warm restarts.", {
+            "enabled": _b("Give each replica a volume for /slots/save files.", default=False),
+            "size": dict(size, default="2Gi"),
+            "storageClassName": _s("StorageClass of the slot claims."),
+            "restoreOnStart": _b("Save every slot on shutdown and restore them at start-up "
+                                 "(--slot-persist).", default=False),
+        }, rules=[("!has(self.restoreOnStart) || !self.restoreOnStart || (has(self.enabled) && self.enabled)",
+                   "spec.storage.slots.restoreOnStart needs spec.storage.slots.enabled: true")]),
+        "retention": _o("What happens to the per-replica claims (StatefulSet "
+                        "persistentVolumeClaimRetentionPolicy).", {
+            "whenDeleted": _s("When the LlamaServer is deleted.", enum=["Retain", "Delete"],
+                              default="Retain"),
+            "whenScaled": _s("When replicas are scaled down.", enum=["Retain", "Delete"],
+                             default="Retain"),
+        }),
+    })
+
+
+def spec_schema() -> Schema:
+    return _o("Desired state of a LlamaServer.", {
+        "model": _model_schema(),
+        "replicas": _i("Number of server pods.", 0, default=1),
+        "server": _server_schema(),
+        "gpu": _gpu_schema(),
+        "resources": _resources_schema(),
+        "nodeSelector": _map("Extra node selector labels."),
+        "tolerations": _tolerations_schema(),
+        "affinity": {"type": "object", "description": "Core Affinity of the pods.",
+                     "x-kubernetes-preserve-unknown-fields": True},
+        "runtimeClassName": _s("RuntimeClass of the pods (e.g. nvidia)."),
+        "priorityClassName": _s("PriorityClass of the pods."),
+        "podAnnotations": _map("Extra pod annotations."),
+        "podLabels": _map("Extra pod labels."),
+        "serviceAccountName": _s("ServiceAccount of the pods."),
+        "image": _s("Server image; overrides the operator's default CPU/CUDA image.", minLength=1),
+        "imagePullSecrets": {"type": "array", "description": "Pull secrets for the image.",
+                             "items": _o("A LocalObjectReference.", {"name": _s(minLength=1)},
+                                         required=["name"])},
+        "storage": _storage_schema(),
+        "apiKeySecretRef": _secret_ref("Secret holding the API key clients must send.", "api-key"),
+        "service": _o("The ClusterIP (or other) Service named after the LlamaServer.", {
+            "type": _s("Service type.", enum=["ClusterIP", "NodePort", "LoadBalancer"],
+                       default="ClusterIP"),
+            "port": _i("Service port.", 1, maximum=65535, default=8080),
+            "annotations": _map("Service annotations."),
+        }),
+        "monitoring": _o("Prometheus scraping.", {
+            "serviceMonitor": _b("Create a ServiceMonitor (when its CRD is installed; pod scrape "
+                                 "annotations otherwise).", default=False),
+            "interval": _s("Scrape interval.", pattern=r"^[0-9]+(ms|s|m|h)$", default="30s"),
+        }),
+    }, required=["model"], rules=[
+        ("!has(oldSelf.model) || has(self.model.pvc) == has(oldSelf.model.pvc)",
+         "switching between a pvc model source and a downloaded one changes the StatefulSet's "
+         "volume claims, which Kubernetes forbids; create a new LlamaServer instead"),
+        ("!has(self.storage) || !has(self.storage.model) || !has(self.storage.model.claimName) || !has(self.model.pvc)",
+         "spec.storage.model.claimName is unused with a pvc model source; remove one of them"),
+    ])
+
+
+def _claim_rules_note() -> str:
+    return ("volume claim settings are immutable (a StatefulSet's volumeClaimTemplates cannot "
+            "change); create a new LlamaServer or resize the PVCs directly")
+
+
+def status_schema() -> Schema:
+    condition = _o("A status condition.", {
+        "type": _s(), "status": _s(enum=["True", "False", "Unknown"]), "reason": _s(),
+        "message": _s(), "lastTransitionTime": _s(format="date-time"),
+        "observedGeneration": {"type": "integer", "format": "int64"},
+    }, required=["type", "status"])
+    return _o("Observed state, written by the operator.", {
+        "phase": _s("Pending, Downloading, Loading, Ready, Degraded or Failed.", enum=PHASES),
+        "message": _s("Human-readable summary of the phase."),
+        "conditions": {"type": "array", "items": condition, "x-kubernetes-list-type": "map",
+                       "x-kubernetes-list-map-keys": ["type"]},
+        "replicas": _i("Pods that exist.", 0),
+        "readyReplicas": _i("Pods whose model is loaded.", 0),
+        "ready": _s("readyReplicas/replicas, for kubectl get."),
+        "selector": _s("Label selector of the pods (scale subresource)."),
+        "endpoint": _s("Cluster-internal OpenAI base URL."),
+        "observedGeneration": {"type": "integer", "format": "int64"},
+        "model": _o("The resolved model.", {
+            "name": _s("Served model id."),
+            "file": _s("Model file name."),
+            "path": _s("Path of the file inside the server container."),
+            "source": _s("Where it comes from."),
+            "sizeBytes": {"type": "integer", "format": "int64"},
+        }),
+    })
+
+
+def _immutable_storage(schema: Schema) -> Schema:
+    """Claim templates of a StatefulSet cannot change: make the schema say so up front."""
+    props = schema["properties"]["storage"]["properties"]
+    props["model"].setdefault("x-kubernetes-validations", []).append(
+        {"rule": "self == oldSelf", "message": "spec.storage.model: " + _claim_rules_note()})
+    same = " && ".join(f"(has(self.{f}) ? string(self.{f}) : '') == (has(oldSelf.{f}) ? string(oldSelf.{f}) : '')"
+                       for f in ("enabled", "size", "storageClassName"))
+    props["slots"].setdefault("x-kubernetes-validations", []).append(
+        {"rule": same, "message": "spec.storage.slots enabled/size/storageClassName: "
+                                  + _claim_rules_note() + " (restoreOnStart may change)"})
+    return schema
+
+
+#: Objects defaulted to {} so that their fields' defaults apply when the user omits them.
+_DEFAULT_EMPTY = ["server", "gpu", "storage", "storage.model", "storage.slots", "storage.retention",
+                  "service", "monitoring"]
+
+
+def _with_empty_defaults(schema: Schema) -> Schema:
+    for dotted in _DEFAULT_EMPTY:
+        node = schema
+        for part in dotted.split("."):
+            node = node["properties"][part]
+        node["default"] = {}
+    return schema
+
+
+def build_crd() -> dict[str, Any]:
+    spec = _immutable_storage(_with_empty_defaults(spec_schema()))
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": CRD_NAME,
+            "labels": {"app.kubernetes.io/name": "kubellama", "app.kubernetes.io/part-of": "kubellama",
+                       "app.kubernetes.io/version": __version__},
+        },
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {"kind": KIND, "listKind": f"{KIND}List", "plural": PLURAL,
+                      "singular": SINGULAR, "shortNames": list(SHORT_NAMES),
+                      "categories": ["kubellama"]},
+            "versions": [{
+                "name": VERSION,
+                "served": True,
+                "storage": True,
+                "subresources": {
+                    "status": {},
+                    "scale": {"specReplicasPath": ".spec.replicas",
+                              "statusReplicasPath": ".status.replicas",
+                              "labelSelectorPath": ".status.selector"},
+                },
+                "additionalPrinterColumns": [
+                    {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+                    {"name": "Model", "type": "string", "jsonPath": ".status.model.name"},
+                    {"name": "Ready", "type": "string", "jsonPath": ".status.ready"},
+                    {"name": "Endpoint", "type": "string", "jsonPath": ".status.endpoint"},
+                    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+                    {"name": "Message", "type": "string", "jsonPath": ".status.message",
+                     "priority": 1},
+                ],
+                "schema": {"openAPIV3Schema": {
+                    "type": "object",
+                    "description": "A llama.cpp-compatible inference server for one GGUF model.",
+                    "properties": {
+                        "apiVersion": {"type": "string"},
+                        "kind": {"type": "string"},
+                        "metadata": {"type": "object"},
+                        "spec": spec,
+                        "status": status_schema(),
+                    },
+                    "required": ["spec"],
+                }},
+            }],
+        },
+    }
+
+
+def render() -> str:
+    header = ("# Generated by `python -m kubellama_operator.crd`; edit operator/kubellama_operator/crd.py.\n")
+    return header + yaml.safe_dump(build_crd(), sort_keys=False, width=100)
+
+
+def main() -> None:
+    sys.stdout.write(render())
+
+
+if __name__ == "__main__":
+    main()

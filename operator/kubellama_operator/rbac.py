@@ -1,0 +1,49 @@
+"""Every Kubernetes API permission the operator needs: the single source of truth.
+
+The Helm chart's ClusterRole (or Role, when only some namespaces are watched) must grant
+exactly these rules; its tests compare against `RULES`. They cover the operator's own calls
+(`kube.py`) and kopf's: watching LlamaServers, patching their annotations and status, posting
+core/v1 Events, discovering CRDs, and listing namespaces when it watches the whole cluster.
+kopf's peering is turned off (the operator runs as a single replica), so no kopf.dev rules.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_RW = ["get", "list", "watch", "create", "patch", "update", "delete"]
+
+RULES: list[dict[str, list[str]]] = [
+    # The custom resource: watched by kopf; annotations (progress) and status patched.
+    {"apiGroups": ["kubellama.dev"], "resources": ["llamaservers"],
+     "verbs": ["get", "list", "watch", "patch", "update"]},
+    {"apiGroups": ["kubellama.dev"], "resources": ["llamaservers/status"],
+     "verbs": ["get", "patch", "update"]},
+    # Children, applied server-side and deleted when no longer wanted.
+    {"apiGroups": ["apps"], "resources": ["statefulsets"], "verbs": list(_RW)},
+    {"apiGroups": [""], "resources": ["services", "configmaps"], "verbs": list(_RW)},
+    {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": list(_RW)},
+    {"apiGroups": ["monitoring.coreos.com"], "resources": ["servicemonitors"], "verbs": list(_RW)},
+    # Read-only: pods for status (init-container failures), Secrets and claims the spec names.
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": [""], "resources": ["secrets", "persistentvolumeclaims"], "verbs": ["get"]},
+    # Kubernetes Events about LlamaServers (kopf's poster and ours).
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
+    {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+    # kopf: resource discovery through CRDs, and namespaces when watching cluster-wide.
+    {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"],
+     "verbs": ["get", "list", "watch"]},
+    {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
+]
+
+
+def cluster_role(name: str = "kubellama-operator") -> dict[str, Any]:
+    """The ClusterRole granting `RULES` (what `kubectl apply` would take)."""
+    return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": {"name": name}, "rules": [dict(r) for r in RULES]}
+
+
+def allows(group: str, resource: str, verb: str) -> bool:
+    """Whether `RULES` grant `verb` on `group`/`resource` (subresources as "pods/status")."""
+    return any(group in r["apiGroups"] and resource in r["resources"] and verb in r["verbs"]
+               for r in RULES)
