@@ -1,0 +1,565 @@
+"""A real Kubernetes control plane as plain processes, for tests (no containers).
+
+etcd, kube-apiserver (RBAC, a service-account issuer, an audit log of service
+accounts' requests), kube-controller-manager, kube-scheduler and kwok (which
+plays the kubelets: fake nodes, pod lifecycle) run on loopback ports in one
+folder. `ControlPlane.start()` writes an admin kubeconfig there; `stop()` ends
+every process. Binaries come from `find_binaries()`.
+
+Run by hand: `python e2e/controlplane/kubellama_controlplane.py up` starts one
+with a few fake nodes and prints the `export KUBECONFIG=...` line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import httpx
+import yaml
+
+HERE = Path(__file__).resolve().parent
+BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+SERVICE_CIDR = "10.96.0.0/16"
+KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
+
+
+class BinariesNotFound(RuntimeError):
+    """No complete set of control-plane binaries on this machine."""
+
+
+def build_dir() -> Path | None:
+    """The cache folder `e2e/controlplane/build.sh` builds into (for the pinned versions)."""
+    try:
+        out = subprocess.run(
+            ["bash", str(HERE / "build.sh"), "--print-dir"],
+            capture_output=True, text=True, check=True, timeout=30,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return Path(out) if out else None
+
+
+def find_binaries() -> dict[str, Path]:
+    """Each binary from KUBEBUILDER_ASSETS, else the build cache, else PATH."""
+    folders = [Path(p) for p in (os.environ.get("KUBEBUILDER_ASSETS"), build_dir()) if p]
+    found: dict[str, Path] = {}
+    for name in BINARIES:
+        for folder in folders:
+            if os.access(folder / name, os.X_OK):
+                found[name] = folder / name
+                break
+        else:
+            on_path = shutil.which(name)
+            if on_path:
+                found[name] = Path(on_path)
+    missing = [n for n in BINARIES if n not in found]
+    if missing:
+        raise BinariesNotFound(
+            f"control-plane binaries not found ({', '.join(missing)}): run `make controlplane` "
+            "(builds them once from the Go module proxy, needs Go) or set KUBEBUILDER_ASSETS"
+        )
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+def make_pki(folder: Path) -> None:
+    """A CA, an API-server serving cert for loopback, and the service-account key pair."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for key in ("ca.key", "apiserver.key", "sa.key"):
+        _openssl("genrsa", "-out", key, "2048", cwd=folder)
+    _openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=folder)
+    _openssl(
+        "req", "-x509", "-new", "-key", "ca.key", "-subj", "/CN=kubellama-test-ca", "-days", "3",
+        "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+        "-out", "ca.crt", cwd=folder,
+    )
+    _openssl("req", "-new", "-key", "apiserver.key", "-subj", "/CN=kube-apiserver",
+             "-out", "apiserver.csr", cwd=folder)
+    (folder / "apiserver.ext").write_text(
+        "basicConstraints=CA:FALSE\n"
+        "keyUsage=critical,digitalSignature,keyEncipherment\n"
+        "extendedKeyUsage=serverAuth\n"
+        "authorityKeyIdentifier=keyid,issuer\n"
+        "subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,"
+        "DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local\n"
+    )
+    _openssl(
+        "x509", "-req", "-in", "apiserver.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+        "-CAcreateserial", "-days", "3", "-extfile", "apiserver.ext", "-out", "apiserver.crt",
+        cwd=folder,
+    )
+
+
+def kubeconfig(server: str, ca_file: Path, token: str, user: str = "user") -> dict:
+    """A kubeconfig for one bearer token (admin or a service account's)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "kubellama-test", "cluster": {
+            "server": server, "certificate-authority": str(ca_file)}}],
+        "users": [{"name": user, "user": {"token": token}}],
+        "contexts": [{"name": "kubellama-test", "context": {"cluster": "kubellama-test", "user": user}}],
+        "current-context": "kubellama-test",
+    }
+
+
+AUDIT_POLICY = {
+    # Every request a service account makes (the operator under test runs as one);
+    # nothing else, so the log stays small.
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived"],
+    "rules": [
+        {"level": "Metadata", "userGroups": ["system:serviceaccounts"]},
+        {"level": "None"},
+    ],
+}
+
+
+@dataclass
+class _Proc:
+    name: str
+    popen: subprocess.Popen
+    log: Path
+
+
+@dataclass
+class ControlPlane:
+    """One control plane in `workdir`; `start()` then `stop()` (or use `with`)."""
+
+    workdir: Path
+    binaries: dict[str, Path] = field(default_factory=find_binaries)
+    startup_timeout: float = 90.0
+    procs: list[_Proc] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.workdir = Path(self.workdir)
+        self.pki = self.workdir / "pki"
+        self.ca_file = self.pki / "ca.crt"
+        self.admin_token = secrets.token_hex(16)
+        self.kubeconfig_path = self.workdir / "admin.kubeconfig"
+        self.audit_log = self.workdir / "audit.log"
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    # ---- lifecycle -------------------------------------------------------------------
+    def __enter__(self) -> "ControlPlane":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        make_pki(self.pki)
+        etcd_port, peer_port, self.port = free_port(), free_port(), free_port()
+        (self.workdir / "tokens.csv").write_text(
+            f'{self.admin_token},kubellama-admin,kubellama-admin,"system:masters"\n'
+        )
+        (self.workdir / "audit-policy.yaml").write_text(yaml.safe_dump(AUDIT_POLICY))
+        self._write_kubeconfig(self.kubeconfig_path, self.admin_token, "admin")
+
+        etcd_url = f"http://127.0.0.1:{etcd_port}"
+        self._spawn("etcd", [
+            f"--data-dir={self.workdir / 'etcd'}",
+            f"--listen-client-urls={etcd_url}", f"--advertise-client-urls={etcd_url}",
+            f"--listen-peer-urls=http://127.0.0.1:{peer_port}",
+            f"--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}",
+            f"--initial-cluster=default=http://127.0.0.1:{peer_port}",
+            "--unsafe-no-fsync", "--log-level=warn",
+        ])
+        self._wait(lambda: httpx.get(f"{etcd_url}/health", timeout=2).json().get("health") == "true",
+                   "etcd healthy")
+
+        pki = self.pki
+        self._spawn("kube-apiserver", [
+            f"--etcd-servers={etcd_url}",
+            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+            f"--secure-port={self.port}",
+            f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
+            f"--client-ca-file={self.ca_file}",
+            f"--token-auth-file={self.workdir / 'tokens.csv'}",
+            "--authorization-mode=RBAC",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-account-key-file={pki / 'sa.pub'}",
+            f"--service-account-signing-key-file={pki / 'sa.key'}",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--allow-privileged=true",
+            f"--audit-policy-file={self.workdir / 'audit-policy.yaml'}",
+            f"--audit-log-path={self.audit_log}",
+            f"--cert-dir={self.workdir / 'apiserver-certs'}",
+            "--v=1",
+        ])
+        self._wait(self._apiserver_ready, "kube-apiserver /readyz")
+
+        self._spawn("kube-controller-manager", [
+            f"--kubeconfig={self.kubeconfig_path}",
+            f"--authentication-kubeconfig={self.kubeconfig_path}",
+            f"--authorization-kubeconfig={self.kubeconfig_path}",
+            "--leader-elect=false", "--bind-address=127.0.0.1", f"--secure-port={free_port()}",
+            f"--service-account-private-key-file={pki / 'sa.key'}",
+            f"--root-ca-file={self.ca_file}",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--controllers=*",
+            "--v=1",
+        ])
+        self._spawn("kube-scheduler", [
+            f"--kubeconfig={self.kubeconfig_path}",
+            f"--authentication-kubeconfig={self.kubeconfig_path}",
+            f"--authorization-kubeconfig={self.kubeconfig_path}",
+            "--leader-elect=false", "--bind-address=127.0.0.1", f"--secure-port={free_port()}",
+            "--v=1",
+        ])
+        self._spawn("kwok", [
+            f"--kubeconfig={self.kubeconfig_path}",
+            "--manage-all-nodes=false",
+            f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
+            "--cidr=10.244.0.1/16", "--node-ip=10.0.0.1",
+            f"--server-address=127.0.0.1:{free_port()}",
+            "--v=1",
+        ])
+        client = self.client()
+        try:
+            # The controller manager is working once it has made the default ServiceAccount.
+            self._wait(lambda: client.get("/api/v1/namespaces/default/serviceaccounts/default",
+                                          missing_ok=True) is not None,
+                       "kube-controller-manager (default ServiceAccount)")
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.popen.poll() is None:
+                proc.popen.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for proc in reversed(self.procs):
+            try:
+                proc.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.popen.kill()
+                proc.popen.wait(timeout=5)
+        self.procs.clear()
+
+    # ---- helpers ---------------------------------------------------------------------
+    def _spawn(self, name: str, args: list[str]) -> None:
+        log = self.workdir / f"{name}.log"
+        with open(log, "ab") as out:
+            popen = subprocess.Popen(
+                [str(self.binaries[name]), *args], stdout=out, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, cwd=self.workdir,
+            )
+        self.procs.append(_Proc(name, popen, log))
+
+    def _check_alive(self) -> None:
+        for proc in self.procs:
+            code = proc.popen.poll()
+            if code is not None:
+                raise RuntimeError(
+                    f"{proc.name} exited with code {code} while the control plane was running;"
+                    f" last lines of {proc.log}:\n{tail(proc.log)}"
+                )
+
+    def _wait(self, ready: Callable[[], Any], what: str) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        last: object = None
+        while time.monotonic() < deadline:
+            self._check_alive()
+            try:
+                if ready():
+                    return
+            except Exception as exc:  # not up yet
+                last = exc
+            time.sleep(0.25)
+        logs = "\n".join(f"--- {p.name} ({p.log}):\n{tail(p.log, 15)}" for p in self.procs)
+        raise TimeoutError(f"control plane: {what} not reached in {self.startup_timeout:.0f}s"
+                           f" (last error: {last!r})\n{logs}")
+
+    def _apiserver_ready(self) -> bool:
+        r = httpx.get(f"{self.url}/readyz", headers={"Authorization": f"Bearer {self.admin_token}"},
+                      verify=ssl_context(self.ca_file), timeout=3)
+        return r.status_code == 200
+
+    def _write_kubeconfig(self, path: Path, token: str, user: str) -> Path:
+        path.write_text(yaml.safe_dump(kubeconfig(self.url, self.ca_file, token, user)))
+        return path
+
+    def client(self, token: str | None = None) -> "Kube":
+        return Kube(self.url, token or self.admin_token, self.ca_file)
+
+    def service_account_kubeconfig(self, namespace: str, name: str, path: Path,
+                                   expiration_seconds: int = 7200) -> Path:
+        """A kubeconfig holding a TokenRequest token for that ServiceAccount."""
+        with self.client() as kube:
+            token = kube.post(
+                f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token",
+                {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                 "spec": {"expirationSeconds": expiration_seconds}},
+            )["status"]["token"]
+        return self._write_kubeconfig(path, token, f"system:serviceaccount:{namespace}:{name}")
+
+    def audit_events(self, username: str | None = None) -> Iterator[dict]:
+        """Service accounts' requests the API server answered (audit log, Metadata level)."""
+        if not self.audit_log.exists():
+            return
+        with open(self.audit_log) as f:
+            for line in f:
+                event = json.loads(line)
+                if username is None or event.get("user", {}).get("username") == username:
+                    yield event
+
+    def forbidden_requests(self, username: str) -> list[str]:
+        """'verb URI' of each request by `username` that RBAC refused (403)."""
+        return [
+            f"{e['verb']} {e['requestURI']}"
+            for e in self.audit_events(username)
+            if e.get("responseStatus", {}).get("code") == 403
+        ]
+
+    # ---- fake nodes ------------------------------------------------------------------
+    def add_nodes(self, cpu_nodes: int = 2, gpu_nodes: int = 1, gpus_per_node: int = 1,
+                  gpu_product: str = "NVIDIA-L4") -> list[str]:
+        """Create kwok-managed Nodes and wait until they are Ready; returns their names."""
+        names = []
+        with self.client() as kube:
+            for i in range(cpu_nodes):
+                names.append(kube.create(fake_node(f"kwok-cpu-{i}"))["metadata"]["name"])
+            for i in range(gpu_nodes):
+                node = fake_node(f"kwok-gpu-{i}", gpus=gpus_per_node, gpu_product=gpu_product)
+                names.append(kube.create(node)["metadata"]["name"])
+            for name in names:
+                kube.wait_for(lambda n=name: node_ready(kube.get(f"/api/v1/nodes/{n}")),
+                              f"node {name} Ready (kwok)", timeout=60)
+        return names
+
+
+def fake_node(name: str, cpu: str = "16", memory: str = "64Gi", pods: str = "110",
+              gpus: int = 0, gpu_product: str = "NVIDIA-L4") -> dict:
+    """A Node that kwok manages; GPU nodes carry the GPU capacity, product label and taint."""
+    capacity = {"cpu": cpu, "memory": memory, "pods": pods, "ephemeral-storage": "500Gi"}
+    labels = {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
+              "kubernetes.io/arch": "amd64", "type": "kwok"}
+    taints = []
+    if gpus:
+        capacity[GPU_RESOURCE] = str(gpus)
+        labels.update({GPU_PRODUCT_LABEL: gpu_product, "nvidia.com/gpu.present": "true",
+                       "nvidia.com/gpu.count": str(gpus)})
+        taints.append(dict(GPU_TAINT))
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name, "labels": labels,
+                     "annotations": {KWOK_NODE_ANNOTATION: "fake", "node.alpha.kubernetes.io/ttl": "0"}},
+        "spec": {"taints": taints},
+        "status": {"capacity": capacity, "allocatable": dict(capacity),
+                   "nodeInfo": {"architecture": "amd64", "operatingSystem": "linux",
+                                "kubeletVersion": "fake", "kubeProxyVersion": "fake"}},
+    }
+
+
+def node_ready(node: dict) -> bool:
+    return any(c["type"] == "Ready" and c["status"] == "True"
+               for c in node.get("status", {}).get("conditions", []))
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def ssl_context(ca_file: Path) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(ca_file))
+
+
+class ApiError(RuntimeError):
+    def __init__(self, method: str, path: str, status: int, body: dict | str):
+        self.status = status
+        self.body = body if isinstance(body, dict) else {"message": body}
+        self.message = self.body.get("message", str(body))
+        super().__init__(f"{method} {path} -> {status}: {self.message}")
+
+
+class Kube:
+    """A small synchronous Kubernetes REST client (httpx), enough for the tests."""
+
+    def __init__(self, url: str, token: str, ca_file: Path):
+        self.http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"},
+                                 verify=ssl_context(ca_file), timeout=30)
+        self._resources: dict[tuple[str, str], tuple[str, bool]] = {}
+
+    def __enter__(self) -> "Kube":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.http.close()
+
+    # ---- raw verbs -------------------------------------------------------------------
+    def request(self, method: str, path: str, *, missing_ok: bool = False, **kw: Any) -> dict | None:
+        r = self.http.request(method, path, **kw)
+        if r.status_code == 404 and missing_ok:
+            return None
+        if r.status_code >= 400:
+            try:
+                body = r.json()
+            except ValueError:
+                body = r.text
+            raise ApiError(method, path, r.status_code, body)
+        return r.json() if r.content else {}
+
+    def get(self, path: str, missing_ok: bool = False, **params: Any) -> dict | None:
+        return self.request("GET", path, missing_ok=missing_ok, params=params or None)
+
+    def post(self, path: str, body: dict) -> dict:
+        return self.request("POST", path, json=body)
+
+    def delete(self, path: str, missing_ok: bool = True, **params: Any) -> dict | None:
+        return self.request("DELETE", path, missing_ok=missing_ok, params=params or None)
+
+    def patch(self, path: str, body: dict, kind: str = "merge") -> dict:
+        ctype = {"merge": "application/merge-patch+json",
+                 "strategic": "application/strategic-merge-patch+json",
+                 "json": "application/json-patch+json"}[kind]
+        return self.request("PATCH", path, content=json.dumps(body), headers={"Content-Type": ctype})
+
+    # ---- objects by apiVersion/kind ----------------------------------------------------
+    def resource(self, api_version: str, kind: str) -> tuple[str, bool]:
+        """(plural, namespaced) for a kind, from API discovery."""
+        key = (api_version, kind)
+        if key not in self._resources:
+            base = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+            for res in self.get(base)["resources"]:
+                if "/" not in res["name"]:
+                    self._resources[(api_version, res["kind"])] = (res["name"], res["namespaced"])
+        if key not in self._resources:
+            raise KeyError(f"the API server serves no {kind} in {api_version}")
+        return self._resources[key]
+
+    def path(self, api_version: str, kind: str, namespace: str | None = None,
+             name: str | None = None) -> str:
+        plural, namespaced = self.resource(api_version, kind)
+        base = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+        if namespaced:
+            if not namespace:
+                raise ValueError(f"{kind} is namespaced: give a namespace")
+            base += f"/namespaces/{namespace}"
+        return f"{base}/{plural}" + (f"/{name}" if name else "")
+
+    def path_of(self, obj: dict, namespace: str | None = None, named: bool = True) -> str:
+        meta = obj.get("metadata", {})
+        return self.path(obj["apiVersion"], obj["kind"], meta.get("namespace") or namespace,
+                         meta.get("name") if named else None)
+
+    def create(self, obj: dict, namespace: str | None = None) -> dict:
+        return self.post(self.path_of(obj, namespace, named=False), obj)
+
+    def apply(self, obj: dict, namespace: str | None = None, manager: str = "kubellama-tests") -> dict:
+        """Server-side apply (force)."""
+        return self.request("PATCH", self.path_of(obj, namespace),
+                            content=json.dumps(obj),
+                            headers={"Content-Type": "application/apply-patch+yaml"},
+                            params={"fieldManager": manager, "force": "true"})
+
+    def read(self, api_version: str, kind: str, name: str, namespace: str | None = None,
+             missing_ok: bool = True) -> dict | None:
+        return self.get(self.path(api_version, kind, namespace, name), missing_ok=missing_ok)
+
+    def list(self, api_version: str, kind: str, namespace: str | None = None,
+             **params: Any) -> list[dict]:
+        return self.get(self.path(api_version, kind, namespace), **params)["items"]
+
+    def remove(self, api_version: str, kind: str, name: str, namespace: str | None = None,
+               **params: Any) -> dict | None:
+        return self.delete(self.path(api_version, kind, namespace, name), **params)
+
+    def wait_for(self, probe: Callable[[], Any], what: str, timeout: float = 60.0,
+                 interval: float = 0.25) -> Any:
+        """Poll until `probe()` is truthy; fail naming `what` and the last value seen."""
+        deadline = time.monotonic() + timeout
+        last: Any = None
+        while True:
+            try:
+                last = probe()
+                if last:
+                    return last
+            except ApiError as exc:
+                last = exc
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
+            time.sleep(interval)
+
+
+def _main(argv: list[str]) -> int:
+    import argparse
+    import tempfile
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("command", choices=["up", "binaries"])
+    ap.add_argument("--dir", help="working folder (default: a new temporary one)")
+    ap.add_argument("--cpu-nodes", type=int, default=2)
+    ap.add_argument("--gpu-nodes", type=int, default=1)
+    args = ap.parse_args(argv)
+    try:
+        binaries = find_binaries()
+    except BinariesNotFound as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    if args.command == "binaries":
+        for name, path in binaries.items():
+            print(f"{name}: {path}")
+        return 0
+    workdir = Path(args.dir or tempfile.mkdtemp(prefix="kubellama-cp-"))
+    with ControlPlane(workdir, binaries) as cp:
+        cp.add_nodes(args.cpu_nodes, args.gpu_nodes)
+        print(f"control plane up; logs in {workdir}\nexport KUBECONFIG={cp.kubeconfig_path}\n"
+              "Ctrl-C stops it.", flush=True)
+        try:
+            while True:
+                time.sleep(1)
+                cp._check_alive()
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))
