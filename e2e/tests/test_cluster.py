@@ -1,0 +1,261 @@
+"""The whole path on a real cluster: chart → operator → LlamaServer → pods → OpenAI API.
+
+The tests run in file order and share one LlamaServer (`tiny`, e2e/manifests/llamaserver.yaml)
+whose life they follow: Ready, chat, metrics, slot save/restore across a pod restart,
+a spec change that rolls the pods, scale to two, delete. Run with `make e2e`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+
+import openai
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from e2e_support import (
+    Kube,
+    http,
+    http_json,
+    llamaserver_ready,
+    load_manifest,
+    log,
+    pod_ready,
+    port_forward,
+    ready_pods,
+    server_pods,
+)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+
+NAME = "tiny"
+ALIAS = "kubellama-tiny"
+SELECTOR = f"kubellama.dev/llamaserver={NAME}"
+PORT = 8080
+SLOT_FILE = "e2e-slot0.bin"
+PROMPT = "the server model token slot cache " * 6
+
+
+@pytest.fixture(scope="module")
+def llama(ns: Kube, model_server: str) -> str:
+    (manifest,) = load_manifest("llamaserver.yaml")
+    manifest = copy.deepcopy(manifest)
+    manifest["spec"]["model"]["sha256"] = model_server
+    ns.apply(manifest)
+    yield NAME
+    ns("delete", "llamaserver", NAME, "--ignore-not-found", "--wait=false", check=False)
+
+
+def statefulset(ns: Kube) -> dict:
+    (sts,) = ns.get("statefulsets", selector=SELECTOR)
+    return sts
+
+
+def one_ready_pod(ns: Kube) -> dict:
+    pods = ready_pods(ns, NAME)
+    assert len(pods) == 1, f"expected one ready pod, got {[p['metadata']['name'] for p in pods]}"
+    return pods[0]
+
+
+def wait_ready(ns: Kube, replicas: int = 1, timeout: float = 600) -> dict:
+    return ns.wait_for(f"LlamaServer {NAME} Ready with {replicas} ready replica(s)",
+                       lambda: llamaserver_ready(ns, NAME, replicas), timeout=timeout, llamaserver=NAME)
+
+
+def test_llamaserver_becomes_ready(ns: Kube, llama: str) -> None:
+    obj = wait_ready(ns)
+    status = obj["status"]
+    assert status["replicas"] == 1
+    assert f"{NAME}.{ns.namespace}.svc" in status["endpoint"], status["endpoint"]
+    conditions = {c["type"]: c for c in status.get("conditions", [])}
+    for kind in ("ModelReady", "Available"):
+        assert conditions.get(kind, {}).get("status") == "True", conditions
+    # What `kubectl get llama` shows a person.
+    table = ns("get", "llama", NAME)
+    assert "Ready" in table and "1/1" in table, table
+    # Children carry the agreed labels and an owner reference to the resource.
+    sts = statefulset(ns)
+    labels = sts["metadata"]["labels"]
+    assert labels["app.kubernetes.io/instance"] == NAME
+    assert labels["app.kubernetes.io/managed-by"] == "kubellama-operator"
+    assert [o["uid"] for o in sts["metadata"]["ownerReferences"]] == [obj["metadata"]["uid"]]
+    ports = [p for c in sts["spec"]["template"]["spec"]["containers"] for p in c.get("ports", [])]
+    assert {"name": "http", "containerPort": PORT} in [{k: p[k] for k in ("name", "containerPort")} for p in ports]
+
+
+def test_chat_completion_and_streaming(ns: Kube, llama: str) -> None:
+    with port_forward(ns, f"svc/{NAME}", PORT) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="e2e", timeout=120, max_retries=1)
+        assert ALIAS in [m.id for m in client.models.list().data]
+        messages = [{"role": "user", "content": "hello llama, say something"}]
+        reply = client.chat.completions.create(model=ALIAS, messages=messages, max_tokens=8,
+                                               temperature=0)
+        choice = reply.choices[0]
+        assert choice.message.role == "assistant"
+        assert isinstance(choice.message.content, str)
+        assert choice.finish_reason in ("stop", "length")
+        assert reply.usage.prompt_tokens > 0
+        assert 1 <= reply.usage.completion_tokens <= 8
+
+        chunks = list(client.chat.completions.create(model=ALIAS, messages=messages, max_tokens=8,
+                                                     temperature=0, stream=True))
+        deltas = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+        assert deltas, f"the stream carried no content: {chunks}"
+        finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+        assert finishes and finishes[-1] in ("stop", "length")
+
+
+def test_metrics_are_exposed(ns: Kube, llama: str) -> None:
+    pod = one_ready_pod(ns)["metadata"]["name"]
+    with port_forward(ns, f"pod/{pod}", PORT) as url:
+        status, text = http("GET", f"{url}/metrics")
+    assert status == 200, text[:300]
+    samples = {s.name: s.value for family in text_string_to_metric_families(text) for s in family.samples}
+    llamacpp = sorted(name for name in samples if name.startswith("llamacpp:"))
+    assert "llamacpp:prompt_tokens_total" in llamacpp, llamacpp
+    assert samples["llamacpp:prompt_tokens_total"] > 0  # the chat test above went to this pod
+    assert samples["llamacpp:tokens_predicted_total"] > 0
+    assert any(name.startswith("kubellama_requests_total") for name in samples)
+    assert any(name.startswith("kubellama_time_to_first_token_seconds") for name in samples)
+
+
+def test_slot_survives_pod_restart(ns: Kube, llama: str) -> None:
+    pod = one_ready_pod(ns)
+    name, uid = pod["metadata"]["name"], pod["metadata"]["uid"]
+    request = {"prompt": PROMPT, "n_predict": 4, "id_slot": 0, "cache_prompt": True, "temperature": 0}
+    with port_forward(ns, f"pod/{name}", PORT) as url:
+        n_prompt = len(http_json("POST", f"{url}/tokenize", {"content": PROMPT})["tokens"])
+        http_json("POST", f"{url}/completion", request)
+        saved = http_json("POST", f"{url}/slots/0?action=save", {"filename": SLOT_FILE})
+    assert saved["n_saved"] > 0, saved
+
+    log(f"deleting pod {name}; its slot file stays on the slots volume")
+    ns("delete", "pod", name, "--wait=true", timeout=240)
+    new = ns.wait_for(f"pod {name} back and ready", lambda: (lambda p: p if pod_ready(p) and
+                      p["metadata"]["uid"] != uid else None)(ns.get("pod", name)),
+                      timeout=300, llamaserver=NAME)
+    assert new["metadata"]["uid"] != uid
+    wait_ready(ns)
+
+    with port_forward(ns, f"pod/{name}", PORT) as url:
+        restored = http_json("POST", f"{url}/slots/0?action=restore", {"filename": SLOT_FILE})
+        assert restored["n_restored"] == saved["n_saved"], (saved, restored)
+        again = http_json("POST", f"{url}/completion", {**request, "n_predict": 1})
+    assert again["tokens_cached"] > 0, again
+    prompt_n = again.get("timings", {}).get("prompt_n")
+    if prompt_n is not None:  # only the uncached tail of the prompt was evaluated again
+        assert prompt_n < n_prompt, (prompt_n, n_prompt)
+
+
+def _n_ctx(ns: Kube) -> int:
+    pod = one_ready_pod(ns)["metadata"]["name"]
+    with port_forward(ns, f"pod/{pod}", PORT) as url:
+        props = http_json("GET", f"{url}/props")
+    return int(props["default_generation_settings"]["n_ctx"])
+
+
+def test_spec_change_rolls_pods(ns: Kube, llama: str) -> None:
+    before_ctx = _n_ctx(ns)
+    sts = statefulset(ns)
+    old_revision = sts["status"]["updateRevision"]
+    old_uid = one_ready_pod(ns)["metadata"]["uid"]
+    spec = ns.get("llamaserver", NAME)["spec"]
+    new_size = 2 * int(spec["server"]["contextSize"])
+    ns("patch", "llamaserver", NAME, "--type=merge",
+       "-p", json.dumps({"spec": {"server": {"contextSize": new_size}}}))
+
+    def rolled() -> bool:
+        status = statefulset(ns)["status"]
+        return (status.get("updateRevision") != old_revision
+                and status.get("currentRevision") == status.get("updateRevision")
+                and status.get("updatedReplicas") == 1 and status.get("readyReplicas") == 1)
+
+    ns.wait_for("the StatefulSet to roll out the new context size", rolled, timeout=400, llamaserver=NAME)
+    wait_ready(ns)
+    pod = one_ready_pod(ns)
+    assert pod["metadata"]["uid"] != old_uid, "the pod was not replaced"
+    assert _n_ctx(ns) == 2 * before_ctx  # per-slot or total, the context doubled
+
+
+def test_scale_to_two_replicas(ns: Kube, llama: str) -> None:
+    ns("scale", "llamaserver", NAME, "--replicas=2")
+    obj = wait_ready(ns, replicas=2)
+    assert obj["spec"]["replicas"] == 2
+    assert len(ready_pods(ns, NAME)) == 2
+    assert statefulset(ns)["spec"]["replicas"] == 2
+    scale = json.loads(ns("get", "--raw",
+                          f"/apis/kubellama.dev/v1alpha1/namespaces/{ns.namespace}/llamaservers/{NAME}/scale",
+                          namespaced=False))
+    assert scale["spec"]["replicas"] == 2 and scale["status"]["replicas"] == 2
+
+    def endpoints_ready() -> int:
+        slices = ns.get("endpointslices", selector=f"kubernetes.io/service-name={NAME}") or []
+        ready = [e for s in slices for e in s.get("endpoints") or [] if e.get("conditions", {}).get("ready")]
+        return len(ready) == 2
+
+    ns.wait_for(f"Service {NAME} to route to both pods", endpoints_ready, timeout=120, llamaserver=NAME)
+    table = ns("get", "llama", NAME)
+    assert "2/2" in table, table
+
+
+def test_delete_removes_children_and_keeps_slot_volumes(ns: Kube, llama: str) -> None:
+    sts = statefulset(ns)
+    sts_name = sts["metadata"]["name"]
+    policy = sts["spec"].get("persistentVolumeClaimRetentionPolicy", {}).get("whenDeleted", "Retain")
+    templates = [t["metadata"]["name"] for t in sts["spec"].get("volumeClaimTemplates", [])]
+    slot_templates = [t for t in templates if "slot" in t]
+    assert slot_templates, f"no slot volume claim template in {templates}"
+    slot_claims = {f"{t}-{sts_name}-{i}" for t in slot_templates for i in range(2)}
+    claims_before = {p["metadata"]["name"]: p["metadata"]["uid"] for p in ns.get("pvc") or []}
+    assert slot_claims <= set(claims_before), (slot_claims, claims_before)
+
+    ns("delete", "llamaserver", NAME, "--wait=true", timeout=300)
+
+    def children_gone() -> bool:
+        left = []
+        for kind in ("statefulsets", "services", "pods", "poddisruptionbudgets"):
+            left += [f"{kind}/{o['metadata']['name']}" for o in ns.get(kind, selector=SELECTOR) or []]
+        if ns.get("service", NAME):
+            left.append(f"services/{NAME}")
+        if left:
+            raise AssertionError(f"still present: {left}")
+        return True
+
+    ns.wait_for(f"the children of {NAME} to be garbage-collected", children_gone, timeout=300)
+    # Slot data is kept by default (the resource's claim retention policy) so a re-created
+    # server can warm-restart; a policy of Delete would remove the claims with the pods.
+    assert policy == "Retain", f"default whenDeleted policy is {policy}, expected Retain (keep slot data)"
+    time.sleep(5)  # give a wrongly-configured controller time to delete them
+    claims_after = {p["metadata"]["name"]: p for p in ns.get("pvc") or []}
+    for claim in slot_claims:
+        assert claim in claims_after, f"slot claim {claim} was deleted"
+        assert claims_after[claim]["metadata"]["uid"] == claims_before[claim]
+        assert not claims_after[claim]["metadata"].get("deletionTimestamp"), f"{claim} is being deleted"
+
+
+def test_missing_model_is_reported(ns: Kube, model_server: str) -> None:
+    """A download that fails (404) shows in the resource's status with the fetcher's message."""
+    (manifest,) = load_manifest("llamaserver.yaml")
+    manifest = copy.deepcopy(manifest)
+    manifest["metadata"]["name"] = "missing-model"
+    manifest["spec"]["model"] = {"url": "http://e2e-model-server/does-not-exist.gguf"}
+    manifest["spec"]["storage"]["slots"] = {"enabled": False}
+    ns.apply(manifest)
+    try:
+        def reported() -> dict | None:
+            obj = ns.get("llamaserver", "missing-model") or {}
+            for condition in obj.get("status", {}).get("conditions", []):
+                text = (condition.get("message") or "").lower()
+                if condition["type"] == "ModelReady" and condition["status"] == "False" and (
+                        "404" in text or "not found" in text):
+                    return obj
+            return None
+
+        obj = ns.wait_for("the failed download to show in the status", reported, timeout=300,
+                          llamaserver="missing-model")
+        assert obj["status"]["phase"] in ("Failed", "Downloading", "Pending", "Degraded")
+        assert obj["status"].get("readyReplicas", 0) == 0
+    finally:
+        ns("delete", "llamaserver", "missing-model", "--ignore-not-found", "--wait=false", check=False)
