@@ -155,11 +155,16 @@ def _download(source: ModelSource, paths: Paths, key: dict, expected: str | None
             f"{source.describe()} has sha256 {remote.sha256} according to the Hub, but {expected} was expected; "
             "check the expected sha256 and the revision", expected=expected, actual=remote.sha256)
     want = expected or remote.sha256
-    got = download(remote, paths, key, reporter, retries=retries, backoff=backoff, timeout=timeout)
 
     def discard() -> None:
         paths.part.unlink(missing_ok=True)
         paths.part_meta.unlink(missing_ok=True)
+
+    try:
+        got = download(remote, paths, key, reporter, retries=retries, backoff=backoff, timeout=timeout)
+    except NotGGUFError:
+        discard()
+        raise
 
     if remote.size is not None and got.size != remote.size:
         discard()

@@ -31,6 +31,8 @@ def resolve_token() -> str | None:
     if token_path:
         try:
             token = Path(token_path).expanduser().read_text().strip()
+        except FileNotFoundError:
+            return None  # the usual state before `hf auth login`; public files still work
         except OSError as exc:
             raise FetchError(f"cannot read the Hugging Face token file HF_TOKEN_PATH={token_path}: {exc.strerror}") from exc
         return token or None

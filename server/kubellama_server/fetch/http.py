@@ -213,7 +213,7 @@ def _attempt(client, remote, paths, source_key, part, state, progress) -> Downlo
         _check_space(paths.folder, total, offset)
         progress.start(paths.target.name, total, offset, remote.url)
         checked_magic = offset >= 4
-        for chunk in resp.iter_bytes(CHUNK):
+        for chunk in resp.iter_bytes():  # no chunk size: a cut connection loses no received bytes
             part.write(chunk)
             progress.update(part.size)
             if not checked_magic and part.size >= 4:
