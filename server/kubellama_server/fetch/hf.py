@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from .errors import FetchError, NetworkError, NotFoundError, OfflineMissError, ServerError, UnauthorizedError
-from .http import Remote
+from .http import Remote, __version__
 from .progress import Progress
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -60,7 +60,7 @@ def resolve(repo: str, filename: str, revision: str | None, progress: Progress, 
     token = resolve_token()
     base = endpoint()
     url = hf_hub_url(repo, filename, revision=revision, endpoint=base)
-    kwargs = {"token": token or False}
+    kwargs = {"token": token or False, "library_name": "kubellama-fetch", "library_version": __version__}
     params = inspect.signature(get_hf_file_metadata).parameters
     if "endpoint" in params:
         kwargs["endpoint"] = base
@@ -83,7 +83,8 @@ def resolve(repo: str, filename: str, revision: str | None, progress: Progress, 
     etag = (meta.etag or "").strip('"').lower()
     return Remote(
         url=url,
-        headers=build_hf_headers(token=token or False),
+        headers=build_hf_headers(token=token or False, library_name="kubellama-fetch",
+                                 library_version=__version__),
         size=meta.size,
         sha256=etag if _SHA256.match(etag) else None,  # LFS files: the ETag is the sha256
         hint=_auth_hint(repo, base, token),

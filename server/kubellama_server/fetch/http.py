@@ -33,7 +33,8 @@ from .errors import (
 from .progress import Progress
 
 CHUNK = 1 << 20
-USER_AGENT = "kubellama-fetch/0.1.0"
+__version__ = "0.1.0"
+USER_AGENT = f"kubellama-fetch/{__version__}"
 _CONTENT_RANGE = re.compile(r"bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)")
 
 

@@ -1,0 +1,240 @@
+"""`kubellama-server`: the llama.cpp server's command line, plus LLAMA_ARG_* environment variables.
+
+Every flag can also come from an environment variable: llama.cpp's own name where it
+has one (e.g. LLAMA_ARG_CTX_SIZE, LLAMA_ARG_N_PARALLEL) and LLAMA_ARG_<LONG_FLAG>
+(e.g. LLAMA_ARG_SLOT_SAVE_PATH) for every flag. A flag on the command line wins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from . import __version__
+from .settings import ServerSettings
+
+TRUE = {"1", "true", "yes", "on", "enabled"}
+FALSE = {"0", "false", "no", "off", "disabled", ""}
+
+
+@dataclass(frozen=True)
+class Flag:
+    names: tuple[str, ...]
+    dest: str
+    kind: str  # str | int | float | bool | list | floats | choice
+    help: str
+    env: tuple[str, ...] = ()
+    choices: tuple[str, ...] = ()
+    metavar: str | None = None
+    invert: bool = False  # a bool flag that sets dest to False
+
+    @property
+    def env_names(self) -> tuple[str, ...]:
+        long = next(n for n in self.names if n.startswith("--"))
+        derived = "LLAMA_ARG_" + long[2:].upper().replace("-", "_")
+        return tuple(dict.fromkeys(self.env + (derived,)))
+
+
+FLAGS: list[Flag] = [
+    Flag(("-m", "--model"), "model", "str", "path of the GGUF model file", ("LLAMA_ARG_MODEL",), metavar="FNAME"),
+    Flag(("-mu", "--model-url"), "model_url", "str", "download the model from this http(s) URL", ("LLAMA_ARG_MODEL_URL",), metavar="URL"),
+    Flag(("-hfr", "--hf-repo"), "hf_repo", "str", "Hugging Face model repository", ("LLAMA_ARG_HF_REPO",), metavar="REPO"),
+    Flag(("-hff", "--hf-file"), "hf_file", "str", "file in the Hugging Face repository", ("LLAMA_ARG_HF_FILE",), metavar="FILE"),
+    Flag(("--hf-revision",), "hf_revision", "str", "Hugging Face revision (branch, tag or commit; kubellama)", metavar="REV"),
+    Flag(("--model-sha256",), "model_sha256", "str", "expected sha256 of the downloaded model (kubellama)", metavar="HEX"),
+    Flag(("--offline",), "offline", "bool", "never touch the network; use the cached model or fail (kubellama)", ("LLAMA_OFFLINE",)),
+    Flag(("-a", "--alias"), "alias", "str", "model name returned in API responses", ("LLAMA_ARG_ALIAS",), metavar="ALIAS"),
+    Flag(("--lora",), "lora", "list", "apply a LoRA adapter (repeatable)", ("LLAMA_ARG_LORA",), metavar="FNAME"),
+    Flag(("--lora-base",), "lora_base", "str", "base model for the LoRA layers", metavar="FNAME"),
+    Flag(("--mmproj",), "mmproj", "str", "multimodal projector file", ("LLAMA_ARG_MMPROJ",), metavar="FILE"),
+    Flag(("-c", "--ctx-size"), "ctx_size", "int", "context size shared by all slots (0 = the model's) [512]", ("LLAMA_ARG_CTX_SIZE",), metavar="N"),
+    Flag(("-np", "--parallel"), "parallel", "int", "number of slots [1]", ("LLAMA_ARG_N_PARALLEL",), metavar="N"),
+    Flag(("-cb", "--cont-batching"), "cont_batching", "bool", "continuous batching (on by default)", ("LLAMA_ARG_CONT_BATCHING",)),
+    Flag(("-nocb", "--no-cont-batching"), "cont_batching", "bool", "disable continuous batching", ("LLAMA_ARG_NO_CONT_BATCHING",), invert=True),
+    Flag(("-b", "--batch-size"), "batch_size", "int", "logical batch size [2048]", ("LLAMA_ARG_BATCH",), metavar="N"),
+    Flag(("-ub", "--ubatch-size"), "ubatch_size", "int", "physical batch size [512]", ("LLAMA_ARG_UBATCH",), metavar="N"),
+    Flag(("-t", "--threads"), "threads", "int", "threads for generation [all cores]", ("LLAMA_ARG_THREADS",), metavar="N"),
+    Flag(("-tb", "--threads-batch"), "threads_batch", "int", "threads for prompt processing [same as --threads]", ("LLAMA_ARG_THREADS_BATCH",), metavar="N"),
+    Flag(("--threads-http",), "threads_http", "int", "HTTP worker threads (asyncio here: accepted, unused)", ("LLAMA_ARG_THREADS_HTTP",), metavar="N"),
+    Flag(("-n", "--n-predict"), "n_predict", "int", "server-wide limit of tokens to predict [-1 = none]", ("LLAMA_ARG_N_PREDICT",), metavar="N"),
+    Flag(("--grp-attn-n",), "grp_attn_n", "int", "self-extend group attention factor [1 = off]", ("LLAMA_ARG_GRP_ATTN_N",), metavar="N"),
+    Flag(("--grp-attn-w",), "grp_attn_w", "int", "self-extend group attention width [512]", ("LLAMA_ARG_GRP_ATTN_W",), metavar="N"),
+    Flag(("-ngl", "--n-gpu-layers", "--gpu-layers"), "n_gpu_layers", "int", "layers to offload to the GPU (-1 = all)", ("LLAMA_ARG_N_GPU_LAYERS",), metavar="N"),
+    Flag(("-mg", "--main-gpu"), "main_gpu", "int", "GPU for small tensors and scratch [0]", ("LLAMA_ARG_MAIN_GPU",), metavar="I"),
+    Flag(("-ts", "--tensor-split"), "tensor_split", "floats", "fraction of the model per GPU, e.g. 3,2", ("LLAMA_ARG_TENSOR_SPLIT",), metavar="SPLIT"),
+    Flag(("--mlock",), "mlock", "bool", "lock the model in RAM", ("LLAMA_ARG_MLOCK",)),
+    Flag(("--no-mmap",), "no_mmap", "bool", "do not memory-map the model", ("LLAMA_ARG_NO_MMAP",)),
+    Flag(("--numa",), "numa", "choice", "NUMA strategy", ("LLAMA_ARG_NUMA",), choices=("distribute", "isolate", "numactl"), metavar="STRATEGY"),
+    Flag(("--host",), "host", "str", "address to listen on [127.0.0.1]", ("LLAMA_ARG_HOST",), metavar="HOST"),
+    Flag(("--port",), "port", "int", "port to listen on [8080]", ("LLAMA_ARG_PORT",), metavar="PORT"),
+    Flag(("-to", "--timeout"), "timeout", "int", "read/write timeout in seconds [600]", ("LLAMA_ARG_TIMEOUT",), metavar="N"),
+    Flag(("--path",), "path", "str", "serve static files from this folder", ("LLAMA_ARG_STATIC_PATH",), metavar="DIR"),
+    Flag(("--api-key",), "api_key", "list", "API key required as 'Authorization: Bearer KEY' (repeatable)", ("LLAMA_API_KEY", "LLAMA_ARG_API_KEY"), metavar="KEY"),
+    Flag(("--api-key-file",), "api_key_file", "str", "file with one API key per line", ("LLAMA_ARG_API_KEY_FILE",), metavar="FNAME"),
+    Flag(("--ssl-key-file",), "ssl_key_file", "str", "PEM-encoded SSL private key", ("LLAMA_ARG_SSL_KEY_FILE",), metavar="FNAME"),
+    Flag(("--ssl-cert-file",), "ssl_cert_file", "str", "PEM-encoded SSL certificate", ("LLAMA_ARG_SSL_CERT_FILE",), metavar="FNAME"),
+    Flag(("--embedding", "--embeddings"), "embedding", "bool", "enable the embedding endpoints", ("LLAMA_ARG_EMBEDDINGS",)),
+    Flag(("-spf", "--system-prompt-file"), "system_prompt_file", "str", "JSON file with the system prompt of all slots", metavar="FNAME"),
+    Flag(("--chat-template",), "chat_template", "str", "Jinja chat template or a built-in name", ("LLAMA_ARG_CHAT_TEMPLATE",), metavar="TEMPLATE"),
+    Flag(("--slots-endpoint-disable",), "slots_endpoint_disable", "bool", "disable GET /slots", ("LLAMA_ARG_NO_ENDPOINT_SLOTS",)),
+    Flag(("--metrics",), "metrics", "bool", "enable GET /metrics (Prometheus)", ("LLAMA_ARG_ENDPOINT_METRICS",)),
+    Flag(("--slot-save-path",), "slot_save_path", "str", "folder for slot save/restore files", ("LLAMA_ARG_SLOT_SAVE_PATH",), metavar="PATH"),
+    Flag(("--slot-persist",), "slot_persist", "bool", "save slots on SIGTERM and restore them at start-up (kubellama)"),
+    Flag(("--shutdown-timeout",), "shutdown_timeout", "float", "seconds to let running requests finish on SIGTERM [30] (kubellama)", metavar="SECONDS"),
+    Flag(("--log-disable",), "log_disable", "bool", "disable logging", ("LLAMA_LOG_DISABLE",)),
+    Flag(("--log-format",), "log_format", "choice", "log format [json]", ("LLAMA_LOG_FORMAT",), choices=("json", "text"), metavar="FORMAT"),
+    Flag(("-v", "--verbose"), "verbose", "bool", "verbose logs (llama.cpp's too; prompts in request logs)", ("LLAMA_ARG_VERBOSE",)),
+]
+
+# Flags accepted now but not implemented yet: a start-up warning names them when used.
+NOT_IMPLEMENTED: dict[str, str] = {
+    "lora": "LoRA adapters",
+    "lora_base": "LoRA adapters",
+    "mmproj": "multimodal projectors",
+    "grp_attn_n": "self-extend (group attention)",
+    "grp_attn_w": "self-extend (group attention)",
+    "path": "serving a static folder",
+    "api_key": "API keys",
+    "api_key_file": "API keys",
+    "system_prompt_file": "system prompts",
+    "chat_template": "chat templates",
+    "slots_endpoint_disable": "the /slots endpoint",
+    "metrics": "the /metrics endpoint",
+    "slot_save_path": "slot save/restore",
+    "slot_persist": "warm restarts",
+    "model_url": "model downloads",
+    "hf_repo": "model downloads",
+    "hf_file": "model downloads",
+    "hf_revision": "model downloads",
+    "model_sha256": "model downloads",
+    "offline": "model downloads",
+}
+
+
+class UsageError(Exception):
+    pass
+
+
+def _convert(flag: Flag, raw: str, source: str) -> Any:
+    try:
+        if flag.kind == "int":
+            return int(raw)
+        if flag.kind == "float":
+            return float(raw)
+        if flag.kind == "floats":
+            return [float(x) for x in raw.replace("/", ",").split(",") if x.strip()]
+        if flag.kind == "bool":
+            v = raw.strip().lower()
+            if v in TRUE:
+                return not flag.invert
+            if v in FALSE:
+                return flag.invert
+            raise ValueError(raw)
+        if flag.kind == "choice":
+            if raw not in flag.choices:
+                raise ValueError(raw)
+            return raw
+        if flag.kind == "list":
+            return [x for x in raw.split(",") if x] if source.startswith("env") else [raw]
+        return raw
+    except ValueError:
+        expected = {
+            "int": "an integer",
+            "float": "a number",
+            "floats": "comma-separated numbers",
+            "bool": "true/false",
+            "choice": "one of " + ", ".join(flag.choices),
+        }.get(flag.kind, "a value")
+        raise UsageError(f"invalid value {raw!r} for {source}: expected {expected}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kubellama-server",
+        description="A llama.cpp-compatible HTTP server with continuous batching. "
+        "Every flag can also be set with an environment variable (LLAMA_ARG_<FLAG>).",
+    )
+    parser.add_argument("--version", action="version", version=f"kubellama-server {__version__}")
+    for flag in FLAGS:
+        kw: dict[str, Any] = {"help": flag.help + "  [env: " + ", ".join(flag.env_names) + "]"}
+        if flag.kind == "bool":
+            kw.update(action="store_const", const=not flag.invert, dest=flag.dest)
+        else:
+            kw.update(dest=flag.dest, metavar=flag.metavar, action="append" if flag.kind == "list" else "store")
+        kw["default"] = argparse.SUPPRESS
+        parser.add_argument(*flag.names, **kw)
+    return parser
+
+
+def parse_settings(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> tuple[ServerSettings, list[str]]:
+    """Returns the settings and the names of the flags that were set explicitly.
+
+    Raises SystemExit(2) with a usage message on unknown flags or bad values.
+    """
+    environ = os.environ if environ is None else environ
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    settings = ServerSettings()
+    given: set[str] = set()
+    try:
+        # environment first, the command line overrides it
+        for flag in FLAGS:
+            for name in flag.env_names:
+                if name in environ and (flag.dest not in vars(ns)):
+                    setattr(settings, flag.dest, _convert(flag, environ[name], f"env {name}"))
+                    given.add(flag.dest)
+                    break
+        for flag in FLAGS:
+            if flag.dest in vars(ns):  # defaults are suppressed: present means given
+                value = getattr(ns, flag.dest)
+                if flag.kind not in ("bool", "list"):
+                    value = _convert(flag, value, f"argument {'/'.join(flag.names)}")
+                setattr(settings, flag.dest, value)
+                given.add(flag.dest)
+        _validate(settings)
+    except UsageError as exc:
+        parser.error(str(exc))
+    return settings, sorted(given)
+
+
+def _validate(s: ServerSettings) -> None:
+    checks: list[tuple[bool, str]] = [
+        (s.ctx_size >= 0, "--ctx-size must be >= 0"),
+        (s.parallel >= 1, "--parallel must be >= 1"),
+        (s.batch_size >= 1, "--batch-size must be >= 1"),
+        (s.ubatch_size >= 1, "--ubatch-size must be >= 1"),
+        (0 <= s.port <= 65535, "--port must be between 0 and 65535"),
+        (s.n_predict >= -1, "--n-predict must be >= -1"),
+        (s.timeout > 0, "--timeout must be > 0"),
+        (s.shutdown_timeout >= 0, "--shutdown-timeout must be >= 0"),
+        (not (s.ssl_key_file and not s.ssl_cert_file) and not (s.ssl_cert_file and not s.ssl_key_file),
+         "--ssl-key-file and --ssl-cert-file must be given together"),
+        (not (s.slot_persist and not s.slot_save_path), "--slot-persist needs --slot-save-path"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UsageError(message)
+    sources = [bool(s.model_url), bool(s.hf_repo)]
+    if sum(sources) > 1:
+        raise UsageError("give only one of --model-url and --hf-repo")
+    if s.hf_repo and not s.hf_file:
+        raise UsageError("--hf-repo needs --hf-file")
+    if not (s.model or s.model_url or s.hf_repo):
+        raise UsageError("no model: pass -m FILE.gguf (or -mu URL, or -hfr REPO -hff FILE)")
+
+
+def unimplemented(given: list[str], settings: ServerSettings) -> list[str]:
+    defaults = ServerSettings()
+    return sorted(
+        {f"{name} ({what})" for name, what in NOT_IMPLEMENTED.items() if name in given and getattr(settings, name) != getattr(defaults, name)}
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings, given = parse_settings(argv)
+    from .main import serve
+
+    serve(settings, warnings=unimplemented(given, settings))
+

@@ -1,0 +1,1 @@
+"""The inference engine: request parameters, slots, sampling and the continuous-batching scheduler."""

@@ -1,0 +1,189 @@
+"""The engine facade the HTTP layer talks to: model loading, task submission, slot views.
+
+Loading runs in a background thread so `/health` can answer 503 meanwhile; after
+that, only the scheduler thread calls llama.cpp.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+import time
+from concurrent.futures import Future
+from typing import Any, Callable
+
+import llama_cpp as lc
+
+from ..errors import APIError
+from ..llama.backend import init_backend
+from ..llama.context import ContextParams, LlamaContext
+from ..llama.model import LlamaModel, ModelLoadParams
+from ..settings import ServerSettings
+from .params import SlotParams
+from .scheduler import Scheduler
+from .stats import EngineStats
+from .task import Task
+
+log = logging.getLogger("kubellama.engine")
+
+
+class EngineState(str, enum.Enum):
+    LOADING = "loading model"
+    READY = "ok"
+    ERROR = "error"
+
+
+class Engine:
+    def __init__(self, settings: ServerSettings):
+        self.settings = settings
+        self.state = EngineState.LOADING
+        self.error: str | None = None
+        self.model: LlamaModel | None = None
+        self.ctx: LlamaContext | None = None
+        self.scheduler: Scheduler | None = None
+        self.stats = EngineStats()
+        self.default_params = SlotParams()
+        self.model_path = settings.model
+        self.loaded = threading.Event()
+        self.t_loaded = 0.0
+        self.resolve_model: Callable[[ServerSettings], str] | None = None  # e.g. a downloader
+        self.on_ready: list[Callable[["Engine"], None]] = []
+
+    # -- lifecycle ----------------------------------------------------------
+    def start_loading(self) -> threading.Thread:
+        t = threading.Thread(target=self._load_safely, name="kubellama-loader", daemon=True)
+        t.start()
+        return t
+
+    def _load_safely(self) -> None:
+        try:
+            self.load()
+        except Exception as exc:  # reported by /health (500) and the log
+            self.error = str(exc)
+            self.state = EngineState.ERROR
+            log.error("model load failed: %s", exc)
+        finally:
+            self.loaded.set()
+
+    def load(self) -> None:
+        s = self.settings
+        t0 = time.perf_counter()
+        if self.resolve_model is not None:
+            self.model_path = self.resolve_model(s)
+        init_backend(verbose=s.verbose, numa=s.numa or None)
+        self.model = LlamaModel(
+            ModelLoadParams(
+                path=self.model_path,
+                n_gpu_layers=s.n_gpu_layers,
+                main_gpu=s.main_gpu,
+                tensor_split=tuple(s.tensor_split),
+                use_mmap=not s.no_mmap,
+                use_mlock=s.mlock,
+            )
+        )
+        n_ctx = s.ctx_size or self.model.n_ctx_train
+        self.ctx = LlamaContext(
+            self.model,
+            ContextParams(
+                n_ctx=n_ctx,
+                n_batch=s.batch_size,
+                n_ubatch=s.ubatch_size,
+                n_seq_max=s.parallel,
+                n_threads=s.n_threads,
+                n_threads_batch=s.n_threads_batch,
+                embeddings=False,
+                pooling_type=lc.LLAMA_POOLING_TYPE_MEAN if s.embedding else lc.LLAMA_POOLING_TYPE_UNSPECIFIED,
+            ),
+        )
+        self.ctx.embeddings = s.embedding  # embedding batches switch llama_set_embeddings on
+        self.scheduler = Scheduler(
+            self.model,
+            self.ctx,
+            n_slots=s.parallel,
+            n_predict_limit=s.n_predict,
+            cont_batching=s.cont_batching,
+            model_name=s.model_name or self.model_path,
+            stats=self.stats,
+        )
+        for hook in self.on_ready:
+            hook(self)
+        self.scheduler.start()
+        self.t_loaded = time.time()
+        self.state = EngineState.READY
+        log.info(
+            "model loaded in %.2fs: %s (n_ctx=%d, %d slots of %d tokens, batch %d)",
+            time.perf_counter() - t0, self.model_path, self.ctx.n_ctx, s.parallel, self.ctx.n_ctx_seq, self.ctx.n_batch,
+        )
+
+    def close(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.stop()
+        if self.ctx is not None:
+            self.ctx.close()
+        if self.model is not None:
+            self.model.close()
+
+    # -- API for the HTTP layer ------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        return self.state == EngineState.READY
+
+    def require_ready(self) -> Scheduler:
+        if self.state == EngineState.LOADING:
+            raise APIError("Loading model", "unavailable_error")
+        if self.state == EngineState.ERROR:
+            raise APIError(f"Model failed to load: {self.error}", "server_error")
+        assert self.scheduler is not None
+        return self.scheduler
+
+    @property
+    def n_slots(self) -> int:
+        return self.settings.parallel
+
+    def submit(self, task: Task) -> None:
+        self.require_ready().submit(task)
+
+    def cancel(self, task: Task) -> None:
+        if self.scheduler is not None:
+            self.scheduler.cancel(task)
+
+    def call(self, fn: Callable[[Scheduler], Any]) -> Future:
+        return self.require_ready().call(fn)
+
+    def slot_counts(self) -> tuple[int, int]:
+        """(idle, processing); a racy read from another thread is fine for health checks."""
+        if self.scheduler is None:
+            return 0, 0
+        processing = sum(1 for s in self.scheduler.slots if s.is_processing)
+        return len(self.scheduler.slots) - processing, processing
+
+    def n_ctx_slot(self) -> int:
+        return self.ctx.n_ctx_seq if self.ctx is not None else self.settings.ctx_size
+
+    def generation_settings(self, params: SlotParams | None = None) -> dict[str, Any]:
+        d = (params or self.default_params).settings()
+        d["n_ctx"] = self.n_ctx_slot()
+        d["model"] = self.settings.model_name or self.model_path
+        return d
+
+    def slot_json(self, slot) -> dict[str, Any]:
+        """One slot as in the reference's GET /slots."""
+        d = self.generation_settings(slot.params)
+        d.update(
+            id=slot.id,
+            id_task=slot.last_task_id,
+            task_id=slot.last_task_id,
+            state=int(slot.state),
+            is_processing=slot.is_processing,
+            prompt=slot.last_prompt if isinstance(slot.last_prompt, str) else self.model.detokenize(slot.prompt_tokens) if self.model else "",
+            n_past=slot.n_past,
+            n_prompt_tokens=len(slot.prompt_tokens),
+            n_prompt_tokens_cache=slot.n_cached,
+            next_token=slot.next_token_json(),
+        )
+        return d
+
+    def slots_json(self) -> list[dict[str, Any]]:
+        sched = self.require_ready()
+        return [self.slot_json(s) for s in sched.slots]

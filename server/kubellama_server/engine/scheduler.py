@@ -1,0 +1,553 @@
+"""The continuous-batching scheduler: one thread owns every llama.cpp call.
+
+Each step builds ONE batch holding the pending generated token of every
+generating slot plus prompt chunks of slots still reading their prompt (up to
+`n_batch` tokens), calls `llama_decode` once, then samples for every slot that
+has an output in the batch. New tasks, cancellations and control calls arrive
+through a thread-safe command queue and are handled between steps.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import APIError, invalid
+from ..llama.context import Batch, LlamaContext
+from ..llama.model import LlamaModel
+from .params import SlotParams
+from .sampling import SamplerChain, top_probs
+from .slot import Slot
+from .stats import EngineStats
+from .task import (
+    CompletionResult,
+    EmbeddingResult,
+    PartialResult,
+    Task,
+    Timings,
+    TokenInfo,
+    TokenProb,
+)
+
+log = logging.getLogger("kubellama.scheduler")
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class Scheduler:
+    def __init__(
+        self,
+        model: LlamaModel,
+        ctx: LlamaContext,
+        *,
+        n_slots: int,
+        n_predict_limit: int = -1,
+        cont_batching: bool = True,
+        model_name: str = "",
+        stats: EngineStats | None = None,
+    ):
+        self.model = model
+        self.ctx = ctx
+        self.n_predict_limit = n_predict_limit
+        self.cont_batching = cont_batching
+        self.model_name = model_name
+        self.stats = stats or EngineStats()
+        self.slots = [Slot(id=i, n_ctx=ctx.n_ctx_seq) for i in range(n_slots)]
+        self.batch = Batch(ctx.n_batch, 1)
+        self.waiting: deque[Task] = deque()
+        self.commands: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._eog_tokens: list[int] | None = None
+        self.system_tokens: list[int] = []  # shared prefix of every slot (system prompt)
+        self.last_batch_slots = 0  # slots that had tokens in the last decode (for tests/metrics)
+        self.max_batch_slots = 0
+
+    # -- thread-safe API ----------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="kubellama-scheduler", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self.commands.put(("wake",))
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def submit(self, task: Task) -> None:
+        self.commands.put(("task", task))
+
+    def cancel(self, task: Task) -> None:
+        task.cancelled = True
+        self.commands.put(("cancel", task))
+
+    def call(self, fn: Callable[["Scheduler"], Any]) -> Future:
+        """Run `fn(scheduler)` on the scheduler thread between two steps."""
+        fut: Future = Future()
+        self.commands.put(("call", fn, fut))
+        return fut
+
+    # -- the loop -------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            busy = any(s.is_processing for s in self.slots)
+            try:
+                self._drain_commands(block=not busy)
+                self._launch_waiting()
+                if any(s.is_processing for s in self.slots):
+                    self._step()
+            except Exception:  # never let the loop die: fail active tasks instead
+                log.exception("scheduler step failed")
+                self._fail_all(APIError("internal error in the scheduler (see server log)", "server_error"))
+
+    def _drain_commands(self, block: bool) -> None:
+        try:
+            cmd = self.commands.get(timeout=0.5) if block else self.commands.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            self._handle(cmd)
+            try:
+                cmd = self.commands.get_nowait()
+            except queue.Empty:
+                return
+
+    def _handle(self, cmd: tuple) -> None:
+        kind = cmd[0]
+        if kind == "task":
+            self.waiting.append(cmd[1])
+        elif kind == "cancel":
+            self._cancel(cmd[1])
+        elif kind == "call":
+            fn, fut = cmd[1], cmd[2]
+            if fut.set_running_or_notify_cancel():
+                try:
+                    fut.set_result(fn(self))
+                except BaseException as exc:  # delivered to the caller
+                    fut.set_exception(exc)
+
+    def _cancel(self, task: Task) -> None:
+        if task in self.waiting:
+            self.waiting.remove(task)
+            self.stats.on_cancel()
+            return
+        for slot in self.slots:
+            if slot.task is task:
+                log.debug("slot %d: task %d cancelled", slot.id, task.id)
+                self._finish_timings(slot)
+                slot.release()
+                self.stats.on_cancel()
+                return
+
+    def _fail_all(self, exc: APIError) -> None:
+        for slot in self.slots:
+            if slot.task is not None:
+                slot.task.sink.put(("error", exc))
+                slot.release()
+
+    # -- slot assignment --------------------------------------------------------
+    def _launch_waiting(self) -> None:
+        if not self.waiting:
+            return
+        still: deque[Task] = deque()
+        while self.waiting:
+            task = self.waiting.popleft()
+            if task.cancelled:
+                continue
+            try:
+                if task.tokens is None:
+                    task.tokens = self._prompt_tokens(task)
+                slot = self._pick_slot(task)
+                if slot is None:
+                    still.append(task)
+                    continue
+                self._launch(slot, task)
+            except APIError as exc:
+                if task.slot is not None:
+                    task.slot.release()
+                task.sink.put(("error", exc))
+        self.waiting = still
+
+    def _pick_slot(self, task: Task) -> Slot | None:
+        """The requested slot; else the idle slot sharing the longest prefix; else the LRU one."""
+        if task.params.id_slot >= 0:
+            slot = self.slots[task.params.id_slot]
+            return None if slot.is_processing else slot
+        idle = [s for s in self.slots if not s.is_processing]
+        if not idle:
+            return None
+        if task.kind == "completion" and task.params.cache_prompt:
+            best, best_len = None, 0
+            for s in idle:
+                n = common_prefix(s.cache_tokens, task.tokens)
+                if n > best_len:
+                    best, best_len = s, n
+            if best is not None:
+                return best
+        return min(idle, key=lambda s: s.t_last_used)
+
+    def _prompt_tokens(self, task: Task) -> list[int]:
+        """Tokenize a prompt with the reference's BOS rule."""
+        if task.build_prompt is not None:
+            return task.build_prompt(self.model)
+        prompt = task.prompt
+        first_is_text = isinstance(prompt, str) or (isinstance(prompt, list) and prompt and isinstance(prompt[0], str))
+        add_bos = first_is_text and self.model.add_bos and not self.system_tokens
+        tokens: list[int] = []
+        if isinstance(prompt, str):
+            tokens = self.model.tokenize(prompt, add_special=add_bos, parse_special=True)
+        else:
+            for k, piece in enumerate(prompt):
+                if isinstance(piece, str):
+                    tokens += self.model.tokenize(piece, add_special=add_bos and k == 0, parse_special=True)
+                else:
+                    tokens.append(piece)
+        bad = [t for t in tokens if not self.model.valid_token(t)]
+        if bad:
+            raise invalid(f"'prompt' contains token ids outside the vocabulary (0..{self.model.n_vocab - 1}): {bad[:5]}")
+        return tokens
+
+    def eog_tokens(self) -> list[int]:
+        if self._eog_tokens is None:
+            self._eog_tokens = [t for t in range(self.model.n_vocab) if self.model.is_eog(t)]
+        return self._eog_tokens
+
+    def _resolve_bias(self, params: SlotParams) -> list[tuple[int, float]]:
+        out: list[tuple[int, float]] = []
+        for tok, b in params.logit_bias:
+            value = -math.inf if b is False else float(b)
+            if isinstance(tok, str):
+                for t in self.model.tokenize(tok, add_special=False, parse_special=False):
+                    out.append((t, value))
+            else:
+                if not self.model.valid_token(tok):
+                    raise invalid(f"'logit_bias' token {tok} is outside the vocabulary (0..{self.model.n_vocab - 1})")
+                out.append((tok, value))
+        if params.ignore_eos:
+            out += [(t, -math.inf) for t in self.eog_tokens()]
+        return out
+
+    def _truncate_prompt(self, slot: Slot, tokens: list[int], params: SlotParams) -> list[int]:
+        """llama.cpp's prompt truncation: keep n_keep tokens, drop whole blocks after them."""
+        n_ctx = slot.n_ctx
+        n_keep = len(tokens) if params.n_keep < 0 else params.n_keep
+        n_keep = min(n_keep, n_ctx - 4)
+        n_left = n_ctx - n_keep
+        n_block = max(1, n_left // 2)
+        erased = (len(tokens) - n_keep - n_block) // n_block
+        out = tokens[:n_keep] + tokens[n_keep + erased * n_block:]
+        if len(out) >= n_ctx:  # degenerate settings: keep the tail
+            out = tokens[-(n_ctx // 2):]
+        return out
+
+    def _launch(self, slot: Slot, task: Task) -> None:
+        params = task.params
+        tokens = task.tokens
+        task.slot = slot
+        if task.kind == "embedding":
+            if not self.ctx.embeddings:
+                raise APIError("This server does not support embeddings. Start it with `--embedding`", "not_supported_error")
+            if len(tokens) > self.ctx.n_ubatch or len(tokens) > slot.n_ctx:
+                raise APIError(
+                    f"input is too large to process: {len(tokens)} tokens, the limit is "
+                    f"{min(self.ctx.n_ubatch, slot.n_ctx)} (increase --ubatch-size / --ctx-size)",
+                    "exceed_context_size_error",
+                    n_prompt_tokens=len(tokens),
+                    n_ctx=slot.n_ctx,
+                )
+            if not tokens:
+                raise invalid("input is empty")
+            self.ctx.seq_rm(slot.id, 0, -1)
+            slot.cache_tokens = []
+            slot.start(task, params, tokens, 0)
+            return
+        if not tokens:
+            tokens = [self.model.bos] if self.model.bos >= 0 else []
+            if not tokens:
+                raise invalid("'prompt' is empty")
+        truncated = False
+        if len(tokens) >= slot.n_ctx:
+            if not task.allow_truncate:
+                raise APIError(
+                    f"the request exceeds the available context size ({len(tokens)} prompt tokens, "
+                    f"{slot.n_ctx} per slot); shorten the prompt or start the server with a larger --ctx-size",
+                    "exceed_context_size_error",
+                    n_prompt_tokens=len(tokens),
+                    n_ctx=slot.n_ctx,
+                )
+            tokens = self._truncate_prompt(slot, tokens, params)
+            truncated = True
+        bias = self._resolve_bias(params)
+        slot.sampler = SamplerChain(self.model, params, slot.n_ctx, bias)
+        # reuse the cached prefix (always keep >= 1 token to evaluate for logits)
+        n_cached = common_prefix(slot.cache_tokens, tokens) if params.cache_prompt else 0
+        n_cached = min(n_cached, len(tokens) - 1)
+        if not self.ctx.seq_rm(slot.id, n_cached, -1):
+            self.ctx.seq_rm(slot.id, 0, -1)
+            n_cached = 0
+        slot.cache_tokens = tokens[:n_cached]
+        slot.start(task, params, tokens, n_cached)
+        slot.truncated = truncated
+        # prime the penalties with the prompt (or penalty_prompt) history
+        history = tokens
+        if isinstance(params.penalty_prompt, str):
+            history = self.model.tokenize(params.penalty_prompt, add_special=False)
+        elif isinstance(params.penalty_prompt, list):
+            history = [t for t in params.penalty_prompt if isinstance(t, int) and self.model.valid_token(t)]
+        slot.sampler.prime(history)
+        log.debug("slot %d: task %d, %d prompt tokens, %d cached", slot.id, task.id, len(tokens), n_cached)
+
+    # -- one step ---------------------------------------------------------------
+    def _step(self) -> None:
+        embedding_slots = [s for s in self.slots if s.is_processing and s.task.kind == "embedding"]
+        if embedding_slots:
+            self._embedding_step(embedding_slots)
+            if not any(s.is_processing for s in self.slots):
+                return
+        batch = self.batch
+        batch.clear()
+        active: list[Slot] = []
+        # 1. one pending generated token from every generating slot
+        for slot in self.slots:
+            if not slot.is_processing or slot.task.kind != "completion" or slot.pending_token < 0:
+                continue
+            if slot.n_past + 1 > slot.n_ctx and not self._make_room(slot):
+                continue
+            slot.i_batch = batch.add(slot.pending_token, slot.n_past, slot.id, True)
+            slot.cache_tokens.append(slot.pending_token)
+            slot.pending_token = -1
+            active.append(slot)
+        # 2. prompt chunks (continuous batching: alongside generation)
+        if self.cont_batching or batch.n == 0:
+            prompt_slots = sorted(
+                (s for s in self.slots if s.is_processing and s.task.kind == "completion" and s.in_prompt),
+                key=lambda s: s.task.id,
+            )
+            for slot in prompt_slots:
+                if batch.free == 0:
+                    break
+                start = slot.n_prompt_done
+                take = min(len(slot.prompt_tokens) - start, batch.free)
+                for k in range(start, start + take):
+                    is_last = k == len(slot.prompt_tokens) - 1
+                    i = batch.add(slot.prompt_tokens[k], k, slot.id, is_last)
+                    if is_last:
+                        slot.i_batch = i
+                slot.cache_tokens.extend(slot.prompt_tokens[start:start + take])
+                slot.n_prompt_done += take
+                active.append(slot)
+        if batch.n == 0:
+            return
+        ret = self.ctx.decode(batch)
+        if ret != 0:
+            self._decode_failed(active, ret)
+            return
+        n_slots = len({s.id for s in active})
+        self.last_batch_slots = n_slots
+        self.max_batch_slots = max(self.max_batch_slots, n_slots)
+        self.stats.on_decode(sum(1 for s in self.slots if s.is_processing), max(s.n_past for s in active))
+        now = time.perf_counter()
+        for slot in active:
+            if slot.i_batch < 0 or not slot.is_processing:
+                continue
+            i, slot.i_batch = slot.i_batch, -1
+            if slot.t_prompt_done == 0.0:
+                slot.t_prompt_done = now
+                slot.t_last_token = now
+                n_eval = len(slot.prompt_tokens) - slot.n_cached
+                self.stats.on_prompt_done(n_eval, now - slot.t_start, slot.n_cached)
+                if slot.params.n_predict == 0:
+                    self._finish(slot)
+                    continue
+            self._sample(slot, i, now)
+
+    def _make_room(self, slot: Slot) -> bool:
+        """Context full: shift (keep n_keep, drop half the rest) or stop the slot."""
+        params = slot.params
+        unlimited = params.n_predict == -1 and self.n_predict_limit == -1
+        if unlimited or not self.ctx.can_shift:
+            slot.stopped_limit = True
+            self._finish(slot)
+            return False
+        n_keep = len(slot.prompt_tokens) if params.n_keep < 0 else params.n_keep
+        n_keep = min(n_keep, slot.n_ctx - 4)
+        n_left = slot.n_past - n_keep
+        n_discard = max(1, n_left // 2)
+        self.ctx.seq_rm(slot.id, n_keep, n_keep + n_discard)
+        self.ctx.seq_add(slot.id, n_keep + n_discard, slot.n_past, -n_discard)
+        slot.cache_tokens = slot.cache_tokens[:n_keep] + slot.cache_tokens[n_keep + n_discard:]
+        slot.truncated = True
+        log.debug("slot %d: context shift, kept %d, discarded %d", slot.id, n_keep, n_discard)
+        return True
+
+    def _decode_failed(self, active: list[Slot], ret: int) -> None:
+        log.error("llama_decode failed (%d) for a batch of %d tokens", ret, self.batch.n)
+        msg = "llama_decode failed: no KV cache space left" if ret == 1 else f"llama_decode failed ({ret})"
+        for slot in {s.id: s for s in active}.values():
+            if slot.task is not None:
+                slot.task.sink.put(("error", APIError(msg, "server_error")))
+            self.ctx.seq_rm(slot.id, 0, -1)
+            slot.cache_tokens = []
+            slot.release()
+
+    # -- sampling and stopping ---------------------------------------------------
+    def _sample(self, slot: Slot, i: int, now: float) -> None:
+        params = slot.params
+        token = slot.sampler.sample(self.ctx.ptr, i)
+        info = None
+        if params.n_probs > 0:
+            logits = self.ctx.logits(i)
+            top = top_probs(logits, params.n_probs)
+            prob = next((p for t, p in top if t == token), None)
+            if prob is None:
+                m = float(logits.max())
+                e = np.exp(logits - m, dtype=np.float64)
+                prob = float(e[token] / e.sum())
+            info = TokenInfo(
+                id=token,
+                text=self.model.detokenize([token]),
+                prob=prob,
+                top=[TokenProb(t, self.model.detokenize([t]), p) for t, p in top],
+            )
+        if slot.n_decoded == 0:
+            self.stats.observe("first_token", now - slot.task.t_created)
+        else:
+            self.stats.observe("token", now - slot.t_last_token)
+        slot.t_last_token = now
+        slot.n_decoded += 1
+        if self.model.is_eog(token) and not params.ignore_eos:
+            slot.stopped_eos = True
+            self._finish(slot)
+            return
+        slot.generated.append(token)
+        if info is not None:
+            slot.probs.append(info)
+        stop_hit = slot.text.push(self.model.token_bytes(token))
+        if stop_hit:
+            slot.stopped_word = True
+        elif params.n_predict != -1 and slot.n_decoded >= params.n_predict:
+            slot.stopped_limit = True
+        elif self.n_predict_limit != -1 and slot.n_decoded >= self.n_predict_limit:
+            slot.stopped_limit = True
+        if slot.stopped_word or slot.stopped_limit:
+            self._finish(slot)
+            return
+        slot.pending_token = token
+        if params.stream:
+            self._send_partial(slot)
+
+    def _send_partial(self, slot: Slot, final: bool = False) -> None:
+        content = slot.text.take_sendable(final)
+        probs = slot.probs[slot.streamed_probs:]
+        if not content and not probs and not final:
+            return
+        tokens = slot.generated[slot.streamed_tokens:]
+        slot.streamed_probs = len(slot.probs)
+        slot.streamed_tokens = len(slot.generated)
+        slot.task.sink.put(("partial", PartialResult(content, tokens, probs, slot.n_decoded)))
+
+    def _finish_timings(self, slot: Slot) -> Timings:
+        now = time.perf_counter()
+        t_prompt_done = slot.t_prompt_done or now
+        n_gen = slot.n_decoded
+        predicted_s = (slot.t_last_token - t_prompt_done) if n_gen > 1 else 0.0
+        if n_gen:
+            self.stats.on_prediction_done(n_gen, max(predicted_s, 0.0))
+        self.stats.observe("request_done", now - slot.task.t_created)
+        self.stats.observe("queue_wait", slot.queue_wait)
+        return Timings(
+            cache_n=slot.n_cached,
+            prompt_n=len(slot.prompt_tokens) - slot.n_cached,
+            prompt_ms=(t_prompt_done - slot.t_start) * 1e3,
+            predicted_n=n_gen,
+            predicted_ms=max(predicted_s, 0.0) * 1e3 if n_gen > 1 else 0.0,
+            queue_ms=slot.queue_wait * 1e3,
+            ttft_ms=(t_prompt_done - slot.task.t_created) * 1e3,
+        )
+
+    def _finish(self, slot: Slot) -> None:
+        slot.text.flush()
+        if slot.params.stream:
+            content = slot.text.take_sendable(final=True)
+            if content or slot.probs[slot.streamed_probs:]:
+                slot.task.sink.put(("partial", PartialResult(content, slot.generated[slot.streamed_tokens:], slot.probs[slot.streamed_probs:], slot.n_decoded)))
+                slot.streamed_probs = len(slot.probs)
+                slot.streamed_tokens = len(slot.generated)
+        timings = self._finish_timings(slot)
+        settings = slot.params.settings()
+        settings["n_ctx"] = slot.n_ctx
+        settings["model"] = self.model_name
+        result = CompletionResult(
+            content=slot.text.text,
+            tokens=list(slot.generated),
+            id_slot=slot.id,
+            prompt_tokens=slot.prompt_tokens,
+            tokens_predicted=slot.n_decoded,
+            tokens_evaluated=len(slot.prompt_tokens),
+            tokens_cached=slot.n_cached,
+            truncated=slot.truncated,
+            stopped_eos=slot.stopped_eos,
+            stopped_limit=slot.stopped_limit,
+            stopped_word=slot.stopped_word,
+            stopping_word=slot.text.stopping_word,
+            probs=list(slot.probs),
+            timings=timings,
+            settings=settings,
+        )
+        slot.task.sink.put(("final", result))
+        slot.release()
+
+    # -- embeddings -------------------------------------------------------------
+    def _embedding_step(self, slots: list[Slot]) -> None:
+        batch = self.batch
+        batch.clear()
+        taken: list[Slot] = []
+        for slot in slots:
+            if len(slot.prompt_tokens) > batch.free:
+                continue
+            for k, tok in enumerate(slot.prompt_tokens):
+                batch.add(tok, k, slot.id, True)
+            taken.append(slot)
+        if not taken:
+            return
+        self.ctx.set_embeddings(True)
+        try:
+            ret = self.ctx.decode(batch)
+        finally:
+            self.ctx.set_embeddings(False)
+        if ret != 0:
+            self._decode_failed(taken, ret)
+            return
+        self.stats.on_decode(len(taken), max(len(s.prompt_tokens) for s in taken))
+        offset = 0
+        for slot in taken:
+            n = len(slot.prompt_tokens)
+            vec = self.ctx.embedding_seq(slot.id)
+            if vec is None:  # no pooling: average the token embeddings
+                rows = [self.ctx.embedding_ith(offset + k) for k in range(n)]
+                vec = np.mean([r for r in rows if r is not None], axis=0)
+            offset += n
+            norm = float(np.linalg.norm(vec))
+            if norm > 0:
+                vec = vec / norm
+            now = time.perf_counter()
+            self.stats.on_prompt_done(n, now - slot.t_start, 0)
+            self.stats.observe("request_done", now - slot.task.t_created)
+            slot.task.sink.put(("final", EmbeddingResult([float(x) for x in vec], n, slot.id)))
+            self.ctx.seq_rm(slot.id, 0, -1)
+            slot.cache_tokens = []
+            slot.release()

@@ -1,0 +1,160 @@
+"""Tasks submitted to the scheduler and the thread-safe channel that carries their results.
+
+HTTP handlers (asyncio) create a task with a `TaskSink`; the scheduler thread
+pushes events into it with `loop.call_soon_threadsafe`, never blocking on the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..errors import APIError
+from .params import Prompt, SlotParams
+
+_ids = itertools.count()
+
+
+def next_task_id() -> int:
+    return next(_ids)
+
+
+class TaskSink:
+    """Delivers scheduler events to one asyncio consumer."""
+
+    __slots__ = ("loop", "queue", "closed")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None):
+        self.loop = loop or asyncio.get_running_loop()
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.closed = False
+
+    def put(self, event: Any) -> None:
+        if self.closed:
+            return
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+        except RuntimeError:  # loop closed: the client is gone
+            self.closed = True
+
+    async def get(self) -> Any:
+        return await self.queue.get()
+
+
+@dataclass
+class TokenProb:
+    id: int
+    text: str
+    prob: float
+
+
+@dataclass
+class TokenInfo:
+    """One generated token with its probabilities (only when `n_probs` > 0)."""
+
+    id: int
+    text: str
+    prob: float
+    top: list[TokenProb]
+
+
+@dataclass
+class PartialResult:
+    """A streamed chunk: new text since the last chunk."""
+
+    content: str
+    tokens: list[int]
+    probs: list[TokenInfo]
+    n_decoded: int
+
+
+@dataclass
+class Timings:
+    cache_n: int = 0
+    prompt_n: int = 0
+    prompt_ms: float = 0.0
+    predicted_n: int = 0
+    predicted_ms: float = 0.0
+    queue_ms: float = 0.0
+    ttft_ms: float = 0.0
+
+    def to_json(self) -> dict[str, float | int]:
+        return {
+            "cache_n": self.cache_n,
+            "prompt_n": self.prompt_n,
+            "prompt_ms": self.prompt_ms,
+            "prompt_per_token_ms": self.prompt_ms / self.prompt_n if self.prompt_n else 0.0,
+            "prompt_per_second": 1e3 * self.prompt_n / self.prompt_ms if self.prompt_ms > 0 else 0.0,
+            "predicted_n": self.predicted_n,
+            "predicted_ms": self.predicted_ms,
+            "predicted_per_token_ms": self.predicted_ms / self.predicted_n if self.predicted_n else 0.0,
+            "predicted_per_second": 1e3 * self.predicted_n / self.predicted_ms if self.predicted_ms > 0 else 0.0,
+        }
+
+
+@dataclass
+class CompletionResult:
+    content: str
+    tokens: list[int]
+    id_slot: int
+    prompt_tokens: list[int]
+    tokens_predicted: int
+    tokens_evaluated: int
+    tokens_cached: int
+    truncated: bool
+    stopped_eos: bool
+    stopped_limit: bool
+    stopped_word: bool
+    stopping_word: str
+    probs: list[TokenInfo]
+    timings: Timings
+    settings: dict[str, Any]
+
+    @property
+    def stop_type(self) -> str:
+        if self.stopped_eos:
+            return "eos"
+        if self.stopped_word:
+            return "word"
+        if self.stopped_limit:
+            return "limit"
+        return "none"
+
+    @property
+    def finish_reason(self) -> str:
+        return "length" if self.stopped_limit else "stop"
+
+
+@dataclass
+class EmbeddingResult:
+    embedding: list[float]
+    n_tokens: int
+    id_slot: int
+
+
+@dataclass
+class Task:
+    """A unit of work for one slot.
+
+    `prompt` is tokenized on the scheduler thread (BOS rules of the reference);
+    `build_prompt`, when set, replaces that step (infill, pre-tokenized chat).
+    """
+
+    kind: str  # "completion" | "embedding"
+    prompt: Prompt
+    params: SlotParams
+    sink: TaskSink
+    build_prompt: Callable[[Any], list[int]] | None = None
+    allow_truncate: bool = True  # False: a too-long prompt is an exceed_context_size_error
+    id: int = field(default_factory=next_task_id)
+    t_created: float = field(default_factory=time.perf_counter)
+    cancelled: bool = False
+    tokens: list[int] | None = None  # set on the scheduler thread
+    slot: Any = None  # the slot serving it, once launched
+
+
+def error_event(exc: APIError) -> tuple[str, APIError]:
+    return ("error", exc)

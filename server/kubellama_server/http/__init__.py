@@ -1,0 +1,1 @@
+"""HTTP layer: FastAPI app, error handling, request bodies, streaming helpers, routes."""

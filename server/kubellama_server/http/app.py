@@ -1,0 +1,31 @@
+"""The FastAPI application: engine on app.state, error handlers, routers."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from ..engine.engine import Engine
+from ..settings import ServerSettings
+from .errors import install_error_handlers
+from .routes_native import router as native_router
+
+
+def create_app(settings: ServerSettings, engine: Engine | None = None, *, load: bool = True) -> FastAPI:
+    """Build the app; with `load`, the model loads in the background once the app starts."""
+    engine = engine or Engine(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if load and not engine.loaded.is_set() and engine.state.name == "LOADING":
+            engine.start_loading()
+        yield
+        engine.close()
+
+    app = FastAPI(title="kubellama-server", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.engine = engine
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.include_router(native_router)
+    return app

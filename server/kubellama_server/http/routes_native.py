@@ -1,0 +1,116 @@
+"""Routes of the llama.cpp-native API: /health, /completion, /tokenize, /detokenize, /props."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from ..engine.engine import Engine, EngineState
+from ..errors import APIError, invalid
+from ..serving import native
+from .body import json_body
+from .streaming import ClientGone, run_to_completion, stream_task
+
+router = APIRouter()
+
+
+def engine_of(request: Request) -> Engine:
+    return request.app.state.engine
+
+
+@router.get("/health")
+@router.get("/v1/health")
+async def health(request: Request) -> JSONResponse:
+    engine = engine_of(request)
+    if engine.state == EngineState.LOADING:
+        return JSONResponse({"status": "loading model"}, status_code=503)
+    if engine.state == EngineState.ERROR:
+        return JSONResponse({"status": "error", "error": engine.error}, status_code=500)
+    idle, processing = engine.slot_counts()
+    body: dict = {"status": "ok", "slots_idle": idle, "slots_processing": processing}
+    status = 200
+    if idle == 0:
+        body["status"] = "no slot available"
+        if "fail_on_no_slot" in request.query_params:
+            status = 503
+    if "include_slots" in request.query_params and not engine.settings.slots_endpoint_disable:
+        body["slots"] = engine.slots_json()
+    return JSONResponse(body, status_code=status)
+
+
+@router.post("/completion")
+@router.post("/completions")
+async def completion(request: Request):
+    engine = engine_of(request)
+    body = await json_body(request)
+    engine.require_ready()
+    task = native.completion_task(engine, body)
+    prompt = body["prompt"]
+    if task.params.stream:
+        def render(kind, payload):
+            if kind == "partial":
+                return [native.partial_json(payload, task.slot.id if task.slot else -1)]
+            return [native.final_json(engine, payload, prompt, streamed=True)]
+
+        return await stream_task(engine, task, render)
+    try:
+        result = await run_to_completion(engine, request, task)
+    except ClientGone:
+        return JSONResponse({}, status_code=499)
+    return native.final_json(engine, result, prompt, streamed=False)
+
+
+@router.post("/tokenize")
+async def tokenize(request: Request):
+    engine = engine_of(request)
+    body = await json_body(request)
+    content = body.get("content", "")
+    if not isinstance(content, str):
+        raise invalid("'content' must be a string")
+    add_special = body.get("add_special", False)
+    with_pieces = body.get("with_pieces", False)
+    if not isinstance(add_special, bool) or not isinstance(with_pieces, bool):
+        raise invalid("'add_special' and 'with_pieces' must be booleans")
+
+    def work(sched):
+        tokens = sched.model.tokenize(content, add_special=add_special, parse_special=True)
+        if not with_pieces:
+            return {"tokens": tokens}
+        out = []
+        for t in tokens:
+            raw = sched.model.token_bytes(t)
+            try:
+                piece = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                piece = list(raw)
+            out.append({"id": t, "piece": piece})
+        return {"tokens": out}
+
+    return await _on_scheduler(engine, work)
+
+
+@router.post("/detokenize")
+async def detokenize(request: Request):
+    engine = engine_of(request)
+    body = await json_body(request)
+    tokens = body.get("tokens", [])
+    if not isinstance(tokens, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens):
+        raise invalid("'tokens' must be an array of token ids")
+    return await _on_scheduler(engine, lambda sched: {"content": sched.model.detokenize(tokens)})
+
+
+@router.get("/props")
+async def props(request: Request):
+    engine = engine_of(request)
+    engine.require_ready()
+    return native.props_json(engine)
+
+
+async def _on_scheduler(engine: Engine, fn):
+    import asyncio
+
+    fut = engine.call(fn)
+    try:
+        return await asyncio.wrap_future(fut)
+    except APIError:
+        raise

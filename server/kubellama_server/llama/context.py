@@ -1,0 +1,151 @@
+"""One llama context (KV cache for every slot) and the batch fed to llama_decode."""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+
+import numpy as np
+import llama_cpp as lc
+
+from .model import LlamaModel
+
+
+class ContextError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class ContextParams:
+    n_ctx: int = 512
+    n_batch: int = 2048
+    n_ubatch: int = 512
+    n_seq_max: int = 1
+    n_threads: int = 1
+    n_threads_batch: int = 1
+    embeddings: bool = False
+    pooling_type: int = lc.LLAMA_POOLING_TYPE_UNSPECIFIED
+
+
+class Batch:
+    """A reusable llama_batch with Python-side bookkeeping."""
+
+    def __init__(self, capacity: int, n_seq_max: int = 1):
+        self.capacity = capacity
+        self.raw = lc.llama_batch_init(capacity, 0, n_seq_max)
+        self.n = 0
+
+    def clear(self) -> None:
+        self.n = 0
+
+    def add(self, token: int, pos: int, seq_id: int, logits: bool) -> int:
+        i = self.n
+        raw = self.raw
+        raw.token[i] = token
+        raw.pos[i] = pos
+        raw.n_seq_id[i] = 1
+        raw.seq_id[i][0] = seq_id
+        raw.logits[i] = logits
+        self.n = i + 1
+        return i
+
+    def set_logits(self, i: int, logits: bool) -> None:
+        self.raw.logits[i] = logits
+
+    @property
+    def free(self) -> int:
+        return self.capacity - self.n
+
+    def close(self) -> None:
+        if self.raw is not None:
+            lc.llama_batch_free(self.raw)
+            self.raw = None
+
+
+class LlamaContext:
+    def __init__(self, model: LlamaModel, params: ContextParams):
+        cp = lc.llama_context_default_params()
+        cp.n_ctx = params.n_ctx
+        cp.n_batch = params.n_batch
+        cp.n_ubatch = min(params.n_ubatch, params.n_batch)
+        cp.n_seq_max = params.n_seq_max
+        cp.n_threads = params.n_threads
+        cp.n_threads_batch = params.n_threads_batch
+        cp.embeddings = params.embeddings
+        cp.pooling_type = params.pooling_type
+        cp.kv_unified = False  # each slot gets n_ctx / n_seq_max, as llama.cpp's server
+        ctx = lc.llama_init_from_model(model.ptr, cp)
+        if not ctx:
+            raise ContextError(
+                f"failed to create a llama context (n_ctx={params.n_ctx}, parallel={params.n_seq_max}); "
+                "try a smaller --ctx-size or --parallel"
+            )
+        self.ptr = ctx
+        self.model = model
+        self.mem = lc.llama_get_memory(ctx)
+        self.n_ctx = lc.llama_n_ctx(ctx)
+        self.n_ctx_seq = lc.llama_n_ctx_seq(ctx)
+        self.n_batch = lc.llama_n_batch(ctx)
+        self.n_ubatch = lc.llama_n_ubatch(ctx)
+        self.n_seq_max = lc.llama_n_seq_max(ctx)
+        self.embeddings = params.embeddings
+        self.pooling_type = lc.llama_pooling_type(ctx) if hasattr(lc, "llama_pooling_type") else params.pooling_type
+        self.can_shift = bool(lc.llama_memory_can_shift(self.mem))
+
+    # -- decode ---------------------------------------------------------
+    def decode(self, batch: Batch) -> int:
+        """0 ok, 1 no KV space for the batch, 2 aborted, <0 error."""
+        batch.raw.n_tokens = batch.n
+        return lc.llama_decode(self.ptr, batch.raw)
+
+    def logits(self, i: int) -> np.ndarray:
+        ptr = lc.llama_get_logits_ith(self.ptr, i)
+        return np.ctypeslib.as_array(ptr, shape=(self.model.n_vocab,))
+
+    def embedding_seq(self, seq_id: int) -> np.ndarray | None:
+        ptr = lc.llama_get_embeddings_seq(self.ptr, seq_id)
+        if not ptr:
+            return None
+        return np.ctypeslib.as_array(ptr, shape=(self.model.n_embd,)).copy()
+
+    def embedding_ith(self, i: int) -> np.ndarray | None:
+        ptr = lc.llama_get_embeddings_ith(self.ptr, i)
+        if not ptr:
+            return None
+        return np.ctypeslib.as_array(ptr, shape=(self.model.n_embd,)).copy()
+
+    def set_embeddings(self, on: bool) -> None:
+        lc.llama_set_embeddings(self.ptr, on)
+
+    # -- memory (KV cache) ----------------------------------------------
+    def seq_rm(self, seq: int, p0: int, p1: int = -1) -> bool:
+        return bool(lc.llama_memory_seq_rm(self.mem, seq, p0, p1))
+
+    def seq_add(self, seq: int, p0: int, p1: int, delta: int) -> None:
+        lc.llama_memory_seq_add(self.mem, seq, p0, p1, delta)
+
+    def seq_cp(self, src: int, dst: int, p0: int = -1, p1: int = -1) -> None:
+        lc.llama_memory_seq_cp(self.mem, src, dst, p0, p1)
+
+    def seq_pos_max(self, seq: int) -> int:
+        return lc.llama_memory_seq_pos_max(self.mem, seq)
+
+    def clear(self) -> None:
+        lc.llama_memory_clear(self.mem, True)
+
+    # -- state files ----------------------------------------------------
+    def state_seq_save_file(self, path: str, seq: int, tokens: list[int]) -> int:
+        arr = (lc.llama_token * max(1, len(tokens)))(*tokens)
+        return lc.llama_state_seq_save_file(self.ptr, path.encode(), seq, arr, len(tokens))
+
+    def state_seq_load_file(self, path: str, seq: int, capacity: int) -> tuple[int, list[int]]:
+        """Returns (bytes read, tokens); bytes read 0 means the file was refused."""
+        arr = (lc.llama_token * max(1, capacity))()
+        n_out = ctypes.c_size_t(0)
+        n_read = lc.llama_state_seq_load_file(self.ptr, path.encode(), seq, arr, capacity, ctypes.byref(n_out))
+        return n_read, list(arr[: n_out.value])
+
+    def close(self) -> None:
+        if self.ptr:
+            lc.llama_free(self.ptr)
+            self.ptr = None

@@ -1,0 +1,43 @@
+"""Start the server: logging, the app, uvicorn (SSL optional), graceful shutdown."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import uvicorn
+
+from .http.app import create_app
+from .settings import ServerSettings
+
+log = logging.getLogger("kubellama")
+
+
+def configure_logging(settings: ServerSettings) -> None:
+    level = logging.DEBUG if settings.verbose else logging.INFO
+    if settings.log_disable:
+        level = logging.CRITICAL + 1
+    logging.basicConfig(
+        level=level,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def serve(settings: ServerSettings, warnings: list[str] | None = None) -> None:
+    configure_logging(settings)
+    if warnings:
+        log.warning("accepted but not implemented yet (ignored): %s", ", ".join(warnings))
+    app = create_app(settings)
+    log.info("listening on http%s://%s:%d", "s" if settings.ssl_cert_file else "", settings.host, settings.port)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        access_log=False,
+        ssl_keyfile=settings.ssl_key_file or None,
+        ssl_certfile=settings.ssl_cert_file or None,
+        timeout_keep_alive=min(settings.timeout, 600),
+        timeout_graceful_shutdown=int(settings.shutdown_timeout),
+    )

@@ -1,0 +1,1 @@
+"""Serving logic per endpoint family: build tasks from requests, format engine results."""

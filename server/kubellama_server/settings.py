@@ -1,0 +1,76 @@
+"""Server settings: the llama.cpp server's flags (same names and defaults) plus kubellama's."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ServerSettings:
+    # model
+    model: str = ""
+    model_url: str = ""
+    hf_repo: str = ""
+    hf_file: str = ""
+    hf_revision: str = ""
+    model_sha256: str = ""
+    offline: bool = False
+    alias: str = ""
+    lora: list[str] = field(default_factory=list)
+    lora_base: str = ""
+    mmproj: str = ""
+    # context and batching
+    ctx_size: int = 512
+    parallel: int = 1
+    cont_batching: bool = True
+    batch_size: int = 2048
+    ubatch_size: int = 512
+    threads: int = -1
+    threads_batch: int = -1
+    threads_http: int = -1
+    n_predict: int = -1
+    grp_attn_n: int = 1
+    grp_attn_w: int = 512
+    # hardware
+    n_gpu_layers: int = 0
+    main_gpu: int = 0
+    tensor_split: list[float] = field(default_factory=list)
+    mlock: bool = False
+    no_mmap: bool = False
+    numa: str = ""
+    # HTTP
+    host: str = "127.0.0.1"
+    port: int = 8080
+    timeout: int = 600
+    path: str = ""
+    api_key: list[str] = field(default_factory=list)
+    api_key_file: str = ""
+    ssl_key_file: str = ""
+    ssl_cert_file: str = ""
+    # features
+    embedding: bool = False
+    system_prompt_file: str = ""
+    chat_template: str = ""
+    slots_endpoint_disable: bool = False
+    metrics: bool = False
+    slot_save_path: str = ""
+    slot_persist: bool = False
+    shutdown_timeout: float = 30.0
+    # logging
+    log_disable: bool = False
+    log_format: str = "json"
+    verbose: bool = False
+
+    @property
+    def n_threads(self) -> int:
+        return self.threads if self.threads > 0 else max(1, os.cpu_count() or 1)
+
+    @property
+    def n_threads_batch(self) -> int:
+        return self.threads_batch if self.threads_batch > 0 else self.n_threads
+
+    @property
+    def model_name(self) -> str:
+        """The name echoed in API responses: the alias, else the model path."""
+        return self.alias or self.model
