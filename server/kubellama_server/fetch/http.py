@@ -33,7 +33,12 @@ from .errors import (
 from .progress import Progress
 
 CHUNK = 1 << 20
-__version__ = "0.1.0"
+try:
+    from importlib.metadata import version as _version
+
+    __version__ = _version("kubellama")
+except Exception:  # noqa: BLE001 - running from a source tree without install
+    __version__ = "0.1.0"
 USER_AGENT = f"kubellama-fetch/{__version__}"
 _CONTENT_RANGE = re.compile(r"bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)")
 
