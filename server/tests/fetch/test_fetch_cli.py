@@ -1,0 +1,150 @@
+"""The `kubellama-fetch` command: output, progress, exit codes, termination message, concurrent runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def _events(stderr: str) -> list[dict]:
+    return [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+
+
+def test_prints_the_path_and_json_progress_when_not_a_tty(model_server, tiny_bytes, tmp_path, run_fetch):
+    url = model_server.add("/tiny.gguf", tiny_bytes, rate=2_000_000)  # ~0.3 s: several progress lines
+    res = run_fetch("--url", url, "--dest", str(tmp_path))
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == f"{tmp_path / 'tiny.gguf'}\n"
+    events = _events(res.stderr)
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "start" and kinds[-1] == "done"
+    progress = [e for e in events if e["event"] == "progress"]
+    assert len(progress) >= 3
+    assert all(e["bytes_total"] == len(tiny_bytes) for e in progress)
+    assert [e["bytes_done"] for e in progress] == sorted(e["bytes_done"] for e in progress)
+    assert progress[-1]["percent"] == 100.0 and progress[-1]["bytes_done"] == len(tiny_bytes)
+    assert 0 < progress[0]["percent"] < 100 and progress[0]["eta_seconds"] is not None
+    assert progress[0]["rate_bytes_per_second"] > 0
+
+
+def test_cached_run_is_quick_and_quiet_on_stdout(model_server, tiny_bytes, tmp_path, run_fetch):
+    url = model_server.add("/tiny.gguf", tiny_bytes)
+    assert run_fetch("--url", url, "--dest", str(tmp_path)).returncode == 0
+    n = len(model_server.requests)
+    res = run_fetch("--url", url, "--dest", str(tmp_path))
+    assert res.returncode == 0 and res.stdout.strip() == str(tmp_path / "tiny.gguf")
+    assert len(model_server.requests) == n
+    assert [e["event"] for e in _events(res.stderr)] == ["cached"]
+    # the cached path does not even import the HTTP stack
+    probe = subprocess.run(
+        [sys.executable, "-c", "import sys; from kubellama_server.fetch.cli import main; "
+         f"rc = main(['--url', {url!r}, '--dest', {str(tmp_path)!r}, '--progress', 'none']); "
+         "print(sorted(m for m in ('httpx', 'huggingface_hub') if m in sys.modules)); sys.exit(rc)"],
+        capture_output=True, text=True)
+    assert probe.returncode == 0 and probe.stdout.splitlines()[-1] == "[]"
+
+
+def test_progress_bar_on_a_terminal(model_server, tiny_bytes, tmp_path):
+    url = model_server.add("/tiny.gguf", tiny_bytes, rate=1_500_000)
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "kubellama_server.fetch", "--url", url, "--dest", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=slave, text=False)
+    os.close(slave)
+    out = b""
+    while True:
+        ready, _, _ = select.select([master], [], [], 10)
+        if not ready:
+            break
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    stdout, _ = proc.communicate(timeout=30)
+    os.close(master)
+    assert proc.returncode == 0
+    assert stdout.decode().strip() == str(tmp_path / "tiny.gguf")
+    text = out.decode()
+    assert "\r" in text and "tiny.gguf" in text
+    assert "100.0% [" + "#" * 30 + "]" in text
+    assert "/s ETA " in text and "KiB" in text
+    assert "{" not in text, "no JSON on a terminal"
+
+
+@pytest.mark.parametrize("status,code", [(404, 3), (401, 4), (403, 4)])
+def test_exit_codes_and_termination_message(model_server, tiny_bytes, tmp_path, run_fetch, status, code):
+    url = model_server.add("/tiny.gguf", tiny_bytes, status=status)
+    log = tmp_path / "termination-log"
+    log.write_text("")
+    res = run_fetch("--url", url, "--dest", str(tmp_path / "m"), env={"KUBELLAMA_TERMINATION_LOG": str(log)})
+    assert res.returncode == code
+    assert res.stdout == ""
+    line = res.stderr.strip().splitlines()[-1]
+    assert line.startswith("kubellama-fetch: error:") and str(status) in line
+    assert log.read_text() == line and "\n" not in log.read_text()
+
+
+@pytest.mark.parametrize("args,code,needle", [
+    ([], 2, "exactly one model source"),
+    (["--url", "http://h/a.gguf", "--sha256", "xyz"], 2, "64 hex"),
+    (["--hf-repo", "org/name"], 2, "--hf-file"),
+    (["--bogus"], 2, "unrecognized arguments"),
+    (["--url", "http://127.0.0.1:9/a.gguf", "--offline", "--dest", "{tmp}"], 3, "offline"),
+    (["--url", "http://127.0.0.1:9/a.gguf", "--retries", "0", "--dest", "{tmp}"], 5, "cannot reach"),
+])
+def test_failures_have_distinct_exit_codes(args, code, needle, tmp_path, run_fetch):
+    log = tmp_path / "termination-log"
+    log.write_text("")
+    args = [a.replace("{tmp}", str(tmp_path / "m")) for a in args]
+    res = run_fetch(*args, env={"KUBELLAMA_TERMINATION_LOG": str(log)})
+    assert res.returncode == code, res.stderr
+    assert needle in res.stderr and needle in log.read_text()
+
+
+def test_checksum_and_not_gguf_exit_codes(model_server, tiny_bytes, tmp_path, run_fetch):
+    url = model_server.add("/tiny.gguf", tiny_bytes)
+    res = run_fetch("--url", url, "--dest", str(tmp_path), "--sha256", "0" * 64)
+    assert res.returncode == 7 and "0" * 64 in res.stderr
+    url = model_server.add("/page.gguf", b"<html>sign in</html>")
+    assert run_fetch("--url", url, "--dest", str(tmp_path)).returncode == 8
+
+
+def test_termination_log_is_not_created_when_absent(model_server, tmp_path, run_fetch):
+    log = tmp_path / "absent-log"
+    res = run_fetch("--url", model_server.url("/missing.gguf"), "--dest", str(tmp_path),
+                    env={"KUBELLAMA_TERMINATION_LOG": str(log)})
+    assert res.returncode == 3 and not log.exists()
+
+
+def test_concurrent_fetchers_share_one_download(model_server, tiny_bytes, tiny_sha, tmp_path):
+    """Two replicas on one ReadWriteMany volume: one downloads under the lock, the other waits and reuses it."""
+    url = model_server.add("/tiny.gguf", tiny_bytes, rate=500_000)  # ~1.1 s download
+    dest = tmp_path / "shared"
+    cmd = [sys.executable, "-m", "kubellama_server.fetch", "--url", url, "--dest", str(dest), "--sha256", tiny_sha]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1] for o in outs]
+    assert {o[0].strip() for o in outs} == {str(dest / "tiny.gguf")}
+    assert (dest / "tiny.gguf").read_bytes() == tiny_bytes
+    gets = model_server.requests_for("/tiny.gguf", "GET")
+    assert len(gets) == 1, "the second fetcher must reuse the first one's download"
+    kinds = [[e["event"] for e in _events(o[1])] for o in outs]
+    assert sorted(k[0] for k in kinds) == ["start", "waiting"], kinds
+
+
+def test_console_script_is_installed():
+    script = Path(sys.executable).with_name("kubellama-fetch")
+    exe = str(script) if script.exists() else shutil.which("kubellama-fetch")
+    assert exe, "kubellama-fetch is not installed: run `make install`"
+    res = subprocess.run([exe, "--help"], capture_output=True, text=True)
+    assert res.returncode == 0 and "--hf-revision" in res.stdout and "8 not a GGUF" in res.stdout
