@@ -42,3 +42,10 @@ $(KUBELLAMA_MONITORING_VALIDATORS)/.stamp: charts/tests/schemas/package.json cha
 	@echo "==> installing the Prometheus Operator CRD validators (npm, pinned)"
 	@mkdir -p "$(@D)" && cp charts/tests/schemas/package.json charts/tests/schemas/package-lock.json "$(@D)/" && \
 	cd "$(@D)" && npm ci --silent --no-audit --no-fund --cache "$(KUBELLAMA_CACHE)/npm" && touch .stamp
+
+# The chart ships the CRD in charts/kubellama/crds/: a byte-identical copy of crds/
+# (charts/tests checks they agree). Run after changing the CRD.
+.PHONY: chart-crds
+chart-crds:
+	@mkdir -p charts/kubellama/crds && cp crds/kubellama.dev_llamaservers.yaml charts/kubellama/crds/ && \
+	echo "==> charts/kubellama/crds/ synced from crds/"

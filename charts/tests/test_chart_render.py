@@ -1,0 +1,476 @@
+"""The Helm chart rendered by the real `helm` binary: lint, schemas, RBAC, monitoring, values."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import tomllib
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from chart_support import (CHART, DASHBOARD, MONITORING_KINDS, PROMETHEUS_OPERATOR_APIS, REPO_ROOT, HelmError,
+                           alert_rules, by_kind, dashboard_panels, load_dashboard, monitoring_validator_available,
+                           one, validate_monitoring)
+
+# The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest we have schemas for.
+KUBE_VERSIONS = ["1.27.0", kubernetes_validate.utils.latest_version()]
+PROJECT_VERSION = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["version"]
+TOP_LEVEL_CRD = REPO_ROOT / "crds" / "kubellama.dev_llamaservers.yaml"
+CHART_CRD = CHART / "crds" / "kubellama.dev_llamaservers.yaml"
+
+LLAMASERVER = {
+    "name": "gemma",
+    "labels": {"team": "ml"},
+    "spec": {
+        "model": {"huggingFace": {"repo": "ggml-org/gemma-3-270m-GGUF", "file": "gemma-3-270m-Q8_0.gguf"}},
+        "replicas": 2,
+        "server": {"contextSize": 4096, "parallel": 4},
+    },
+}
+
+# Value sets the chart must render cleanly with, and the Prometheus Operator APIs the cluster serves.
+CASES: dict[str, tuple[dict[str, Any], list[str]]] = {
+    "defaults": ({}, []),
+    "namespaced": ({"operator": {"watchNamespaces": ["team-a", "team-b"]}}, []),
+    "monitoring": ({"monitoring": {"enabled": True}}, PROMETHEUS_OPERATOR_APIS),
+    "dashboards-off": ({"grafana": {"dashboards": {"enabled": False}}}, []),
+    "llamaserver": ({"llamaServers": [LLAMASERVER, {**LLAMASERVER, "name": "other", "namespace": "team-a"}]}, []),
+    "everything": ({
+        "operator": {
+            "watchNamespaces": ["team-a"],
+            "image": {"digest": "sha256:" + "a" * 64},
+            "nodeSelector": {"kubernetes.io/os": "linux"},
+            "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ops", "effect": "NoSchedule"}],
+            "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                {"matchExpressions": [{"key": "kubernetes.io/arch", "operator": "In", "values": ["amd64"]}]}]}}},
+            "priorityClassName": "system-cluster-critical",
+            "podAnnotations": {"a": "b"},
+            "extraEnv": [{"name": "FOO", "value": "bar"}],
+        },
+        "imagePullSecrets": [{"name": "regcred"}],
+        "serviceAccount": {"annotations": {"iam": "role"}},
+        "commonLabels": {"owner": "platform"},
+        "monitoring": {"enabled": True, "podMonitor": {"labels": {"release": "kps"}},
+                       "prometheusRule": {"additionalAlertLabels": {"team": "ml"},
+                                          "runbookBaseUrl": "https://runbooks.example/kubellama"}},
+        "grafana": {"dashboards": {"namespace": "monitoring", "annotations": {"grafana_folder": "LLM"}}},
+        "llamaServers": [LLAMASERVER],
+    }, PROMETHEUS_OPERATOR_APIS),
+}
+
+
+@pytest.fixture(scope="module")
+def rendered(helm) -> dict[str, list[dict[str, Any]]]:
+    return {name: helm.template(values, api_versions=apis) for name, (values, apis) in CASES.items()}
+
+
+def crd_schema() -> dict[str, Any]:
+    crd = yaml.safe_load(CHART_CRD.read_text())
+    return crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+
+
+# --- lint and schemas -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("case", CASES)
+def test_helm_lint(helm, case):
+    proc = helm.lint(CASES[case][0])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "0 chart(s) failed" in proc.stdout
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_every_object_validates(rendered, case):
+    objects = rendered[case]
+    assert objects
+    monitoring = [o for o in objects if o["kind"] in MONITORING_KINDS]
+    for obj in objects:
+        assert obj["metadata"]["name"], obj
+        if obj["kind"] in MONITORING_KINDS:
+            continue
+        if obj["kind"] == "LlamaServer":
+            jsonschema.validate(obj, crd_schema())
+            continue
+        for version in KUBE_VERSIONS:
+            # strict: unknown fields are errors, not silently dropped.
+            kubernetes_validate.validate(obj, version, strict=True)
+    if monitoring:
+        reason = monitoring_validator_available()
+        assert reason is None, reason
+        errors = validate_monitoring(monitoring)
+        assert errors == [""] * len(monitoring), errors
+
+
+def test_validators_reject_broken_objects(rendered):
+    """The validators the test above relies on do reject bad objects."""
+    deployment = copy.deepcopy(one(rendered["defaults"], "Deployment"))
+    deployment["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["httpGet"]["paht"] = "/x"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, KUBE_VERSIONS[-1], strict=True)
+    pod_monitor = copy.deepcopy(one(rendered["monitoring"], "PodMonitor"))
+    pod_monitor["spec"]["podMetricsEndpoints"][0]["relabelings"][0]["action"] = "rename"
+    rule = copy.deepcopy(one(rendered["monitoring"], "PrometheusRule"))
+    rule["spec"]["groups"][0]["rules"][0]["for"] = "5 minutes"
+    errors = validate_monitoring([pod_monitor, rule])
+    assert "action" in errors[0] and "for" in errors[1], errors
+    server = copy.deepcopy(by_kind(rendered["llamaserver"], "LlamaServer")[0])
+    server["spec"]["replicas"] = "two"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(server, crd_schema())
+
+
+# --- what gets installed --------------------------------------------------------------------------
+
+def kinds(objects):
+    return sorted(o["kind"] for o in objects)
+
+
+def test_default_install(rendered):
+    objects = rendered["defaults"]
+    assert kinds(objects) == ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "CustomResourceDefinition",
+                              "Deployment", "ServiceAccount"]
+    for obj in objects:
+        if obj["kind"] not in ("ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"):
+            assert obj["metadata"]["namespace"] == "kubellama-system", obj["kind"]
+
+
+def test_crd_is_byte_identical_to_top_level():
+    assert CHART_CRD.read_bytes() == TOP_LEVEL_CRD.read_bytes(), (
+        "charts/kubellama/crds/ is out of date with crds/: run `make chart-crds`")
+    assert [p.name for p in (CHART / "crds").iterdir()] == [TOP_LEVEL_CRD.name]
+
+
+def test_chart_versions_follow_the_project():
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["apiVersion"] == "v2"
+    assert chart["appVersion"] == PROJECT_VERSION
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert values["operator"]["image"]["repository"] == "ghcr.io/kubellama/kubellama-operator"
+    assert values["serverImages"]["cpu"]["repository"] == "ghcr.io/kubellama/kubellama-server"
+    assert values["serverImages"]["cuda"]["repository"] == "ghcr.io/kubellama/kubellama-server-cuda"
+
+
+# --- the operator Deployment ----------------------------------------------------------------------
+
+def container(objects):
+    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    assert len(pod["containers"]) == 1
+    return pod, pod["containers"][0]
+
+
+def env(c):
+    return {e["name"]: e.get("value") for e in c["env"]}
+
+
+def test_operator_deployment_defaults(rendered):
+    objects = rendered["defaults"]
+    pod, c = container(objects)
+    assert c["image"] == f"ghcr.io/kubellama/kubellama-operator:{PROJECT_VERSION}"
+    assert env(c)["KUBELLAMA_SERVER_IMAGE"] == f"ghcr.io/kubellama/kubellama-server:{PROJECT_VERSION}"
+    assert env(c)["KUBELLAMA_SERVER_CUDA_IMAGE"] == f"ghcr.io/kubellama/kubellama-server-cuda:{PROJECT_VERSION}"
+    probe = c["livenessProbe"]["httpGet"]
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert probe["port"] in ports and probe["path"] == "/healthz"
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert c["resources"]["requests"] and c["resources"]["limits"]["memory"]
+    assert pod["serviceAccountName"] == one(objects, "ServiceAccount")["metadata"]["name"]
+    assert "--all-namespaces" in c["args"]
+    assert not any(a.startswith("--namespace") for a in c["args"])
+    selector = one(objects, "Deployment")["spec"]["selector"]["matchLabels"]
+    labels = one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert selector.items() <= labels.items()
+
+
+def test_operator_deployment_options(rendered):
+    objects = rendered["everything"]
+    pod, c = container(objects)
+    assert c["image"] == "ghcr.io/kubellama/kubellama-operator@sha256:" + "a" * 64
+    assert pod["nodeSelector"] == {"kubernetes.io/os": "linux"}
+    assert pod["tolerations"][0]["key"] == "dedicated"
+    assert pod["affinity"]["nodeAffinity"]
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    assert pod["priorityClassName"] == "system-cluster-critical"
+    assert env(c)["FOO"] == "bar"
+    assert "--namespace=team-a" in c["args"] and "--all-namespaces" not in c["args"]
+    assert one(objects, "Deployment")["metadata"]["labels"]["owner"] == "platform"
+    assert one(objects, "ServiceAccount")["metadata"]["annotations"] == {"iam": "role"}
+
+
+def test_log_settings_reach_the_operator(helm):
+    _, c = container(helm.template({"operator": {"logLevel": "debug", "logFormat": "text"}}))
+    assert "--log-level=debug" in c["args"] and "--log-format=text" in c["args"]
+
+
+def test_existing_service_account(helm):
+    objects = helm.template({"serviceAccount": {"create": False, "name": "mine"}})
+    assert not by_kind(objects, "ServiceAccount")
+    pod, _ = container(objects)
+    assert pod["serviceAccountName"] == "mine"
+    assert one(objects, "ClusterRoleBinding")["subjects"][0]["name"] == "mine"
+    with pytest.raises(HelmError, match="serviceAccount.name is required"):
+        helm.template({"serviceAccount": {"create": False}})
+
+
+# --- values.schema.json -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("values, message", [
+    ({"operator": {"metricsPort": "9090"}}, r"/operator/metricsPort.*got string, want integer"),
+    ({"operator": {"logLevel": "loud"}}, r"/operator/logLevel.*'debug', 'info', 'warning', 'error'"),
+    ({"operator": {"watchNamespaces": "team-a"}}, r"/operator/watchNamespaces.*got string, want array"),
+    ({"operator": {"watchNamespaces": ["Team_A"]}}, r"/operator/watchNamespaces/0"),
+    ({"monitoring": {"enabled": "yes"}}, r"/monitoring/enabled.*got string, want boolean"),
+    ({"monitoring": {"prometheusRule": {"alerts": {"kvCacheFull": {"threshold": 90}}}}},
+     r"/monitoring/prometheusRule/alerts/kvCacheFull/threshold"),
+    ({"monitoring": {"podMonitor": {"interval": "fast"}}}, r"/monitoring/podMonitor/interval"),
+    ({"llamaServers": [{"name": "x"}]}, r"/llamaServers/0.*spec"),
+    ({"llamaServers": [{"name": "Bad_Name", "spec": {"model": {"url": "http://m/x.gguf"}}}]}, r"/llamaServers/0/name"),
+    ({"operatr": {}}, r"additional properties 'operatr' not allowed"),
+])
+def test_schema_rejects_wrong_values(helm, values, message):
+    with pytest.raises(HelmError) as err:
+        helm.template(values)
+    assert "values don't meet the specifications of the schema" in str(err.value)
+    assert re.search(message, str(err.value)), str(err.value)
+
+
+def values_keys_without_comment() -> list[str]:
+    """Chart-defined keys in values.yaml without a comment line right above them."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    stack: list[tuple[int, str]] = []
+    missing = []
+    for i, line in enumerate(lines):
+        m = re.match(r"^(\s*)([A-Za-z_][\w.-]*):", line)
+        if not m or line.lstrip().startswith("#"):
+            continue
+        indent, key = len(m.group(1)), m.group(2)
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        path = [k for _, k in stack]
+        node = schema
+        for part in path:
+            node = node.get("properties", {}).get(part) if node else None
+        stack.append((indent, key))
+        if not node or "properties" not in node:
+            continue  # inside a free-form value (resources, labels, ...): the parent is documented
+        assert key in node["properties"], f"values.yaml key {'.'.join(path + [key])} is not in values.schema.json"
+        if not (i > 0 and lines[i - 1].strip().startswith("#")):
+            missing.append(".".join(path + [key]))
+    return missing
+
+
+def test_every_value_is_documented():
+    assert values_keys_without_comment() == []
+    # and the defaults themselves satisfy the schema
+    jsonschema.validate(yaml.safe_load((CHART / "values.yaml").read_text()),
+                        json.loads((CHART / "values.schema.json").read_text()))
+
+
+# --- RBAC -----------------------------------------------------------------------------------------
+
+# Cluster-scoped resources the operator may need; everything else in RULES is namespaced.
+CLUSTER_SCOPED = {("", "namespaces"), ("", "nodes"), ("", "persistentvolumes"),
+                  ("apiextensions.k8s.io", "customresourcedefinitions"),
+                  ("kopf.dev", "clusterkopfpeerings"), ("storage.k8s.io", "storageclasses")}
+
+
+def triples(rules) -> set[tuple[str, str, str]]:
+    out = set()
+    for rule in rules:
+        assert set(rule) == {"apiGroups", "resources", "verbs"}, f"unexpected rule fields: {rule}"
+        out |= {(g, r, v) for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
+    return out
+
+
+@pytest.fixture(scope="module")
+def operator_rules():
+    from kubellama_operator.rbac import RULES
+    return RULES
+
+
+def test_cluster_rbac_is_exactly_the_operator_rules(rendered, operator_rules):
+    objects = rendered["defaults"]
+    assert not by_kind(objects, "Role") and not by_kind(objects, "RoleBinding")
+    role = one(objects, "ClusterRole")
+    assert triples(role["rules"]) == triples(operator_rules)
+    binding = one(objects, "ClusterRoleBinding")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                  "name": role["metadata"]["name"]}
+    sa = one(objects, "ServiceAccount")["metadata"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["name"], "namespace": sa["namespace"]}]
+
+
+def test_namespaced_rbac_is_limited_to_the_watched_namespaces(rendered, operator_rules):
+    objects = rendered["namespaced"]
+    wanted = triples(operator_rules)
+    cluster_wanted = {t for t in wanted if (t[0], t[1].split("/")[0]) in CLUSTER_SCOPED}
+    roles = by_kind(objects, "Role")
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
+    for role in roles:
+        assert triples(role["rules"]) == wanted - cluster_wanted
+    bindings = by_kind(objects, "RoleBinding")
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
+    for binding in bindings:
+        assert binding["roleRef"]["kind"] == "Role"
+        assert binding["subjects"][0]["namespace"] == "kubellama-system"
+    cluster_roles = by_kind(objects, "ClusterRole")
+    granted_cluster_wide = set().union(*(triples(r["rules"]) for r in cluster_roles))
+    assert granted_cluster_wide == cluster_wanted
+    assert {t[:2] for t in granted_cluster_wide} <= CLUSTER_SCOPED
+
+
+def test_rbac_can_be_left_out(helm):
+    objects = helm.template({"rbac": {"create": False}})
+    assert not {"ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"} & set(kinds(objects))
+
+
+# --- monitoring -----------------------------------------------------------------------------------
+
+def test_monitoring_needs_the_prometheus_operator(helm):
+    without = helm.template({"monitoring": {"enabled": True}})
+    assert not {"PodMonitor", "ServiceMonitor", "PrometheusRule", "Service"} & set(kinds(without))
+    assumed = helm.template({"monitoring": {"enabled": True, "assumeCRDs": True}})
+    assert {"PodMonitor", "ServiceMonitor", "PrometheusRule", "Service"} <= set(kinds(assumed))
+    only_rules = helm.template({"monitoring": {"enabled": True}}, api_versions=["monitoring.coreos.com/v1/PrometheusRule"])
+    assert [k for k in kinds(only_rules) if k in MONITORING_KINDS] == ["PrometheusRule"]
+    off = helm.template({}, api_versions=PROMETHEUS_OPERATOR_APIS)
+    assert not set(MONITORING_KINDS) & set(kinds(off))
+
+
+def test_pod_monitor_selects_llamaserver_pods_and_adds_labels(rendered):
+    pm = one(rendered["monitoring"], "PodMonitor")["spec"]
+    # The labels the operator puts on every LlamaServer pod (cross-area contract).
+    pod_labels = {"app.kubernetes.io/name": "kubellama-server", "app.kubernetes.io/instance": "gemma",
+                  "app.kubernetes.io/managed-by": "kubellama-operator", "app.kubernetes.io/component": "server",
+                  "kubellama.dev/llamaserver": "gemma"}
+    assert pm["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert pm["namespaceSelector"] == {"any": True}
+    (endpoint,) = pm["podMetricsEndpoints"]
+    assert endpoint["port"] == "http" and endpoint["path"] == "/metrics"
+    targets = {r["targetLabel"]: r for r in endpoint["relabelings"]}
+    assert targets["llamaserver"]["sourceLabels"] == ["__meta_kubernetes_pod_label_kubellama_dev_llamaserver"]
+    assert targets["namespace"]["sourceLabels"] == ["__meta_kubernetes_namespace"]
+    assert "model" in targets
+    namespaced = one(rendered["everything"], "PodMonitor")
+    assert namespaced["spec"]["namespaceSelector"] == {"matchNames": ["team-a"]}
+    assert namespaced["metadata"]["labels"]["release"] == "kps"
+
+
+def test_operator_service_monitor(rendered):
+    objects = rendered["monitoring"]
+    sm = one(objects, "ServiceMonitor")["spec"]
+    service = one(objects, "Service")
+    assert sm["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    deployment = one(objects, "Deployment")
+    assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    _, c = container(objects)
+    assert service["spec"]["ports"][0]["targetPort"] in {p["name"] for p in c["ports"]}
+    assert sm["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
+    assert {"targetLabel": "job", "replacement": "kubellama-operator", "action": "replace"} in sm["endpoints"][0]["relabelings"]
+
+
+REQUIRED_ALERTS = {"KubellamaServerDown", "KubellamaNoReadyReplicas", "KubellamaRequestsDeferred",
+                   "KubellamaKVCacheNearlyFull", "KubellamaSlowTimeToFirstToken", "KubellamaModelDownloadFailing",
+                   "KubellamaOperatorReconcileErrors", "KubellamaOperatorDown", "KubellamaRequestErrors",
+                   "KubellamaSlotSaveFailures"}
+
+
+def test_prometheus_rule_alerts(rendered):
+    rules = alert_rules(rendered["monitoring"])
+    assert {r["alert"] for r in rules} == REQUIRED_ALERTS
+    for rule in rules:
+        assert rule["labels"]["severity"] in {"critical", "warning"}
+        assert rule["annotations"]["summary"] and rule["annotations"]["description"]
+        assert re.fullmatch(r"\d+[smh]", rule["for"])
+    deferred = next(r for r in rules if r["alert"] == "KubellamaRequestsDeferred")
+    assert "llamacpp:requests_deferred" in deferred["expr"] and deferred["for"] == "5m"
+    kv = next(r for r in rules if r["alert"] == "KubellamaKVCacheNearlyFull")
+    assert "llamacpp:kv_cache_usage_ratio" in kv["expr"] and kv["expr"].endswith("> 0.9")
+    everything = alert_rules(rendered["everything"])
+    assert all(r["labels"]["team"] == "ml" for r in everything)
+    assert all(r["annotations"]["runbook_url"].startswith("https://runbooks.example/kubellama#") for r in everything)
+
+
+def test_alert_thresholds_and_switches_come_from_values(helm):
+    values = {"monitoring": {"enabled": True, "assumeCRDs": True, "prometheusRule": {"alerts": {
+        "timeToFirstToken": {"p95Seconds": 2.5, "for": "3m", "severity": "critical"},
+        "kvCacheFull": {"threshold": 0.8},
+        "operatorDown": {"enabled": False}}}}}
+    rules = {r["alert"]: r for r in alert_rules(helm.template(values))}
+    assert "KubellamaOperatorDown" not in rules
+    ttft = rules["KubellamaSlowTimeToFirstToken"]
+    assert "histogram_quantile(0.95" in ttft["expr"] and "kubellama_time_to_first_token_seconds_bucket" in ttft["expr"]
+    assert ttft["expr"].endswith("> 2.5") and ttft["for"] == "3m" and ttft["labels"]["severity"] == "critical"
+    assert rules["KubellamaKVCacheNearlyFull"]["expr"].endswith("> 0.8")
+
+
+# --- Grafana dashboard ----------------------------------------------------------------------------
+
+def test_dashboard_configmap(rendered):
+    cm = one(rendered["defaults"], "ConfigMap")
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(cm["data"]["kubellama.json"]) == load_dashboard()
+    assert not by_kind(rendered["dashboards-off"], "ConfigMap")
+    moved = one(rendered["everything"], "ConfigMap")
+    assert moved["metadata"]["namespace"] == "monitoring"
+    assert moved["metadata"]["annotations"] == {"grafana_folder": "LLM"}
+
+
+def test_dashboard_structure():
+    dashboard = load_dashboard()
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert {"datasource", "namespace", "llamaserver", "pod"} <= set(variables)
+    assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    for name in ("namespace", "llamaserver", "pod"):
+        assert variables[name]["includeAll"] and variables[name]["multi"] and variables[name]["allValue"] == ".*"
+    panels = dashboard_panels(dashboard)
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+    for panel in panels:
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
+        assert panel["targets"], panel["title"]
+        assert {"h", "w", "x", "y"} <= set(panel["gridPos"]) and panel["gridPos"]["x"] + panel["gridPos"]["w"] <= 24
+        for target in panel["targets"]:
+            expr = target["expr"]
+            if not expr.startswith("sum(up"):
+                for var in ("namespace", "llamaserver", "pod"):
+                    assert f'{var}=~"${var}"' in expr, f"{panel['title']}: {expr} does not filter on ${var}"
+    titles = " | ".join(p["title"].lower() for p in panels)
+    for topic in ("prompt tokens/s", "generated tokens/s", "requests processing", "deferred", "busy slots per decode",
+                  "kv cache usage", "time to first token", "inter-token", "request duration", "queue wait",
+                  "slot saves", "slot restores", "non-2xx", "by pod", "by llamaserver"):
+        assert topic in titles, f"no panel about {topic!r}"
+
+
+# --- LlamaServers from values and NOTES -----------------------------------------------------------
+
+def test_llamaservers_from_values(rendered):
+    servers = by_kind(rendered["llamaserver"], "LlamaServer")
+    assert [(s["metadata"]["name"], s["metadata"]["namespace"]) for s in servers] == [
+        ("gemma", "kubellama-system"), ("other", "team-a")]
+    assert servers[0]["apiVersion"] == "kubellama.dev/v1alpha1"
+    assert servers[0]["spec"] == LLAMASERVER["spec"]
+    assert servers[0]["metadata"]["labels"]["team"] == "ml"
+
+
+def test_notes_explain_the_next_steps(helm):
+    proc = helm.run("install", "kubellama", str(CHART), "--dry-run=client", "--namespace", "kubellama-system")
+    assert proc.returncode == 0, proc.stderr
+    notes = proc.stdout.split("NOTES:", 1)[1]
+    assert "kubectl apply" in notes and "kind: LlamaServer" in notes
+    assert "get llama gemma -w" in notes
+    assert "http://gemma.default.svc:8080/v1" in notes
+    assert "port-forward svc/gemma 8080:8080" in notes
+    # the LlamaServer in the NOTES is valid
+    manifest = re.search(r"cat <<EOF \| kubectl apply -n \S+ -f -\n(.*?)\n\s*EOF", notes, re.S).group(1)
+    example = yaml.safe_load("\n".join(line[2:] for line in manifest.splitlines()))
+    jsonschema.validate(example, crd_schema())
+    warn = helm.run("install", "kubellama", str(CHART), "--dry-run=client", "--set", "monitoring.enabled=true")
+    assert "does not serve the Prometheus Operator" in warn.stdout
