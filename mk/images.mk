@@ -119,3 +119,25 @@ endif
 
 e2e-down:
 	$(KIND) delete cluster --name "$(KIND_CLUSTER)"
+
+# --- actionlint for the workflow test (e2e/tests: .github/workflows/e2e.yml) ---------------
+# Built once per machine from the Go module proxy (~30 s) and cached; without Go the test
+# that uses it skips with a line saying so.
+ACTIONLINT_VERSION := v1.7.12
+ACTIONLINT := $(KUBELLAMA_CACHE)/tools/actionlint-$(ACTIONLINT_VERSION)/actionlint
+export KUBELLAMA_ACTIONLINT := $(ACTIONLINT)
+TEST_SETUP += actionlint-tool
+.PHONY: actionlint-tool
+
+actionlint-tool:
+	@if [ ! -x "$(ACTIONLINT)" ]; then \
+		if ! command -v go >/dev/null 2>&1; then \
+			echo "warning: go not found: actionlint not built, the workflow lint test will skip" >&2; \
+		else \
+			echo "==> building actionlint $(ACTIONLINT_VERSION) from the Go module proxy (once per machine, ~30 s; cached)"; \
+			tmp="$(dir $(ACTIONLINT)).tmp" && rm -rf "$$tmp" && mkdir -p "$$tmp" && \
+			GOBIN="$$tmp" go install github.com/rhysd/actionlint/cmd/actionlint@$(ACTIONLINT_VERSION) && \
+			mkdir -p "$(dir $(ACTIONLINT))" && mv "$$tmp/actionlint" "$(ACTIONLINT)" && rm -rf "$$tmp" || \
+			echo "warning: building actionlint failed: the workflow lint test will skip" >&2; \
+		fi; \
+	fi

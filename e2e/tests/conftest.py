@@ -24,6 +24,7 @@ import yaml
 from e2e_support import (
     CHART,
     E2E_DIR,
+    MODEL_FILE,
     Kube,
     find_tool,
     image,
@@ -39,7 +40,6 @@ SKIP_REASON = (
     "e2e tests need a Kubernetes cluster: run `make e2e` (kind + docker or podman), "
     "or set E2E=1 with KUBECONFIG pointing at a cluster"
 )
-MODEL_FILE = "kubellama-tiny.gguf"
 RELEASE = "kubellama"
 
 

@@ -28,6 +28,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 E2E_DIR = REPO_ROOT / "e2e"
 MANIFESTS = E2E_DIR / "manifests"
 CHART = REPO_ROOT / "charts" / "kubellama"
+#: The file the in-cluster model server serves (e2e/manifests/model-server.yaml).
+MODEL_FILE = "kubellama-tiny.gguf"
 
 
 def project_version() -> str:

@@ -1,0 +1,295 @@
+"""What of the e2e set-up can be proven without a cluster (runs in `make test`):
+the chart renders with the e2e values and every object validates; the in-cluster
+model server and the LlamaServer the e2e tests apply are valid; the model server's
+command really serves the model to the real fetcher; the kind config and the
+GitHub workflow are well-formed."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+from pathlib import Path
+
+import celpy
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from e2e_support import (
+    CHART,
+    E2E_DIR,
+    MANIFESTS,
+    MODEL_FILE,
+    REPO_ROOT,
+    find_tool,
+    image,
+    image_values,
+    load_manifest,
+    with_image,
+)
+
+K8S_VERSIONS = ["1.30", "1.33"]
+CRD_FILE = REPO_ROOT / "crds" / "kubellama.dev_llamaservers.yaml"
+WORKFLOW = REPO_ROOT / ".github" / "workflows" / "e2e.yml"
+
+
+def validate_all(objects: list[dict]) -> None:
+    for obj in objects:
+        for version in K8S_VERSIONS:
+            try:
+                kubernetes_validate.validate(obj, version, strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                raise AssertionError(f"{obj['kind']}/{obj['metadata'].get('name')} invalid for "
+                                     f"Kubernetes {version}: {exc}") from exc
+
+
+def helm_template(*extra: str) -> list[dict]:
+    helm = find_tool("helm")
+    if helm is None:
+        pytest.skip("helm not found (PATH, $KUBELLAMA_HELM or .tools/bin/helm from `make helm-tool`)")
+    proc = subprocess.run([helm, "template", "kubellama", str(CHART), "--namespace", "kubellama-system",
+                           "--include-crds", "-f", str(E2E_DIR / "values.yaml"), *extra],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"helm template with e2e/values.yaml failed:\n{proc.stderr}"
+    return [d for d in yaml.safe_load_all(proc.stdout) if d]
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    overrides = tmp_path_factory.mktemp("values") / "images.yaml"
+    overrides.write_text(yaml.safe_dump(image_values()))
+    return helm_template("-f", str(overrides))
+
+
+def test_e2e_values_render_and_validate(rendered: list[dict]) -> None:
+    kinds = {d["kind"] for d in rendered}
+    assert {"CustomResourceDefinition", "Deployment", "ServiceAccount"} <= kinds, kinds
+    validate_all(rendered)
+    # No Prometheus Operator in kind: the e2e values must not need its CRDs.
+    assert not kinds & {"PodMonitor", "ServiceMonitor", "PrometheusRule"}
+
+
+def test_e2e_values_use_the_images_under_test(rendered: list[dict]) -> None:
+    (deployment,) = [d for d in rendered if d["kind"] == "Deployment"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == image("kubellama-operator")
+    assert container["imagePullPolicy"] == "IfNotPresent"  # kind-loaded images are never pulled
+    assert image("kubellama-server") in yaml.safe_dump(container)
+
+
+def test_e2e_values_follow_image_repo_and_tag(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("IMAGE_REPO", "registry.example/ci")
+    monkeypatch.setenv("IMAGE_TAG", "pr-42")
+    overrides = tmp_path / "images.yaml"
+    overrides.write_text(yaml.safe_dump(image_values()))
+    docs = helm_template("-f", str(overrides))
+    (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
+    text = yaml.safe_dump(deployment)
+    assert "registry.example/ci/kubellama-operator:pr-42" in text
+    assert "registry.example/ci/kubellama-server:pr-42" in text
+
+
+def test_chart_crd_is_the_one_the_tests_validate_against(rendered: list[dict]) -> None:
+    (crd,) = [d for d in rendered if d["kind"] == "CustomResourceDefinition"]
+    assert crd == yaml.safe_load(CRD_FILE.read_text())
+
+
+# --- the in-cluster model server ---------------------------------------------------------
+
+def test_model_server_manifest_validates() -> None:
+    objects = with_image(load_manifest("model-server.yaml"), image("kubellama-server"))
+    validate_all(objects)
+    deployment, service = objects
+    assert (deployment["kind"], service["kind"]) == ("Deployment", "Service")
+    pod = deployment["spec"]["template"]
+    assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    (container,) = pod["spec"]["containers"]
+    assert container["image"] == image("kubellama-server")  # no image from outside the project
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    (volume,) = pod["spec"]["volumes"]
+    assert volume["configMap"]["name"] == "e2e-model"
+
+
+def _model_url_parts() -> tuple[str, str]:
+    (llama,) = load_manifest("llamaserver.yaml")
+    url = urllib.parse.urlsplit(llama["spec"]["model"]["url"])
+    return url.hostname, url.path.lstrip("/")
+
+
+def test_llamaserver_points_at_the_model_server() -> None:
+    host, path = _model_url_parts()
+    deployment, service = load_manifest("model-server.yaml")
+    assert host == service["metadata"]["name"]
+    assert path == MODEL_FILE
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    probe = container["readinessProbe"]["httpGet"]["path"]
+    assert probe == f"/{MODEL_FILE}", "ready only once the model file is served"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_model_server_command_serves_the_model_to_the_fetcher(tmp_path: Path) -> None:
+    """Run the model server's own command on loopback and fetch from it with kubellama-fetch,
+    as the LlamaServer's init container does in the cluster."""
+    fetcher = shutil.which("kubellama-fetch", path=str(Path(sys.executable).parent))
+    if fetcher is None or importlib.util.find_spec("kubellama_server.fetch") is None:
+        pytest.skip("kubellama-fetch (the model fetcher) is not installed yet; run `make install`")
+    from kubellama_server.testing.tiny_gguf import build_tiny_gguf
+
+    served = tmp_path / "srv"
+    served.mkdir()
+    data = build_tiny_gguf(served / MODEL_FILE).read_bytes()
+    (deployment, _) = load_manifest("model-server.yaml")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    command = list(container["command"])
+    port = _free_port()
+    command[command.index("8000")] = str(port)
+    command[command.index("0.0.0.0")] = "127.0.0.1"
+    command[command.index("/srv/models")] = str(served)
+    assert command[0] == "python"
+    server = subprocess.Popen([sys.executable, *command[1:]], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.05)
+        _, path = _model_url_parts()
+        dest = tmp_path / "models"
+        fetch = [fetcher, "--url", f"http://127.0.0.1:{port}/{path}",
+                 "--sha256", hashlib.sha256(data).hexdigest(), "--dest", str(dest)]
+        proc = subprocess.run(fetch, capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip().splitlines()[-1] == str(dest / MODEL_FILE)
+        assert (dest / MODEL_FILE).read_bytes() == data
+        # A path the server does not have: the fetcher's "not found" exit code (3).
+        missing = subprocess.run([fetcher, "--url", f"http://127.0.0.1:{port}/nope.gguf", "--dest", str(dest)],
+                                 capture_output=True, text=True, timeout=120)
+        assert missing.returncode == 3, missing.stderr
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+# --- the LlamaServer the e2e tests apply -------------------------------------------------
+
+def _crd_schema() -> dict:
+    crd = yaml.safe_load(CRD_FILE.read_text())
+    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1alpha1"]
+    return version["schema"]["openAPIV3Schema"]
+
+
+def _cel_errors(schema: dict, value, path: str = "self") -> list[str]:
+    """Evaluate the schema's x-kubernetes-validations (create-time rules) on `value`."""
+    errors = []
+    env = celpy.Environment()
+    for rule in schema.get("x-kubernetes-validations", []):
+        if "oldSelf" in rule["rule"]:
+            continue  # transition rules do not apply on create
+        program = env.program(env.compile(rule["rule"]))
+        result = program.evaluate({"self": celpy.json_to_cel(value)})
+        if isinstance(result, Exception) or not bool(result):
+            errors.append(f"{path}: {rule.get('message', rule['rule'])}")
+    if isinstance(value, dict):
+        for key, sub in schema.get("properties", {}).items():
+            if key in value:
+                errors += _cel_errors(sub, value[key], f"{path}.{key}")
+    return errors
+
+
+def validate_llamaserver(obj: dict) -> None:
+    schema = _crd_schema()
+    jsonschema.validate(obj, schema, cls=jsonschema.Draft7Validator)
+    assert (obj["apiVersion"], obj["kind"]) == ("kubellama.dev/v1alpha1", "LlamaServer")
+    errors = _cel_errors(schema["properties"]["spec"], obj["spec"], "spec")
+    assert not errors, errors
+
+
+def test_llamaserver_manifest_validates_against_the_crd() -> None:
+    (llama,) = load_manifest("llamaserver.yaml")
+    llama["spec"]["model"]["sha256"] = "0" * 64  # what the tests add before applying
+    validate_llamaserver(llama)
+    assert llama["spec"]["storage"]["slots"]["enabled"] is True  # the slot restore test needs it
+
+
+def test_missing_model_variant_validates() -> None:
+    """The second LlamaServer the e2e tests apply (a download that must fail)."""
+    (llama,) = load_manifest("llamaserver.yaml")
+    llama["metadata"]["name"] = "missing-model"
+    llama["spec"]["model"] = {"url": "http://e2e-model-server/does-not-exist.gguf"}
+    llama["spec"]["storage"]["slots"] = {"enabled": False}
+    validate_llamaserver(llama)
+
+
+@pytest.mark.parametrize("change, expected", [
+    (lambda s: s.update(replicas=-1), jsonschema.ValidationError),
+    (lambda s: s["model"].update(huggingFace={"repo": "a/b", "file": "c.gguf"}), AssertionError),
+    (lambda s: s["storage"]["slots"].update(enabled=False, restoreOnStart=True), AssertionError),
+], ids=["negative-replicas", "two-model-sources", "restore-without-slots"])
+def test_llamaserver_validation_rejects_bad_specs(change, expected) -> None:
+    (llama,) = load_manifest("llamaserver.yaml")
+    change(llama["spec"])
+    with pytest.raises(expected):
+        validate_llamaserver(llama)
+
+
+# --- kind and the workflow ---------------------------------------------------------------
+
+def test_kind_config() -> None:
+    config = yaml.safe_load((E2E_DIR / "kind-config.yaml").read_text())
+    assert (config["kind"], config["apiVersion"]) == ("Cluster", "kind.x-k8s.io/v1alpha4")
+    roles = [n["role"] for n in config["nodes"]]
+    assert roles.count("control-plane") == 1 and "worker" in roles
+
+
+def test_github_workflow_runs_make_e2e() -> None:
+    workflow = yaml.safe_load(WORKFLOW.read_text())
+    jobs = workflow["jobs"]
+    steps = [s for job in jobs.values() for s in job["steps"]]
+    runs = "\n".join(s.get("run", "") for s in steps)
+    assert "make e2e" in runs
+    assert any("kind" in s.get("uses", "") or "kind" in s.get("run", "") for s in steps)
+    assert all(job.get("timeout-minutes") for job in jobs.values()), "a hung cluster must not burn hours"
+    # `on:` parses as True in YAML 1.1
+    triggers = workflow.get("on", workflow.get(True))
+    assert "pull_request" in triggers and "push" in triggers
+
+
+def _actionlint() -> str:
+    candidates = [os.environ.get("KUBELLAMA_ACTIONLINT"), find_tool("actionlint")]
+    cache = Path(os.environ.get("KUBELLAMA_CACHE", Path.home() / ".cache" / "kubellama"))
+    candidates += sorted(str(p) for p in cache.glob("tools/actionlint-*/actionlint"))
+    for candidate in candidates:
+        if candidate and Path(candidate).is_file():
+            return candidate
+    pytest.skip("actionlint not built (`make actionlint-tool`, needs Go)")
+
+
+def test_actionlint_passes() -> None:
+    proc = subprocess.run([_actionlint(), "-no-color", str(WORKFLOW)], capture_output=True, text=True,
+                          timeout=120, cwd=REPO_ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_actionlint_catches_a_broken_workflow(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.yml"
+    broken.write_text(WORKFLOW.read_text().replace("runs-on: ubuntu-latest", "runs-on: ubuntu-latest\n"
+                                                   "    if: ${{ matrix.nope.nope }}"))
+    proc = subprocess.run([_actionlint(), "-no-color", str(broken)], capture_output=True, text=True,
+                          timeout=120, cwd=REPO_ROOT)
+    assert proc.returncode != 0 and "nope" in proc.stdout
