@@ -1,0 +1,90 @@
+"""The chart's alerting rules under Debian's promtool: they load, and they fire when they should."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from chart_support import PROMETHEUS_OPERATOR_APIS, alert_rules, rule_groups
+
+SERVER = 'namespace="team-a", llamaserver="gemma", pod="gemma-0", model="gemma.gguf"'
+WHERE = {"namespace": "team-a", "llamaserver": "gemma"}
+
+
+@pytest.fixture(scope="module")
+def objects(helm):
+    return helm.template({"monitoring": {"enabled": True}}, api_versions=PROMETHEUS_OPERATOR_APIS)
+
+
+def write_rules(path: Path, groups: list[dict[str, Any]]) -> Path:
+    path.write_text(yaml.safe_dump({"groups": groups}, sort_keys=False))
+    return path
+
+
+def test_promtool_check_rules(objects, promtool, tmp_path):
+    rules = write_rules(tmp_path / "rules.yaml", rule_groups(objects))
+    proc = subprocess.run([promtool, "check", "rules", str(rules)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"SUCCESS: {len(alert_rules(objects))} rules found" in proc.stdout
+
+
+def test_promtool_rejects_a_broken_rule(promtool, tmp_path):
+    """The check above can fail: promtool does parse the expressions."""
+    rules = write_rules(tmp_path / "bad.yaml", [{"name": "x", "rules": [
+        {"alert": "Broken", "expr": "sum by (pod (llamacpp:requests_deferred)", "for": "5m"}]}])
+    proc = subprocess.run([promtool, "check", "rules", str(rules)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+
+
+def alert(name: str, severity: str, **labels: str) -> dict[str, Any]:
+    return {"exp_labels": {"severity": severity, **labels}}
+
+
+# Each case: alert name, input series (1m steps), [(eval time, expected alerts)].
+CASES = [
+    ("KubellamaServerDown",
+     [{"series": f'up{{{SERVER}, job="kubellama"}}', "values": "1 1 0x10"},
+      {"series": 'up{job="kubellama-operator"}', "values": "0x10"}],   # no llamaserver label: not a server
+     [("4m", []), ("9m", [alert("KubellamaServerDown", "critical", **WHERE, pod="gemma-0", model="gemma.gguf",
+                                job="kubellama")])]),
+    ("KubellamaRequestsDeferred",
+     [{"series": f"llamacpp:requests_deferred{{{SERVER}}}", "values": "0 0 3x10"}],
+     [("5m", []), ("8m", [alert("KubellamaRequestsDeferred", "warning", **WHERE)])]),
+    ("KubellamaKVCacheNearlyFull",
+     [{"series": f"llamacpp:kv_cache_usage_ratio{{{SERVER}}}", "values": "0.5 0.95x15"},
+      {"series": 'llamacpp:kv_cache_usage_ratio{namespace="team-a", llamaserver="other", pod="other-0"}',
+       "values": "0.85x15"}],
+     [("8m", []), ("12m", [alert("KubellamaKVCacheNearlyFull", "warning", **WHERE, pod="gemma-0")])]),
+    ("KubellamaSlowTimeToFirstToken",
+     # 10 first tokens a minute, all between 5 and 10 s
+     [{"series": f'kubellama_time_to_first_token_seconds_bucket{{{SERVER}, le="{le}"}}', "values": values}
+      for le, values in (("1", "0x20"), ("5", "0x20"), ("10", "0+10x20"), ("+Inf", "0+10x20"))],
+     [("5m", []), ("17m", [alert("KubellamaSlowTimeToFirstToken", "warning", **WHERE)])]),
+    ("KubellamaRequestErrors",
+     [{"series": f'kubellama_requests_total{{{SERVER}, endpoint="/v1/chat/completions", status="200"}}',
+       "values": "0+60x20"},
+      {"series": f'kubellama_requests_total{{{SERVER}, endpoint="/v1/chat/completions", status="500"}}',
+       "values": "0+30x20"}],
+     [("8m", []), ("17m", [alert("KubellamaRequestErrors", "warning", **WHERE)])]),
+]
+
+
+@pytest.mark.parametrize("name, series, checks", CASES, ids=[c[0] for c in CASES])
+def test_alert_fires_when_it_should(objects, promtool, tmp_path, name, series, checks):
+    """promtool's rule unit tests: the alert stays quiet, then fires with the right labels."""
+    groups = rule_groups(objects)
+    for group in groups:              # annotations are checked by `promtool check rules`
+        for rule in group["rules"]:
+            rule.pop("annotations", None)
+    write_rules(tmp_path / "rules.yaml", groups)
+    tests = {"rule_files": ["rules.yaml"], "evaluation_interval": "1m", "tests": [{
+        "interval": "1m", "input_series": series,
+        "alert_rule_test": [{"eval_time": t, "alertname": name, "exp_alerts": exp} for t, exp in checks]}]}
+    (tmp_path / "tests.yaml").write_text(yaml.safe_dump(tests, sort_keys=False))
+    proc = subprocess.run([promtool, "test", "rules", "tests.yaml"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
