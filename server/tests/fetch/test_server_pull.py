@@ -1,0 +1,92 @@
+"""`kubellama-server -mu URL` / `-hfr REPO -hff FILE`: download at start-up, /health 503 meanwhile, then serve."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import pytest
+
+from kubellama_server.testing.live import ServerProcess
+
+
+@pytest.fixture(autouse=True)
+def _needs_server_downloads():
+    from kubellama_server import cli
+
+    if "model_url" in getattr(cli, "NOT_IMPLEMENTED", {}):
+        pytest.skip("kubellama-server does not implement -mu/-hfr model downloads yet "
+                    "(model_url is still listed in kubellama_server.cli.NOT_IMPLEMENTED)")
+
+
+def _watch_until_healthy(url: str, proc, on_poll=None, timeout: float = 90.0) -> list[tuple[int, dict]]:
+    seen = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"server exited with {proc.returncode}"
+        try:
+            r = httpx.get(url + "/health", timeout=2)
+        except httpx.TransportError:
+            time.sleep(0.02)
+            continue
+        seen.append((r.status_code, r.json(), on_poll() if on_poll else None))
+        if r.status_code == 200:
+            return seen
+        assert r.status_code == 503, r.text
+        time.sleep(0.05)
+    raise TimeoutError(f"server not healthy after {timeout}s: {seen[-3:]}")
+
+
+def _complete(url: str) -> dict:
+    r = httpx.post(url + "/completion", json={"prompt": "hello world", "n_predict": 4, "seed": 1}, timeout=60)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_server_downloads_model_url_and_answers_503_meanwhile(model_server, tiny_bytes, tmp_path):
+    url = model_server.add("/tiny.gguf", tiny_bytes, rate=300_000)  # ~2 s download
+    cache = tmp_path / "cache"
+    srv = ServerProcess(["-mu", url, "-t", "1", "-c", "512", "-np", "1"], env={"LLAMA_CACHE": str(cache)})
+    srv.start(wait=False, log_path=tmp_path / "server.log")
+    try:
+        def in_flight():
+            return [r.sent for r in model_server.requests_for("/tiny.gguf", "GET")]
+
+        seen = _watch_until_healthy(srv.url, srv.proc, on_poll=in_flight)
+        during = [body for status, body, sent in seen if status == 503 and sent and 0 < sent[-1] < len(tiny_bytes)]
+        assert during, f"no 503 observed while the download was in progress: {seen[:5]}"
+        assert during[0]["status"] == "loading model"
+        assert _complete(srv.url)["tokens_predicted"] >= 1
+    finally:
+        srv.stop()
+    files = sorted(p.name for p in cache.iterdir() if not p.name.startswith("."))
+    name = f"127.0.0.1_{model_server.port}_tiny.gguf"
+    assert files == [name, name + ".meta.json"], srv.log()
+    assert (cache / name).read_bytes() == tiny_bytes
+
+    # a second start uses the cache without any request, even offline
+    n = len(model_server.requests)
+    srv = ServerProcess(["-mu", url, "--offline", "-t", "1", "-c", "512", "-np", "1"],
+                        env={"LLAMA_CACHE": str(cache)})
+    srv.start(log_path=tmp_path / "server2.log")
+    try:
+        assert _complete(srv.url)["tokens_predicted"] >= 1
+    finally:
+        srv.stop()
+    assert len(model_server.requests) == n
+
+
+def test_server_downloads_from_the_hub(hf_hub, tiny_bytes, tiny_sha, tmp_path):
+    hf_hub.add_hub_file("kubellama/tiny-GGUF", "tiny-Q8_0.gguf", tiny_bytes, gated=True, token="hf_x")
+    cache = tmp_path / "cache"
+    srv = ServerProcess(["-hfr", "kubellama/tiny-GGUF", "-hff", "tiny-Q8_0.gguf", "--model-sha256", tiny_sha,
+                         "-t", "1", "-c", "512", "-np", "1"],
+                        env={"LLAMA_CACHE": str(cache), "HF_TOKEN": "hf_x"})
+    srv.start(log_path=tmp_path / "server.log")
+    try:
+        assert _complete(srv.url)["tokens_predicted"] >= 1
+    finally:
+        srv.stop()
+    meta = json.loads((cache / "kubellama_tiny-GGUF_tiny-Q8_0.gguf.meta.json").read_text())
+    assert meta["sha256"] == tiny_sha
