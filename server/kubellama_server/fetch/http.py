@@ -167,6 +167,8 @@ def download(
             except _Retry as exc:
                 ever_connected = True
                 err = exc
+            except httpx.RequestError as exc:  # too many redirects, redirect to a non-http URL, bad URL
+                raise FetchError(f"cannot download {remote.url}: {_describe_transport(exc)}; check the URL") from exc
             if part.size > before:
                 attempt = 1  # progress was made: the retry budget is for stalls, not for long downloads
             if attempt > retries:
@@ -303,6 +305,6 @@ def _strong(etag: str | None) -> bool:
     return bool(etag) and not etag.startswith("W/")
 
 
-def _describe_transport(exc: httpx.TransportError) -> str:
+def _describe_transport(exc: httpx.RequestError) -> str:
     text = str(exc) or type(exc).__name__
     return f"{type(exc).__name__}: {text}"

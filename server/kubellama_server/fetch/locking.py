@@ -16,7 +16,7 @@ def download_lock(lock_path: Path, name: str, progress: Progress):
 
     The lock is an OS file lock (flock), so it is released when its holder dies.
     """
-    lock = filelock.FileLock(str(lock_path))
+    lock = filelock.FileLock(str(lock_path), mode=0o666)  # pods with other UIDs share RWX volumes
     try:
         lock.acquire(timeout=0)
     except filelock.Timeout:

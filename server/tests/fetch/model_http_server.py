@@ -240,7 +240,8 @@ def _make_handler(server: ModelHTTPServer):
             if not head:
                 f.gets += 1
             if b.status is not None and (b.status_times is None or f.gets <= b.status_times or head):
-                return self._plain(rec, b.status, f"status {b.status}\n".encode(), head=head)
+                return self._plain(rec, b.status, f"status {b.status}\n".encode(), head=head,
+                                   headers=b.extra_headers)
             data = bytes(x ^ 0x5A for x in f.data[:64]) + f.data[64:] if b.corrupt else f.data
             if b.corrupt and data[:4] != b"GGUF":  # keep the magic: only the checksum may catch it
                 data = b"GGUF" + data[4:]

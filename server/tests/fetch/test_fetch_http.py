@@ -275,3 +275,11 @@ def test_every_error_has_a_distinct_documented_exit_code():
     codes = {cls.exit_code for cls in (FetchError, UsageError, NotFoundError, UnauthorizedError, NetworkError,
                                        DiskFullError, ChecksumMismatchError, NotGGUFError)}
     assert codes == {1, 2, 3, 4, 5, 6, 7, 8}
+
+
+def test_redirect_loop_is_a_clear_error(model_server, tmp_path):
+    url = model_server.add("/loop.gguf", b"", status=302,
+                           extra_headers={"Location": "/loop.gguf"})
+    with pytest.raises(FetchError) as err:
+        fetch_model(ModelSource(url=url), dest=tmp_path, **FAST)
+    assert type(err.value) is FetchError and "redirect" in str(err.value).lower()
