@@ -40,12 +40,43 @@ def test_promtool_rejects_a_broken_rule(promtool, tmp_path):
     assert proc.returncode != 0
 
 
-def alert(name: str, severity: str, **labels: str) -> dict[str, Any]:
+def alert(alertname: str, severity: str, **labels: str) -> dict[str, Any]:
+    """An expected alert (promtool adds `alertname` itself)."""
     return {"exp_labels": {"severity": severity, **labels}}
 
 
 # Each case: alert name, input series (1m steps), [(eval time, expected alerts)].
+OPERATOR = 'job="kubellama-operator", namespace="team-a", name="gemma"'
+OPERATOR_ALERT = {"namespace": "team-a", "name": "gemma", "llamaserver": "gemma", "job": "kubellama-operator"}
+
 CASES = [
+    ("KubellamaNoReadyReplicas",
+     [{"series": f"kubellama_operator_llamaserver_replicas{{{OPERATOR}}}", "values": "2x30"},
+      {"series": f"kubellama_operator_llamaserver_ready_replicas{{{OPERATOR}}}", "values": "2 2 0x30"},
+      {"series": 'kubellama_operator_llamaserver_replicas{job="kubellama-operator", namespace="team-a", name="idle"}',
+       "values": "0x30"},
+      {"series": 'kubellama_operator_llamaserver_ready_replicas{job="kubellama-operator", namespace="team-a", '
+                 'name="idle"}', "values": "0x30"}],
+     [("8m", []), ("14m", [alert("KubellamaNoReadyReplicas", "critical", **OPERATOR_ALERT)])]),
+    ("KubellamaModelDownloadFailing",
+     [{"series": f'kubellama_operator_llamaserver_condition{{{OPERATOR}, condition="ModelReady", status="False", '
+                 f'reason="Downloading"}}', "values": "1 1 1 _x20"},
+      {"series": f'kubellama_operator_llamaserver_condition{{{OPERATOR}, condition="ModelReady", status="False", '
+                 f'reason="DownloadFailed"}}', "values": "_ _ _ 1x20"}],
+     [("3m", []), ("10m", [alert("KubellamaModelDownloadFailing", "critical", **OPERATOR_ALERT,
+                                 condition="ModelReady", status="False", reason="DownloadFailed")])]),
+    ("KubellamaLlamaServerFailed",
+     [{"series": f'kubellama_operator_llamaserver_phase{{{OPERATOR}, phase="{phase}"}}', "values": values}
+      for phase, values in (("Ready", "1 0x20"), ("Failed", "0 1x20"))],
+     [("3m", []), ("8m", [alert("KubellamaLlamaServerFailed", "warning", **OPERATOR_ALERT, phase="Failed")])]),
+    ("KubellamaOperatorDown",
+     [{"series": 'up{job="kubellama-operator", namespace="kubellama-system"}', "values": "1 1 0x20"}],
+     [("5m", []), ("14m", [alert("KubellamaOperatorDown", "critical", job="kubellama-operator",
+                                 namespace="kubellama-system")])]),
+    ("KubellamaOperatorReconcileErrors",
+     [{"series": 'kubellama_operator_reconcile_errors_total{job="kubellama-operator", reason="ApiError"}',
+       "values": "0+3x30"}],
+     [("10m", []), ("20m", [alert("KubellamaOperatorReconcileErrors", "warning", reason="ApiError")])]),
     ("KubellamaServerDown",
      [{"series": f'up{{{SERVER}, job="kubellama"}}', "values": "1 1 0x10"},
       {"series": 'up{job="kubellama-operator"}', "values": "0x10"}],   # no llamaserver label: not a server
@@ -88,3 +119,16 @@ def test_alert_fires_when_it_should(objects, promtool, tmp_path, name, series, c
     proc = subprocess.run([promtool, "test", "rules", "tests.yaml"], cwd=tmp_path, capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_operator_metrics_used_by_the_alerts_exist(objects):
+    """Every kubellama_operator_* name in the rules is one the operator exports."""
+    from chart_support import metric_names
+    from kubellama_operator import metrics
+
+    exported = set()
+    for family in metrics.REGISTRY.collect():
+        suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}.get(family.type, [""])
+        exported |= {family.name + suffix for suffix in suffixes}
+    used = {n for rule in alert_rules(objects) for n in metric_names(rule["expr"]) if n.startswith("kubellama_operator_")}
+    assert used and used <= exported, f"not exported by the operator: {sorted(used - exported)}"

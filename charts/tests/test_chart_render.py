@@ -379,7 +379,7 @@ def test_operator_service_monitor(rendered):
 REQUIRED_ALERTS = {"KubellamaServerDown", "KubellamaNoReadyReplicas", "KubellamaRequestsDeferred",
                    "KubellamaKVCacheNearlyFull", "KubellamaSlowTimeToFirstToken", "KubellamaModelDownloadFailing",
                    "KubellamaOperatorReconcileErrors", "KubellamaOperatorDown", "KubellamaRequestErrors",
-                   "KubellamaSlotSaveFailures"}
+                   "KubellamaSlotSaveFailures", "KubellamaLlamaServerFailed"}
 
 
 def test_prometheus_rule_alerts(rendered):

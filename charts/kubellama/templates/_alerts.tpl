@@ -27,7 +27,7 @@ operator/kubellama_operator/metrics.py).
 {{- $runbook := .runbook -}}
 {{- with $a.noReadyReplicas }}{{ if .enabled }}
 - alert: KubellamaNoReadyReplicas
-  expr: kubellama_operator_llamaserver_desired_replicas > 0 and kubellama_operator_llamaserver_ready_replicas == 0
+  expr: label_replace(kubellama_operator_llamaserver_replicas > 0 and kubellama_operator_llamaserver_ready_replicas == 0, "llamaserver", "$1", "name", "(.+)")
   for: {{ .for }}
   labels:
     {{- include "kubellama.alertLabels" (dict "severity" .severity "extra" $extra) | nindent 4 }}
@@ -42,7 +42,7 @@ operator/kubellama_operator/metrics.py).
 {{- end }}{{ end }}
 {{- with $a.modelDownloadFailing }}{{ if .enabled }}
 - alert: KubellamaModelDownloadFailing
-  expr: kubellama_operator_llamaserver_condition{condition="ModelReady", status="False", reason="DownloadFailed"} == 1
+  expr: label_replace(kubellama_operator_llamaserver_condition{condition="ModelReady", status="False", reason!~"Downloading|NoPods|ScaledToZero"} == 1, "llamaserver", "$1", "name", "(.+)")
   for: {{ .for }}
   labels:
     {{- include "kubellama.alertLabels" (dict "severity" .severity "extra" $extra) | nindent 4 }}
@@ -50,8 +50,23 @@ operator/kubellama_operator/metrics.py).
     summary: >-
       LlamaServer model download is failing.
     description: >-
-      The model of LlamaServer {{ "{{ $labels.namespace }}/{{ $labels.llamaserver }}" }} cannot be downloaded. `kubectl -n {{ "{{ $labels.namespace }}" }} describe llama {{ "{{ $labels.llamaserver }}" }}` shows the fetcher's message (wrong URL, missing token Secret, checksum mismatch, disk full).
+      The model of LlamaServer {{ "{{ $labels.namespace }}/{{ $labels.llamaserver }}" }} cannot be downloaded ({{ "{{ $labels.reason }}" }}). `kubectl -n {{ "{{ $labels.namespace }}" }} describe llama {{ "{{ $labels.llamaserver }}" }}` shows the fetcher's message (wrong URL, missing token Secret, checksum mismatch, disk full).
     {{- with include "kubellama.runbook" (dict "base" $runbook "alert" "KubellamaModelDownloadFailing") }}
+    {{ . }}
+    {{- end }}
+{{- end }}{{ end }}
+{{- with $a.llamaServerFailed }}{{ if .enabled }}
+- alert: KubellamaLlamaServerFailed
+  expr: label_replace(kubellama_operator_llamaserver_phase{phase="Failed"} == 1, "llamaserver", "$1", "name", "(.+)")
+  for: {{ .for }}
+  labels:
+    {{- include "kubellama.alertLabels" (dict "severity" .severity "extra" $extra) | nindent 4 }}
+  annotations:
+    summary: >-
+      LlamaServer is Failed.
+    description: >-
+      LlamaServer {{ "{{ $labels.namespace }}/{{ $labels.llamaserver }}" }} has been in phase Failed for {{ .for }}: the operator cannot honour its spec (missing Secret or claim, bad model source). `kubectl -n {{ "{{ $labels.namespace }}" }} describe llama {{ "{{ $labels.llamaserver }}" }}` says what to fix.
+    {{- with include "kubellama.runbook" (dict "base" $runbook "alert" "KubellamaLlamaServerFailed") }}
     {{ . }}
     {{- end }}
 {{- end }}{{ end }}
@@ -72,7 +87,7 @@ operator/kubellama_operator/metrics.py).
 {{- end }}{{ end }}
 {{- with $a.operatorErrors }}{{ if .enabled }}
 - alert: KubellamaOperatorReconcileErrors
-  expr: sum by (namespace, llamaserver) (rate(kubellama_operator_reconcile_errors_total[10m])) > 0
+  expr: sum by (reason) (rate(kubellama_operator_reconcile_errors_total[10m])) > 0
   for: {{ .for }}
   labels:
     {{- include "kubellama.alertLabels" (dict "severity" .severity "extra" $extra) | nindent 4 }}
@@ -80,7 +95,7 @@ operator/kubellama_operator/metrics.py).
     summary: >-
       The kubellama operator keeps failing to reconcile.
     description: >-
-      Reconciling LlamaServer {{ "{{ $labels.namespace }}/{{ $labels.llamaserver }}" }} has failed for {{ .for }}. Check the LlamaServer's events and the operator logs.
+      Reconciles have been failing ({{ "{{ $labels.reason }}" }}) for {{ .for }}. Check the operator logs and `kubectl get events --field-selector reason=Failed`.
     {{- with include "kubellama.runbook" (dict "base" $runbook "alert" "KubellamaOperatorReconcileErrors") }}
     {{ . }}
     {{- end }}
