@@ -11,31 +11,31 @@ import copy
 import json
 import time
 
-import openai
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
+from e2e_checks import (
+    check_chat,
+    check_metrics,
+    cold_cache,
+    context_size,
+    prime_and_save_slot,
+    restore_slot_and_check,
+)
 from e2e_support import (
     Kube,
-    http,
-    http_json,
     llamaserver_ready,
     load_manifest,
     log,
     pod_ready,
     port_forward,
     ready_pods,
-    server_pods,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 NAME = "tiny"
-ALIAS = "kubellama-tiny"
 SELECTOR = f"kubellama.dev/llamaserver={NAME}"
 PORT = 8080
-SLOT_FILE = "e2e-slot0.bin"
-PROMPT = "the server model token slot cache " * 6
 
 
 @pytest.fixture(scope="module")
@@ -87,73 +87,39 @@ def test_llamaserver_becomes_ready(ns: Kube, llama: str) -> None:
 
 def test_chat_completion_and_streaming(ns: Kube, llama: str) -> None:
     with port_forward(ns, f"svc/{NAME}", PORT) as url:
-        client = openai.OpenAI(base_url=f"{url}/v1", api_key="e2e", timeout=120, max_retries=1)
-        assert ALIAS in [m.id for m in client.models.list().data]
-        messages = [{"role": "user", "content": "hello llama, say something"}]
-        reply = client.chat.completions.create(model=ALIAS, messages=messages, max_tokens=8,
-                                               temperature=0)
-        choice = reply.choices[0]
-        assert choice.message.role == "assistant"
-        assert isinstance(choice.message.content, str)
-        assert choice.finish_reason in ("stop", "length")
-        assert reply.usage.prompt_tokens > 0
-        assert 1 <= reply.usage.completion_tokens <= 8
-
-        chunks = list(client.chat.completions.create(model=ALIAS, messages=messages, max_tokens=8,
-                                                     temperature=0, stream=True))
-        deltas = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
-        assert deltas, f"the stream carried no content: {chunks}"
-        finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
-        assert finishes and finishes[-1] in ("stop", "length")
+        check_chat(url)
 
 
 def test_metrics_are_exposed(ns: Kube, llama: str) -> None:
-    pod = one_ready_pod(ns)["metadata"]["name"]
+    pod = one_ready_pod(ns)["metadata"]["name"]  # the chat test above went to this pod
     with port_forward(ns, f"pod/{pod}", PORT) as url:
-        status, text = http("GET", f"{url}/metrics")
-    assert status == 200, text[:300]
-    samples = {s.name: s.value for family in text_string_to_metric_families(text) for s in family.samples}
-    llamacpp = sorted(name for name in samples if name.startswith("llamacpp:"))
-    assert "llamacpp:prompt_tokens_total" in llamacpp, llamacpp
-    assert samples["llamacpp:prompt_tokens_total"] > 0  # the chat test above went to this pod
-    assert samples["llamacpp:tokens_predicted_total"] > 0
-    assert any(name.startswith("kubellama_requests_total") for name in samples)
-    assert any(name.startswith("kubellama_time_to_first_token_seconds") for name in samples)
+        check_metrics(url)
 
 
 def test_slot_survives_pod_restart(ns: Kube, llama: str) -> None:
     pod = one_ready_pod(ns)
     name, uid = pod["metadata"]["name"], pod["metadata"]["uid"]
-    request = {"prompt": PROMPT, "n_predict": 4, "id_slot": 0, "cache_prompt": True, "temperature": 0}
     with port_forward(ns, f"pod/{name}", PORT) as url:
-        n_prompt = len(http_json("POST", f"{url}/tokenize", {"content": PROMPT})["tokens"])
-        http_json("POST", f"{url}/completion", request)
-        saved = http_json("POST", f"{url}/slots/0?action=save", {"filename": SLOT_FILE})
-    assert saved["n_saved"] > 0, saved
+        saved = prime_and_save_slot(url)
 
     log(f"deleting pod {name}; its slot file stays on the slots volume")
     ns("delete", "pod", name, "--wait=true", timeout=240)
-    new = ns.wait_for(f"pod {name} back and ready", lambda: (lambda p: p if pod_ready(p) and
-                      p["metadata"]["uid"] != uid else None)(ns.get("pod", name)),
-                      timeout=300, llamaserver=NAME)
-    assert new["metadata"]["uid"] != uid
-    wait_ready(ns)
 
+    def back() -> dict | None:
+        new = ns.get("pod", name)
+        return new if pod_ready(new) and new["metadata"]["uid"] != uid else None
+
+    ns.wait_for(f"pod {name} back and ready", back, timeout=300, llamaserver=NAME)
+    wait_ready(ns)
     with port_forward(ns, f"pod/{name}", PORT) as url:
-        restored = http_json("POST", f"{url}/slots/0?action=restore", {"filename": SLOT_FILE})
-        assert restored["n_restored"] == saved["n_saved"], (saved, restored)
-        again = http_json("POST", f"{url}/completion", {**request, "n_predict": 1})
-    assert again["tokens_cached"] > 0, again
-    prompt_n = again.get("timings", {}).get("prompt_n")
-    if prompt_n is not None:  # only the uncached tail of the prompt was evaluated again
-        assert prompt_n < n_prompt, (prompt_n, n_prompt)
+        assert cold_cache(url) == 0  # a fresh process: nothing cached but what we restore
+        restore_slot_and_check(url, saved)
 
 
 def _n_ctx(ns: Kube) -> int:
     pod = one_ready_pod(ns)["metadata"]["name"]
     with port_forward(ns, f"pod/{pod}", PORT) as url:
-        props = http_json("GET", f"{url}/props")
-    return int(props["default_generation_settings"]["n_ctx"])
+        return context_size(url)
 
 
 def test_spec_change_rolls_pods(ns: Kube, llama: str) -> None:

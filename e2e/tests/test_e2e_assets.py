@@ -18,6 +18,7 @@ import urllib.parse
 from pathlib import Path
 
 import celpy
+import e2e_checks
 import jsonschema
 import kubernetes_validate
 import pytest
@@ -30,6 +31,7 @@ from e2e_support import (
     MODEL_FILE,
     REPO_ROOT,
     find_tool,
+    http,
     image,
     image_values,
     load_manifest,
@@ -184,6 +186,81 @@ def test_model_server_command_serves_the_model_to_the_fetcher(tmp_path: Path) ->
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+# --- the e2e checks, against a real server on loopback -----------------------------------
+
+class LocalServer:
+    """kubellama-server on loopback with the flags the e2e LlamaServer asks for."""
+
+    def __init__(self, model: Path, slots: Path, ctx: int = 512):
+        (llama,) = load_manifest("llamaserver.yaml")
+        spec = llama["spec"]
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        server = shutil.which("kubellama-server", path=str(Path(sys.executable).parent))
+        assert server, "kubellama-server is not installed; run `make install`"
+        self.cmd = [server, "-m", str(model), "--host", "127.0.0.1", "--port", str(self.port),
+                    "-c", str(ctx), "-np", str(spec["server"]["parallel"]), "-a", spec["model"]["alias"],
+                    "--metrics", "--slot-save-path", str(slots)]
+        self.log = slots.parent / f"server-{self.port}.log"
+
+    def __enter__(self) -> str:
+        self.proc = subprocess.Popen(self.cmd, stdout=self.log.open("w"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"kubellama-server exited:\n{self.log.read_text()[-3000:]}"
+            try:
+                if http("GET", f"{self.url}/health", timeout=2)[0] == 200:
+                    return self.url
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"kubellama-server not healthy in 60s:\n{self.log.read_text()[-3000:]}")
+
+    def __exit__(self, *exc) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def local_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from kubellama_server.testing.tiny_gguf import build_tiny_gguf
+
+    return build_tiny_gguf(tmp_path_factory.mktemp("model") / MODEL_FILE)
+
+
+def test_e2e_chat_check_on_a_local_server(local_model: Path, tmp_path: Path) -> None:
+    with LocalServer(local_model, tmp_path / "slots") as url:
+        e2e_checks.check_chat(url)
+
+
+def test_e2e_metrics_check_on_a_local_server(local_model: Path, tmp_path: Path) -> None:
+    with LocalServer(local_model, tmp_path / "slots") as url:
+        e2e_checks.check_chat(url)
+        e2e_checks.check_metrics(url)
+
+
+def test_e2e_slot_checks_across_a_restart(local_model: Path, tmp_path: Path) -> None:
+    slots = tmp_path / "slots"
+    slots.mkdir()
+    with LocalServer(local_model, slots) as url:
+        saved = e2e_checks.prime_and_save_slot(url)
+    assert (slots / e2e_checks.SLOT_FILE).is_file()
+    with LocalServer(local_model, slots) as url:  # the "pod" is back: a new process
+        assert e2e_checks.cold_cache(url) == 0
+        e2e_checks.restore_slot_and_check(url, saved)
+
+
+def test_e2e_context_check_sees_a_doubled_context(local_model: Path, tmp_path: Path) -> None:
+    with LocalServer(local_model, tmp_path / "slots", ctx=512) as url:
+        before = e2e_checks.context_size(url)
+    with LocalServer(local_model, tmp_path / "slots", ctx=1024) as url:
+        assert e2e_checks.context_size(url) == 2 * before
 
 
 # --- the LlamaServer the e2e tests apply -------------------------------------------------
