@@ -148,3 +148,31 @@ def test_console_script_is_installed():
     assert exe, "kubellama-fetch is not installed: run `make install`"
     res = subprocess.run([exe, "--help"], capture_output=True, text=True)
     assert res.returncode == 0 and "--hf-revision" in res.stdout and "8 not a GGUF" in res.stdout
+
+
+def test_killed_fetch_resumes_in_the_next_container(model_server, tiny_bytes, tiny_sha, tmp_path, run_fetch):
+    """An init container killed mid-download (pod deleted, node lost) resumes on its next start."""
+    import signal
+    import time
+
+    url = model_server.add("/tiny.gguf", tiny_bytes, rate=200_000)
+    part = tmp_path / ".tiny.gguf.part"
+    proc = subprocess.Popen([sys.executable, "-m", "kubellama_server.fetch", "--url", url, "--dest", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while not (part.exists() and part.stat().st_size > 100_000):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    have = part.stat().st_size
+    assert 0 < have < len(tiny_bytes)
+
+    model_server.set("/tiny.gguf")  # full speed now
+    res = run_fetch("--url", url, "--dest", str(tmp_path), "--sha256", tiny_sha)
+    assert res.returncode == 0, res.stderr
+    start = [e for e in _events(res.stderr) if e["event"] == "start"]
+    assert start[0]["resumed_from"] == have
+    last = model_server.requests_for("/tiny.gguf", "GET")[-1]
+    assert last.headers["range"] == f"bytes={have}-" and last.sent == len(tiny_bytes) - have
+    assert (tmp_path / "tiny.gguf").read_bytes() == tiny_bytes
