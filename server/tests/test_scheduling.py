@@ -1,0 +1,144 @@
+"""Continuous batching, deferral, cancellation, context limits and /health states."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import threading
+import time
+
+import httpx
+
+from kubellama_server.testing.live import LiveServer
+
+
+def _complete(url, **body):
+    body.setdefault("prompt", "the llama server")
+    r = httpx.post(url + "/completion", json=body, timeout=120)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def _wait_idle(url, n, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        h = httpx.get(url + "/health").json()
+        if h.get("slots_idle") == n:
+            return h
+        time.sleep(0.02)
+    raise AssertionError(f"slots not idle after {timeout}s: {h}")
+
+
+def test_one_decode_mixes_tokens_of_several_slots(live_server):
+    srv = live_server("-np", "4", "-c", "2048")
+    with cf.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda i: _complete(srv.url, n_predict=64, seed=i, ignore_eos=True), range(4)))
+    assert all(r["tokens_predicted"] == 64 for r in results)
+    assert sorted(r["id_slot"] for r in results) == [0, 1, 2, 3]
+    sched = srv.engine.scheduler
+    assert sched.max_batch_slots >= 3, sched.max_batch_slots
+    snap = srv.engine.stats.snapshot()
+    assert snap.n_busy_slots_total / snap.n_decode_total > 1.5  # decodes served several slots at once
+
+
+def test_more_requests_than_slots_are_deferred_not_dropped(live_server):
+    srv = live_server("-np", "2", "-c", "1024")
+    with cf.ThreadPoolExecutor(7) as pool:
+        results = list(pool.map(lambda i: _complete(srv.url, n_predict=24, seed=i, ignore_eos=True), range(7)))
+    assert len(results) == 7 and all(r["tokens_predicted"] == 24 for r in results)
+    assert {r["id_slot"] for r in results} <= {0, 1}
+
+
+def test_streaming_disconnect_frees_the_slot(live_server):
+    srv = live_server("-np", "1", "-c", "256")
+    with httpx.stream("POST", srv.url + "/completion", json={"prompt": "go", "n_predict": 1000000, "ignore_eos": True, "stream": True}, timeout=30) as r:
+        seen = 0
+        for _ in r.iter_lines():
+            seen += 1
+            if seen == 3:
+                assert httpx.get(srv.url + "/health").json()["slots_processing"] == 1
+            if seen > 5:
+                break
+    _wait_idle(srv.url, 1)
+    assert srv.engine.stats.snapshot().n_cancelled_total == 1
+
+
+def test_non_streaming_disconnect_frees_the_slot(live_server):
+    srv = live_server("-np", "1", "-c", "256")
+    try:
+        httpx.post(srv.url + "/completion", json={"prompt": "go", "n_predict": 1000000, "ignore_eos": True}, timeout=0.5)
+    except httpx.ReadTimeout:
+        pass
+    _wait_idle(srv.url, 1)
+    assert _complete(srv.url, n_predict=3)["tokens_predicted"] == 3
+
+
+def test_context_shift_keeps_generating(live_server):
+    srv = live_server("-np", "1", "-c", "128")
+    d = _complete(srv.url, prompt="keep this prefix", n_predict=300, n_keep=-1, ignore_eos=True, seed=1)
+    assert d["tokens_predicted"] == 300 and d["truncated"] is True and d["stopped_limit"] is True
+
+
+def test_unlimited_generation_stops_when_the_context_is_full(live_server):
+    srv = live_server("-np", "1", "-c", "128")
+    d = _complete(srv.url, prompt="fill", n_predict=-1, ignore_eos=True, seed=1)
+    assert d["stopped_limit"] is True
+    n_ctx = d["generation_settings"]["n_ctx"]
+    assert n_ctx - 2 <= d["tokens_evaluated"] + d["tokens_predicted"] <= n_ctx + 1
+
+
+def test_server_n_predict_limit(live_server):
+    srv = live_server("-np", "1", "-n", "5")
+    d = _complete(srv.url, n_predict=-1, ignore_eos=True)
+    assert d["tokens_predicted"] == 5 and d["stopped_limit"]
+
+
+def test_prompt_longer_than_the_context_is_truncated(live_server):
+    srv = live_server("-np", "2", "-c", "256")  # 128 tokens per slot
+    long_prompt = "word " * 400
+    d = _complete(srv.url, prompt=long_prompt, n_predict=4, n_keep=8, ignore_eos=True)
+    n_ctx = d["generation_settings"]["n_ctx"]
+    assert d["truncated"] is True and d["tokens_evaluated"] < n_ctx and d["tokens_predicted"] == 4
+    assert _complete(srv.url, n_predict=2)["tokens_predicted"] == 2  # scheduler still healthy
+
+
+def test_explicit_slot_waits_for_that_slot(live_server):
+    srv = live_server("-np", "2", "-c", "1024")
+    with cf.ThreadPoolExecutor(3) as pool:
+        futs = [pool.submit(_complete, srv.url, n_predict=16, id_slot=1, ignore_eos=True) for _ in range(3)]
+        assert all(f.result()["id_slot"] == 1 for f in futs)
+
+
+def test_health_states_loading_error_busy(tiny_model, tmp_path):
+    gate = threading.Event()
+
+    def hold(engine):
+        engine.resolve_model = lambda s: (gate.wait(10), s.model)[1]
+
+    srv = LiveServer(["-m", str(tiny_model), "-t", "1"], wait=False, prepare=hold)
+    srv.start()
+    try:
+        r = httpx.get(srv.url + "/health")
+        assert r.status_code == 503 and r.json() == {"status": "loading model"}
+        r = httpx.post(srv.url + "/completion", json={"prompt": "x"})
+        assert r.status_code == 503 and r.json()["error"]["type"] == "unavailable_error"
+        gate.set()
+        srv.engine.loaded.wait(10)
+        assert httpx.get(srv.url + "/health").status_code == 200
+        with httpx.stream("POST", srv.url + "/completion", json={"prompt": "go", "n_predict": 100000, "ignore_eos": True, "stream": True}, timeout=30) as r:
+            lines = r.iter_lines()  # keep the iterator alive: closing it closes the stream
+            next(lines)
+            busy = httpx.get(srv.url + "/health")
+            assert busy.status_code == 200 and busy.json()["status"] == "no slot available"
+            assert httpx.get(srv.url + "/health?fail_on_no_slot=1").status_code == 503
+    finally:
+        srv.stop()
+
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF but not really")
+    srv = LiveServer(["-m", str(broken)], wait=False).start()
+    try:
+        srv.engine.loaded.wait(10)
+        r = httpx.get(srv.url + "/health")
+        assert r.status_code == 500 and r.json()["status"] == "error"
+    finally:
+        srv.stop()
