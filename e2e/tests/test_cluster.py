@@ -31,7 +31,8 @@ from e2e_support import (
     ready_pods,
 )
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+# The first test also waits for the session set-up (helm install, model server): ~20 min at most.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]
 
 NAME = "tiny"
 SELECTOR = f"kubellama.dev/llamaserver={NAME}"
