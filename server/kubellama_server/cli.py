@@ -104,12 +104,6 @@ NOT_IMPLEMENTED: dict[str, str] = {
     "metrics": "the /metrics endpoint",
     "slot_save_path": "slot save/restore",
     "slot_persist": "warm restarts",
-    "model_url": "model downloads",
-    "hf_repo": "model downloads",
-    "hf_file": "model downloads",
-    "hf_revision": "model downloads",
-    "model_sha256": "model downloads",
-    "offline": "model downloads",
 }
 
 

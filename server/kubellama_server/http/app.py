@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from ..engine.engine import Engine
+from ..model_source import resolve_model_path
 from ..settings import ServerSettings
 from .errors import install_error_handlers
 from .routes_native import router as native_router
@@ -15,6 +16,8 @@ from .routes_native import router as native_router
 def create_app(settings: ServerSettings, engine: Engine | None = None, *, load: bool = True) -> FastAPI:
     """Build the app; with `load`, the model loads in the background once the app starts."""
     engine = engine or Engine(settings)
+    if engine.resolve_model is None:
+        engine.resolve_model = resolve_model_path
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -1,0 +1,45 @@
+"""Resolve the model file the server loads: `-m`, or a download for `-mu` / `-hfr -hff`."""
+
+from __future__ import annotations
+
+import logging
+
+from .settings import ServerSettings
+
+log = logging.getLogger("kubellama.model")
+
+
+def needs_download(settings: ServerSettings) -> bool:
+    return bool(settings.model_url or settings.hf_repo)
+
+
+def resolve_model_path(settings: ServerSettings) -> str:
+    """Download (or find in the cache) the model of -mu/-hfr; -m alone is used as given.
+
+    With -m and a download source together, -m names where the download lands.
+    Runs on the loader thread, so /health answers 503 "loading model" meanwhile.
+    """
+    if not needs_download(settings):
+        return settings.model
+    from pathlib import Path
+
+    from .fetch import FetchError, ModelSource, fetch_model
+
+    source = ModelSource(
+        url=settings.model_url or None,
+        hf_repo=settings.hf_repo or None,
+        hf_file=settings.hf_file or None,
+        hf_revision=settings.hf_revision or None,
+    )
+    dest = Path(settings.model).parent if settings.model else None
+    log.info("fetching model from %s", settings.model_url or f"{settings.hf_repo}/{settings.hf_file}")
+    try:
+        path = fetch_model(source, dest=dest, sha256=settings.model_sha256 or None, offline=settings.offline)
+    except FetchError as exc:
+        raise RuntimeError(f"model download failed: {exc}") from exc
+    if settings.model and Path(settings.model).name != path.name:
+        target = Path(settings.model)
+        if not target.exists():
+            target.symlink_to(path)
+        return str(target)
+    return str(path)
