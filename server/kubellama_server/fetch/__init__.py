@@ -20,6 +20,7 @@ from .errors import (
     UnauthorizedError,
     UsageError,
 )
+from .progress import Progress
 from .source import ModelSource
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "NotFoundError",
     "NotGGUFError",
     "OfflineMissError",
+    "Progress",
     "ServerError",
     "UnauthorizedError",
     "UsageError",

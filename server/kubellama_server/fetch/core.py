@@ -70,7 +70,7 @@ def fetch_model(
 
     ensure_folder(folder)
     with download_lock(paths.lock, name, reporter):
-        found = _cached(paths, key, expected, reporter)  # another process may have finished it meanwhile
+        found = _cached(paths, key, expected, reporter, report_stale=True)  # another process may have finished it
         if found:
             return found
         if expected:
@@ -91,7 +91,7 @@ def normalize_sha256(value: str | None) -> str | None:
 
 
 def _cached(paths: Paths, key: dict, expected: str | None, reporter: Progress, *,
-            offline: bool = False) -> Path | None:
+            offline: bool = False, report_stale: bool = False) -> Path | None:
     meta = lookup(paths, key)
     if not meta:
         return None
@@ -101,9 +101,9 @@ def _cached(paths: Paths, key: dict, expected: str | None, reporter: Progress, *
                 f"offline mode: {paths.target} has sha256 {meta.get('sha256')} but {expected} was expected; "
                 "run without --offline to download the file again, or fix the expected sha256",
                 expected=expected, actual=str(meta.get("sha256")))
-        reporter.message(
-            f"{paths.target} has sha256 {meta.get('sha256')}, not the expected {expected}; downloading again",
-            "stale")
+        if report_stale:
+            reporter.message(f"{paths.target} has sha256 {meta.get('sha256')}, not the expected {expected}; "
+                             "downloading again", "stale")
         return None
     reporter.message(f"{paths.target.name} is already in {paths.folder} (completed {meta.get('completed_at')})",
                      "cached")

@@ -283,3 +283,37 @@ def test_redirect_loop_is_a_clear_error(model_server, tmp_path):
     with pytest.raises(FetchError) as err:
         fetch_model(ModelSource(url=url), dest=tmp_path, **FAST)
     assert type(err.value) is FetchError and "redirect" in str(err.value).lower()
+
+
+def test_a_caller_can_plug_in_its_own_progress_reporter(model_server, tiny_bytes, tmp_path):
+    """The server passes a `Progress` subclass to route progress into its own logs."""
+    from kubellama_server.fetch import Progress
+
+    class Recorder(Progress):
+        def __init__(self):
+            super().__init__()
+            self.events = []
+
+        def start(self, name, total, offset=0, url=""):
+            super().start(name, total, offset, url)
+            self.events.append(("start", name, total, offset))
+
+        def update(self, done):
+            super().update(done)
+            self.events.append(("update", done))
+
+        def finish(self, path, sha256):
+            self.events.append(("finish", path))
+
+        def message(self, text, event="message"):
+            self.events.append((event, text))
+
+    url = model_server.add("/tiny.gguf", tiny_bytes, cut_after=100_000)
+    rec = Recorder()
+    path = fetch_model(ModelSource(url=url), dest=tmp_path, progress=rec, retries=1, backoff=0)
+    kinds = [e[0] for e in rec.events]
+    assert rec.events[0] == ("start", "tiny.gguf", len(tiny_bytes), 0)
+    assert "retry" in kinds and ("start", "tiny.gguf", len(tiny_bytes), 100_000) in rec.events
+    assert rec.events[-1] == ("finish", str(path))
+    updates = [e[1] for e in rec.events if e[0] == "update"]
+    assert updates[-1] == len(tiny_bytes) and updates == sorted(updates)
