@@ -110,12 +110,12 @@ def metric_names(expr: str) -> set[str]:
     text = re.sub(r"\{[^}]*\}", "", text)                               # label matchers
     text = re.sub(r"\[[^\]]*\]", "", text)                              # range/subquery durations
     text = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", text)
+    text = re.sub(r"(\boffset|@)\s*-?[\w.]+", " ", text)                # offset 5m, @ 1609746000
+    text = re.sub(r"(?<![\w:])\d+(\.\d+)?([eE][-+]?\d+)?", " ", text)   # numbers (1e-9)
     names = set()
     for m in re.finditer(r"[a-zA-Z_:][a-zA-Z0-9_:]*", text):
         name, rest = m.group(0), text[m.end():].lstrip()
         if name.lower() in _KEYWORDS or rest.startswith("("):
-            continue
-        if re.fullmatch(r"\d+(\.\d+)?(e\d+)?", name) or re.fullmatch(r"\d", name[:1]):
             continue
         names.add(name)
     return names

@@ -132,3 +132,12 @@ def test_operator_metrics_used_by_the_alerts_exist(objects):
         exported |= {family.name + suffix for suffix in suffixes}
     used = {n for rule in alert_rules(objects) for n in metric_names(rule["expr"]) if n.startswith("kubellama_operator_")}
     assert used and used <= exported, f"not exported by the operator: {sorted(used - exported)}"
+
+
+def test_metric_names_reads_promql():
+    """The helper the 'no metric missing' checks rely on."""
+    from chart_support import metric_names
+    expr = ('histogram_quantile(0.95, sum by (le, pod) (rate(kubellama_ttft_bucket{pod=~"a|b", le!="1"}[5m]))) > 1e-3 '
+            'or on (pod) label_replace(llamacpp:kv_cache_tokens offset 5m, "x", "$1", "pod", "(.*)") / ignoring (le) foo2'
+            ' unless absent(up{job="x"})')
+    assert metric_names(expr) == {"kubellama_ttft_bucket", "llamacpp:kv_cache_tokens", "foo2", "up"}

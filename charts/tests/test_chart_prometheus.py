@@ -1,0 +1,248 @@
+"""A real Prometheus scrapes a real kubellama-server under load through the chart's relabelling;
+every dashboard query and alert expression then runs through Prometheus' HTTP API."""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from chart_support import (PROMETHEUS_OPERATOR_APIS, alert_rules, dashboard_queries, label_values_as_promql,
+                           load_dashboard, metric_names, one, rule_groups, substitute, variable_queries)
+
+# What the PodMonitor's relabelling sees for a LlamaServer pod (Kubernetes service discovery meta labels).
+POD_META = {
+    "__meta_kubernetes_namespace": "team-a",
+    "__meta_kubernetes_pod_name": "tiny-0",
+    "__meta_kubernetes_pod_label_kubellama_dev_llamaserver": "tiny",
+    "__meta_kubernetes_pod_annotation_kubellama_dev_model": "tiny.gguf",
+}
+EXPECTED_LABELS = {"namespace": "team-a", "llamaserver": "tiny", "pod": "tiny-0", "model": "tiny.gguf"}
+DASHBOARD_VARIABLES = {"namespace": "team-a", "llamaserver": "tiny", "pod": "tiny-0", "__rate_interval": "1m",
+                       "__interval": "15s"}
+SCRAPE_INTERVAL_S = 1
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(check, timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"{what}: the process exited with {proc.returncode}:\n{log.read_text()[-4000:] if log else ''}")
+        try:
+            result = check()
+            if result:
+                return result
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}\n{log.read_text()[-4000:] if log else ''}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def objects(helm):
+    return helm.template({"monitoring": {"enabled": True}}, api_versions=PROMETHEUS_OPERATOR_APIS)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Iterator[str]:
+    """kubellama-server with --metrics on the tiny test model (or $KUBELLAMA_PROMETHEUS_TEST_MODEL)."""
+    work = tmp_path_factory.mktemp("server")
+    model = os.environ.get("KUBELLAMA_PROMETHEUS_TEST_MODEL")
+    if not model:
+        from kubellama_server.testing.tiny_gguf import build_tiny_gguf
+        model = str(work / "tiny.gguf")
+        build_tiny_gguf(model)
+    (work / "slots").mkdir()
+    port = free_port()
+    log = work / "server.log"
+    exe = Path(sys.executable).with_name("kubellama-server")
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([str(exe), "-m", model, "--host", "127.0.0.1", "--port", str(port), "--metrics",
+                                 "-np", "2", "-c", "1024", "--slot-save-path", str(work / "slots"),
+                                 "--log-format", "text"], stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: httpx.get(f"{url}/health", timeout=2).status_code == 200, 120, "kubellama-server /health",
+                   proc, log)
+        metrics = httpx.get(f"{url}/metrics", timeout=5)
+        assert metrics.status_code == 200, f"kubellama-server --metrics: GET /metrics answered {metrics.status_code}"
+        yield url
+    finally:
+        stop(proc)
+
+
+def relabel_configs(pod_monitor: dict[str, Any]) -> list[dict[str, Any]]:
+    """The PodMonitor's relabelings as Prometheus relabel_configs (what the Prometheus Operator generates)."""
+    keys = {"sourceLabels": "source_labels", "targetLabel": "target_label"}
+    (endpoint,) = pod_monitor["spec"]["podMetricsEndpoints"]
+    return [{keys.get(k, k): v for k, v in r.items()} for r in endpoint["relabelings"]]
+
+
+@pytest.fixture(scope="module")
+def prometheus(prometheus_bin, objects, server, tmp_path_factory) -> Iterator[str]:
+    """Prometheus on loopback scraping the server every second, with the chart's alert rules loaded."""
+    work = tmp_path_factory.mktemp("prometheus")
+    (work / "rules.yaml").write_text(yaml.safe_dump({"groups": rule_groups(objects)}, sort_keys=False))
+    pod_monitor = one(objects, "PodMonitor")
+    config = {
+        "global": {"scrape_interval": f"{SCRAPE_INTERVAL_S}s", "evaluation_interval": f"{SCRAPE_INTERVAL_S}s",
+                   "scrape_timeout": f"{SCRAPE_INTERVAL_S}s"},
+        "rule_files": [str(work / "rules.yaml")],
+        "scrape_configs": [{
+            "job_name": "kubellama",
+            "metrics_path": pod_monitor["spec"]["podMetricsEndpoints"][0]["path"],
+            "static_configs": [{"targets": [server.removeprefix("http://")], "labels": POD_META}],
+            "relabel_configs": relabel_configs(pod_monitor),
+        }],
+    }
+    (work / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+    port = free_port()
+    log = work / "prometheus.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([prometheus_bin, f"--config.file={work / 'prometheus.yml'}",
+                                 f"--storage.tsdb.path={work / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
+                                stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: httpx.get(f"{url}/-/ready", timeout=2).status_code == 200, 60, "Prometheus ready", proc, log)
+        yield url
+    finally:
+        stop(proc)
+
+
+def load(url: str) -> None:
+    """A little load: concurrent chat/completion requests (more than slots), streaming, an error,
+    a client cancellation, and a slot save/restore."""
+    chat = {"messages": [{"role": "user", "content": "Write a short poem about llamas."}], "max_tokens": 24}
+
+    def request(i: int) -> None:
+        with httpx.Client(base_url=url, timeout=120) as client:
+            if i % 3 == 0:
+                with client.stream("POST", "/v1/chat/completions", json={**chat, "stream": True}) as r:
+                    assert r.status_code == 200
+                    for _ in r.iter_lines():
+                        pass
+            elif i % 3 == 1:
+                assert client.post("/v1/chat/completions", json=chat).status_code == 200
+            else:
+                assert client.post("/completion", json={"prompt": "Once upon a time", "n_predict": 24}).status_code == 200
+
+    with ThreadPoolExecutor(max_workers=5) as pool:
+        list(pool.map(request, range(10)))
+    with httpx.Client(base_url=url, timeout=120) as client:
+        assert client.post("/v1/chat/completions", json={"messages": "not a list"}).status_code == 400
+        with client.stream("POST", "/v1/chat/completions",
+                           json={**chat, "max_tokens": 4000, "stream": True}) as r:   # cancelled by the client
+            next(r.iter_lines())
+        saved = client.post("/slots/0?action=save", json={"filename": "slot0.bin"})
+        assert saved.status_code == 200, saved.text
+        restored = client.post("/slots/0?action=restore", json={"filename": "slot0.bin"})
+        assert restored.status_code == 200, restored.text
+
+
+def query(prometheus: str, expr: str) -> list[dict[str, Any]]:
+    """An instant query; fails the test with Prometheus' message when the expression does not parse."""
+    r = httpx.post(f"{prometheus}/api/v1/query", data={"query": expr}, timeout=10)
+    body = r.json()
+    assert r.status_code == 200 and body["status"] == "success", f"{expr}\n-> {body.get('errorType')}: {body.get('error')}"
+    return body["data"]["result"]
+
+
+@pytest.fixture(scope="module")
+def scraped(server, prometheus) -> dict[str, Any]:
+    """Load in two rounds a few seconds apart, then wait until Prometheus has the final counters."""
+    load(server)
+    time.sleep(3 * SCRAPE_INTERVAL_S)
+    load(server)
+
+    def final_requests() -> float:
+        return sum(s.value for f in text_string_to_metric_families(httpx.get(f"{server}/metrics").text)
+                   for s in f.samples if s.name == "kubellama_requests_total")
+
+    want = final_requests()
+    wait_until(lambda: (r := query(prometheus, "sum(kubellama_requests_total)")) and float(r[0]["value"][1]) >= want,
+               30, "Prometheus to scrape the final counters")
+    time.sleep(2 * SCRAPE_INTERVAL_S)  # a couple of rule evaluations on the final data
+    families = text_string_to_metric_families(httpx.get(f"{server}/metrics").text)
+    return {"names": {s.name for f in families for s in f.samples}}
+
+
+def test_relabelling_adds_the_llamaserver_labels(prometheus, scraped):
+    result = query(prometheus, "count by (namespace, llamaserver, pod, model) (llamacpp:requests_processing)")
+    assert [r["metric"] for r in result] == [EXPECTED_LABELS]
+    up = query(prometheus, 'up{llamaserver="tiny"}')
+    assert len(up) == 1 and up[0]["value"][1] == "1"
+
+
+def test_every_dashboard_query_parses_and_returns_data(prometheus, scraped):
+    dashboard = load_dashboard()
+    empty = []
+    for title, expr in dashboard_queries(dashboard):
+        result = query(prometheus, substitute(expr, DASHBOARD_VARIABLES))
+        values = [float(r["value"][1]) for r in result]
+        if not values or all(math.isnan(v) for v in values):
+            empty.append(f"{title}: {expr}")
+    assert not empty, "panel queries without data:\n" + "\n".join(empty)
+    for name, var_query in variable_queries(dashboard).items():
+        promql, label = label_values_as_promql(var_query)
+        result = query(prometheus, substitute(promql, DASHBOARD_VARIABLES))
+        assert [r["metric"][label] for r in result] == [EXPECTED_LABELS[label]], f"variable ${name}"
+
+
+def test_every_alert_expression_parses_and_the_rules_load(prometheus, objects, scraped):
+    for rule in alert_rules(objects):
+        query(prometheus, rule["expr"])
+    groups = httpx.get(f"{prometheus}/api/v1/rules", timeout=10).json()["data"]["groups"]
+    loaded = {r["name"]: r for g in groups for r in g["rules"]}
+    assert set(loaded) == {r["alert"] for r in alert_rules(objects)}
+    assert all(r["health"] == "ok" for r in loaded.values()), {n: r.get("lastError") for n, r in loaded.items()}
+    # a healthy server under a little load raises no server alert
+    firing = {r["name"] for r in loaded.values() if r["state"] != "inactive" and r["name"].startswith("Kubellama")
+              and "Operator" not in r["name"]}
+    assert not firing & {"KubellamaServerDown", "KubellamaRequestErrors", "KubellamaSlotSaveFailures"}, firing
+
+
+def test_no_metric_is_missing_from_the_server(objects, scraped):
+    served = scraped["names"]
+    used: dict[str, set[str]] = {}
+    for title, expr in dashboard_queries(load_dashboard()):
+        for name in metric_names(expr):
+            used.setdefault(name, set()).add(f"panel {title!r}")
+    for var_query in variable_queries(load_dashboard()).values():
+        for name in metric_names(label_values_as_promql(var_query)[0]):
+            used.setdefault(name, set()).add("dashboard variable")
+    for rule in alert_rules(objects):
+        for name in metric_names(rule["expr"]):
+            if not name.startswith("kubellama_operator_"):  # checked against the operator in test_chart_alerts
+                used.setdefault(name, set()).add(f"alert {rule['alert']}")
+    used.pop("up", None)   # made by Prometheus itself
+    assert len(used) >= 17
+    missing = {name: sorted(where) for name, where in used.items() if name not in served}
+    assert not missing, f"metrics the dashboard/alerts use but kubellama-server does not serve: {missing}"
