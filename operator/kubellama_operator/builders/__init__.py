@@ -1,0 +1,53 @@
+"""Pure builders of a LlamaServer's child objects: (owner, normalized spec, settings) -> manifests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..config import OperatorConfig
+from ..spec import Model, Spec
+from .configmap import build_configmap, wants_configmap
+from .meta import Body, config_name, headless_name
+from .pdb import build_pdb, wants_pdb
+from .services import build_headless_service, build_service
+from .servicemonitor import build_servicemonitor, wants_servicemonitor
+from .statefulset import build_statefulset
+
+
+@dataclass(frozen=True)
+class ChildRef:
+    """Identifies a child kind and name (for deletion of children no longer wanted)."""
+
+    api_version: str
+    kind: str
+    name: str
+
+
+def desired_children(owner: Body, spec: Spec, model: Model, config: OperatorConfig, *,
+                     servicemonitor_crd: bool) -> tuple[list[dict[str, Any]], list[ChildRef]]:
+    """The objects that should exist, and the optional ones that should not (to delete)."""
+    name = owner["metadata"]["name"]
+    sm = wants_servicemonitor(spec, servicemonitor_crd)
+    want: list[dict[str, Any]] = []
+    drop: list[ChildRef] = []
+    if wants_configmap(spec):
+        want.append(build_configmap(owner, spec))
+    else:
+        drop.append(ChildRef("v1", "ConfigMap", config_name(name)))
+    want.append(build_headless_service(owner))
+    want.append(build_service(owner, spec))
+    # Scrape annotations on the pods only when no ServiceMonitor does the job.
+    want.append(build_statefulset(owner, spec, model, config, scrape_annotations=not sm))
+    if wants_pdb(spec):
+        want.append(build_pdb(owner))
+    else:
+        drop.append(ChildRef("policy/v1", "PodDisruptionBudget", name))
+    if sm:
+        want.append(build_servicemonitor(owner, spec))
+    elif servicemonitor_crd:
+        drop.append(ChildRef("monitoring.coreos.com/v1", "ServiceMonitor", name))
+    return want, drop
+
+
+__all__ = ["ChildRef", "desired_children", "headless_name"]

@@ -1,0 +1,21 @@
+"""ConfigMap holding the system prompt file (`-spf`), only when spec.server.systemPrompt is set."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..spec import SYSTEM_PROMPT_FILE, Spec
+from .meta import Body, config_name, object_meta
+
+
+def wants_configmap(spec: Spec) -> bool:
+    return bool(spec.get("server", {}).get("systemPrompt"))
+
+
+def build_configmap(owner: Body, spec: Spec) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": object_meta(owner, config_name(owner["metadata"]["name"])),
+        "data": {SYSTEM_PROMPT_FILE: spec["server"]["systemPrompt"]},
+    }

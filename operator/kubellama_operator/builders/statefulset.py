@@ -1,0 +1,246 @@
+"""The StatefulSet that runs a LlamaServer's pods (pure function of the spec)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ..config import OperatorConfig
+from ..serverargs import server_args
+from ..spec import (API_KEY_DIR, API_KEY_FILE, CONFIG_DIR, MODEL_DIR, SERVER_PORT, SLOTS_DIR,
+                    SYSTEM_PROMPT_FILE, Model, Spec, uses_gpu)
+from .meta import Body, config_name, headless_name, labels, object_meta, selector_labels
+
+#: The image's non-root user (images/server/Dockerfile).
+RUN_AS = 10001
+GPU_TAINT = "nvidia.com/gpu"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+#: Seconds the preStop hook waits so Service endpoints drop the pod before SIGTERM.
+PRESTOP_SECONDS = 5
+#: Extra grace after --shutdown-timeout: saving slots needs time, plain exit much less.
+SLOT_SAVE_SECONDS = 30
+STARTUP_PERIOD = 10
+
+
+def image_for(spec: Spec, config: OperatorConfig) -> str:
+    if spec.get("image"):
+        return spec["image"]
+    return config.cuda_image if uses_gpu(spec) else config.cpu_image
+
+
+def termination_grace(spec: Spec) -> int:
+    slots = spec.get("storage", {}).get("slots", {})
+    shutdown = int(spec.get("server", {}).get("shutdownTimeoutSeconds", 30))
+    return PRESTOP_SECONDS + shutdown + (SLOT_SAVE_SECONDS if slots.get("restoreOnStart") else 5)
+
+
+def _container_security() -> dict[str, Any]:
+    return {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def _model_claim_name(spec: Spec) -> str | None:
+    """An existing claim holding the model directory, or None for per-replica claims."""
+    model = spec["model"]
+    if "pvc" in model:
+        return model["pvc"]["claimName"]
+    return spec.get("storage", {}).get("model", {}).get("claimName")
+
+
+def _fetch_container(spec: Spec, model: Model, image: str, pull: str) -> dict[str, Any]:
+    env: list[dict[str, Any]] = [{"name": "HOME", "value": "/tmp"},
+                                 {"name": "HF_HOME", "value": f"{MODEL_DIR}/.hf"}]
+    token = spec["model"].get("tokenSecretRef")
+    if token:
+        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {
+            "name": token["name"], "key": token.get("key", "token")}}})
+    return {
+        "name": "fetch-model",
+        "image": image,
+        "imagePullPolicy": pull,
+        "command": ["kubellama-fetch"],
+        "args": list(model.fetch_args),
+        "env": env,
+        "volumeMounts": [{"name": "model", "mountPath": MODEL_DIR},
+                         {"name": "tmp", "mountPath": "/tmp"}],
+        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "1Gi"}},
+        "securityContext": _container_security(),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+
+
+def _server_resources(spec: Spec) -> dict[str, Any]:
+    res = spec.get("resources", {}) or {}
+    out = {k: dict(v) for k, v in res.items() if k in ("limits", "requests") and v}
+    if uses_gpu(spec):
+        gpu = spec["gpu"]
+        out.setdefault("limits", {})[gpu.get("resourceName", "nvidia.com/gpu")] = int(gpu["count"])
+    return out
+
+
+def _server_container(spec: Spec, model: Model, image: str, config: OperatorConfig) -> dict[str, Any]:
+    server = spec.get("server", {})
+    slots = spec.get("storage", {}).get("slots", {})
+    mounts = [{"name": "model", "mountPath": MODEL_DIR, "readOnly": True},
+              {"name": "tmp", "mountPath": "/tmp"}]
+    if slots.get("enabled"):
+        mounts.append({"name": "slots", "mountPath": SLOTS_DIR})
+    if spec.get("apiKeySecretRef"):
+        mounts.append({"name": "api-key", "mountPath": API_KEY_DIR, "readOnly": True})
+    if server.get("systemPrompt"):
+        mounts.append({"name": "config", "mountPath": CONFIG_DIR, "readOnly": True})
+    startup_timeout = int(server.get("startupTimeoutSeconds", 1800))
+    container: dict[str, Any] = {
+        "name": "server",
+        "image": image,
+        "imagePullPolicy": config.image_pull_policy,
+        "command": ["kubellama-server"],
+        "args": server_args(spec, model, log_format=config.server_log_format),
+        "env": [{"name": "HOME", "value": "/tmp"}, {"name": "HF_HOME", "value": "/tmp/.hf"}],
+        "ports": [{"name": "http", "containerPort": SERVER_PORT, "protocol": "TCP"}],
+        "volumeMounts": mounts,
+        # Loading a big model can take long: the startup probe gives it startupTimeoutSeconds.
+        "startupProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": STARTUP_PERIOD,
+                         "timeoutSeconds": 5,
+                         "failureThreshold": max(1, math.ceil(startup_timeout / STARTUP_PERIOD))},
+        # /health answers 503 until the model is loaded: only then does the pod get traffic.
+        "readinessProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 5,
+                           "timeoutSeconds": 5, "failureThreshold": 3},
+        # A TCP check: a server busy decoding may answer HTTP slowly, but still accepts connections.
+        "livenessProbe": {"tcpSocket": {"port": "http"}, "periodSeconds": 20, "timeoutSeconds": 10,
+                          "failureThreshold": 6},
+        # Let endpoints drop the pod before SIGTERM; the server then drains (--shutdown-timeout).
+        "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(PRESTOP_SECONDS)]}}},
+        "securityContext": _container_security(),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    resources = _server_resources(spec)
+    if resources:
+        container["resources"] = resources
+    return container
+
+
+def _volumes(spec: Spec, name: str) -> list[dict[str, Any]]:
+    vols: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
+    claim = _model_claim_name(spec)
+    if claim:
+        vols.append({"name": "model", "persistentVolumeClaim": {
+            "claimName": claim, "readOnly": "pvc" in spec["model"]}})
+    ref = spec.get("apiKeySecretRef")
+    if ref:
+        vols.append({"name": "api-key", "secret": {
+            "secretName": ref["name"], "defaultMode": 0o440,
+            "items": [{"key": ref.get("key", "api-key"), "path": API_KEY_FILE}]}})
+    if spec.get("server", {}).get("systemPrompt"):
+        vols.append({"name": "config", "configMap": {
+            "name": config_name(name), "items": [{"key": SYSTEM_PROMPT_FILE, "path": SYSTEM_PROMPT_FILE}]}})
+    return vols
+
+
+def _claim_templates(spec: Spec, name: str) -> list[dict[str, Any]]:
+    storage = spec.get("storage", {})
+    out = []
+    if not _model_claim_name(spec):
+        m = storage.get("model", {})
+        out.append(_claim("model", name, m.get("accessModes", ["ReadWriteOnce"]), m.get("size", "20Gi"),
+                          m.get("storageClassName")))
+    slots = storage.get("slots", {})
+    if slots.get("enabled"):
+        out.append(_claim("slots", name, ["ReadWriteOnce"], slots.get("size", "2Gi"),
+                          slots.get("storageClassName")))
+    return out
+
+
+def _claim(volume: str, name: str, modes: list[str], size: Any, storage_class: str | None) -> dict[str, Any]:
+    spec: dict[str, Any] = {"accessModes": list(modes), "resources": {"requests": {"storage": size}}}
+    if storage_class:
+        spec["storageClassName"] = storage_class
+    return {"metadata": {"name": volume, "labels": labels(name)}, "spec": spec}
+
+
+def _pod_annotations(spec: Spec, scrape_annotations: bool) -> dict[str, str]:
+    ann = dict(spec.get("podAnnotations") or {})
+    if scrape_annotations and spec.get("server", {}).get("metrics", True):
+        ann.update({"prometheus.io/scrape": "true", "prometheus.io/port": str(SERVER_PORT),
+                    "prometheus.io/path": "/metrics"})
+    return ann
+
+
+def _tolerations(spec: Spec) -> list[dict[str, Any]]:
+    tols = [dict(t) for t in spec.get("tolerations") or []]
+    if uses_gpu(spec) and not any(t.get("key") == GPU_TAINT for t in tols):
+        tols.append({"key": GPU_TAINT, "operator": "Exists", "effect": "NoSchedule"})
+    return tols
+
+
+def _node_selector(spec: Spec) -> dict[str, str]:
+    sel = dict(spec.get("nodeSelector") or {})
+    product = spec.get("gpu", {}).get("product")
+    if uses_gpu(spec) and product:
+        sel[GPU_PRODUCT_LABEL] = product
+    return sel
+
+
+def pod_spec(owner: Body, spec: Spec, model: Model, config: OperatorConfig) -> dict[str, Any]:
+    name = owner["metadata"]["name"]
+    image = image_for(spec, config)
+    pod: dict[str, Any] = {
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": termination_grace(spec),
+        "securityContext": {"runAsNonRoot": True, "runAsUser": RUN_AS, "runAsGroup": RUN_AS,
+                            "fsGroup": RUN_AS, "fsGroupChangePolicy": "OnRootMismatch",
+                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [_server_container(spec, model, image, config)],
+        "volumes": _volumes(spec, name),
+    }
+    if model.fetch_args:
+        pod["initContainers"] = [_fetch_container(spec, model, image, config.image_pull_policy)]
+    if spec.get("serviceAccountName"):
+        pod["serviceAccountName"] = spec["serviceAccountName"]
+    else:
+        pod["automountServiceAccountToken"] = False
+    for key in ("runtimeClassName", "priorityClassName", "affinity"):
+        if spec.get(key):
+            pod[key] = spec[key]
+    if spec.get("imagePullSecrets"):
+        pod["imagePullSecrets"] = [{"name": s["name"]} for s in spec["imagePullSecrets"]]
+    tols, sel = _tolerations(spec), _node_selector(spec)
+    if tols:
+        pod["tolerations"] = tols
+    if sel:
+        pod["nodeSelector"] = sel
+    return pod
+
+
+def build_statefulset(owner: Body, spec: Spec, model: Model, config: OperatorConfig, *,
+                      scrape_annotations: bool) -> dict[str, Any]:
+    name = owner["metadata"]["name"]
+    retention = spec.get("storage", {}).get("retention", {})
+    template_meta: dict[str, Any] = {
+        "labels": {**(spec.get("podLabels") or {}), **labels(name)},
+    }
+    ann = _pod_annotations(spec, scrape_annotations)
+    if ann:
+        template_meta["annotations"] = ann
+    sts: dict[str, Any] = {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": object_meta(owner, name),
+        "spec": {
+            "replicas": int(spec.get("replicas", 1)),
+            "serviceName": headless_name(name),
+            "selector": {"matchLabels": selector_labels(name)},
+            # Replicas download and load independently; no need to wait for each other.
+            "podManagementPolicy": "Parallel",
+            "updateStrategy": {"type": "RollingUpdate"},
+            "revisionHistoryLimit": 5,
+            "persistentVolumeClaimRetentionPolicy": {
+                "whenDeleted": retention.get("whenDeleted", "Retain"),
+                "whenScaled": retention.get("whenScaled", "Retain")},
+            "template": {"metadata": template_meta, "spec": pod_spec(owner, spec, model, config)},
+        },
+    }
+    claims = _claim_templates(spec, name)
+    if claims:
+        sts["spec"]["volumeClaimTemplates"] = claims
+    return sts

@@ -1,0 +1,29 @@
+"""Operator-wide settings (from `kubellama-operator` flags and environment variables)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from . import __version__
+
+IMAGE_REPO = "ghcr.io/kubellama"
+DEFAULT_CPU_IMAGE = f"{IMAGE_REPO}/kubellama-server:{__version__}"
+DEFAULT_CUDA_IMAGE = f"{IMAGE_REPO}/kubellama-server-cuda:{__version__}"
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    cpu_image: str = DEFAULT_CPU_IMAGE
+    cuda_image: str = DEFAULT_CUDA_IMAGE
+    image_pull_policy: str = "IfNotPresent"
+    #: Log format of the server pods (--log-format).
+    server_log_format: str = "json"
+    #: Namespaces to watch; empty means the whole cluster.
+    namespaces: tuple[str, ...] = field(default_factory=tuple)
+    #: Seconds between full reconciles of every LlamaServer (drift repair, status refresh).
+    resync_seconds: float = 60.0
+    log_format: str = "json"
+    log_level: str = "INFO"
+    bind_address: str = "0.0.0.0"
+    metrics_port: int = 8080
+    health_port: int = 8081

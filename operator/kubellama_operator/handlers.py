@@ -1,0 +1,186 @@
+"""kopf handlers (thin): every trigger ends in one `reconcile.reconcile` pass per LlamaServer.
+
+Triggers: create/update/resume of a LlamaServer; a periodic timer (drift repair, status refresh);
+events of its children (a deleted or edited child is re-applied) and of its pods (status only).
+Passes for one LlamaServer never overlap, and bursts of child events collapse into one pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from typing import Any
+
+import kopf
+
+from . import FIELD_MANAGER, GROUP, PLURAL, VERSION, metrics
+from .builders.meta import LABEL_MANAGED_BY, LABEL_OWNER
+from .config import OperatorConfig
+from .kube import ApiError, KubeClient
+from .reconcile import Outcome, reconcile
+
+log = logging.getLogger("kubellama_operator")
+
+CHILD_RESOURCES = [("apps", "v1", "statefulsets"), ("", "v1", "services"), ("", "v1", "configmaps"),
+                   ("policy", "v1", "poddisruptionbudgets")]
+SERVICEMONITORS = ("monitoring.coreos.com", "v1", "servicemonitors")
+MANAGED = {LABEL_MANAGED_BY: FIELD_MANAGER}
+
+
+def login(**kwargs: Any) -> Any:
+    """In-cluster service account first, then a kubeconfig (KUBECONFIG or ~/.kube/config)."""
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
+def backoff(retry: int) -> float:
+    """Seconds before retrying an unsatisfiable spec: 5, 10, 20, ... up to 5 minutes."""
+    return float(min(300, 5 * 2 ** min(retry, 10)))
+
+
+class Operator:
+    """Per-run state shared by the handlers: settings, API client, per-object serialization."""
+
+    def __init__(self, config: OperatorConfig):
+        self.config = config
+        #: kwargs of kopf's last login call (settings, logger), reused to refresh our credentials.
+        self.login_kwargs: dict[str, Any] = {"settings": kopf.OperatorSettings(), "logger": log}
+        self.client = KubeClient(lambda: login(**self.login_kwargs),
+                                 on_request=lambda m, c: metrics.API_REQUESTS.labels(m, str(c)).inc())
+        self._locks: dict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._queued: dict[tuple[str, str], int] = defaultdict(int)
+        self.started = asyncio.Event()
+
+    async def run(self, body: dict[str, Any], trigger: str, *, apply: bool = True) -> Outcome:
+        key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        async with self._locks[key]:
+            return await self._pass(body, trigger, apply)
+
+    async def run_for(self, namespace: str, name: str, trigger: str, *, apply: bool) -> None:
+        """Reconcile a LlamaServer by name (from a child's event); bursts collapse into one pass."""
+        key = (namespace, name)
+        if self._queued[key]:
+            return  # a pass is already waiting for the lock and will see this change too
+        self._queued[key] += 1
+        lock = self._locks[key]
+        try:
+            await lock.acquire()
+        finally:
+            self._queued[key] -= 1
+        try:
+            body = await self.client.get(f"{GROUP}/{VERSION}", "LlamaServer", namespace, name)
+            if body is not None and not body["metadata"].get("deletionTimestamp"):
+                await self._pass(body, trigger, apply)
+        finally:
+            lock.release()
+
+    async def _pass(self, body: dict[str, Any], trigger: str, apply: bool) -> Outcome:
+        started = time.monotonic()
+        try:
+            outcome = await reconcile(self.client, body, self.config, apply=apply)
+        except Exception as e:
+            metrics.RECONCILE_TOTAL.labels(trigger, "error").inc()
+            metrics.RECONCILE_ERRORS.labels(type(e).__name__).inc()
+            raise
+        finally:
+            metrics.RECONCILE_DURATION.labels(trigger).observe(time.monotonic() - started)
+        metrics.RECONCILE_TOTAL.labels(trigger, "invalid" if outcome.problems else "success").inc()
+        self.announce(body, trigger, outcome)
+        return outcome
+
+    @staticmethod
+    def announce(body: dict[str, Any], trigger: str, outcome: Outcome) -> None:
+        """Kubernetes Events for what changed (no repeats for an unchanged state)."""
+        restored = trigger in ("child", "timer") and outcome.previous.get("phase") is not None
+        for ref in outcome.created:
+            if restored:
+                kopf.warn(body, reason="Restored", message=f"re-created {ref}, which was missing")
+            else:
+                kopf.event(body, type="Normal", reason="Created", message=f"created {ref}")
+        for ref in outcome.updated:
+            kopf.event(body, type="Normal", reason="Updated" if not restored else "Reverted",
+                       message=f"applied the desired {ref}")
+        for ref in outcome.deleted:
+            kopf.event(body, type="Normal", reason="Deleted", message=f"deleted {ref} (no longer wanted)")
+        status = outcome.status
+        if outcome.phase_changed or (status.get("phase") in ("Failed", "Degraded") and outcome.message_changed):
+            phase = status.get("phase", "")
+            reason = "InvalidSpec" if outcome.problems else phase
+            if phase in ("Failed", "Degraded"):
+                kopf.warn(body, reason=reason, message=status.get("message", ""))
+            else:
+                kopf.event(body, type="Normal", reason=phase, message=status.get("message", ""))
+
+
+def register(config: OperatorConfig, registry: kopf.OperatorRegistry | None = None) -> tuple[kopf.OperatorRegistry, Operator]:
+    """Create the handlers for one operator run in `registry` (a fresh one by default)."""
+    registry = registry or kopf.OperatorRegistry()
+    op = Operator(config)
+    res = (GROUP, VERSION, PLURAL)
+
+    @kopf.on.startup(registry=registry)
+    async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.peering.standalone = True  # a single replica; no kopf.dev peering resources
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix=GROUP, key="last-handled-configuration")
+        settings.posting.level = logging.WARNING  # our own events for normal steps; kopf's for failures
+        settings.posting.reporting_component = FIELD_MANAGER
+        settings.watching.server_timeout = 300
+        settings.queueing.error_delays = [1, 2, 5, 10, 30, 60]
+        op.started.set()
+
+    @kopf.on.cleanup(registry=registry)
+    async def close(**_: Any) -> None:
+        await op.client.close()
+
+    @kopf.on.login(registry=registry)
+    def _login(**kwargs: Any) -> Any:
+        op.login_kwargs = {k: kwargs[k] for k in ("settings", "logger") if k in kwargs}
+        return login(**kwargs)
+
+    async def on_spec(body: kopf.Body, retry: int, reason: str, **_: Any) -> None:
+        outcome = await op.run(dict(body), str(reason))
+        if outcome.problems:
+            raise kopf.TemporaryError(outcome.status.get("message", "invalid spec"), delay=backoff(retry))
+
+    for decorator in (kopf.on.create, kopf.on.update, kopf.on.resume):
+        decorator(*res, registry=registry, id=f"reconcile-{decorator.__name__}")(on_spec)
+
+    @kopf.timer(*res, registry=registry, interval=config.resync_seconds, initial_delay=config.resync_seconds,
+                id="resync")
+    async def resync(body: kopf.Body, **_: Any) -> None:
+        if body.get("metadata", {}).get("deletionTimestamp"):
+            return
+        await op.run(dict(body), "timer")
+
+    @kopf.on.event(*res, registry=registry, id="forget")
+    def forget(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+        if event.get("type") == "DELETED":
+            metrics.forget(body["metadata"]["namespace"], body["metadata"]["name"])
+
+    async def on_child(event: dict[str, Any], body: kopf.Body, namespace: str, labels: dict[str, str],
+                       **_: Any) -> None:
+        owner = labels.get(LABEL_OWNER)
+        if owner and namespace and event.get("type") in ("DELETED", "MODIFIED"):
+            await _quietly(op.run_for(namespace, owner, "child", apply=True))
+
+    async def on_pod(event: dict[str, Any], namespace: str, labels: dict[str, str], **_: Any) -> None:
+        owner = labels.get(LABEL_OWNER)
+        if owner and namespace and event.get("type") is not None:
+            await _quietly(op.run_for(namespace, owner, "pod", apply=False))
+
+    for group, version, plural in CHILD_RESOURCES + [SERVICEMONITORS]:
+        kopf.on.event(group, version, plural, registry=registry, labels=MANAGED,
+                      id=f"child-{plural}")(on_child)
+    kopf.on.event("", "v1", "pods", registry=registry, labels=MANAGED, id="pods")(on_pod)
+    return registry, op
+
+
+async def _quietly(coro: Any) -> None:
+    """Child/pod events are hints: the timer repairs anything a failed pass missed."""
+    try:
+        await coro
+    except (ApiError, OSError, asyncio.TimeoutError) as e:
+        log.warning("reconcile after a child event failed (the periodic resync will retry): %s", e)

@@ -1,0 +1,136 @@
+"""One reconcile pass of a LlamaServer: check, apply children, compute and write status.
+
+Idempotent and safe to run any number of times (operator restarts, timers, child events):
+children have fixed names and are applied server-side only when they differ from what we want.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import API_VERSION, FIELD_MANAGER, KIND
+from . import metrics
+from .builders import desired_children
+from .builders.meta import LABEL_MANAGED_BY, selector_labels, selector_string
+from .config import OperatorConfig
+from .diff import needs_apply
+from .kube import KubeClient
+from .spec import Model, endpoint, normalize, problems, resolve_model
+from .status import compute_status, essence
+
+
+@dataclass
+class Outcome:
+    status: dict[str, Any]
+    previous: dict[str, Any]
+    problems: list[str] = field(default_factory=list)
+    created: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+
+    @property
+    def phase_changed(self) -> bool:
+        return self.status.get("phase") != self.previous.get("phase")
+
+    @property
+    def message_changed(self) -> bool:
+        return self.status.get("message") != self.previous.get("message")
+
+
+async def _secret_problem(client: KubeClient, namespace: str, ref: dict[str, Any], what: str,
+                          default_key: str, example: str) -> str | None:
+    secret = await client.get("v1", "Secret", namespace, ref["name"])
+    key = ref.get("key", default_key)
+    fix = f"kubectl -n {namespace} create secret generic {ref['name']} --from-literal={key}={example}"
+    if secret is None:
+        return f"Secret {ref['name']!r} ({what}) not found in namespace {namespace}: create it, e.g. `{fix}`"
+    if key not in (secret.get("data") or {}) and key not in (secret.get("stringData") or {}):
+        return f"Secret {ref['name']!r} ({what}) has no key {key!r}: add it or set the key in the spec"
+    return None
+
+
+async def check_references(client: KubeClient, namespace: str, spec: dict[str, Any]) -> list[str]:
+    """Objects the spec names that must exist before pods can start."""
+    out = []
+    if spec.get("apiKeySecretRef"):
+        out.append(await _secret_problem(client, namespace, spec["apiKeySecretRef"], "spec.apiKeySecretRef",
+                                         "api-key", "<key>"))
+    if spec["model"].get("tokenSecretRef"):
+        out.append(await _secret_problem(client, namespace, spec["model"]["tokenSecretRef"],
+                                         "spec.model.tokenSecretRef", "token", "hf_..."))
+    claims = [("spec.model.pvc.claimName", (spec["model"].get("pvc") or {}).get("claimName")),
+              ("spec.storage.model.claimName", spec.get("storage", {}).get("model", {}).get("claimName"))]
+    for where, claim in claims:
+        if claim and await client.get("v1", "PersistentVolumeClaim", namespace, claim) is None:
+            out.append(f"PersistentVolumeClaim {claim!r} ({where}) not found in namespace {namespace}: "
+                       "create it or fix the name")
+    return [p for p in out if p]
+
+
+def _owned_by(obj: dict[str, Any], owner: dict[str, Any]) -> bool:
+    meta = obj.get("metadata", {})
+    if (meta.get("labels") or {}).get(LABEL_MANAGED_BY) != FIELD_MANAGER:
+        return False
+    uid = owner["metadata"].get("uid")
+    refs = meta.get("ownerReferences") or []
+    return not uid or any(r.get("uid") == uid for r in refs)
+
+
+async def apply_children(client: KubeClient, body: dict[str, Any], spec: dict[str, Any], model: Model,
+                         config: OperatorConfig, outcome: Outcome) -> None:
+    ns = body["metadata"]["namespace"]
+    sm_crd = await client.has_resource("monitoring.coreos.com/v1", "servicemonitors")
+    want, drop = desired_children(body, spec, model, config, servicemonitor_crd=sm_crd)
+    for obj in want:
+        ref = f"{obj['kind']}/{obj['metadata']['name']}"
+        live = await client.get(obj["apiVersion"], obj["kind"], ns, obj["metadata"]["name"])
+        if not needs_apply(live, obj):
+            metrics.CHILDREN_APPLIED.labels(obj["kind"], "unchanged").inc()
+            continue
+        await client.apply(obj)
+        action = "created" if live is None else "updated"
+        (outcome.created if live is None else outcome.updated).append(ref)
+        metrics.CHILDREN_APPLIED.labels(obj["kind"], action).inc()
+    for child in drop:
+        live = await client.get(child.api_version, child.kind, ns, child.name)
+        if live is not None and _owned_by(live, body):
+            await client.delete(child.api_version, child.kind, ns, child.name)
+            outcome.deleted.append(f"{child.kind}/{child.name}")
+            metrics.CHILDREN_APPLIED.labels(child.kind, "deleted").inc()
+
+
+async def refresh_status(client: KubeClient, body: dict[str, Any], spec: dict[str, Any],
+                         model: Model | None, spec_problems: list[str], outcome: Outcome) -> None:
+    meta = body["metadata"]
+    name, ns = meta["name"], meta["namespace"]
+    sts = await client.get("apps/v1", "StatefulSet", ns, name)
+    pods = await client.list("v1", "Pod", ns, selector_labels(name))
+    status = compute_status(
+        name=name, namespace=ns, generation=meta.get("generation"), desired=int(spec.get("replicas", 1)),
+        model=model, endpoint=endpoint(name, ns, spec), selector=selector_string(name), pods=pods,
+        statefulset=sts, problems=spec_problems, previous=outcome.previous)
+    outcome.status = status
+    if essence(status) != essence(outcome.previous):
+        patch = {k: None for k in outcome.previous if k not in status}
+        patch.update(status)
+        await client.patch_status(API_VERSION, KIND, ns, name, patch)
+    metrics.record_status(ns, name, status)
+
+
+async def reconcile(client: KubeClient, body: dict[str, Any], config: OperatorConfig, *,
+                    apply: bool = True) -> Outcome:
+    """Run one pass. `apply=False` only recomputes the status (pod events)."""
+    previous = dict(body.get("status") or {})
+    outcome = Outcome(status=previous, previous=previous)
+    spec = normalize(body.get("spec"))
+    found = problems(spec)
+    model = None
+    if not found:
+        model = resolve_model(spec)
+        found = await check_references(client, body["metadata"]["namespace"], spec)
+    outcome.problems = found
+    if not found and apply:
+        await apply_children(client, body, spec, model, config, outcome)
+    await refresh_status(client, body, spec, model, found, outcome)
+    return outcome

@@ -1,0 +1,139 @@
+"""A LlamaServer's spec: defaulting (from the CRD schema), checks, and model resolution.
+
+The API server applies the schema's defaults and CEL rules before the operator sees an object;
+`normalize` and `problems` repeat them so that the operator behaves the same where they did not
+run (emulators, old API servers, objects stored before a CRD upgrade).
+"""
+
+from __future__ import annotations
+
+import copy
+import posixpath
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+from urllib.parse import urlparse
+
+from .crd import MANAGED_FLAGS, build_crd
+
+Spec = dict[str, Any]
+
+#: Where volumes are mounted in the server pod.
+MODEL_DIR = "/models"
+SLOTS_DIR = "/slots"
+CONFIG_DIR = "/etc/kubellama"
+SYSTEM_PROMPT_FILE = "system-prompt.txt"
+API_KEY_DIR = "/var/run/secrets/kubellama/api-key"
+API_KEY_FILE = "api-key"
+SERVER_PORT = 8080
+
+
+@lru_cache(maxsize=1)
+def _spec_schema() -> dict[str, Any]:
+    return build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+
+
+def apply_defaults(schema: dict[str, Any], value: Any) -> Any:
+    """Fill schema defaults into `value` (a copy), the way the API server's structural defaulting does."""
+    if isinstance(value, dict) and "properties" in schema:
+        out = dict(value)
+        for key, sub in schema["properties"].items():
+            if key not in out and "default" in sub:
+                out[key] = copy.deepcopy(sub["default"])
+            if key in out:
+                out[key] = apply_defaults(sub, out[key])
+        return out
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [apply_defaults(schema["items"], v) for v in value]
+    return value
+
+
+def normalize(spec: Spec | None) -> Spec:
+    """The spec with every schema default applied (the input is not modified)."""
+    return apply_defaults(_spec_schema(), copy.deepcopy(dict(spec or {})))
+
+
+def problems(spec: Spec) -> list[str]:
+    """What is wrong with a (normalized) spec, as messages that say how to fix it; [] when fine.
+
+    Mirrors the CRD's CEL rules and required fields (the tests check both agree).
+    """
+    out: list[str] = []
+    model = spec.get("model")
+    if not isinstance(model, dict):
+        return ["spec.model is required: set one of url, huggingFace or pvc"]
+    sources = [k for k in ("url", "huggingFace", "pvc") if k in model]
+    if len(sources) != 1:
+        out.append("spec.model needs exactly one source: url, huggingFace or pvc"
+                   + (f" (found {', '.join(sources)})" if sources else ""))
+    if "huggingFace" in model and not (model["huggingFace"] or {}).get("file"):
+        out.append("spec.model.huggingFace needs repo and file")
+    if "pvc" in model and not (model["pvc"] or {}).get("claimName"):
+        out.append("spec.model.pvc needs claimName (and path)")
+    if "tokenSecretRef" in model and "huggingFace" not in model:
+        out.append("spec.model.tokenSecretRef is only used with a huggingFace source")
+    if int(spec.get("replicas", 1)) < 0:
+        out.append("spec.replicas must be >= 0")
+    gpu = spec.get("gpu", {})
+    count = int(gpu.get("count", 0))
+    if count < 0:
+        out.append("spec.gpu.count must be >= 0")
+    if count <= 0 and any(k in gpu for k in ("product", "tensorSplit", "mainGpu")):
+        out.append("spec.gpu.product, tensorSplit and mainGpu need spec.gpu.count > 0")
+    if "tensorSplit" in gpu and len(gpu["tensorSplit"]) > count:
+        out.append("spec.gpu.tensorSplit has more entries than spec.gpu.count")
+    slots = spec.get("storage", {}).get("slots", {})
+    if slots.get("restoreOnStart") and not slots.get("enabled"):
+        out.append("spec.storage.slots.restoreOnStart needs spec.storage.slots.enabled: true")
+    if "pvc" in model and spec.get("storage", {}).get("model", {}).get("claimName"):
+        out.append("spec.storage.model.claimName is unused with a pvc model source; remove one of them")
+    for arg in spec.get("server", {}).get("extraArgs", []) or []:
+        if arg in MANAGED_FLAGS or any(arg.startswith(f + "=") for f in MANAGED_FLAGS):
+            out.append(f"spec.server.extraArgs may not set {arg.split('=')[0]}: the operator manages it")
+    return out
+
+
+@dataclass(frozen=True)
+class Model:
+    """Where the model file comes from and where the server finds it."""
+
+    source: str          # "url" | "huggingFace" | "pvc"
+    file: str            # file name (basename)
+    path: str            # absolute path in the server container
+    name: str            # model id served by /v1/models
+    description: str     # human-readable origin, for status
+    fetch_args: tuple[str, ...]  # kubellama-fetch flags; () for pvc sources
+
+
+def resolve_model(spec: Spec) -> Model:
+    """Resolve `spec.model` (which must have exactly one source) into paths and fetch flags."""
+    model = spec["model"]
+    alias = model.get("alias")
+    sha = ("--sha256", model["sha256"].lower()) if model.get("sha256") else ()
+    if "url" in model:
+        url = model["url"]
+        file = posixpath.basename(urlparse(url).path) or "model.gguf"
+        return Model("url", file, f"{MODEL_DIR}/{file}", alias or file, url,
+                     ("--url", url, *sha, "--dest", MODEL_DIR))
+    if "huggingFace" in model:
+        hf = model["huggingFace"]
+        file = posixpath.basename(hf["file"])
+        rev = ("--hf-revision", hf["revision"]) if hf.get("revision") else ()
+        desc = f"hf://{hf['repo']}/{hf['file']}" + (f"@{hf['revision']}" if hf.get("revision") else "")
+        return Model("huggingFace", file, f"{MODEL_DIR}/{file}", alias or file, desc,
+                     ("--hf-repo", hf["repo"], "--hf-file", hf["file"], *rev, *sha, "--dest", MODEL_DIR))
+    pvc = model["pvc"]
+    rel = posixpath.normpath(pvc["path"]).lstrip("/")
+    file = posixpath.basename(rel)
+    return Model("pvc", file, f"{MODEL_DIR}/{rel}", alias or file,
+                 f"pvc://{pvc['claimName']}/{rel}", ())
+
+
+def uses_gpu(spec: Spec) -> bool:
+    return int(spec.get("gpu", {}).get("count", 0)) > 0
+
+
+def endpoint(name: str, namespace: str, spec: Spec) -> str:
+    """The cluster-internal OpenAI base URL of the Service."""
+    port = spec.get("service", {}).get("port", SERVER_PORT)
+    return f"http://{name}.{namespace}.svc:{port}/v1"

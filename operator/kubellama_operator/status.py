@@ -1,0 +1,214 @@
+"""LlamaServer status (phase, conditions, replica counts) computed from its pods: a pure function.
+
+Phases: Pending (nothing scheduled/started yet), Downloading (the fetch init container runs),
+Loading (the server runs but /health is not ok yet), Ready (all desired replicas ready),
+Degraded (some replicas ready, others failing), Failed (the spec cannot be honoured, or no
+replica can start: download failed, server crash-looping, ...).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .spec import Model
+
+FETCH_CONTAINER = "fetch-model"
+SERVER_CONTAINER = "server"
+
+#: kubellama-fetch exit codes -> condition reasons (see the fetcher's contract).
+FETCH_EXIT_REASONS = {2: "InvalidFetchArguments", 3: "ModelNotFound", 4: "Unauthorized",
+                      5: "NetworkUnreachable", 6: "DiskFull", 7: "ChecksumMismatch", 8: "NotGGUF"}
+#: Waiting reasons meaning a container will not start without a change.
+_STUCK_WAITING = {"CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError",
+                  "InvalidImageName", "CreateContainerError", "RunContainerError"}
+
+
+@dataclass
+class PodView:
+    """What a single pod says about the rollout."""
+
+    stage: str  # Pending | Downloading | Loading | Ready | Failed
+    reason: str = ""
+    message: str = ""
+    model_fetched: bool = False
+    model_info: dict[str, Any] = field(default_factory=dict)
+
+
+def _statuses(pod: dict[str, Any], key: str) -> dict[str, dict[str, Any]]:
+    return {s.get("name", ""): s for s in (pod.get("status", {}).get(key) or [])}
+
+
+def _terminated(cs: dict[str, Any]) -> dict[str, Any] | None:
+    state = cs.get("state", {}) or {}
+    if "terminated" in state:
+        return state["terminated"]
+    last = cs.get("lastState", {}) or {}
+    waiting = state.get("waiting", {}) or {}
+    if waiting.get("reason") in _STUCK_WAITING and "terminated" in last:
+        return last["terminated"]
+    return None
+
+
+def _fetch_info(message: str) -> dict[str, Any]:
+    """The fetcher may leave `{"path": ..., "size": ...}` as its termination message on success."""
+    try:
+        data = json.loads(message)
+    except (ValueError, TypeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def pod_view(pod: dict[str, Any]) -> PodView:
+    status = pod.get("status", {}) or {}
+    if pod.get("metadata", {}).get("deletionTimestamp"):
+        return PodView("Pending", "Terminating", "pod is terminating")
+    init = _statuses(pod, "initContainerStatuses").get(FETCH_CONTAINER)
+    fetched = False
+    info: dict[str, Any] = {}
+    if init is not None:
+        term = _terminated(init)
+        if term is not None and term.get("exitCode", 0) != 0:
+            code = int(term.get("exitCode", 1))
+            msg = (term.get("message") or "").strip() or f"kubellama-fetch exited with code {code}"
+            return PodView("Failed", FETCH_EXIT_REASONS.get(code, "DownloadFailed"),
+                           f"model download failed: {msg}")
+        waiting = (init.get("state", {}) or {}).get("waiting") or {}
+        if waiting.get("reason") in _STUCK_WAITING:
+            return PodView("Failed", waiting["reason"], f"fetch-model: {waiting.get('message') or waiting['reason']}")
+        if term is not None:
+            fetched = True
+            info = _fetch_info(term.get("message") or "")
+        elif "running" in (init.get("state") or {}):
+            return PodView("Downloading", "Downloading", "downloading the model")
+    server = _statuses(pod, "containerStatuses").get(SERVER_CONTAINER)
+    if server is None:
+        for cond in status.get("conditions") or []:
+            if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+                return PodView("Pending", cond.get("reason") or "Unschedulable", cond.get("message") or "")
+        return PodView("Pending", "PodPending", "waiting for the pod to start")
+    fetched = fetched or init is None or bool(server.get("state", {}).get("running"))
+    if server.get("ready"):
+        return PodView("Ready", "Ready", "", True, info)
+    waiting = (server.get("state", {}) or {}).get("waiting") or {}
+    if waiting.get("reason") in _STUCK_WAITING:
+        term = (server.get("lastState", {}) or {}).get("terminated") or {}
+        detail = (term.get("message") or "").strip() or waiting.get("message") or waiting["reason"]
+        return PodView("Failed", "ServerCrashLoop" if waiting["reason"] == "CrashLoopBackOff" else waiting["reason"],
+                       f"server: {detail}", fetched, info)
+    if "running" in (server.get("state") or {}):
+        return PodView("Loading", "Loading", "loading the model", fetched, info)
+    return PodView("Pending", waiting.get("reason") or "ContainerCreating", waiting.get("message") or "", fetched, info)
+
+
+def _condition(type_: str, ok: bool | None, reason: str, message: str, generation: int | None,
+               previous: dict[str, dict[str, Any]], now: str) -> dict[str, Any]:
+    status = "Unknown" if ok is None else ("True" if ok else "False")
+    old = previous.get(type_)
+    since = old.get("lastTransitionTime") if old and old.get("status") == status else now
+    cond = {"type": type_, "status": status, "reason": reason, "message": message,
+            "lastTransitionTime": since or now}
+    if generation is not None:
+        cond["observedGeneration"] = generation
+    return cond
+
+
+def compute_status(*, name: str, namespace: str, generation: int | None, desired: int, model: Model | None,
+                   endpoint: str, selector: str, pods: list[dict[str, Any]],
+                   statefulset: dict[str, Any] | None, problems: list[str],
+                   previous: dict[str, Any] | None = None, now: str | None = None) -> dict[str, Any]:
+    """The full `.status` of a LlamaServer."""
+    now = now or datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    prev_conds = {c.get("type"): c for c in (previous or {}).get("conditions") or []}
+    views = [pod_view(p) for p in pods]
+    ready = sum(v.stage == "Ready" for v in views)
+    failed = [v for v in views if v.stage == "Failed"]
+    fetch_failed = [v for v in failed if v.message.startswith("model download failed")]
+
+    sts_status = (statefulset or {}).get("status", {}) or {}
+    rolled_out = statefulset is not None and (
+        sts_status.get("observedGeneration", 0) >= (statefulset.get("metadata", {}).get("generation") or 0)
+        and sts_status.get("updatedReplicas", ready) >= desired)
+
+    if problems:
+        phase, message = "Failed", "; ".join(problems)
+    elif desired == 0:
+        phase, message = "Ready", "scaled to zero replicas"
+    elif ready >= desired and rolled_out:
+        phase, message = "Ready", f"{ready}/{desired} replicas serving"
+    elif failed and ready:
+        phase, message = "Degraded", f"{ready}/{desired} ready; " + failed[0].message
+    elif failed:
+        phase, message = "Failed", failed[0].message
+    else:
+        waiting = [v for v in views if v.stage != "Ready"]
+        stage = next((st for st in ("Loading", "Downloading", "Pending") if any(v.stage == st for v in waiting)), None)
+        prefix = f"{ready}/{desired} ready; " if ready else ""
+        if stage is None and ready >= desired:
+            phase, message = "Loading", prefix + "rolling out the new pod template"
+        elif stage is None:
+            phase, message = "Pending", prefix + "waiting for the StatefulSet to create pods"
+        else:
+            lead = next(v for v in waiting if v.stage == stage)
+            detail = lead.message if stage != "Pending" else f"{lead.reason}: {lead.message}".strip(": ")
+            phase, message = stage, prefix + detail
+
+    # ModelReady: the model file is in place for at least one replica.
+    if problems:
+        model_cond = (False, "InvalidSpec", "; ".join(problems))
+    elif fetch_failed and not any(v.model_fetched for v in views):
+        model_cond = (False, fetch_failed[0].reason, fetch_failed[0].message)
+    elif any(v.model_fetched for v in views) or (model is not None and model.source == "pvc" and views):
+        model_cond = (True, "Downloaded" if model is None or model.source != "pvc" else "FromClaim",
+                      f"model file {model.path if model else ''} is in place")
+    elif any(v.stage == "Downloading" for v in views):
+        model_cond = (False, "Downloading", "downloading the model")
+    else:
+        model_cond = (None, "NoPods", "no pod has started yet") if desired else (None, "ScaledToZero", "")
+
+    available = (ready > 0, "MinimumReplicasAvailable" if ready else "NoReplicasReady",
+                 f"{ready} of {desired} replicas ready")
+    if phase == "Failed":
+        progressing = (False, "Failed", message)
+    elif phase == "Ready":
+        progressing = (False, "Complete", message)
+    else:
+        progressing = (True, phase, message)
+
+    conditions = [
+        _condition("ModelReady", *model_cond, generation, prev_conds, now),
+        _condition("Available", *available, generation, prev_conds, now),
+        _condition("Progressing", *progressing, generation, prev_conds, now),
+    ]
+    out: dict[str, Any] = {
+        "phase": phase,
+        "message": message,
+        "conditions": conditions,
+        "replicas": len(pods),
+        "readyReplicas": ready,
+        "ready": f"{ready}/{desired}",
+        "selector": selector,
+        "endpoint": endpoint,
+    }
+    if generation is not None:
+        out["observedGeneration"] = generation
+    if model is not None:
+        m: dict[str, Any] = {"name": model.name, "file": model.file, "path": model.path,
+                             "source": model.description}
+        size = next((v.model_info.get("size") for v in views if isinstance(v.model_info.get("size"), int)), None)
+        if size is None:
+            size = ((previous or {}).get("model") or {}).get("sizeBytes")
+        if isinstance(size, int):
+            m["sizeBytes"] = size
+        out["model"] = m
+    return out
+
+
+def essence(status: dict[str, Any]) -> dict[str, Any]:
+    """The status without timestamps, to decide whether it changed."""
+    out = dict(status)
+    out["conditions"] = [{k: v for k, v in c.items() if k != "lastTransitionTime"}
+                         for c in status.get("conditions", [])]
+    return out

@@ -1,0 +1,119 @@
+"""The LlamaServer CRD on a real API server: structural schema, defaults, CEL, subresources."""
+
+from __future__ import annotations
+
+import copy
+import uuid
+
+import kubellama_controlplane as kcp
+import pytest
+
+LLAMA_API = "kubellama.dev/v1alpha1"
+MODEL_URL = "http://models.invalid/tiny.gguf"
+
+
+@pytest.fixture(scope="module")
+def ns(kube):
+    """One namespace for this module's objects (no pods: nothing to wait for)."""
+    name = f"crd-{uuid.uuid4().hex[:8]}"
+    kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+    yield name
+    kube.remove("v1", "Namespace", name)
+
+
+def llama(name: str, namespace: str, **spec) -> dict:
+    return {"apiVersion": LLAMA_API, "kind": "LlamaServer",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"model": {"url": MODEL_URL}, **spec}}
+
+
+def rejected(kube: kcp.Kube, obj: dict, update: bool = False) -> str:
+    """Create (or replace) `obj` and return the API server's 422 message."""
+    with pytest.raises(kcp.ApiError) as err:
+        if update:
+            kube.request("PUT", kube.path_of(obj), json=obj)
+        else:
+            kube.create(obj)
+    assert err.value.status == 422, err.value
+    return err.value.message
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"model": {"url": MODEL_URL, "huggingFace": {"repo": "a/b", "file": "m.gguf"}}},
+     "spec.model needs exactly one source: url, huggingFace or pvc"),
+    ({"model": {"alias": "nothing"}},
+     "spec.model needs exactly one source: url, huggingFace or pvc"),
+    ({"model": {"url": MODEL_URL, "tokenSecretRef": {"name": "hf"}}},
+     "spec.model.tokenSecretRef is only used with a huggingFace source"),
+    ({"model": {"url": MODEL_URL}, "replicas": -1},
+     "spec.replicas: Invalid value: -1: spec.replicas in body should be greater than or equal to 0"),
+    ({"model": {"url": MODEL_URL}, "server": {"extraArgs": ["--port=9000"]}},
+     "spec.server.extraArgs may not set flags the operator manages"),
+    ({"model": {"url": MODEL_URL}, "gpu": {"product": "NVIDIA-L4"}},
+     "spec.gpu.product, tensorSplit and mainGpu need spec.gpu.count > 0"),
+    ({"model": {"url": MODEL_URL}, "gpu": {"count": 1, "tensorSplit": [1, 1]}},
+     "spec.gpu.tensorSplit has more entries than spec.gpu.count"),
+    ({"model": {"url": MODEL_URL}, "storage": {"slots": {"restoreOnStart": True}}},
+     "spec.storage.slots.restoreOnStart needs spec.storage.slots.enabled: true"),
+    ({"model": {"pvc": {"claimName": "models", "path": "m.gguf"}},
+      "storage": {"model": {"claimName": "cache"}}},
+     "spec.storage.model.claimName is unused with a pvc model source"),
+    ({"model": {"url": "ftp://example.com/m.gguf"}},
+     "spec.model.url in body should match"),
+])
+def test_api_server_rejects_invalid_llamaservers(kube, llama_crd, ns, spec, message):
+    obj = llama("bad", ns)
+    obj["spec"] = spec
+    assert message in rejected(kube, obj)
+
+
+def test_defaults_are_applied_by_the_api_server(kube, llama_crd, ns):
+    created = kube.create(llama("defaults", ns))
+    spec = created["spec"]
+    assert spec["replicas"] == 1
+    assert spec["service"] == {"type": "ClusterIP", "port": 8080}
+    assert spec["gpu"] == {"count": 0, "resourceName": "nvidia.com/gpu"}
+    assert spec["server"]["metrics"] is True
+    assert spec["storage"]["model"]["size"] == "20Gi"
+
+
+def test_transition_rules_reject_immutable_changes(kube, llama_crd, ns):
+    current = kube.create(llama("immutable", ns))
+
+    to_pvc = copy.deepcopy(current)
+    to_pvc["spec"]["model"] = {"pvc": {"claimName": "models", "path": "m.gguf"}}
+    assert "switching between a pvc model source and a downloaded one" in rejected(kube, to_pvc, update=True)
+
+    resized = copy.deepcopy(current)
+    resized["spec"]["storage"]["model"]["size"] = "40Gi"
+    assert "spec.storage.model: volume claim settings are immutable" in rejected(kube, resized, update=True)
+
+    # A mutable field still changes.
+    ok = copy.deepcopy(current)
+    ok["spec"]["server"]["contextSize"] = 4096
+    updated = kube.request("PUT", kube.path_of(ok), json=ok)
+    assert updated["spec"]["server"]["contextSize"] == 4096
+    assert updated["metadata"]["generation"] == current["metadata"]["generation"] + 1
+
+
+def test_scale_subresource_and_short_name(kube, kubectl, llama_crd, ns):
+    kube.create(llama("scaled", ns))
+    kubectl("scale", "llamaserver/scaled", "--replicas=3", "-n", ns)
+    assert kube.read(LLAMA_API, "LlamaServer", "scaled", ns)["spec"]["replicas"] == 3
+    scale = kube.get(kube.path(LLAMA_API, "LlamaServer", ns, "scaled") + "/scale")
+    assert scale["kind"] == "Scale" and scale["spec"]["replicas"] == 3
+    out = kubectl("get", "llama", "-n", ns, "-o", "name").stdout.split()
+    assert out == ["llamaserver.kubellama.dev/scaled"]
+
+
+def test_status_is_a_subresource(kube, llama_crd, ns):
+    created = kube.create(llama("status", ns))
+    path = kube.path_of(created)
+    # The main resource ignores status; only /status writes it.
+    kube.patch(path, {"status": {"phase": "Ready"}})
+    assert "phase" not in (kube.read(LLAMA_API, "LlamaServer", "status", ns).get("status") or {})
+    kube.patch(path + "/status", {"status": {"phase": "Ready"}})
+    assert kube.read(LLAMA_API, "LlamaServer", "status", ns)["status"]["phase"] == "Ready"
+    with pytest.raises(kcp.ApiError) as err:
+        kube.patch(path + "/status", {"status": {"phase": "Exploded"}})
+    assert err.value.status == 422
