@@ -90,3 +90,28 @@ def test_server_downloads_from_the_hub(hf_hub, tiny_bytes, tiny_sha, tmp_path):
         srv.stop()
     meta = json.loads((cache / "kubellama_tiny-GGUF_tiny-Q8_0.gguf.meta.json").read_text())
     assert meta["sha256"] == tiny_sha
+
+
+def test_failed_download_is_reported_by_health(model_server, tmp_path):
+    """The operator's "model download failing" alert relies on this: /health 500 with the fetch error."""
+    url = model_server.url("/missing.gguf")
+    srv = ServerProcess(["-mu", url, "-t", "1"], env={"LLAMA_CACHE": str(tmp_path / "cache")})
+    srv.start(wait=False, log_path=tmp_path / "server.log")
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert time.monotonic() < deadline, srv.log()
+            try:
+                r = httpx.get(srv.url + "/health", timeout=2)
+            except httpx.TransportError:
+                if srv.proc.poll() is not None:  # a server may also exit on a failed download
+                    assert "not found (HTTP 404)" in srv.log()
+                    return
+                time.sleep(0.05)
+                continue
+            if r.status_code != 503:
+                break
+            time.sleep(0.05)
+        assert r.status_code == 500 and "not found (HTTP 404)" in r.json()["error"], r.text
+    finally:
+        srv.stop()
