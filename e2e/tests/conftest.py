@@ -88,6 +88,10 @@ def platform(system: Kube) -> Kube:
 @pytest.fixture(scope="session")
 def ns(platform: Kube) -> Kube:
     kube = Kube(os.environ.get("E2E_NAMESPACE", "kubellama-e2e"))
+    # A previous run's namespace may still be terminating (it is deleted without waiting).
+    kube.wait_for(f"namespace {kube.namespace} from an earlier run to finish terminating",
+                  lambda: (kube.get("namespace", kube.namespace) or {}).get("status", {}).get("phase")
+                  != "Terminating", timeout=300)
     if kube.get("namespace", kube.namespace) is None:
         kube("create", "namespace", kube.namespace, namespaced=False)
     yield kube

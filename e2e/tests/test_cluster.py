@@ -157,7 +157,7 @@ def test_scale_to_two_replicas(ns: Kube, llama: str) -> None:
                           namespaced=False))
     assert scale["spec"]["replicas"] == 2 and scale["status"]["replicas"] == 2
 
-    def endpoints_ready() -> int:
+    def endpoints_ready() -> bool:
         slices = ns.get("endpointslices", selector=f"kubernetes.io/service-name={NAME}") or []
         ready = [e for s in slices for e in s.get("endpoints") or [] if e.get("conditions", {}).get("ready")]
         return len(ready) == 2
@@ -165,6 +165,8 @@ def test_scale_to_two_replicas(ns: Kube, llama: str) -> None:
     ns.wait_for(f"Service {NAME} to route to both pods", endpoints_ready, timeout=120, llamaserver=NAME)
     table = ns("get", "llama", NAME)
     assert "2/2" in table, table
+    ns.wait_for("a PodDisruptionBudget for the two replicas",
+                lambda: ns.get("poddisruptionbudgets", selector=SELECTOR), timeout=60, llamaserver=NAME)
 
 
 def test_delete_removes_children_and_keeps_slot_volumes(ns: Kube, llama: str) -> None:
