@@ -128,10 +128,17 @@ def test_termination_log_is_not_created_when_absent(model_server, tmp_path, run_
 
 def test_concurrent_fetchers_share_one_download(model_server, tiny_bytes, tiny_sha, tmp_path):
     """Two replicas on one ReadWriteMany volume: one downloads under the lock, the other waits and reuses it."""
-    url = model_server.add("/tiny.gguf", tiny_bytes, rate=500_000)  # ~1.1 s download
+    import time
+
+    url = model_server.add("/tiny.gguf", tiny_bytes, rate=250_000)  # ~2.3 s download
     dest = tmp_path / "shared"
     cmd = [sys.executable, "-m", "kubellama_server.fetch", "--url", url, "--dest", str(dest), "--sha256", tiny_sha]
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)]
+    deadline = time.monotonic() + 30
+    while not model_server.requests_for("/tiny.gguf", "GET"):  # the first one is downloading ...
+        assert time.monotonic() < deadline and procs[0].poll() is None
+        time.sleep(0.02)
+    procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))  # ... now
     outs = [p.communicate(timeout=60) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [o[1] for o in outs]
     assert {o[0].strip() for o in outs} == {str(dest / "tiny.gguf")}
@@ -139,7 +146,7 @@ def test_concurrent_fetchers_share_one_download(model_server, tiny_bytes, tiny_s
     gets = model_server.requests_for("/tiny.gguf", "GET")
     assert len(gets) == 1, "the second fetcher must reuse the first one's download"
     kinds = [[e["event"] for e in _events(o[1])] for o in outs]
-    assert sorted(k[0] for k in kinds) == ["start", "waiting"], kinds
+    assert kinds[0][0] == "start" and kinds[1][:2] == ["waiting", "cached"], kinds
 
 
 def test_console_script_is_installed():

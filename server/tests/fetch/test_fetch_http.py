@@ -51,7 +51,7 @@ def test_second_run_uses_cache_without_network(model_server, tiny_bytes, tmp_pat
     second = fetch_model(ModelSource(url=url), dest=tmp_path, **FAST)
     assert second == first
     assert len(model_server.requests) == n, "a cached, complete file must not cause any request"
-    assert time.monotonic() - t0 < 0.5
+    assert time.monotonic() - t0 < 2.0
 
 
 def test_default_cache_folder_names_files_after_the_source(model_server, tiny_bytes, tmp_path, monkeypatch):
@@ -91,12 +91,12 @@ def test_cached_file_with_other_expected_sha_is_downloaded_again(model_server, t
 
 
 def test_not_a_gguf_is_rejected_at_the_first_bytes(model_server, tmp_path):
-    html = b"<!DOCTYPE html><html>login</html>" + b"x" * (4 << 20)
-    url = model_server.add("/blob/main/model.gguf", html, rate=4 << 20)  # the whole body would take 1 s
+    html = b"<!DOCTYPE html><html>login</html>" + b"x" * (8 << 20)
+    url = model_server.add("/blob/main/model.gguf", html, rate=4 << 20)  # the whole body would take 2 s
     t0 = time.monotonic()
     with pytest.raises(NotGGUFError) as err:
         fetch_model(ModelSource(url=url), dest=tmp_path, **FAST)
-    assert time.monotonic() - t0 < 0.5, "the download must stop at the first bytes"
+    assert time.monotonic() - t0 < 1.5, "the download must stop at the first bytes"
     assert err.value.exit_code == 8 and "GGUF" in str(err.value) and "resolve" in str(err.value)
     assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == []
 
