@@ -18,7 +18,7 @@ from . import CRD_NAME, GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION, __v
 PHASES = ["Pending", "Downloading", "Loading", "Ready", "Degraded", "Failed"]
 
 #: Server flags the operator sets itself; `server.extraArgs` may not repeat them.
-MANAGED_FLAGS = ["-m", "--model", "--host", "--port", "--api-key", "--api-key-file",
+MANAGED_FLAGS = ["-m", "--model", "--host", "--port", "-a", "--alias", "--api-key", "--api-key-file",
                  "--slot-save-path", "-mu", "--model-url", "-hfr", "--hf-repo", "-hff", "--hf-file"]
 
 Schema = dict[str, Any]

@@ -1,0 +1,190 @@
+"""The CRD: generated file up to date, valid for several Kubernetes versions, examples accepted,
+and the schema + CEL rules reject what the issue says must be rejected at `kubectl apply` time."""
+
+from __future__ import annotations
+
+import copy
+import pathlib
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from admission import admit, root_schema
+from kubellama_operator import rbac
+from kubellama_operator.crd import build_crd, render
+from kubellama_operator.spec import normalize, problems
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+CRD_FILE = ROOT / "crds" / "kubellama.dev_llamaservers.yaml"
+EXAMPLES = sorted((ROOT / "crds" / "examples").glob("*.yaml"))
+K8S_VERSIONS = ["1.29.0", "1.33.0"]
+
+BASE = {"apiVersion": "kubellama.dev/v1alpha1", "kind": "LlamaServer", "metadata": {"name": "m"},
+        "spec": {"model": {"url": "https://example.test/m.gguf"}}}
+
+
+def server(**spec_updates):
+    obj = copy.deepcopy(BASE)
+    obj["spec"].update(spec_updates)
+    return obj
+
+
+def test_crd_file_is_generated_from_crd_py():
+    assert CRD_FILE.read_text() == render(), (
+        "crds/kubellama.dev_llamaservers.yaml is stale: run "
+        "`python -m kubellama_operator.crd > crds/kubellama.dev_llamaservers.yaml`")
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_crd_is_valid_kubernetes(version):
+    kubernetes_validate.validate(yaml.safe_load(CRD_FILE.read_text()), version, strict=True)
+
+
+def test_crd_names_subresources_and_columns():
+    crd = build_crd()
+    names = crd["spec"]["names"]
+    assert (crd["spec"]["group"], names["kind"], names["plural"], names["shortNames"]) == (
+        "kubellama.dev", "LlamaServer", "llamaservers", ["llama"])
+    assert crd["spec"]["scope"] == "Namespaced"
+    version = crd["spec"]["versions"][0]
+    assert version["name"] == "v1alpha1" and version["served"] and version["storage"]
+    assert version["subresources"]["status"] == {}
+    assert version["subresources"]["scale"] == {"specReplicasPath": ".spec.replicas",
+                                                "statusReplicasPath": ".status.replicas",
+                                                "labelSelectorPath": ".status.selector"}
+    columns = [c["name"] for c in version["additionalPrinterColumns"] if not c.get("priority")]
+    assert columns == ["Phase", "Model", "Ready", "Endpoint", "Age"]
+
+
+def _structural(node, path="spec"):
+    """Every schema node has a type (or is int-or-string / preserve-unknown-fields)."""
+    bad = []
+    if not ("type" in node or node.get("x-kubernetes-int-or-string") or node.get("x-kubernetes-preserve-unknown-fields")):
+        bad.append(path)
+    for key, sub in (node.get("properties") or {}).items():
+        bad += _structural(sub, f"{path}.{key}")
+    if isinstance(node.get("items"), dict):
+        bad += _structural(node["items"], f"{path}[]")
+    return bad
+
+
+def test_schema_is_structural():
+    assert _structural(root_schema()) == []
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_examples_are_accepted(path):
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    servers = [d for d in docs if d["kind"] == "LlamaServer"]
+    assert servers, f"{path.name} has no LlamaServer"
+    for doc in docs:
+        if doc["kind"] == "LlamaServer":
+            defaulted, errors = admit(doc)
+            assert errors == []
+            assert problems(normalize(defaulted["spec"])) == []
+        else:
+            for version in K8S_VERSIONS:
+                kubernetes_validate.validate(doc, version, strict=True)
+
+
+def test_examples_cover_cpu_and_gpu_with_slots():
+    specs = [d["spec"] for p in EXAMPLES for d in yaml.safe_load_all(p.read_text()) if d and d["kind"] == "LlamaServer"]
+    assert any(s.get("gpu", {}).get("count", 0) == 0 for s in specs)
+    gpu = [s for s in specs if s.get("gpu", {}).get("count", 0) > 0]
+    assert gpu and gpu[0]["replicas"] == 2 and gpu[0]["storage"]["slots"]["restoreOnStart"]
+    assert "huggingFace" in gpu[0]["model"]
+
+
+def test_defaults_fill_nested_objects():
+    defaulted, errors = admit(BASE)
+    assert errors == []
+    spec = defaulted["spec"]
+    assert spec["replicas"] == 1
+    assert spec["gpu"] == {"count": 0, "resourceName": "nvidia.com/gpu"}
+    assert spec["server"]["metrics"] is True
+    assert spec["service"] == {"type": "ClusterIP", "port": 8080}
+    assert spec["storage"]["slots"] == {"enabled": False, "size": "2Gi", "restoreOnStart": False}
+    assert spec["storage"]["retention"] == {"whenDeleted": "Retain", "whenScaled": "Retain"}
+    assert spec == normalize(BASE["spec"])
+
+
+REJECTED = {
+    "two sources": server(model={"url": "https://e.test/m.gguf", "pvc": {"claimName": "c", "path": "m.gguf"}}),
+    "no source": server(model={"alias": "x"}),
+    "no model": {**BASE, "spec": {"replicas": 1}},
+    "negative replicas": server(replicas=-1),
+    "negative gpu count": server(gpu={"count": -1}),
+    "pvc without claimName": server(model={"pvc": {"path": "m.gguf"}}),
+    "restoreOnStart without slots": server(storage={"slots": {"restoreOnStart": True}}),
+    "gpu product on a CPU server": server(gpu={"product": "NVIDIA-L4"}),
+    "tensorSplit longer than count": server(gpu={"count": 1, "tensorSplit": [1, 1]}),
+    "managed flag in extraArgs": server(server={"extraArgs": ["--port=9000"]}),
+    "managed flag alone": server(server={"extraArgs": ["-m", "/x.gguf"]}),
+    "token with url source": server(model={"url": "https://e.test/m.gguf", "tokenSecretRef": {"name": "t"}}),
+    "bad sha256": server(model={"url": "https://e.test/m.gguf", "sha256": "abc"}),
+    "not an http url": server(model={"url": "ftp://e.test/m.gguf"}),
+    "unknown field": server(modle={"url": "https://e.test/m.gguf"}),
+    "bad service type": server(service={"type": "ExternalName"}),
+    "claimName with pvc source": server(model={"pvc": {"claimName": "c", "path": "m.gguf"}},
+                                        storage={"model": {"claimName": "other"}}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REJECTED))
+def test_invalid_specs_are_rejected(name):
+    _, errors = admit(REJECTED[name])
+    assert errors, f"{name!r} was accepted"
+
+
+CEL_ONLY = ["two sources", "no source", "restoreOnStart without slots", "gpu product on a CPU server",
+            "tensorSplit longer than count", "managed flag in extraArgs", "managed flag alone",
+            "token with url source", "claimName with pvc source"]
+
+
+@pytest.mark.parametrize("name", CEL_ONLY)
+def test_operator_checks_agree_with_cel(name):
+    """The operator's own checks (for API servers that did not run CEL) reject the same specs."""
+    assert problems(normalize(REJECTED[name]["spec"]))
+
+
+ACCEPTED = {
+    "url": server(),
+    "hf with revision and token": server(model={"huggingFace": {"repo": "org/repo", "file": "a/b.gguf",
+                                                                "revision": "v1"},
+                                                "tokenSecretRef": {"name": "hf"}}),
+    "pvc": server(model={"pvc": {"claimName": "models", "path": "llama/m.gguf"}}),
+    "zero replicas": server(replicas=0),
+    "gpu split": server(gpu={"count": 2, "tensorSplit": [3, 1], "mainGpu": 0, "product": "NVIDIA-A100"}),
+    "slots": server(storage={"slots": {"enabled": True, "restoreOnStart": True}}),
+    "extra args": server(server={"extraArgs": ["--flash-attn", "-ctk", "q8_0"]}),
+    "quantities": server(resources={"limits": {"cpu": 2, "memory": "4Gi"}}, storage={"model": {"size": "5G"}}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ACCEPTED))
+def test_valid_specs_are_accepted(name):
+    defaulted, errors = admit(ACCEPTED[name])
+    assert errors == []
+    assert problems(normalize(defaulted["spec"])) == []
+
+
+def test_transition_rules():
+    old = server(storage={"slots": {"enabled": True}})
+    # restoreOnStart may change; the slot claim's size may not; switching to a pvc source may not.
+    assert admit(server(storage={"slots": {"enabled": True, "restoreOnStart": True}}), old)[1] == []
+    assert admit(server(storage={"slots": {"enabled": True, "size": "9Gi"}}), old)[1]
+    assert admit(server(storage={"slots": {"enabled": True}, "model": {"size": "50Gi"}}), old)[1]
+    assert admit(server(model={"pvc": {"claimName": "c", "path": "m.gguf"}},
+                        storage={"slots": {"enabled": True}}), old)[1]
+    # Scaling and other spec changes are fine.
+    assert admit(server(replicas=3, storage={"slots": {"enabled": True}}), old)[1] == []
+
+
+def test_rbac_rules_are_valid_and_cover_the_crd():
+    role = rbac.cluster_role()
+    for version in K8S_VERSIONS:
+        kubernetes_validate.validate(role, version, strict=True)
+    assert rbac.allows("kubellama.dev", "llamaservers", "watch")
+    assert rbac.allows("kubellama.dev", "llamaservers/status", "patch")
+    assert not rbac.allows("", "secrets", "list"), "the operator only reads named Secrets"
