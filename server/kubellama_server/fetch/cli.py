@@ -3,6 +3,11 @@
 Exit codes: 0 ok, 1 other, 2 usage, 3 not found, 4 unauthorized, 5 network
 unreachable, 6 disk full, 7 checksum mismatch, 8 not a GGUF file. On failure a
 one-line message goes to stderr and to /dev/termination-log (when writable).
+
+Environment: HF_TOKEN (or a token file named by HF_TOKEN_PATH) for gated or
+private Hugging Face repos; HF_ENDPOINT (a Hub mirror); LLAMA_CACHE (the cache
+folder when --dest is not given); HTTPS_PROXY/NO_PROXY; SSL_CERT_FILE;
+KUBELLAMA_FETCH_PROGRESS_INTERVAL (seconds between JSON progress lines, default 2).
 """
 
 from __future__ import annotations
