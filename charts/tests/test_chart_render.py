@@ -166,23 +166,36 @@ def env(c):
     return {e["name"]: e.get("value") for e in c["env"]}
 
 
+def operator_config(c):
+    """What kubellama-operator makes of the container's arguments and environment."""
+    import os
+    from unittest import mock
+
+    from kubellama_operator.cli import parse_config
+    env_values = {e["name"]: e["value"] for e in c.get("env", []) if "value" in e}
+    with mock.patch.dict(os.environ, env_values):
+        return parse_config(c["args"])
+
+
 def test_operator_deployment_defaults(rendered):
     objects = rendered["defaults"]
     pod, c = container(objects)
     assert c["image"] == f"ghcr.io/kubellama/kubellama-operator:{PROJECT_VERSION}"
-    assert env(c)["KUBELLAMA_SERVER_IMAGE"] == f"ghcr.io/kubellama/kubellama-server:{PROJECT_VERSION}"
-    assert env(c)["KUBELLAMA_SERVER_CUDA_IMAGE"] == f"ghcr.io/kubellama/kubellama-server-cuda:{PROJECT_VERSION}"
-    probe = c["livenessProbe"]["httpGet"]
+    config = operator_config(c)
+    assert config.cpu_image == f"ghcr.io/kubellama/kubellama-server:{PROJECT_VERSION}"
+    assert config.cuda_image == f"ghcr.io/kubellama/kubellama-server-cuda:{PROJECT_VERSION}"
+    assert config.namespaces == ()
+    assert (config.log_level, config.log_format) == ("INFO", "json")
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-    assert probe["port"] in ports and probe["path"] == "/healthz"
+    assert ports == {"metrics": config.metrics_port, "health": config.health_port}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
     assert c["securityContext"]["allowPrivilegeEscalation"] is False
     assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert c["resources"]["requests"] and c["resources"]["limits"]["memory"]
     assert pod["serviceAccountName"] == one(objects, "ServiceAccount")["metadata"]["name"]
-    assert "--all-namespaces" in c["args"]
-    assert not any(a.startswith("--namespace") for a in c["args"])
     selector = one(objects, "Deployment")["spec"]["selector"]["matchLabels"]
     labels = one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
     assert selector.items() <= labels.items()
@@ -198,14 +211,22 @@ def test_operator_deployment_options(rendered):
     assert pod["imagePullSecrets"] == [{"name": "regcred"}]
     assert pod["priorityClassName"] == "system-cluster-critical"
     assert env(c)["FOO"] == "bar"
-    assert "--namespace=team-a" in c["args"] and "--all-namespaces" not in c["args"]
+    assert operator_config(c).namespaces == ("team-a",)
     assert one(objects, "Deployment")["metadata"]["labels"]["owner"] == "platform"
     assert one(objects, "ServiceAccount")["metadata"]["annotations"] == {"iam": "role"}
 
 
-def test_log_settings_reach_the_operator(helm):
-    _, c = container(helm.template({"operator": {"logLevel": "debug", "logFormat": "text"}}))
-    assert "--log-level=debug" in c["args"] and "--log-format=text" in c["args"]
+def test_settings_reach_the_operator(helm):
+    _, c = container(helm.template({
+        "operator": {"logLevel": "debug", "logFormat": "text", "serverLogFormat": "text", "resyncSeconds": 30,
+                     "metricsPort": 9000, "healthPort": 9001, "watchNamespaces": ["a", "b", "a"]},
+        "serverImages": {"pullPolicy": "Always", "cpu": {"repository": "reg/cpu", "tag": "1"},
+                         "cuda": {"repository": "reg/cuda", "tag": "2"}}}))
+    config = operator_config(c)
+    assert (config.log_level, config.log_format, config.server_log_format) == ("DEBUG", "text", "text")
+    assert (config.metrics_port, config.health_port, config.resync_seconds) == (9000, 9001, 30)
+    assert config.namespaces == ("a", "b")
+    assert (config.cpu_image, config.cuda_image, config.image_pull_policy) == ("reg/cpu:1", "reg/cuda:2", "Always")
 
 
 def test_existing_service_account(helm):

@@ -2,12 +2,18 @@
 Command-line arguments of kubellama-operator (see `kubellama-operator --help`).
 */}}
 {{- define "kubellama.operator.args" -}}
-- --log-level={{ .Values.operator.logLevel }}
-- --log-format={{ .Values.operator.logFormat }}
-- --metrics-port={{ .Values.operator.metricsPort }}
-- --health-port={{ .Values.operator.healthPort }}
-{{- if .Values.operator.watchNamespaces }}
-{{- range (uniq .Values.operator.watchNamespaces) }}
+{{- $op := .Values.operator -}}
+- --log-level={{ upper $op.logLevel }}
+- --log-format={{ $op.logFormat }}
+- --server-log-format={{ $op.serverLogFormat }}
+- --metrics-port={{ $op.metricsPort }}
+- --health-port={{ $op.healthPort }}
+- --resync-seconds={{ $op.resyncSeconds }}
+- --cpu-image={{ include "kubellama.image" (dict "image" .Values.serverImages.cpu "context" $) }}
+- --cuda-image={{ include "kubellama.image" (dict "image" .Values.serverImages.cuda "context" $) }}
+- --image-pull-policy={{ .Values.serverImages.pullPolicy }}
+{{- if $op.watchNamespaces }}
+{{- range (uniq $op.watchNamespaces) }}
 - --namespace={{ . }}
 {{- end }}
 {{- else }}
@@ -16,13 +22,9 @@ Command-line arguments of kubellama-operator (see `kubellama-operator --help`).
 {{- end -}}
 
 {{/*
-Environment of kubellama-operator: the default server images and the pod's identity.
+Environment of kubellama-operator: the pod's identity.
 */}}
 {{- define "kubellama.operator.env" -}}
-- name: KUBELLAMA_SERVER_IMAGE
-  value: {{ include "kubellama.image" (dict "image" .Values.serverImages.cpu "context" $) | quote }}
-- name: KUBELLAMA_SERVER_CUDA_IMAGE
-  value: {{ include "kubellama.image" (dict "image" .Values.serverImages.cuda "context" $) | quote }}
 - name: POD_NAMESPACE
   valueFrom:
     fieldRef:
