@@ -384,6 +384,31 @@ def test_pod_monitor_selects_llamaserver_pods_and_adds_labels(rendered):
     assert namespaced["metadata"]["labels"]["release"] == "kps"
 
 
+@pytest.mark.parametrize("example", ["cpu-gemma.yaml", "gpu-llm-8b.yaml"])
+def test_pod_monitor_matches_the_pods_the_operator_builds(rendered, example):
+    """The PodMonitor selects the StatefulSet pods kubellama-operator really makes, on a port they have."""
+    from kubellama_operator.builders import desired_children
+    from kubellama_operator.config import OperatorConfig
+    from kubellama_operator.spec import normalize, resolve_model
+
+    docs = yaml.safe_load_all((REPO_ROOT / "crds" / "examples" / example).read_text())
+    (server,) = [d for d in docs if d and d["kind"] == "LlamaServer"]
+    server["metadata"].setdefault("namespace", "team-a")
+    spec = normalize(server["spec"])
+    children, _ = desired_children(server, spec, resolve_model(spec), OperatorConfig(), servicemonitor_crd=False)
+    (sts,) = [c for c in children if c["kind"] == "StatefulSet"]
+    template = sts["spec"]["template"]
+    pm = one(rendered["monitoring"], "PodMonitor")["spec"]
+    assert pm["selector"]["matchLabels"].items() <= template["metadata"]["labels"].items()
+    (endpoint,) = pm["podMetricsEndpoints"]
+    server_ports = {p["name"] for c in template["spec"]["containers"] for p in c.get("ports", [])}
+    assert endpoint["port"] in server_ports
+    (owner_relabel,) = [r for r in endpoint["relabelings"] if r["targetLabel"] == "llamaserver"]
+    meta_label = owner_relabel["sourceLabels"][0].removeprefix("__meta_kubernetes_pod_label_")
+    pod_labels = {re.sub(r"[^a-zA-Z0-9_]", "_", k): v for k, v in template["metadata"]["labels"].items()}
+    assert pod_labels[meta_label] == server["metadata"]["name"]
+
+
 def test_operator_service_monitor(rendered):
     objects = rendered["monitoring"]
     sm = one(objects, "ServiceMonitor")["spec"]
