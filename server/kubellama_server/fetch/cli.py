@@ -2,7 +2,8 @@
 
 Exit codes: 0 ok, 1 other, 2 usage, 3 not found, 4 unauthorized, 5 network
 unreachable, 6 disk full, 7 checksum mismatch, 8 not a GGUF file. On failure a
-one-line message goes to stderr and to /dev/termination-log (when writable).
+one-line message goes to stderr and to /dev/termination-log (when writable); on
+success that file gets a JSON summary ({"path", "size", "sha256", "source", ...}).
 
 Environment: HF_TOKEN (or a token file named by HF_TOKEN_PATH) for gated or
 private Hugging Face repos; HF_ENDPOINT (a Hub mirror); LLAMA_CACHE (the cache
@@ -13,9 +14,11 @@ KUBELLAMA_FETCH_PROGRESS_INTERVAL (seconds between JSON progress lines, default 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
+from .cache import Paths, read_json
 from .core import fetch_model
 from .errors import EXIT_OTHER, FetchError, UsageError
 from .progress import MODES
@@ -75,7 +78,21 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"unexpected error: {type(exc).__name__}: {exc}; run again, and report it if it persists",
                      EXIT_OTHER)
     print(path)
+    write_termination_message(json.dumps(success_summary(path, source), separators=(",", ":")))
     return 0
+
+
+def success_summary(path: Path, source: ModelSource) -> dict:
+    """What the operator reads from a successful init container: path, size, sha256, source."""
+    meta = read_json(Paths(path).meta) or {}
+    return {
+        "path": str(path),
+        "size": meta.get("size", path.stat().st_size),
+        "sha256": meta.get("sha256"),
+        "source": source.describe(),
+        "hf_commit": meta.get("hf_commit"),
+        "completed_at": meta.get("completed_at"),
+    }
 
 
 def _fail(message: str, code: int) -> int:

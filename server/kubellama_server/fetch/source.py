@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import posixpath
 import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -53,7 +54,8 @@ class ModelSource:
                 raise UsageError("a Hugging Face source needs both --hf-repo (e.g. org/name) and --hf-file (e.g. model-Q4_K_M.gguf)")
             if not _HF_REPO.match(self.hf_repo):
                 raise UsageError(f"{self.hf_repo!r} is not a Hugging Face repo id; write it as org/name")
-            if self.hf_file.startswith("/") or ".." in PurePosixPath(self.hf_file).parts:
+            if (self.hf_file.startswith("/") or ".." in PurePosixPath(self.hf_file).parts
+                    or PurePosixPath(self.hf_file).name in ("", ".")):
                 raise UsageError(f"--hf-file {self.hf_file!r} must be a path inside the repo, e.g. model-Q4_K_M.gguf")
 
     def key(self) -> dict:
@@ -72,11 +74,15 @@ class ModelSource:
         return str(self.path)
 
     def basename(self) -> str:
-        """`model.gguf` for `.../model.gguf` and for a Hub file `sub/model.gguf`."""
+        """The name under `--dest`: the last segment of the URL path or of the Hub file, as written.
+
+        No decoding or cleaning, so that it equals `posixpath.basename(...)` of the same
+        string: the operator computes the server's `-m /models/<name>` that way.
+        """
         if self.url:
             return url_basename(self.url)
         if self.hf_file:
-            return _safe(PurePosixPath(self.hf_file).name)
+            return PurePosixPath(self.hf_file).name
         raise ValueError("a local path has no download name")
 
     def cache_name(self) -> str:
@@ -103,8 +109,9 @@ class ModelSource:
 
 
 def url_basename(url: str) -> str:
-    name = PurePosixPath(unquote(urlparse(url).path)).name
-    return _safe(name) if name not in ("", ".", "..") else ""
+    """The raw last segment of the URL path (percent-escapes kept), or "" when there is none."""
+    name = posixpath.basename(urlparse(url).path)
+    return name if name not in ("", ".", "..") and "\0" not in name else ""
 
 
 def _safe(name: str) -> str:

@@ -183,3 +183,23 @@ def test_killed_fetch_resumes_in_the_next_container(model_server, tiny_bytes, ti
     last = model_server.requests_for("/tiny.gguf", "GET")[-1]
     assert last.headers["range"] == f"bytes={have}-" and last.sent == len(tiny_bytes) - have
     assert (tmp_path / "tiny.gguf").read_bytes() == tiny_bytes
+
+
+def test_success_leaves_a_json_summary_as_termination_message(model_server, tiny_bytes, tiny_sha, tmp_path,
+                                                             run_fetch):
+    """The operator reads the model size from the init container's termination message."""
+    model_server.add("/m/tiny v2.gguf", tiny_bytes)
+    url = model_server.url("/m/tiny%20v2.gguf")
+    log = tmp_path / "termination-log"
+    log.write_text("")
+    res = run_fetch("--url", url, "--dest", str(tmp_path / "models"), env={"KUBELLAMA_TERMINATION_LOG": str(log)})
+    assert res.returncode == 0, res.stderr
+    # the file name is the URL path's last segment as written, as the operator computes it for -m
+    import posixpath
+    from urllib.parse import urlparse
+
+    expected = tmp_path / "models" / posixpath.basename(urlparse(url).path)
+    assert res.stdout.strip() == str(expected) and expected.name == "tiny%20v2.gguf"
+    summary = json.loads(log.read_text())
+    assert summary["path"] == str(expected) and summary["size"] == len(tiny_bytes)
+    assert summary["sha256"] == tiny_sha and summary["source"] == url
