@@ -85,6 +85,9 @@ def test_e2e_values_use_the_images_under_test(rendered: list[dict]) -> None:
     assert container["image"] == image("kubellama-operator")
     assert container["imagePullPolicy"] == "IfNotPresent"  # kind-loaded images are never pulled
     assert image("kubellama-server") in yaml.safe_dump(container)
+    args = " ".join(container.get("args", []) + container.get("command", []))
+    env = {e["name"]: e.get("value") for e in container.get("env", [])}
+    assert "IfNotPresent" in args or "IfNotPresent" in env.values(), "server pods must not pull in kind"
 
 
 def test_e2e_values_follow_image_repo_and_tag(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
