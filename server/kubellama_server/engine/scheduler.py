@@ -29,6 +29,7 @@ from .slot import Slot
 from .stats import EngineStats
 from .task import (
     CompletionResult,
+    Outbox,
     EmbeddingResult,
     PartialResult,
     Task,
@@ -70,10 +71,12 @@ class Scheduler:
         self.batch = Batch(ctx.n_batch, 1)
         self.waiting: deque[Task] = deque()
         self.commands: queue.SimpleQueue = queue.SimpleQueue()
+        self.outbox = Outbox()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._eog_tokens: list[int] | None = None
         self.system_tokens: list[int] = []  # shared prefix of every slot (system prompt)
+        self.system_prompt: str = ""
         self.last_batch_slots = 0  # slots that had tokens in the last decode (for tests/metrics)
         self.max_batch_slots = 0
 
@@ -101,6 +104,15 @@ class Scheduler:
         self.commands.put(("call", fn, fut))
         return fut
 
+    def set_system_prompt(self, text: str) -> None:
+        """Set the shared system prompt (scheduler thread or before start).
+
+        Tasks tokenized from now on get it in front; running and already-tokenized
+        tasks keep theirs. Its KV is computed once and copied into other slots.
+        """
+        self.system_prompt = text
+        self.system_tokens = self.model.tokenize(text, add_special=self.model.add_bos, parse_special=True) if text else []
+
     # -- the loop -------------------------------------------------------------
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -113,6 +125,8 @@ class Scheduler:
             except Exception:  # never let the loop die: fail active tasks instead
                 log.exception("scheduler step failed")
                 self._fail_all(APIError("internal error in the scheduler (see server log)", "server_error"))
+            finally:
+                self.outbox.flush()
 
     def _drain_commands(self, block: bool) -> None:
         try:
@@ -156,7 +170,7 @@ class Scheduler:
     def _fail_all(self, exc: APIError) -> None:
         for slot in self.slots:
             if slot.task is not None:
-                slot.task.sink.put(("error", exc))
+                self.outbox.put(slot.task.sink, ("error", exc))
                 slot.release()
 
     # -- slot assignment --------------------------------------------------------
@@ -179,7 +193,7 @@ class Scheduler:
             except APIError as exc:
                 if task.slot is not None:
                     task.slot.release()
-                task.sink.put(("error", exc))
+                self.outbox.put(task.sink, ("error", exc))
         self.waiting = still
 
     def _pick_slot(self, task: Task) -> Slot | None:
@@ -205,8 +219,9 @@ class Scheduler:
         if task.build_prompt is not None:
             return task.build_prompt(self.model)
         prompt = task.prompt
+        system = self.system_tokens if task.kind == "completion" and task.use_system_prompt else []
         first_is_text = isinstance(prompt, str) or (isinstance(prompt, list) and prompt and isinstance(prompt[0], str))
-        add_bos = first_is_text and self.model.add_bos and not self.system_tokens
+        add_bos = first_is_text and self.model.add_bos and not system
         tokens: list[int] = []
         if isinstance(prompt, str):
             tokens = self.model.tokenize(prompt, add_special=add_bos, parse_special=True)
@@ -219,7 +234,8 @@ class Scheduler:
         bad = [t for t in tokens if not self.model.valid_token(t)]
         if bad:
             raise invalid(f"'prompt' contains token ids outside the vocabulary (0..{self.model.n_vocab - 1}): {bad[:5]}")
-        return tokens
+        task.n_system = len(system)
+        return list(system) + tokens
 
     def eog_tokens(self) -> list[int]:
         if self._eog_tokens is None:
@@ -295,6 +311,8 @@ class Scheduler:
         slot.sampler = SamplerChain(self.model, params, slot.n_ctx, bias)
         # reuse the cached prefix (always keep >= 1 token to evaluate for logits)
         n_cached = common_prefix(slot.cache_tokens, tokens) if params.cache_prompt else 0
+        if task.n_system:
+            n_cached = max(n_cached, self._share_prefix(slot, tokens[:task.n_system]))
         n_cached = min(n_cached, len(tokens) - 1)
         if not self.ctx.seq_rm(slot.id, n_cached, -1):
             self.ctx.seq_rm(slot.id, 0, -1)
@@ -310,6 +328,24 @@ class Scheduler:
             history = [t for t in params.penalty_prompt if isinstance(t, int) and self.model.valid_token(t)]
         slot.sampler.prime(history)
         log.debug("slot %d: task %d, %d prompt tokens, %d cached", slot.id, task.id, len(tokens), n_cached)
+
+    def _share_prefix(self, slot: Slot, prefix: list[int]) -> int:
+        """Give `slot` the KV of `prefix` (the system prompt) without evaluating it again.
+
+        Returns len(prefix) when the slot holds it afterwards, else 0 (the slot
+        evaluates it itself and later slots copy it from there).
+        """
+        n = len(prefix)
+        if slot.cache_tokens[:n] == prefix:
+            return n
+        for other in self.slots:
+            if other is not slot and len(other.cache_tokens) >= n and other.cache_tokens[:n] == prefix:
+                self.ctx.seq_cp(other.id, slot.id)  # a whole-sequence copy (one KV stream per slot)
+                self.ctx.seq_rm(slot.id, n, -1)
+                slot.cache_tokens = list(prefix)
+                log.debug("slot %d: system prompt copied from slot %d (%d tokens)", slot.id, other.id, n)
+                return n
+        return 0
 
     # -- one step ---------------------------------------------------------------
     def _step(self) -> None:
@@ -399,7 +435,7 @@ class Scheduler:
         msg = "llama_decode failed: no KV cache space left" if ret == 1 else f"llama_decode failed ({ret})"
         for slot in {s.id: s for s in active}.values():
             if slot.task is not None:
-                slot.task.sink.put(("error", APIError(msg, "server_error")))
+                self.outbox.put(slot.task.sink, ("error", APIError(msg, "server_error")))
             self.ctx.seq_rm(slot.id, 0, -1)
             slot.cache_tokens = []
             slot.release()
@@ -458,7 +494,7 @@ class Scheduler:
         tokens = slot.generated[slot.streamed_tokens:]
         slot.streamed_probs = len(slot.probs)
         slot.streamed_tokens = len(slot.generated)
-        slot.task.sink.put(("partial", PartialResult(content, tokens, probs, slot.n_decoded)))
+        self.outbox.put(slot.task.sink, ("partial", PartialResult(content, tokens, probs, slot.n_decoded)))
 
     def _finish_timings(self, slot: Slot) -> Timings:
         now = time.perf_counter()
@@ -477,6 +513,10 @@ class Scheduler:
             predicted_ms=max(predicted_s, 0.0) * 1e3 if n_gen > 1 else 0.0,
             queue_ms=slot.queue_wait * 1e3,
             ttft_ms=(t_prompt_done - slot.task.t_created) * 1e3,
+            t_created_ns=(wall := time.time_ns()) - int((now - slot.task.t_created) * 1e9),
+            t_start_ns=wall - int((now - slot.t_start) * 1e9),
+            t_prompt_done_ns=wall - int((now - t_prompt_done) * 1e9),
+            t_end_ns=wall,
         )
 
     def _finish(self, slot: Slot) -> None:
@@ -484,7 +524,7 @@ class Scheduler:
         if slot.params.stream:
             content = slot.text.take_sendable(final=True)
             if content or slot.probs[slot.streamed_probs:]:
-                slot.task.sink.put(("partial", PartialResult(content, slot.generated[slot.streamed_tokens:], slot.probs[slot.streamed_probs:], slot.n_decoded)))
+                self.outbox.put(slot.task.sink, ("partial", PartialResult(content, slot.generated[slot.streamed_tokens:], slot.probs[slot.streamed_probs:], slot.n_decoded)))
                 slot.streamed_probs = len(slot.probs)
                 slot.streamed_tokens = len(slot.generated)
         timings = self._finish_timings(slot)
@@ -508,7 +548,7 @@ class Scheduler:
             timings=timings,
             settings=settings,
         )
-        slot.task.sink.put(("final", result))
+        self.outbox.put(slot.task.sink, ("final", result))
         slot.release()
 
     # -- embeddings -------------------------------------------------------------
@@ -547,7 +587,7 @@ class Scheduler:
             now = time.perf_counter()
             self.stats.on_prompt_done(n, now - slot.t_start, 0)
             self.stats.observe("request_done", now - slot.task.t_created)
-            slot.task.sink.put(("final", EmbeddingResult([float(x) for x in vec], n, slot.id)))
+            self.outbox.put(slot.task.sink, ("final", EmbeddingResult([float(x) for x in vec], n, slot.id)))
             self.ctx.seq_rm(slot.id, 0, -1)
             slot.cache_tokens = []
             slot.release()

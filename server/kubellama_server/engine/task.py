@@ -41,7 +41,46 @@ class TaskSink:
             self.closed = True
 
     async def get(self) -> Any:
-        return await self.queue.get()
+        event = await self.queue.get()
+        if event[0] == "final":
+            for hook in result_hooks:  # in the request's context: request logs, tracing
+                hook(event[1])
+        return event
+
+
+# Called with every final result, in the consumer's (HTTP request's) asyncio context.
+result_hooks: list[Callable[[Any], None]] = []
+
+
+def _deliver(items: list[tuple[TaskSink, Any]]) -> None:
+    for sink, event in items:
+        sink.queue.put_nowait(event)
+
+
+class Outbox:
+    """Collects the events of one scheduler step; `flush` wakes each event loop once.
+
+    One `call_soon_threadsafe` per step instead of one per token keeps the scheduler
+    thread from paying a self-pipe write and a GIL hand-off for every slot.
+    """
+
+    def __init__(self) -> None:
+        self._items: dict[asyncio.AbstractEventLoop, list[tuple[TaskSink, Any]]] = {}
+
+    def put(self, sink: TaskSink, event: Any) -> None:
+        if not sink.closed:
+            self._items.setdefault(sink.loop, []).append((sink, event))
+
+    def flush(self) -> None:
+        if not self._items:
+            return
+        items, self._items = self._items, {}
+        for loop, batch in items.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, batch)
+            except RuntimeError:  # loop closed: its clients are gone
+                for sink, _ in batch:
+                    sink.closed = True
 
 
 @dataclass
@@ -80,6 +119,11 @@ class Timings:
     predicted_ms: float = 0.0
     queue_ms: float = 0.0
     ttft_ms: float = 0.0
+    # wall-clock instants (time.time_ns()) for tracing: received, slot assigned, prompt done, finished
+    t_created_ns: int = 0
+    t_start_ns: int = 0
+    t_prompt_done_ns: int = 0
+    t_end_ns: int = 0
 
     def to_json(self) -> dict[str, float | int]:
         return {
@@ -149,6 +193,8 @@ class Task:
     sink: TaskSink
     build_prompt: Callable[[Any], list[int]] | None = None
     allow_truncate: bool = True  # False: a too-long prompt is an exceed_context_size_error
+    use_system_prompt: bool = True  # completions get the shared system prompt in front
+    n_system: int = 0  # system prompt tokens at the start of `tokens` (set with them)
     id: int = field(default_factory=next_task_id)
     t_created: float = field(default_factory=time.perf_counter)
     cancelled: bool = False
