@@ -30,6 +30,7 @@ import httpx
 import yaml
 
 HERE = Path(__file__).resolve().parent
+KWOK_STAGES = HERE / "kwok-stages.yaml"
 BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 SERVICE_CIDR = "10.96.0.0/16"
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
@@ -250,6 +251,7 @@ class ControlPlane:
             f"--kubeconfig={self.kubeconfig_path}",
             "--manage-all-nodes=false",
             f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
+            f"--config={KWOK_STAGES}", "--node-lease-duration-seconds=40",
             "--cidr=10.244.0.1/16", "--node-ip=10.0.0.1",
             f"--server-address=127.0.0.1:{free_port()}",
             "--v=1",
@@ -366,6 +368,42 @@ class ControlPlane:
                 kube.wait_for(lambda n=name: node_ready(kube.get(f"/api/v1/nodes/{n}")),
                               f"node {name} Ready (kwok)", timeout=60)
         return names
+
+    def ensure_volumes(self, available: int = 10) -> None:
+        """A default StorageClass and at least `available` unbound PersistentVolumes.
+
+        There is no volume provisioner, so PersistentVolumeClaims (a StatefulSet's
+        volumeClaimTemplates) bind to pre-made volumes; released ones are not reused.
+        """
+        with self.client() as kube:
+            kube.apply({
+                "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+                "metadata": {"name": "standard", "annotations": {
+                    "storageclass.kubernetes.io/is-default-class": "true"}},
+                "provisioner": "kubernetes.io/no-provisioner",
+                "volumeBindingMode": "Immediate", "reclaimPolicy": "Retain",
+            })
+            pvs = kube.list("v1", "PersistentVolume")
+            free = sum(1 for pv in pvs if pv.get("status", {}).get("phase") in (None, "Pending", "Available")
+                       and not pv["spec"].get("claimRef"))
+            for i in range(len(pvs), len(pvs) + max(0, available - free)):
+                kube.create(fake_volume(f"kwok-pv-{i}"))
+
+
+def fake_volume(name: str, size: str = "1Ti") -> dict:
+    """A PersistentVolume nothing backs (kwok's pods never mount it)."""
+    return {
+        "apiVersion": "v1", "kind": "PersistentVolume",
+        "metadata": {"name": name, "labels": {"type": "kwok"}},
+        "spec": {
+            "capacity": {"storage": size},
+            "accessModes": ["ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany"],
+            "persistentVolumeReclaimPolicy": "Retain",
+            "storageClassName": "standard",
+            # Never touched: no kubelet mounts it, and Retain means nothing deletes it.
+            "hostPath": {"path": f"/nonexistent/kubellama-kwok/{name}"},
+        },
+    }
 
 
 def fake_node(name: str, cpu: str = "16", memory: str = "64Gi", pods: str = "110",
@@ -511,6 +549,24 @@ class Kube:
                **params: Any) -> dict | None:
         return self.delete(self.path(api_version, kind, namespace, name), **params)
 
+    def apply_crd(self, crd: dict, timeout: float = 60.0) -> dict:
+        """Apply a CustomResourceDefinition and wait until its kinds are served."""
+        applied = self.apply(crd)
+        name = crd["metadata"]["name"]
+
+        def established() -> bool:
+            got = self.read("apiextensions.k8s.io/v1", "CustomResourceDefinition", name) or {}
+            return any(c["type"] == "Established" and c["status"] == "True"
+                       for c in (got.get("status") or {}).get("conditions") or [])
+
+        self.wait_for(established, f"CRD {name} Established", timeout)
+        group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
+        for version in crd["spec"]["versions"]:
+            if version.get("served", True):
+                self.wait_for(lambda v=version["name"]: self.resource(f"{group}/{v}", kind),
+                              f"{kind} {group}/{version['name']} served", timeout)
+        return applied
+
     def wait_for(self, probe: Callable[[], Any], what: str, timeout: float = 60.0,
                  interval: float = 0.25) -> Any:
         """Poll until `probe()` is truthy; fail naming `what` and the last value seen."""
@@ -521,7 +577,7 @@ class Kube:
                 last = probe()
                 if last:
                     return last
-            except ApiError as exc:
+            except (ApiError, KeyError) as exc:  # KeyError: a kind not served yet
                 last = exc
             if time.monotonic() >= deadline:
                 raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
