@@ -90,8 +90,7 @@ FLAGS: list[Flag] = [
 
 # Flags accepted now but not implemented yet: a start-up warning names them when used.
 NOT_IMPLEMENTED: dict[str, str] = {
-    "lora": "LoRA adapters",
-    "lora_base": "LoRA adapters",
+    "lora_base": "--lora-base (llama.cpp applies adapters to the loaded model; no base file is needed)",
     "mmproj": "multimodal projectors",
     "grp_attn_n": "self-extend (group attention)",
     "grp_attn_w": "self-extend (group attention)",
@@ -100,10 +99,6 @@ NOT_IMPLEMENTED: dict[str, str] = {
     "api_key_file": "API keys",
     "system_prompt_file": "system prompts",
     "chat_template": "chat templates",
-    "slots_endpoint_disable": "the /slots endpoint",
-    "metrics": "the /metrics endpoint",
-    "slot_save_path": "slot save/restore",
-    "slot_persist": "warm restarts",
 }
 
 

@@ -49,6 +49,7 @@ class Engine:
         self.t_loaded = 0.0
         self.resolve_model: Callable[[ServerSettings], str] | None = None  # e.g. a downloader
         self.on_ready: list[Callable[["Engine"], None]] = []
+        self.on_shutdown: list[Callable[["Engine"], None]] = []  # before the scheduler stops (warm restarts)
 
     # -- lifecycle ----------------------------------------------------------
     def start_loading(self) -> threading.Thread:
@@ -97,6 +98,7 @@ class Engine:
             ),
         )
         self.ctx.embeddings = s.embedding  # embedding batches switch llama_set_embeddings on
+        self.ctx.apply_loras(s.lora)
         self.scheduler = Scheduler(
             self.model,
             self.ctx,
@@ -117,6 +119,11 @@ class Engine:
         )
 
     def close(self) -> None:
+        for hook in self.on_shutdown:
+            try:
+                hook(self)
+            except Exception:  # never block the shutdown
+                log.exception("shutdown hook failed")
         if self.scheduler is not None:
             self.scheduler.stop()
         if self.ctx is not None:

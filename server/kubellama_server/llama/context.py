@@ -117,6 +117,22 @@ class LlamaContext:
     def set_embeddings(self, on: bool) -> None:
         lc.llama_set_embeddings(self.ptr, on)
 
+    def apply_loras(self, paths: list[str], scale: float = 1.0) -> None:
+        """Load LoRA adapters (GGUF) and apply them to this context."""
+        adapters = []
+        for path in paths:
+            adapter = lc.llama_adapter_lora_init(self.model.ptr, path.encode())
+            if not adapter:
+                raise ContextError(f"failed to load LoRA adapter {path}: not a LoRA GGUF for this model")
+            adapters.append(adapter)
+        if not adapters:
+            return
+        arr = (lc.llama_adapter_lora_p_ctypes * len(adapters))(*adapters)
+        scales = (ctypes.c_float * len(adapters))(*([scale] * len(adapters)))
+        if lc.llama_set_adapters_lora(self.ptr, arr, len(adapters), scales) != 0:
+            raise ContextError("failed to apply the LoRA adapters")
+        self._loras = adapters  # owned by the model; freed with it
+
     # -- memory (KV cache) ----------------------------------------------
     def seq_rm(self, seq: int, p0: int, p1: int = -1) -> bool:
         return bool(lc.llama_memory_seq_rm(self.mem, seq, p0, p1))

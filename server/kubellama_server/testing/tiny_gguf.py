@@ -138,6 +138,34 @@ def build_tiny_gguf(
     return path
 
 
+def build_tiny_lora(path: str | os.PathLike, *, rank: int = 4, seed: int = 99, **model_kw) -> Path:
+    """A LoRA adapter for `build_tiny_gguf` (same shapes) on every attention/FFN projection."""
+    import gguf
+
+    path = Path(path)
+    n_embd = model_kw.get("n_embd", 64)
+    n_head = model_kw.get("n_head", 4)
+    n_head_kv = model_kw.get("n_head_kv", 2)
+    n_ff = model_kw.get("n_ff", 128)
+    n_layer = model_kw.get("n_layer", 2)
+    kv = n_head_kv * (n_embd // n_head)
+    rng = np.random.default_rng(seed)
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_string("general.type", "adapter")
+    writer.add_string("adapter.type", "lora")
+    writer.add_float32("adapter.lora.alpha", float(rank))
+    shapes = {"attn_q": (n_embd, n_embd), "attn_v": (kv, n_embd), "ffn_up": (n_ff, n_embd)}
+    for i in range(n_layer):
+        for name, (n_out, n_in) in shapes.items():
+            writer.add_tensor(f"blk.{i}.{name}.weight.lora_a", (rng.standard_normal((rank, n_in)) * 0.5).astype(np.float32))
+            writer.add_tensor(f"blk.{i}.{name}.weight.lora_b", (rng.standard_normal((n_out, rank)) * 0.5).astype(np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:

@@ -1,0 +1,75 @@
+"""Server-wide options: LoRA adapters, TLS, environment-only configuration (subprocess)."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import httpx
+import pytest
+
+from kubellama_server.testing.live import ServerProcess
+from kubellama_server.testing.tiny_gguf import build_tiny_lora
+
+
+def _greedy(srv, verify=True):
+    r = httpx.post(srv.url + "/completion", json={"prompt": "hello world", "n_predict": 16, "temperature": 0}, timeout=60, verify=verify)
+    assert r.status_code == 200, r.text
+    return r.json()["tokens"]
+
+
+def test_lora_adapter_changes_the_model(live_server, tmp_path):
+    lora = build_tiny_lora(tmp_path / "lora.gguf")
+    plain = _greedy(live_server())
+    adapted = _greedy(live_server("--lora", str(lora)))
+    assert adapted != plain
+
+
+def test_bad_lora_fails_the_load_with_a_message(tmp_path, tiny_model):
+    bogus = tmp_path / "not-a-lora.gguf"
+    bogus.write_bytes(b"nope")
+    srv = ServerProcess(["-m", str(tiny_model), "--lora", str(bogus)])
+    srv.start(wait=False)
+    try:
+        deadline_ok = False
+        for _ in range(200):
+            try:
+                r = httpx.get(srv.url + "/health", timeout=1)
+            except httpx.TransportError:
+                time.sleep(0.05)
+                continue
+            if r.status_code == 500:
+                assert "LoRA" in r.json()["error"]
+                deadline_ok = True
+                break
+        assert deadline_ok
+    finally:
+        srv.stop()
+
+
+def test_tls_and_environment_configuration(tmp_path, tiny_model):
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+         "-days", "1", "-subj", "/CN=127.0.0.1"],
+        check=True, capture_output=True,
+    )
+    env = {"LLAMA_ARG_MODEL": str(tiny_model), "LLAMA_ARG_N_PARALLEL": "2", "LLAMA_ARG_CTX_SIZE": "1024",
+           "LLAMA_ARG_SSL_KEY_FILE": str(key), "LLAMA_ARG_SSL_CERT_FILE": str(cert), "LLAMA_ARG_THREADS": "1"}
+    srv = ServerProcess([], env=env)
+    srv.url = srv.url.replace("http://", "https://")
+    srv.start(wait=False)
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(srv.url + "/health", verify=False, timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.05)
+        props = httpx.get(srv.url + "/props", verify=False).json()
+        assert props["total_slots"] == 2 and props["default_generation_settings"]["n_ctx"] == 512
+        assert len(_greedy(srv, verify=False)) == 16
+        with pytest.raises(httpx.TransportError):
+            httpx.get(srv.url.replace("https://", "http://") + "/health", timeout=2)
+    finally:
+        srv.stop()
