@@ -52,7 +52,7 @@ class Operator:
         self._queued: dict[tuple[str, str], int] = defaultdict(int)
         self.started = asyncio.Event()
 
-    async def run(self, body: dict[str, Any], trigger: str, *, apply: bool = True) -> Outcome:
+    async def run(self, body: dict[str, Any], trigger: str, *, apply: bool = True) -> Outcome | None:
         key = (body["metadata"]["namespace"], body["metadata"]["name"])
         async with self._locks[key]:
             return await self._pass(body, trigger, apply)
@@ -69,13 +69,17 @@ class Operator:
         finally:
             self._queued[key] -= 1
         try:
-            body = await self.client.get(f"{GROUP}/{VERSION}", "LlamaServer", namespace, name)
-            if body is not None and not body["metadata"].get("deletionTimestamp"):
-                await self._pass(body, trigger, apply)
+            await self._pass({"metadata": {"namespace": namespace, "name": name}}, trigger, apply)
         finally:
             lock.release()
 
-    async def _pass(self, body: dict[str, Any], trigger: str, apply: bool) -> Outcome:
+    async def _pass(self, body: dict[str, Any], trigger: str, apply: bool) -> Outcome | None:
+        # kopf's body may predate our last status write: work from the stored object.
+        meta = body["metadata"]
+        fresh = await self.client.get(f"{GROUP}/{VERSION}", "LlamaServer", meta["namespace"], meta["name"])
+        if fresh is None or fresh["metadata"].get("deletionTimestamp"):
+            return None
+        body = fresh
         started = time.monotonic()
         try:
             outcome = await reconcile(self.client, body, self.config, apply=apply)
@@ -92,15 +96,19 @@ class Operator:
     @staticmethod
     def announce(body: dict[str, Any], trigger: str, outcome: Outcome) -> None:
         """Kubernetes Events for what changed (no repeats for an unchanged state)."""
-        restored = trigger in ("child", "timer") and outcome.previous.get("phase") is not None
+        spec_change = trigger == "update"
+        # Children missing or different although the spec did not change: someone deleted or edited them.
+        drift = not spec_change and outcome.previous.get("phase") is not None
         for ref in outcome.created:
-            if restored:
+            if drift:
                 kopf.warn(body, reason="Restored", message=f"re-created {ref}, which was missing")
             else:
                 kopf.event(body, type="Normal", reason="Created", message=f"created {ref}")
         for ref in outcome.updated:
-            kopf.event(body, type="Normal", reason="Updated" if not restored else "Reverted",
-                       message=f"applied the desired {ref}")
+            if drift and trigger in ("child", "timer"):
+                kopf.warn(body, reason="Reverted", message=f"reverted a change to {ref} made outside the spec")
+            else:
+                kopf.event(body, type="Normal", reason="Updated", message=f"applied the new spec to {ref}")
         for ref in outcome.deleted:
             kopf.event(body, type="Normal", reason="Deleted", message=f"deleted {ref} (no longer wanted)")
         status = outcome.status
@@ -142,7 +150,7 @@ def register(config: OperatorConfig, registry: kopf.OperatorRegistry | None = No
 
     async def on_spec(body: kopf.Body, retry: int, reason: str, **_: Any) -> None:
         outcome = await op.run(dict(body), str(reason))
-        if outcome.problems:
+        if outcome is not None and outcome.problems:
             raise kopf.TemporaryError(outcome.status.get("message", "invalid spec"), delay=backoff(retry))
 
     for decorator in (kopf.on.create, kopf.on.update, kopf.on.resume):

@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 import pytest_asyncio
+import kmock
 import yaml
 from kmock._internal import parsing
 
@@ -33,6 +34,20 @@ def _parse_path(path: str) -> parsing.ParsedPath:
 
 
 parsing.parse_path = _parse_path
+
+_orig_handle = kmock.KubernetesEmulator._handle
+
+
+async def _handle(self: Any, request: Any) -> Any:
+    # kmock 0.8 ignores metadata.generateName (every kopf Event would collide): name it like an API server.
+    if request.action == kmock.action.CREATE and isinstance(request.data, dict):
+        meta = request.data.setdefault("metadata", {})
+        if not meta.get("name") and meta.get("generateName"):
+            meta["name"] = meta["generateName"] + uuid.uuid4().hex[:6]
+    return await _orig_handle(self, request)
+
+
+kmock.KubernetesEmulator._handle = _handle
 
 NAMESPACE = "ml"
 

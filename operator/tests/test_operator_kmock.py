@@ -1,26 +1,286 @@
-"""The real operator (kopf) against kmock's stateful Kubernetes emulator."""
+"""The real operator (kopf, our handlers, our API client) against kmock's stateful Kubernetes emulator.
+
+The emulator stores objects and streams watch events, but runs no controllers: tests play the
+StatefulSet controller and the kubelet by writing pods and statuses themselves, and the
+emulator merges patches instead of doing real server-side apply.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import copy
+from typing import Any
+from urllib.parse import parse_qs
+
 import pytest
 
-from conftest import NAMESPACE, eventually
+from conftest import NAMESPACE, Running, TEST_CONFIG, eventually
+from kubellama_operator import rbac
+from kubellama_operator.builders.meta import labels
 
 pytestmark = pytest.mark.asyncio
 
 LS = "kubellama.dev/v1alpha1"
-CPU_SERVER = {
-    "apiVersion": LS, "kind": "LlamaServer",
-    "metadata": {"name": "gemma", "namespace": NAMESPACE},
-    "spec": {"model": {"url": "https://models.test/gemma-3-270m-q4_k_m.gguf"}},
-}
+URL = "https://models.test/gemma-3-270m-q4_k_m.gguf"
 
 
-async def test_create_makes_children(api, operator):
-    await api.create(LS, "llamaservers", CPU_SERVER)
+def llama(name: str = "gemma", **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": LS, "kind": "LlamaServer", "metadata": {"name": name, "namespace": NAMESPACE},
+            "spec": {"model": {"url": URL}, **spec}}
+
+
+def status_of(api, name: str = "gemma") -> dict[str, Any]:
+    return api.objects(f"{LS}/llamaservers").get(name, {}).get("status") or {}
+
+
+def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next(c for c in status.get("conditions", []) if c["type"] == type_)
+
+
+async def phase_is(api, phase: str, name: str = "gemma", timeout: float = 15) -> dict[str, Any]:
+    return await eventually(lambda: status_of(api, name) if status_of(api, name).get("phase") == phase else None,
+                            timeout=timeout)
+
+
+def pod(name: str, owner: str = "gemma", *, init: dict | None = None, server: dict | None = None,
+        ready: bool = False) -> dict[str, Any]:
+    """A pod as the StatefulSet controller and kubelet would report it."""
+    status: dict[str, Any] = {"phase": "Pending" if server is None else "Running"}
+    if init is not None:
+        status["initContainerStatuses"] = [{"name": "fetch-model", "ready": False, "restartCount": 0, **init}]
+    if server is not None:
+        status["containerStatuses"] = [{"name": "server", "ready": ready, "restartCount": 0, **server}]
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": NAMESPACE, "labels": labels(owner)},
+            "spec": {"containers": [{"name": "server", "image": "x"}]}, "status": status}
+
+
+RUNNING = {"state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}}
+
+
+def exited(code: int, message: str = "") -> dict[str, Any]:
+    return {"state": {"terminated": {"exitCode": code, "reason": "Error" if code else "Completed",
+                                     "message": message}}}
+
+
+def events(api, reason: str | None = None, type_: str | None = None) -> list[dict[str, Any]]:
+    return [e for e in api.events() if (reason is None or e["reason"] == reason)
+            and (type_ is None or e["type"] == type_)]
+
+
+def rbac_needs(api) -> set[tuple[str, str, str]]:
+    """(group, resource, verb) of every resource request the emulator received from the operator."""
+    needs = set()
+    for req in list(api.kmock):
+        if "kubellama-operator" not in req.headers.get("User-Agent", "") and \
+                "kopf" not in req.headers.get("User-Agent", ""):
+            continue  # the test's own requests
+        parts = req.url.path.strip("/").split("/")
+        if parts[0] == "api" and len(parts) >= 3:
+            group, rest = "", parts[2:]
+        elif parts[0] == "apis" and len(parts) >= 4:
+            group, rest = parts[1], parts[3:]
+        else:
+            continue  # discovery: allowed to every authenticated user
+        if rest[0] == "namespaces" and len(rest) >= 3:
+            rest = rest[2:]
+        resource = rest[0] + (f"/{rest[2]}" if len(rest) > 2 else "")
+        named = len(rest) > 1
+        verb = {"POST": "create", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}.get(req.method)
+        if verb is None:
+            verb = "watch" if parse_qs(req.url.query_string).get("watch") == ["true"] else ("get" if named else "list")
+        needs.add((group, resource, verb))
+    return needs
+
+
+def assert_rbac_covers(api) -> None:
+    missing = sorted(n for n in rbac_needs(api) if not rbac.allows(*n))
+    assert not missing, f"API calls not granted by rbac.RULES: {missing}"
+
+
+async def test_create_makes_children_and_status(api, operator):
+    await api.create(LS, "llamaservers", llama())
     sts = await eventually(lambda: api.objects("apps/v1/statefulsets").get("gemma"))
+    uid = api.objects(f"{LS}/llamaservers")["gemma"]["metadata"]["uid"]
     assert sts["spec"]["replicas"] == 1
-    svc = api.objects("v1/services")
-    assert set(svc) == {"gemma", "gemma-headless"}
-    status = await eventually(lambda: (api.objects(f"{LS}/llamaservers")["gemma"].get("status") or {}).get("phase"))
-    print(api.objects(f"{LS}/llamaservers")["gemma"]["status"])
+    assert sts["metadata"]["ownerReferences"][0]["uid"] == uid
+    assert sts["spec"]["template"]["spec"]["containers"][0]["image"] == TEST_CONFIG.cpu_image
+    services = api.objects("v1/services")
+    assert set(services) == {"gemma", "gemma-headless"}
+    assert services["gemma"]["spec"]["ports"][0]["name"] == "http"
+    assert "gemma" not in api.objects("policy/v1/poddisruptionbudgets")
+    status = await phase_is(api, "Pending")
+    assert status["endpoint"] == f"http://gemma.{NAMESPACE}.svc:8080/v1"
+    assert status["ready"] == "0/1" and status["readyReplicas"] == 0
+    assert status["selector"] == "app.kubernetes.io/name=kubellama-server,app.kubernetes.io/instance=gemma," \
+                                 "kubellama.dev/llamaserver=gemma"
+    assert status["model"] == {"name": "gemma-3-270m-q4_k_m.gguf", "file": "gemma-3-270m-q4_k_m.gguf",
+                               "path": "/models/gemma-3-270m-q4_k_m.gguf", "source": URL}
+    assert status["observedGeneration"] == 1
+    assert {c["type"] for c in status["conditions"]} == {"ModelReady", "Available", "Progressing"}
+    await eventually(lambda: {"created StatefulSet/gemma", "created Service/gemma", "created Service/gemma-headless"}
+                     <= {e["message"] for e in events(api, "Created")})
+    assert_rbac_covers(api)
+
+
+async def test_update_patches_children_and_scale(api, operator):
+    await api.create(LS, "llamaservers", llama())
+    await eventually(lambda: api.objects("apps/v1/statefulsets").get("gemma"))
+    await api.patch(LS, "llamaservers", "gemma", {"metadata": {"generation": 2},
+                                                   "spec": {"replicas": 3, "server": {"contextSize": 4096}}})
+    sts = await eventually(lambda: (s := api.objects("apps/v1/statefulsets")["gemma"])["spec"]["replicas"] == 3 and s)
+    args = sts["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("-c") + 1] == "4096"
+    await eventually(lambda: "gemma" in api.objects("policy/v1/poddisruptionbudgets"))
+    await eventually(lambda: status_of(api).get("observedGeneration") == 2)
+    await eventually(lambda: events(api, "Updated"))
+    # `kubectl scale llama gemma --replicas=1` goes through the scale subresource.
+    await api.patch(LS, "llamaservers", "gemma", {"spec": {"replicas": 1}}, sub="scale")
+    await eventually(lambda: api.objects("apps/v1/statefulsets")["gemma"]["spec"]["replicas"] == 1)
+    await eventually(lambda: "gemma" not in api.objects("policy/v1/poddisruptionbudgets"))
+    await eventually(lambda: any("PodDisruptionBudget/gemma" in e["message"] for e in events(api, "Deleted")))
+    assert_rbac_covers(api)
+
+
+async def test_deleted_or_edited_children_are_restored(api, operator):
+    await api.create(LS, "llamaservers", llama())
+    await eventually(lambda: len(api.objects("v1/services")) == 2 and api.objects("apps/v1/statefulsets"))
+    await api.delete("v1", "services", "gemma")
+    svc = await eventually(lambda: api.objects("v1/services").get("gemma"))
+    assert svc["spec"]["ports"][0]["targetPort"] == "http"
+    await api.delete("apps/v1", "statefulsets", "gemma")
+    await eventually(lambda: api.objects("apps/v1/statefulsets").get("gemma"))
+    # A hand edit of a field we own is reverted.
+    await api.patch("apps/v1", "statefulsets", "gemma", {"spec": {"replicas": 7}})
+    await eventually(lambda: api.objects("apps/v1/statefulsets")["gemma"]["spec"]["replicas"] == 1)
+    await eventually(lambda: {"re-created Service/gemma, which was missing",
+                              "re-created StatefulSet/gemma, which was missing"}
+                     <= {e["message"] for e in events(api, "Restored", "Warning")})
+    assert_rbac_covers(api)
+
+
+async def test_status_follows_pods(api, operator):
+    await api.create(LS, "llamaservers", llama(replicas=2))
+    await eventually(lambda: api.objects("apps/v1/statefulsets").get("gemma"))
+    await api.create("v1", "pods", pod("gemma-0", init=RUNNING))
+    status = await phase_is(api, "Downloading")
+    assert condition(status, "ModelReady")["reason"] == "Downloading"
+
+    # The fetcher fails: its termination message reaches the status, with a reason from its exit code.
+    msg = "404 Not Found: https://models.test/gemma-3-270m-q4_k_m.gguf; check spec.model.url"
+    await api.patch("v1", "pods", "gemma-0", {"status": {"initContainerStatuses": [
+        {"name": "fetch-model", "ready": False, "restartCount": 1, **exited(3, msg)}]}})
+    status = await phase_is(api, "Failed")
+    model_ready = condition(status, "ModelReady")
+    assert model_ready["status"] == "False" and model_ready["reason"] == "ModelNotFound"
+    assert msg in model_ready["message"] and msg in status["message"]
+    assert condition(status, "Progressing")["reason"] == "Failed"
+    await eventually(lambda: any(msg in e["message"] for e in events(api, "Failed", "Warning")))
+
+    # A retry succeeds; the server loads, then becomes ready.
+    await api.patch("v1", "pods", "gemma-0", {"status": {
+        "initContainerStatuses": [{"name": "fetch-model", "ready": False, "restartCount": 1,
+                                   **exited(0, '{"path": "/models/gemma-3-270m-q4_k_m.gguf", "size": 253000000}')}],
+        "containerStatuses": [{"name": "server", "ready": False, "restartCount": 0, **RUNNING}]}})
+    status = await phase_is(api, "Loading")
+    assert condition(status, "ModelReady")["status"] == "True"
+    assert status["model"]["sizeBytes"] == 253000000
+    await api.patch("v1", "pods", "gemma-0", {"status": {"containerStatuses": [
+        {"name": "server", "ready": True, "restartCount": 0, **RUNNING}]}})
+    # One of two ready, the other not even created yet.
+    status = await eventually(lambda: status_of(api).get("readyReplicas") == 1 and status_of(api))
+    assert status["ready"] == "1/2" and condition(status, "Available")["status"] == "True"
+
+    # The second replica's server crash-loops: Degraded, not Failed.
+    await api.create("v1", "pods", pod("gemma-1", init=exited(0), server={
+        "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off"}},
+        "lastState": {"terminated": {"exitCode": 1, "message": "out of memory loading the model"}}}))
+    status = await phase_is(api, "Degraded")
+    assert "out of memory" in status["message"]
+
+    await api.patch("v1", "pods", "gemma-1", {"status": {"containerStatuses": [
+        {"name": "server", "ready": True, "restartCount": 1, **RUNNING}]}})
+    await api.patch("apps/v1", "statefulsets", "gemma", {"status": {
+        "replicas": 2, "readyReplicas": 2, "updatedReplicas": 2, "observedGeneration": 1}})
+    status = await phase_is(api, "Ready")
+    assert status["ready"] == "2/2"
+    assert condition(status, "Progressing") | {"lastTransitionTime": None} == {
+        **condition(status, "Progressing"), "status": "False", "reason": "Complete", "lastTransitionTime": None}
+    await eventually(lambda: events(api, "Ready", "Normal"))
+    assert_rbac_covers(api)
+
+
+async def test_missing_secret_fails_with_a_fix_then_recovers(api, operator):
+    await api.create(LS, "llamaservers", llama(apiKeySecretRef={"name": "gemma-key"}))
+    status = await phase_is(api, "Failed")
+    assert "Secret 'gemma-key'" in status["message"] and "kubectl" in status["message"]
+    assert condition(status, "ModelReady")["reason"] == "InvalidSpec"
+    await eventually(lambda: events(api, "InvalidSpec", "Warning"))
+    assert "gemma" not in api.objects("apps/v1/statefulsets"), "nothing is started for a spec we cannot honour"
+    # Retries back off instead of hammering the API server.
+    writes_before = len(api.writes("llamaservers"))
+    await asyncio.sleep(3)
+    assert len(api.writes("llamaservers")) - writes_before <= 4
+    assert len(events(api, "InvalidSpec", "Warning")) <= 2, "the same problem is announced once"
+
+    await api.create("v1", "secrets", {"apiVersion": "v1", "kind": "Secret",
+                                       "metadata": {"name": "gemma-key"}, "data": {"api-key": "c2VjcmV0"}})
+    sts = await eventually(lambda: api.objects("apps/v1/statefulsets").get("gemma"), timeout=20)
+    assert "--api-key-file" in sts["spec"]["template"]["spec"]["containers"][0]["args"]
+    await phase_is(api, "Pending")
+    assert_rbac_covers(api)
+
+
+async def test_missing_claim_and_invalid_spec_do_not_crash(api, operator):
+    await api.create(LS, "llamaservers", llama("frompvc", model={"pvc": {"claimName": "models", "path": "m.gguf"}}))
+    await api.create(LS, "llamaservers", {**llama("bad"), "spec": {"model": {}, "replicas": 1}})
+    status = await phase_is(api, "Failed", "frompvc")
+    assert "PersistentVolumeClaim 'models'" in status["message"]
+    status = await phase_is(api, "Failed", "bad")
+    assert "exactly one source" in status["message"]
+    # The operator still serves other LlamaServers.
+    await api.create(LS, "llamaservers", llama("fine"))
+    await eventually(lambda: api.objects("apps/v1/statefulsets").get("fine"))
+
+
+async def test_restart_resumes_without_duplicates(api, operator):
+    await api.create(LS, "llamaservers", llama(replicas=2))
+    await eventually(lambda: len(api.objects("v1/services")) == 2 and api.objects("policy/v1/poddisruptionbudgets"))
+    await phase_is(api, "Pending")
+    await operator.stop()
+    seen = len(list(api.kmock))
+    before = {r: copy.deepcopy(api.objects(r)) for r in ("apps/v1/statefulsets", "v1/services",
+                                                           "policy/v1/poddisruptionbudgets")}
+    restarted = Running(TEST_CONFIG)
+    await restarted.start()
+    try:
+        # Let it resume and run a couple of resync passes.
+        await asyncio.sleep(2 * TEST_CONFIG.resync_seconds + 1)
+        after_requests = list(api.kmock)[seen:]
+        writes = [(r.method, r.url.path) for r in after_requests
+                  if r.method in ("POST", "PUT", "DELETE", "PATCH") and "/events" not in r.url.path
+                  and "/llamaservers" not in r.url.path]
+        assert writes == [], f"a restart must not rewrite unchanged children: {writes}"
+        for res, objs in before.items():
+            assert api.objects(res) == objs
+    finally:
+        await restarted.stop()
+
+
+@pytest.fixture
+def servicemonitor_crd(request):
+    return getattr(request, "param", True)
+
+
+@pytest.mark.parametrize("servicemonitor_crd", [True, False], indirect=True, ids=["with-crd", "without-crd"])
+async def test_servicemonitor_when_crd_installed(api, operator, servicemonitor_crd):
+    await api.create(LS, "llamaservers", llama(monitoring={"serviceMonitor": True}))
+    sts = await eventually(lambda: api.objects("apps/v1/statefulsets").get("gemma"))
+    annotations = sts["spec"]["template"]["metadata"].get("annotations", {})
+    if servicemonitor_crd:
+        sm = await eventually(lambda: api.objects("monitoring.coreos.com/v1/servicemonitors").get("gemma"))
+        assert sm["spec"]["endpoints"][0]["port"] == "http"
+        assert "prometheus.io/scrape" not in annotations
+    else:
+        assert annotations["prometheus.io/scrape"] == "true"
+    assert_rbac_covers(api)

@@ -1,0 +1,292 @@
+"""Pure manifest builders: content for each spec shape, and every object valid Kubernetes."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+
+import kubernetes_validate
+import pytest
+
+from kubellama_operator.builders import desired_children
+from kubellama_operator.builders.meta import labels, selector_labels
+from kubellama_operator.config import OperatorConfig
+from kubellama_operator.spec import normalize, resolve_model
+
+K8S_VERSIONS = ["1.29.0", "1.33.0"]
+CONFIG = OperatorConfig(cpu_image="reg.test/kubellama-server:1", cuda_image="reg.test/kubellama-server-cuda:1")
+URL = "https://models.test/path/gemma-3-270m-q4_k_m.gguf?download=1"
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def owner(name="gemma", namespace="ml"):
+    return {"apiVersion": "kubellama.dev/v1alpha1", "kind": "LlamaServer",
+            "metadata": {"name": name, "namespace": namespace, "uid": "6f1c3d0e-0000-4000-8000-000000000001"}}
+
+
+def build(spec, *, sm_crd=False, name="gemma"):
+    s = normalize(spec)
+    want, drop = desired_children(owner(name), s, resolve_model(s), CONFIG, servicemonitor_crd=sm_crd)
+    return {(o["kind"], o["metadata"]["name"]): o for o in want}, drop
+
+
+def sts_of(objs, name="gemma"):
+    return objs[("StatefulSet", name)]
+
+
+def pod_of(objs):
+    return sts_of(objs)["spec"]["template"]["spec"]
+
+
+def server_container(objs):
+    return next(c for c in pod_of(objs)["containers"] if c["name"] == "server")
+
+
+def args_of(objs):
+    return server_container(objs)["args"]
+
+
+def flag(args, name):
+    return args[args.index(name) + 1] if name in args else None
+
+
+CPU = {"model": {"url": URL}}
+GPU = {"model": {"huggingFace": {"repo": "Qwen/Qwen3-8B-GGUF", "file": "q4/Qwen3-8B-Q4_K_M.gguf", "revision": "abc"},
+                 "tokenSecretRef": {"name": "hf"}, "sha256": "A" * 64},
+       "replicas": 2, "gpu": {"count": 2, "product": "NVIDIA-L4", "tensorSplit": [3, 1.5], "mainGpu": 1},
+       "storage": {"slots": {"enabled": True, "restoreOnStart": True, "size": "8Gi", "storageClassName": "fast"}},
+       "apiKeySecretRef": {"name": "keys", "key": "primary"}, "monitoring": {"serviceMonitor": True},
+       "server": {"systemPrompt": "You are terse.", "contextSize": 8192, "parallel": 4, "extraArgs": ["--flash-attn"]},
+       "resources": {"limits": {"memory": "24Gi"}, "requests": {"cpu": "4"}},
+       "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "llm", "effect": "NoSchedule"}],
+       "nodeSelector": {"pool": "gpu"}, "runtimeClassName": "nvidia", "priorityClassName": "high",
+       "podLabels": {"team": "a", "app.kubernetes.io/instance": "hijack"}, "podAnnotations": {"x": "y"},
+       "imagePullSecrets": [{"name": "pull"}], "serviceAccountName": "llm"}
+PVC = {"model": {"pvc": {"claimName": "models", "path": "/llama/m.gguf"}}}
+SHARED = {"model": {"url": URL}, "replicas": 3,
+          "storage": {"model": {"claimName": "rwx-models"}, "retention": {"whenDeleted": "Delete"}}}
+SPECS = {"cpu": CPU, "gpu": GPU, "pvc": PVC, "shared": SHARED}
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+@pytest.mark.parametrize("shape", sorted(SPECS))
+def test_every_object_is_valid_kubernetes(shape, version):
+    objs, _ = build(SPECS[shape], sm_crd=True)
+    for obj in objs.values():
+        if obj["apiVersion"].startswith("monitoring.coreos.com"):
+            continue  # not a built-in kind: see test_servicemonitor_matches_prometheus_operator_schema
+        kubernetes_validate.validate(obj, version, strict=True)
+
+
+def test_servicemonitor_matches_prometheus_operator_schema():
+    validators = pathlib.Path(os.environ.get("KUBELLAMA_MONITORING_VALIDATORS", ROOT / ".tools" / "monitoring-schemas"))
+    pkg = validators / "node_modules" / "@kubernetes-models" / "prometheus-operator"
+    if shutil.which("node") is None or not pkg.is_dir():
+        pytest.skip("Prometheus Operator schema validators not installed (make monitoring-schemas)")
+    sm = build(GPU, sm_crd=True)[0][("ServiceMonitor", "gemma")]
+    script = ("const m = await import(process.argv[1]); const o = JSON.parse(require_stdin());"
+              .replace("require_stdin()", "(await import('node:fs')).readFileSync(0, 'utf8')")
+              + "new m.ServiceMonitor(o).validate(); console.log('ok');")
+    proc = subprocess.run(["node", "--input-type=module", "-e", script,
+                           (pkg / "monitoring.coreos.com" / "v1" / "ServiceMonitor.js").as_uri()],
+                          input=json.dumps(sm), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr
+
+
+def test_children_carry_owner_reference_and_labels():
+    objs, _ = build(GPU, sm_crd=True)
+    assert set(objs) == {("ConfigMap", "gemma-config"), ("Service", "gemma-headless"), ("Service", "gemma"),
+                         ("StatefulSet", "gemma"), ("PodDisruptionBudget", "gemma"), ("ServiceMonitor", "gemma")}
+    for obj in objs.values():
+        meta = obj["metadata"]
+        assert meta["namespace"] == "ml"
+        assert meta["ownerReferences"] == [{"apiVersion": "kubellama.dev/v1alpha1", "kind": "LlamaServer",
+                                            "name": "gemma", "uid": owner()["metadata"]["uid"],
+                                            "controller": True, "blockOwnerDeletion": True}]
+        assert labels("gemma").items() <= meta["labels"].items()
+    assert labels("gemma") == {"app.kubernetes.io/name": "kubellama-server", "app.kubernetes.io/instance": "gemma",
+                               "app.kubernetes.io/managed-by": "kubellama-operator",
+                               "app.kubernetes.io/component": "server", "kubellama.dev/llamaserver": "gemma"}
+
+
+def test_cpu_server():
+    objs, drop = build(CPU)
+    pod = pod_of(objs)
+    server = server_container(objs)
+    assert server["image"] == CONFIG.cpu_image
+    assert "resources" not in server or "nvidia.com/gpu" not in server["resources"].get("limits", {})
+    assert "tolerations" not in pod and "nodeSelector" not in pod
+    args = server["args"]
+    assert server["command"] == ["kubellama-server"]
+    assert flag(args, "-m") == "/models/gemma-3-270m-q4_k_m.gguf"
+    assert flag(args, "--host") == "0.0.0.0" and flag(args, "--port") == "8080"
+    assert "--metrics" in args and "-ngl" not in args and "--slot-save-path" not in args
+    assert server["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    (init,) = pod["initContainers"]
+    assert init["command"] == ["kubellama-fetch"]
+    assert init["args"] == ["--url", URL, "--dest", "/models"]
+    assert init["image"] == CONFIG.cpu_image
+    claims = sts_of(objs)["spec"]["volumeClaimTemplates"]
+    assert [c["metadata"]["name"] for c in claims] == ["model"]
+    assert claims[0]["spec"]["resources"]["requests"]["storage"] == "20Gi"
+    # One replica: no PDB; no ServiceMonitor CRD: scrape annotations on the pods instead.
+    assert ("PodDisruptionBudget", "gemma") not in objs
+    assert sts_of(objs)["spec"]["template"]["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+    assert any(d.kind == "PodDisruptionBudget" for d in drop)
+    assert pod["automountServiceAccountToken"] is False and pod["enableServiceLinks"] is False
+
+
+def test_pods_are_locked_down():
+    objs, _ = build(GPU)
+    pod = pod_of(objs)
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    for c in pod["containers"] + pod["initContainers"]:
+        sc = c["securityContext"]
+        assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+        assert sc["capabilities"] == {"drop": ["ALL"]} and sc["runAsNonRoot"] is True
+        assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]
+
+
+def test_probes_and_graceful_shutdown():
+    objs, _ = build({**CPU, "server": {"startupTimeoutSeconds": 3600, "shutdownTimeoutSeconds": 90}})
+    server = server_container(objs)
+    startup = server["startupProbe"]
+    assert startup["httpGet"] == {"path": "/health", "port": "http"}
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 3600
+    assert server["readinessProbe"]["httpGet"]["path"] == "/health"
+    assert "tcpSocket" in server["livenessProbe"], "liveness must not depend on a busy server's HTTP loop"
+    assert server["lifecycle"]["preStop"]["exec"]["command"][0] == "sleep"
+    assert flag(server["args"], "--shutdown-timeout") == "90"
+    assert pod_of(objs)["terminationGracePeriodSeconds"] > 90
+
+
+def test_gpu_server():
+    objs, _ = build(GPU, sm_crd=True)
+    pod = pod_of(objs)
+    server = server_container(objs)
+    assert server["image"] == CONFIG.cuda_image and pod["initContainers"][0]["image"] == CONFIG.cuda_image
+    assert server["resources"]["limits"] == {"memory": "24Gi", "nvidia.com/gpu": 2}
+    assert server["resources"]["requests"] == {"cpu": "4"}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    assert {"key": "dedicated", "operator": "Equal", "value": "llm", "effect": "NoSchedule"} in pod["tolerations"]
+    assert pod["nodeSelector"] == {"pool": "gpu", "nvidia.com/gpu.product": "NVIDIA-L4"}
+    assert pod["runtimeClassName"] == "nvidia" and pod["priorityClassName"] == "high"
+    assert pod["imagePullSecrets"] == [{"name": "pull"}] and pod["serviceAccountName"] == "llm"
+    args = server["args"]
+    assert flag(args, "-ngl") == "999" and flag(args, "-mg") == "1" and flag(args, "-ts") == "3,1.5"
+    assert flag(args, "-c") == "8192" and flag(args, "-np") == "4"
+    assert args[-1] == "--flash-attn"
+
+
+def test_gpu_layers_setting_wins():
+    objs, _ = build({**CPU, "gpu": {"count": 1}, "server": {"gpuLayers": 20}})
+    assert flag(args_of(objs), "-ngl") == "20"
+
+
+def test_huggingface_fetch_with_token_and_checksum():
+    objs, _ = build(GPU)
+    init = pod_of(objs)["initContainers"][0]
+    assert init["args"] == ["--hf-repo", "Qwen/Qwen3-8B-GGUF", "--hf-file", "q4/Qwen3-8B-Q4_K_M.gguf",
+                            "--hf-revision", "abc", "--sha256", "a" * 64, "--dest", "/models"]
+    token = next(e for e in init["env"] if e["name"] == "HF_TOKEN")
+    assert token["valueFrom"]["secretKeyRef"] == {"name": "hf", "key": "token"}
+    assert flag(args_of(objs), "-m") == "/models/Qwen3-8B-Q4_K_M.gguf"
+
+
+def test_slots_api_key_and_system_prompt():
+    objs, _ = build(GPU, sm_crd=True)
+    args = args_of(objs)
+    assert flag(args, "--slot-save-path") == "/slots" and "--slot-persist" in args
+    assert flag(args, "--api-key-file") == "/var/run/secrets/kubellama/api-key/api-key"
+    assert flag(args, "-spf") == "/etc/kubellama/system-prompt.txt"
+    assert objs[("ConfigMap", "gemma-config")]["data"] == {"system-prompt.txt": "You are terse."}
+    vols = {v["name"]: v for v in pod_of(objs)["volumes"]}
+    assert vols["api-key"]["secret"]["secretName"] == "keys"
+    assert vols["api-key"]["secret"]["items"] == [{"key": "primary", "path": "api-key"}]
+    mounts = {m["name"]: m for m in server_container(objs)["volumeMounts"]}
+    assert mounts["slots"]["mountPath"] == "/slots" and mounts["api-key"]["readOnly"] is True
+    claims = {c["metadata"]["name"]: c["spec"] for c in sts_of(objs)["spec"]["volumeClaimTemplates"]}
+    assert claims["slots"] == {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "8Gi"}},
+                               "storageClassName": "fast"}
+    # Slot persistence needs time to save on shutdown.
+    assert pod_of(objs)["terminationGracePeriodSeconds"] >= 30 + 30
+
+
+def test_slots_without_restore():
+    objs, _ = build({**CPU, "storage": {"slots": {"enabled": True}}})
+    args = args_of(objs)
+    assert "--slot-save-path" in args and "--slot-persist" not in args
+
+
+def test_pvc_source_needs_no_download():
+    objs, _ = build(PVC)
+    pod = pod_of(objs)
+    assert "initContainers" not in pod
+    assert {"name": "model", "persistentVolumeClaim": {"claimName": "models", "readOnly": True}} in pod["volumes"]
+    assert "volumeClaimTemplates" not in sts_of(objs)["spec"]
+    assert flag(args_of(objs), "-m") == "/models/llama/m.gguf"
+
+
+def test_shared_model_claim_and_retention():
+    objs, _ = build(SHARED)
+    spec = sts_of(objs)["spec"]
+    assert {"name": "model", "persistentVolumeClaim": {"claimName": "rwx-models", "readOnly": False}} in \
+        spec["template"]["spec"]["volumes"]
+    assert "volumeClaimTemplates" not in spec
+    assert spec["persistentVolumeClaimRetentionPolicy"] == {"whenDeleted": "Delete", "whenScaled": "Retain"}
+    assert objs[("PodDisruptionBudget", "gemma")]["spec"]["maxUnavailable"] == 1
+
+
+def test_statefulset_shape():
+    objs, _ = build(GPU)
+    spec = sts_of(objs)["spec"]
+    assert spec["replicas"] == 2
+    assert spec["serviceName"] == "gemma-headless"
+    assert spec["selector"]["matchLabels"] == selector_labels("gemma")
+    tmpl_labels = spec["template"]["metadata"]["labels"]
+    assert tmpl_labels["app.kubernetes.io/instance"] == "gemma", "podLabels cannot break the selector"
+    assert tmpl_labels["team"] == "a"
+    assert spec["template"]["metadata"]["annotations"]["x"] == "y"
+
+
+def test_services():
+    objs, _ = build({**CPU, "service": {"type": "LoadBalancer", "port": 80, "annotations": {"lb": "internal"}}})
+    svc = objs[("Service", "gemma")]
+    assert svc["spec"]["type"] == "LoadBalancer"
+    assert svc["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]
+    assert svc["spec"]["selector"] == selector_labels("gemma")
+    assert svc["metadata"]["annotations"] == {"lb": "internal"}
+    headless = objs[("Service", "gemma-headless")]
+    assert headless["spec"]["clusterIP"] == "None" and headless["spec"]["publishNotReadyAddresses"] is True
+
+
+def test_servicemonitor_only_with_crd_and_flag():
+    objs, _ = build(GPU, sm_crd=True)
+    sm = objs[("ServiceMonitor", "gemma")]
+    assert sm["spec"]["endpoints"] == [{"port": "http", "path": "/metrics", "interval": "30s"}]
+    assert sm["spec"]["selector"]["matchLabels"]["kubellama.dev/service-role"] == "api"
+    assert "prometheus.io/scrape" not in sts_of(objs)["spec"]["template"]["metadata"].get("annotations", {})
+    objs, drop = build(GPU, sm_crd=False)
+    assert ("ServiceMonitor", "gemma") not in objs
+    assert sts_of(objs)["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == "8080"
+    objs, drop = build(CPU, sm_crd=True)
+    assert ("ServiceMonitor", "gemma") not in objs and any(d.kind == "ServiceMonitor" for d in drop)
+
+
+def test_image_override_and_metrics_off():
+    objs, _ = build({**CPU, "image": "mine/server:dev", "server": {"metrics": False}})
+    assert server_container(objs)["image"] == "mine/server:dev"
+    assert "--metrics" not in args_of(objs)
+    assert "prometheus.io/scrape" not in sts_of(objs)["spec"]["template"]["metadata"].get("annotations", {})
+
+
+def test_builders_are_pure():
+    spec = normalize(GPU)
+    before = json.dumps(spec, sort_keys=True)
+    first, _ = build(GPU)
+    second, _ = build(GPU)
+    assert first == second and json.dumps(spec, sort_keys=True) == before
