@@ -8,6 +8,7 @@ import sys
 import uvicorn
 
 from .http.app import create_app
+from .observability.request_log import install_formatter
 from .settings import ServerSettings
 
 log = logging.getLogger("kubellama")
@@ -22,6 +23,7 @@ def configure_logging(settings: ServerSettings) -> None:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    install_formatter(settings.log_format)  # --log-format json: one JSON object per line
 
 
 def serve(settings: ServerSettings, warnings: list[str] | None = None) -> None:

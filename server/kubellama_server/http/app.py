@@ -6,11 +6,15 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from ..engine import persistence
 from ..engine.engine import Engine
 from ..model_source import resolve_model_path
+from ..observability import install_observability
 from ..settings import ServerSettings
 from .errors import install_error_handlers
 from .routes_native import router as native_router
+from .routes_metrics import router as metrics_router
+from .routes_slots import router as slots_router
 
 
 def create_app(settings: ServerSettings, engine: Engine | None = None, *, load: bool = True) -> FastAPI:
@@ -31,4 +35,8 @@ def create_app(settings: ServerSettings, engine: Engine | None = None, *, load: 
     app.state.settings = settings
     install_error_handlers(app)
     app.include_router(native_router)
+    app.include_router(slots_router)
+    app.include_router(metrics_router)
+    metrics = install_observability(app, settings, engine)  # /metrics, tracing, request logs
+    persistence.install(engine, metrics.count_slot_action)  # --slot-persist warm restarts
     return app

@@ -1,0 +1,301 @@
+"""Slot save/restore/erase: a slot's KV cache and tokens as a file under --slot-save-path.
+
+Every function here touches llama.cpp and must run on the scheduler thread
+(`engine.call(lambda sched: save_slot(sched, ...))`) or before the scheduler starts.
+
+Files: `<name>` is written by `llama_state_seq_save_file` (llama.cpp's own format, tokens
+included) and `.<name>.meta.json` beside it records who wrote it (model identity, slot
+context size, token count, file size). Both are written atomically: a temporary file in
+the same folder, fsync, rename, fsync of the folder; a crash never leaves a truncated
+file under the final name. Restoring checks the metadata before anything is loaded, so
+a file from another model or context size is refused (400) instead of loading garbage;
+llama.cpp's own check (a shape mismatch makes `llama_state_seq_load_file` return 0) is
+the second line of defence, and the only one for files without metadata (e.g. written
+by llama.cpp's server).
+
+A busy slot is not waited for: save/restore/erase of a slot that is processing a request
+answer 409 (`conflict_error`); retry once GET /slots shows it idle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+import weakref
+from pathlib import Path
+from typing import Any
+
+from ..errors import APIError, invalid
+from .slot import Slot
+
+log = logging.getLogger("kubellama.slots")
+
+META_FORMAT = 1
+# identity fields that must match for a file to be restored
+IDENTITY_KEYS = ("model_size", "n_params", "n_vocab", "n_embd", "n_layer", "vocab_sha256", "n_ctx_slot")
+
+_identity_cache: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
+
+
+class SlotFileError(APIError):
+    """An APIError that also says how to count it (`kubellama_slot_*_total{result}`)."""
+
+    def __init__(self, message: str, type: str, result: str):
+        super().__init__(message, type)
+        self.result = result
+
+
+def validate_filename(name: Any) -> str:
+    """A plain file name inside the save folder; anything else is a 400."""
+    if not isinstance(name, str) or not name:
+        raise SlotFileError("'filename' is required: a file name inside --slot-save-path", "invalid_request_error", "invalid")
+    problems = []
+    if "\x00" in name:
+        problems.append("a NUL byte")
+    if "/" in name or "\\" in name:
+        problems.append("a path separator")
+    if ".." in name:
+        problems.append("'..'")
+    if name.startswith("."):
+        problems.append("a leading dot")
+    if os.path.isabs(name):
+        problems.append("an absolute path")
+    if len(name.encode("utf-8", "surrogatepass")) > 200:
+        problems.append("more than 200 bytes")
+    if any(ord(c) < 32 for c in name.replace("\x00", "")):
+        problems.append("control characters")
+    if problems:
+        raise SlotFileError(
+            f"invalid filename {name!r}: it contains {', '.join(problems)}; give a plain file name such as 'slot0.bin'",
+            "invalid_request_error",
+            "invalid",
+        )
+    return name
+
+
+def meta_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.meta.json")
+
+
+def identity(sched) -> dict[str, Any]:
+    """What a slot file must agree on to be loaded: the model and the slot's context size."""
+    model = sched.model
+    ident = _identity_cache.get(model)
+    if ident is None:
+        h = hashlib.sha256()
+        step = max(1, model.n_vocab // 2048)
+        for t in range(0, model.n_vocab, step):
+            h.update(t.to_bytes(4, "little"))
+            h.update(model.token_bytes(t, special=True))
+        try:
+            size = os.path.getsize(model.path)
+        except OSError:
+            size = int(model.size)
+        ident = {
+            "model_size": size,
+            "n_params": int(model.n_params),
+            "n_vocab": int(model.n_vocab),
+            "n_embd": int(model.n_embd),
+            "n_layer": int(model.n_layer),
+            "vocab_sha256": h.hexdigest(),
+        }
+        _identity_cache[model] = ident
+    return {**ident, "n_ctx_slot": int(sched.ctx.n_ctx_seq)}
+
+
+def _slot(sched, slot_id: int) -> Slot:
+    if not 0 <= slot_id < len(sched.slots):
+        raise SlotFileError(f"invalid slot id {slot_id}: this server has slots 0..{len(sched.slots) - 1}", "invalid_request_error", "invalid")
+    slot = sched.slots[slot_id]
+    if slot.is_processing:
+        raise SlotFileError(
+            f"slot {slot_id} is processing a request; retry when it is idle (GET /slots shows is_processing)",
+            "conflict_error",
+            "busy",
+        )
+    return slot
+
+
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _tmp_in(folder: Path, name: str) -> str:
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    return tmp
+
+
+def _write_meta_tmp(folder: Path, name: str, meta: dict) -> str:
+    tmp = _tmp_in(folder, name + ".meta")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(meta, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    return tmp
+
+
+def _unlink(path: str | None) -> None:
+    if path:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
+def save_slot(sched, slot_id: int, folder: str | Path, filename: str) -> dict[str, Any]:
+    """Write slot `slot_id`'s cache to `folder/filename` atomically (with its metadata)."""
+    filename = validate_filename(filename)
+    slot = _slot(sched, slot_id)
+    folder = Path(folder)
+    t0 = time.perf_counter()
+    tokens = list(slot.cache_tokens)
+    tmp = tmp_meta = None
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = _tmp_in(folder, filename)
+        n_written = sched.ctx.state_seq_save_file(tmp, slot.id, tokens)
+        if n_written <= 0:
+            raise SlotFileError(
+                f"llama.cpp could not write the state of slot {slot_id} to {folder} (disk full or not writable?)",
+                "server_error",
+                "error",
+            )
+        _fsync_file(tmp)
+        size = os.path.getsize(tmp)
+        meta = {
+            "format": META_FORMAT,
+            **identity(sched),
+            "n_tokens": len(tokens),
+            "file_size": size,
+            "saved_at": time.time(),
+            "id_slot": slot.id,
+        }
+        tmp_meta = _write_meta_tmp(folder, filename, meta)
+        final = folder / filename
+        # metadata first: a crash between the renames leaves new metadata beside an
+        # old (or no) file, which the file_size check refuses; never the reverse.
+        os.replace(tmp_meta, meta_path(final))
+        tmp_meta = None
+        os.replace(tmp, final)
+        tmp = None
+        _fsync_dir(folder)
+    except OSError as exc:
+        raise SlotFileError(
+            f"could not save slot {slot_id} to {folder / filename}: {exc.strerror or exc} "
+            "(check that --slot-save-path is writable and has free space)",
+            "server_error",
+            "error",
+        ) from None
+    finally:
+        _unlink(tmp)
+        _unlink(tmp_meta)
+    ms = (time.perf_counter() - t0) * 1e3
+    log.info("slot %d saved to %s: %d tokens, %d bytes in %.1f ms", slot_id, filename, len(tokens), size, ms)
+    return {"id_slot": slot.id, "filename": filename, "n_saved": len(tokens), "n_written": int(n_written), "timings": {"save_ms": ms}}
+
+
+def read_meta(path: Path) -> dict[str, Any] | None:
+    """The metadata beside a slot file; None when there is none (a file from llama.cpp)."""
+    mp = meta_path(path)
+    if not mp.exists():
+        return None
+    try:
+        meta = json.loads(mp.read_text(encoding="utf-8"))
+        if not isinstance(meta, dict):
+            raise ValueError("not an object")
+        return meta
+    except (OSError, ValueError) as exc:
+        raise SlotFileError(f"the metadata of slot file {path.name} is unreadable ({exc}); save the slot again", "invalid_request_error", "incompatible") from None
+
+
+def check_compatible(sched, path: Path) -> dict[str, Any] | None:
+    """Refuse (400) a file whose metadata says another model or context size wrote it."""
+    meta = read_meta(path)
+    if meta is None:
+        return None
+    want = identity(sched)
+    diffs = [f"{k} {meta.get(k)!r} != {want[k]!r}" for k in IDENTITY_KEYS if meta.get(k) != want[k]]
+    if diffs:
+        raise SlotFileError(
+            f"slot file {path.name} was saved by a different model or context size ({'; '.join(diffs)}); "
+            "it was not loaded. Restore it on a server started with the same model and --ctx-size/--parallel",
+            "invalid_request_error",
+            "incompatible",
+        )
+    size = path.stat().st_size
+    if meta.get("file_size") != size:
+        raise SlotFileError(
+            f"slot file {path.name} does not match its metadata ({size} bytes, {meta.get('file_size')} recorded); "
+            "it was not loaded (an interrupted save?): save the slot again",
+            "invalid_request_error",
+            "incompatible",
+        )
+    return meta
+
+
+def restore_slot(sched, slot_id: int, folder: str | Path, filename: str) -> dict[str, Any]:
+    """Load `folder/filename` into slot `slot_id` (its previous cache is dropped)."""
+    filename = validate_filename(filename)
+    slot = _slot(sched, slot_id)
+    path = Path(folder) / filename
+    if not path.is_file():
+        raise SlotFileError(f"slot file {filename} not found in {folder}", "not_found_error", "not_found")
+    t0 = time.perf_counter()
+    check_compatible(sched, path)
+    ctx = sched.ctx
+    ctx.seq_rm(slot.id, 0, -1)
+    slot.cache_tokens = []
+    n_read, tokens = ctx.state_seq_load_file(str(path), slot.id, slot.n_ctx)
+    if n_read <= 0:
+        ctx.seq_rm(slot.id, 0, -1)
+        raise SlotFileError(
+            f"llama.cpp refused slot file {filename}: written by a different model, holding more tokens than "
+            f"this slot's context ({slot.n_ctx}), or damaged; the slot is now empty",
+            "invalid_request_error",
+            "incompatible",
+        )
+    bad = [t for t in tokens if not sched.model.valid_token(t)]
+    if bad:
+        ctx.seq_rm(slot.id, 0, -1)
+        raise SlotFileError(
+            f"slot file {filename} holds token ids outside this model's vocabulary ({bad[:3]}...); "
+            "it was written by a different model; the slot is now empty",
+            "invalid_request_error",
+            "incompatible",
+        )
+    slot.cache_tokens = tokens
+    slot.t_last_used = time.perf_counter()
+    ms = (time.perf_counter() - t0) * 1e3
+    log.info("slot %d restored from %s: %d tokens in %.1f ms", slot_id, filename, len(tokens), ms)
+    return {"id_slot": slot.id, "filename": filename, "n_restored": len(tokens), "n_read": int(n_read), "timings": {"restore_ms": ms}}
+
+
+def erase_slot(sched, slot_id: int) -> dict[str, Any]:
+    """Drop slot `slot_id`'s prompt cache (KV cells and tokens)."""
+    slot = _slot(sched, slot_id)
+    n = len(slot.cache_tokens)
+    sched.ctx.seq_rm(slot.id, 0, -1)
+    slot.cache_tokens = []
+    return {"id_slot": slot.id, "n_erased": n}
