@@ -1,6 +1,6 @@
 """kopf handlers (thin): every trigger ends in one `reconcile.reconcile` pass per LlamaServer.
 
-Triggers: create/update/resume of a LlamaServer; a periodic timer (drift repair, status refresh);
+Triggers: create/update/resume of a LlamaServer; a periodic resync (drift repair, status refresh);
 events of its children (a deleted or edited child is re-applied) and of its pods (status only).
 Passes for one LlamaServer never overlap, and bursts of child events collapse into one pass.
 """
@@ -51,6 +51,24 @@ class Operator:
         self._locks: dict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
         self._queued: dict[tuple[str, str], int] = defaultdict(int)
         self.started = asyncio.Event()
+        self.resync_task: asyncio.Task[None] | None = None
+
+    async def resync_loop(self) -> None:
+        """Reconcile every LlamaServer periodically: repairs drift even when a watch event was missed.
+
+        Our own loop rather than a kopf timer: kopf puts a finalizer on objects with timers, which
+        would block `kubectl delete` whenever the operator is not running.
+        """
+        while True:
+            await asyncio.sleep(self.config.resync_seconds)
+            try:
+                scopes = list(self.config.namespaces) or [None]
+                bodies = [b for ns in scopes for b in await self.client.list(f"{GROUP}/{VERSION}", PLURAL, ns)]
+            except (ApiError, OSError, asyncio.TimeoutError) as e:
+                log.warning("periodic resync could not list LlamaServers (will retry): %s", e)
+                continue
+            for body in bodies:
+                await _quietly(self.run(body, "timer"))
 
     async def run(self, body: dict[str, Any], trigger: str, *, apply: bool = True) -> Outcome | None:
         key = (body["metadata"]["namespace"], body["metadata"]["name"])
@@ -137,10 +155,14 @@ def register(config: OperatorConfig, registry: kopf.OperatorRegistry | None = No
         settings.posting.reporting_component = FIELD_MANAGER
         settings.watching.server_timeout = 300
         settings.queueing.error_delays = [1, 2, 5, 10, 30, 60]
+        op.resync_task = asyncio.create_task(op.resync_loop(), name="kubellama-resync")
         op.started.set()
 
     @kopf.on.cleanup(registry=registry)
     async def close(**_: Any) -> None:
+        if op.resync_task is not None:
+            op.resync_task.cancel()
+            await asyncio.gather(op.resync_task, return_exceptions=True)
         await op.client.close()
 
     @kopf.on.login(registry=registry)
@@ -155,13 +177,6 @@ def register(config: OperatorConfig, registry: kopf.OperatorRegistry | None = No
 
     for decorator in (kopf.on.create, kopf.on.update, kopf.on.resume):
         decorator(*res, registry=registry, id=f"reconcile-{decorator.__name__}")(on_spec)
-
-    @kopf.timer(*res, registry=registry, interval=config.resync_seconds, initial_delay=config.resync_seconds,
-                id="resync")
-    async def resync(body: kopf.Body, **_: Any) -> None:
-        if body.get("metadata", {}).get("deletionTimestamp"):
-            return
-        await op.run(dict(body), "timer")
 
     @kopf.on.event(*res, registry=registry, id="forget")
     def forget(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:

@@ -102,6 +102,8 @@ async def test_create_makes_children_and_status(api, operator):
     await api.create(LS, "llamaservers", llama())
     sts = await eventually(lambda: api.objects("apps/v1/statefulsets").get("gemma"))
     uid = api.objects(f"{LS}/llamaservers")["gemma"]["metadata"]["uid"]
+    # No finalizer: deleting a LlamaServer never waits for the operator (children go by ownerReferences).
+    assert not api.objects(f"{LS}/llamaservers")["gemma"]["metadata"].get("finalizers")
     assert sts["spec"]["replicas"] == 1
     assert sts["metadata"]["ownerReferences"][0]["uid"] == uid
     assert sts["spec"]["template"]["spec"]["containers"][0]["image"] == TEST_CONFIG.cpu_image
