@@ -1,0 +1,186 @@
+"""Turn a results.json into a Markdown report (tables, ratios, targets) and PNG charts."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from bench.peers import OURS
+from bench.stats import ratio
+
+# (key, column title, scale, format, higher is better)
+COLUMNS = [
+    ("gen_tok_s", "gen tok/s", 1.0, "{:.1f}", True),
+    ("prompt_tok_s", "prompt tok/s", 1.0, "{:.0f}", True),
+    ("ttft_p50", "TTFT p50 ms", 1000.0, "{:.0f}", False),
+    ("ttft_p99", "TTFT p99 ms", 1000.0, "{:.0f}", False),
+    ("itl_p50", "ITL p50 ms", 1000.0, "{:.1f}", False),
+    ("itl_p99", "ITL p99 ms", 1000.0, "{:.1f}", False),
+    ("req_s", "req/s", 1.0, "{:.2f}", True),
+]
+# Issue 6 / issue 2 targets: (workload, peer, minimum ratio of our gen tok/s to the peer's)
+THROUGHPUT_TARGETS = [
+    ("completion-1", "llama-server", 0.95), ("chat-1", "llama-server", 0.95),
+    ("completion-4", "llama-server", 1.0), ("chat-4", "llama-server", 1.0),
+    ("completion-8", "llama-server", 1.0), ("chat-8", "llama-server", 1.0),
+    ("completion-4", "llama-cpp-python", 2.0), ("chat-4", "llama-cpp-python", 2.0),
+    ("completion-8", "llama-cpp-python", 2.0), ("chat-8", "llama-cpp-python", 2.0),
+]
+
+
+def figure(wl: dict | None, key: str, group: str = "all", stat: str = "median") -> float:
+    """One figure of one workload result (median over repetitions by default)."""
+    try:
+        return float(wl["spread"][group][key][stat])
+    except (KeyError, TypeError):
+        return math.nan
+
+
+def _fmt(x: float, fmt: str, scale: float = 1.0) -> str:
+    return "n/a" if x is None or math.isnan(x) else fmt.format(x * scale)
+
+
+def _fmt_ratio(r: float) -> str:
+    return "n/a" if math.isnan(r) else f"{r:.2f}x"
+
+
+def workload_table(results: dict, wname: str, group: str = "all") -> list[str]:
+    peers = results["peers"]
+    ours = peers.get(OURS, {}).get("workloads", {}).get(wname)
+    head = ["peer", "API"] + [c[1] for c in COLUMNS] + ["peak RSS MiB", "ours / peer (gen tok/s)",
+                                                         "ours / peer (TTFT p50)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, p in peers.items():
+        wl = p.get("workloads", {}).get(wname)
+        if wl is None:
+            continue
+        if wl.get("status") != "ok" or not wl.get("reps"):
+            lines.append(f"| {name} | {wl.get('api', '')} | " + " | ".join(["n/a"] * (len(head) - 2))
+                         + f" |\n|  | _{wl.get('status', 'no data')}_ |")
+            continue
+        cells = [name, wl.get("api", "")]
+        for key, _, scale, fmt, _ in COLUMNS:
+            med = figure(wl, key, group)
+            cell = _fmt(med, fmt, scale)
+            if key == "gen_tok_s" and wl["spread"][group][key]["n"] > 1:
+                cell += f" ({_fmt(figure(wl, key, group, 'min'), fmt)}–{_fmt(figure(wl, key, group, 'max'), fmt)})"
+            cells.append(cell)
+        rss = wl.get("peak_rss_bytes")
+        cells.append(f"{rss / 2**20:.0f}" if rss else "n/a")
+        if name == OURS:
+            cells += ["—", "—"]
+        else:
+            cells.append(_fmt_ratio(ratio(figure(ours, "gen_tok_s", group), figure(wl, "gen_tok_s", group))))
+            cells.append(_fmt_ratio(ratio(figure(ours, "ttft_p50", group), figure(wl, "ttft_p50", group),
+                                          higher_is_better=False)))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def targets(results: dict) -> list[str]:
+    """The issue's targets as PASS/MISS lines (n/a when a side has no data)."""
+    peers = results["peers"]
+    ours = peers.get(OURS, {}).get("workloads", {})
+    out = []
+    for wname, peer, want in THROUGHPUT_TARGETS:
+        theirs = peers.get(peer, {}).get("workloads", {}).get(wname)
+        r = ratio(figure(ours.get(wname), "gen_tok_s"), figure(theirs, "gen_tok_s"))
+        out.append(_verdict(f"{wname}: gen tok/s vs {peer} >= {want:.2f}x", r, want))
+    r = ratio(figure(ours.get("completion-4"), "gen_tok_s"), figure(ours.get("completion-4-np1"), "gen_tok_s"))
+    out.append(_verdict("issue 2: kubellama -np 4 vs -np 1 with 4 clients, gen tok/s >= 2.00x", r, 2.0))
+    for name, p in peers.items():
+        wls = p.get("workloads", {})
+        r = ratio(figure(wls.get("shared-prefix"), "ttft_p50"), figure(wls.get("no-prefix-cache"), "ttft_p50"),
+                  higher_is_better=False)
+        want = 3.0 if name == OURS else None
+        out.append(_verdict(f"{name}: TTFT p50 with the shared prefix vs without caching"
+                            + (" >= 3.00x" if want else " (peer, for reference)"), r, want))
+    return out
+
+
+def _verdict(what: str, r: float, want: float | None) -> str:
+    if math.isnan(r):
+        return f"- n/a — {what} (no data on one side)"
+    if want is None:
+        return f"- {r:.2f}x — {what}"
+    if r >= want:
+        return f"- PASS {r:.2f}x — {what}"
+    return f"- MISS {r:.2f}x — {what} (short by {(1 - r / want) * 100:.0f}%)"
+
+
+def render_markdown(results: dict) -> str:
+    m, s = results.get("machine", {}), results["settings"]
+    lines = ["# kubellama benchmark", ""]
+    lines += ["## Machine", ""] + [f"- {k}: {v}" for k, v in m.items()] + [""]
+    lines += ["## Method", "",
+              f"- model `{Path(s['model']).name}` ({s['model_bytes'] / 2**20:.0f} MiB); every peer gets "
+              f"the same context ({s['ctx_per_slot']} tokens per slot x slots), slots, "
+              f"{s['threads']} threads and batch {s['batch']}",
+              f"- {s['warmup']} warm-up repetition(s) discarded, then {s['reps']} repetition(s); tables show "
+              "the median over repetitions (gen tok/s also min–max)",
+              f"- identical sampling {s['sampling']}, fixed seeds; end-of-generation tokens "
+              f"{s['eog_tokens_banned']} banned with logit_bias (and ignore_eos) so every request "
+              "generates exactly n_predict tokens on every peer",
+              "- gen tok/s = generated tokens of all clients / wall time of the repetition; TTFT = time "
+              "to the first streamed token; ITL = gap between streamed tokens; prompt tok/s = median over "
+              "requests of prompt tokens / TTFT; peak RSS = VmHWM of the server process",
+              "- peers that have no /completion are measured on /v1/completions (the API column says which)",
+              ""]
+    lines += ["## Targets", ""] + targets(results) + [""]
+    lines += ["## Results", ""]
+    for wname, w in s["workloads"].items():
+        lines += [f"### {wname}", "", f"{w['description']} ({w['slots']} slot(s)).", ""]
+        lines += workload_table(results, wname)
+        if wname == "mixed":
+            for g, what in (("gen", "the generating clients"), ("arrival", "the arriving long prompts")):
+                lines += ["", f"Only {what}:", ""] + workload_table(results, wname, g)
+        lines.append("")
+    lines += ["## Peer status", ""]
+    for name, p in results["peers"].items():
+        lines.append(f"- {name} ({p['label']}): {p['status']}")
+        for slots, srv in p.get("servers", {}).items():
+            if "cmd" in srv:
+                lines.append(f"  - np={slots}: `{' '.join(srv['cmd'])}`"
+                             + (f" — {srv['error']}" if "error" in srv else ""))
+    notes = results.get("notes")
+    if notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
+    return "\n".join(lines) + "\n"
+
+
+def render_charts(results: dict, out_dir: Path) -> list[Path]:
+    """Bar charts (PNG) of gen tok/s and of latencies per workload and peer."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    peers = list(results["peers"])
+    wnames = list(results["settings"]["workloads"])
+    paths = []
+    for fname, key, scale, title in (
+        ("gen_tok_s.png", "gen_tok_s", 1.0, "aggregate generated tokens/s (higher is better)"),
+        ("ttft_p50.png", "ttft_p50", 1000.0, "time to first token p50, ms (lower is better)"),
+        ("itl_p50.png", "itl_p50", 1000.0, "inter-token latency p50, ms (lower is better)"),
+    ):
+        fig, ax = plt.subplots(figsize=(10, 3.6), dpi=72)
+        width = 0.8 / max(len(peers), 1)
+        for i, name in enumerate(peers):
+            wls = results["peers"][name].get("workloads", {})
+            med = [figure(wls.get(w), key) * scale for w in wnames]
+            lo = [max(m - figure(wls.get(w), key, stat="min") * scale, 0) if not math.isnan(m) else 0
+                  for m, w in zip(med, wnames)]
+            hi = [max(figure(wls.get(w), key, stat="max") * scale - m, 0) if not math.isnan(m) else 0
+                  for m, w in zip(med, wnames)]
+            xs = [j + (i - (len(peers) - 1) / 2) * width for j in range(len(wnames))]
+            ax.bar(xs, [0 if math.isnan(m) else m for m in med], width, yerr=[lo, hi], label=name,
+                   capsize=2)
+        ax.set_xticks(range(len(wnames)))
+        ax.set_xticklabels(wnames, rotation=20, ha="right", fontsize=8)
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = out_dir / fname
+        fig.savefig(path)
+        plt.close(fig)
+        paths.append(path)
+    return paths

@@ -1,0 +1,136 @@
+"""Runs the workloads against each peer, one peer at a time, and collects results."""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Callable
+
+from bench import api as apis
+from bench.loadgen import Workload, api_for, run_workload
+from bench.peers import PEERS, RunningServer, ServerConfig, free_port
+from bench.stats import spread, summarize_run
+from bench.tokens import Vocab
+
+GROUPS = ("gen", "arrival")
+Log = Callable[[str], None]
+
+
+@dataclasses.dataclass
+class RunSettings:
+    model: str
+    peers: list[str]
+    workloads: list[Workload]
+    reps: int = 3
+    warmup: int = 1
+    threads: int = 2
+    ctx_per_slot: int = 2048
+    batch: int = 512
+    sampling: apis.Sampling = dataclasses.field(default_factory=apis.Sampling)
+    request_timeout_s: float = 600.0
+
+
+def summarize_records(records) -> dict:
+    out = {"all": summarize_run(records)}
+    for g in GROUPS:
+        if any(r.group == g for r in records):
+            out[g] = summarize_run(records, group=g)
+    return out
+
+
+def spread_of(reps: list[dict]) -> dict:
+    """min/median/max over repetitions of every figure of every record group."""
+    out: dict = {}
+    for group in reps[0] if reps else {}:
+        keys = reps[0][group].keys()
+        out[group] = {k: spread(r[group][k] for r in reps if group in r) for k in keys}
+    return out
+
+
+def load_average() -> list[float]:
+    return list(os.getloadavg())
+
+
+def run_peer(peer_name: str, s: RunSettings, vocab: Vocab, workdir: Path, log: Log) -> dict:
+    peer = PEERS[peer_name]
+    result: dict = {"label": peer.label, "status": "ok", "servers": {}, "workloads": {}}
+    missing = peer.installed()
+    if missing:
+        result["status"] = f"not run: {missing}"
+        log(f"[{peer_name}] skipped: {missing}")
+        return result
+    eog = vocab.eog_tokens()
+    by_slots: dict[int, list[Workload]] = defaultdict(list)
+    for w in s.workloads:
+        by_slots[w.n_slots].append(w)
+    for slots, workloads in sorted(by_slots.items()):
+        cfg = ServerConfig(model=s.model, ctx=s.ctx_per_slot * slots, slots=slots,
+                           threads=s.threads, batch=s.batch, port=free_port())
+        t0 = time.perf_counter()
+        server = RunningServer(peer, cfg, workdir)
+        try:
+            server.wait_ready()
+        except RuntimeError as exc:
+            result["servers"][str(slots)] = {"error": str(exc), "cmd": server.cmd}
+            log(f"[{peer_name}] np={slots}: failed to start: {exc}")
+            for w in workloads:
+                result["workloads"][w.name] = {"status": "server failed to start"}
+            continue
+        srv = {"cmd": server.cmd, "startup_s": time.perf_counter() - t0}
+        log(f"[{peer_name}] np={slots} ctx={cfg.ctx} ready in {srv['startup_s']:.1f}s")
+        try:
+            for w in workloads:
+                result["workloads"][w.name] = run_one(peer_name, peer.apis, server, w, s, eog, vocab, log)
+            srv["peak_rss_bytes"] = server.peak_rss()
+        finally:
+            server.stop()
+        result["servers"][str(slots)] = srv
+    return result
+
+
+def run_one(peer_name, peer_apis, server: RunningServer, w: Workload, s: RunSettings, eog, vocab, log) -> dict:
+    api = api_for(w.family, peer_apis)
+    if api is None:
+        return {"status": f"unsupported: no {w.family} endpoint"}
+    out: dict = {"api": apis.PATHS[api], "status": "ok", "reps": [], "load_before": load_average()}
+    for i in range(s.warmup + s.reps):
+        records = asyncio.run(run_workload(server.base_url, api, w, s.sampling, eog,
+                                           timeout_s=s.request_timeout_s, count_tokens=vocab.count))
+        errors = [r.error for r in records if r.error]
+        if errors and len(errors) == len(records):
+            out["status"] = f"failed: {errors[0]}"
+            log(f"[{peer_name}] {w.name}: every request failed: {errors[0]}")
+            break
+        summary = summarize_records(records)
+        tag = "warm-up" if i < s.warmup else f"rep {i - s.warmup + 1}/{s.reps}"
+        a = summary["all"]
+        log(f"[{peer_name}] {w.name} {tag}: {a.get('gen_tok_s', float('nan')):.1f} gen tok/s, "
+            f"ttft p50 {a.get('ttft_p50', float('nan')) * 1000:.0f} ms, "
+            f"itl p50 {a.get('itl_p50', float('nan')) * 1000:.1f} ms"
+            + (f", {len(errors)} errors ({errors[0][:100]})" if errors else "")
+            + (f", {a['short_requests']:.0f} short" if a.get("short_requests") else ""))
+        if i >= s.warmup:
+            out["reps"].append(summary)
+    out["load_after"] = load_average()
+    out["peak_rss_bytes"] = server.peak_rss()
+    if out["reps"]:
+        out["spread"] = spread_of(out["reps"])
+    return out
+
+
+def run_all(s: RunSettings, workdir: Path, log: Log) -> dict:
+    vocab = Vocab(s.model)
+    settings = {
+        "model": s.model, "model_bytes": Path(s.model).stat().st_size, "threads": s.threads,
+        "ctx_per_slot": s.ctx_per_slot, "batch": s.batch, "reps": s.reps, "warmup": s.warmup,
+        "sampling": dataclasses.asdict(s.sampling), "eog_tokens_banned": vocab.eog_tokens(),
+        "workloads": {w.name: {"description": w.description, "slots": w.n_slots,
+                               "family": w.family} for w in s.workloads},
+    }
+    results = {"settings": settings, "peers": {}}
+    for name in s.peers:
+        results["peers"][name] = run_peer(name, s, vocab, workdir, log)
+    return results

@@ -1,0 +1,18 @@
+# Benchmark against the peers (issue 6): not part of `make test`.
+#   make bench-setup   build llama.cpp's llama-server and the llama-cpp-python peers (cached)
+#   make bench         the full run, results in bench/results/
+#   make bench BENCH_ARGS="--quick --peers kubellama,llama-server"
+BENCH_ARGS ?=
+
+.PHONY: bench bench-setup bench-profile
+
+bench-setup: install
+	@KUBELLAMA_CACHE="$(KUBELLAMA_CACHE)" bash bench/build_llama_server.sh >/dev/null
+	@KUBELLAMA_CACHE="$(KUBELLAMA_CACHE)" PYTHON=$(PYTHON) bash bench/setup_peers.sh >/dev/null
+
+bench: model bench-setup
+	$(BIN)/python -m bench run --model "$(DEFAULT_MODEL)" $(BENCH_ARGS)
+
+# py-spy profile of kubellama-server, e.g. make bench-profile BENCH_ARGS="--workload completion-1"
+bench-profile: model bench-setup
+	$(BIN)/python -m bench profile --model "$(DEFAULT_MODEL)" $(BENCH_ARGS)
