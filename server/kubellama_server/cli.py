@@ -94,11 +94,6 @@ NOT_IMPLEMENTED: dict[str, str] = {
     "mmproj": "multimodal projectors",
     "grp_attn_n": "self-extend (group attention)",
     "grp_attn_w": "self-extend (group attention)",
-    "path": "serving a static folder",
-    "api_key": "API keys",
-    "api_key_file": "API keys",
-    "system_prompt_file": "system prompts",
-    "chat_template": "chat templates",
 }
 
 
@@ -212,6 +207,24 @@ def _validate(s: ServerSettings) -> None:
         raise UsageError("--hf-repo needs --hf-file")
     if not (s.model or s.model_url or s.hf_repo):
         raise UsageError("no model: pass -m FILE.gguf (or -mu URL, or -hfr REPO -hff FILE)")
+    _check_openai_flags(s)
+
+
+def _check_openai_flags(s: ServerSettings) -> None:
+    """--api-key-file, -spf, --chat-template, --path: start-up errors, not per-request ones."""
+    from .http import auth, static
+    from .serving import chat_templates, system_prompt
+
+    try:
+        auth.load_keys(s)
+        if s.system_prompt_file:
+            system_prompt.load_file(s.system_prompt_file)
+        if s.chat_template:
+            chat_templates.from_cli(s.chat_template)
+        if s.path:
+            static.check_folder(s.path)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def unimplemented(given: list[str], settings: ServerSettings) -> list[str]:

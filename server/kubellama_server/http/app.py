@@ -11,7 +11,12 @@ from ..engine.engine import Engine
 from ..model_source import resolve_model_path
 from ..observability import install_observability
 from ..settings import ServerSettings
+from . import auth, cors, static
+from ..serving import openai_chat, system_prompt
 from .errors import install_error_handlers
+from .routes_embeddings import router as embeddings_router
+from .routes_infill import router as infill_router
+from .routes_openai import router as openai_router
 from .routes_native import router as native_router
 from .routes_metrics import router as metrics_router
 from .routes_slots import router as slots_router
@@ -39,4 +44,14 @@ def create_app(settings: ServerSettings, engine: Engine | None = None, *, load: 
     app.include_router(metrics_router)
     metrics = install_observability(app, settings, engine)  # /metrics, tracing, request logs
     persistence.install(engine, metrics.count_slot_action)  # --slot-persist warm restarts
+    app.include_router(openai_router)
+    app.include_router(embeddings_router)
+    app.include_router(infill_router)
+    files = static.install(app, settings.path or None)  # last: answers GET paths no route claims
+    engine.on_ready.append(openai_chat.install_formatter)
+    if settings.system_prompt_file:
+        sp = system_prompt.load_file(settings.system_prompt_file)
+        engine.on_ready.append(lambda e: system_prompt.install(e, sp))
+    app.add_middleware(auth.APIKeyMiddleware, keys=auth.load_keys(settings), is_public=files.is_public)
+    app.add_middleware(cors.CORSMiddleware)  # outermost: 401s and errors get CORS headers too
     return app

@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse
 
 from ..engine.engine import Engine, EngineState
 from ..errors import APIError, invalid
-from ..serving import native
+from ..serving import native, system_prompt
 from .body import json_body
 from .streaming import ClientGone, run_to_completion, stream_task
 
@@ -44,6 +44,7 @@ async def completion(request: Request):
     engine = engine_of(request)
     body = await json_body(request)
     engine.require_ready()
+    await system_prompt.apply_from_body(engine, body)
     task = native.completion_task(engine, body)
     prompt = body["prompt"]
     if task.params.stream:

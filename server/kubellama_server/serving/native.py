@@ -77,9 +77,10 @@ def partial_json(part: PartialResult, id_slot: int) -> dict[str, Any]:
 
 def props_json(engine: Engine) -> dict[str, Any]:
     s = engine.settings
+    from .system_prompt import props as system_prompt_props
+
     out: dict[str, Any] = {
-        "assistant_name": "",
-        "user_name": "",
+        **system_prompt_props(engine),
         "default_generation_settings": engine.generation_settings(),
         "total_slots": s.parallel,
         "model_path": engine.model_path,

@@ -1,0 +1,32 @@
+"""POST /infill: code infill with the model's FIM tokens; the options and answers of /completion."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from ..serving import infill, native
+from .body import json_body
+from .routes_openai import engine_of
+from .streaming import ClientGone, run_to_completion, stream_task
+
+router = APIRouter()
+
+
+@router.post("/infill")
+async def infill_route(request: Request):
+    engine = engine_of(request)
+    body = await json_body(request)
+    task = infill.build_task(engine, body)
+    if task.params.stream:
+        def render(kind, payload):
+            if kind == "partial":
+                return [native.partial_json(payload, task.slot.id if task.slot else -1)]
+            return [native.final_json(engine, payload, [], streamed=True)]
+
+        return await stream_task(engine, task, render)
+    try:
+        result = await run_to_completion(engine, request, task)
+    except ClientGone:
+        return JSONResponse({}, status_code=499)
+    return native.final_json(engine, result, [], streamed=False)

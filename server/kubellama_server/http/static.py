@@ -1,0 +1,59 @@
+"""The web front end: the built-in page (`static/`) or a user's folder (`--path DIR`).
+
+Registered after every API route, so it only answers GET paths no route claims.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+import os
+from pathlib import Path
+
+from fastapi import APIRouter, FastAPI
+from fastapi.responses import FileResponse
+
+from ..errors import APIError
+
+BUILTIN_DIR = Path(__file__).resolve().parent.parent / "static"
+
+
+def check_folder(path: str) -> None:
+    """`--path DIR` must be a readable folder. Raises ValueError."""
+    if not os.path.isdir(path):
+        raise ValueError(f"--path: {path} is not a folder (give the folder holding index.html)")
+
+
+class StaticFiles:
+    def __init__(self, folder: str | None):
+        self.root = Path(folder).resolve() if folder else BUILTIN_DIR
+
+    def find(self, url_path: str) -> Path | None:
+        """The file for a URL path inside the root, never outside it."""
+        rel = url_path.lstrip("/") or "index.html"
+        candidate = (self.root / rel).resolve()
+        if candidate != self.root and self.root not in candidate.parents:
+            return None
+        if candidate.is_dir():
+            candidate = candidate / "index.html"
+        return candidate if candidate.is_file() else None
+
+    def is_public(self, method: str, path: str) -> bool:
+        return method in ("GET", "HEAD") and self.find(path) is not None
+
+
+def install(app: FastAPI, folder: str | None) -> StaticFiles:
+    files = StaticFiles(folder)
+    router = APIRouter()
+
+    @router.get("/{path:path}", include_in_schema=False)
+    async def static_file(path: str):
+        found = files.find(path)
+        if found is None:
+            raise APIError("File Not Found", "not_found_error")
+        media_type = mimetypes.guess_type(found.name)[0] or "application/octet-stream"
+        if found.suffix == ".js":
+            media_type = "text/javascript"
+        return FileResponse(found, media_type=media_type)
+
+    app.include_router(router)
+    return files

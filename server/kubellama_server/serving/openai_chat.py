@@ -1,0 +1,243 @@
+"""POST /v1/chat/completions: messages -> chat template -> `n` tasks -> OpenAI responses.
+
+Also the shared pieces of the OpenAI endpoints: mapping OpenAI fields onto the
+native `/completion` options, logprobs, usage and the served model's name.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from ..engine.params import parse_slot_params
+from ..engine.task import CompletionResult, PartialResult, Task, TaskSink, TokenInfo
+from ..errors import APIError, invalid
+from .. import protocol as P
+from .chat_templates import ChatTemplate, TemplateError, resolve
+
+
+# -- set-up (on the loader thread, before the scheduler starts) -----------------
+
+
+@dataclass
+class ChatFormatter:
+    template: ChatTemplate
+    bos_text: str
+    eos_text: str
+    add_bos: bool
+
+    def render(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
+        return self.template.render(messages, bos_token=self.bos_text, eos_token=self.eos_text, add_generation_prompt=add_generation_prompt)
+
+    def prompt(self, messages: list[dict[str, Any]]) -> str:
+        """The text handed to the scheduler: BOS is left to its BOS rule (never doubled)."""
+        text = self.render(messages)
+        if self.add_bos and self.bos_text and text.startswith(self.bos_text):
+            text = text[len(self.bos_text):]
+        return text
+
+
+def install_formatter(engine) -> None:
+    """`Engine.on_ready` hook: resolve the template and the BOS/EOS texts once."""
+    model = engine.model
+    tmpl = resolve(engine.settings.chat_template, model.chat_template, model.meta("general.architecture"))
+    special = lambda t: model.detokenize([t], special=True) if t >= 0 else ""  # noqa: E731
+    engine.chat = ChatFormatter(tmpl, special(model.bos), special(model.eos), model.add_bos)
+
+
+def formatter(engine) -> ChatFormatter:
+    engine.require_ready()
+    return engine.chat
+
+
+def served_model(engine) -> str:
+    """The name in API responses: the alias, else the model's file name."""
+    return engine.settings.alias or os.path.basename(engine.model_path or engine.settings.model)
+
+
+# -- request mapping -----------------------------------------------------------
+
+
+def native_options(req: P._Sampling, body: dict, *, n_probs: int) -> dict[str, Any]:
+    """The body as native options: OpenAI names mapped, llama.cpp extras kept."""
+    opts = dict(body)
+    for key in ("messages", "prompt", "n", "stream_options", "user", "response_format", "logprobs",
+                "top_logprobs", "echo", "suffix", "model", "system_prompt"):
+        opts.pop(key, None)
+    if getattr(req, "max_completion_tokens", None) is not None:
+        opts["n_predict"] = req.max_completion_tokens
+    elif req.max_tokens is not None:
+        opts["n_predict"] = req.max_tokens
+    opts.pop("max_tokens", None)
+    opts.pop("max_completion_tokens", None)
+    if n_probs:
+        opts["n_probs"] = n_probs
+    opts["stream"] = req.stream
+    return opts
+
+
+def response_schema(fmt: P.ResponseFormat | None) -> Any:
+    """`response_format` -> the JSON schema to constrain output with (None: unconstrained)."""
+    if fmt is None or fmt.type == "text":
+        return None
+    if fmt.type == "json_object":
+        return fmt.schema_ if fmt.schema_ is not None else {}
+    if fmt.json_schema is None:
+        raise invalid("'response_format' of type 'json_schema' needs a 'json_schema' object with a 'schema'")
+    return fmt.json_schema.schema_ if fmt.json_schema.schema_ is not None else {}
+
+
+def make_tasks(engine, req: P._Sampling, body: dict, prompts: list[Any], *, n_probs: int, json_schema: Any = None,
+               allow_truncate: bool) -> list[Task]:
+    """`n` tasks per prompt (choice index = prompt index * n + k), each for its own slot."""
+    opts = native_options(req, body, n_probs=n_probs)
+    if json_schema is not None:
+        opts["json_schema"] = json_schema
+    if req.n > 1 and opts.get("id_slot", -1) not in (-1, None):
+        raise invalid("'id_slot' cannot be combined with 'n' > 1 (the choices run in parallel slots)")
+    base = parse_slot_params(opts, engine.default_params, n_slots=engine.n_slots)
+    tasks = []
+    for prompt in prompts:
+        for k in range(req.n):
+            params = parse_slot_params(opts, engine.default_params, n_slots=engine.n_slots)
+            if base.seed >= 0 and k:
+                params.seed = (base.seed + k) % 2**32  # different but reproducible choices
+            tasks.append(Task(kind="completion", prompt=prompt, params=params, sink=TaskSink(), allow_truncate=allow_truncate))
+    return tasks
+
+
+# -- messages -------------------------------------------------------------------
+
+
+def messages_for_template(messages: list[P.ChatMessage]) -> list[dict[str, Any]]:
+    out = []
+    for i, m in enumerate(messages):
+        content = m.content
+        if content is None:
+            if m.role != "assistant":
+                raise invalid(f"'messages.{i}.content' is required for role '{m.role}'")
+            content = ""
+        elif isinstance(content, list):
+            texts = []
+            for j, part in enumerate(content):
+                if part.type == "text":
+                    if part.text is None:
+                        raise invalid(f"'messages.{i}.content.{j}' of type 'text' needs a 'text' string")
+                    texts.append(part.text)
+                elif part.type in ("image_url", "input_audio", "image"):
+                    raise invalid(f"'messages.{i}.content.{j}' is of type '{part.type}': this server has no multimodal model (start it with --mmproj)")
+                else:
+                    raise invalid(f"'messages.{i}.content.{j}' has unknown type '{part.type}' (expected 'text')")
+            content = "\n".join(texts)
+        d = m.model_dump(exclude_none=True)
+        d["role"] = "system" if m.role == "developer" else m.role
+        d["content"] = content
+        out.append(d)
+    return out
+
+
+def chat_prompt(engine, req: P.ChatCompletionRequest) -> str:
+    try:
+        return formatter(engine).prompt(messages_for_template(req.messages))
+    except TemplateError as exc:
+        raise invalid(f"the chat template could not format these messages: {exc}") from None
+
+
+def build(engine, body: dict) -> tuple[P.ChatCompletionRequest, list[Task]]:
+    req = P.parse_request(P.ChatCompletionRequest, body)
+    prompt = chat_prompt(engine, req)
+    n_probs = (req.top_logprobs or 1) if req.logprobs else 0
+    if req.top_logprobs and not req.logprobs:
+        raise invalid("'top_logprobs' needs 'logprobs': true")
+    tasks = make_tasks(engine, req, body, [prompt], n_probs=n_probs, json_schema=response_schema(req.response_format),
+                       allow_truncate=False)
+    return req, tasks
+
+
+# -- responses ------------------------------------------------------------------
+
+
+def _logprob(p: float) -> float:
+    return math.log(p) if p > 0 else -9999.0
+
+
+def chat_logprobs(probs: list[TokenInfo], top: int) -> P.ChoiceLogprobs:
+    return P.ChoiceLogprobs(content=[
+        P.TokenLogprob(
+            token=p.text, logprob=_logprob(p.prob), bytes=list(p.text.encode()),
+            top_logprobs=[P.TopLogprob(token=t.text, logprob=_logprob(t.prob), bytes=list(t.text.encode())) for t in p.top[:top]],
+        )
+        for p in probs
+    ])
+
+
+def usage(tasks: list[Task], results: list[CompletionResult]) -> P.Usage:
+    """Prompt tokens once per distinct prompt (system prompt excluded); completion tokens summed."""
+    seen: dict[int, int] = {}
+    for t, r in zip(tasks, results):
+        seen[id(t.prompt)] = r.tokens_evaluated - t.n_system
+    prompt = sum(seen.values())
+    completion = sum(r.tokens_predicted for r in results)
+    return P.Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+
+
+def response(engine, req: P.ChatCompletionRequest, tasks: list[Task], results: list[CompletionResult]) -> dict:
+    choices = []
+    for i, res in enumerate(results):
+        choices.append(P.ChatChoice(
+            index=i,
+            message=P.AssistantMessage(content=res.content),
+            finish_reason=res.finish_reason,
+            logprobs=chat_logprobs(res.probs, req.top_logprobs or 0) if req.logprobs else None,
+        ))
+    return P.dump(P.ChatCompletion(id=P.new_id("chatcmpl"), created=P.now(), model=served_model(engine),
+                                   choices=choices, usage=usage(tasks, results)))
+
+
+class ChatStream:
+    """Renders the scheduler events of `n` tasks as `chat.completion.chunk` objects."""
+
+    def __init__(self, engine, req: P.ChatCompletionRequest, tasks: list[Task]):
+        self.req = req
+        self.tasks = tasks
+        self.id = P.new_id("chatcmpl")
+        self.created = P.now()
+        self.model = served_model(engine)
+        self.started: set[int] = set()
+        self.results: dict[int, CompletionResult] = {}
+
+    def _chunk(self, choices: list[P.ChatChunkChoice], usage: P.Usage | None = None) -> dict:
+        chunk = P.ChatCompletionChunk(id=self.id, created=self.created, model=self.model, choices=choices, usage=usage)
+        d = P.dump(chunk)
+        if usage is None:
+            d.pop("usage")
+        return d
+
+    def render(self, index: int, kind: str, payload: Any) -> list[dict]:
+        out = []
+        if index not in self.started:
+            self.started.add(index)
+            out.append(self._chunk([P.ChatChunkChoice(index=index, delta=P.ChatDelta(role="assistant", content=""))]))
+        if kind == "partial":
+            part: PartialResult = payload
+            if part.content or part.probs:
+                lp = chat_logprobs(part.probs, self.req.top_logprobs or 0) if self.req.logprobs else None
+                out.append(self._chunk([P.ChatChunkChoice(index=index, delta=P.ChatDelta(content=part.content), logprobs=lp)]))
+        elif kind == "final":
+            res: CompletionResult = payload
+            self.results[index] = res
+            out.append(self._chunk([P.ChatChunkChoice(index=index, delta=P.ChatDelta(), finish_reason=res.finish_reason)]))
+        return out
+
+    def tail(self) -> list[dict]:
+        opts = self.req.stream_options
+        if not (opts and opts.include_usage):
+            return []
+        results = [self.results[i] for i in range(len(self.tasks))]
+        return [self._chunk([], usage(self.tasks, results))]
+
+
+def stream_error(exc: APIError) -> dict:
+    return exc.to_dict()
