@@ -77,7 +77,6 @@ class Scheduler:
         self._eog_tokens: list[int] | None = None
         self.system_tokens: list[int] = []  # shared prefix of every slot (system prompt)
         self.system_prompt: str = ""
-        self.system_prompt: str = ""
         self.last_batch_slots = 0  # slots that had tokens in the last decode (for tests/metrics)
         self.max_batch_slots = 0
 
@@ -104,15 +103,6 @@ class Scheduler:
         fut: Future = Future()
         self.commands.put(("call", fn, fut))
         return fut
-
-    def set_system_prompt(self, text: str) -> None:
-        """Set the shared system prompt (scheduler thread or before start).
-
-        Tasks tokenized from now on get it in front; running and already-tokenized
-        tasks keep theirs. Its KV is computed once and copied into other slots.
-        """
-        self.system_prompt = text
-        self.system_tokens = self.model.tokenize(text, add_special=self.model.add_bos, parse_special=True) if text else []
 
     def set_system_prompt(self, text: str) -> None:
         """Set the shared system prompt (scheduler thread or before start).
@@ -338,24 +328,6 @@ class Scheduler:
             history = [t for t in params.penalty_prompt if isinstance(t, int) and self.model.valid_token(t)]
         slot.sampler.prime(history)
         log.debug("slot %d: task %d, %d prompt tokens, %d cached", slot.id, task.id, len(tokens), n_cached)
-
-    def _share_prefix(self, slot: Slot, prefix: list[int]) -> int:
-        """Give `slot` the KV of `prefix` (the system prompt) without evaluating it again.
-
-        Returns len(prefix) when the slot holds it afterwards, else 0 (the slot
-        evaluates it itself and later slots copy it from there).
-        """
-        n = len(prefix)
-        if slot.cache_tokens[:n] == prefix:
-            return n
-        for other in self.slots:
-            if other is not slot and len(other.cache_tokens) >= n and other.cache_tokens[:n] == prefix:
-                self.ctx.seq_cp(other.id, slot.id)  # a whole-sequence copy (one KV stream per slot)
-                self.ctx.seq_rm(slot.id, n, -1)
-                slot.cache_tokens = list(prefix)
-                log.debug("slot %d: system prompt copied from slot %d (%d tokens)", slot.id, other.id, n)
-                return n
-        return 0
 
     def _share_prefix(self, slot: Slot, prefix: list[int]) -> int:
         """Give `slot` the KV of `prefix` (the system prompt) without evaluating it again.

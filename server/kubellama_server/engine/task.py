@@ -195,8 +195,6 @@ class Task:
     allow_truncate: bool = True  # False: a too-long prompt is an exceed_context_size_error
     use_system_prompt: bool = True  # completions get the shared system prompt in front
     n_system: int = 0  # system prompt tokens at the start of `tokens` (set with them)
-    use_system_prompt: bool = True  # completions get the shared system prompt in front
-    n_system: int = 0  # system prompt tokens at the start of `tokens` (set with them)
     id: int = field(default_factory=next_task_id)
     t_created: float = field(default_factory=time.perf_counter)
     cancelled: bool = False
