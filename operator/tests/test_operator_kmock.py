@@ -14,7 +14,7 @@ from urllib.parse import parse_qs
 
 import pytest
 
-from conftest import NAMESPACE, Running, TEST_CONFIG, eventually
+from kmock_harness import NAMESPACE, Running, TEST_CONFIG, eventually
 from kubellama_operator import rbac
 from kubellama_operator.builders.meta import labels
 

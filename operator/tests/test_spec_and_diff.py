@@ -1,0 +1,62 @@
+"""Model resolution, defaulting, the no-op-write check and API paths."""
+
+from __future__ import annotations
+
+import pytest
+
+from kubellama_operator.diff import contains, needs_apply
+from kubellama_operator.kube import resource_path
+from kubellama_operator.spec import endpoint, normalize, resolve_model
+
+
+@pytest.mark.parametrize("model,file,path,name", [
+    ({"url": "https://h.test/dir/m-Q4.gguf?x=1#f"}, "m-Q4.gguf", "/models/m-Q4.gguf", "m-Q4.gguf"),
+    ({"huggingFace": {"repo": "o/r", "file": "sub/m.gguf"}, "alias": "mine"}, "m.gguf", "/models/m.gguf", "mine"),
+    ({"pvc": {"claimName": "c", "path": "./a/../b/m.gguf"}}, "m.gguf", "/models/b/m.gguf", "m.gguf"),
+])
+def test_resolve_model(model, file, path, name):
+    m = resolve_model(normalize({"model": model}))
+    assert (m.file, m.path, m.name) == (file, path, name)
+
+
+def test_fetch_args_land_where_the_server_looks():
+    """kubellama-fetch --dest DIR puts the file at DIR/<basename>: the server's -m must match."""
+    m = resolve_model(normalize({"model": {"huggingFace": {"repo": "o/r", "file": "q/x.gguf", "revision": "r1"},
+                                           "sha256": "AB" * 32}}))
+    assert m.fetch_args == ("--hf-repo", "o/r", "--hf-file", "q/x.gguf", "--hf-revision", "r1",
+                            "--sha256", "ab" * 32, "--dest", "/models")
+    assert m.path == "/models/" + "q/x.gguf".rsplit("/", 1)[1]
+    assert resolve_model(normalize({"model": {"pvc": {"claimName": "c", "path": "x.gguf"}}})).fetch_args == ()
+
+
+def test_normalize_does_not_mutate():
+    raw = {"model": {"url": "https://h.test/m.gguf"}, "storage": {"slots": {"enabled": True}}}
+    out = normalize(raw)
+    assert raw == {"model": {"url": "https://h.test/m.gguf"}, "storage": {"slots": {"enabled": True}}}
+    assert out["storage"]["slots"]["size"] == "2Gi" and out["storage"]["model"]["size"] == "20Gi"
+
+
+def test_endpoint_uses_service_port():
+    assert endpoint("a", "ns", normalize({"model": {}, "service": {"port": 80}})) == "http://a.ns.svc:80/v1"
+
+
+def test_contains_ignores_server_defaults_but_not_changes():
+    live = {"spec": {"replicas": 1, "template": {"spec": {"containers": [
+        {"name": "s", "image": "i", "imagePullPolicy": "IfNotPresent", "terminationMessagePath": "/dev/x"}]}}},
+        "status": {"replicas": 1}}
+    assert contains(live, {"spec": {"replicas": 1, "template": {"spec": {"containers": [{"name": "s", "image": "i"}]}}}})
+    assert not contains(live, {"spec": {"replicas": 2}})
+    assert not contains(live, {"spec": {"template": {"spec": {"containers": [{"name": "s"}, {"name": "t"}]}}}})
+    assert contains({"limits": {"nvidia.com/gpu": "2"}}, {"limits": {"nvidia.com/gpu": 2}})
+    assert not contains({"x": False}, {"x": 0})
+    assert needs_apply(None, {"metadata": {"name": "a"}})
+    assert not needs_apply({"metadata": {"name": "a", "uid": "u"}, "spec": {"a": 1}},
+                           {"apiVersion": "v1", "kind": "K", "metadata": {"name": "a"}, "spec": {"a": 1}})
+
+
+def test_resource_paths():
+    assert resource_path("v1", "Pod", "ns") == "/api/v1/namespaces/ns/pods"
+    assert resource_path("apps/v1", "StatefulSet", "ns", "a") == "/apis/apps/v1/namespaces/ns/statefulsets/a"
+    assert resource_path("kubellama.dev/v1alpha1", "llamaservers", "ns", "a", "status") == \
+        "/apis/kubellama.dev/v1alpha1/namespaces/ns/llamaservers/a/status"
+    assert resource_path("kubellama.dev/v1alpha1", "llamaservers") == "/apis/kubellama.dev/v1alpha1/llamaservers"
