@@ -66,7 +66,8 @@ elapsed() { printf '%dm%02ds' $(((SECONDS - start) / 60)) $(((SECONDS - start) %
 
 echo "control plane $key: building ${BINARIES[*]} from the Go module proxy (first time on this machine only; about 15-30 minutes on 2 cores)"
 cd "$here"
-export GOFLAGS="-mod=mod -trimpath" CGO_ENABLED=0
+# -mod=readonly: build exactly what go.mod/go.sum pin, never re-resolve.
+export GOFLAGS="-mod=readonly -trimpath" CGO_ENABLED=0
 echo "[0/${#BINARIES[@]}] downloading modules..."
 if ! go mod download; then
     echo "control plane: could not download the pinned modules (is the Go module proxy reachable? go env GOPROXY = $(go env GOPROXY))" >&2

@@ -346,11 +346,13 @@ class ControlPlane:
                     yield event
 
     def forbidden_requests(self, username: str) -> list[str]:
-        """'verb URI' of each request by `username` that RBAC refused (403)."""
+        """'verb URI' of each request by `username` that authorization (RBAC) refused.
+
+        Other 403s (e.g. writing into a terminating namespace) are not authorization's."""
         return [
             f"{e['verb']} {e['requestURI']}"
             for e in self.audit_events(username)
-            if e.get("responseStatus", {}).get("code") == 403
+            if (e.get("annotations") or {}).get("authorization.k8s.io/decision") == "forbid"
         ]
 
     # ---- fake nodes ------------------------------------------------------------------
