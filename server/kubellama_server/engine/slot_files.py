@@ -36,7 +36,9 @@ log = logging.getLogger("kubellama.slots")
 
 META_FORMAT = 1
 # identity fields that must match for a file to be restored
-IDENTITY_KEYS = ("model_size", "n_params", "n_vocab", "n_embd", "n_layer", "vocab_sha256", "n_ctx_slot")
+IDENTITY_KEYS = ("model_size", "model_fingerprint", "n_params", "n_vocab", "n_embd", "n_layer", "vocab_sha256", "n_ctx_slot")
+FINGERPRINT_HEAD = 1 << 20  # bytes hashed from the start of the model file (GGUF header, metadata)
+FINGERPRINT_SAMPLES = 32  # and this many 64 KiB samples spread over the rest (the weights)
 
 _identity_cache: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
 
@@ -81,6 +83,22 @@ def meta_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.meta.json")
 
 
+def model_fingerprint(path: str) -> str:
+    """sha256 of the file's head and of samples across it: two models of the same shape
+    (a fine-tune, another quantization run) differ here; reads ~3 MB, not the whole file."""
+    h = hashlib.sha256()
+    size = os.path.getsize(path)
+    h.update(size.to_bytes(8, "little"))
+    with open(path, "rb") as f:
+        h.update(f.read(FINGERPRINT_HEAD))
+        if size > FINGERPRINT_HEAD:
+            span = size - FINGERPRINT_HEAD
+            for k in range(FINGERPRINT_SAMPLES):
+                f.seek(FINGERPRINT_HEAD + span * k // FINGERPRINT_SAMPLES)
+                h.update(f.read(64 * 1024))
+    return h.hexdigest()
+
+
 def identity(sched) -> dict[str, Any]:
     """What a slot file must agree on to be loaded: the model and the slot's context size."""
     model = sched.model
@@ -93,10 +111,12 @@ def identity(sched) -> dict[str, Any]:
             h.update(model.token_bytes(t, special=True))
         try:
             size = os.path.getsize(model.path)
+            fingerprint = model_fingerprint(model.path)
         except OSError:
-            size = int(model.size)
+            size, fingerprint = int(model.size), ""
         ident = {
             "model_size": size,
+            "model_fingerprint": fingerprint,
             "n_params": int(model.n_params),
             "n_vocab": int(model.n_vocab),
             "n_embd": int(model.n_embd),
