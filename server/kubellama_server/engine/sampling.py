@@ -28,9 +28,12 @@ def grammar_for(params: SlotParams) -> str:
         if schema is True or schema == {}:
             schema = {}
         try:
-            return json_schema_to_gbnf(json.dumps(schema))
+            gbnf = json_schema_to_gbnf(json.dumps(schema))
         except Exception as exc:
             raise invalid(f"'json_schema' cannot be converted to a grammar: {exc}") from exc
+        # llama-cpp-python's string `char` rule lets raw control characters into JSON strings
+        # (invalid JSON); exclude them as llama.cpp's own converter does.
+        return gbnf.replace('char ::= [^"\\\\]', 'char ::= [^"\\\\\\x7F\\x00-\\x1F]')
     return params.grammar
 
 

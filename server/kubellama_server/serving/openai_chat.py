@@ -83,10 +83,37 @@ def response_schema(fmt: P.ResponseFormat | None) -> Any:
     if fmt is None or fmt.type == "text":
         return None
     if fmt.type == "json_object":
-        return fmt.schema_ if fmt.schema_ is not None else {}
-    if fmt.json_schema is None:
+        schema = fmt.schema_ if fmt.schema_ is not None else {}
+    elif fmt.json_schema is None:
         raise invalid("'response_format' of type 'json_schema' needs a 'json_schema' object with a 'schema'")
-    return fmt.json_schema.schema_ if fmt.json_schema.schema_ is not None else {}
+    else:
+        schema = fmt.json_schema.schema_ if fmt.json_schema.schema_ is not None else {}
+    check_enforceable(schema)
+    return schema
+
+
+# Keywords llama-cpp-python's schema-to-grammar converter ignores: output could break them.
+UNENFORCEABLE = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "uniqueItems",
+                 "not", "if", "then", "else", "minProperties", "maxProperties", "dependentRequired", "dependentSchemas")
+
+
+def check_enforceable(schema: Any, path: str = "schema") -> None:
+    """400 when the schema uses a keyword the grammar cannot enforce (the output must validate)."""
+    if isinstance(schema, list):
+        for i, item in enumerate(schema):
+            check_enforceable(item, f"{path}[{i}]")
+        return
+    if not isinstance(schema, dict):
+        return
+    for key, value in schema.items():
+        if key in UNENFORCEABLE and path.split(".")[-1] != "properties":
+            raise invalid(
+                f"'response_format' {path} uses '{key}', which the output grammar cannot enforce; "
+                "remove it (or validate that constraint yourself)"
+            )
+        if key in ("const", "enum", "default", "examples"):
+            continue
+        check_enforceable(value, f"{path}.{key}")
 
 
 def make_tasks(engine, req: P._Sampling, body: dict, prompts: list[Any], *, n_probs: int, json_schema: Any = None,
