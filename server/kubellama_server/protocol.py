@@ -107,11 +107,20 @@ def parse_request(cls: type[BaseModel], body: dict) -> Any:
     try:
         return cls.model_validate(body)
     except ValidationError as exc:
+        grouped: dict[str, list[str]] = {}
+        for e in exc.errors():
+            # drop the union-member tags pydantic puts in locations (str, list[int], ...)
+            loc = ".".join(str(x) for x in e.get("loc", ()) if not _is_type_tag(x))
+            grouped.setdefault(loc, []).append(str(e.get("msg")))
         parts = []
-        for e in exc.errors()[:5]:
-            loc = ".".join(str(x) for x in e.get("loc", ()))
-            parts.append(f"'{loc}': {e.get('msg')}" if loc else str(e.get("msg")))
+        for loc, msgs in list(grouped.items())[:5]:
+            msg = msgs[0] if len(msgs) == 1 else "has an invalid type or value (" + "; ".join(dict.fromkeys(msgs)) + ")"
+            parts.append(f"'{loc}': {msg}" if loc else msg)
         raise invalid("invalid request: " + "; ".join(parts)) from None
+
+
+def _is_type_tag(part: Any) -> bool:
+    return isinstance(part, str) and (part in ("str", "int", "float", "bool", "none") or "[" in part or part.startswith("function-"))
 
 
 # -- responses ----------------------------------------------------------------
