@@ -42,7 +42,7 @@ def test_fake_nodes_are_ready_with_gpu_capacity_label_and_taint(control_plane, k
         assert node["status"]["allocatable"][kcp.GPU_RESOURCE] == "1"
         assert node["metadata"]["labels"][kcp.GPU_PRODUCT_LABEL] == "NVIDIA-L4"
         assert {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"} in node["spec"]["taints"]
-    assert not any(n["spec"].get("taints") for n in cpu)
+    assert not any(t["key"] == "nvidia.com/gpu" for n in cpu for t in n["spec"].get("taints") or [])
 
 
 def test_deployment_pods_are_scheduled_and_run_on_cpu_nodes(control_plane, kube, namespace):

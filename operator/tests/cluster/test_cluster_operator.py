@@ -148,14 +148,17 @@ def status_of(kube: kcp.Kube, name: str, namespace: str) -> dict:
 
 
 def wait_phase(kube: kcp.Kube, operator: RunningOperator, name: str, namespace: str, phase: str,
-               timeout: float = 60, **expect) -> dict:
-    """Wait for status.phase (and the other status fields in `expect`); return the status."""
+               timeout: float = 60, message_has: str = "", **expect) -> dict:
+    """Wait for status.phase (its message containing `message_has`, and the other status fields
+    in `expect`); return the status."""
     def probe():
         operator.check_alive()
         st = status_of(kube, name, namespace)
-        return st if st.get("phase") == phase and all(st.get(k) == v for k, v in expect.items()) else None
+        return st if (st.get("phase") == phase and message_has in st.get("message", "")
+                      and all(st.get(k) == v for k, v in expect.items())) else None
     try:
-        return kube.wait_for(probe, f"LlamaServer {name} phase {phase} {expect or ''}", timeout=timeout)
+        return kube.wait_for(probe, f"LlamaServer {name} phase {phase} {message_has!r} {expect or ''}",
+                             timeout=timeout)
     except TimeoutError as exc:
         raise AssertionError(f"{exc}\nstatus: {status_of(kube, name, namespace)}\n"
                              f"operator log:\n{kcp.tail(operator.log, 25)}") from None
@@ -200,8 +203,8 @@ def test_gpu_pods_only_on_gpu_nodes_and_pending_with_a_reason_when_none_is_free(
     assert sorted(p["spec"]["nodeName"] for p in server_pods(kube, "big", namespace)) == sorted(control_plane.gpu_nodes)
 
     kube.create(llama("late", namespace, gpu={"count": 1}))
-    status = wait_phase(kube, operator, "late", namespace, "Pending", timeout=60)
-    assert "Unschedulable" in status["message"] and "Insufficient nvidia.com/gpu" in status["message"], status
+    status = wait_phase(kube, operator, "late", namespace, "Pending", timeout=60, message_has="Unschedulable")
+    assert "Insufficient nvidia.com/gpu" in status["message"], status
     [pod] = server_pods(kube, "late", namespace)
     assert not pod["spec"].get("nodeName")
 
