@@ -28,17 +28,30 @@ class StaticFiles:
         self.root = Path(folder).resolve() if folder else BUILTIN_DIR
 
     def find(self, url_path: str) -> Path | None:
-        """The file for a URL path inside the root, never outside it."""
+        """The file for a URL path inside the root, never outside it.
+
+        `/completion.js` falls back to the built-in one, so a user's page can import it.
+        """
         rel = url_path.lstrip("/") or "index.html"
-        candidate = (self.root / rel).resolve()
-        if candidate != self.root and self.root not in candidate.parents:
-            return None
-        if candidate.is_dir():
-            candidate = candidate / "index.html"
-        return candidate if candidate.is_file() else None
+        found = _inside(self.root, rel)
+        if found is None and rel in BUILTIN_ASSETS:
+            found = _inside(BUILTIN_DIR, rel)
+        return found
 
     def is_public(self, method: str, path: str) -> bool:
         return method in ("GET", "HEAD") and self.find(path) is not None
+
+
+BUILTIN_ASSETS = ("completion.js",)
+
+
+def _inside(root: Path, rel: str) -> Path | None:
+    candidate = (root / rel).resolve()
+    if candidate != root and root not in candidate.parents:
+        return None
+    if candidate.is_dir():
+        candidate = candidate / "index.html"
+    return candidate if candidate.is_file() else None
 
 
 def install(app: FastAPI, folder: str | None) -> StaticFiles:

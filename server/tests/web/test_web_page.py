@@ -1,0 +1,96 @@
+"""The built-in web page and completion.js, driven in headless Chromium against a running server."""
+
+from __future__ import annotations
+
+import httpx
+
+from kubellama_server.http.static import BUILTIN_DIR
+
+# Records every change of #output, so the test sees the text arrive in pieces.
+WATCH_OUTPUT = """
+window.__updates = [];
+new MutationObserver(() => window.__updates.push(document.getElementById('output').textContent))
+  .observe(document.getElementById('output'), {childList: true, characterData: true, subtree: true});
+true
+"""
+
+
+def _send_and_watch(browser, prompt: str) -> list[str]:
+    browser.eval(WATCH_OUTPUT)
+    browser.type_into("prompt", prompt)
+    assert browser.eval("document.getElementById('prompt').value") == prompt
+    browser.eval("document.getElementById('send').click()")
+    status = browser.wait_for("['done', 'stopped'].includes(document.getElementById('status').textContent) || "
+                              "document.getElementById('status').textContent.startsWith('error') && document.getElementById('status').textContent", 60)
+    assert status is True or status == "done" or status is not None
+    assert browser.eval("document.getElementById('status').textContent") == "done", browser.console
+    return browser.eval("window.__updates")
+
+
+def test_completion_mode_streams_text(live_server, browser):
+    srv = live_server("-np", "2", "--api-key", "page-key")
+    browser.goto(srv.url + "/")
+    assert browser.eval("document.title") == "kubellama"
+    browser.eval("document.getElementById('mode-completion').click()")
+    browser.eval("document.getElementById('n_predict').value = '48'")
+    browser.type_into("api_key", "page-key")
+    updates = _send_and_watch(browser, "Once upon a time")
+    texts = [u for u in updates if u]
+    assert len(set(texts)) >= 3, updates  # the text arrived in several pieces ...
+    for shorter, longer in zip(texts, texts[1:]):
+        assert longer.startswith(shorter)  # ... each extending the last
+    final = browser.eval("document.getElementById('output').textContent")
+    # the same request without the page gives the same number of tokens
+    assert final == texts[-1] and len(final) > 0
+
+
+def test_chat_mode_streams_and_keeps_history(live_server, browser):
+    srv = live_server("-np", "2")
+    browser.goto(srv.url + "/")
+    browser.eval("document.getElementById('n_predict').value = '24'")
+    updates = _send_and_watch(browser, "Hello there")
+    assert len({u for u in updates if u}) >= 2
+    msgs = browser.eval("[...document.querySelectorAll('#conversation .msg')].map(m => m.textContent)")
+    assert msgs[0] == "user:Hello there" and msgs[1].startswith("assistant:") and len(msgs) == 2
+
+
+def test_wrong_key_shows_the_error(live_server, browser):
+    srv = live_server("--api-key", "right")
+    browser.goto(srv.url + "/")
+    browser.eval("document.getElementById('mode-completion').click()")
+    browser.type_into("api_key", "wrong")
+    browser.type_into("prompt", "hi")
+    browser.eval("document.getElementById('send').click()")
+    status = browser.wait_for("document.getElementById('status').textContent.startsWith('error') && document.getElementById('status').textContent")
+    assert "Invalid API Key" in status
+
+
+def test_reference_example_page_from_path(live_server, browser, tmp_path):
+    """A user's page in --path DIR, written like the reference's example, imports /completion.js."""
+    (tmp_path / "index.html").write_text("""<!doctype html><html><body><div id="out"></div><div id="done"></div>
+<script type="module">
+import { llama } from '/completion.js'
+const prompt = `### Instruction:
+Write dad jokes, each one paragraph.
+You can use html formatting if needed.
+
+### Response:`
+let chunks = 0
+for await (const chunk of llama(prompt, { n_predict: 32 })) {
+  chunks += 1
+  document.getElementById('out').textContent += chunk.data.content
+}
+document.getElementById('done').textContent = 'chunks=' + chunks
+</script></body></html>""")
+    srv = live_server("--path", str(tmp_path))
+    assert httpx.get(srv.url + "/").text.startswith("<!doctype html><html><body><div id=\"out\">")
+    browser.goto(srv.url + "/")
+    done = browser.wait_for("document.getElementById('done').textContent", 60)
+    assert int(done.split("=")[1]) >= 2, browser.console
+    assert browser.eval("document.getElementById('out').textContent")
+
+
+def test_builtin_assets_exist():
+    js = (BUILTIN_DIR / "completion.js").read_text()
+    assert "export async function* llama(prompt, params = {}, config = {})" in js
+    assert 'import { llama } from "/completion.js"' in (BUILTIN_DIR / "index.html").read_text()
