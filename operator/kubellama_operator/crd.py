@@ -66,7 +66,7 @@ def _map(description: str) -> Schema:
 
 
 def _quantity(description: str = "", **kw: Any) -> Schema:
-    out: Schema = {"anyOf": [{"type": "integer"}, {"type": "string"}],
+    out: Schema = {"anyOf": [{"type": "integer"}, {"type": "string"}], "maxLength": 64,
                    "x-kubernetes-int-or-string": True,
                    "pattern": r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"}
     if description:
@@ -183,17 +183,17 @@ def _storage_schema() -> Schema:
     return _o("Volumes for the model cache and for saved slots (prompt caches).", {
         "model": _o("Model cache volume (unused for a pvc model source).", {
             "size": dict(size, default="20Gi"),
-            "storageClassName": _s("StorageClass of the per-replica claims."),
+            "storageClassName": _s("StorageClass of the per-replica claims.", maxLength=253),
             "accessModes": {"type": "array", "items": _s(enum=["ReadWriteOnce", "ReadWriteOncePod",
                                                               "ReadWriteMany", "ReadOnlyMany"]),
-                            "default": ["ReadWriteOnce"], "minItems": 1},
+                            "default": ["ReadWriteOnce"], "minItems": 1, "maxItems": 4},
             "claimName": _s("Existing claim shared by all replicas instead of one claim per replica; "
-                            "use a ReadWriteMany claim when replicas > 1.", minLength=1),
+                            "use a ReadWriteMany claim when replicas > 1.", minLength=1, maxLength=253),
         }),
         "slots": _o("Slot (KV/prompt cache) persistence for warm restarts.", {
             "enabled": _b("Give each replica a volume for /slots/save files.", default=False),
             "size": dict(size, default="2Gi"),
-            "storageClassName": _s("StorageClass of the slot claims."),
+            "storageClassName": _s("StorageClass of the slot claims.", maxLength=253),
             "restoreOnStart": _b("Save every slot on shutdown and restore them at start-up "
                                  "(--slot-persist).", default=False),
         }, rules=[("!has(self.restoreOnStart) || !self.restoreOnStart || (has(self.enabled) && self.enabled)",
@@ -287,11 +287,15 @@ def _immutable_storage(schema: Schema) -> Schema:
     props = schema["properties"]["storage"]["properties"]
     props["model"].setdefault("x-kubernetes-validations", []).append(
         {"rule": "self == oldSelf", "message": "spec.storage.model: " + _claim_rules_note()})
-    same = " && ".join(f"(has(self.{f}) ? string(self.{f}) : '') == (has(oldSelf.{f}) ? string(oldSelf.{f}) : '')"
-                       for f in ("enabled", "size", "storageClassName"))
-    props["slots"].setdefault("x-kubernetes-validations", []).append(
-        {"rule": same, "message": "spec.storage.slots enabled/size/storageClassName: "
-                                  + _claim_rules_note() + " (restoreOnStart may change)"})
+    # Cheap rules (CEL cost is estimated from maxLength/maxItems): restoreOnStart may still change.
+    slots = props["slots"]
+    slots.setdefault("x-kubernetes-validations", []).append(
+        {"rule": "(has(self.enabled) && self.enabled) == (has(oldSelf.enabled) && oldSelf.enabled) && "
+                 "has(self.size) == has(oldSelf.size) && has(self.storageClassName) == has(oldSelf.storageClassName)",
+         "message": "spec.storage.slots.enabled/size/storageClassName: " + _claim_rules_note()})
+    for key in ("size", "storageClassName"):
+        slots["properties"][key].setdefault("x-kubernetes-validations", []).append(
+            {"rule": "self == oldSelf", "message": f"spec.storage.slots.{key}: " + _claim_rules_note()})
     return schema
 
 
