@@ -24,30 +24,24 @@ MANAGED_FLAGS = ["-m", "--model", "--host", "--port", "-a", "--alias", "--api-ke
 Schema = dict[str, Any]
 
 
+def _typed(type_: str, description: str = "", **kw: Any) -> Schema:
+    out: Schema = {"type": type_}
+    if description:
+        out["description"] = description
+    out.update(kw)
+    return out
+
+
 def _s(description: str = "", **kw: Any) -> Schema:
-    out: Schema = {"type": "string"}
-    if description:
-        out["description"] = description
-    out.update(kw)
-    return out
-
-
-def _i(description: str = "", minimum: int | None = None, **kw: Any) -> Schema:
-    out: Schema = {"type": "integer"}
-    if description:
-        out["description"] = description
-    if minimum is not None:
-        out["minimum"] = minimum
-    out.update(kw)
-    return out
+    return _typed("string", description, **kw)
 
 
 def _b(description: str = "", **kw: Any) -> Schema:
-    out: Schema = {"type": "boolean"}
-    if description:
-        out["description"] = description
-    out.update(kw)
-    return out
+    return _typed("boolean", description, **kw)
+
+
+def _i(description: str = "", minimum: int | None = None, **kw: Any) -> Schema:
+    return _typed("integer", description, **({"minimum": minimum} if minimum is not None else {}), **kw)
 
 
 def _o(description: str, properties: dict[str, Schema], required: list[str] | None = None,
