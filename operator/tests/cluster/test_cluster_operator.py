@@ -9,26 +9,11 @@ refused fails the test during which it happened.
 
 from __future__ import annotations
 
-import copy
-import os
-import subprocess
-import sys
-import time
-from dataclasses import dataclass
-from pathlib import Path
-
 import httpx
 import kubellama_controlplane as kcp
 import pytest
-import yaml
-
-REPO = Path(__file__).resolve().parents[3]
-CHART = REPO / "charts" / "kubellama"
-LLAMA_API = "kubellama.dev/v1alpha1"
-OPERATOR_NS = "kubellama-system"
-RELEASE = "kl"
-RBAC_KINDS = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
-MODEL_URL = "http://models.invalid/models/tiny-q4_0.gguf"
+from chart_operator import (LLAMA_API, RunningOperator, assert_no_forbidden, chart_operator, llama,
+                            server_pods, wait_phase)
 
 # A minimal stand-in for the Prometheus Operator's CRD: enough for the API server to serve
 # ServiceMonitors, so the operator's "create one when the CRD is installed" path runs.
@@ -47,82 +32,12 @@ SERVICEMONITOR_CRD = {
 }
 
 
-@dataclass
-class RunningOperator:
-    proc: subprocess.Popen
-    log: Path
-    user: str  # the ServiceAccount's user name in the audit log
-    health_url: str
-    metrics_url: str
-
-    def check_alive(self) -> None:
-        code = self.proc.poll()
-        assert code is None, f"kubellama-operator exited with {code}:\n{kcp.tail(self.log, 40)}"
-
-
-def render_chart(helm, *args: str) -> list[dict]:
-    out = helm("template", RELEASE, str(CHART), "--namespace", OPERATOR_NS, *args).stdout
-    return [d for d in yaml.safe_load_all(out) if d]
-
-
-def operator_command() -> list[str]:
-    script = Path(sys.executable).parent / "kubellama-operator"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "kubellama_operator.cli"]
-
-
-def operator_args(deployment: dict, health_port: int, metrics_port: int) -> list[str]:
-    """The chart's own arguments for the operator container, on free loopback ports."""
-    container = next(c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "operator")
-    args = [a for a in container.get("args", [])
-            if not a.startswith(("--health-port", "--metrics-port", "--bind-address"))]
-    return args + ["--bind-address=127.0.0.1", f"--health-port={health_port}",
-                   f"--metrics-port={metrics_port}", "--log-format=text"]
-
-
 @pytest.fixture(scope="module")
 def operator(control_plane: kcp.ControlPlane, kube: kcp.Kube, helm, llama_crd, tmp_path_factory):
-    """kubellama-operator running as the chart's ServiceAccount with the chart's RBAC."""
+    """kubellama-operator watching all namespaces, as the chart's ServiceAccount with its RBAC."""
     kube.apply_crd(SERVICEMONITOR_CRD)
-    docs = render_chart(helm)
-    kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NS}})
-    rbac = [d for d in docs if d["kind"] in RBAC_KINDS]
-    assert {d["kind"] for d in rbac} >= {"ServiceAccount", "ClusterRole", "ClusterRoleBinding"}, \
-        "the chart renders no ServiceAccount/ClusterRole/ClusterRoleBinding for the operator"
-    for obj in rbac:
-        kube.apply(obj, namespace=OPERATOR_NS)
-    deployment = next(d for d in docs if d["kind"] == "Deployment")
-    account = deployment["spec"]["template"]["spec"]["serviceAccountName"]
-
-    workdir = tmp_path_factory.mktemp("operator")
-    config = control_plane.service_account_kubeconfig(OPERATOR_NS, account, workdir / "operator.kubeconfig")
-    health_port, metrics_port = kcp.free_port(), kcp.free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBELLAMA_") and k != "KUBECONFIG"}
-    env.update({"KUBECONFIG": str(config), "POD_NAMESPACE": OPERATOR_NS, "POD_NAME": "operator-test"})
-    log = workdir / "operator.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([*operator_command(), *operator_args(deployment, health_port, metrics_port)],
-                                env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    running = RunningOperator(proc, log, f"system:serviceaccount:{OPERATOR_NS}:{account}",
-                              f"http://127.0.0.1:{health_port}", f"http://127.0.0.1:{metrics_port}")
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            running.check_alive()
-            try:
-                if httpx.get(f"{running.health_url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, f"the operator is not ready after 60s:\n{kcp.tail(log, 30)}"
-            time.sleep(0.25)
+    with chart_operator(control_plane, kube, helm, tmp_path_factory.mktemp("operator"), "kl") as running:
         yield running
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture(autouse=True)
@@ -130,42 +45,7 @@ def rbac_is_exactly_enough(operator: RunningOperator, control_plane: kcp.Control
     """Fail the test during which the operator made a request RBAC refused (or died)."""
     before = len(control_plane.forbidden_requests(operator.user))
     yield
-    time.sleep(0.5)  # the audit log is written as responses complete
-    forbidden = control_plane.forbidden_requests(operator.user)[before:]
-    assert not forbidden, (f"the chart's RBAC refused requests of the operator ({operator.user}): "
-                           f"{sorted(set(forbidden))}\n{kcp.tail(operator.log, 20)}")
-    operator.check_alive()
-
-
-def llama(name: str, namespace: str, **spec) -> dict:
-    return {"apiVersion": LLAMA_API, "kind": "LlamaServer",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": {"model": {"url": MODEL_URL}, **spec}}
-
-
-def status_of(kube: kcp.Kube, name: str, namespace: str) -> dict:
-    return (kube.read(LLAMA_API, "LlamaServer", name, namespace) or {}).get("status") or {}
-
-
-def wait_phase(kube: kcp.Kube, operator: RunningOperator, name: str, namespace: str, phase: str,
-               timeout: float = 60, message_has: str = "", **expect) -> dict:
-    """Wait for status.phase (its message containing `message_has`, and the other status fields
-    in `expect`); return the status."""
-    def probe():
-        operator.check_alive()
-        st = status_of(kube, name, namespace)
-        return st if (st.get("phase") == phase and message_has in st.get("message", "")
-                      and all(st.get(k) == v for k, v in expect.items())) else None
-    try:
-        return kube.wait_for(probe, f"LlamaServer {name} phase {phase} {message_has!r} {expect or ''}",
-                             timeout=timeout)
-    except TimeoutError as exc:
-        raise AssertionError(f"{exc}\nstatus: {status_of(kube, name, namespace)}\n"
-                             f"operator log:\n{kcp.tail(operator.log, 25)}") from None
-
-
-def server_pods(kube: kcp.Kube, name: str, namespace: str) -> list[dict]:
-    return kube.list("v1", "Pod", namespace, labelSelector=f"kubellama.dev/llamaserver={name}")
+    assert_no_forbidden(control_plane, operator, before)
 
 
 def test_llamaserver_gets_children_and_goes_ready(kube, operator, namespace):

@@ -1,0 +1,46 @@
+"""The operator with `operator.watchNamespaces` set: the chart's per-namespace Roles are enough,
+and LlamaServers outside the watched namespaces are left alone."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import kubellama_controlplane as kcp
+import pytest
+from chart_operator import LLAMA_API, assert_no_forbidden, chart_operator, llama, status_of, wait_phase
+
+
+@pytest.fixture(scope="module")
+def watched(kube: kcp.Kube):
+    names = [f"watched-{uuid.uuid4().hex[:6]}", f"other-{uuid.uuid4().hex[:6]}"]
+    for name in names:
+        kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+        kube.wait_for(lambda n=name: kube.read("v1", "ServiceAccount", "default", n), f"namespace {name} ready")
+    yield names[0], names[1]
+    for name in names:
+        kube.remove("v1", "Namespace", name)
+    for name in names:
+        kube.wait_for(lambda n=name: not kube.list("v1", "Pod", n), f"pods of {name} gone", timeout=90)
+
+
+def test_namespaced_operator_needs_only_the_charts_roles(control_plane, kube, helm, llama_crd, watched,
+                                                          tmp_path):
+    ns, other = watched
+    with chart_operator(control_plane, kube, helm, tmp_path, "kn",
+                        "--set", f"operator.watchNamespaces={{{ns}}}") as operator:
+        before = 0
+        kube.create(llama("mine", ns))
+        kube.create(llama("theirs", other))
+        status = wait_phase(kube, operator, "mine", ns, "Ready", readyReplicas=1)
+        assert status["endpoint"] == f"http://mine.{ns}.svc:8080/v1"
+        assert kube.read("apps/v1", "StatefulSet", "mine", ns)
+
+        time.sleep(3)  # the operator had time to (wrongly) act on the other namespace
+        assert status_of(kube, "theirs", other) == {}
+        assert kube.read("apps/v1", "StatefulSet", "theirs", other) is None
+
+        kube.remove(LLAMA_API, "LlamaServer", "mine", ns)
+        kube.wait_for(lambda: kube.read("apps/v1", "StatefulSet", "mine", ns) is None,
+                      "the garbage collector to delete the StatefulSet")
+        assert_no_forbidden(control_plane, operator, before)
