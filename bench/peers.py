@@ -32,6 +32,19 @@ class ServerConfig:
     batch: int = 512
     host: str = "127.0.0.1"
     port: int = 0
+    # The default model's GGUF carries no chat template: every peer gets the same Gemma one.
+    chat_template: str | None = "gemma"
+
+
+# Gemma's turn format as Jinja, for the peer that only takes a Jinja template.
+GEMMA_JINJA = (
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}"
+    "{% set first = messages[0]['content'] + '\n\n' %}{% set msgs = messages[1:] %}"
+    "{% else %}{% set first = '' %}{% set msgs = messages %}{% endif %}"
+    "{% for m in msgs %}{% set role = 'model' if m['role'] == 'assistant' else m['role'] %}"
+    "{{ '<start_of_turn>' + role + '\n' + (first if loop.first else '') + m['content'] | trim + '<end_of_turn>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
 
 
 @dataclass(frozen=True)
@@ -68,7 +81,8 @@ def kubellama_bin() -> Path:
 
 def _llama_cpp_flags(cfg: ServerConfig) -> list[str]:
     return ["-m", cfg.model, "-c", str(cfg.ctx), "-np", str(cfg.slots), "-t", str(cfg.threads),
-            "-tb", str(cfg.threads), "-b", str(cfg.batch), "--host", cfg.host, "--port", str(cfg.port)]
+            "-tb", str(cfg.threads), "-b", str(cfg.batch), "--host", cfg.host, "--port", str(cfg.port)] + (
+        ["--chat-template", cfg.chat_template] if cfg.chat_template else [])
 
 
 def _cmd_llama_server(cfg: ServerConfig, workdir: Path) -> list[str]:
@@ -86,7 +100,8 @@ def _cmd_lcp_server(cfg: ServerConfig, workdir: Path) -> list[str]:
             "--n_ctx", str(cfg.ctx), "--n_threads", str(cfg.threads),
             "--n_threads_batch", str(cfg.threads), "--n_batch", str(cfg.batch),
             "--host", cfg.host, "--port", str(cfg.port), "--verbose", "False",
-            "--interrupt_requests", "False"]
+            "--interrupt_requests", "False"] + (
+        ["--chat_format", cfg.chat_template] if cfg.chat_template else [])
 
 
 def example_config(cfg: ServerConfig) -> dict:
@@ -97,7 +112,7 @@ def example_config(cfg: ServerConfig) -> dict:
             "path": cfg.model, "alias": "bench", "n_ctx": cfg.ctx, "n_seq_max": cfg.slots,
             "threads": cfg.threads, "threads_batch": cfg.threads, "n_batch": cfg.batch,
             "n_ubatch": cfg.batch, "store_logits": False,
-        },
+        } | ({"chat_template": GEMMA_JINJA} if cfg.chat_template == "gemma" else {}),
     }
 
 

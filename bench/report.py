@@ -5,7 +5,7 @@ import math
 from pathlib import Path
 
 from bench.peers import OURS
-from bench.stats import ratio
+from bench.stats import percentile, ratio
 
 # (key, column title, scale, format, higher is better)
 COLUMNS = [
@@ -33,6 +33,21 @@ def figure(wl: dict | None, key: str, group: str = "all", stat: str = "median") 
         return float(wl["spread"][group][key][stat])
     except (KeyError, TypeError):
         return math.nan
+
+
+def paired_ratio(ours: dict | None, theirs: dict | None, key: str, group: str = "all",
+                 higher_is_better: bool = True) -> float:
+    """Median over rounds of our figure / the peer's in the same round.
+
+    Peers take turns round by round, so pairing by round cancels most of the drift
+    caused by other load on a shared machine."""
+    try:
+        pairs = zip(ours["reps"], theirs["reps"])
+        rs = [ratio(a[group][key], b[group][key], higher_is_better) for a, b in pairs]
+    except (KeyError, TypeError):
+        return math.nan
+    rs = [r for r in rs if not math.isnan(r)]
+    return percentile(rs, 50) if rs else math.nan
 
 
 def _fmt(x: float, fmt: str, scale: float = 1.0) -> str:
@@ -69,9 +84,8 @@ def workload_table(results: dict, wname: str, group: str = "all") -> list[str]:
         if name == OURS:
             cells += ["—", "—"]
         else:
-            cells.append(_fmt_ratio(ratio(figure(ours, "gen_tok_s", group), figure(wl, "gen_tok_s", group))))
-            cells.append(_fmt_ratio(ratio(figure(ours, "ttft_p50", group), figure(wl, "ttft_p50", group),
-                                          higher_is_better=False)))
+            cells.append(_fmt_ratio(paired_ratio(ours, wl, "gen_tok_s", group)))
+            cells.append(_fmt_ratio(paired_ratio(ours, wl, "ttft_p50", group, higher_is_better=False)))
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -83,14 +97,14 @@ def targets(results: dict) -> list[str]:
     out = []
     for wname, peer, want in THROUGHPUT_TARGETS:
         theirs = peers.get(peer, {}).get("workloads", {}).get(wname)
-        r = ratio(figure(ours.get(wname), "gen_tok_s"), figure(theirs, "gen_tok_s"))
+        r = paired_ratio(ours.get(wname), theirs, "gen_tok_s")
         out.append(_verdict(f"{wname}: gen tok/s vs {peer} >= {want:.2f}x", r, want))
-    r = ratio(figure(ours.get("completion-4"), "gen_tok_s"), figure(ours.get("completion-4-np1"), "gen_tok_s"))
+    r = paired_ratio(ours.get("completion-4"), ours.get("completion-4-np1"), "gen_tok_s")
     out.append(_verdict("issue 2: kubellama -np 4 vs -np 1 with 4 clients, gen tok/s >= 2.00x", r, 2.0))
     for name, p in peers.items():
         wls = p.get("workloads", {})
-        r = ratio(figure(wls.get("shared-prefix"), "ttft_p50"), figure(wls.get("no-prefix-cache"), "ttft_p50"),
-                  higher_is_better=False)
+        r = paired_ratio(wls.get("shared-prefix"), wls.get("no-prefix-cache"), "ttft_p50",
+                         higher_is_better=False)
         want = 3.0 if name == OURS else None
         out.append(_verdict(f"{name}: TTFT p50 with the shared prefix vs without caching"
                             + (" >= 3.00x" if want else " (peer, for reference)"), r, want))
@@ -115,8 +129,11 @@ def render_markdown(results: dict) -> str:
               f"- model `{Path(s['model']).name}` ({s['model_bytes'] / 2**20:.0f} MiB); every peer gets "
               f"the same context ({s['ctx_per_slot']} tokens per slot x slots), slots, "
               f"{s['threads']} threads and batch {s['batch']}",
-              f"- {s['warmup']} warm-up repetition(s) discarded, then {s['reps']} repetition(s); tables show "
-              "the median over repetitions (gen tok/s also min–max)",
+              f"- {s['reps']} round(s); in each round every peer is started afresh, runs {s['warmup']} "
+              "discarded warm-up repetition(s) of each workload, then one measured repetition; the peers "
+              "take turns round by round so load from other users of the machine hits them alike; tables "
+              "show the median over rounds (gen tok/s also min–max); a ratio is the median over rounds of "
+              "the two figures measured in the same round",
               f"- identical sampling {s['sampling']}, fixed seeds; end-of-generation tokens "
               f"{s['eog_tokens_banned']} banned with logit_bias (and ignore_eos) so every request "
               "generates exactly n_predict tokens on every peer",
@@ -136,7 +153,9 @@ def render_markdown(results: dict) -> str:
         lines.append("")
     lines += ["## Peer status", ""]
     for name, p in results["peers"].items():
-        lines.append(f"- {name} ({p['label']}): {p['status']}")
+        loads = [x for wl in p.get("workloads", {}).values() for pair in wl.get("load", []) for x in pair]
+        load = f"; 1-min load average during its runs {min(loads):.1f}–{max(loads):.1f}" if loads else ""
+        lines.append(f"- {name} ({p['label']}): {p['status']}{load}")
         for slots, srv in p.get("servers", {}).items():
             if "cmd" in srv:
                 lines.append(f"  - np={slots}: `{' '.join(srv['cmd'])}`"

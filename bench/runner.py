@@ -24,8 +24,8 @@ class RunSettings:
     model: str
     peers: list[str]
     workloads: list[Workload]
-    reps: int = 3
-    warmup: int = 1
+    reps: int = 3  # rounds: each starts every peer afresh and measures each workload once
+    warmup: int = 1  # discarded repetitions after each start
     threads: int = 2
     ctx_per_slot: int = 2048
     batch: int = 512
@@ -54,58 +54,65 @@ def load_average() -> list[float]:
     return list(os.getloadavg())
 
 
-def run_peer(peer_name: str, s: RunSettings, vocab: Vocab, workdir: Path, log: Log) -> dict:
+def _new_peer_result(peer_name: str) -> dict:
     peer = PEERS[peer_name]
     result: dict = {"label": peer.label, "status": "ok", "servers": {}, "workloads": {}}
     missing = peer.installed()
     if missing:
         result["status"] = f"not run: {missing}"
-        log(f"[{peer_name}] skipped: {missing}")
-        return result
-    eog = vocab.eog_tokens()
-    by_slots: dict[int, list[Workload]] = defaultdict(list)
-    for w in s.workloads:
-        by_slots[w.n_slots].append(w)
-    for slots, workloads in sorted(by_slots.items()):
-        cfg = ServerConfig(model=s.model, ctx=s.ctx_per_slot * slots, slots=slots,
-                           threads=s.threads, batch=s.batch, port=free_port())
-        t0 = time.perf_counter()
-        server = RunningServer(peer, cfg, workdir)
-        try:
-            server.wait_ready()
-        except RuntimeError as exc:
-            result["servers"][str(slots)] = {"error": str(exc), "cmd": server.cmd}
-            log(f"[{peer_name}] np={slots}: failed to start: {exc}")
-            for w in workloads:
-                result["workloads"][w.name] = {"status": "server failed to start"}
-            continue
-        srv = {"cmd": server.cmd, "startup_s": time.perf_counter() - t0}
-        log(f"[{peer_name}] np={slots} ctx={cfg.ctx} ready in {srv['startup_s']:.1f}s")
-        try:
-            for w in workloads:
-                result["workloads"][w.name] = run_one(peer_name, peer.apis, server, w, s, eog, vocab, log)
-            srv["peak_rss_bytes"] = server.peak_rss()
-        finally:
-            server.stop()
-        result["servers"][str(slots)] = srv
     return result
 
 
-def run_one(peer_name, peer_apis, server: RunningServer, w: Workload, s: RunSettings, eog, vocab, log) -> dict:
+def run_round(peer_name: str, slots: int, workloads: list[Workload], s: RunSettings, vocab: Vocab,
+              eog: list[int], result: dict, workdir: Path, log: Log, round_no: int) -> None:
+    """Start the peer with ``slots`` slots, warm up, run each workload once (one
+    repetition), stop it; append to ``result``."""
+    peer = PEERS[peer_name]
+    cfg = ServerConfig(model=s.model, ctx=s.ctx_per_slot * slots, slots=slots,
+                       threads=s.threads, batch=s.batch, port=free_port())
+    t0 = time.perf_counter()
+    server = RunningServer(peer, cfg, workdir)
+    srv = result["servers"].setdefault(str(slots), {"cmd": server.cmd, "startup_s": []})
+    try:
+        server.wait_ready()
+    except RuntimeError as exc:
+        srv["error"] = str(exc)
+        log(f"[{peer_name}] np={slots}: failed to start: {exc}")
+        for w in workloads:
+            result["workloads"].setdefault(w.name, {"status": "server failed to start"})
+        return
+    srv["startup_s"].append(time.perf_counter() - t0)
+    log(f"[{peer_name}] np={slots} ctx={cfg.ctx} round {round_no}: ready in {srv['startup_s'][-1]:.1f}s")
+    try:
+        for w in workloads:
+            wl = result["workloads"].setdefault(w.name, {"status": "ok", "reps": [], "load": []})
+            if wl["status"] != "ok":
+                continue
+            run_reps(peer_name, peer.apis, server, w, s, eog, vocab, log, wl, round_no)
+        srv["peak_rss_bytes"] = max(server.peak_rss() or 0, srv.get("peak_rss_bytes") or 0)
+    finally:
+        server.stop()
+
+
+def run_reps(peer_name, peer_apis, server: RunningServer, w: Workload, s: RunSettings, eog, vocab,
+             log, out: dict, round_no: int) -> None:
+    """Warm-up repetitions (discarded), then one measured repetition."""
     api = api_for(w.family, peer_apis)
     if api is None:
-        return {"status": f"unsupported: no {w.family} endpoint"}
-    out: dict = {"api": apis.PATHS[api], "status": "ok", "reps": [], "load_before": load_average()}
-    for i in range(s.warmup + s.reps):
+        out["status"] = f"unsupported: no {w.family} endpoint"
+        return
+    out["api"] = apis.PATHS[api]
+    load_before = load_average()[0]
+    for i in range(s.warmup + 1):
         records = asyncio.run(run_workload(server.base_url, api, w, s.sampling, eog,
                                            timeout_s=s.request_timeout_s, count_tokens=vocab.count))
         errors = [r.error for r in records if r.error]
         if errors and len(errors) == len(records):
             out["status"] = f"failed: {errors[0]}"
             log(f"[{peer_name}] {w.name}: every request failed: {errors[0]}")
-            break
+            return
         summary = summarize_records(records)
-        tag = "warm-up" if i < s.warmup else f"rep {i - s.warmup + 1}/{s.reps}"
+        tag = "warm-up" if i < s.warmup else f"round {round_no}"
         a = summary["all"]
         log(f"[{peer_name}] {w.name} {tag}: {a.get('gen_tok_s', float('nan')):.1f} gen tok/s, "
             f"ttft p50 {a.get('ttft_p50', float('nan')) * 1000:.0f} ms, "
@@ -114,11 +121,9 @@ def run_one(peer_name, peer_apis, server: RunningServer, w: Workload, s: RunSett
             + (f", {a['short_requests']:.0f} short" if a.get("short_requests") else ""))
         if i >= s.warmup:
             out["reps"].append(summary)
-    out["load_after"] = load_average()
-    out["peak_rss_bytes"] = server.peak_rss()
-    if out["reps"]:
-        out["spread"] = spread_of(out["reps"])
-    return out
+    out["load"].append([load_before, load_average()[0]])
+    out["peak_rss_bytes"] = max(server.peak_rss() or 0, out.get("peak_rss_bytes") or 0)
+    out["spread"] = spread_of(out["reps"])
 
 
 def run_all(s: RunSettings, workdir: Path, log: Log) -> dict:
@@ -130,7 +135,19 @@ def run_all(s: RunSettings, workdir: Path, log: Log) -> dict:
         "workloads": {w.name: {"description": w.description, "slots": w.n_slots,
                                "family": w.family} for w in s.workloads},
     }
-    results = {"settings": settings, "peers": {}}
-    for name in s.peers:
-        results["peers"][name] = run_peer(name, s, vocab, workdir, log)
+    results = {"settings": settings, "peers": {n: _new_peer_result(n) for n in s.peers}}
+    for name, p in results["peers"].items():
+        if p["status"] != "ok":
+            log(f"[{name}] skipped: {p['status']}")
+    eog = vocab.eog_tokens()
+    by_slots: dict[int, list[Workload]] = defaultdict(list)
+    for w in s.workloads:
+        by_slots[w.n_slots].append(w)
+    # Rounds interleave the peers, so a noisy neighbour on a shared machine slows
+    # every peer alike instead of the one that happened to run at that moment.
+    for slots, workloads in sorted(by_slots.items()):
+        for round_no in range(1, s.reps + 1):
+            for name, p in results["peers"].items():
+                if p["status"] == "ok":
+                    run_round(name, slots, workloads, s, vocab, eog, p, workdir, log, round_no)
     return results
