@@ -95,6 +95,12 @@ CASES = [
      [{"series": f'kubellama_time_to_first_token_seconds_bucket{{{SERVER}, le="{le}"}}', "values": values}
       for le, values in (("1", "0x20"), ("5", "0x20"), ("10", "0+10x20"), ("+Inf", "0+10x20"))],
      [("5m", []), ("17m", [alert("KubellamaSlowTimeToFirstToken", "warning", **WHERE)])]),
+    ("KubellamaSlotSaveFailures",
+     # client mistakes (invalid file names) are no alert; a failed restore is
+     [{"series": f'kubellama_slot_saves_total{{{SERVER}, result="invalid"}}', "values": "0+1x20"},
+      {"series": f'kubellama_slot_saves_total{{{SERVER}, result="ok"}}', "values": "0+5x20"},
+      {"series": f'kubellama_slot_restores_total{{{SERVER}, result="error"}}', "values": "0x5 1x15"}],
+     [("4m", []), ("7m", [alert("KubellamaSlotSaveFailures", "warning", **WHERE, pod="gemma-0")])]),
     ("KubellamaRequestErrors",
      [{"series": f'kubellama_requests_total{{{SERVER}, endpoint="/v1/chat/completions", status="200"}}',
        "values": "0+60x20"},
