@@ -488,6 +488,13 @@ def test_dashboard_structure():
             if not expr.startswith("sum(up"):
                 for var in ("namespace", "llamaserver", "pod"):
                     assert f'{var}=~"${var}"' in expr, f"{panel['title']}: {expr} does not filter on ${var}"
+    cells = {}
+    for panel in dashboard["panels"]:
+        pos = panel["gridPos"]
+        for x in range(pos["x"], pos["x"] + pos["w"]):
+            for y in range(pos["y"], pos["y"] + pos["h"]):
+                assert (x, y) not in cells, f"panels {cells[(x, y)]!r} and {panel['title']!r} overlap"
+                cells[(x, y)] = panel["title"]
     titles = " | ".join(p["title"].lower() for p in panels)
     for topic in ("prompt tokens/s", "generated tokens/s", "requests processing", "deferred", "busy slots per decode",
                   "kv cache usage", "time to first token", "inter-token", "request duration", "queue wait",
