@@ -49,3 +49,9 @@ $(KUBELLAMA_MONITORING_VALIDATORS)/.stamp: charts/tests/schemas/package.json cha
 chart-crds:
 	@mkdir -p charts/kubellama/crds && cp crds/kubellama.dev_llamaservers.yaml charts/kubellama/crds/ && \
 	echo "==> charts/kubellama/crds/ synced from crds/"
+
+# The chart's RBAC rules are generated from the operator's rbac.RULES (charts/tests checks
+# they agree). Run after changing RULES.
+.PHONY: chart-rbac
+chart-rbac: install
+	@$(BIN)/python charts/tests/chart_rbac.py

@@ -13,6 +13,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from chart_rbac import CLUSTER_SCOPED
 from chart_support import (CHART, DASHBOARD, MONITORING_KINDS, PROMETHEUS_OPERATOR_APIS, REPO_ROOT, HelmError,
                            alert_rules, by_kind, dashboard_panels, load_dashboard, monitoring_validator_available,
                            one, validate_monitoring)
@@ -296,10 +297,10 @@ def test_every_value_is_documented():
 
 # --- RBAC -----------------------------------------------------------------------------------------
 
-# Cluster-scoped resources the operator may need; everything else in RULES is namespaced.
-CLUSTER_SCOPED = {("", "namespaces"), ("", "nodes"), ("", "persistentvolumes"),
-                  ("apiextensions.k8s.io", "customresourcedefinitions"),
-                  ("kopf.dev", "clusterkopfpeerings"), ("storage.k8s.io", "storageclasses")}
+def test_rbac_template_is_generated_from_the_operator_rules(operator_rules):
+    import chart_rbac
+    assert chart_rbac.TEMPLATE.read_text() == chart_rbac.render(operator_rules), (
+        "charts/kubellama/templates/_rbac.tpl is out of date with kubellama_operator.rbac.RULES: run `make chart-rbac`")
 
 
 def triples(rules) -> set[tuple[str, str, str]]:
