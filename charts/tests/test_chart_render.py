@@ -28,7 +28,7 @@ LLAMASERVER = {
     "name": "gemma",
     "labels": {"team": "ml"},
     "spec": {
-        "model": {"huggingFace": {"repo": "ggml-org/gemma-3-270m-GGUF", "file": "gemma-3-270m-Q8_0.gguf"}},
+        "model": {"huggingFace": {"repo": "unsloth/gemma-3-270m-it-GGUF", "file": "gemma-3-270m-it-Q4_K_M.gguf"}},
         "replicas": 2,
         "server": {"contextSize": 4096, "parallel": 4},
     },
