@@ -528,3 +528,9 @@ def test_notes_explain_the_next_steps(helm):
     jsonschema.validate(example, crd_schema())
     warn = helm.run("install", "kubellama", str(CHART), "--dry-run=client", "--set", "monitoring.enabled=true")
     assert "does not serve the Prometheus Operator" in warn.stdout
+
+
+def test_kubernetes_version_floor(helm):
+    assert helm.template({}, extra=["--kube-version", "1.27.0"])
+    with pytest.raises(HelmError, match="kubeVersion"):
+        helm.template({}, extra=["--kube-version", "1.26.0"])
