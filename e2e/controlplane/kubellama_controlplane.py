@@ -77,6 +77,26 @@ def find_binaries() -> dict[str, Path]:
     return found
 
 
+def unavailable_reason() -> str | None:
+    """Why no control plane can start here (one line), or None."""
+    try:
+        find_binaries()
+    except BinariesNotFound as exc:
+        return str(exc)
+    if not shutil.which("openssl"):
+        return "control plane: `openssl` is needed to make its certificates (apt-get install openssl)"
+    return None
+
+
+def skip_module_if_unavailable() -> None:
+    """In a pytest module: skip it, with the reason on one line, when no control plane can start."""
+    reason = unavailable_reason()
+    if reason:
+        import pytest
+
+        pytest.skip(reason, allow_module_level=True)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -29,13 +29,8 @@ GPU_NODES = 2
 
 @pytest.fixture(scope="session")
 def control_plane(tmp_path_factory: pytest.TempPathFactory):
-    try:
-        binaries = kcp.find_binaries()
-    except kcp.BinariesNotFound as exc:
-        pytest.skip(str(exc))
-    if not shutil.which("openssl"):
-        pytest.skip("control plane: `openssl` is needed to make its certificates (apt-get install openssl)")
-    cp = kcp.ControlPlane(tmp_path_factory.mktemp("controlplane"), binaries)
+    kcp.skip_module_if_unavailable()  # each test module calls it first: one line per module
+    cp = kcp.ControlPlane(tmp_path_factory.mktemp("controlplane"), kcp.find_binaries())
     cp.start()
     try:
         names = cp.add_nodes(cpu_nodes=CPU_NODES, gpu_nodes=GPU_NODES, gpus_per_node=1)

@@ -6,6 +6,8 @@ import kubellama_controlplane as kcp
 import pytest
 import yaml
 
+kcp.skip_module_if_unavailable()
+
 PAUSE = "registry.k8s.io/pause:3.10"
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 

@@ -8,6 +8,8 @@ import uuid
 import kubellama_controlplane as kcp
 import pytest
 
+kcp.skip_module_if_unavailable()
+
 LLAMA_API = "kubellama.dev/v1alpha1"
 MODEL_URL = "http://models.invalid/tiny.gguf"
 

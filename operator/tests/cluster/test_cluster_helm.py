@@ -13,6 +13,8 @@ import kubellama_controlplane as kcp
 import pytest
 import yaml
 
+kcp.skip_module_if_unavailable()
+
 REPO = Path(__file__).resolve().parents[3]
 CHART = REPO / "charts" / "kubellama"
 LLAMA_API = "kubellama.dev/v1alpha1"

@@ -15,6 +15,8 @@ import pytest
 from chart_operator import (LLAMA_API, RunningOperator, assert_no_forbidden, chart_operator, llama,
                             server_pods, wait_phase)
 
+kcp.skip_module_if_unavailable()
+
 # A minimal stand-in for the Prometheus Operator's CRD: enough for the API server to serve
 # ServiceMonitors, so the operator's "create one when the CRD is installed" path runs.
 SERVICEMONITOR_CRD = {

@@ -10,6 +10,8 @@ import kubellama_controlplane as kcp
 import pytest
 from chart_operator import LLAMA_API, assert_no_forbidden, chart_operator, llama, status_of, wait_phase
 
+kcp.skip_module_if_unavailable()
+
 
 @pytest.fixture(scope="module")
 def watched(kube: kcp.Kube):
