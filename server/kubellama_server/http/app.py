@@ -42,8 +42,6 @@ def create_app(settings: ServerSettings, engine: Engine | None = None, *, load: 
     app.include_router(native_router)
     app.include_router(slots_router)
     app.include_router(metrics_router)
-    metrics = install_observability(app, settings, engine)  # /metrics, tracing, request logs
-    persistence.install(engine, metrics.count_slot_action)  # --slot-persist warm restarts
     app.include_router(openai_router)
     app.include_router(embeddings_router)
     app.include_router(infill_router)
@@ -54,4 +52,7 @@ def create_app(settings: ServerSettings, engine: Engine | None = None, *, load: 
         engine.on_ready.append(lambda e: system_prompt.install(e, sp))
     app.add_middleware(auth.APIKeyMiddleware, keys=auth.load_keys(settings), is_public=files.is_public)
     app.add_middleware(cors.CORSMiddleware)  # outermost: 401s and errors get CORS headers too
+    # wraps even CORS/auth (observes only): 401s are counted, logged and traced too
+    metrics = install_observability(app, settings, engine)  # /metrics, tracing, request logs
+    persistence.install(engine, metrics.count_slot_action)  # --slot-persist warm restarts
     return app

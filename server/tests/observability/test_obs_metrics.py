@@ -200,3 +200,12 @@ def test_embeddings_count_prompt_tokens(live_server):
     m = scrape(s.url)
     assert value(m, "llamacpp:prompt_tokens_total") == len(tokens)
     assert value(m, "kubellama_request_duration_seconds_count") == 1
+
+
+def test_rejected_api_keys_are_counted(live_server):
+    s = live_server("--metrics", "--api-key", "sekret")
+    assert httpx.post(s.url + "/completion", json={"prompt": "x", "n_predict": 1}).status_code == 401
+    r = httpx.get(s.url + "/metrics", headers={"Authorization": "Bearer sekret"})
+    assert r.status_code == 200
+    m = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in text_string_to_metric_families(r.text) for s in f.samples}
+    assert value(m, "kubellama_requests_total", endpoint="other", status=401) == 1
