@@ -176,3 +176,49 @@ def test_warm_restart_end_to_end(tiny_model, tmp_path):
         assert complete(c.url)["tokens_cached"] == 0
     finally:
         c.stop()
+
+
+def test_shutdown_timeout_bounds_the_drain_and_slots_are_still_saved(tiny_model, tmp_path):
+    """SIGTERM: new connections are refused at once; a request still running after
+    --shutdown-timeout is cancelled; its slot's cache is saved all the same."""
+    folder = tmp_path / "persist"
+    args = ["-m", str(tiny_model), "-t", "1", "-np", "1", "-c", "4096", "--slot-save-path", str(folder), "--slot-persist",
+            "--shutdown-timeout", "2"]
+    a = ServerProcess(args).start(log_path=tmp_path / "a.log")
+    outcome: dict = {}
+
+    def endless():
+        try:
+            outcome["r"] = httpx.post(a.url + "/completion", json={"prompt": "never ending", "n_predict": 1_000_000,
+                                                                     "ignore_eos": True}, timeout=60)
+        except httpx.HTTPError as exc:
+            outcome["error"] = exc
+
+    t = threading.Thread(target=endless)
+    t.start()
+    deadline = time.monotonic() + 10
+    while not _slots(a.url)[0]["is_processing"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    t_sigterm = time.monotonic()
+    a.proc.send_signal(signal.SIGTERM)
+    refused = False
+    while time.monotonic() - t_sigterm < 1.5:  # draining: the listener is closed, the process alive
+        try:
+            httpx.get(a.url + "/health", timeout=0.5)
+        except httpx.ConnectError:
+            refused = True
+            break
+        time.sleep(0.02)
+    assert refused and a.proc.poll() is None
+    assert a.proc.wait(20) in CLEAN_EXIT, a.log()
+    elapsed = time.monotonic() - t_sigterm
+    assert 1.5 < elapsed < 10, elapsed
+    t.join(5)
+    assert "r" not in outcome or outcome["r"].status_code != 200  # cut off, not finished
+    assert (folder / "kubellama-slot-0.bin").is_file() and "1 slot(s) saved" in a.log()
+    b = ServerProcess(args).start(log_path=tmp_path / "b.log")
+    try:
+        assert _slots(b.url)[0]["n_past"] > 10
+    finally:
+        b.stop()
