@@ -556,8 +556,13 @@ class Scheduler:
         batch = self.batch
         batch.clear()
         taken: list[Slot] = []
+        # One ubatch of equal-length sequences: with one KV stream per slot llama.cpp splits
+        # a batch evenly across sequences, and a sequence pooled over two ubatches gets the
+        # mean of its last part only. The other inputs wait for the next step.
+        length = len(slots[0].prompt_tokens)
+        limit = min(batch.free, self.ctx.n_ubatch)
         for slot in slots:
-            if len(slot.prompt_tokens) > batch.free:
+            if len(slot.prompt_tokens) != length or batch.n + length > limit:
                 continue
             for k, tok in enumerate(slot.prompt_tokens):
                 batch.add(tok, k, slot.id, True)

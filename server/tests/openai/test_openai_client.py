@@ -183,3 +183,10 @@ def test_embeddings_do_not_disturb_generation(oai_server, client):
     client.embeddings.create(model="m", input=["x"] * 6)
     after = client.completions.create(model="m", prompt="The sky is", max_tokens=8, temperature=0).choices[0].text
     assert before == after
+
+
+def test_embedding_batches_of_different_lengths(client):
+    texts = ["a", "a somewhat longer sentence", "the longest sentence of them all, by a few words", "mid length"]
+    batch = np.array([d.embedding for d in client.embeddings.create(model="m", input=texts).data])
+    alone = np.array([client.embeddings.create(model="m", input=t).data[0].embedding for t in texts])
+    assert np.allclose(batch, alone, atol=1e-4)
