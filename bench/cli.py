@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"comma-separated subset of {','.join(wl_names)}")
     r.add_argument("--quick", action="store_true", help="small run: fewer tokens, 1 repetition")
     r.add_argument("--reps", type=int, help="measured repetitions (default 3, quick 1)")
-    r.add_argument("--warmup", type=int, default=1, help="discarded warm-up repetitions (default 1)")
+    r.add_argument("--warmup", type=int, default=1, help="short discarded warm-up requests per API after each server start (default 1)")
     r.add_argument("--threads", type=int, default=2, help="threads for every server (default 2)")
     r.add_argument("--ctx-per-slot", type=int, default=2048, help="context per slot (default 2048)")
     r.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results folder (default bench/results)")
@@ -101,7 +101,7 @@ def cmd_run(args) -> int:
                            warmup=args.warmup, threads=args.threads, ctx_per_slot=args.ctx_per_slot)
     machine = describe(REPO)
     _log(f"benchmark: {len(args.peers)} peer(s) x {len(workloads)} workload(s), "
-         f"{args.warmup} warm-up + {reps} repetition(s); results in {args.out}")
+         f"{reps} round(s); results in {args.out}")
     results = run_all(settings, logs, _log)
     machine["load_average_at_end"] = list(os.getloadavg())
     results["machine"] = machine

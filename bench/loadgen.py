@@ -37,6 +37,7 @@ class Workload:
     clients: list[ClientPlan]
     description: str = ""
     slots: int = field(default=0)  # parallel slots the server should have; 0 = len(clients)
+    prime: bool = False  # run once, discarded, after each server start (fills prompt caches)
 
     @property
     def n_slots(self) -> int:

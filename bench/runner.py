@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 from bench import api as apis
-from bench.loadgen import Workload, api_for, run_workload
+from bench.loadgen import ClientPlan, RequestSpec, Workload, api_for, run_workload
 from bench.peers import PEERS, RunningServer, ServerConfig, free_port
 from bench.stats import spread, summarize_run
 from bench.tokens import Vocab
@@ -25,7 +25,7 @@ class RunSettings:
     peers: list[str]
     workloads: list[Workload]
     reps: int = 3  # rounds: each starts every peer afresh and measures each workload once
-    warmup: int = 1  # discarded repetitions after each start
+    warmup: int = 1  # short discarded warm-up requests per API after each start
     threads: int = 2
     ctx_per_slot: int = 2048
     batch: int = 512
@@ -84,6 +84,7 @@ def run_round(peer_name: str, slots: int, workloads: list[Workload], s: RunSetti
     srv["startup_s"].append(time.perf_counter() - t0)
     log(f"[{peer_name}] np={slots} ctx={cfg.ctx} round {round_no}: ready in {srv['startup_s'][-1]:.1f}s")
     try:
+        warm_up(peer_name, peer.apis, server, workloads, s, eog, log)
         for w in workloads:
             wl = result["workloads"].setdefault(w.name, {"status": "ok", "reps": [], "load": []})
             if wl["status"] != "ok":
@@ -94,16 +95,33 @@ def run_round(peer_name: str, slots: int, workloads: list[Workload], s: RunSetti
         server.stop()
 
 
+def warm_up(peer_name, peer_apis, server: RunningServer, workloads: list[Workload], s: RunSettings,
+            eog, log) -> None:
+    """After a start: one short request per API used, ``s.warmup`` times (threads,
+    allocations, first-use paths), discarded."""
+    families = sorted({w.family for w in workloads})
+    for family in families:
+        api = api_for(family, peer_apis)
+        if api is None:
+            continue
+        w = Workload("warm-up", family, [ClientPlan([RequestSpec("Hello, how are you?", 8, seed=1)])])
+        for _ in range(s.warmup):
+            recs = asyncio.run(run_workload(server.base_url, api, w, s.sampling, eog, timeout_s=120))
+            if recs[0].error:
+                log(f"[{peer_name}] warm-up on {apis.PATHS[api]} failed: {recs[0].error[:150]}")
+
+
 def run_reps(peer_name, peer_apis, server: RunningServer, w: Workload, s: RunSettings, eog, vocab,
              log, out: dict, round_no: int) -> None:
-    """Warm-up repetitions (discarded), then one measured repetition."""
+    """One measured repetition (after a discarded one for workloads that prime caches)."""
     api = api_for(w.family, peer_apis)
     if api is None:
         out["status"] = f"unsupported: no {w.family} endpoint"
         return
     out["api"] = apis.PATHS[api]
     load_before = load_average()[0]
-    for i in range(s.warmup + 1):
+    n_discard = 1 if w.prime else 0
+    for i in range(n_discard + 1):
         records = asyncio.run(run_workload(server.base_url, api, w, s.sampling, eog,
                                            timeout_s=s.request_timeout_s, count_tokens=vocab.count))
         errors = [r.error for r in records if r.error]
@@ -112,14 +130,14 @@ def run_reps(peer_name, peer_apis, server: RunningServer, w: Workload, s: RunSet
             log(f"[{peer_name}] {w.name}: every request failed: {errors[0]}")
             return
         summary = summarize_records(records)
-        tag = "warm-up" if i < s.warmup else f"round {round_no}"
+        tag = "priming (discarded)" if i < n_discard else f"round {round_no}"
         a = summary["all"]
         log(f"[{peer_name}] {w.name} {tag}: {a.get('gen_tok_s', float('nan')):.1f} gen tok/s, "
             f"ttft p50 {a.get('ttft_p50', float('nan')) * 1000:.0f} ms, "
             f"itl p50 {a.get('itl_p50', float('nan')) * 1000:.1f} ms"
             + (f", {len(errors)} errors ({errors[0][:100]})" if errors else "")
             + (f", {a['short_requests']:.0f} short" if a.get("short_requests") else ""))
-        if i >= s.warmup:
+        if i >= n_discard:
             out["reps"].append(summary)
     out["load"].append([load_before, load_average()[0]])
     out["peak_rss_bytes"] = max(server.peak_rss() or 0, out.get("peak_rss_bytes") or 0)

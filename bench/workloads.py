@@ -84,7 +84,7 @@ def _prefix(name: str, cached: bool, sizes: Sizes, clients: int = 4) -> Workload
                                     cache_prompt=cached))
         plans.append(ClientPlan(reqs))
     what = "the same" if cached else "a unique (uncacheable)"
-    return Workload(name, "completion", plans,
+    return Workload(name, "completion", plans, prime=cached,
                     description=f"{clients} clients x {sizes.prefix_requests_per_client} questions after "
                                 f"{what} ~1,000-token system prompt, n_predict {sizes.prefix_n_predict}")
 

@@ -59,17 +59,17 @@ def test_paired_ratio_is_the_median_of_per_round_ratios():
 def test_targets_pass_miss_and_na():
     lines = report.targets(results())
     text = "\n".join(lines)
-    assert "PASS 0.98x — completion-1: gen tok/s vs llama-server >= 0.95x" in text
-    assert "PASS 1.10x — completion-4: gen tok/s vs llama-server >= 1.00x" in text
-    assert "PASS 3.30x — completion-4: gen tok/s vs llama-cpp-python >= 2.00x" in text
+    assert "PASS 0.98x [rounds 0.96–1.00] — completion-1: gen tok/s vs llama-server >= 0.95x" in text
+    assert "PASS 1.10x [rounds 0.90–1.10] — completion-4: gen tok/s vs llama-server >= 1.00x" in text
+    assert "PASS 3.30x [rounds 2.40–3.67] — completion-4: gen tok/s vs llama-cpp-python >= 2.00x" in text
     assert "n/a — completion-8: gen tok/s vs llama-server" in text
-    assert "MISS 2.00x — issue 2: kubellama -np 4 vs -np 1" not in text
-    assert "PASS 2.20x — issue 2" in text
-    assert "PASS 5.00x — kubellama: TTFT p50 with the shared prefix" in text
+    assert "PASS 2.20x [rounds 1.80–2.20] — issue 2" in text
+    assert "PASS 5.00x [rounds 2.50–5.00] — kubellama: TTFT p50 with the shared prefix" in text
 
 
 def test_miss_says_by_how_much():
-    assert report._verdict("x", 0.8, 1.0) == "- MISS 0.80x — x (short by 20%)"
+    assert report._verdict("x", [0.8], 1.0) == "- MISS 0.80x — x (short by 20%)"
+    assert report._verdict("x", [0.7, 0.8, 0.9], 1.0) == "- MISS 0.80x [rounds 0.70–0.90] — x (short by 20%)"
 
 
 def test_markdown_has_tables_ratios_failures_and_notes():
