@@ -296,6 +296,14 @@ def restore_slot(sched, slot_id: int, folder: str | Path, filename: str) -> dict
             "invalid_request_error",
             "incompatible",
         )
+    if tokens and tokens[0] == -1:  # LLAMA_TOKEN_NULL: today's llama.cpp server packs its token list
+        ctx.seq_rm(slot.id, 0, -1)
+        raise SlotFileError(
+            f"slot file {filename} holds the packed token list of a newer llama.cpp server, which kubellama "
+            "cannot read; save the slot with kubellama-server instead. The slot is now empty",
+            "invalid_request_error",
+            "incompatible",
+        )
     bad = [t for t in tokens if not sched.model.valid_token(t)]
     if bad:
         ctx.seq_rm(slot.id, 0, -1)
