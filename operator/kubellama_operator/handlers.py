@@ -53,6 +53,11 @@ class Operator:
         self.started = asyncio.Event()
         self.resync_task: asyncio.Task[None] | None = None
 
+    def ensure_resync(self) -> None:
+        """Start the resync loop, from a kopf handler: it inherits the context kopf's event poster needs."""
+        if self.resync_task is None:
+            self.resync_task = asyncio.create_task(self.resync_loop(), name="kubellama-resync")
+
     async def resync_loop(self) -> None:
         """Reconcile every LlamaServer periodically: repairs drift even when a watch event was missed.
 
@@ -68,7 +73,11 @@ class Operator:
                 log.warning("periodic resync could not list LlamaServers (will retry): %s", e)
                 continue
             for body in bodies:
-                await _quietly(self.run(body, "timer"))
+                try:
+                    await self.run(body, "timer")
+                except Exception:  # never let one object stop the loop; kopf's own handlers retry too
+                    log.exception("periodic resync of %s/%s failed; retrying next period",
+                                  body["metadata"].get("namespace"), body["metadata"].get("name"))
 
     async def run(self, body: dict[str, Any], trigger: str, *, apply: bool = True) -> Outcome | None:
         key = (body["metadata"]["namespace"], body["metadata"]["name"])
@@ -108,7 +117,10 @@ class Operator:
         finally:
             metrics.RECONCILE_DURATION.labels(trigger).observe(time.monotonic() - started)
         metrics.RECONCILE_TOTAL.labels(trigger, "invalid" if outcome.problems else "success").inc()
-        self.announce(body, trigger, outcome)
+        try:
+            self.announce(body, trigger, outcome)
+        except LookupError as e:  # outside kopf's context: no event poster
+            log.warning("could not post events for %s/%s: %r", meta["namespace"], meta["name"], e)
         return outcome
 
     @staticmethod
@@ -155,7 +167,6 @@ def register(config: OperatorConfig, registry: kopf.OperatorRegistry | None = No
         settings.posting.reporting_component = FIELD_MANAGER
         settings.watching.server_timeout = 300
         settings.queueing.error_delays = [1, 2, 5, 10, 30, 60]
-        op.resync_task = asyncio.create_task(op.resync_loop(), name="kubellama-resync")
         op.started.set()
 
     @kopf.on.cleanup(registry=registry)
@@ -171,6 +182,7 @@ def register(config: OperatorConfig, registry: kopf.OperatorRegistry | None = No
         return login(**kwargs)
 
     async def on_spec(body: kopf.Body, retry: int, reason: str, **_: Any) -> None:
+        op.ensure_resync()
         outcome = await op.run(dict(body), str(reason))
         if outcome is not None and outcome.problems:
             raise kopf.TemporaryError(outcome.status.get("message", "invalid spec"), delay=backoff(retry))
@@ -178,8 +190,9 @@ def register(config: OperatorConfig, registry: kopf.OperatorRegistry | None = No
     for decorator in (kopf.on.create, kopf.on.update, kopf.on.resume):
         decorator(*res, registry=registry, id=f"reconcile-{decorator.__name__}")(on_spec)
 
-    @kopf.on.event(*res, registry=registry, id="forget")
-    def forget(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+    @kopf.on.event(*res, registry=registry, id="observe")
+    async def observe(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+        op.ensure_resync()
         if event.get("type") == "DELETED":
             metrics.forget(body["metadata"]["namespace"], body["metadata"]["name"])
 

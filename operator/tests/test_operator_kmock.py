@@ -161,6 +161,19 @@ async def test_deleted_or_edited_children_are_restored(api, operator):
     assert_rbac_covers(api)
 
 
+async def test_periodic_resync_repairs_unwatched_drift(api, operator):
+    """A change the watch never reported (written straight into the store) is found by the resync loop."""
+    await api.create(LS, "llamaservers", llama())
+    await eventually(lambda: api.objects("apps/v1/statefulsets").get("gemma"))
+    await phase_is(api, "Pending")
+    await asyncio.sleep(1)  # let the creation passes settle (kmock replays ADDED, so create runs twice)
+    api.kmock.objects["apps/v1/statefulsets", NAMESPACE, "gemma"].patch({"spec": {"replicas": 4}})
+    assert api.objects("apps/v1/statefulsets")["gemma"]["spec"]["replicas"] == 4
+    await eventually(lambda: api.objects("apps/v1/statefulsets")["gemma"]["spec"]["replicas"] == 1,
+                     timeout=4 * TEST_CONFIG.resync_seconds)
+    await eventually(lambda: any("StatefulSet/gemma" in e["message"] for e in events(api, "Reverted", "Warning")))
+
+
 async def test_status_follows_pods(api, operator):
     await api.create(LS, "llamaservers", llama(replicas=2))
     await eventually(lambda: api.objects("apps/v1/statefulsets").get("gemma"))
