@@ -240,6 +240,8 @@ class ChatStream:
         d = P.dump(chunk)
         if usage is None:
             d.pop("usage")
+        for choice in d["choices"]:  # deltas carry only what changed, as OpenAI's
+            choice["delta"] = {k: v for k, v in choice["delta"].items() if v is not None}
         return d
 
     def render(self, index: int, kind: str, payload: Any) -> list[dict]:

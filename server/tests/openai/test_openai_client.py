@@ -190,3 +190,14 @@ def test_embedding_batches_of_different_lengths(client):
     batch = np.array([d.embedding for d in client.embeddings.create(model="m", input=texts).data])
     alone = np.array([client.embeddings.create(model="m", input=t).data[0].embedding for t in texts])
     assert np.allclose(batch, alone, atol=1e-4)
+
+
+def test_stream_chunk_shapes(oai_server):
+    body = {"messages": MSGS, "max_tokens": 3, "stream": True, "logprobs": True, "top_logprobs": 1}
+    with httpx.stream("POST", oai_server.url + "/v1/chat/completions", json=body, timeout=60) as r:
+        chunks = [json.loads(f[6:]) for f in r.read().decode().split("\n\n") if f.startswith("data: {")]
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert chunks[-1]["choices"][0]["delta"] == {} and chunks[-1]["choices"][0]["finish_reason"] == "length"
+    middle = [c["choices"][0] for c in chunks[1:-1]]
+    assert middle and all(set(c["delta"]) == {"content"} for c in middle)
+    assert sum(len(c["logprobs"]["content"]) for c in middle) == 3
