@@ -373,3 +373,48 @@ def test_actionlint_catches_a_broken_workflow(tmp_path: Path) -> None:
     proc = subprocess.run([_actionlint(), "-no-color", str(broken)], capture_output=True, text=True,
                           timeout=120, cwd=REPO_ROOT)
     assert proc.returncode != 0 and "nope" in proc.stdout
+
+
+# --- skipping in `make test`, failing loudly in `make e2e` -------------------------------
+
+def _pytest_cluster_tests(**env: str) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if k not in ("E2E", "KUBECONFIG")}
+    return subprocess.run([sys.executable, "-m", "pytest", "e2e/tests/test_cluster.py", "-q", "-rs",
+                           "-p", "no:cacheprovider"], env={**clean, **env}, cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cluster_tests_skip_with_one_line_without_e2e() -> None:
+    proc = _pytest_cluster_tests()
+    assert proc.returncode == 0, proc.stdout
+    skip_lines = [line for line in proc.stdout.splitlines() if line.startswith("SKIPPED")]
+    assert len(skip_lines) == 1 and "make e2e" in skip_lines[0], proc.stdout
+    assert " passed" not in proc.stdout and " failed" not in proc.stdout
+
+
+def test_cluster_tests_fail_loudly_with_e2e_and_no_cluster(tmp_path: Path) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "nowhere",
+        "clusters": [{"name": "nowhere", "cluster": {"server": f"https://127.0.0.1:{_free_port()}"}}],
+        "contexts": [{"name": "nowhere", "context": {"cluster": "nowhere", "user": "nobody"}}],
+        "users": [{"name": "nobody", "user": {"token": "x"}}]}))
+    proc = _pytest_cluster_tests(E2E="1", KUBECONFIG=str(kubeconfig))
+    assert proc.returncode != 0
+    assert "E2E=1 but the end-to-end tests cannot run" in proc.stdout + proc.stderr
+
+
+def test_make_e2e_fails_loudly_without_a_cluster_tool() -> None:
+    proc = subprocess.run(["make", "--no-print-directory", "e2e", "KIND=/nonexistent/kind",
+                           "CONTAINER_TOOL=/nonexistent/docker"], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "make e2e needs a Kubernetes cluster" in proc.stderr
+    assert "kind (/nonexistent/kind)" in proc.stderr and "docker engine" in proc.stderr
+    assert "running the e2e tests" not in proc.stdout  # stopped before installing or building
+
+
+def test_make_e2e_rejects_an_unknown_cluster_mode() -> None:
+    proc = subprocess.run(["make", "--no-print-directory", "e2e", "E2E_CLUSTER=minikube"], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "E2E_CLUSTER must be 'kind' or 'existing'" in proc.stderr
