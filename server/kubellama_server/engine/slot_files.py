@@ -29,7 +29,7 @@ import weakref
 from pathlib import Path
 from typing import Any
 
-from ..errors import APIError, invalid
+from ..errors import APIError
 from .slot import Slot
 
 log = logging.getLogger("kubellama.slots")
