@@ -24,7 +24,10 @@ async def get_slots(request: Request):
     if engine.settings.slots_endpoint_disable:
         raise APIError("This server does not support slots endpoint.", "not_supported_error")
     engine.require_ready()
-    return engine.slots_json()
+    slots = engine.slots_json()
+    if "fail_on_no_slot" in request.query_params and all(s["is_processing"] for s in slots):
+        raise APIError("no slot available", "unavailable_error")  # as today's llama.cpp
+    return slots
 
 
 def _count(request: Request, action: str, result: str) -> None:

@@ -57,6 +57,7 @@ def test_get_slots_has_every_reference_field(live_server):
     assert used["prompt"] == PROMPT and used["temperature"] == 0.5 and used["stop"] == ["zz"]
     assert used["next_token"]["n_decoded"] == 3 and used["next_token"]["stopped_limit"] is True
     assert used["n_past"] > 0 and slots[0]["n_past"] == 0
+    assert httpx.get(srv.url + "/slots?fail_on_no_slot=1").status_code == 200
 
 
 def test_get_slots_shows_a_processing_slot(live_server):
@@ -66,6 +67,8 @@ def test_get_slots_shows_a_processing_slot(live_server):
         next(it)
         (slot,) = httpx.get(srv.url + "/slots").json()
         assert slot["is_processing"] is True and slot["state"] == 1
+        busy = httpx.get(srv.url + "/slots?fail_on_no_slot=1")
+        assert busy.status_code == 503 and busy.json()["error"]["message"] == "no slot available"
         assert slot["next_token"]["has_next_token"] is True and slot["next_token"]["n_decoded"] >= 1
 
 
