@@ -209,3 +209,27 @@ def test_rejected_api_keys_are_counted(live_server):
     assert r.status_code == 200
     m = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in text_string_to_metric_families(r.text) for s in f.samples}
     assert value(m, "kubellama_requests_total", endpoint="other", status=401) == 1
+
+
+def test_metrics_answer_while_the_model_loads(tiny_model):
+    from kubellama_server.testing.live import LiveServer, wait_healthy
+
+    release = threading.Event()
+
+    def slow_resolve(settings):
+        release.wait(20)
+        return str(tiny_model)
+
+    srv = LiveServer(["-m", str(tiny_model), "-t", "1", "--metrics"], wait=False,
+                     prepare=lambda engine: setattr(engine, "resolve_model", slow_resolve)).start()
+    try:
+        assert httpx.get(srv.url + "/health").status_code == 503
+        m = scrape(srv.url)  # scrapes keep working: the pod is not "down" while it loads
+        assert value(m, "llamacpp:requests_processing") == 0 and value(m, "llamacpp:kv_cache_tokens") == 0
+        assert httpx.get(srv.url + "/slots").status_code == 503
+        release.set()
+        wait_healthy(srv.url)
+        assert scrape(srv.url)
+    finally:
+        release.set()
+        srv.stop()
