@@ -155,6 +155,10 @@ def tracing_from_env(environ: Mapping[str, str] | None = None) -> Tracing:
     tracing = Tracing()
     kind = exporter_from_env(env)
     if kind == "otlp":
+        protocol = env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf"
+        if protocol != "http/protobuf":
+            log.warning("OTEL_EXPORTER_OTLP_PROTOCOL=%s is not supported: spans are sent as OTLP http/protobuf "
+                        "(point the endpoint at the collector's HTTP port, usually 4318)", protocol)
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         tracing.enable(BatchSpanProcessor(OTLPSpanExporter()), env)
