@@ -9,13 +9,18 @@ refused fails the test during which it happened.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 import kubellama_controlplane as kcp
 import pytest
+import yaml
 from chart_operator import (LLAMA_API, RunningOperator, assert_no_forbidden, chart_operator, llama,
                             server_pods, wait_phase)
 
 kcp.skip_module_if_unavailable()
+
+REPO = Path(__file__).resolve().parents[3]
 
 # A minimal stand-in for the Prometheus Operator's CRD: enough for the API server to serve
 # ServiceMonitors, so the operator's "create one when the CRD is installed" path runs.
@@ -70,6 +75,9 @@ def test_llamaserver_gets_children_and_goes_ready(kube, operator, namespace):
     assert [t["metadata"]["name"] for t in sts["spec"].get("volumeClaimTemplates", [])], \
         "the StatefulSet has no volume claim templates for the model cache"
     assert any(p["name"] == "http" for p in svc["spec"]["ports"])
+    # Children are applied server-side, under the operator's field manager.
+    assert any(m["manager"] == "kubellama-operator" and m["operation"] == "Apply"
+               for m in sts["metadata"]["managedFields"])
     # The claims bound, and the pod (kwok) runs on a CPU node.
     [pod] = server_pods(kube, "chat", namespace)
     assert not pod["spec"]["nodeName"].startswith("kwok-gpu")
@@ -103,9 +111,13 @@ def test_kubectl_scale_changes_replicas(kube, kubectl, operator, namespace):
     wait_phase(kube, operator, "scaled", namespace, "Ready", readyReplicas=3, ready="3/3")
     assert kube.read("apps/v1", "StatefulSet", "scaled", namespace)["spec"]["replicas"] == 3
     assert len(server_pods(kube, "scaled", namespace)) == 3
+    # More than one replica: a PodDisruptionBudget keeps all but one up during drains.
+    assert kube.read("policy/v1", "PodDisruptionBudget", "scaled", namespace)["spec"]["maxUnavailable"] == 1
     kubectl("scale", "llama/scaled", "--replicas=0", "-n", namespace)
     kube.wait_for(lambda: not server_pods(kube, "scaled", namespace), "the pods to go at replicas 0")
     wait_phase(kube, operator, "scaled", namespace, "Ready", readyReplicas=0)
+    kube.wait_for(lambda: kube.read("policy/v1", "PodDisruptionBudget", "scaled", namespace) is None,
+                  "the operator to delete the PodDisruptionBudget it no longer wants")
 
 
 def test_spec_change_rolls_the_statefulset(kube, operator, namespace):
@@ -172,3 +184,23 @@ def test_operator_metrics_report_the_phase(kube, operator, namespace):
     assert "kubellama_operator_" in text
     assert any(line.startswith("kubellama_operator_") and "metered" in line for line in text.splitlines()), \
         "no kubellama_operator_* series names the LlamaServer"
+
+
+EXAMPLES = sorted((REPO / "crds" / "examples").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_crd_examples_run(control_plane, kube, operator, namespace, example):
+    """Each documented example, applied as it is, ends Ready on the fake cluster."""
+    # What a GPU cluster has (the NVIDIA GPU Operator installs this RuntimeClass).
+    kube.apply({"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass",
+                "metadata": {"name": "nvidia"}, "handler": "nvidia"})
+    docs = [d for d in yaml.safe_load_all(example.read_text()) if d]
+    for doc in docs:
+        kube.create(doc, namespace=namespace)
+    for server in (d for d in docs if d["kind"] == "LlamaServer"):
+        name, replicas = server["metadata"]["name"], server["spec"].get("replicas", 1)
+        wait_phase(kube, operator, name, namespace, "Ready", timeout=90, readyReplicas=replicas)
+        nodes = {p["spec"]["nodeName"] for p in server_pods(kube, name, namespace)}
+        gpu = server["spec"].get("gpu", {}).get("count", 0) > 0
+        assert nodes <= set(control_plane.gpu_nodes if gpu else control_plane.cpu_nodes), nodes
