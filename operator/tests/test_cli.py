@@ -128,3 +128,40 @@ def test_metric_series_follow_status_changes():
     assert 'reason="ModelNotFound"' in text and 'reason="Downloading"' not in text
     metrics.forget("ns", "x")
     assert 'name="x"' not in metrics.render().decode()
+
+
+@pytest.mark.asyncio
+async def test_console_script_runs_logs_json_and_stops_on_sigterm(api):
+    """The real `kubellama-operator` process: JSON logs, reconciles, exits 0 on SIGTERM."""
+    import asyncio
+    import json
+    import os
+    import shutil
+    import signal
+
+    script = shutil.which("kubellama-operator", path=os.path.dirname(sys.executable))
+    cmd = [script] if script else [sys.executable, "-m", "kubellama_operator.cli"]
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, "-n", NAMESPACE, "--health-port", str(_free_port()), "--metrics-port", str(_free_port()),
+        "--bind-address", "127.0.0.1", "--log-format", "json",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    lines: list[str] = []
+
+    async def pump():
+        async for raw in proc.stdout:
+            lines.append(raw.decode(errors="replace").strip())
+
+    reader = asyncio.create_task(pump())
+    try:
+        await api.create("kubellama.dev/v1alpha1", "llamaservers", {
+            "apiVersion": "kubellama.dev/v1alpha1", "kind": "LlamaServer",
+            "metadata": {"name": "proc", "namespace": NAMESPACE}, "spec": {"model": {"url": "https://m.test/a.gguf"}}})
+        await eventually(lambda: api.objects("apps/v1/statefulsets").get("proc"), timeout=30)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(proc.wait(), 30)
+        await reader
+    assert code == 0, "\n".join(lines[-20:])
+    records = [json.loads(line) for line in lines if line.startswith("{")]
+    assert records and all("message" in r for r in records), lines[:5]
+    assert any("watching" in r["message"] and NAMESPACE in r["message"] for r in records)
