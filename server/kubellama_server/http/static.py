@@ -58,7 +58,7 @@ def install(app: FastAPI, folder: str | None) -> StaticFiles:
     files = StaticFiles(folder)
     router = APIRouter()
 
-    @router.get("/{path:path}", include_in_schema=False)
+    @router.api_route("/{path:path}", methods=["GET", "HEAD"], include_in_schema=False)
     async def static_file(path: str):
         found = files.find(path)
         if found is None:

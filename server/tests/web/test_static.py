@@ -15,6 +15,8 @@ def test_builtin_page_and_script(live_server):
     r = httpx.get(srv.url + "/completion.js")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/javascript") and "export async function* llama" in r.text
     assert httpx.get(srv.url + "/index.html").status_code == 200
+    head = httpx.head(srv.url + "/completion.js")
+    assert head.status_code == 200 and head.content == b"" and int(head.headers["content-length"]) > 1000
     r = httpx.get(srv.url + "/missing.css")
     assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error"
 
