@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import json
 from typing import Any
 
 
@@ -29,3 +32,15 @@ def needs_apply(live: dict[str, Any] | None, desired: dict[str, Any]) -> bool:
     return not (contains(live.get("metadata", {}), desired.get("metadata", {}))
                 and all(contains(live.get(k), v) for k, v in desired.items()
                         if k not in ("metadata", "apiVersion", "kind")))
+
+
+HASH_ANNOTATION = "kubellama.dev/desired-hash"
+
+
+def with_hash(obj: dict[str, Any]) -> dict[str, Any]:
+    """`obj` plus an annotation hashing it: a removed field changes the hash, so the subset check
+    in `needs_apply` also notices removals (server-side apply then drops the field)."""
+    digest = hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    out = copy.deepcopy(obj)
+    out["metadata"].setdefault("annotations", {})[HASH_ANNOTATION] = digest
+    return out

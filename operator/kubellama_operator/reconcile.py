@@ -14,7 +14,7 @@ from . import metrics
 from .builders import desired_children
 from .builders.meta import LABEL_MANAGED_BY, selector_labels, selector_string
 from .config import OperatorConfig
-from .diff import needs_apply
+from .diff import needs_apply, with_hash
 from .kube import KubeClient
 from .spec import Model, endpoint, normalize, problems, resolve_model
 from .status import compute_status, essence
@@ -82,7 +82,7 @@ async def apply_children(client: KubeClient, body: dict[str, Any], spec: dict[st
     ns = body["metadata"]["namespace"]
     sm_crd = await client.has_resource("monitoring.coreos.com/v1", "servicemonitors")
     want, drop = desired_children(body, spec, model, config, servicemonitor_crd=sm_crd)
-    for obj in want:
+    for obj in map(with_hash, want):
         ref = f"{obj['kind']}/{obj['metadata']['name']}"
         live = await client.get(obj["apiVersion"], obj["kind"], ns, obj["metadata"]["name"])
         if not needs_apply(live, obj):

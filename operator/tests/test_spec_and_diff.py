@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kubellama_operator.diff import contains, needs_apply
+from kubellama_operator.diff import HASH_ANNOTATION, contains, needs_apply, with_hash
 from kubellama_operator.kube import resource_path
 from kubellama_operator.spec import endpoint, normalize, resolve_model
 
@@ -60,3 +60,12 @@ def test_resource_paths():
     assert resource_path("kubellama.dev/v1alpha1", "llamaservers", "ns", "a", "status") == \
         "/apis/kubellama.dev/v1alpha1/namespaces/ns/llamaservers/a/status"
     assert resource_path("kubellama.dev/v1alpha1", "llamaservers") == "/apis/kubellama.dev/v1alpha1/llamaservers"
+
+
+def test_removed_fields_are_noticed_through_the_hash():
+    old = with_hash({"metadata": {"name": "a"}, "spec": {"nodeSelector": {"a": "1", "b": "2"}}})
+    new = with_hash({"metadata": {"name": "a"}, "spec": {"nodeSelector": {"a": "1"}}})
+    assert contains(old, {"spec": {"nodeSelector": {"a": "1"}}}), "a subset check alone misses removals"
+    assert needs_apply(old, new)
+    assert not needs_apply(old, with_hash({"metadata": {"name": "a"}, "spec": {"nodeSelector": {"a": "1", "b": "2"}}}))
+    assert old["metadata"]["annotations"][HASH_ANNOTATION] != new["metadata"]["annotations"][HASH_ANNOTATION]
