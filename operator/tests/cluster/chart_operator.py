@@ -83,7 +83,8 @@ def chart_operator(control_plane: kcp.ControlPlane, kube: kcp.Kube, helm: Callab
     log = workdir / "operator.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen([*operator_command(), *operator_args(deployment, health_port, metrics_port)],
-                                env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                                env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                preexec_fn=kcp.die_with_parent)
     running = RunningOperator(proc, log, f"system:serviceaccount:{OPERATOR_NS}:{account}",
                               f"http://127.0.0.1:{health_port}", f"http://127.0.0.1:{metrics_port}")
     try:
