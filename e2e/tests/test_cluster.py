@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import time
 
 import pytest
@@ -60,7 +61,8 @@ def one_ready_pod(ns: Kube) -> dict:
     return pods[0]
 
 
-def wait_ready(ns: Kube, replicas: int = 1, timeout: float = 600) -> dict:
+def wait_ready(ns: Kube, replicas: int = 1, timeout: float | None = None) -> dict:
+    timeout = timeout or float(os.environ.get("E2E_READY_TIMEOUT", "600"))
     return ns.wait_for(f"LlamaServer {NAME} Ready with {replicas} ready replica(s)",
                        lambda: llamaserver_ready(ns, NAME, replicas), timeout=timeout, llamaserver=NAME)
 

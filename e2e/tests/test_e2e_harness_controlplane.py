@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from e2e_support import REPO_ROOT
+from e2e_support import CHART, REPO_ROOT, find_tool
 
 CONTROLPLANE = REPO_ROOT / "e2e" / "controlplane"
 #: The cluster tests that need no kubelet: no port-forward, no container exit codes.
@@ -47,6 +47,12 @@ def test_e2e_harness_on_the_local_control_plane(tmp_path: Path) -> None:
         cp.add_nodes(cpu_nodes=2, gpu_nodes=0)
         cp.ensure_volumes(available=6)
         env = {**os.environ, "KUBECONFIG": str(cp.kubeconfig_path)}
+        # The CRD first (as `helm install` would), so the operator finds it when it starts.
+        kubectl = find_tool("kubectl") or "kubectl"
+        for args in (["apply", "--server-side", "-f", str(CHART / "crds")],
+                     ["wait", "--for=condition=Established", "crd/llamaservers.kubellama.dev", "--timeout=60s"]):
+            done = subprocess.run([kubectl, *args], env=env, capture_output=True, text=True, timeout=90)
+            assert done.returncode == 0, f"kubectl {' '.join(args)}:\n{done.stderr}"
         # The chart's operator pod is only played by KWOK: this process does the reconciling.
         with operator_log.open("w") as log:
             operator = subprocess.Popen(
@@ -57,8 +63,9 @@ def test_e2e_harness_on_the_local_control_plane(tmp_path: Path) -> None:
         try:
             proc = subprocess.run(
                 [sys.executable, "-m", "pytest", "e2e/tests", "-m", "e2e", "-k", WITHOUT_CONTAINERS,
-                 "-p", "no:cacheprovider", "-q", "-x", "--tb=short", "--timeout", "600"],
-                env={**env, "E2E": "1"}, cwd=REPO_ROOT, capture_output=True, text=True, timeout=780)
+                 "-p", "no:cacheprovider", "-q", "-x", "--tb=short", "--timeout", "500"],
+                env={**env, "E2E": "1", "E2E_READY_TIMEOUT": "240"}, cwd=REPO_ROOT,
+                capture_output=True, text=True, timeout=780)
         finally:
             operator.terminate()
             try:
