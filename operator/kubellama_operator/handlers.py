@@ -53,6 +53,13 @@ class Operator:
         self.started = asyncio.Event()
         self.resync_task: asyncio.Task[None] | None = None
 
+    def forget(self, namespace: str, name: str) -> None:
+        """Drop per-object state of a deleted LlamaServer."""
+        lock = self._locks.get((namespace, name))
+        if lock is not None and not lock.locked():
+            del self._locks[(namespace, name)]
+        self._queued.pop((namespace, name), None)
+
     def ensure_resync(self) -> None:
         """Start the resync loop, from a kopf handler: it inherits the context kopf's event poster needs."""
         if self.resync_task is None:
@@ -142,6 +149,9 @@ class Operator:
         for ref in outcome.deleted:
             kopf.event(body, type="Normal", reason="Deleted", message=f"deleted {ref} (no longer wanted)")
         status = outcome.status
+        if outcome.warnings and outcome.message_changed:
+            for warning in outcome.warnings:
+                kopf.warn(body, reason="SharedClaimNotShareable", message=warning)
         if outcome.phase_changed or (status.get("phase") in ("Failed", "Degraded") and outcome.message_changed):
             phase = status.get("phase", "")
             reason = "InvalidSpec" if outcome.problems else phase
@@ -195,6 +205,7 @@ def register(config: OperatorConfig, registry: kopf.OperatorRegistry | None = No
         op.ensure_resync()
         if event.get("type") == "DELETED":
             metrics.forget(body["metadata"]["namespace"], body["metadata"]["name"])
+            op.forget(body["metadata"]["namespace"], body["metadata"]["name"])
 
     async def on_child(event: dict[str, Any], body: kopf.Body, namespace: str, labels: dict[str, str],
                        **_: Any) -> None:

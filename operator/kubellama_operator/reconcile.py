@@ -25,6 +25,7 @@ class Outcome:
     status: dict[str, Any]
     previous: dict[str, Any]
     problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     created: list[str] = field(default_factory=list)
     updated: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
@@ -66,6 +67,21 @@ async def check_references(client: KubeClient, namespace: str, spec: dict[str, A
             out.append(f"PersistentVolumeClaim {claim!r} ({where}) not found in namespace {namespace}: "
                        "create it or fix the name")
     return [p for p in out if p]
+
+
+async def shared_claim_warning(client: KubeClient, namespace: str, spec: dict[str, Any]) -> str | None:
+    """Replicas sharing a ReadWriteOnce claim can only run on one node (the classic Multi-Attach trap)."""
+    claim = (spec["model"].get("pvc") or {}).get("claimName") or \
+        spec.get("storage", {}).get("model", {}).get("claimName")
+    if not claim or int(spec.get("replicas", 1)) <= 1:
+        return None
+    pvc = await client.get("v1", "PersistentVolumeClaim", namespace, claim)
+    modes = set(((pvc or {}).get("spec") or {}).get("accessModes") or [])
+    if pvc is None or modes & {"ReadWriteMany", "ReadOnlyMany"}:
+        return None
+    return (f"warning: {spec['replicas']} replicas share PersistentVolumeClaim {claim!r} "
+            f"({', '.join(sorted(modes)) or 'no access modes'}): pods on other nodes cannot mount it; "
+            "use a ReadWriteMany claim, or drop storage.model.claimName to give each replica its own")
 
 
 def _owned_by(obj: dict[str, Any], owner: dict[str, Any]) -> bool:
@@ -110,6 +126,8 @@ async def refresh_status(client: KubeClient, body: dict[str, Any], spec: dict[st
         name=name, namespace=ns, generation=meta.get("generation"), desired=int(spec.get("replicas", 1)),
         model=model, endpoint=endpoint(name, ns, spec), selector=selector_string(name), pods=pods,
         statefulset=sts, problems=spec_problems, previous=outcome.previous)
+    if outcome.warnings:
+        status["message"] = "; ".join([status["message"], *outcome.warnings])
     outcome.status = status
     if essence(status) != essence(outcome.previous):
         patch = {k: None for k in outcome.previous if k not in status}
@@ -130,6 +148,9 @@ async def reconcile(client: KubeClient, body: dict[str, Any], config: OperatorCo
         model = resolve_model(spec)
         found = await check_references(client, body["metadata"]["namespace"], spec)
     outcome.problems = found
+    if not found:
+        warning = await shared_claim_warning(client, body["metadata"]["namespace"], spec)
+        outcome.warnings = [warning] if warning else []
     if not found and apply:
         await apply_children(client, body, spec, model, config, outcome)
     await refresh_status(client, body, spec, model, found, outcome)

@@ -258,6 +258,18 @@ async def test_missing_claim_and_invalid_spec_do_not_crash(api, operator):
     await eventually(lambda: api.objects("apps/v1/statefulsets").get("fine"))
 
 
+async def test_replicas_sharing_a_readwriteonce_claim_are_warned_about(api, operator):
+    await api.create("v1", "persistentvolumeclaims", {
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "cache"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}})
+    await api.create(LS, "llamaservers", llama(replicas=2, storage={"model": {"claimName": "cache"}}))
+    sts = await eventually(lambda: api.objects("apps/v1/statefulsets").get("gemma"))
+    assert "volumeClaimTemplates" not in sts["spec"], "the shared claim replaces per-replica claims"
+    status = await eventually(lambda: "ReadWriteMany" in status_of(api).get("message", "") and status_of(api))
+    assert status["phase"] == "Pending", "a warning, not a failure: one-node clusters can share RWO claims"
+    await eventually(lambda: events(api, "SharedClaimNotShareable", "Warning"))
+
+
 async def test_restart_resumes_without_duplicates(api, operator):
     await api.create(LS, "llamaservers", llama(replicas=2))
     await eventually(lambda: len(api.objects("v1/services")) == 2 and api.objects("policy/v1/poddisruptionbudgets"))
