@@ -114,9 +114,11 @@ def test_restored_gemma_cache_is_reused_and_faster_than_a_cold_prompt(gemma_mode
         cold = complete(b.url, prompt=prompt, id_slot=1, n_predict=8, temperature=0)  # same prompt, empty slot
         cold_s = time.perf_counter() - t0
         assert warm["tokens_cached"] == n_prompt - 1 and cold["tokens_cached"] == 0
-        assert warm["tokens"][:1] == first["tokens"][:1]  # the restored KV is the real one, not garbage
+        # the restored KV is the real one, not garbage: greedy decoding picks the same first token
+        assert warm["tokens"][:1] == first["tokens"][:1], (warm["content"], first["content"])
+        # engine-side prompt time: one token instead of the whole prompt
         assert warm["timings"]["prompt_ms"] * 5 < cold["timings"]["prompt_ms"], (warm["timings"], cold["timings"])
-        assert warm_s * 2 < cold_s, (warm_s, cold_s)
+        assert warm_s < cold_s, (warm_s, cold_s)  # wall clock too (loosely: CI machines are shared)
     finally:
         b.stop()
 
