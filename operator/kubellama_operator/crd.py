@@ -272,6 +272,7 @@ def status_schema() -> Schema:
             "path": _s("Path of the file inside the server container."),
             "source": _s("Where it comes from."),
             "sizeBytes": {"type": "integer", "format": "int64"},
+            "sha256": _s("SHA-256 of the fetched file (from the fetcher)."),
         }),
     })
 

@@ -22,7 +22,8 @@ Spec = dict[str, Any]
 MODEL_DIR = "/models"
 SLOTS_DIR = "/slots"
 CONFIG_DIR = "/etc/kubellama"
-SYSTEM_PROMPT_FILE = "system-prompt.txt"
+#: llama.cpp's -spf format: JSON {"prompt": ...}.
+SYSTEM_PROMPT_FILE = "system-prompt.json"
 API_KEY_DIR = "/var/run/secrets/kubellama/api-key"
 API_KEY_FILE = "api-key"
 SERVER_PORT = 8080

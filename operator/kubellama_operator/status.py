@@ -197,11 +197,14 @@ def compute_status(*, name: str, namespace: str, generation: int | None, desired
     if model is not None:
         m: dict[str, Any] = {"name": model.name, "file": model.file, "path": model.path,
                              "source": model.description}
-        size = next((v.model_info.get("size") for v in views if isinstance(v.model_info.get("size"), int)), None)
-        if size is None:
-            size = ((previous or {}).get("model") or {}).get("sizeBytes")
+        fetched = next((v.model_info for v in views if isinstance(v.model_info.get("size"), int)), {})
+        before = (previous or {}).get("model") or {}
+        size = fetched.get("size", before.get("sizeBytes"))
+        sha = fetched.get("sha256") or before.get("sha256")
         if isinstance(size, int):
             m["sizeBytes"] = size
+        if isinstance(sha, str) and sha:
+            m["sha256"] = sha
         out["model"] = m
     return out
 

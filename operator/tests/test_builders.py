@@ -202,8 +202,8 @@ def test_slots_api_key_and_system_prompt():
     args = args_of(objs)
     assert flag(args, "--slot-save-path") == "/slots" and "--slot-persist" in args
     assert flag(args, "--api-key-file") == "/var/run/secrets/kubellama/api-key/api-key"
-    assert flag(args, "-spf") == "/etc/kubellama/system-prompt.txt"
-    assert objs[("ConfigMap", "gemma-config")]["data"] == {"system-prompt.txt": "You are terse."}
+    assert flag(args, "-spf") == "/etc/kubellama/system-prompt.json"
+    assert json.loads(objs[("ConfigMap", "gemma-config")]["data"]["system-prompt.json"]) == {"prompt": "You are terse."}
     vols = {v["name"]: v for v in pod_of(objs)["volumes"]}
     assert vols["api-key"]["secret"]["secretName"] == "keys"
     assert vols["api-key"]["secret"]["items"] == [{"key": "primary", "path": "api-key"}]

@@ -1,7 +1,8 @@
-"""ConfigMap holding the system prompt file (`-spf`), only when spec.server.systemPrompt is set."""
+"""ConfigMap holding the system prompt file (`-spf`, JSON `{"prompt": ...}`), only when spec.server.systemPrompt is set."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from ..spec import SYSTEM_PROMPT_FILE, Spec
@@ -17,5 +18,5 @@ def build_configmap(owner: Body, spec: Spec) -> dict[str, Any]:
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": object_meta(owner, config_name(owner["metadata"]["name"])),
-        "data": {SYSTEM_PROMPT_FILE: spec["server"]["systemPrompt"]},
+        "data": {SYSTEM_PROMPT_FILE: json.dumps({"prompt": spec["server"]["systemPrompt"]}, ensure_ascii=False)},
     }
