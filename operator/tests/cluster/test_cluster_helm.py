@@ -46,6 +46,12 @@ def deployment_args(kube: kcp.Kube, name: str, namespace: str) -> list[str]:
 
 
 def test_helm_install_upgrade_uninstall(kube, helm, release_ns, tmp_path):
+    # Helm server-side-applies crds/ over the CRD the other tests installed from crds/:
+    # the two must be the same, or the apply conflicts (as it would for a user).
+    chart_crd = CHART / "crds" / "kubellama.dev_llamaservers.yaml"
+    assert yaml.safe_load(chart_crd.read_text()) == yaml.safe_load(
+        (REPO / "crds" / "kubellama.dev_llamaservers.yaml").read_text()), \
+        f"{chart_crd.relative_to(REPO)} differs from crds/kubellama.dev_llamaservers.yaml: re-sync the chart's copy"
     release, fullname = "kh", "kh-kubellama-operator"  # the chart names the operator objects so
     values = tmp_path / "values.yaml"
     values.write_text(yaml.safe_dump({"llamaServers": [

@@ -204,3 +204,25 @@ def test_crd_examples_run(control_plane, kube, operator, namespace, example):
         nodes = {p["spec"]["nodeName"] for p in server_pods(kube, name, namespace)}
         gpu = server["spec"].get("gpu", {}).get("count", 0) > 0
         assert nodes <= set(control_plane.gpu_nodes if gpu else control_plane.cpu_nodes), nodes
+
+
+def test_failing_model_download_is_reported(kube, operator, namespace):
+    """kwok plays a fetch init container in CrashLoopBackOff with kubellama-fetch's 404 exit code."""
+    from kubellama_operator.status import FETCH_CONTAINER
+
+    message = "not found (HTTP 404): http://models.invalid/models/tiny-q4_0.gguf; check spec.model.url"
+    kube.create(llama("broken", namespace,
+                      podLabels={"kwok.kubellama.dev/init-fails": "true"},
+                      podAnnotations={"kwok.kubellama.dev/init-container": FETCH_CONTAINER,
+                                      "kwok.kubellama.dev/exit-code": "3",
+                                      "kwok.kubellama.dev/message": message}))
+    status = wait_phase(kube, operator, "broken", namespace, "Failed", message_has="model download failed")
+    assert message in status["message"]
+    model_ready = next(c for c in status["conditions"] if c["type"] == "ModelReady")
+    assert (model_ready["status"], model_ready["reason"]) == ("False", "ModelNotFound")
+    # What the "model download failing" alert sees.
+    text = httpx.get(f"{operator.metrics_url}/metrics", timeout=5).text
+    series = [line for line in text.splitlines()
+              if line.startswith("kubellama_operator_llamaserver_phase{") and 'name="broken"' in line
+              and f'namespace="{namespace}"' in line and 'phase="Failed"' in line]
+    assert series and series[0].endswith(" 1.0"), series
