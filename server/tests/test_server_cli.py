@@ -62,9 +62,9 @@ def test_usage_errors_exit_2(argv, env, message, capsys):
 
 
 def test_unimplemented_flags_are_named():
-    s, given = parse_settings(["-m", "x", "--lora", "a.gguf", "--grp-attn-n", "4"], environ={})
+    s, given = parse_settings(["-m", "x", "--mmproj", "p.gguf", "--grp-attn-n", "4"], environ={})
     names = unimplemented(given, s)
-    assert any(n.startswith("lora") for n in names) and any(n.startswith("grp_attn_n") for n in names)
+    assert any(n.startswith("mmproj") for n in names) and any(n.startswith("grp_attn_n") for n in names)
     s, given = parse_settings(["-m", "x", "--grp-attn-n", "1"], environ={})
     assert unimplemented(given, s) == []  # the default value changes nothing
 
