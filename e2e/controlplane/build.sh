@@ -64,7 +64,7 @@ trap 'rm -rf "$work"' EXIT
 start=$SECONDS
 elapsed() { printf '%dm%02ds' $(((SECONDS - start) / 60)) $(((SECONDS - start) % 60)); }
 
-echo "control plane $key: building ${BINARIES[*]} from the Go module proxy (first time on this machine only; about 15-30 minutes on 2 cores)"
+echo "control plane $key: building ${BINARIES[*]} from the Go module proxy (once per machine and pinned version; about 10 minutes on 2 idle cores)"
 cd "$here"
 # -mod=readonly: build exactly what go.mod/go.sum pin, never re-resolve.
 export GOFLAGS="-mod=readonly -trimpath" CGO_ENABLED=0
