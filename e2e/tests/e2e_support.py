@@ -218,12 +218,17 @@ def port_forward(kube: Kube, target: str, port: int, *, timeout: float = 60) -> 
                 raise AssertionError(f"kubectl port-forward {target} did not start within {timeout}s")
         yield f"http://127.0.0.1:{local}"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, grace=10)
+
+
+def stop(proc: subprocess.Popen, grace: float = 20) -> None:
+    """SIGTERM, then SIGKILL after `grace` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def http(method: str, url: str, body: dict | None = None, *, timeout: float = 60) -> tuple[int, str]:

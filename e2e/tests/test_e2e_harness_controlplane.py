@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from e2e_support import CHART, REPO_ROOT, find_tool
+from e2e_support import CHART, REPO_ROOT, find_tool, stop
 
 CONTROLPLANE = REPO_ROOT / "e2e" / "controlplane"
 #: The cluster tests that need no kubelet: no port-forward, no container exit codes.
@@ -67,12 +67,7 @@ def test_e2e_harness_on_the_local_control_plane(tmp_path: Path) -> None:
                 env={**env, "E2E": "1", "E2E_READY_TIMEOUT": "240"}, cwd=REPO_ROOT,
                 capture_output=True, text=True, timeout=780)
         finally:
-            operator.terminate()
-            try:
-                operator.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                operator.kill()
-                operator.wait()
+            stop(operator)
     report = proc.stdout[-8000:] + proc.stderr[-2000:]
     assert proc.returncode == 0, f"{report}\n--- operator log (tail) ---\n{operator_log.read_text()[-4000:]}"
     assert "3 passed" in proc.stdout, report
