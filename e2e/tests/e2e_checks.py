@@ -57,23 +57,33 @@ def check_metrics(base_url: str) -> dict[str, float]:
 
 def prime_and_save_slot(base_url: str) -> dict:
     """Fill slot 0's prompt cache and save it to SLOT_FILE; returns the save's answer."""
-    http_json("POST", f"{base_url}/completion", COMPLETION)
+    prime_slot(base_url)
     saved = http_json("POST", f"{base_url}/slots/0?action=save", {"filename": SLOT_FILE})
     assert saved["n_saved"] > 0, saved
     return saved
 
 
-def restore_slot_and_check(base_url: str, saved: dict) -> dict:
-    """On a fresh server: restore SLOT_FILE into slot 0, then the same prompt hits the cache."""
+def prime_slot(base_url: str) -> None:
+    """Put the prompt in slot 0's cache (what a warm restart must carry over)."""
+    http_json("POST", f"{base_url}/completion", COMPLETION)
+
+
+def check_prompt_cached(base_url: str) -> dict:
+    """The prompt again on slot 0: its cached prefix is reused, not evaluated again."""
     n_prompt = len(http_json("POST", f"{base_url}/tokenize", {"content": PROMPT})["tokens"])
-    restored = http_json("POST", f"{base_url}/slots/0?action=restore", {"filename": SLOT_FILE})
-    assert restored["n_restored"] == saved["n_saved"], (saved, restored)
     again = http_json("POST", f"{base_url}/completion", {**COMPLETION, "n_predict": 1})
-    assert again["tokens_cached"] > 0, f"the restored cache was not used: {again}"
+    assert again["tokens_cached"] > 0, f"the prompt cache was not used: {again}"
     prompt_n = again.get("timings", {}).get("prompt_n")
     if prompt_n is not None:  # only the uncached tail of the prompt was evaluated again
         assert prompt_n < n_prompt, (prompt_n, n_prompt)
     return again
+
+
+def restore_slot_and_check(base_url: str, saved: dict) -> dict:
+    """On a fresh server: restore SLOT_FILE into slot 0, then the same prompt hits the cache."""
+    restored = http_json("POST", f"{base_url}/slots/0?action=restore", {"filename": SLOT_FILE})
+    assert restored["n_restored"] == saved["n_saved"], (saved, restored)
+    return check_prompt_cached(base_url)
 
 
 def cold_cache(base_url: str, slot: int = 1) -> int:

@@ -17,9 +17,11 @@ import pytest
 from e2e_checks import (
     check_chat,
     check_metrics,
+    check_prompt_cached,
     cold_cache,
     context_size,
     prime_and_save_slot,
+    prime_slot,
     restore_slot_and_check,
 )
 from e2e_support import (
@@ -101,11 +103,26 @@ def test_metrics_are_exposed(ns: Kube, llama: str) -> None:
 
 def test_slot_survives_pod_restart(ns: Kube, llama: str) -> None:
     pod = one_ready_pod(ns)
-    name, uid = pod["metadata"]["name"], pod["metadata"]["uid"]
+    name = pod["metadata"]["name"]
     with port_forward(ns, f"pod/{name}", PORT) as url:
         saved = prime_and_save_slot(url)
 
-    log(f"deleting pod {name}; its slot file stays on the slots volume")
+    _restart_pod(ns, pod)  # its slot file stays on the slots volume
+    with port_forward(ns, f"pod/{name}", PORT) as url:
+        assert cold_cache(url) == 0  # a fresh process: nothing cached but what we restore
+        restore_slot_and_check(url, saved)
+
+
+def _rolled(ns: Kube, old_revision: str, replicas: int = 1) -> bool:
+    status = statefulset(ns)["status"]
+    return (status.get("updateRevision") != old_revision
+            and status.get("currentRevision") == status.get("updateRevision")
+            and status.get("updatedReplicas") == replicas and status.get("readyReplicas") == replicas)
+
+
+def _restart_pod(ns: Kube, pod: dict) -> None:
+    name, uid = pod["metadata"]["name"], pod["metadata"]["uid"]
+    log(f"deleting pod {name}")
     ns("delete", "pod", name, "--wait=true", timeout=240)
 
     def back() -> dict | None:
@@ -114,9 +131,23 @@ def test_slot_survives_pod_restart(ns: Kube, llama: str) -> None:
 
     ns.wait_for(f"pod {name} back and ready", back, timeout=300, llamaserver=NAME)
     wait_ready(ns)
-    with port_forward(ns, f"pod/{name}", PORT) as url:
-        assert cold_cache(url) == 0  # a fresh process: nothing cached but what we restore
-        restore_slot_and_check(url, saved)
+
+
+def test_warm_restart_with_restore_on_start(ns: Kube, llama: str) -> None:
+    """spec.storage.slots.restoreOnStart: the server saves its slots on SIGTERM and loads
+    them at start-up, so a restarted pod answers a repeated prompt from its cache."""
+    old_revision = statefulset(ns)["status"]["updateRevision"]
+    ns("patch", "llamaserver", NAME, "--type=merge",
+       "-p", json.dumps({"spec": {"storage": {"slots": {"restoreOnStart": True}}}}))
+    ns.wait_for("the StatefulSet to roll out restoreOnStart", lambda: _rolled(ns, old_revision),
+                timeout=400, llamaserver=NAME)
+    wait_ready(ns)
+    pod = one_ready_pod(ns)
+    with port_forward(ns, f"pod/{pod['metadata']['name']}", PORT) as url:
+        prime_slot(url)
+    _restart_pod(ns, pod)
+    with port_forward(ns, f"pod/{pod['metadata']['name']}", PORT) as url:
+        check_prompt_cached(url)
 
 
 def _n_ctx(ns: Kube) -> int:
@@ -135,13 +166,8 @@ def test_spec_change_rolls_pods(ns: Kube, llama: str) -> None:
     ns("patch", "llamaserver", NAME, "--type=merge",
        "-p", json.dumps({"spec": {"server": {"contextSize": new_size}}}))
 
-    def rolled() -> bool:
-        status = statefulset(ns)["status"]
-        return (status.get("updateRevision") != old_revision
-                and status.get("currentRevision") == status.get("updateRevision")
-                and status.get("updatedReplicas") == 1 and status.get("readyReplicas") == 1)
-
-    ns.wait_for("the StatefulSet to roll out the new context size", rolled, timeout=400, llamaserver=NAME)
+    ns.wait_for("the StatefulSet to roll out the new context size", lambda: _rolled(ns, old_revision),
+                timeout=400, llamaserver=NAME)
     wait_ready(ns)
     pod = one_ready_pod(ns)
     assert pod["metadata"]["uid"] != old_uid, "the pod was not replaced"

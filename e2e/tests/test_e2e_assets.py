@@ -191,7 +191,7 @@ def test_model_server_command_serves_the_model_to_the_fetcher(tmp_path: Path) ->
 class LocalServer:
     """kubellama-server on loopback with the flags the e2e LlamaServer asks for."""
 
-    def __init__(self, model: Path, slots: Path, ctx: int = 512):
+    def __init__(self, model: Path, slots: Path, ctx: int = 512, extra: tuple[str, ...] = ()):
         (llama,) = load_manifest("llamaserver.yaml")
         spec = llama["spec"]
         self.port = _free_port()
@@ -200,7 +200,7 @@ class LocalServer:
         assert server, "kubellama-server is not installed; run `make install`"
         self.cmd = [server, "-m", str(model), "--host", "127.0.0.1", "--port", str(self.port),
                     "-c", str(ctx), "-np", str(spec["server"]["parallel"]), "-a", spec["model"]["alias"],
-                    "--metrics", "--slot-save-path", str(slots)]
+                    "--metrics", "--slot-save-path", str(slots), *extra]
         self.log = slots.parent / f"server-{self.port}.log"
 
     def __enter__(self) -> str:
@@ -247,6 +247,18 @@ def test_e2e_slot_checks_across_a_restart(local_model: Path, tmp_path: Path) -> 
     with LocalServer(local_model, slots) as url:  # the "pod" is back: a new process
         assert e2e_checks.cold_cache(url) == 0
         e2e_checks.restore_slot_and_check(url, saved)
+
+
+def test_e2e_warm_restart_check(local_model: Path, tmp_path: Path) -> None:
+    """restoreOnStart (--slot-persist): slots saved on SIGTERM come back by themselves."""
+    slots = tmp_path / "slots"
+    slots.mkdir()
+    with LocalServer(local_model, slots, extra=("--slot-persist",)) as url:
+        e2e_checks.prime_slot(url)
+    with LocalServer(local_model, slots, extra=("--slot-persist",)) as url:
+        e2e_checks.check_prompt_cached(url)
+    with LocalServer(local_model, slots) as url:  # the control: without it, a cold start
+        assert e2e_checks.cold_cache(url, slot=0) == 0
 
 
 def test_e2e_context_check_sees_a_doubled_context(local_model: Path, tmp_path: Path) -> None:
