@@ -406,10 +406,14 @@ def test_cluster_tests_fail_loudly_with_e2e_and_no_cluster(tmp_path: Path) -> No
     assert "E2E=1 but the end-to-end tests cannot run" in proc.stdout + proc.stderr
 
 
+def _make(*args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    return subprocess.run(["make", "--no-print-directory", *args], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=120, env=env)
+
+
 def test_make_e2e_fails_loudly_without_a_cluster_tool() -> None:
-    proc = subprocess.run(["make", "--no-print-directory", "e2e", "KIND=/nonexistent/kind",
-                           "CONTAINER_TOOL=/nonexistent/docker"], cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=120)
+    proc = _make("e2e", "KIND=/nonexistent/kind", "CONTAINER_TOOL=/nonexistent/docker")
     assert proc.returncode != 0
     assert "make e2e needs a Kubernetes cluster" in proc.stderr
     assert "kind (/nonexistent/kind)" in proc.stderr and "docker engine" in proc.stderr
@@ -417,6 +421,5 @@ def test_make_e2e_fails_loudly_without_a_cluster_tool() -> None:
 
 
 def test_make_e2e_rejects_an_unknown_cluster_mode() -> None:
-    proc = subprocess.run(["make", "--no-print-directory", "e2e", "E2E_CLUSTER=minikube"], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=120)
+    proc = _make("e2e", "E2E_CLUSTER=minikube")
     assert proc.returncode != 0 and "E2E_CLUSTER must be 'kind' or 'existing'" in proc.stderr

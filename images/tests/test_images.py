@@ -53,8 +53,10 @@ def run_text(stage: list[dockerfile.Command]) -> str:
 
 
 def make(*args: str) -> subprocess.CompletedProcess:
+    """Our own `make`, not a part of an outer `make test` (no inherited flags or jobserver)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
     return subprocess.run(["make", "--no-print-directory", "-s", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=60)
+                          text=True, timeout=60, env=env)
 
 
 def find_helm() -> str | None:
