@@ -115,7 +115,8 @@ class KubeClient:
                 if resp.status == 401 and attempt == 0:
                     continue  # credentials rotated: log in again once
                 text = await resp.text()
-                payload: Any = json.loads(text) if text and text.lstrip().startswith("{") else text
+                is_json = resp.content_type == "application/json" and text.lstrip().startswith("{")
+                payload: Any = json.loads(text) if is_json else text
                 if resp.status >= 400:
                     raise ApiError(resp.status, method, path, payload)
                 return payload
@@ -169,6 +170,19 @@ class KubeClient:
                            status: dict[str, Any]) -> Any:
         return await self.request("PATCH", resource_path(api_version, kind, namespace, name, "status"),
                                   body={"status": status}, content_type="application/merge-patch+json")
+
+    async def pod_log(self, namespace: str, name: str, container: str, *, tail_lines: int = 20,
+                      limit_bytes: int = 16384) -> str | None:
+        """The end of a container's log, or None when it cannot be read (not started, forbidden)."""
+        try:
+            text = await self.request("GET", resource_path("v1", "Pod", namespace, name, "log"),
+                                      params={"container": container, "tailLines": str(tail_lines),
+                                              "limitBytes": str(limit_bytes)})
+        except ApiError as e:
+            if e.status in (400, 403, 404):
+                return None
+            raise
+        return text if isinstance(text, str) else None
 
     async def has_resource(self, group_version: str, plural: str) -> bool:
         """Whether the API server serves `plural` in `group_version` (discovery; no RBAC needed)."""

@@ -26,6 +26,8 @@ RULES: list[dict[str, list[str]]] = [
     {"apiGroups": ["monitoring.coreos.com"], "resources": ["servicemonitors"], "verbs": list(_RW)},
     # Read-only: pods for status (init-container failures), Secrets and claims the spec names.
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+    # The fetch init container's log: download progress in the status message.
+    {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
     {"apiGroups": [""], "resources": ["secrets", "persistentvolumeclaims"], "verbs": ["get"]},
     # Kubernetes Events about LlamaServers (kopf's poster and ours).
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},

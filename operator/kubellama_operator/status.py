@@ -61,6 +61,47 @@ def _fetch_info(message: str) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def download_progress(log_text: str | None) -> dict[str, Any] | None:
+    """The last progress record in the fetcher's JSON-lines log (`kubectl logs -c fetch-model`)."""
+    for line in reversed((log_text or "").splitlines()):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("event") in ("progress", "start"):
+            return record
+    return None
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n} B"
+
+
+def describe_progress(progress: dict[str, Any] | None) -> str:
+    """"downloading m.gguf: 42% of 4.9 GiB, 12.0 MiB/s, about 6 min left" (or less, as known)."""
+    if not progress:
+        return "downloading the model"
+    text = f"downloading {progress.get('file') or 'the model'}"
+    done, total = progress.get("bytes_done"), progress.get("bytes_total")
+    if isinstance(progress.get("percent"), (int, float)) and total:
+        text += f": {progress['percent']:.0f}% of {_bytes(total)}"
+    elif isinstance(done, (int, float)):
+        text += f": {_bytes(done)} so far"
+    elif total:
+        text += f": {_bytes(total)}"
+    rate = progress.get("rate_bytes_per_second")
+    if isinstance(rate, (int, float)) and rate > 0:
+        text += f", {_bytes(rate)}/s"
+    eta = progress.get("eta_seconds")
+    if isinstance(eta, (int, float)):
+        text += f", about {max(1, round(eta / 60))} min left" if eta >= 60 else f", about {round(eta)} s left"
+    return text
+
+
 def pod_view(pod: dict[str, Any]) -> PodView:
     status = pod.get("status", {}) or {}
     if pod.get("metadata", {}).get("deletionTimestamp"):
@@ -118,11 +159,16 @@ def _condition(type_: str, ok: bool | None, reason: str, message: str, generatio
 def compute_status(*, name: str, namespace: str, generation: int | None, desired: int, model: Model | None,
                    endpoint: str, selector: str, pods: list[dict[str, Any]],
                    statefulset: dict[str, Any] | None, problems: list[str],
-                   previous: dict[str, Any] | None = None, now: str | None = None) -> dict[str, Any]:
-    """The full `.status` of a LlamaServer."""
+                   previous: dict[str, Any] | None = None, now: str | None = None,
+                   progress: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The full `.status` of a LlamaServer. `progress`: the first downloading pod's fetch progress."""
     now = now or datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
     prev_conds = {c.get("type"): c for c in (previous or {}).get("conditions") or []}
     views = [pod_view(p) for p in pods]
+    for v in views:
+        if v.stage == "Downloading":
+            v.message = describe_progress(progress)
+            break
     ready = sum(v.stage == "Ready" for v in views)
     failed = [v for v in views if v.stage == "Failed"]
     fetch_failed = [v for v in failed if v.message.startswith("model download failed")]
@@ -164,7 +210,7 @@ def compute_status(*, name: str, namespace: str, generation: int | None, desired
         model_cond = (True, "Downloaded" if model is None or model.source != "pvc" else "FromClaim",
                       f"model file {model.path if model else ''} is in place")
     elif any(v.stage == "Downloading" for v in views):
-        model_cond = (False, "Downloading", "downloading the model")
+        model_cond = (False, "Downloading", next(v.message for v in views if v.stage == "Downloading"))
     else:
         model_cond = (None, "NoPods", "no pod has started yet") if desired else (None, "ScaledToZero", "")
 

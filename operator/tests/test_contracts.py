@@ -143,3 +143,21 @@ def test_fetch_failure_reason_and_message_reach_the_status(model_host, tmp_path)
     view = pod_view(_as_pod(code, message))
     assert view.stage == "Failed" and view.reason == "ModelNotFound"
     assert message.strip() and message.strip() in view.message
+
+
+def test_download_progress_from_the_fetchers_own_log_lines():
+    import io
+
+    from kubellama_server.fetch.progress import JsonProgress
+
+    from kubellama_operator.status import describe_progress, download_progress
+
+    stream = io.StringIO()
+    reporter = JsonProgress(stream, interval=0)
+    reporter.start("m.gguf", 4 * 1024 ** 3, url="https://m.test/m.gguf")
+    reporter.update(1024 ** 3)
+    progress = download_progress("not json\n" + stream.getvalue())
+    assert progress["event"] == "progress" and progress["bytes_total"] == 4 * 1024 ** 3
+    text = describe_progress(progress)
+    assert text.startswith("downloading m.gguf: 25% of 4.0 GiB"), text
+    assert describe_progress(None) == "downloading the model"

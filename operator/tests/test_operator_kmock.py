@@ -177,9 +177,15 @@ async def test_periodic_resync_repairs_unwatched_drift(api, operator):
 async def test_status_follows_pods(api, operator):
     await api.create(LS, "llamaservers", llama(replicas=2))
     await eventually(lambda: api.objects("apps/v1/statefulsets").get("gemma"))
+    # What kubellama-fetch logs while it downloads (JSON lines on a non-terminal).
+    api.kmock["get /api/v1/namespaces/ml/pods/gemma-0/log"] << (
+        b'{"logger":"kubellama-fetch","event":"start","file":"gemma.gguf","bytes_total":2147483648}\n'
+        b'{"logger":"kubellama-fetch","event":"progress","file":"gemma.gguf","bytes_done":902299648,'
+        b'"bytes_total":2147483648,"percent":42.0,"rate_bytes_per_second":12582912,"eta_seconds":99.0}\n')
     await api.create("v1", "pods", pod("gemma-0", init=RUNNING))
     status = await phase_is(api, "Downloading")
     assert condition(status, "ModelReady")["reason"] == "Downloading"
+    assert status["message"] == "downloading gemma.gguf: 42% of 2.0 GiB, 12.0 MiB/s, about 2 min left"
 
     # The fetcher fails: its termination message reaches the status, with a reason from its exit code.
     msg = "404 Not Found: https://models.test/gemma-3-270m-q4_k_m.gguf; check spec.model.url"
