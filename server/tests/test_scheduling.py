@@ -29,15 +29,28 @@ def _wait_idle(url, n, timeout=5.0):
 
 
 def test_one_decode_mixes_tokens_of_several_slots(live_server):
+    """Four streams kept open at once: every decode must carry a token of each of them."""
+    import contextlib
+
     srv = live_server("-np", "4", "-c", "2048")
-    with cf.ThreadPoolExecutor(4) as pool:
-        results = list(pool.map(lambda i: _complete(srv.url, n_predict=64, seed=i, ignore_eos=True), range(4)))
-    assert all(r["tokens_predicted"] == 64 for r in results)
-    assert sorted(r["id_slot"] for r in results) == [0, 1, 2, 3]
-    sched = srv.engine.scheduler
-    assert sched.max_batch_slots >= 3, sched.max_batch_slots
-    snap = srv.engine.stats.snapshot()
-    assert snap.n_busy_slots_total / snap.n_decode_total > 1.5  # decodes served several slots at once
+    body = {"prompt": "go", "n_predict": 100000, "ignore_eos": True, "stream": True}
+    with contextlib.ExitStack() as stack:
+        streams = [
+            stack.enter_context(httpx.stream("POST", srv.url + "/completion", json={**body, "seed": i}, timeout=60)).iter_lines()
+            for i in range(4)
+        ]
+        for lines in streams:  # each stream has produced a token: all four slots are generating
+            assert next(line for line in lines if line.startswith("data: "))
+        before = srv.engine.stats.snapshot()
+        for _ in range(20):
+            for lines in streams:
+                next(line for line in lines if line.startswith("data: "))
+        after = srv.engine.stats.snapshot()
+    assert srv.engine.scheduler.max_batch_slots == 4
+    decodes = after.n_decode_total - before.n_decode_total
+    busy = after.n_busy_slots_total - before.n_busy_slots_total
+    assert decodes > 0 and busy / decodes == 4  # one llama_decode per step, all four slots in it
+    _wait_idle(srv.url, 4)
 
 
 def test_more_requests_than_slots_are_deferred_not_dropped(live_server):
