@@ -47,8 +47,14 @@ from .health import start as start_endpoints
 log = logging.getLogger("kubellama_operator")
 
 
-def _env(name: str, default: Any) -> Any:
-    return os.environ.get(name, default)
+def _env(name: str, default: Any, convert: Any = None) -> Any:
+    raw = os.environ.get(name, default)
+    if convert is None:
+        return raw
+    try:
+        return convert(raw)
+    except (ValueError, argparse.ArgumentTypeError) as e:
+        raise ValueError(f"{name}={raw!r}: {e}") from None
 
 
 def _port(text: str) -> int:
@@ -83,16 +89,22 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                    default=_env("KUBELLAMA_LOG_LEVEL", "INFO").upper())
     p.add_argument("--bind-address", default=_env("KUBELLAMA_BIND_ADDRESS", "0.0.0.0"))
-    p.add_argument("--health-port", type=_port, default=_port(_env("KUBELLAMA_HEALTH_PORT", "8081")))
-    p.add_argument("--metrics-port", type=_port, default=_port(_env("KUBELLAMA_METRICS_PORT", "8080")))
-    p.add_argument("--resync-seconds", type=_positive, default=_positive(_env("KUBELLAMA_RESYNC_SECONDS", "60")))
+    p.add_argument("--health-port", type=_port, default=_env("KUBELLAMA_HEALTH_PORT", "8081", _port))
+    p.add_argument("--metrics-port", type=_port, default=_env("KUBELLAMA_METRICS_PORT", "8080", _port))
+    p.add_argument("--resync-seconds", type=_positive, default=_env("KUBELLAMA_RESYNC_SECONDS", "60", _positive))
     p.add_argument("--version", action="version", version=f"kubellama-operator {__version__}")
     p.set_defaults(env_namespaces=env_ns)
     return p
 
 
 def parse_config(argv: Sequence[str] | None = None) -> OperatorConfig:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    for action in p._actions:  # argparse does not check defaults (from the environment) against choices
+        value = getattr(args, action.dest, None)
+        if action.choices and value not in action.choices:
+            env = "KUBELLAMA_" + action.dest.upper()
+            raise ValueError(f"{env}={value!r}: expected one of {', '.join(action.choices)}")
     namespaces = () if args.all_namespaces else tuple(args.namespaces or args.env_namespaces)
     return OperatorConfig(
         cpu_image=args.cpu_image, cuda_image=args.cuda_image, image_pull_policy=args.image_pull_policy,
@@ -149,8 +161,8 @@ def run_in_thread(config: OperatorConfig, *, endpoints: bool = False) -> tuple[t
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = parse_config(argv)
-    except ValueError as e:  # bad environment values
-        print(f"kubellama-operator: {e}", file=sys.stderr)
+    except ValueError as e:  # bad environment values (bad flags exit in argparse)
+        print(f"kubellama-operator: invalid environment setting: {e}", file=sys.stderr)
         return 2
     configure_logging(config)
     try:

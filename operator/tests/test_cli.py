@@ -60,6 +60,16 @@ def test_bad_flags_exit_2(argv, capsys):
     assert "kubellama-operator" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("name,value", [("KUBELLAMA_HEALTH_PORT", "abc"), ("KUBELLAMA_METRICS_PORT", "70000"),
+                                        ("KUBELLAMA_RESYNC_SECONDS", "-1"), ("KUBELLAMA_LOG_FORMAT", "xml"),
+                                        ("KUBELLAMA_IMAGE_PULL_POLICY", "Sometimes")])
+def test_bad_environment_exits_2_with_a_message(monkeypatch, capsys, name, value):
+    monkeypatch.setenv(name, value)
+    assert cli.main([]) == 2
+    err = capsys.readouterr().err
+    assert "invalid environment setting" in err and name in err
+
+
 def test_console_script_help():
     out = subprocess.run([sys.executable, "-m", "kubellama_operator.cli", "--help"], capture_output=True,
                          text=True, timeout=60)
