@@ -1,0 +1,87 @@
+"""The operator's API client over real HTTP: credentials refresh after a 401, apply falls back to
+create, errors keep the API server's message."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pytest
+import pytest_asyncio
+from aiohttp import web
+
+from kubellama_operator.kube import ApiError, KubeClient
+
+pytestmark = pytest.mark.asyncio
+
+
+@dataclass
+class Info:
+    server: str
+    token: str
+    scheme: str = "Bearer"
+    insecure: bool = False
+    ca_path: str | None = None
+    ca_data: str | None = None
+
+
+@pytest_asyncio.fixture
+async def fake_api():
+    """A tiny API server: accepts only the token 't2'; PATCH (apply) answers 404, POST creates."""
+    seen: list[tuple[str, str, str, str]] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        seen.append((request.method, request.path, request.headers.get("Authorization", ""),
+                     request.headers.get("Content-Type", "")))
+        if request.headers.get("Authorization") != "Bearer t2":
+            return web.json_response({"kind": "Status", "code": 401, "message": "Unauthorized"}, status=401)
+        if request.method == "PATCH":
+            return web.json_response({"kind": "Status", "code": 404, "message": "not found"}, status=404)
+        if request.method == "POST":
+            return web.json_response(json.loads(await request.text()), status=201)
+        if request.path.endswith("/forbidden"):
+            return web.json_response({"kind": "Status", "code": 403,
+                                      "message": 'secrets "x" is forbidden: User "sa" cannot get'}, status=403)
+        return web.json_response({"kind": "Status", "code": 404, "message": "nope"}, status=404)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    yield f"http://127.0.0.1:{port}", seen
+    await runner.cleanup()
+
+
+async def test_relogin_after_401_and_apply_falls_back_to_create(fake_api):
+    url, seen = fake_api
+    tokens = iter(["t1", "t2"])  # the first token has expired (rotated service-account token)
+    logins = []
+
+    def login():
+        logins.append(1)
+        return Info(server=url, token=next(tokens))
+
+    client = KubeClient(login)
+    try:
+        obj = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "namespace": "ns"}}
+        created = await client.apply(obj)
+        assert created == obj
+        assert len(logins) == 2
+        methods = [(m, p, ct) for m, p, _, ct in seen]
+        assert ("PATCH", "/api/v1/namespaces/ns/configmaps/c", "application/apply-patch+yaml") in methods
+        assert methods[-1][:2] == ("POST", "/api/v1/namespaces/ns/configmaps")
+        assert await client.get("v1", "Secret", "ns", "missing") is None
+        with pytest.raises(ApiError) as err:
+            await client.get("v1", "Secret", "ns", "forbidden")
+        assert err.value.status == 403 and "cannot get" in str(err.value)
+    finally:
+        await client.close()
+
+
+async def test_no_credentials_is_a_clear_error():
+    client = KubeClient(lambda: None)
+    with pytest.raises(RuntimeError, match="no Kubernetes credentials"):
+        await client.get("v1", "Pod", "ns", "p")
