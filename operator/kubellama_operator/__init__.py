@@ -2,8 +2,9 @@
 
 Module map: `crd` (the CRD, single source of truth for schema and defaults), `spec`
 (defaulting and runtime checks), `serverargs` (server flags), `builders/` (pure manifest
-builders), `status` (phase and conditions), `kube` (small async API client), `reconcile`
-(one reconcile pass), `handlers` (thin kopf handlers), `cli`, `rbac`, `metrics`, `health`.
+builders), `diff` (skip no-op writes), `status` (phase and conditions), `kube` (small async API
+client), `reconcile` (one reconcile pass), `handlers` (thin kopf handlers), `config` and `cli`
+(settings, flags), `rbac`, `metrics`, `health`.
 """
 
 GROUP = "kubellama.dev"
