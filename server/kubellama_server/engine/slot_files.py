@@ -29,6 +29,7 @@ import weakref
 from pathlib import Path
 from typing import Any
 
+from ..fsutil import fsync_dir, fsync_file
 from ..errors import APIError
 from .slot import Slot
 
@@ -140,27 +141,6 @@ def _slot(sched, slot_id: int) -> Slot:
     return slot
 
 
-def _fsync_file(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _tmp_in(folder: Path, name: str) -> str:
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
     os.close(fd)
@@ -202,7 +182,7 @@ def save_slot(sched, slot_id: int, folder: str | Path, filename: str) -> dict[st
                 "server_error",
                 "error",
             )
-        _fsync_file(tmp)
+        fsync_file(tmp)
         size = os.path.getsize(tmp)
         meta = {
             "format": META_FORMAT,
@@ -220,7 +200,7 @@ def save_slot(sched, slot_id: int, folder: str | Path, filename: str) -> dict[st
         tmp_meta = None
         os.replace(tmp, final)
         tmp = None
-        _fsync_dir(folder)
+        fsync_dir(folder)
     except OSError as exc:
         raise SlotFileError(
             f"could not save slot {slot_id} to {folder / filename}: {exc.strerror or exc} "

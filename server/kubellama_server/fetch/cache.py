@@ -18,6 +18,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..fsutil import fsync_dir  # noqa: F401  (re-exported for fetch.core)
 from .errors import DiskFullError, FetchError
 
 GGUF_MAGIC = b"GGUF"
@@ -119,19 +120,6 @@ def lookup(paths: Paths, source_key: dict) -> dict | None:
     if size != meta.get("size") or not is_gguf(paths.target):
         return None
     return meta
-
-
-def fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def ensure_folder(folder: Path) -> None:
