@@ -18,7 +18,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..fsutil import fsync_dir  # noqa: F401  (re-exported for fetch.core)
 from .errors import DiskFullError, FetchError
 
 GGUF_MAGIC = b"GGUF"

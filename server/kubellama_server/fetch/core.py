@@ -11,7 +11,6 @@ from .cache import (
     Paths,
     default_cache_dir,
     ensure_folder,
-    fsync_dir,
     is_gguf,
     lookup,
     now_iso,
@@ -19,6 +18,7 @@ from .cache import (
     storage_error,
     write_json_atomic,
 )
+from ..fsutil import fsync_dir
 from .errors import ChecksumMismatchError, FetchError, NotFoundError, NotGGUFError, OfflineMissError, UsageError
 from .locking import download_lock
 from .progress import Progress, make_progress
