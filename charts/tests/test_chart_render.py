@@ -408,6 +408,23 @@ def test_pod_monitor_matches_the_pods_the_operator_builds(rendered, example):
     meta_label = owner_relabel["sourceLabels"][0].removeprefix("__meta_kubernetes_pod_label_")
     pod_labels = {re.sub(r"[^a-zA-Z0-9_]", "_", k): v for k, v in template["metadata"]["labels"].items()}
     assert pod_labels[meta_label] == server["metadata"]["name"]
+    # the `model` label comes from the pod annotation the operator sets
+    annotations = {re.sub(r"[^a-zA-Z0-9_]", "_", k): v for k, v in template["metadata"]["annotations"].items()}
+    model_sources = [r["sourceLabels"][0] for r in endpoint["relabelings"] if r["targetLabel"] == "model"]
+    assert any(annotations.get(src.removeprefix("__meta_kubernetes_pod_annotation_")) == resolve_model(spec).name
+               for src in model_sources)
+
+
+def test_operator_service_monitor_relabels_like_the_pod_monitor(rendered):
+    """A LlamaServer's own ServiceMonitor gives its series the same labels as the chart's PodMonitor."""
+    from kubellama_operator.builders.servicemonitor import RELABELINGS
+
+    pm = one(rendered["monitoring"], "PodMonitor")["spec"]
+    (endpoint,) = pm["podMetricsEndpoints"]
+    chart = [r for r in endpoint["relabelings"]]
+    for rule in RELABELINGS:
+        assert rule in chart, rule
+    assert {r["targetLabel"] for r in RELABELINGS} == {r["targetLabel"] for r in chart}
 
 
 def test_operator_service_monitor(rendered):

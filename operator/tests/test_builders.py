@@ -267,7 +267,10 @@ def test_services():
 def test_servicemonitor_only_with_crd_and_flag():
     objs, _ = build(GPU, sm_crd=True)
     sm = objs[("ServiceMonitor", "gemma")]
-    assert sm["spec"]["endpoints"] == [{"port": "http", "path": "/metrics", "interval": "30s"}]
+    (endpoint,) = sm["spec"]["endpoints"]
+    assert (endpoint["port"], endpoint["path"], endpoint["interval"]) == ("http", "/metrics", "30s")
+    assert {r["targetLabel"] for r in endpoint["relabelings"]} == {"llamaserver", "namespace", "pod", "model"}
+    assert sts_of(objs)["spec"]["template"]["metadata"]["annotations"]["kubellama.dev/model"]
     assert sm["spec"]["selector"]["matchLabels"]["kubellama.dev/service-role"] == "api"
     assert "prometheus.io/scrape" not in sts_of(objs)["spec"]["template"]["metadata"].get("annotations", {})
     objs, drop = build(GPU, sm_crd=False)

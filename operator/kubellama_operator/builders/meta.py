@@ -13,6 +13,7 @@ LABEL_INSTANCE = "app.kubernetes.io/instance"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_COMPONENT = "app.kubernetes.io/component"
 LABEL_OWNER = "kubellama.dev/llamaserver"
+ANNOTATION_MODEL = "kubellama.dev/model"  # the served model, for the `model` label of scraped series
 #: Tells the client-facing Service from the headless one (a ServiceMonitor selects one only).
 LABEL_SERVICE_ROLE = "kubellama.dev/service-role"
 

@@ -5,7 +5,23 @@ from __future__ import annotations
 from typing import Any
 
 from ..spec import Spec
-from .meta import LABEL_SERVICE_ROLE, Body, object_meta, selector_labels
+from .meta import ANNOTATION_MODEL, LABEL_OWNER, LABEL_SERVICE_ROLE, Body, object_meta, selector_labels
+
+
+def _meta_label(key: str) -> str:
+    """Prometheus' name of a Kubernetes label/annotation key (`kubellama.dev/x` -> `kubellama_dev_x`)."""
+    return "".join(c if c.isalnum() else "_" for c in key)
+
+
+# The same target labels as the Helm chart's PodMonitor (kubellama.serverRelabelings),
+# so the dashboard and alerts work whichever object scrapes the pods.
+RELABELINGS: list[dict[str, Any]] = [
+    {"action": "replace", "sourceLabels": [f"__meta_kubernetes_pod_label_{_meta_label(LABEL_OWNER)}"], "targetLabel": "llamaserver"},
+    {"action": "replace", "sourceLabels": ["__meta_kubernetes_namespace"], "targetLabel": "namespace"},
+    {"action": "replace", "sourceLabels": ["__meta_kubernetes_pod_name"], "targetLabel": "pod"},
+    {"action": "replace", "sourceLabels": [f"__meta_kubernetes_pod_annotation_{_meta_label(ANNOTATION_MODEL)}"],
+     "regex": "(.+)", "targetLabel": "model"},
+]
 
 
 def wants_servicemonitor(spec: Spec, crd_installed: bool) -> bool:
@@ -23,6 +39,7 @@ def build_servicemonitor(owner: Body, spec: Spec) -> dict[str, Any]:
             "selector": {"matchLabels": {**selector_labels(name), LABEL_SERVICE_ROLE: "api"}},
             "namespaceSelector": {"matchNames": [owner["metadata"]["namespace"]]},
             "endpoints": [{"port": "http", "path": "/metrics",
-                           "interval": spec.get("monitoring", {}).get("interval", "30s")}],
+                           "interval": spec.get("monitoring", {}).get("interval", "30s"),
+                           "relabelings": RELABELINGS}],
         },
     }

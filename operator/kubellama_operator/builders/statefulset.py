@@ -9,7 +9,7 @@ from ..config import OperatorConfig
 from ..serverargs import server_args
 from ..spec import (API_KEY_DIR, API_KEY_FILE, CONFIG_DIR, MODEL_DIR, SERVER_PORT, SLOTS_DIR,
                     SYSTEM_PROMPT_FILE, Model, Spec, uses_gpu)
-from .meta import Body, config_name, headless_name, labels, object_meta, selector_labels
+from .meta import ANNOTATION_MODEL, Body, config_name, headless_name, labels, object_meta, selector_labels
 
 #: The image's non-root user (images/server/Dockerfile).
 RUN_AS = 10001
@@ -219,9 +219,7 @@ def build_statefulset(owner: Body, spec: Spec, model: Model, config: OperatorCon
     template_meta: dict[str, Any] = {
         "labels": {**(spec.get("podLabels") or {}), **labels(name)},
     }
-    ann = _pod_annotations(spec, scrape_annotations)
-    if ann:
-        template_meta["annotations"] = ann
+    template_meta["annotations"] = {**_pod_annotations(spec, scrape_annotations), ANNOTATION_MODEL: model.name}
     sts: dict[str, Any] = {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
