@@ -1,4 +1,9 @@
-"""API keys (`--api-key`, `--api-key-file`): `Authorization: Bearer <key>` on every route but /health.
+"""API keys (`--api-key`, `--api-key-file`): `Authorization: Bearer <key>` on every route but
+/health and /metrics.
+
+/metrics is public (unlike llama.cpp, where it needs the key) so that Prometheus and
+the Kubernetes monitors scrape a keyed server without holding its key: the metrics
+carry counts and timings only, never prompts (/slots, which shows prompts, stays keyed).
 
 Keys are compared in constant time (every key is checked, so the time does not
 say which one nearly matched) and never logged. The static web page is public, as
@@ -14,7 +19,7 @@ from typing import Callable
 from ..errors import APIError
 from ..settings import ServerSettings
 
-PUBLIC_PATHS = frozenset({"/health", "/v1/health"})
+PUBLIC_PATHS = frozenset({"/health", "/v1/health", "/metrics"})
 
 
 def read_key_file(path: str) -> list[str]:

@@ -34,6 +34,7 @@ ENDPOINTS = [
     ("POST", "/infill", {"input_prefix": "a", "input_suffix": "b", "n_predict": 2}),
     ("POST", "/tokenize", {"content": "hi"}),
     ("GET", "/props", None),
+    ("GET", "/slots", None),
     ("POST", "/apply-template", {"messages": [{"role": "user", "content": "hi"}]}),
 ]
 
@@ -51,6 +52,18 @@ def test_every_endpoint_needs_a_key(keyed_server, method, path, body):
         assert r.status_code == 200, (path, key, r.text)
     r = httpx.request(method, url, json=body, headers={"Authorization": "Bearer # old-key"}, timeout=60)
     assert r.status_code == 401
+
+
+def test_health_metrics_and_static_page_are_public(tiny_model):
+    from kubellama_server.testing.live import LiveServer
+
+    srv = LiveServer(["-m", str(tiny_model), "-t", "1", "--api-key", "k", "--metrics"]).start()
+    try:
+        r = httpx.get(srv.url + "/metrics")  # Prometheus scrapes without the key
+        assert r.status_code == 200 and "llamacpp:prompt_tokens_total" in r.text
+        assert httpx.get(srv.url + "/slots").status_code == 401  # slots show prompts: keyed
+    finally:
+        srv.stop()
 
 
 def test_health_and_static_page_are_public(keyed_server):
