@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -84,7 +85,15 @@ def _check_positive(name: str, value: int | None) -> None:
         raise SystemExit(f"error: {name} must be >= 0, got {value}")
 
 
+def _exit_on_sigterm() -> None:
+    """SIGTERM unwinds like Ctrl-C, so the peers' servers are stopped on the way out."""
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+    signal.signal(signal.SIGTERM, handler)
+
+
 def cmd_run(args) -> int:
+    _exit_on_sigterm()
     if not Path(args.model).is_file():
         print(f"error: model file {args.model} not found; run 'make model' or pass --model PATH",
               file=sys.stderr)
@@ -129,6 +138,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_profile(args) -> int:
+    _exit_on_sigterm()
     from bench import profile
     from bench.api import Sampling
 

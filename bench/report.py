@@ -138,11 +138,12 @@ def render_markdown(results: dict) -> str:
               f"- model `{Path(s['model']).name}` ({s['model_bytes'] / 2**20:.0f} MiB); every peer gets "
               f"the same context ({s['ctx_per_slot']} tokens per slot x slots), slots, "
               f"{s['threads']} threads and batch {s['batch']}",
-              f"- {s['reps']} round(s); in each round every peer is started afresh, gets {s['warmup']} "
-              "discarded short warm-up request(s) per API, then one measured repetition of each workload "
-              "(the shared-prefix workload runs once more before it, discarded, to fill the prompt caches "
-              "as in steady state); the peers "
-              "take turns round by round so load from other users of the machine hits them alike; tables "
+              f"- every peer is started once per slot count (all of them stay up; an idle server costs "
+              f"no CPU) and gets {s['warmup']} discarded short warm-up request(s) per API; then {s['reps']} "
+              "round(s): in each round the peers take turns workload by workload (order rotated every "
+              "round) and run each workload once, so load from other users of the machine hits them "
+              "alike (the shared-prefix workload runs once more just before, discarded, to fill the prompt "
+              "caches as in steady state); tables "
               "show the median over rounds (gen tok/s also min–max); a ratio is the median over rounds of "
               "the two figures measured in the same round",
               f"- identical sampling {s['sampling']}, fixed seeds; end-of-generation tokens "

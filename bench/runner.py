@@ -63,36 +63,28 @@ def _new_peer_result(peer_name: str) -> dict:
     return result
 
 
-def run_round(peer_name: str, slots: int, workloads: list[Workload], s: RunSettings, vocab: Vocab,
-              eog: list[int], result: dict, workdir: Path, log: Log, round_no: int) -> None:
-    """Start the peer with ``slots`` slots, warm up, run each workload once (one
-    repetition), stop it; append to ``result``."""
-    peer = PEERS[peer_name]
-    cfg = ServerConfig(model=s.model, ctx=s.ctx_per_slot * slots, slots=slots,
-                       threads=s.threads, batch=s.batch, port=free_port())
-    t0 = time.perf_counter()
-    server = RunningServer(peer, cfg, workdir)
-    srv = result["servers"].setdefault(str(slots), {"cmd": server.cmd, "startup_s": []})
-    try:
-        server.wait_ready()
-    except RuntimeError as exc:
-        srv["error"] = str(exc)
-        log(f"[{peer_name}] np={slots}: failed to start: {exc}")
-        for w in workloads:
-            result["workloads"].setdefault(w.name, {"status": "server failed to start"})
-        return
-    srv["startup_s"].append(time.perf_counter() - t0)
-    log(f"[{peer_name}] np={slots} ctx={cfg.ctx} round {round_no}: ready in {srv['startup_s'][-1]:.1f}s")
-    try:
-        warm_up(peer_name, peer.apis, server, workloads, s, eog, log)
-        for w in workloads:
-            wl = result["workloads"].setdefault(w.name, {"status": "ok", "reps": [], "load": []})
-            if wl["status"] != "ok":
-                continue
-            run_reps(peer_name, peer.apis, server, w, s, eog, vocab, log, wl, round_no)
-        srv["peak_rss_bytes"] = max(server.peak_rss() or 0, srv.get("peak_rss_bytes") or 0)
-    finally:
-        server.stop()
+def start_servers(names: list[str], slots: int, s: RunSettings, results: dict, workdir: Path,
+                  log: Log) -> dict[str, RunningServer]:
+    """Start every peer with ``slots`` slots (each on its own port) and wait until ready."""
+    servers = {}
+    for name in names:
+        peer = PEERS[name]
+        cfg = ServerConfig(model=s.model, ctx=s.ctx_per_slot * slots, slots=slots,
+                           threads=s.threads, batch=s.batch, port=free_port())
+        t0 = time.perf_counter()
+        server = RunningServer(peer, cfg, workdir)
+        srv = results["peers"][name]["servers"].setdefault(str(slots), {"cmd": server.cmd})
+        try:
+            server.wait_ready()
+        except RuntimeError as exc:
+            srv["error"] = str(exc)
+            log(f"[{name}] np={slots}: failed to start: {exc}")
+            server.stop()
+            continue
+        srv["startup_s"] = time.perf_counter() - t0
+        log(f"[{name}] np={slots} ctx={cfg.ctx}: ready in {srv['startup_s']:.1f}s")
+        servers[name] = server
+    return servers
 
 
 def warm_up(peer_name, peer_apis, server: RunningServer, workloads: list[Workload], s: RunSettings,
@@ -161,11 +153,31 @@ def run_all(s: RunSettings, workdir: Path, log: Log) -> dict:
     by_slots: dict[int, list[Workload]] = defaultdict(list)
     for w in s.workloads:
         by_slots[w.n_slots].append(w)
-    # Rounds interleave the peers, so a noisy neighbour on a shared machine slows
-    # every peer alike instead of the one that happened to run at that moment.
+    # All peers of one slot count stay up (an idle server costs no CPU) and take turns
+    # workload by workload, in an order rotated every round, so load from other users
+    # of a shared machine hits every peer alike; ratios pair the same round.
     for slots, workloads in sorted(by_slots.items()):
-        for round_no in range(1, s.reps + 1):
-            for name, p in results["peers"].items():
-                if p["status"] == "ok":
-                    run_round(name, slots, workloads, s, vocab, eog, p, workdir, log, round_no)
+        names = [n for n, p in results["peers"].items() if p["status"] == "ok"]
+        servers = start_servers(names, slots, s, results, workdir, log)
+        try:
+            for name, server in servers.items():
+                warm_up(name, PEERS[name].apis, server, workloads, s, eog, log)
+            for round_no in range(1, s.reps + 1):
+                k = (round_no - 1) % max(len(servers), 1)
+                order = list(servers)[k:] + list(servers)[:k]
+                for w in workloads:
+                    for name in order:
+                        wl = results["peers"][name]["workloads"].setdefault(
+                            w.name, {"status": "ok", "reps": [], "load": []})
+                        if wl["status"] == "ok":
+                            run_reps(name, PEERS[name].apis, servers[name], w, s, eog, vocab, log, wl,
+                                     round_no)
+        finally:
+            for name, server in servers.items():
+                results["peers"][name]["servers"][str(slots)]["peak_rss_bytes"] = server.peak_rss()
+                server.stop()
+        for name in names:
+            if name not in servers:
+                for w in workloads:
+                    results["peers"][name]["workloads"].setdefault(w.name, {"status": "server failed to start"})
     return results

@@ -79,13 +79,14 @@ def test_records_tokens_ttft_and_itl(base_url, flavour):
     assert r.ok, r.error
     assert r.n_generated == 6 and len(r.chunk_times) == 6
     assert r.n_prompt == (11 if flavour == api.NATIVE else 12)
-    assert 2 * DELAY * 0.8 <= r.ttft < 2 * DELAY + 0.5
+    # generous upper bounds: CI machines are shared and busy
+    assert 2 * DELAY * 0.8 <= r.ttft < 2 * DELAY + 2.0
     itls = r.inter_token_latencies()
-    assert len(itls) == 5 and all(DELAY * 0.8 <= g < DELAY + 0.3 for g in itls)
+    assert len(itls) == 5 and all(DELAY * 0.8 <= g < DELAY + 1.0 for g in itls)
 
 
 def test_clients_run_concurrently(base_url):
-    n, clients = 8, 4
+    n, clients = 20, 4
     recs = asyncio.run(run_workload(base_url, api.NATIVE, workload(clients, n=n), Sampling(), []))
     s = summarize_run(recs)
     one_request = DELAY * (n + 2)
