@@ -167,9 +167,11 @@ def load(url: str) -> None:
         assert restored.status_code == 200, restored.text
 
 
-def query(prometheus: str, expr: str) -> list[dict[str, Any]]:
-    """An instant query; fails the test with Prometheus' message when the expression does not parse."""
-    r = httpx.post(f"{prometheus}/api/v1/query", data={"query": expr}, timeout=10)
+def query(prometheus: str, expr: str, at: float | None = None) -> list[dict[str, Any]]:
+    """An instant query (at time `at`, default now); fails the test with Prometheus' message
+    when the expression does not parse."""
+    data = {"query": expr} if at is None else {"query": expr, "time": f"{at:.3f}"}
+    r = httpx.post(f"{prometheus}/api/v1/query", data=data, timeout=10)
     body = r.json()
     assert r.status_code == 200 and body["status"] == "success", f"{expr}\n-> {body.get('errorType')}: {body.get('error')}"
     return body["data"]["result"]
@@ -191,7 +193,9 @@ def scraped(server, prometheus) -> dict[str, Any]:
                30, "Prometheus to scrape the final counters")
     time.sleep(2 * SCRAPE_INTERVAL_S)  # a couple of rule evaluations on the final data
     families = text_string_to_metric_families(httpx.get(f"{server}/metrics").text)
-    return {"names": {s.name for f in families for s in f.samples}}
+    # Panel queries are evaluated at this moment, so their rate() windows cover the load
+    # however long the later tests take on a busy machine.
+    return {"names": {s.name for f in families for s in f.samples}, "at": time.time()}
 
 
 def test_relabelling_adds_the_llamaserver_labels(prometheus, scraped):
@@ -205,14 +209,14 @@ def test_every_dashboard_query_parses_and_returns_data(prometheus, scraped):
     dashboard = load_dashboard()
     empty = []
     for title, expr in dashboard_queries(dashboard):
-        result = query(prometheus, substitute(expr, DASHBOARD_VARIABLES))
+        result = query(prometheus, substitute(expr, DASHBOARD_VARIABLES), at=scraped["at"])
         values = [float(r["value"][1]) for r in result]
         if not values or all(math.isnan(v) for v in values):
             empty.append(f"{title}: {expr}")
     assert not empty, "panel queries without data:\n" + "\n".join(empty)
     for name, var_query in variable_queries(dashboard).items():
         promql, label = label_values_as_promql(var_query)
-        result = query(prometheus, substitute(promql, DASHBOARD_VARIABLES))
+        result = query(prometheus, substitute(promql, DASHBOARD_VARIABLES), at=scraped["at"])
         assert [r["metric"][label] for r in result] == [EXPECTED_LABELS[label]], f"variable ${name}"
 
 
