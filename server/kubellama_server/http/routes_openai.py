@@ -124,39 +124,33 @@ async def stream_tasks(
     return StreamingResponse(events(), media_type="text/event-stream")
 
 
-@router.post("/v1/chat/completions")
-@router.post("/chat/completions")
-async def chat_completions(request: Request):
+async def _serve(request: Request, family) -> Any:
+    """One OpenAI generation request: `family` is `openai_chat` or `openai_completions`
+    (each has `build`, `Stream` and `response`)."""
     engine = engine_of(request)
     body = await json_body(request)
     engine.require_ready()
     await system_prompt.apply_from_body(engine, body)
-    req, tasks = openai_chat.build(engine, body)
+    req, tasks = family.build(engine, body)
     if req.stream:
-        stream = openai_chat.ChatStream(engine, req, tasks)
+        stream = family.Stream(engine, req, tasks)
         return await stream_tasks(engine, tasks, stream.render, stream.tail)
     try:
         results = await run_tasks(engine, request, tasks)
     except ClientGone:
         return JSONResponse({}, status_code=499)
-    return openai_chat.response(engine, req, tasks, results)
+    return family.response(engine, req, tasks, results)
+
+
+@router.post("/v1/chat/completions")
+@router.post("/chat/completions")
+async def chat_completions(request: Request):
+    return await _serve(request, openai_chat)
 
 
 @router.post("/v1/completions")
 async def completions(request: Request):
-    engine = engine_of(request)
-    body = await json_body(request)
-    engine.require_ready()
-    await system_prompt.apply_from_body(engine, body)
-    req, tasks = openai_completions.build(engine, body)
-    if req.stream:
-        stream = openai_completions.CompletionStream(engine, req, tasks)
-        return await stream_tasks(engine, tasks, stream.render, stream.tail)
-    try:
-        results = await run_tasks(engine, request, tasks)
-    except ClientGone:
-        return JSONResponse({}, status_code=499)
-    return openai_completions.response(engine, req, tasks, results)
+    return await _serve(request, openai_completions)
 
 
 @router.get("/v1/models")

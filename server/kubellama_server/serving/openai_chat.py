@@ -270,3 +270,6 @@ class ChatStream:
 
 def stream_error(exc: APIError) -> dict:
     return exc.to_dict()
+
+
+Stream = ChatStream  # the streaming renderer of this endpoint family (http.routes_openai)

@@ -113,3 +113,6 @@ def models(engine) -> dict:
     }
     card = P.ModelCard(id=served_model(engine), created=int(engine.t_loaded), owned_by="kubellama", meta=meta)
     return P.dump(P.ModelList(data=[card]))
+
+
+Stream = CompletionStream  # the streaming renderer of this endpoint family (http.routes_openai)
