@@ -108,6 +108,12 @@ def targets(results: dict) -> list[str]:
     rs = paired_ratios(ours.get("completion-4"), ours.get("completion-4-np1"), "gen_tok_s")
     out.append(_verdict("issue 2: kubellama -np 4 vs -np 1 with 4 clients, gen tok/s >= 2.00x", rs, 2.0))
     for name, p in peers.items():
+        if name != OURS:
+            wls = p.get("workloads", {})
+            rs = paired_ratios(wls.get("completion-4"), wls.get("completion-4-np1"), "gen_tok_s")
+            out.append(_verdict(f"{name}: -np 4 vs -np 1 with 4 clients, gen tok/s (peer, for reference)",
+                                rs, None))
+    for name, p in peers.items():
         wls = p.get("workloads", {})
         rs = paired_ratios(wls.get("shared-prefix"), wls.get("no-prefix-cache"), "ttft_p50",
                            higher_is_better=False)
@@ -138,12 +144,12 @@ def render_markdown(results: dict) -> str:
               f"- model `{Path(s['model']).name}` ({s['model_bytes'] / 2**20:.0f} MiB); every peer gets "
               f"the same context ({s['ctx_per_slot']} tokens per slot x slots), slots, "
               f"{s['threads']} threads and batch {s['batch']}",
-              f"- every peer is started once per slot count (all of them stay up; an idle server costs "
-              f"no CPU) and gets {s['warmup']} discarded short warm-up request(s) per API; then {s['reps']} "
-              "round(s): in each round the peers take turns workload by workload (order rotated every "
-              "round) and run each workload once, so load from other users of the machine hits them "
-              "alike (the shared-prefix workload runs once more just before, discarded, to fill the prompt "
-              "caches as in steady state); tables "
+              f"- every peer is started once per slot count and all those servers stay up together (an idle "
+              f"server costs no CPU); each gets {s['warmup']} discarded short warm-up request(s) per API; then "
+              f"{s['reps']} round(s): in each round the workloads run in order, each on every peer back to "
+              "back (peer order rotated every round), so load from other users of the machine hits all "
+              "peers, and a peer's successive workloads, alike (the shared-prefix workload runs once more "
+              "just before, discarded, to fill the prompt caches as in steady state); tables "
               "show the median over rounds (gen tok/s also min–max); a ratio is the median over rounds of "
               "the two figures measured in the same round",
               f"- identical sampling {s['sampling']}, fixed seeds; end-of-generation tokens "

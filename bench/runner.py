@@ -153,31 +153,33 @@ def run_all(s: RunSettings, workdir: Path, log: Log) -> dict:
     by_slots: dict[int, list[Workload]] = defaultdict(list)
     for w in s.workloads:
         by_slots[w.n_slots].append(w)
-    # All peers of one slot count stay up (an idle server costs no CPU) and take turns
-    # workload by workload, in an order rotated every round, so load from other users
-    # of a shared machine hits every peer alike; ratios pair the same round.
-    for slots, workloads in sorted(by_slots.items()):
-        names = [n for n, p in results["peers"].items() if p["status"] == "ok"]
-        servers = start_servers(names, slots, s, results, workdir, log)
-        try:
-            for name, server in servers.items():
+    # Every peer is started once per slot count and all of them stay up together (an
+    # idle server costs no CPU). In each round the workloads run in order, each on every
+    # peer back to back (peer order rotated every round), so load from other users of a
+    # shared machine hits all peers alike, and so do comparisons across workloads
+    # (e.g. -np 4 vs -np 1) of one peer: ratios pair figures of the same round.
+    names = [n for n, p in results["peers"].items() if p["status"] == "ok"]
+    servers: dict[tuple[str, int], RunningServer] = {}
+    try:
+        for slots, workloads in sorted(by_slots.items()):
+            for name, server in start_servers(names, slots, s, results, workdir, log).items():
+                servers[(name, slots)] = server
                 warm_up(name, PEERS[name].apis, server, workloads, s, eog, log)
-            for round_no in range(1, s.reps + 1):
-                k = (round_no - 1) % max(len(servers), 1)
-                order = list(servers)[k:] + list(servers)[:k]
-                for w in workloads:
-                    for name in order:
-                        wl = results["peers"][name]["workloads"].setdefault(
-                            w.name, {"status": "ok", "reps": [], "load": []})
-                        if wl["status"] == "ok":
-                            run_reps(name, PEERS[name].apis, servers[name], w, s, eog, vocab, log, wl,
-                                     round_no)
-        finally:
-            for name, server in servers.items():
-                results["peers"][name]["servers"][str(slots)]["peak_rss_bytes"] = server.peak_rss()
-                server.stop()
-        for name in names:
-            if name not in servers:
-                for w in workloads:
-                    results["peers"][name]["workloads"].setdefault(w.name, {"status": "server failed to start"})
+        for round_no in range(1, s.reps + 1):
+            k = (round_no - 1) % max(len(names), 1)
+            order = names[k:] + names[:k]
+            for w in s.workloads:
+                for name in order:
+                    server = servers.get((name, w.n_slots))
+                    if server is None:
+                        results["peers"][name]["workloads"].setdefault(w.name, {"status": "server failed to start"})
+                        continue
+                    wl = results["peers"][name]["workloads"].setdefault(
+                        w.name, {"status": "ok", "reps": [], "load": []})
+                    if wl["status"] == "ok":
+                        run_reps(name, PEERS[name].apis, server, w, s, eog, vocab, log, wl, round_no)
+    finally:
+        for (name, slots), server in servers.items():
+            results["peers"][name]["servers"][str(slots)]["peak_rss_bytes"] = server.peak_rss()
+            server.stop()
     return results
