@@ -128,12 +128,14 @@ def _verdict(what: str, rounds: list[float], want: float | None) -> str:
     if not rounds:
         return f"- n/a — {what} (no data on one side)"
     r = percentile(rounds, 50)
-    rng = f" [rounds {min(rounds):.2f}–{max(rounds):.2f}]" if len(rounds) > 1 else ""
+    # three decimals where two would hide which side of the target we are on
+    digits = 3 if want is not None and round(r, 2) == round(want, 2) and r != want else 2
+    rng = f" [rounds {min(rounds):.{digits}f}–{max(rounds):.{digits}f}]" if len(rounds) > 1 else ""
     if want is None:
         return f"- {r:.2f}x{rng} — {what}"
     if r >= want:
-        return f"- PASS {r:.2f}x{rng} — {what}"
-    return f"- MISS {r:.2f}x{rng} — {what} (short by {(1 - r / want) * 100:.0f}%)"
+        return f"- PASS {r:.{digits}f}x{rng} — {what}"
+    return f"- MISS {r:.{digits}f}x{rng} — {what} (short by {(1 - r / want) * 100:.1f}%)"
 
 
 def render_markdown(results: dict) -> str:

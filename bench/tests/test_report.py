@@ -68,8 +68,10 @@ def test_targets_pass_miss_and_na():
 
 
 def test_miss_says_by_how_much():
-    assert report._verdict("x", [0.8], 1.0) == "- MISS 0.80x — x (short by 20%)"
-    assert report._verdict("x", [0.7, 0.8, 0.9], 1.0) == "- MISS 0.80x [rounds 0.70–0.90] — x (short by 20%)"
+    assert report._verdict("x", [0.8], 1.0) == "- MISS 0.80x — x (short by 20.0%)"
+    assert report._verdict("x", [0.7, 0.8, 0.9], 1.0) == "- MISS 0.80x [rounds 0.70–0.90] — x (short by 20.0%)"
+    # a near miss must not print as "1.00x"
+    assert report._verdict("x", [0.996], 1.0) == "- MISS 0.996x — x (short by 0.4%)"
 
 
 def test_markdown_has_tables_ratios_failures_and_notes():
