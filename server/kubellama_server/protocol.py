@@ -134,10 +134,15 @@ def now() -> int:
     return int(time.time())
 
 
+class PromptTokensDetails(_Response):
+    cached_tokens: int = 0
+
+
 class Usage(_Response):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails = PromptTokensDetails()
 
 
 class TopLogprob(_Response):

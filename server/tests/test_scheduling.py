@@ -61,6 +61,18 @@ def test_more_requests_than_slots_are_deferred_not_dropped(live_server):
     assert {r["id_slot"] for r in results} <= {0, 1}
 
 
+def test_deferred_requests_start_as_soon_as_the_slot_frees(live_server):
+    """No idle wait between a finished request and the next queued one (was 0.5 s each)."""
+    srv = live_server("-np", "1", "-c", "512")
+    _complete(srv.url, n_predict=2)  # warm up
+    t0 = time.perf_counter()
+    with cf.ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(lambda i: _complete(srv.url, n_predict=8, seed=i, ignore_eos=True), range(6)))
+    elapsed = time.perf_counter() - t0
+    assert all(r["tokens_predicted"] == 8 for r in results)
+    assert elapsed < 1.0, f"6 queued 8-token requests on one slot took {elapsed:.2f}s"
+
+
 def test_streaming_disconnect_frees_the_slot(live_server):
     srv = live_server("-np", "1", "-c", "256")
     with httpx.stream("POST", srv.url + "/completion", json={"prompt": "go", "n_predict": 1000000, "ignore_eos": True, "stream": True}, timeout=30) as r:

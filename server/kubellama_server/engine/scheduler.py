@@ -116,9 +116,11 @@ class Scheduler:
     # -- the loop -------------------------------------------------------------
     def _run(self) -> None:
         while not self._stop.is_set():
-            busy = any(s.is_processing for s in self.slots)
+            # sleep on the command queue only when there is nothing to do: a deferred task
+            # must start in the step right after a slot frees up
+            idle = not self.waiting and not any(s.is_processing for s in self.slots)
             try:
-                self._drain_commands(block=not busy)
+                self._drain_commands(block=idle)
                 self._launch_waiting()
                 if any(s.is_processing for s in self.slots):
                     self._step()

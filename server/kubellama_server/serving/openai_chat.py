@@ -61,8 +61,14 @@ def served_model(engine) -> str:
 
 
 def native_options(req: P._Sampling, body: dict, *, n_probs: int) -> dict[str, Any]:
-    """The body as native options: OpenAI names mapped, llama.cpp extras kept."""
+    """The body as native options: OpenAI names mapped, llama.cpp extras kept.
+
+    `cache_prompt` defaults to true here (unlike the native /completion, where the
+    reference makes it false): chat prompts share long template and history prefixes,
+    and OpenAI clients cannot send the option.
+    """
     opts = dict(body)
+    opts.setdefault("cache_prompt", True)
     for key in ("messages", "prompt", "n", "stream_options", "user", "response_format", "logprobs",
                 "top_logprobs", "echo", "suffix", "model", "system_prompt"):
         opts.pop(key, None)
@@ -202,12 +208,14 @@ def chat_logprobs(probs: list[TokenInfo], top: int) -> P.ChoiceLogprobs:
 
 def usage(tasks: list[Task], results: list[CompletionResult]) -> P.Usage:
     """Prompt tokens once per distinct prompt (system prompt excluded); completion tokens summed."""
-    seen: dict[int, int] = {}
+    seen: dict[int, tuple[int, int]] = {}
     for t, r in zip(tasks, results):
-        seen[id(t.prompt)] = r.tokens_evaluated - t.n_system
-    prompt = sum(seen.values())
+        seen[id(t.prompt)] = (r.tokens_evaluated - t.n_system, max(0, r.tokens_cached - t.n_system))
+    prompt = sum(n for n, _ in seen.values())
+    cached = sum(c for _, c in seen.values())
     completion = sum(r.tokens_predicted for r in results)
-    return P.Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+    return P.Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
+                   prompt_tokens_details=P.PromptTokensDetails(cached_tokens=cached))
 
 
 def response(engine, req: P.ChatCompletionRequest, tasks: list[Task], results: list[CompletionResult]) -> dict:

@@ -201,3 +201,16 @@ def test_stream_chunk_shapes(oai_server):
     middle = [c["choices"][0] for c in chunks[1:-1]]
     assert middle and all(set(c["delta"]) == {"content"} for c in middle)
     assert sum(len(c["logprobs"]["content"]) for c in middle) == 3
+
+
+def test_chat_reuses_the_prompt_cache_by_default(client):
+    """A follow-up turn evaluates only its new tokens (cache_prompt defaults to true on the OpenAI routes)."""
+    history = MSGS + [{"role": "assistant", "content": "hello"}, {"role": "user", "content": "and again"}]
+    first = client.chat.completions.create(model="m", messages=history, max_tokens=4, seed=1)
+    second = client.chat.completions.create(model="m", messages=history + [{"role": "assistant", "content": "ok"},
+                                                                         {"role": "user", "content": "bye"}],
+                                            max_tokens=4, seed=1)
+    assert second.usage.prompt_tokens_details.cached_tokens >= first.usage.prompt_tokens - 2
+    cold = client.chat.completions.create(model="m", messages=history, max_tokens=4, seed=1,
+                                          extra_body={"cache_prompt": False})
+    assert cold.usage.prompt_tokens_details.cached_tokens == 0
