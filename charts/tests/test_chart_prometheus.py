@@ -179,18 +179,33 @@ def query(prometheus: str, expr: str, at: float | None = None) -> list[dict[str,
 
 @pytest.fixture(scope="module")
 def scraped(server, prometheus) -> dict[str, Any]:
-    """Load in two rounds a few seconds apart, then wait until Prometheus has the final counters."""
-    load(server)
-    time.sleep(3 * SCRAPE_INTERVAL_S)
-    load(server)
+    """Load in two rounds; before each next step, wait until Prometheus has scraped what the
+    server counts, so every series has samples before and after an increase (a rate() needs
+    two; on a busy machine a blind sleep may cover a single slow scrape)."""
+    totals = ("kubellama_requests_total", "kubellama_time_to_first_token_seconds_count",
+              "kubellama_inter_token_latency_seconds_count", "kubellama_request_duration_seconds_count",
+              "kubellama_queue_wait_seconds_count")
 
-    def final_requests() -> float:
-        return sum(s.value for f in text_string_to_metric_families(httpx.get(f"{server}/metrics").text)
-                   for s in f.samples if s.name == "kubellama_requests_total")
+    def server_totals() -> dict[str, float]:
+        samples = [s for f in text_string_to_metric_families(httpx.get(f"{server}/metrics").text) for s in f.samples]
+        return {name: sum(s.value for s in samples if s.name == name) for name in totals}
 
-    want = final_requests()
-    wait_until(lambda: (r := query(prometheus, "sum(kubellama_requests_total)")) and float(r[0]["value"][1]) >= want,
-               30, "Prometheus to scrape the final counters")
+    def wait_scraped(what: str) -> None:
+        want = server_totals()
+
+        def caught_up() -> bool:
+            for name, value in want.items():
+                r = query(prometheus, f"sum({name})")
+                if not r or float(r[0]["value"][1]) < value:
+                    return False
+            return True
+
+        wait_until(caught_up, 60, f"Prometheus to scrape the counters {what}")
+
+    load(server)
+    wait_scraped("after the first load")
+    load(server)
+    wait_scraped("after the second load")
     time.sleep(2 * SCRAPE_INTERVAL_S)  # a couple of rule evaluations on the final data
     families = text_string_to_metric_families(httpx.get(f"{server}/metrics").text)
     # Panel queries are evaluated at this moment, so their rate() windows cover the load
