@@ -55,7 +55,7 @@ FLAGS: list[Flag] = [
     Flag(("-nocb", "--no-cont-batching"), "cont_batching", "bool", "disable continuous batching", ("LLAMA_ARG_NO_CONT_BATCHING",), invert=True),
     Flag(("-b", "--batch-size"), "batch_size", "int", "logical batch size [2048]", ("LLAMA_ARG_BATCH",), metavar="N"),
     Flag(("-ub", "--ubatch-size"), "ubatch_size", "int", "physical batch size [512]", ("LLAMA_ARG_UBATCH",), metavar="N"),
-    Flag(("-t", "--threads"), "threads", "int", "threads for generation [all cores]", ("LLAMA_ARG_THREADS",), metavar="N"),
+    Flag(("-t", "--threads"), "threads", "int", "threads for generation [the CPUs available: affinity and cgroup quota]", ("LLAMA_ARG_THREADS",), metavar="N"),
     Flag(("-tb", "--threads-batch"), "threads_batch", "int", "threads for prompt processing [same as --threads]", ("LLAMA_ARG_THREADS_BATCH",), metavar="N"),
     Flag(("--threads-http",), "threads_http", "int", "HTTP worker threads (asyncio here: accepted, unused)", ("LLAMA_ARG_THREADS_HTTP",), metavar="N"),
     Flag(("-n", "--n-predict"), "n_predict", "int", "server-wide limit of tokens to predict [-1 = none]", ("LLAMA_ARG_N_PREDICT",), metavar="N"),

@@ -2,8 +2,28 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
+
+
+def available_cpus(cgroup_cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
+    """CPUs this process may use: its affinity mask, capped by a cgroup v2 CPU quota.
+
+    In a pod with `resources.limits.cpu: 2` on a 64-core node, os.cpu_count() says 64;
+    64 llama.cpp threads on a 2-CPU quota spend their time waiting on each other.
+    """
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        n = os.cpu_count() or 1
+    try:
+        quota, period = open(cgroup_cpu_max).read().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, n)
 
 
 @dataclass
@@ -64,7 +84,7 @@ class ServerSettings:
 
     @property
     def n_threads(self) -> int:
-        return self.threads if self.threads > 0 else max(1, os.cpu_count() or 1)
+        return self.threads if self.threads > 0 else available_cpus()
 
     @property
     def n_threads_batch(self) -> int:

@@ -75,3 +75,16 @@ def test_console_script_help_and_usage_error():
     assert out.returncode == 0 and "--ctx-size" in out.stdout and "LLAMA_ARG_CTX_SIZE" in out.stdout
     bad = subprocess.run(exe + ["-m", "x", "--no-such-flag"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "usage:" in bad.stderr
+
+
+def test_default_threads_follow_the_cgroup_cpu_quota(tmp_path):
+    from kubellama_server.settings import available_cpus
+
+    cpu_max = tmp_path / "cpu.max"
+    cpu_max.write_text("150000 100000\n")  # a pod limited to 1.5 CPUs
+    assert available_cpus(str(cpu_max)) == min(2, len(__import__("os").sched_getaffinity(0)))
+    cpu_max.write_text("50000 100000\n")
+    assert available_cpus(str(cpu_max)) == 1
+    cpu_max.write_text("max 100000\n")
+    assert available_cpus(str(cpu_max)) == len(__import__("os").sched_getaffinity(0))
+    assert available_cpus(str(tmp_path / "missing")) >= 1
