@@ -7,8 +7,8 @@ from fastapi.responses import JSONResponse
 
 from ..serving import embeddings
 from .body import json_body
-from .routes_openai import engine_of, run_tasks
-from .streaming import ClientGone
+from .routes_openai import engine_of
+from .streaming import run_tasks
 
 router = APIRouter()
 
@@ -20,10 +20,7 @@ async def embedding(request: Request):
     body = await json_body(request)
     tasks, single = embeddings.native_tasks(engine, body)
     engine.require_ready()
-    try:
-        results = await run_tasks(engine, request, tasks)
-    except ClientGone:
-        return JSONResponse({}, status_code=499)
+    results = await run_tasks(engine, request, tasks)
     return JSONResponse(embeddings.native_response(results, single))
 
 
@@ -33,8 +30,5 @@ async def v1_embeddings(request: Request):
     body = await json_body(request)
     req, tasks = embeddings.openai_tasks(engine, body)
     engine.require_ready()
-    try:
-        results = await run_tasks(engine, request, tasks)
-    except ClientGone:
-        return JSONResponse({}, status_code=499)
+    results = await run_tasks(engine, request, tasks)
     return embeddings.openai_response(engine, req, results)

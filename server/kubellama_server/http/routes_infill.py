@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
 
 from ..serving import infill, native
 from .body import json_body
 from .routes_openai import engine_of
-from .streaming import ClientGone, run_to_completion, stream_task
+from .streaming import run_to_completion, stream_task
 
 router = APIRouter()
 
@@ -25,8 +24,5 @@ async def infill_route(request: Request):
             return [native.final_json(engine, payload, [], streamed=True)]
 
         return await stream_task(engine, task, render)
-    try:
-        result = await run_to_completion(engine, request, task)
-    except ClientGone:
-        return JSONResponse({}, status_code=499)
+    result = await run_to_completion(engine, request, task)
     return native.final_json(engine, result, [], streamed=False)

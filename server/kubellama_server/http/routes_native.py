@@ -9,7 +9,7 @@ from ..engine.engine import Engine, EngineState
 from ..errors import APIError, invalid
 from ..serving import native, system_prompt
 from .body import json_body
-from .streaming import ClientGone, run_to_completion, stream_task
+from .streaming import run_to_completion, stream_task
 
 router = APIRouter()
 
@@ -54,10 +54,7 @@ async def completion(request: Request):
             return [native.final_json(engine, payload, prompt, streamed=True)]
 
         return await stream_task(engine, task, render)
-    try:
-        result = await run_to_completion(engine, request, task)
-    except ClientGone:
-        return JSONResponse({}, status_code=499)
+    result = await run_to_completion(engine, request, task)
     return native.final_json(engine, result, prompt, streamed=False)
 
 

@@ -1,6 +1,9 @@
-"""Bridge engine tasks to HTTP: wait for a final result, or stream server-sent events.
+"""Bridge engine tasks to HTTP: wait for final results, or stream server-sent events.
 
-A client that disconnects cancels its task (its slot is freed at the next step).
+Several tasks of one request (`n` choices, several prompts or embedding inputs) are
+submitted at once so they run in parallel slots. A client that disconnects cancels
+its tasks (their slots are freed at the next step): `ClientGone` is answered with an
+empty 499 by the app's exception handler.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ from fastapi.responses import StreamingResponse
 
 from ..engine.engine import Engine
 from ..engine.task import Task
-from ..errors import APIError
 
 
 class ClientGone(Exception):
@@ -28,81 +30,117 @@ async def _wait_disconnect(request: Request) -> None:
             return
 
 
-async def run_to_completion(engine: Engine, request: Request, task: Task) -> Any:
-    """Submit `task` and return its final result; raises APIError or ClientGone."""
-    engine.submit(task)
+def _cancel_all(engine: Engine, tasks: list[Task]) -> None:
+    for t in tasks:
+        t.sink.closed = True
+        engine.cancel(t)
+
+
+async def _final(task: Task) -> Any:
+    while True:
+        kind, payload = await task.sink.get()
+        if kind == "error":
+            raise payload
+        if kind == "final":
+            return payload
+
+
+async def run_tasks(engine: Engine, request: Request, tasks: list[Task]) -> list[Any]:
+    """Submit every task and return their final results in order; raises APIError or ClientGone."""
+    for t in tasks:
+        engine.submit(t)
     disconnect = asyncio.ensure_future(_wait_disconnect(request))
+    gathered = asyncio.ensure_future(asyncio.gather(*(_final(t) for t in tasks)))
     try:
-        while True:
-            get = asyncio.ensure_future(task.sink.get())
-            done, _ = await asyncio.wait({get, disconnect}, return_when=asyncio.FIRST_COMPLETED)
-            if get not in done:
-                get.cancel()
-                engine.cancel(task)
-                raise ClientGone()
-            kind, payload = get.result()
-            if kind == "error":
-                raise payload
-            if kind == "final":
-                return payload
-    except asyncio.CancelledError:
-        engine.cancel(task)
+        done, _ = await asyncio.wait({gathered, disconnect}, return_when=asyncio.FIRST_COMPLETED)
+        if gathered not in done:
+            gathered.cancel()
+            raise ClientGone()
+        return gathered.result()
+    except BaseException:
+        _cancel_all(engine, tasks)
         raise
     finally:
         disconnect.cancel()
-        task.sink.closed = True
+        for t in tasks:
+            t.sink.closed = True
+
+
+async def run_to_completion(engine: Engine, request: Request, task: Task) -> Any:
+    """`run_tasks` for one task."""
+    (result,) = await run_tasks(engine, request, [task])
+    return result
 
 
 def sse(data: Any) -> bytes:
     return b"data: " + json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
 
 
-async def stream_task(
+async def stream_tasks(
     engine: Engine,
-    task: Task,
-    render: Callable[[str, Any], list[Any]],
+    tasks: list[Task],
+    render: Callable[[int, str, Any], list[Any]],
+    tail: Callable[[], list[Any]] = lambda: [],
     *,
-    done_marker: bool = False,
-    headers: dict[str, str] | None = None,
+    done_marker: bool = True,
 ) -> StreamingResponse:
-    """Submit `task` and stream its events as SSE.
+    """SSE over the merged events of `tasks`, ending with `tail()` objects (and `data: [DONE]`).
 
-    `render(kind, payload)` turns an event ("partial" or "final") into zero or more JSON
-    objects. The first event is awaited before the response starts, so an error at
-    launch (bad grammar, context exceeded) is still a proper 4xx.
+    `render(index, kind, payload)` turns a task's event ("partial" or "final") into JSON
+    objects. Every task's first event is awaited before the response starts, so errors
+    at launch (context exceeded, bad grammar) are a proper 4xx.
     """
-    engine.submit(task)
+    for t in tasks:
+        engine.submit(t)
     try:
-        first = await task.sink.get()
+        firsts = [await t.sink.get() for t in tasks]
     except asyncio.CancelledError:
-        engine.cancel(task)
+        _cancel_all(engine, tasks)
         raise
-    if first[0] == "error":
-        task.sink.closed = True
-        raise first[1]
+    for ev in firsts:
+        if ev[0] == "error":
+            _cancel_all(engine, tasks)
+            raise ev[1]
+    merged: asyncio.Queue = asyncio.Queue()
+
+    async def pump(i: int, task: Task, first) -> None:
+        event = first
+        while True:
+            await merged.put((i, event))
+            if event[0] in ("final", "error"):
+                return
+            event = await task.sink.get()
 
     async def events() -> AsyncIterator[bytes]:
-        finished = False
-        event = first
+        pumps = [asyncio.ensure_future(pump(i, t, f)) for i, (t, f) in enumerate(zip(tasks, firsts))]
+        finished = 0
+        ok = False
         try:
-            while True:
-                kind, payload = event
+            while finished < len(tasks):
+                i, (kind, payload) = await merged.get()
                 if kind == "error":
-                    err: APIError = payload
-                    yield sse(err.to_dict())
-                    finished = True
+                    yield sse(payload.to_dict())
                     return
-                for obj in render(kind, payload):
+                for obj in render(i, kind, payload):
                     yield sse(obj)
                 if kind == "final":
-                    finished = True
-                    if done_marker:
-                        yield b"data: [DONE]\n\n"
-                    return
-                event = await task.sink.get()
+                    finished += 1
+            for obj in tail():
+                yield sse(obj)
+            if done_marker:
+                yield b"data: [DONE]\n\n"
+            ok = True
         finally:
-            task.sink.closed = True
-            if not finished:
-                engine.cancel(task)
+            for p in pumps:
+                p.cancel()
+            if not ok:
+                _cancel_all(engine, tasks)
+            for t in tasks:
+                t.sink.closed = True
 
-    return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+    return StreamingResponse(events(), media_type="text/event-stream")
+
+
+async def stream_task(engine: Engine, task: Task, render: Callable[[str, Any], list[Any]]) -> StreamingResponse:
+    """One task as SSE in the native format (no `[DONE]`, as llama.cpp's /completion)."""
+    return await stream_tasks(engine, [task], lambda _i, kind, payload: render(kind, payload), done_marker=False)
