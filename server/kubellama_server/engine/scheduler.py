@@ -24,7 +24,7 @@ from ..errors import APIError, invalid
 from ..llama.context import Batch, LlamaContext
 from ..llama.model import LlamaModel
 from .params import SlotParams
-from .sampling import SamplerChain, top_probs
+from .sampling import SamplerChain, token_prob, top_probs
 from .slot import Slot
 from .stats import EngineStats
 from .task import (
@@ -452,9 +452,7 @@ class Scheduler:
             top = top_probs(logits, params.n_probs)
             prob = next((p for t, p in top if t == token), None)
             if prob is None:
-                m = float(logits.max())
-                e = np.exp(logits - m, dtype=np.float64)
-                prob = float(e[token] / e.sum())
+                prob = token_prob(logits, token)
             info = TokenInfo(
                 id=token,
                 text=self.model.detokenize([token]),
@@ -491,7 +489,7 @@ class Scheduler:
     def _send_partial(self, slot: Slot, final: bool = False) -> None:
         content = slot.text.take_sendable(final)
         probs = slot.probs[slot.streamed_probs:]
-        if not content and not probs and not final:
+        if not content and not probs:
             return
         tokens = slot.generated[slot.streamed_tokens:]
         slot.streamed_probs = len(slot.probs)
@@ -524,11 +522,7 @@ class Scheduler:
     def _finish(self, slot: Slot) -> None:
         slot.text.flush()
         if slot.params.stream:
-            content = slot.text.take_sendable(final=True)
-            if content or slot.probs[slot.streamed_probs:]:
-                self.outbox.put(slot.task.sink, ("partial", PartialResult(content, slot.generated[slot.streamed_tokens:], slot.probs[slot.streamed_probs:], slot.n_decoded)))
-                slot.streamed_probs = len(slot.probs)
-                slot.streamed_tokens = len(slot.generated)
+            self._send_partial(slot, final=True)  # what was held back (possible stop string, bytes)
         timings = self._finish_timings(slot)
         settings = slot.params.settings()
         settings["n_ctx"] = slot.n_ctx
