@@ -32,11 +32,14 @@ class ServerConfig:
     batch: int = 512
     host: str = "127.0.0.1"
     port: int = 0
-    # The default model's GGUF carries no chat template: every peer gets the same Gemma one.
+    # The default model's GGUF carries no chat template: every peer gets the same Gemma one
+    # (GEMMA_JINJA, or the peer's own "gemma" format where it only takes a format name).
     chat_template: str | None = "gemma"
 
 
-# Gemma's turn format as Jinja, for the peer that only takes a Jinja template.
+# Gemma's turn format as Jinja. llama-server (Jinja on by default) takes a --chat-template
+# value literally as a template, so "gemma" there renders the 5-character prompt "gemma":
+# the llama.cpp-style peers therefore all get this text, not the built-in name.
 GEMMA_JINJA = (
     "{{ bos_token }}{% if messages[0]['role'] == 'system' %}"
     "{% set first = messages[0]['content'] + '\n\n' %}{% set msgs = messages[1:] %}"
@@ -82,7 +85,20 @@ def kubellama_bin() -> Path:
 def _llama_cpp_flags(cfg: ServerConfig) -> list[str]:
     return ["-m", cfg.model, "-c", str(cfg.ctx), "-np", str(cfg.slots), "-t", str(cfg.threads),
             "-tb", str(cfg.threads), "-b", str(cfg.batch), "--host", cfg.host, "--port", str(cfg.port)] + (
-        ["--chat-template", cfg.chat_template] if cfg.chat_template else [])
+        ["--chat-template", chat_template_text(cfg.chat_template)] if cfg.chat_template else [])
+
+
+def chat_template_text(name: str) -> str:
+    """The Jinja text a chat-template name stands for (a Jinja text stays as it is)."""
+    return GEMMA_JINJA if name == "gemma" else name
+
+
+def render_chat(template: str, messages: list[dict], bos_token: str) -> str:
+    """The prompt ``template`` makes of ``messages`` (what every peer must evaluate)."""
+    import jinja2
+
+    return jinja2.Template(chat_template_text(template)).render(
+        messages=messages, bos_token=bos_token, add_generation_prompt=True)
 
 
 def _cmd_llama_server(cfg: ServerConfig, workdir: Path) -> list[str]:

@@ -11,7 +11,7 @@ from typing import Callable
 
 from bench import api as apis
 from bench.loadgen import ClientPlan, RequestSpec, Workload, api_for, run_workload
-from bench.peers import PEERS, RunningServer, ServerConfig, free_port
+from bench.peers import PEERS, RunningServer, ServerConfig, free_port, render_chat
 from bench.stats import spread, summarize_run
 from bench.tokens import Vocab
 
@@ -87,20 +87,41 @@ def start_servers(names: list[str], slots: int, s: RunSettings, results: dict, w
     return servers
 
 
+WARM_UP_PROMPT = "Hello, how are you?"
+
+
+def chat_prompt_problem(reported: int, expected: int) -> str | None:
+    """Why a peer's chat figures are not comparable, or None: it must evaluate the prompt
+    the shared template makes (one token of slack for a BOS rule)."""
+    if not reported or abs(reported - expected) <= 1:
+        return None
+    return (f"its chat template is not the shared one: a warm-up chat prompt took {reported} prompt "
+            f"tokens where the template gives {expected}")
+
+
 def warm_up(peer_name, peer_apis, server: RunningServer, workloads: list[Workload], s: RunSettings,
-            eog, log) -> None:
+            eog, vocab, log) -> str | None:
     """After a start: one short request per API used, ``s.warmup`` times (threads,
-    allocations, first-use paths), discarded."""
+    allocations, first-use paths), discarded. Returns a problem with the peer's chat
+    prompts (see chat_prompt_problem), if any."""
     families = sorted({w.family for w in workloads})
+    problem = None
     for family in families:
         api = api_for(family, peer_apis)
         if api is None:
             continue
-        w = Workload("warm-up", family, [ClientPlan([RequestSpec("Hello, how are you?", 8, seed=1)])])
+        w = Workload("warm-up", family, [ClientPlan([RequestSpec(WARM_UP_PROMPT, 8, seed=1)])])
         for _ in range(s.warmup):
             recs = asyncio.run(run_workload(server.base_url, api, w, s.sampling, eog, timeout_s=120))
             if recs[0].error:
                 log(f"[{peer_name}] warm-up on {apis.PATHS[api]} failed: {recs[0].error[:150]}")
+            elif api == apis.CHAT and server.cfg.chat_template:
+                expected = vocab.count_rendered(render_chat(
+                    server.cfg.chat_template, [{"role": "user", "content": WARM_UP_PROMPT}], vocab.bos_text()))
+                problem = chat_prompt_problem(recs[0].n_prompt, expected) or problem
+                if problem:
+                    log(f"[{peer_name}] chat figures will not be compared: {problem}")
+    return problem
 
 
 def run_reps(peer_name, peer_apis, server: RunningServer, w: Workload, s: RunSettings, eog, vocab,
@@ -164,7 +185,11 @@ def run_all(s: RunSettings, workdir: Path, log: Log) -> dict:
         for slots, workloads in sorted(by_slots.items()):
             for name, server in start_servers(names, slots, s, results, workdir, log).items():
                 servers[(name, slots)] = server
-                warm_up(name, PEERS[name].apis, server, workloads, s, eog, log)
+                problem = warm_up(name, PEERS[name].apis, server, workloads, s, eog, vocab, log)
+                if problem:
+                    for w in workloads:
+                        if w.family == "chat":
+                            results["peers"][name]["workloads"][w.name] = {"status": f"not comparable: {problem}"}
         for round_no in range(1, s.reps + 1):
             k = (round_no - 1) % max(len(names), 1)
             order = names[k:] + names[:k]

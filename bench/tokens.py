@@ -14,5 +14,13 @@ class Vocab:
         n = llama_cpp.llama_vocab_n_tokens(self._vocab)
         return [t for t in range(n) if llama_cpp.llama_vocab_is_eog(self._vocab, t)]
 
+    def bos_text(self) -> str:
+        bos = llama_cpp.llama_vocab_bos(self._vocab)
+        return self._llm.detokenize([bos], special=True).decode("utf-8") if bos >= 0 else ""
+
     def count(self, text: str) -> int:
         return len(self._llm.tokenize(text.encode("utf-8"), add_bos=True, special=False))
+
+    def count_rendered(self, text: str) -> int:
+        """Tokens of a rendered chat prompt (its special tokens, BOS included, are parsed)."""
+        return len(self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
