@@ -59,8 +59,8 @@ FLAGS: list[Flag] = [
     Flag(("-tb", "--threads-batch"), "threads_batch", "int", "threads for prompt processing [same as --threads]", ("LLAMA_ARG_THREADS_BATCH",), metavar="N"),
     Flag(("--threads-http",), "threads_http", "int", "HTTP worker threads (asyncio here: accepted, unused)", ("LLAMA_ARG_THREADS_HTTP",), metavar="N"),
     Flag(("-n", "--n-predict"), "n_predict", "int", "server-wide limit of tokens to predict [-1 = none]", ("LLAMA_ARG_N_PREDICT",), metavar="N"),
-    Flag(("--grp-attn-n",), "grp_attn_n", "int", "self-extend group attention factor [1 = off]", ("LLAMA_ARG_GRP_ATTN_N",), metavar="N"),
-    Flag(("--grp-attn-w",), "grp_attn_w", "int", "self-extend group attention width [512]", ("LLAMA_ARG_GRP_ATTN_W",), metavar="N"),
+    Flag(("--grp-attn-n",), "grp_attn_n", "int", "self-extend group attention factor: positions of old tokens grow N times slower [1 = off]", ("LLAMA_ARG_GRP_ATTN_N",), metavar="N"),
+    Flag(("--grp-attn-w",), "grp_attn_w", "int", "self-extend group attention width, a multiple of N [512]", ("LLAMA_ARG_GRP_ATTN_W",), metavar="N"),
     Flag(("-ngl", "--n-gpu-layers", "--gpu-layers"), "n_gpu_layers", "int", "layers to offload to the GPU (-1 = all)", ("LLAMA_ARG_N_GPU_LAYERS",), metavar="N"),
     Flag(("-mg", "--main-gpu"), "main_gpu", "int", "GPU for small tensors and scratch [0]", ("LLAMA_ARG_MAIN_GPU",), metavar="I"),
     Flag(("-ts", "--tensor-split"), "tensor_split", "floats", "fraction of the model per GPU, e.g. 3,2", ("LLAMA_ARG_TENSOR_SPLIT",), metavar="SPLIT"),
@@ -92,8 +92,6 @@ FLAGS: list[Flag] = [
 NOT_IMPLEMENTED: dict[str, str] = {
     "lora_base": "--lora-base (llama.cpp applies adapters to the loaded model; no base file is needed)",
     "mmproj": "multimodal projectors",
-    "grp_attn_n": "self-extend (group attention)",
-    "grp_attn_w": "self-extend (group attention)",
 }
 
 
@@ -208,6 +206,12 @@ def _validate(s: ServerSettings) -> None:
     if not (s.model or s.model_url or s.hf_repo):
         raise UsageError("no model: pass -m FILE.gguf (or -mu URL, or -hfr REPO -hff FILE)")
     _check_openai_flags(s)
+    from .engine.self_extend import SelfExtend, SelfExtendError
+
+    try:
+        SelfExtend.from_settings(s.grp_attn_n, s.grp_attn_w)
+    except SelfExtendError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _check_openai_flags(s: ServerSettings) -> None:

@@ -64,9 +64,19 @@ def test_usage_errors_exit_2(argv, env, message, capsys):
 def test_unimplemented_flags_are_named():
     s, given = parse_settings(["-m", "x", "--mmproj", "p.gguf", "--grp-attn-n", "4"], environ={})
     names = unimplemented(given, s)
-    assert any(n.startswith("mmproj") for n in names) and any(n.startswith("grp_attn_n") for n in names)
-    s, given = parse_settings(["-m", "x", "--grp-attn-n", "1"], environ={})
+    assert any(n.startswith("mmproj") for n in names)
+    assert not any(n.startswith("grp_attn") for n in names)  # self-extend is implemented
+    s, given = parse_settings(["-m", "x", "--mmproj", ""], environ={})
     assert unimplemented(given, s) == []  # the default value changes nothing
+
+
+@pytest.mark.parametrize("argv", [["--grp-attn-n", "4", "--grp-attn-w", "30"], ["--grp-attn-n", "0"],
+                                  ["--grp-attn-n", "2", "--grp-attn-w", "0"]])
+def test_bad_self_extend_settings_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        parse_settings(["-m", "x", *argv], environ={})
+    assert exc.value.code == 2
+    assert "--grp-attn" in capsys.readouterr().err
 
 
 def test_console_script_help_and_usage_error():

@@ -22,6 +22,7 @@ from ..llama.model import LlamaModel, ModelLoadParams
 from ..settings import ServerSettings
 from .params import SlotParams
 from .scheduler import Scheduler
+from .self_extend import SelfExtend
 from .stats import EngineStats
 from .task import Task
 
@@ -99,6 +100,11 @@ class Engine:
         )
         self.ctx.embeddings = s.embedding  # embedding batches switch llama_set_embeddings on
         self.ctx.apply_loras(s.lora)
+        self_extend = SelfExtend.from_settings(s.grp_attn_n, s.grp_attn_w)
+        if self_extend and not self.ctx.can_shift:
+            raise RuntimeError(
+                "--grp-attn-n (self-extend) needs a KV cache whose positions can be shifted, and this "
+                "model's cannot; start the server without --grp-attn-n")
         self.scheduler = Scheduler(
             self.model,
             self.ctx,
@@ -107,6 +113,7 @@ class Engine:
             cont_batching=s.cont_batching,
             model_name=s.model_name or self.model_path,
             stats=self.stats,
+            self_extend=self_extend,
         )
         for hook in self.on_ready:
             hook(self)

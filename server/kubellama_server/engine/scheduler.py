@@ -25,6 +25,7 @@ from ..llama.context import Batch, LlamaContext
 from ..llama.model import LlamaModel
 from .params import SlotParams
 from .sampling import SamplerChain, token_prob, top_probs
+from .self_extend import SelfExtend
 from .slot import Slot
 from .stats import EngineStats
 from .task import (
@@ -60,6 +61,7 @@ class Scheduler:
         cont_batching: bool = True,
         model_name: str = "",
         stats: EngineStats | None = None,
+        self_extend: SelfExtend | None = None,
     ):
         self.model = model
         self.ctx = ctx
@@ -67,6 +69,7 @@ class Scheduler:
         self.cont_batching = cont_batching
         self.model_name = model_name
         self.stats = stats or EngineStats()
+        self.self_extend = self_extend
         self.slots = [Slot(id=i, n_ctx=ctx.n_ctx_seq) for i in range(n_slots)]
         self.batch = Batch(ctx.n_batch, 1)
         self.waiting: deque[Task] = deque()
@@ -299,10 +302,11 @@ class Scheduler:
                 raise invalid("'prompt' is empty")
         truncated = False
         if len(tokens) >= slot.n_ctx:
-            if not task.allow_truncate:
+            if not task.allow_truncate or self.self_extend:
                 raise APIError(
                     f"the request exceeds the available context size ({len(tokens)} prompt tokens, "
-                    f"{slot.n_ctx} per slot); shorten the prompt or start the server with a larger --ctx-size",
+                    f"{slot.n_ctx} per slot); shorten the prompt or start the server with a larger --ctx-size"
+                    + (" (self-extend keeps every token in the KV cache)" if self.self_extend else ""),
                     "exceed_context_size_error",
                     n_prompt_tokens=len(tokens),
                     n_ctx=slot.n_ctx,
@@ -316,7 +320,11 @@ class Scheduler:
         if task.n_system:
             n_cached = max(n_cached, self._share_prefix(slot, tokens[:task.n_system]))
         n_cached = min(n_cached, len(tokens) - 1)
-        if not self.ctx.seq_rm(slot.id, n_cached, -1):
+        p_cut = n_cached
+        if self.self_extend:  # positions are compressed: cut at a window boundary or in the open window
+            n_cached = self.self_extend.keepable(n_cached, slot.n_past)
+            p_cut = self.self_extend.position(n_cached, slot.n_past)
+        if not self.ctx.seq_rm(slot.id, p_cut, -1):
             self.ctx.seq_rm(slot.id, 0, -1)
             n_cached = 0
         slot.cache_tokens = tokens[:n_cached]
@@ -340,6 +348,8 @@ class Scheduler:
         n = len(prefix)
         if slot.cache_tokens[:n] == prefix:
             return n
+        if self.self_extend:  # the other slot's positions may be compressed past the prefix
+            return 0
         for other in self.slots:
             if other is not slot and len(other.cache_tokens) >= n and other.cache_tokens[:n] == prefix:
                 self.ctx.seq_cp(other.id, slot.id)  # a whole-sequence copy (one KV stream per slot)
@@ -365,7 +375,7 @@ class Scheduler:
                 continue
             if slot.n_past + 1 > slot.n_ctx and not self._make_room(slot):
                 continue
-            slot.i_batch = batch.add(slot.pending_token, slot.n_past, slot.id, True)
+            slot.i_batch = batch.add(slot.pending_token, self._next_pos(slot), slot.id, True)
             slot.cache_tokens.append(slot.pending_token)
             slot.pending_token = -1
             active.append(slot)
@@ -380,9 +390,12 @@ class Scheduler:
                     break
                 start = slot.n_prompt_done
                 take = min(len(slot.prompt_tokens) - start, batch.free)
+                if self.self_extend:
+                    take = min(take, self.self_extend.room(slot.n_past))
+                pos0 = self._next_pos(slot)
                 for k in range(start, start + take):
                     is_last = k == len(slot.prompt_tokens) - 1
-                    i = batch.add(slot.prompt_tokens[k], k, slot.id, is_last)
+                    i = batch.add(slot.prompt_tokens[k], pos0 + k - start, slot.id, is_last)
                     if is_last:
                         slot.i_batch = i
                 slot.cache_tokens.extend(slot.prompt_tokens[start:start + take])
@@ -394,6 +407,10 @@ class Scheduler:
         if ret != 0:
             self._decode_failed(active, ret)
             return
+        if self.self_extend:
+            for slot in {s.id: s for s in active}.values():
+                if slot.n_past % self.self_extend.w == 0:
+                    self._compress_window(slot)
         n_slots = len({s.id for s in active})
         self.last_batch_slots = n_slots
         self.max_batch_slots = max(self.max_batch_slots, n_slots)
@@ -413,11 +430,26 @@ class Scheduler:
                     continue
             self._sample(slot, i, now)
 
+    def _next_pos(self, slot: Slot) -> int:
+        """The position of the slot's next token."""
+        if self.self_extend:
+            return self.self_extend.position(slot.n_past, slot.n_past)
+        return slot.n_past
+
+    def _compress_window(self, slot: Slot) -> None:
+        """Self-extend: the slot's last window just filled up; divide its positions."""
+        window = self.self_extend.windows(slot.n_past) - 1
+        (a0, a1, delta), (d0, d1, divisor) = self.self_extend.compression(window)
+        if delta:
+            self.ctx.seq_add(slot.id, a0, a1, delta)
+        self.ctx.seq_div(slot.id, d0, d1, divisor)
+        log.debug("slot %d: self-extend compressed window %d", slot.id, window)
+
     def _make_room(self, slot: Slot) -> bool:
         """Context full: shift (keep n_keep, drop half the rest) or stop the slot."""
         params = slot.params
         unlimited = params.n_predict == -1 and self.n_predict_limit == -1
-        if unlimited or not self.ctx.can_shift:
+        if unlimited or not self.ctx.can_shift or self.self_extend:  # self-extend: no context shift
             slot.stopped_limit = True
             self._finish(slot)
             return False

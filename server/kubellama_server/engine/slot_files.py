@@ -37,7 +37,8 @@ log = logging.getLogger("kubellama.slots")
 
 META_FORMAT = 1
 # identity fields that must match for a file to be restored
-IDENTITY_KEYS = ("model_size", "model_fingerprint", "n_params", "n_vocab", "n_embd", "n_layer", "vocab_sha256", "n_ctx_slot")
+IDENTITY_KEYS = ("model_size", "model_fingerprint", "n_params", "n_vocab", "n_embd", "n_layer", "vocab_sha256", "n_ctx_slot",
+                 "self_extend")
 FINGERPRINT_HEAD = 1 << 20  # bytes hashed from the start of the model file (GGUF header, metadata)
 FINGERPRINT_SAMPLES = 32  # and this many 64 KiB samples spread over the rest (the weights)
 
@@ -125,7 +126,8 @@ def identity(sched) -> dict[str, Any]:
             "vocab_sha256": h.hexdigest(),
         }
         _identity_cache[model] = ident
-    return {**ident, "n_ctx_slot": int(sched.ctx.n_ctx_seq)}
+    se = sched.self_extend  # compressed positions only make sense to a server compressing alike
+    return {**ident, "n_ctx_slot": int(sched.ctx.n_ctx_seq), "self_extend": [se.n, se.w] if se else None}
 
 
 def _slot(sched, slot_id: int) -> Slot:
@@ -240,7 +242,7 @@ def check_compatible(sched, path: Path) -> dict[str, Any] | None:
     if diffs:
         raise SlotFileError(
             f"slot file {path.name} was saved by a different model or context size ({'; '.join(diffs)}); "
-            "it was not loaded. Restore it on a server started with the same model and --ctx-size/--parallel",
+            "it was not loaded. Restore it on a server started with the same model, --ctx-size/--parallel and --grp-attn-n/-w",
             "invalid_request_error",
             "incompatible",
         )

@@ -140,6 +140,9 @@ class LlamaContext:
     def seq_add(self, seq: int, p0: int, p1: int, delta: int) -> None:
         lc.llama_memory_seq_add(self.mem, seq, p0, p1, delta)
 
+    def seq_div(self, seq: int, p0: int, p1: int, d: int) -> None:
+        lc.llama_memory_seq_div(self.mem, seq, p0, p1, d)
+
     def seq_cp(self, src: int, dst: int, p0: int = -1, p1: int = -1) -> None:
         lc.llama_memory_seq_cp(self.mem, src, dst, p0, p1)
 
