@@ -62,6 +62,8 @@ def test_targets_pass_miss_and_na():
     assert "PASS 0.98x [rounds 0.96–1.00] — completion-1: gen tok/s vs llama-server >= 0.95x" in text
     assert "PASS 1.10x [rounds 0.90–1.10] — completion-4: gen tok/s vs llama-server >= 1.00x" in text
     assert "PASS 3.30x [rounds 2.40–3.67] — completion-4: gen tok/s vs llama-cpp-python >= 2.00x" in text
+    # under it, what llama.cpp's own server reaches against the same peer (100/30, 80/30, 90/30)
+    assert "  - 3.00x [rounds 2.67–3.33] — llama-server vs llama-cpp-python on completion-4 (peer, for reference)" in text
     assert "n/a — completion-8: gen tok/s vs llama-server" in text
     assert "PASS 2.20x [rounds 1.80–2.20] — issue 2" in text
     assert "PASS 5.00x [rounds 2.50–5.00] — kubellama: TTFT p50 with the shared prefix" in text
