@@ -23,6 +23,7 @@ from .errors import ChecksumMismatchError, FetchError, NotFoundError, NotGGUFErr
 from .locking import download_lock
 from .progress import Progress, make_progress
 from .source import ModelSource
+from . import split as splits
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -44,6 +45,9 @@ def fetch_model(
     `~/.cache/kubellama/models`) under a name derived from the source; with `dest`
     the file is `dest/<basename of the URL path or Hub file>`. A complete, verified
     cached copy is returned without any network call. Raises `FetchError` subclasses.
+
+    The first shard of a split model (`name-00001-of-00003.gguf`) brings every shard
+    (see `split`); `sha256` then checks the first shard, the Hub's hashes all of them.
     """
     source.validate()
     expected = normalize_sha256(sha256)
@@ -52,7 +56,33 @@ def fetch_model(
         return _local_file(Path(source.path).expanduser(), expected)
 
     folder = Path(dest).expanduser().absolute() if dest else default_cache_dir().absolute()
-    name = source.basename() if dest else source.cache_name()
+    split = splits.parse(source.basename())
+    if split is None:
+        return _fetch_file(source, folder, bool(dest), expected, reporter, offline=offline,
+                           retries=retries, backoff=backoff, timeout=timeout)
+    if split.no != 1:
+        raise UsageError(
+            f"{source.describe()} is shard {split.no} of a split model; give the first shard, "
+            f"{split.shard(1)}: llama.cpp loads the others from its folder, and every shard is pulled")
+    sources = [splits.shard_source(source, no) for no in range(1, split.count + 1)]
+    names = [s.basename() if dest else s.cache_name() for s in sources]
+    first = splits.parse(names[0])
+    if first is None or any(splits.parse(n) != splits.SplitName(first.prefix, no, split.count)
+                            for no, n in enumerate(names, 1)):
+        raise UsageError(
+            f"the cache names of this split model ({names[0]}, ...) would break its shard pattern (a URL "
+            "with a query or a very long name); pull it into a folder of its own (--dest)")
+    reporter.message(f"{source.basename()} is a split model: {split.count} files", "split")
+    paths = [_fetch_file(s, folder, bool(dest), expected if no == 1 else None, reporter, offline=offline,
+                         retries=retries, backoff=backoff, timeout=timeout)
+             for no, s in enumerate(sources, 1)]
+    return paths[0]
+
+
+def _fetch_file(source: ModelSource, folder: Path, to_dest: bool, expected: str | None, reporter: Progress, *,
+                offline: bool, retries: int, backoff: float, timeout: float) -> Path:
+    """One file of `source` in `folder` (under its basename with `to_dest`, else its cache name)."""
+    name = source.basename() if to_dest else source.cache_name()
     paths = Paths(folder / name)
     key = source.key()
 
@@ -214,6 +244,15 @@ def _local_file(path: Path, expected: str | None) -> Path:
         raise FetchError(f"cannot read {path}: permission denied; fix its permissions or the volume's fsGroup")
     if not is_gguf(path):
         raise NotGGUFError(f"{path} is not a GGUF model file (wrong magic bytes); give a .gguf model")
+    split = splits.parse(path.name)
+    if split:
+        missing = [split.shard(no) for no in range(1, split.count + 1) if not (path.parent / split.shard(no)).is_file()]
+        if split.no != 1:
+            raise UsageError(f"{path.name} is shard {split.no} of a split model; give the first shard, {split.shard(1)}")
+        if missing:
+            raise NotFoundError(
+                f"{path.name} is the first of {split.count} shards, but {', '.join(missing)} "
+                f"{'is' if len(missing) == 1 else 'are'} missing from {path.parent}; put every shard in that folder")
     if expected:
         actual = sha256_file(path)
         if actual != expected:

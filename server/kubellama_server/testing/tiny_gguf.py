@@ -73,7 +73,10 @@ def build_tiny_gguf(
     fim: bool = True,
     chat_template: str | None = CHATML_TEMPLATE,
     name: str = "kubellama-tiny",
+    split_max_tensors: int = 0,
 ) -> Path:
+    """Write a tiny random llama GGUF to `path`. With `split_max_tensors`, a split model
+    instead: `<stem>-00001-of-0000N.gguf`, ... beside `path` (the first one is returned)."""
     import gguf
 
     path = Path(path)
@@ -85,8 +88,13 @@ def build_tiny_gguf(
     def w(*shape: int, scale: float = 0.08) -> np.ndarray:
         return (rng.standard_normal(shape) * scale).astype(np.float32)
 
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    writer = gguf.GGUFWriter(str(tmp), "llama")
+    if split_max_tensors:
+        staging = path.with_name(f".{path.name}.{os.getpid()}.split")
+        staging.mkdir(exist_ok=True)
+        tmp = staging / path.name
+    else:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    writer = gguf.GGUFWriter(str(tmp), "llama", split_max_tensors=split_max_tensors)
     writer.add_name(name)
     writer.add_context_length(n_ctx_train)
     writer.add_embedding_length(n_embd)
@@ -134,6 +142,12 @@ def build_tiny_gguf(
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+    if split_max_tensors:
+        shards = sorted(staging.iterdir())
+        for shard in shards:
+            os.replace(shard, path.with_name(shard.name))
+        staging.rmdir()
+        return path.with_name(shards[0].name)
     os.replace(tmp, path)
     return path
 
