@@ -271,6 +271,7 @@ class ControlPlane:
             f"--root-ca-file={self.ca_file}",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--controllers=*",
+            "--horizontal-pod-autoscaler-sync-period=2s",  # HPAs act within seconds in tests
             "--v=1",
         ])
         self._spawn("kube-scheduler", [

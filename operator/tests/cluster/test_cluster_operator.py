@@ -120,6 +120,31 @@ def test_kubectl_scale_changes_replicas(kube, kubectl, operator, namespace):
                   "the operator to delete the PodDisruptionBudget it no longer wants")
 
 
+def test_a_horizontal_pod_autoscaler_scales_it_through_the_scale_subresource(kube, operator, namespace):
+    """The controller-manager's HPA controller reads and writes the LlamaServer's scale
+    subresource (replicas and label selector); the operator follows. No metrics API runs
+    here, so the HPA moves replicas only up to its minReplicas, which needs no metrics."""
+    kube.create(llama("auto", namespace))
+    wait_phase(kube, operator, "auto", namespace, "Ready", readyReplicas=1)
+    kube.create({
+        "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": "auto", "namespace": namespace},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": LLAMA_API, "kind": "LlamaServer", "name": "auto"},
+            "minReplicas": 2, "maxReplicas": 4,
+            "metrics": [{"type": "Pods", "pods": {
+                "metric": {"name": "llamacpp:requests_processing"},
+                "target": {"type": "AverageValue", "averageValue": "2"}}}],
+        },
+    })
+    wait_phase(kube, operator, "auto", namespace, "Ready", timeout=90, readyReplicas=2, ready="2/2")
+    assert kube.read(LLAMA_API, "LlamaServer", "auto", namespace)["spec"]["replicas"] == 2
+    assert kube.read("apps/v1", "StatefulSet", "auto", namespace)["spec"]["replicas"] == 2
+    hpa = kube.read("autoscaling/v2", "HorizontalPodAutoscaler", "auto", namespace)
+    able = {c["type"]: c for c in hpa["status"]["conditions"]}["AbleToScale"]
+    assert able["status"] == "True", able
+
+
 def test_spec_change_rolls_the_statefulset(kube, operator, namespace):
     kube.create(llama("roll", namespace, server={"contextSize": 2048}))
     wait_phase(kube, operator, "roll", namespace, "Ready", readyReplicas=1)
