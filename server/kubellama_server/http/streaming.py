@@ -111,13 +111,22 @@ async def stream_tasks(
                 return
             event = await task.sink.get()
 
+    async def single() -> AsyncIterator[tuple[int, Any]]:
+        """One task (the common case): its events directly, without a pump task per token."""
+        event = firsts[0]
+        while True:
+            yield 0, event
+            event = await tasks[0].sink.get()
+
     async def events() -> AsyncIterator[bytes]:
-        pumps = [asyncio.ensure_future(pump(i, t, f)) for i, (t, f) in enumerate(zip(tasks, firsts))]
+        pumps = [asyncio.ensure_future(pump(i, t, f)) for i, (t, f) in enumerate(zip(tasks, firsts))] \
+            if len(tasks) > 1 else []
+        source = single() if len(tasks) == 1 else None
         finished = 0
         ok = False
         try:
             while finished < len(tasks):
-                i, (kind, payload) = await merged.get()
+                i, (kind, payload) = await (source.__anext__() if source is not None else merged.get())
                 if kind == "error":
                     yield sse(payload.to_dict())
                     return
@@ -133,6 +142,8 @@ async def stream_tasks(
         finally:
             for p in pumps:
                 p.cancel()
+            if source is not None:
+                await source.aclose()
             if not ok:
                 _cancel_all(engine, tasks)
             for t in tasks:
