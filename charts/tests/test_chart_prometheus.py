@@ -161,6 +161,8 @@ def load(url: str) -> None:
         with client.stream("POST", "/v1/chat/completions",
                            json={**chat, "max_tokens": 4000, "stream": True}) as r:   # cancelled by the client
             next(r.iter_lines())
+        # the server frees a cancelled request's slot at its next step; a save before that is a 409
+        wait_until(lambda: not client.get("/slots").json()[0]["is_processing"], 10, "slot 0 to be freed")
         saved = client.post("/slots/0?action=save", json={"filename": "slot0.bin"})
         assert saved.status_code == 200, saved.text
         restored = client.post("/slots/0?action=restore", json={"filename": "slot0.bin"})

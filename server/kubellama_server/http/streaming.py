@@ -111,22 +111,22 @@ async def stream_tasks(
                 return
             event = await task.sink.get()
 
-    async def single() -> AsyncIterator[tuple[int, Any]]:
-        """One task (the common case): its events directly, without a pump task per token."""
-        event = firsts[0]
-        while True:
-            yield 0, event
-            event = await tasks[0].sink.get()
+    async def next_event(waiting: list) -> tuple[int, Any]:
+        """The next (task index, event); one task (the common case) is read directly,
+        without a pump task hop per token."""
+        if len(tasks) > 1:
+            return await merged.get()
+        return 0, (waiting.pop() if waiting else await tasks[0].sink.get())
 
     async def events() -> AsyncIterator[bytes]:
         pumps = [asyncio.ensure_future(pump(i, t, f)) for i, (t, f) in enumerate(zip(tasks, firsts))] \
             if len(tasks) > 1 else []
-        source = single() if len(tasks) == 1 else None
+        waiting = [firsts[0]] if len(tasks) == 1 else []
         finished = 0
         ok = False
         try:
             while finished < len(tasks):
-                i, (kind, payload) = await (source.__anext__() if source is not None else merged.get())
+                i, (kind, payload) = await next_event(waiting)
                 if kind == "error":
                     yield sse(payload.to_dict())
                     return
@@ -140,10 +140,8 @@ async def stream_tasks(
                 yield b"data: [DONE]\n\n"
             ok = True
         finally:
-            for p in pumps:
+            for p in pumps:  # nothing here may await: a cancelled request must still cancel its tasks
                 p.cancel()
-            if source is not None:
-                await source.aclose()
             if not ok:
                 _cancel_all(engine, tasks)
             for t in tasks:
