@@ -106,6 +106,10 @@ def warm_up(peer_name, peer_apis, server: RunningServer, workloads: list[Workloa
     prompts (see chat_prompt_problem), if any."""
     families = sorted({w.family for w in workloads})
     problem = None
+    expected = None  # prompt tokens of the warm-up chat under the shared template
+    if server.cfg.chat_template and "chat" in families:
+        expected = vocab.count_rendered(render_chat(
+            server.cfg.chat_template, [{"role": "user", "content": WARM_UP_PROMPT}], vocab.bos_text()))
     for family in families:
         api = api_for(family, peer_apis)
         if api is None:
@@ -115,10 +119,8 @@ def warm_up(peer_name, peer_apis, server: RunningServer, workloads: list[Workloa
             recs = asyncio.run(run_workload(server.base_url, api, w, s.sampling, eog, timeout_s=120))
             if recs[0].error:
                 log(f"[{peer_name}] warm-up on {apis.PATHS[api]} failed: {recs[0].error[:150]}")
-            elif api == apis.CHAT and server.cfg.chat_template:
-                expected = vocab.count_rendered(render_chat(
-                    server.cfg.chat_template, [{"role": "user", "content": WARM_UP_PROMPT}], vocab.bos_text()))
-                problem = chat_prompt_problem(recs[0].n_prompt, expected) or problem
+            elif api == apis.CHAT and expected is not None and problem is None:
+                problem = chat_prompt_problem(recs[0].n_prompt, expected)
                 if problem:
                     log(f"[{peer_name}] chat figures will not be compared: {problem}")
     return problem

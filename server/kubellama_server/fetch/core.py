@@ -60,10 +60,7 @@ def fetch_model(
     if split is None:
         return _fetch_file(source, folder, bool(dest), expected, reporter, offline=offline,
                            retries=retries, backoff=backoff, timeout=timeout)
-    if split.no != 1:
-        raise UsageError(
-            f"{source.describe()} is shard {split.no} of a split model; give the first shard, "
-            f"{split.shard(1)}: llama.cpp loads the others from its folder, and every shard is pulled")
+    _require_first_shard(split, source.describe())
     sources = [splits.shard_source(source, no) for no in range(1, split.count + 1)]
     names = [s.basename() if dest else s.cache_name() for s in sources]
     first = splits.parse(names[0])
@@ -77,6 +74,13 @@ def fetch_model(
                          retries=retries, backoff=backoff, timeout=timeout)
              for no, s in enumerate(sources, 1)]
     return paths[0]
+
+
+def _require_first_shard(split: "splits.SplitName", what: str) -> None:
+    if split.no != 1:
+        raise UsageError(
+            f"{what} is shard {split.no} of a split model; give the first shard, "
+            f"{split.shard(1)}: llama.cpp loads the others from its folder")
 
 
 def _fetch_file(source: ModelSource, folder: Path, to_dest: bool, expected: str | None, reporter: Progress, *,
@@ -246,9 +250,8 @@ def _local_file(path: Path, expected: str | None) -> Path:
         raise NotGGUFError(f"{path} is not a GGUF model file (wrong magic bytes); give a .gguf model")
     split = splits.parse(path.name)
     if split:
+        _require_first_shard(split, str(path))
         missing = [split.shard(no) for no in range(1, split.count + 1) if not (path.parent / split.shard(no)).is_file()]
-        if split.no != 1:
-            raise UsageError(f"{path.name} is shard {split.no} of a split model; give the first shard, {split.shard(1)}")
         if missing:
             raise NotFoundError(
                 f"{path.name} is the first of {split.count} shards, but {', '.join(missing)} "

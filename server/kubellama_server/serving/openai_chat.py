@@ -13,7 +13,7 @@ from typing import Any
 
 from ..engine.params import parse_slot_params
 from ..engine.task import CompletionResult, PartialResult, Task, TaskSink, TokenInfo
-from ..errors import APIError, invalid
+from ..errors import invalid
 from .. import protocol as P
 from .chat_templates import ChatTemplate, TemplateError, resolve
 
@@ -274,10 +274,6 @@ class ChatStream:
             return []
         results = [self.results[i] for i in range(len(self.tasks))]
         return [self._chunk([], usage(self.tasks, results))]
-
-
-def stream_error(exc: APIError) -> dict:
-    return exc.to_dict()
 
 
 Stream = ChatStream  # the streaming renderer of this endpoint family (http.routes_openai)
