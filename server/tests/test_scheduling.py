@@ -70,7 +70,8 @@ def test_deferred_requests_start_as_soon_as_the_slot_frees(live_server):
         results = list(pool.map(lambda i: _complete(srv.url, n_predict=8, seed=i, ignore_eos=True), range(6)))
     elapsed = time.perf_counter() - t0
     assert all(r["tokens_predicted"] == 8 for r in results)
-    assert elapsed < 1.0, f"6 queued 8-token requests on one slot took {elapsed:.2f}s"
+    # the old bug slept 0.5 s at each of the 5 hand-overs (2.5 s or more); leave room for a busy CI machine
+    assert elapsed < 2.0, f"6 queued 8-token requests on one slot took {elapsed:.2f}s"
 
 
 def test_streaming_disconnect_frees_the_slot(live_server):
