@@ -48,7 +48,8 @@ FLAGS: list[Flag] = [
     Flag(("-a", "--alias"), "alias", "str", "model name returned in API responses", ("LLAMA_ARG_ALIAS",), metavar="ALIAS"),
     Flag(("--lora",), "lora", "list", "apply a LoRA adapter (repeatable)", ("LLAMA_ARG_LORA",), metavar="FNAME"),
     Flag(("--lora-base",), "lora_base", "str", "base model for the LoRA layers", metavar="FNAME"),
-    Flag(("--mmproj",), "mmproj", "str", "multimodal projector file", ("LLAMA_ARG_MMPROJ",), metavar="FILE"),
+    Flag(("-mm", "--mmproj"), "mmproj", "str", "multimodal projector file (images in prompts)", ("LLAMA_ARG_MMPROJ",), metavar="FILE"),
+    Flag(("--no-mmproj-offload",), "mmproj_offload", "bool", "keep the multimodal projector on the CPU", ("LLAMA_ARG_NO_MMPROJ_OFFLOAD",), invert=True),
     Flag(("-c", "--ctx-size"), "ctx_size", "int", "context size shared by all slots (0 = the model's) [512]", ("LLAMA_ARG_CTX_SIZE",), metavar="N"),
     Flag(("-np", "--parallel"), "parallel", "int", "number of slots [1]", ("LLAMA_ARG_N_PARALLEL",), metavar="N"),
     Flag(("-cb", "--cont-batching"), "cont_batching", "bool", "continuous batching (on by default)", ("LLAMA_ARG_CONT_BATCHING",)),
@@ -91,7 +92,6 @@ FLAGS: list[Flag] = [
 # Flags accepted now but not implemented yet: a start-up warning names them when used.
 NOT_IMPLEMENTED: dict[str, str] = {
     "lora_base": "--lora-base (llama.cpp applies adapters to the loaded model; no base file is needed)",
-    "mmproj": "multimodal projectors",
 }
 
 
@@ -194,6 +194,8 @@ def _validate(s: ServerSettings) -> None:
         (not (s.ssl_key_file and not s.ssl_cert_file) and not (s.ssl_cert_file and not s.ssl_key_file),
          "--ssl-key-file and --ssl-cert-file must be given together"),
         (not (s.slot_persist and not s.slot_save_path), "--slot-persist needs --slot-save-path"),
+        (not (s.mmproj and s.grp_attn_n > 1), "--mmproj cannot be combined with --grp-attn-n (self-extend would split images)"),
+        (not s.mmproj or os.path.isfile(s.mmproj), f"--mmproj {s.mmproj}: no such file (pass the projector GGUF that goes with the model)"),
     ]
     for ok, message in checks:
         if not ok:

@@ -52,6 +52,8 @@ def test_environment_variables_and_command_line_precedence():
         (["-m", "x"], {"LLAMA_ARG_CTX_SIZE": "lots"}, "env LLAMA_ARG_CTX_SIZE"),
         (["-m", "x"], {"LLAMA_ARG_ENDPOINT_METRICS": "maybe"}, "expected true/false"),
         ([], {}, "no model"),
+        (["-m", "x", "--mmproj", "/nowhere/mmproj.gguf"], {}, "--mmproj /nowhere/mmproj.gguf: no such file"),
+        (["-m", "x", "-mm", __file__, "--grp-attn-n", "4"], {}, "--mmproj cannot be combined with --grp-attn-n"),
     ],
 )
 def test_usage_errors_exit_2(argv, env, message, capsys):
@@ -62,9 +64,9 @@ def test_usage_errors_exit_2(argv, env, message, capsys):
 
 
 def test_unimplemented_flags_are_named():
-    s, given = parse_settings(["-m", "x", "--mmproj", "p.gguf", "--grp-attn-n", "4"], environ={})
+    s, given = parse_settings(["-m", "x", "--lora-base", "b.gguf", "--grp-attn-n", "4"], environ={})
     names = unimplemented(given, s)
-    assert any(n.startswith("mmproj") for n in names)
+    assert any(n.startswith("lora_base") for n in names), names
     assert not any(n.startswith("grp_attn") for n in names)  # self-extend is implemented
     s, given = parse_settings(["-m", "x", "--mmproj", ""], environ={})
     assert unimplemented(given, s) == []  # the default value changes nothing

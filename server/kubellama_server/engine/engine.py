@@ -19,6 +19,7 @@ from ..errors import APIError
 from ..llama.backend import init_backend
 from ..llama.context import ContextParams, LlamaContext
 from ..llama.model import LlamaModel, ModelLoadParams
+from ..llama.mtmd import Multimodal
 from ..settings import ServerSettings
 from .params import SlotParams
 from .scheduler import Scheduler
@@ -43,6 +44,7 @@ class Engine:
         self.model: LlamaModel | None = None
         self.ctx: LlamaContext | None = None
         self.scheduler: Scheduler | None = None
+        self.multimodal: Multimodal | None = None
         self.stats = EngineStats()
         self.default_params = SlotParams()
         self.model_path = settings.model
@@ -105,6 +107,8 @@ class Engine:
             raise RuntimeError(
                 "--grp-attn-n (self-extend) needs a KV cache whose positions can be shifted, and this "
                 "model's cannot; start the server without --grp-attn-n")
+        if s.mmproj:
+            self.multimodal = self._load_projector()
         self.scheduler = Scheduler(
             self.model,
             self.ctx,
@@ -114,6 +118,7 @@ class Engine:
             model_name=s.model_name or self.model_path,
             stats=self.stats,
             self_extend=self_extend,
+            multimodal=self.multimodal,
         )
         for hook in self.on_ready:
             hook(self)
@@ -125,6 +130,17 @@ class Engine:
             time.perf_counter() - t0, self.model_path, self.ctx.n_ctx, s.parallel, self.ctx.n_ctx_seq, self.ctx.n_batch,
         )
 
+    def _load_projector(self) -> Multimodal:
+        s = self.settings
+        mm = Multimodal(s.mmproj, self.model, n_threads=s.n_threads, use_gpu=s.mmproj_offload and s.n_gpu_layers != 0,
+                        verbose=s.verbose)
+        if mm.mrope:
+            mm.close()
+            raise RuntimeError(f"the projector {s.mmproj} uses M-RoPE positions (Qwen2-VL style), which this server "
+                               "does not support yet; use a model whose images take one position per token")
+        log.info("multimodal projector loaded: %s (vision: %s, audio: %s)", s.mmproj, mm.vision, mm.audio)
+        return mm
+
     def close(self) -> None:
         for hook in self.on_shutdown:
             try:
@@ -133,6 +149,8 @@ class Engine:
                 log.exception("shutdown hook failed")
         if self.scheduler is not None:
             self.scheduler.stop()
+        if self.multimodal is not None:
+            self.multimodal.close()
         if self.ctx is not None:
             self.ctx.close()
         if self.model is not None:

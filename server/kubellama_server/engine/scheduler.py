@@ -23,6 +23,7 @@ import numpy as np
 from ..errors import APIError, invalid
 from ..llama.context import Batch, LlamaContext
 from ..llama.model import LlamaModel
+from ..llama.mtmd import MediaError, Multimodal
 from .params import SlotParams
 from .sampling import SamplerChain, token_prob, top_probs
 from .self_extend import SelfExtend
@@ -62,6 +63,7 @@ class Scheduler:
         model_name: str = "",
         stats: EngineStats | None = None,
         self_extend: SelfExtend | None = None,
+        multimodal: Multimodal | None = None,
     ):
         self.model = model
         self.ctx = ctx
@@ -70,6 +72,7 @@ class Scheduler:
         self.model_name = model_name
         self.stats = stats or EngineStats()
         self.self_extend = self_extend
+        self.multimodal = multimodal
         self.slots = [Slot(id=i, n_ctx=ctx.n_ctx_seq) for i in range(n_slots)]
         self.batch = Batch(ctx.n_batch, 1)
         self.waiting: deque[Task] = deque()
@@ -162,6 +165,7 @@ class Scheduler:
     def _cancel(self, task: Task) -> None:
         if task in self.waiting:
             self.waiting.remove(task)
+            task.drop_media()
             self.stats.on_cancel()
             return
         for slot in self.slots:
@@ -186,6 +190,7 @@ class Scheduler:
         while self.waiting:
             task = self.waiting.popleft()
             if task.cancelled:
+                task.drop_media()
                 continue
             try:
                 if task.tokens is None:
@@ -198,6 +203,7 @@ class Scheduler:
             except APIError as exc:
                 if task.slot is not None:
                     task.slot.release()
+                task.drop_media()
                 self.outbox.put(task.sink, ("error", exc))
         self.waiting = still
 
@@ -228,7 +234,9 @@ class Scheduler:
         first_is_text = isinstance(prompt, str) or (isinstance(prompt, list) and prompt and isinstance(prompt[0], str))
         add_bos = first_is_text and self.model.add_bos and not system
         tokens: list[int] = []
-        if isinstance(prompt, str):
+        if task.images:
+            tokens = self._media_tokens(task, add_bos, len(system))
+        elif isinstance(prompt, str):
             tokens = self.model.tokenize(prompt, add_special=add_bos, parse_special=True)
         else:
             for k, piece in enumerate(prompt):
@@ -236,11 +244,29 @@ class Scheduler:
                     tokens += self.model.tokenize(piece, add_special=add_bos and k == 0, parse_special=True)
                 else:
                     tokens.append(piece)
-        bad = [t for t in tokens if not self.model.valid_token(t)]
+        bad = [t for t in tokens if not self.model.valid_token(t)] if task.media is None else []
         if bad:
             raise invalid(f"'prompt' contains token ids outside the vocabulary (0..{self.model.n_vocab - 1}): {bad[:5]}")
         task.n_system = len(system)
         return list(system) + tokens
+
+    def _media_tokens(self, task: Task, add_bos: bool, offset: int) -> list[int]:
+        """Tokenize a prompt with images; `task.media` keeps the image chunks until they are evaluated."""
+        if self.multimodal is None:
+            raise invalid("images need a multimodal model: start the server with --mmproj")
+        if not isinstance(task.prompt, str):
+            raise invalid("a prompt with images must be a string")
+        try:
+            media = self.multimodal.tokenize(task.prompt, task.images, add_special=add_bos,
+                                             max_image_tokens=self.ctx.n_ubatch)
+        except MediaError as exc:
+            raise invalid(str(exc)) from None
+        if media.tokens and media.boundary(len(media.tokens) - 1) != len(media.tokens) - 1:
+            media.close()
+            raise invalid("the prompt ends with an image: put text after it (an image yields no logits to sample from)")
+        media.shift(offset)
+        task.media = media
+        return media.tokens
 
     def eog_tokens(self) -> list[int]:
         if self._eog_tokens is None:
@@ -302,11 +328,12 @@ class Scheduler:
                 raise invalid("'prompt' is empty")
         truncated = False
         if len(tokens) >= slot.n_ctx:
-            if not task.allow_truncate or self.self_extend:
+            if not task.allow_truncate or self.self_extend or task.media is not None:
                 raise APIError(
                     f"the request exceeds the available context size ({len(tokens)} prompt tokens, "
                     f"{slot.n_ctx} per slot); shorten the prompt or start the server with a larger --ctx-size"
-                    + (" (self-extend keeps every token in the KV cache)" if self.self_extend else ""),
+                    + (" (self-extend keeps every token in the KV cache)" if self.self_extend else "")
+                    + (" (a prompt with images is never truncated)" if task.media is not None else ""),
                     "exceed_context_size_error",
                     n_prompt_tokens=len(tokens),
                     n_ctx=slot.n_ctx,
@@ -320,6 +347,8 @@ class Scheduler:
         if task.n_system:
             n_cached = max(n_cached, self._share_prefix(slot, tokens[:task.n_system]))
         n_cached = min(n_cached, len(tokens) - 1)
+        if task.media is not None:  # an image is evaluated whole: never keep part of one
+            n_cached = task.media.boundary(n_cached)
         p_cut = n_cached
         if self.self_extend:  # positions are compressed: cut at a window boundary or in the open window
             n_cached = self.self_extend.keepable(n_cached, slot.n_past)
@@ -336,7 +365,7 @@ class Scheduler:
             history = self.model.tokenize(params.penalty_prompt, add_special=False)
         elif isinstance(params.penalty_prompt, list):
             history = [t for t in params.penalty_prompt if isinstance(t, int) and self.model.valid_token(t)]
-        slot.sampler.prime(history)
+        slot.sampler.prime([t for t in history if t >= 0] if task.media is not None else history)
         log.debug("slot %d: task %d, %d prompt tokens, %d cached", slot.id, task.id, len(tokens), n_cached)
 
     def _share_prefix(self, slot: Slot, prefix: list[int]) -> int:
@@ -388,8 +417,16 @@ class Scheduler:
             for slot in prompt_slots:
                 if batch.free == 0:
                     break
+                media = slot.media
+                if media is not None and slot.n_prompt_done in media.images:
+                    if not self._eval_image(slot, media.images[slot.n_prompt_done]):
+                        continue
                 start = slot.n_prompt_done
                 take = min(len(slot.prompt_tokens) - start, batch.free)
+                if media is not None:
+                    take = media.text_run(start, start + take)
+                    if take == 0:  # another image next: the next step evaluates it
+                        continue
                 if self.self_extend:
                     take = min(take, self.self_extend.room(slot.n_past))
                 pos0 = self._next_pos(slot)
@@ -430,6 +467,22 @@ class Scheduler:
                     continue
             self._sample(slot, i, now)
 
+    def _eval_image(self, slot: Slot, image) -> bool:
+        """Encode an image and decode it into the slot's sequence (libmtmd's own decodes, before
+        this step's batch: the batch's tokens for this slot come after the image)."""
+        try:
+            self.multimodal.eval_image(self.ctx.ptr, image, slot.n_past, slot.id, self.ctx.n_batch)
+        except RuntimeError as exc:
+            log.error("slot %d: %s", slot.id, exc)
+            self._decode_failed([slot], -1, str(exc))
+            return False
+        end = image.start + image.n_tokens
+        slot.cache_tokens.extend(slot.prompt_tokens[image.start:end])
+        slot.n_prompt_done = end
+        if slot.n_prompt_done == len(slot.prompt_tokens) or not any(k >= end for k in slot.media.images):
+            slot.task.drop_media()  # every image is in the KV cache now
+        return True
+
     def _next_pos(self, slot: Slot) -> int:
         """The position of the slot's next token."""
         if self.self_extend:
@@ -449,7 +502,8 @@ class Scheduler:
         """Context full: shift (keep n_keep, drop half the rest) or stop the slot."""
         params = slot.params
         unlimited = params.n_predict == -1 and self.n_predict_limit == -1
-        if unlimited or not self.ctx.can_shift or self.self_extend:  # self-extend: no context shift
+        # no context shift with self-extend, nor across an image (its tokens are evaluated whole)
+        if unlimited or not self.ctx.can_shift or self.self_extend or any(t < 0 for t in slot.cache_tokens):
             slot.stopped_limit = True
             self._finish(slot)
             return False
@@ -464,9 +518,10 @@ class Scheduler:
         log.debug("slot %d: context shift, kept %d, discarded %d", slot.id, n_keep, n_discard)
         return True
 
-    def _decode_failed(self, active: list[Slot], ret: int) -> None:
-        log.error("llama_decode failed (%d) for a batch of %d tokens", ret, self.batch.n)
-        msg = "llama_decode failed: no KV cache space left" if ret == 1 else f"llama_decode failed ({ret})"
+    def _decode_failed(self, active: list[Slot], ret: int, msg: str = "") -> None:
+        if not msg:
+            log.error("llama_decode failed (%d) for a batch of %d tokens", ret, self.batch.n)
+            msg = "llama_decode failed: no KV cache space left" if ret == 1 else f"llama_decode failed ({ret})"
         for slot in {s.id: s for s in active}.values():
             if slot.task is not None:
                 self.outbox.put(slot.task.sink, ("error", APIError(msg, "server_error")))

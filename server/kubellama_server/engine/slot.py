@@ -88,7 +88,14 @@ class Slot:
         self.last_prompt = task.prompt
         self.last_task_id = task.id
 
+    @property
+    def media(self):
+        """The running task's images (a MediaPrompt), if its prompt has any."""
+        return self.task.media if self.task is not None else None
+
     def release(self) -> None:
+        if self.task is not None:
+            self.task.drop_media()
         if self.sampler is not None:
             self.sampler.free()
             self.sampler = None

@@ -19,6 +19,7 @@ answer 409 (`conflict_error`); retry once GET /slots shows it idle.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -38,7 +39,7 @@ log = logging.getLogger("kubellama.slots")
 META_FORMAT = 1
 # identity fields that must match for a file to be restored
 IDENTITY_KEYS = ("model_size", "model_fingerprint", "n_params", "n_vocab", "n_embd", "n_layer", "vocab_sha256", "n_ctx_slot",
-                 "self_extend")
+                 "self_extend", "mmproj_fingerprint")
 FINGERPRINT_HEAD = 1 << 20  # bytes hashed from the start of the model file (GGUF header, metadata)
 FINGERPRINT_SAMPLES = 32  # and this many 64 KiB samples spread over the rest (the weights)
 
@@ -127,7 +128,14 @@ def identity(sched) -> dict[str, Any]:
         }
         _identity_cache[model] = ident
     se = sched.self_extend  # compressed positions only make sense to a server compressing alike
-    return {**ident, "n_ctx_slot": int(sched.ctx.n_ctx_seq), "self_extend": [se.n, se.w] if se else None}
+    mm = sched.multimodal  # cached images are the projector's embeddings: only that projector may reuse them
+    return {**ident, "n_ctx_slot": int(sched.ctx.n_ctx_seq), "self_extend": [se.n, se.w] if se else None,
+            "mmproj_fingerprint": _mmproj_fingerprint(mm.path) if mm else None}
+
+
+@functools.lru_cache(maxsize=4)
+def _mmproj_fingerprint(path: str) -> str:
+    return model_fingerprint(path)
 
 
 def _slot(sched, slot_id: int) -> Slot:
@@ -242,7 +250,7 @@ def check_compatible(sched, path: Path) -> dict[str, Any] | None:
     if diffs:
         raise SlotFileError(
             f"slot file {path.name} was saved by a different model or context size ({'; '.join(diffs)}); "
-            "it was not loaded. Restore it on a server started with the same model, --ctx-size/--parallel and --grp-attn-n/-w",
+            "it was not loaded. Restore it on a server started with the same model, --mmproj, --ctx-size/--parallel and --grp-attn-n/-w",
             "invalid_request_error",
             "incompatible",
         )
@@ -286,7 +294,8 @@ def restore_slot(sched, slot_id: int, folder: str | Path, filename: str) -> dict
             "invalid_request_error",
             "incompatible",
         )
-    bad = [t for t in tokens if not sched.model.valid_token(t)]
+    images = sched.multimodal is not None  # image positions hold negative image keys (llama.mtmd)
+    bad = [t for t in tokens if not sched.model.valid_token(t) and not (images and t < -1)]
     if bad:
         ctx.seq_rm(slot.id, 0, -1)
         raise SlotFileError(

@@ -200,6 +200,14 @@ class Task:
     cancelled: bool = False
     tokens: list[int] | None = None  # set on the scheduler thread
     slot: Any = None  # the slot serving it, once launched
+    images: list[bytes] = field(default_factory=list)  # image files, in the order of the prompt's media markers
+    media: Any = None  # the MediaPrompt of `tokens` when there are images (scheduler thread)
+
+    def drop_media(self) -> None:
+        """Free the image chunks (the task ended, or its slot has evaluated them)."""
+        if self.media is not None:
+            self.media.close()
+            self.media = None
 
 
 def error_event(exc: APIError) -> tuple[str, APIError]:

@@ -14,6 +14,7 @@ import numpy as np
 from ..engine.params import SlotParams, parse_prompt
 from ..engine.task import EmbeddingResult, Task, TaskSink
 from ..errors import APIError, invalid
+from .media import require_multimodal
 from .. import protocol as P
 from .openai_chat import served_model
 
@@ -43,8 +44,9 @@ def inputs_of(value: Any, key: str) -> list[Any]:
 def native_tasks(engine, body: dict) -> tuple[list[Task], bool]:
     """(tasks, single): `content` is a string or token list (single) or a list of them."""
     require_enabled(engine)
-    if body.get("image_data") and not engine.settings.mmproj:
-        raise invalid("'image_data' needs a multimodal model: start the server with --mmproj")
+    if body.get("image_data"):
+        require_multimodal(engine, "'image_data'")
+        raise invalid("'image_data' is not supported on /embedding yet: send images to /completion or /v1/chat/completions")
     if "content" not in body:
         raise invalid("'content' is required")
     content = body["content"]

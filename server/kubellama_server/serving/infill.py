@@ -9,6 +9,7 @@ from __future__ import annotations
 from ..engine.params import parse_slot_params
 from ..engine.task import Task, TaskSink
 from ..errors import invalid
+from .media import require_multimodal
 
 
 def missing_fim_tokens(model) -> list[str]:
@@ -24,8 +25,9 @@ def build_task(engine, body: dict) -> Task:
             f"this model has no fill-in-the-middle tokens (missing: {', '.join(missing)}); "
             "use a code model with FIM tokens for /infill"
         )
-    if body.get("image_data") and not engine.settings.mmproj:
-        raise invalid("'image_data' needs a multimodal model: start the server with --mmproj")
+    if body.get("image_data"):
+        require_multimodal(engine, "'image_data'")
+        raise invalid("'image_data' is not supported on /infill yet: send images to /completion or /v1/chat/completions")
     texts = {}
     for key in ("input_prefix", "input_suffix", "prompt"):
         v = body.get(key, "")

@@ -8,16 +8,20 @@ from ..engine.engine import Engine
 from ..engine.params import parse_prompt, parse_slot_params
 from ..engine.task import CompletionResult, PartialResult, Task, TaskSink, TokenInfo
 from ..errors import invalid
+from .media import completion_images, require_multimodal
 
 
 def completion_task(engine: Engine, body: dict, *, kind: str = "completion") -> Task:
     if "prompt" not in body:
         raise invalid("'prompt' is required")
-    if body.get("image_data") and not engine.settings.mmproj:
-        raise invalid("'image_data' needs a multimodal model: start the server with --mmproj")
-    prompt = parse_prompt(body["prompt"])
+    images: list[bytes] = []
+    prompt = body["prompt"]
+    if body.get("image_data"):
+        require_multimodal(engine, "'image_data'")
+        prompt, images = completion_images(prompt, body["image_data"])
+    prompt = parse_prompt(prompt)
     params = parse_slot_params(body, engine.default_params, n_slots=engine.n_slots)
-    return Task(kind=kind, prompt=prompt, params=params, sink=TaskSink())
+    return Task(kind=kind, prompt=prompt, params=params, sink=TaskSink(), images=images)
 
 
 def probs_json(probs: list[TokenInfo]) -> list[dict[str, Any]]:
@@ -77,6 +81,7 @@ def partial_json(part: PartialResult, id_slot: int) -> dict[str, Any]:
 
 def props_json(engine: Engine) -> dict[str, Any]:
     s = engine.settings
+    mm = engine.multimodal
     from .system_prompt import props as system_prompt_props
 
     out: dict[str, Any] = {
@@ -85,7 +90,7 @@ def props_json(engine: Engine) -> dict[str, Any]:
         "total_slots": s.parallel,
         "model_path": engine.model_path,
         "chat_template": engine.model.chat_template if engine.model else "",
-        "modalities": {"vision": False, "audio": False},
+        "modalities": {"vision": bool(mm and mm.vision), "audio": False},
         "build_info": "kubellama",
     }
     return out

@@ -15,7 +15,9 @@ from ..engine.params import parse_slot_params
 from ..engine.task import CompletionResult, PartialResult, Task, TaskSink, TokenInfo
 from ..errors import invalid
 from .. import protocol as P
+from ..llama.mtmd import MEDIA_MARKER
 from .chat_templates import ChatTemplate, TemplateError, resolve
+from .media import data_url_image
 
 
 # -- set-up (on the loader thread, before the scheduler starts) -----------------
@@ -123,7 +125,7 @@ def check_enforceable(schema: Any, path: str = "schema") -> None:
 
 
 def make_tasks(engine, req: P._Sampling, body: dict, prompts: list[Any], *, n_probs: int, json_schema: Any = None,
-               allow_truncate: bool) -> list[Task]:
+               allow_truncate: bool, images: list[bytes] | None = None) -> list[Task]:
     """`n` tasks per prompt (choice index = prompt index * n + k), each for its own slot."""
     opts = native_options(req, body, n_probs=n_probs)
     if json_schema is not None:
@@ -137,14 +139,20 @@ def make_tasks(engine, req: P._Sampling, body: dict, prompts: list[Any], *, n_pr
             params = parse_slot_params(opts, engine.default_params, n_slots=engine.n_slots)
             if base.seed >= 0 and k:
                 params.seed = (base.seed + k) % 2**32  # different but reproducible choices
-            tasks.append(Task(kind="completion", prompt=prompt, params=params, sink=TaskSink(), allow_truncate=allow_truncate))
+            tasks.append(Task(kind="completion", prompt=prompt, params=params, sink=TaskSink(), allow_truncate=allow_truncate,
+                              images=images or []))
     return tasks
 
 
 # -- messages -------------------------------------------------------------------
 
 
-def messages_for_template(messages: list[P.ChatMessage]) -> list[dict[str, Any]]:
+def messages_for_template(messages: list[P.ChatMessage], images: list[bytes] | None = None) -> list[dict[str, Any]]:
+    """Messages as the template wants them: each content array joined into one string.
+
+    With `images` (a multimodal server), an image part becomes the media marker in the text
+    and its bytes are appended to `images`; without, image parts are refused.
+    """
     out = []
     for i, m in enumerate(messages):
         content = m.content
@@ -159,7 +167,14 @@ def messages_for_template(messages: list[P.ChatMessage]) -> list[dict[str, Any]]
                     if part.text is None:
                         raise invalid(f"'messages.{i}.content.{j}' of type 'text' needs a 'text' string")
                     texts.append(part.text)
+                elif part.type == "image_url" and images is not None:
+                    url = getattr(part, "image_url", None)
+                    url = url.get("url") if isinstance(url, dict) else url
+                    images.append(data_url_image(url, f"messages.{i}.content.{j}.image_url.url"))
+                    texts.append(MEDIA_MARKER)
                 elif part.type in ("image_url", "input_audio", "image"):
+                    if images is not None:
+                        raise invalid(f"'messages.{i}.content.{j}' is of type '{part.type}': only 'text' and 'image_url' parts are supported")
                     raise invalid(f"'messages.{i}.content.{j}' is of type '{part.type}': this server has no multimodal model (start it with --mmproj)")
                 else:
                     raise invalid(f"'messages.{i}.content.{j}' has unknown type '{part.type}' (expected 'text')")
@@ -171,21 +186,27 @@ def messages_for_template(messages: list[P.ChatMessage]) -> list[dict[str, Any]]
     return out
 
 
-def chat_prompt(engine, req: P.ChatCompletionRequest) -> str:
+def chat_prompt(engine, req: P.ChatCompletionRequest, images: list[bytes] | None = None) -> str:
+    messages = messages_for_template(req.messages, images)
     try:
-        return formatter(engine).prompt(messages_for_template(req.messages))
+        prompt = formatter(engine).prompt(messages)
     except TemplateError as exc:
         raise invalid(f"the chat template could not format these messages: {exc}") from None
+    if images is not None and prompt.count(MEDIA_MARKER) != len(images):
+        raise invalid(f"the prompt has {prompt.count(MEDIA_MARKER)} image places for {len(images)} images "
+                      f"(a message text contains {MEDIA_MARKER!r}, or the chat template dropped a message)")
+    return prompt
 
 
 def build(engine, body: dict) -> tuple[P.ChatCompletionRequest, list[Task]]:
     req = P.parse_request(P.ChatCompletionRequest, body)
-    prompt = chat_prompt(engine, req)
+    images: list[bytes] | None = [] if engine.settings.mmproj else None
+    prompt = chat_prompt(engine, req, images)
     n_probs = (req.top_logprobs or 1) if req.logprobs else 0
     if req.top_logprobs and not req.logprobs:
         raise invalid("'top_logprobs' needs 'logprobs': true")
     tasks = make_tasks(engine, req, body, [prompt], n_probs=n_probs, json_schema=response_schema(req.response_format),
-                       allow_truncate=False)
+                       allow_truncate=False, images=images or [])
     return req, tasks
 
 

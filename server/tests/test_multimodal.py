@@ -1,0 +1,232 @@
+"""Images in prompts (`--mmproj`): the tiny text model with the tiny LLaVA-style projector, over real HTTP."""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures as cf
+
+import httpx
+import pytest
+
+from kubellama_server.llama.mtmd import ImageChunk, MediaPrompt, image_key
+from kubellama_server.testing.tiny_mmproj import build_tiny_mmproj, tiny_png
+
+N_IMAGE = 16  # tokens per image: (32 / 8) ** 2 patches of the tiny projector
+
+
+@pytest.fixture(scope="module")
+def mmproj(tmp_path_factory):
+    return build_tiny_mmproj(tmp_path_factory.mktemp("mmproj") / "mmproj.gguf")
+
+
+@pytest.fixture
+def mm_server(live_server, mmproj):
+    def start(*flags: str):
+        return live_server("--mmproj", str(mmproj), "-c", "1024", *flags)
+    return start
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+RED, BLUE = tiny_png(20, 12, seed=1), tiny_png(20, 12, seed=2)
+
+
+def complete(url: str, **body) -> dict:
+    r = httpx.post(url + "/completion", json={"temperature": 0, "n_predict": 4, "cache_prompt": True, **body}, timeout=60)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def n_tokens(url: str, text: str) -> int:
+    return len(httpx.post(url + "/tokenize", json={"content": text}).json()["tokens"])
+
+
+def probs(url: str, prompt: str, images: dict[int, bytes], **extra) -> list:
+    """The next-token distribution after the prompt (top 8), which every image changes."""
+    out = complete(url, prompt=prompt, image_data=[{"id": k, "data": b64(v)} for k, v in images.items()],
+                   n_predict=1, n_probs=8, **extra)
+    return [(p["id"], round(p["prob"], 5)) for p in out["completion_probabilities"][0]["probs"]]
+
+
+def test_completion_with_an_image(mm_server):
+    srv = mm_server()
+    text_only = complete(srv.url, prompt="Describe this picture:")
+    out = complete(srv.url, prompt="Describe [img-7] this picture:", image_data=[{"id": 7, "data": b64(RED)}])
+    assert out["tokens_predicted"] == 4
+    # the image's 16 positions are part of the evaluated prompt, between the text on either side
+    n_bos = text_only["tokens_evaluated"] - n_tokens(srv.url, "Describe this picture:")
+    assert out["tokens_evaluated"] == n_bos + n_tokens(srv.url, "Describe ") + N_IMAGE + n_tokens(srv.url, " this picture:")
+    assert httpx.get(srv.url + "/props").json()["modalities"] == {"vision": True, "audio": False}
+
+
+def test_the_model_sees_the_image(mm_server):
+    srv = mm_server()
+    red = probs(srv.url, "a [img-1] b", {1: RED}, cache_prompt=False)
+    assert probs(srv.url, "a [img-1] b", {1: RED}, cache_prompt=False) == red  # deterministic
+    assert probs(srv.url, "a [img-1] b", {1: BLUE}, cache_prompt=False) != red  # another image, other logits
+
+
+def test_a_cached_image_is_reused_and_gives_the_same_result(mm_server):
+    srv = mm_server("-np", "1")
+    cold = probs(srv.url, "look [img-1] at this", {1: RED}, cache_prompt=False)
+    first = complete(srv.url, prompt="look [img-1] at this", image_data=[{"id": 1, "data": b64(RED)}], n_predict=1)
+    again = complete(srv.url, prompt="look [img-1] at this", image_data=[{"id": 1, "data": b64(RED)}], n_predict=1,
+                     n_probs=8)
+    assert again["tokens_cached"] == first["tokens_evaluated"] - 1  # the image's KV was kept
+    assert [(p["id"], round(p["prob"], 5)) for p in again["completion_probabilities"][0]["probs"]] == cold
+    # another image at the same place: only the text before it is reused, and the result is the new image's
+    other = complete(srv.url, prompt="look [img-1] at this", image_data=[{"id": 1, "data": b64(BLUE)}], n_predict=1,
+                     n_probs=8)
+    n_before = complete(srv.url, prompt="look ", n_predict=0, cache_prompt=False)["tokens_evaluated"]
+    assert other["tokens_cached"] == n_before
+    assert [(p["id"], round(p["prob"], 5)) for p in other["completion_probabilities"][0]["probs"]] == \
+        probs(srv.url, "look [img-1] at this", {1: BLUE}, cache_prompt=False)
+
+
+def test_the_first_of_two_images_is_reused_when_only_the_second_changes(mm_server):
+    srv = mm_server("-np", "1")
+    complete(srv.url, prompt="x [img-1] y", image_data=[{"id": 1, "data": b64(RED)}], n_predict=0)
+    images = {1: RED, 2: BLUE}
+    out = complete(srv.url, prompt="x [img-1][img-2] z", image_data=[{"id": k, "data": b64(v)} for k, v in images.items()],
+                   n_predict=1, n_probs=8)
+    n_x = complete(srv.url, prompt="x ", n_predict=0, cache_prompt=False)["tokens_evaluated"]
+    assert out["tokens_cached"] == n_x + N_IMAGE
+    assert [(p["id"], round(p["prob"], 5)) for p in out["completion_probabilities"][0]["probs"]] == \
+        probs(srv.url, "x [img-1][img-2] z", images, cache_prompt=False)
+
+
+def test_media_prompt_cuts_and_runs():
+    m = MediaPrompt(tokens=[5, 6] + [-9] * 4 + [7] + [-8] * 4 + [3])
+    m.images = {2: ImageChunk(0, 2, 4), 7: ImageChunk(0, 7, 4)}
+    assert [m.boundary(n) for n in range(13)] == [0, 1, 2, 2, 2, 2, 6, 7, 7, 7, 7, 11, 12]
+    assert m.text_run(0, 12) == 2 and m.text_run(6, 12) == 1 and m.text_run(11, 12) == 1 and m.text_run(0, 1) == 1
+    m.shift(3)
+    assert sorted(m.images) == [5, 10] and m.boundary(6) == 5
+    assert image_key(b"a") == image_key(b"a") < -1 and image_key(b"a") != image_key(b"b")
+    assert -(2**31) <= image_key(b"a")  # fits llama_token (int32) in slot files
+
+
+def test_two_images_in_order(mm_server):
+    srv = mm_server()
+    ab = probs(srv.url, "[img-1] then [img-2] end", {1: RED, 2: BLUE}, cache_prompt=False)
+    ba = probs(srv.url, "[img-2] then [img-1] end", {1: RED, 2: BLUE}, cache_prompt=False)
+    assert ab != ba
+
+
+def test_image_prompts_batch_with_generating_slots(mm_server):
+    srv = mm_server("-np", "4")
+    body = {"prompt": "p [img-1] q", "image_data": [{"id": 1, "data": b64(RED)}], "n_predict": 24, "ignore_eos": True,
+            "cache_prompt": False}
+    text = {"prompt": "plain text", "n_predict": 24, "ignore_eos": True}
+    with cf.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda b: complete(srv.url, **b), [body, text, body, text]))
+    assert all(r["tokens_predicted"] == 24 for r in results)
+    assert results[0]["content"] == results[2]["content"]  # same image, same greedy tokens
+
+
+def test_chat_with_an_image_url(mm_server):
+    import openai
+
+    srv = mm_server()
+    client = openai.OpenAI(base_url=srv.url + "/v1", api_key="x")
+    url = "data:image/png;base64," + b64(RED)
+    messages = [{"role": "user", "content": [{"type": "text", "text": "What is this?"},
+                                             {"type": "image_url", "image_url": {"url": url}}]}]
+    with_image = client.chat.completions.create(model="m", messages=messages, max_tokens=3, temperature=0)
+    without = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "What is this?"}],
+                                             max_tokens=3, temperature=0)
+    assert with_image.choices[0].finish_reason == "length"
+    # the image and the newline that separates content parts
+    assert with_image.usage.prompt_tokens > without.usage.prompt_tokens + N_IMAGE - 1
+    stream = client.chat.completions.create(model="m", messages=messages, max_tokens=3, temperature=0, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == with_image.choices[0].message.content
+    r = httpx.post(srv.url + "/apply-template", json={"messages": messages})
+    assert r.status_code == 200 and "<__media__>" in r.json()["prompt"]
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({"prompt": "a [img-1] b", "image_data": [{"id": 1, "data": "not base64!"}]}, "base64"),
+        ({"prompt": "a [img-1] b", "image_data": [{"id": 1, "data": b64(b"GIF89a but not really")}]}, "could not be decoded"),
+        ({"prompt": "a [img-2] b", "image_data": [{"id": 1, "data": b64(RED)}]}, "no image with id 2"),
+        ({"prompt": "a b", "image_data": [{"id": 1, "data": b64(RED)}]}, "[img-1]"),
+        ({"prompt": "a [img-1]", "image_data": [{"id": 1, "data": b64(RED)}]}, "ends with an image"),
+        ({"prompt": [1, 2], "image_data": [{"id": 1, "data": b64(RED)}]}, "must be a string"),
+        ({"prompt": "<__media__> [img-1] b", "image_data": [{"id": 1, "data": b64(RED)}]}, "reserves"),
+        ({"prompt": "a [img-1] b", "image_data": {"id": 1}}, "array"),
+    ],
+)
+def test_bad_images_are_client_errors(mm_server, body, message):
+    srv = mm_server()
+    r = httpx.post(srv.url + "/completion", json={**body, "n_predict": 1})
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["type"] == "invalid_request_error" and message in err["message"], err
+    assert complete(srv.url, prompt="still fine")["tokens_predicted"] == 4  # the slot was not left busy
+
+
+@pytest.mark.parametrize(
+    "part, message",
+    [
+        ({"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}, "data:image"),
+        ({"type": "image_url", "image_url": {"url": "data:text/plain;base64,aGk="}}, "only images"),
+        ({"type": "input_audio", "input_audio": {"data": "aGk=", "format": "wav"}}, "'image_url'"),
+    ],
+)
+def test_bad_chat_image_parts(mm_server, part, message):
+    srv = mm_server()
+    r = httpx.post(srv.url + "/v1/chat/completions",
+                   json={"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}, part]}]})
+    assert r.status_code == 400 and message in r.json()["error"]["message"], r.text
+
+
+def test_an_image_larger_than_the_context_is_refused(live_server, tmp_path):
+    big = build_tiny_mmproj(tmp_path / "big.gguf", image_size=128, patch_size=8)  # 256 tokens per image
+    srv = live_server("--mmproj", str(big), "-c", "256")
+    r = httpx.post(srv.url + "/completion", json={"prompt": "a [img-1] b", "image_data": [{"id": 1, "data": b64(RED)}]})
+    assert r.status_code == 400 and r.json()["error"]["type"] == "exceed_context_size_error", r.text
+
+
+def test_images_need_a_projector(live_server):
+    srv = live_server()
+    r = httpx.post(srv.url + "/completion", json={"prompt": "a [img-1] b", "image_data": [{"id": 1, "data": b64(RED)}]})
+    assert r.status_code == 400 and "--mmproj" in r.json()["error"]["message"]
+    assert httpx.get(srv.url + "/props").json()["modalities"]["vision"] is False
+
+
+def test_image_data_on_embedding_and_infill_says_where_images_go(mm_server):
+    srv = mm_server("--embedding")
+    for path, body in [("/embedding", {"content": "a [img-1]"}), ("/infill", {"input_prefix": "a", "input_suffix": "b"})]:
+        r = httpx.post(srv.url + path, json={**body, "image_data": [{"id": 1, "data": b64(RED)}]})
+        assert r.status_code == 400 and "/v1/chat/completions" in r.json()["error"]["message"], r.text
+
+
+def test_slot_files_keep_images_and_name_the_projector(mm_server, live_server, tmp_path, mmproj):
+    srv = mm_server("-np", "1", "--slot-save-path", str(tmp_path))
+    body = {"prompt": "saved [img-1] picture", "image_data": [{"id": 1, "data": b64(RED)}], "n_predict": 1}
+    first = complete(srv.url, **body)
+    assert httpx.post(srv.url + "/slots/0?action=save", json={"filename": "img.bin"}).status_code == 200
+    assert httpx.post(srv.url + "/slots/0?action=erase").status_code == 200
+    assert httpx.post(srv.url + "/slots/0?action=restore", json={"filename": "img.bin"}).status_code == 200
+    again = complete(srv.url, **body)
+    assert again["tokens_cached"] == first["tokens_evaluated"] - 1  # the restored KV holds the image
+    # a server with another projector (or none) must not reuse those image embeddings
+    other = build_tiny_mmproj(tmp_path / "other.gguf", seed=99)
+    srv2 = live_server("--mmproj", str(other), "-c", "1024", "-np", "1", "--slot-save-path", str(tmp_path))
+    r = httpx.post(srv2.url + "/slots/0?action=restore", json={"filename": "img.bin"})
+    assert r.status_code == 400 and "mmproj" in r.json()["error"]["message"], r.text
+
+
+def test_a_projector_for_another_model_fails_the_start_with_a_reason(tiny_model, tmp_path):
+    from kubellama_server.testing.live import LiveServer
+
+    wrong = build_tiny_mmproj(tmp_path / "wrong.gguf", n_embd_text=32)  # the text model's n_embd is 64
+    srv = LiveServer(["-m", str(tiny_model), "-t", "1", "--mmproj", str(wrong)])
+    try:
+        with pytest.raises(RuntimeError, match="embedding size must match"):
+            srv.start()
+    finally:
+        srv.stop()
