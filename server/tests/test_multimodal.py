@@ -61,6 +61,20 @@ def test_completion_with_an_image(mm_server):
     assert httpx.get(srv.url + "/props").json()["modalities"] == {"vision": True, "audio": False}
 
 
+def test_todays_llama_cpp_prompt_object(mm_server):
+    srv = mm_server()
+    legacy = complete(srv.url, prompt="a [img-1] b", image_data=[{"id": 1, "data": b64(RED)}], n_probs=4, n_predict=1,
+                      cache_prompt=False)
+    today = complete(srv.url, prompt={"prompt_string": "a <__media__> b", "multimodal_data": [b64(RED)]}, n_probs=4,
+                     n_predict=1, cache_prompt=False)
+    assert today["completion_probabilities"] == legacy["completion_probabilities"]
+    assert today["tokens_evaluated"] == legacy["tokens_evaluated"]
+    plain = complete(srv.url, prompt={"prompt_string": "just text"})
+    assert plain["tokens_predicted"] == 4
+    r = httpx.post(srv.url + "/completion", json={"prompt": {"prompt_string": "a <__media__> b", "multimodal_data": []}})
+    assert r.status_code == 400 and "1 <__media__> places for 0 images" in r.json()["error"]["message"]
+
+
 def test_the_model_sees_the_image(mm_server):
     srv = mm_server()
     red = probs(srv.url, "a [img-1] b", {1: RED}, cache_prompt=False)

@@ -64,6 +64,21 @@ def completion_images(prompt: Any, image_data: Any) -> tuple[str, list[bytes]]:
     return text, images
 
 
+def multimodal_prompt(prompt: dict) -> tuple[str, list[bytes]]:
+    """Today's llama.cpp form: `{"prompt_string": "... <__media__> ...", "multimodal_data": [base64, ...]}`."""
+    text = prompt.get("prompt_string")
+    if not isinstance(text, str):
+        raise invalid("a 'prompt' object needs a 'prompt_string' string")
+    data = prompt.get("multimodal_data", [])
+    if not isinstance(data, list):
+        raise invalid("'prompt.multimodal_data' must be an array of base64 strings")
+    images = [decode_base64(d, f"prompt.multimodal_data.{k}") for k, d in enumerate(data)]
+    if text.count(MEDIA_MARKER) != len(images):
+        raise invalid(f"'prompt.prompt_string' has {text.count(MEDIA_MARKER)} {MEDIA_MARKER} places for "
+                      f"{len(images)} images in 'prompt.multimodal_data'")
+    return text, images
+
+
 _DATA_URL = re.compile(r"data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^;,]*)*?);base64,(?P<data>.*)", re.S)
 
 

@@ -8,7 +8,7 @@ from ..engine.engine import Engine
 from ..engine.params import parse_prompt, parse_slot_params
 from ..engine.task import CompletionResult, PartialResult, Task, TaskSink, TokenInfo
 from ..errors import invalid
-from .media import completion_images, require_multimodal
+from .media import completion_images, multimodal_prompt, require_multimodal
 
 
 def completion_task(engine: Engine, body: dict, *, kind: str = "completion") -> Task:
@@ -19,6 +19,10 @@ def completion_task(engine: Engine, body: dict, *, kind: str = "completion") -> 
     if body.get("image_data"):
         require_multimodal(engine, "'image_data'")
         prompt, images = completion_images(prompt, body["image_data"])
+    elif isinstance(prompt, dict):
+        prompt, images = multimodal_prompt(prompt)
+        if images:
+            require_multimodal(engine, "'prompt.multimodal_data'")
     prompt = parse_prompt(prompt)
     params = parse_slot_params(body, engine.default_params, n_slots=engine.n_slots)
     return Task(kind=kind, prompt=prompt, params=params, sink=TaskSink(), images=images)
