@@ -211,11 +211,32 @@ def test_images_need_a_projector(live_server):
     assert httpx.get(srv.url + "/props").json()["modalities"]["vision"] is False
 
 
-def test_image_data_on_embedding_and_infill_says_where_images_go(mm_server):
-    srv = mm_server("--embedding")
-    for path, body in [("/embedding", {"content": "a [img-1]"}), ("/infill", {"input_prefix": "a", "input_suffix": "b"})]:
-        r = httpx.post(srv.url + path, json={**body, "image_data": [{"id": 1, "data": b64(RED)}]})
-        assert r.status_code == 400 and "/v1/chat/completions" in r.json()["error"]["message"], r.text
+def test_embedding_with_images(mm_server):
+    srv = mm_server("--embedding", "-np", "2")
+
+    def embed(content: str, images: dict[int, bytes]) -> list[float]:
+        r = httpx.post(srv.url + "/embedding", json={"content": content,
+                                                      "image_data": [{"id": k, "data": b64(v)} for k, v in images.items()]})
+        assert r.status_code == 200, r.text
+        return r.json()["embedding"]
+
+    red = embed("a picture: [img-1]", {1: RED})  # ending with an image is fine here: no sampling
+    assert len(red) == 64 and abs(sum(x * x for x in red) - 1) < 1e-4
+    assert embed("a picture: [img-1]", {1: RED}) == pytest.approx(red, abs=1e-6)
+    blue = embed("a picture: [img-1]", {1: BLUE})
+    assert blue != pytest.approx(red, abs=1e-3)
+    text = httpx.post(srv.url + "/embedding", json={"content": "a picture: "}).json()["embedding"]
+    assert text != pytest.approx(red, abs=1e-3)
+    # texts and images in one batch of requests
+    with cf.ThreadPoolExecutor(3) as pool:
+        again = list(pool.map(lambda i: embed("a picture: [img-1]", {1: RED}), range(3)))
+    assert all(v == pytest.approx(red, abs=1e-5) for v in again)
+
+
+def test_image_data_on_infill_says_where_images_go(mm_server):
+    srv = mm_server()
+    r = httpx.post(srv.url + "/infill", json={"input_prefix": "a", "input_suffix": "b", "image_data": [{"id": 1, "data": b64(RED)}]})
+    assert r.status_code == 400 and "/v1/chat/completions" in r.json()["error"]["message"], r.text
 
 
 def test_slot_files_keep_images_and_name_the_projector(mm_server, live_server, tmp_path, mmproj):

@@ -261,7 +261,8 @@ class Scheduler:
                                              max_image_tokens=self.ctx.n_ubatch)
         except MediaError as exc:
             raise invalid(str(exc)) from None
-        if media.tokens and media.boundary(len(media.tokens) - 1) != len(media.tokens) - 1:
+        ends_with_image = media.tokens and media.boundary(len(media.tokens) - 1) != len(media.tokens) - 1
+        if ends_with_image and task.kind == "completion":
             media.close()
             raise invalid("the prompt ends with an image: put text after it (an image yields no logits to sample from)")
         media.shift(offset)
@@ -308,10 +309,18 @@ class Scheduler:
         if task.kind == "embedding":
             if not self.ctx.embeddings:
                 raise APIError("This server does not support embeddings. Start it with `--embedding`", "not_supported_error")
-            if len(tokens) > self.ctx.n_ubatch or len(tokens) > slot.n_ctx:
+            # one ubatch holds a whole input (pooling is per ubatch); inputs with images are
+            # decoded piece by piece instead, each piece in one ubatch (see _embed_with_images)
+            limit = slot.n_ctx if task.media is not None else min(self.ctx.n_ubatch, slot.n_ctx)
+            big = [c.n_tokens for c in task.media.images.values() if c.n_tokens > self.ctx.n_ubatch] if task.media else []
+            if big:
+                raise APIError(f"an image takes {big[0]} tokens; for embeddings it must fit --ubatch-size "
+                               f"({self.ctx.n_ubatch})", "exceed_context_size_error",
+                               n_prompt_tokens=len(tokens), n_ctx=slot.n_ctx)
+            if len(tokens) > limit:
                 raise APIError(
                     f"input is too large to process: {len(tokens)} tokens, the limit is "
-                    f"{min(self.ctx.n_ubatch, slot.n_ctx)} (increase --ubatch-size / --ctx-size)",
+                    f"{limit} (increase --ubatch-size / --ctx-size)",
                     "exceed_context_size_error",
                     n_prompt_tokens=len(tokens),
                     n_ctx=slot.n_ctx,
@@ -636,6 +645,11 @@ class Scheduler:
 
     # -- embeddings -------------------------------------------------------------
     def _embedding_step(self, slots: list[Slot]) -> None:
+        for slot in [s for s in slots if s.media is not None]:
+            self._embed_with_images(slot)
+        slots = [s for s in slots if s.is_processing]
+        if not slots:
+            return
         batch = self.batch
         batch.clear()
         taken: list[Slot] = []
@@ -669,13 +683,53 @@ class Scheduler:
                 rows = [self.ctx.embedding_ith(offset + k) for k in range(n)]
                 vec = np.mean([r for r in rows if r is not None], axis=0)
             offset += n
-            norm = float(np.linalg.norm(vec))
-            if norm > 0:
-                vec = vec / norm
-            now = time.perf_counter()
-            self.stats.on_prompt_done(n, now - slot.t_start, 0)
-            self.stats.observe("request_done", now - slot.task.t_created)
-            self.outbox.put(slot.task.sink, ("final", EmbeddingResult([float(x) for x in vec], n, slot.id)))
-            self.ctx.seq_rm(slot.id, 0, -1)
-            slot.cache_tokens = []
-            slot.release()
+            self._deliver_embedding(slot, vec)
+
+    def _embed_with_images(self, slot: Slot) -> None:
+        """Mean-pool an input with images: text runs and images are decoded one after the other
+        into the slot's sequence, each in one ubatch; the mean of the pieces' pooled means,
+        weighted by their lengths, is the mean over every token."""
+        tokens, media, batch = slot.prompt_tokens, slot.media, self.batch
+        self.ctx.seq_rm(slot.id, 0, -1)
+        total, k = np.zeros(self.model.n_embd), 0
+        self.ctx.set_embeddings(True)
+        try:
+            while k < len(tokens):
+                image = media.images.get(k)
+                if image is not None:
+                    self.multimodal.eval_image(self.ctx.ptr, image, k, slot.id, self.ctx.n_ubatch)
+                    n = image.n_tokens
+                else:
+                    n = media.text_run(k, min(len(tokens), k + self.ctx.n_ubatch))
+                    batch.clear()
+                    for j in range(k, k + n):
+                        batch.add(tokens[j], j, slot.id, True)
+                    ret = self.ctx.decode(batch)
+                    if ret != 0:
+                        raise RuntimeError(f"llama_decode failed ({ret})")
+                vec = self.ctx.embedding_seq(slot.id)
+                if vec is None:
+                    raise RuntimeError("no pooled embedding for an input with images (the model has no pooling)")
+                total += vec * n
+                k += n
+        except RuntimeError as exc:
+            log.error("slot %d: %s", slot.id, exc)
+            self._decode_failed([slot], -1, str(exc))
+            return
+        finally:
+            self.ctx.set_embeddings(False)
+        self.stats.on_decode(1, len(tokens))
+        self._deliver_embedding(slot, total / len(tokens))
+
+    def _deliver_embedding(self, slot: Slot, vec: np.ndarray) -> None:
+        n = len(slot.prompt_tokens)
+        norm = float(np.linalg.norm(vec))
+        if norm > 0:
+            vec = vec / norm
+        now = time.perf_counter()
+        self.stats.on_prompt_done(n, now - slot.t_start, 0)
+        self.stats.observe("request_done", now - slot.task.t_created)
+        self.outbox.put(slot.task.sink, ("final", EmbeddingResult([float(x) for x in vec], n, slot.id)))
+        self.ctx.seq_rm(slot.id, 0, -1)
+        slot.cache_tokens = []
+        slot.release()

@@ -14,7 +14,7 @@ import numpy as np
 from ..engine.params import SlotParams, parse_prompt
 from ..engine.task import EmbeddingResult, Task, TaskSink
 from ..errors import APIError, invalid
-from .media import require_multimodal
+from .media import completion_images, require_multimodal
 from .. import protocol as P
 from .openai_chat import served_model
 
@@ -24,8 +24,9 @@ def require_enabled(engine) -> None:
         raise APIError("This server does not support embeddings. Start it with `--embedding`", "not_supported_error")
 
 
-def _task(prompt: Any) -> Task:
-    return Task(kind="embedding", prompt=prompt, params=SlotParams(), sink=TaskSink(), use_system_prompt=False)
+def _task(prompt: Any, images: list[bytes] | None = None) -> Task:
+    return Task(kind="embedding", prompt=prompt, params=SlotParams(), sink=TaskSink(), use_system_prompt=False,
+                images=images or [])
 
 
 def inputs_of(value: Any, key: str) -> list[Any]:
@@ -44,12 +45,13 @@ def inputs_of(value: Any, key: str) -> list[Any]:
 def native_tasks(engine, body: dict) -> tuple[list[Task], bool]:
     """(tasks, single): `content` is a string or token list (single) or a list of them."""
     require_enabled(engine)
-    if body.get("image_data"):
-        require_multimodal(engine, "'image_data'")
-        raise invalid("'image_data' is not supported on /embedding yet: send images to /completion or /v1/chat/completions")
     if "content" not in body:
         raise invalid("'content' is required")
     content = body["content"]
+    if body.get("image_data"):  # one text with [img-ID] places
+        require_multimodal(engine, "'image_data'")
+        text, images = completion_images(content, body["image_data"], "content")
+        return [_task(text, images)], True
     single = isinstance(content, str) or (isinstance(content, list) and content and not any(isinstance(x, (str, list)) for x in content))
     return [_task(p) for p in inputs_of(content, "content")], bool(single)
 

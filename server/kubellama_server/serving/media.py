@@ -31,12 +31,12 @@ def decode_base64(data: Any, where: str) -> bytes:
         raise invalid(f"'{where}' is not valid base64") from None
 
 
-def completion_images(prompt: Any, image_data: Any) -> tuple[str, list[bytes]]:
+def completion_images(prompt: Any, image_data: Any, key: str = "prompt") -> tuple[str, list[bytes]]:
     """The prompt with each `[img-ID]` replaced by the media marker, and the images in that order."""
     if not isinstance(image_data, list):
         raise invalid("'image_data' must be an array of {\"data\": base64, \"id\": int} objects")
     if not isinstance(prompt, str):
-        raise invalid("'prompt' must be a string when 'image_data' is given (images go at its [img-ID] places)")
+        raise invalid(f"'{key}' must be a string when 'image_data' is given (images go at its [img-ID] places)")
     by_id: dict[int, bytes] = {}
     for k, item in enumerate(image_data):
         if not isinstance(item, dict) or isinstance(item.get("id"), bool) or not isinstance(item.get("id"), int):
@@ -45,14 +45,14 @@ def completion_images(prompt: Any, image_data: Any) -> tuple[str, list[bytes]]:
             raise invalid(f"'image_data' has two images with id {item['id']}")
         by_id[item["id"]] = decode_base64(item.get("data"), f"image_data.{k}.data")
     if MEDIA_MARKER in prompt:
-        raise invalid(f"the prompt contains {MEDIA_MARKER!r}, which this server reserves for images; use [img-ID]")
+        raise invalid(f"'{key}' contains {MEDIA_MARKER!r}, which this server reserves for images; use [img-ID]")
     images: list[bytes] = []
     used: set[int] = set()
 
     def place(m: re.Match) -> str:
         image_id = int(m.group(1))
         if image_id not in by_id:
-            raise invalid(f"the prompt refers to [img-{image_id}], but 'image_data' has no image with id {image_id}")
+            raise invalid(f"'{key}' refers to [img-{image_id}], but 'image_data' has no image with id {image_id}")
         images.append(by_id[image_id])
         used.add(image_id)
         return MEDIA_MARKER
@@ -60,7 +60,7 @@ def completion_images(prompt: Any, image_data: Any) -> tuple[str, list[bytes]]:
     text = IMAGE_PLACE.sub(place, prompt)
     unused = sorted(set(by_id) - used)
     if unused:
-        raise invalid(f"'image_data' has images the prompt does not place: put [img-{unused[0]}] where image {unused[0]} goes")
+        raise invalid(f"'image_data' has images '{key}' does not place: put [img-{unused[0]}] where image {unused[0]} goes")
     return text, images
 
 
@@ -68,7 +68,7 @@ def multimodal_prompt(prompt: dict) -> tuple[str, list[bytes]]:
     """Today's llama.cpp form: `{"prompt_string": "... <__media__> ...", "multimodal_data": [base64, ...]}`."""
     text = prompt.get("prompt_string")
     if not isinstance(text, str):
-        raise invalid("a 'prompt' object needs a 'prompt_string' string")
+        raise invalid("'prompt' must be a string, a token array, or an object with a 'prompt_string' string")
     data = prompt.get("multimodal_data", [])
     if not isinstance(data, list):
         raise invalid("'prompt.multimodal_data' must be an array of base64 strings")

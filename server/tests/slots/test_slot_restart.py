@@ -214,6 +214,8 @@ def test_shutdown_timeout_bounds_the_drain_and_slots_are_still_saved(tiny_model,
         except httpx.ConnectError:
             refused = True
             break
+        except httpx.TimeoutException:  # accepted just before the listener closed, on a busy machine
+            pass
         time.sleep(0.02)
     assert refused and a.proc.poll() is None
     assert a.proc.wait(20) in CLEAN_EXIT, a.log()
