@@ -49,6 +49,7 @@ FLAGS: list[Flag] = [
     Flag(("--lora",), "lora", "list", "apply a LoRA adapter (repeatable)", ("LLAMA_ARG_LORA",), metavar="FNAME"),
     Flag(("--lora-base",), "lora_base", "str", "base model for the LoRA layers", metavar="FNAME"),
     Flag(("-mm", "--mmproj"), "mmproj", "str", "multimodal projector file (images in prompts)", ("LLAMA_ARG_MMPROJ",), metavar="FILE"),
+    Flag(("-mmu", "--mmproj-url"), "mmproj_url", "str", "download the multimodal projector from this http(s) URL", ("LLAMA_ARG_MMPROJ_URL",), metavar="URL"),
     Flag(("--no-mmproj-offload",), "mmproj_offload", "bool", "keep the multimodal projector on the CPU", ("LLAMA_ARG_NO_MMPROJ_OFFLOAD",), invert=True),
     Flag(("-c", "--ctx-size"), "ctx_size", "int", "context size shared by all slots (0 = the model's) [512]", ("LLAMA_ARG_CTX_SIZE",), metavar="N"),
     Flag(("-np", "--parallel"), "parallel", "int", "number of slots [1]", ("LLAMA_ARG_N_PARALLEL",), metavar="N"),
@@ -194,8 +195,9 @@ def _validate(s: ServerSettings) -> None:
         (not (s.ssl_key_file and not s.ssl_cert_file) and not (s.ssl_cert_file and not s.ssl_key_file),
          "--ssl-key-file and --ssl-cert-file must be given together"),
         (not (s.slot_persist and not s.slot_save_path), "--slot-persist needs --slot-save-path"),
-        (not (s.mmproj and s.grp_attn_n > 1), "--mmproj cannot be combined with --grp-attn-n (self-extend would split images)"),
-        (not s.mmproj or os.path.isfile(s.mmproj), f"--mmproj {s.mmproj}: no such file (pass the projector GGUF that goes with the model)"),
+        (not ((s.mmproj or s.mmproj_url) and s.grp_attn_n > 1), "--mmproj cannot be combined with --grp-attn-n (self-extend would split images)"),
+        (not s.mmproj or s.mmproj_url or os.path.isfile(s.mmproj),
+         f"--mmproj {s.mmproj}: no such file (pass the projector GGUF that goes with the model, or -mmu URL)"),
     ]
     for ok, message in checks:
         if not ok:

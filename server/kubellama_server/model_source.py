@@ -1,4 +1,4 @@
-"""Resolve the model file the server loads: `-m`, or a download for `-mu` / `-hfr -hff`."""
+"""Resolve the files the server loads: `-m` or a download for `-mu` / `-hfr -hff`; `--mmproj` or `-mmu`."""
 
 from __future__ import annotations
 
@@ -39,6 +39,31 @@ def resolve_model_path(settings: ServerSettings) -> str:
         raise RuntimeError(f"model download failed: {exc}") from exc
     if settings.model and Path(settings.model).name != path.name:
         target = Path(settings.model)
+        if not target.exists():
+            target.symlink_to(path)
+        return str(target)
+    return str(path)
+
+
+def resolve_mmproj_path(settings: ServerSettings) -> str:
+    """The projector of `-mmu URL` (downloaded or found in the cache), else `--mmproj` as given.
+
+    With --mmproj and -mmu together, --mmproj names where the download lands.
+    """
+    if not settings.mmproj_url:
+        return settings.mmproj
+    from pathlib import Path
+
+    from .fetch import FetchError, ModelSource, fetch_model
+
+    dest = Path(settings.mmproj).parent if settings.mmproj else None
+    log.info("fetching the multimodal projector from %s", settings.mmproj_url)
+    try:
+        path = fetch_model(ModelSource(url=settings.mmproj_url), dest=dest, offline=settings.offline)
+    except FetchError as exc:
+        raise RuntimeError(f"multimodal projector download failed: {exc}") from exc
+    if settings.mmproj and Path(settings.mmproj).name != path.name:
+        target = Path(settings.mmproj)
         if not target.exists():
             target.symlink_to(path)
         return str(target)

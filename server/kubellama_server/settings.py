@@ -40,6 +40,7 @@ class ServerSettings:
     lora: list[str] = field(default_factory=list)
     lora_base: str = ""
     mmproj: str = ""
+    mmproj_url: str = ""
     mmproj_offload: bool = True
     # context and batching
     ctx_size: int = 512

@@ -51,6 +51,7 @@ class Engine:
         self.loaded = threading.Event()
         self.t_loaded = 0.0
         self.resolve_model: Callable[[ServerSettings], str] | None = None  # e.g. a downloader
+        self.resolve_mmproj: Callable[[ServerSettings], str] | None = None  # the projector's, for -mmu
         self.on_ready: list[Callable[["Engine"], None]] = []
         self.on_shutdown: list[Callable[["Engine"], None]] = []  # before the scheduler stops (warm restarts)
 
@@ -107,8 +108,9 @@ class Engine:
             raise RuntimeError(
                 "--grp-attn-n (self-extend) needs a KV cache whose positions can be shifted, and this "
                 "model's cannot; start the server without --grp-attn-n")
-        if s.mmproj:
-            self.multimodal = self._load_projector()
+        if self.multimodal_enabled:
+            path = self.resolve_mmproj(s) if self.resolve_mmproj is not None else s.mmproj
+            self.multimodal = self._load_projector(path)
         self.scheduler = Scheduler(
             self.model,
             self.ctx,
@@ -130,15 +132,20 @@ class Engine:
             time.perf_counter() - t0, self.model_path, self.ctx.n_ctx, s.parallel, self.ctx.n_ctx_seq, self.ctx.n_batch,
         )
 
-    def _load_projector(self) -> Multimodal:
+    @property
+    def multimodal_enabled(self) -> bool:
+        """Whether images are accepted (the projector may still be loading)."""
+        return bool(self.settings.mmproj or self.settings.mmproj_url)
+
+    def _load_projector(self, path: str) -> Multimodal:
         s = self.settings
-        mm = Multimodal(s.mmproj, self.model, n_threads=s.n_threads, use_gpu=s.mmproj_offload and s.n_gpu_layers != 0,
+        mm = Multimodal(path, self.model, n_threads=s.n_threads, use_gpu=s.mmproj_offload and s.n_gpu_layers != 0,
                         verbose=s.verbose)
         if mm.mrope:
             mm.close()
-            raise RuntimeError(f"the projector {s.mmproj} uses M-RoPE positions (Qwen2-VL style), which this server "
+            raise RuntimeError(f"the projector {path} uses M-RoPE positions (Qwen2-VL style), which this server "
                                "does not support yet; use a model whose images take one position per token")
-        log.info("multimodal projector loaded: %s (vision: %s, audio: %s)", s.mmproj, mm.vision, mm.audio)
+        log.info("multimodal projector loaded: %s (vision: %s, audio: %s)", path, mm.vision, mm.audio)
         return mm
 
     def close(self) -> None:

@@ -8,7 +8,7 @@ from fastapi import FastAPI
 
 from ..engine import persistence
 from ..engine.engine import Engine
-from ..model_source import resolve_model_path
+from ..model_source import resolve_mmproj_path, resolve_model_path
 from ..observability import install_observability
 from ..settings import ServerSettings
 from . import auth, cors, static
@@ -27,6 +27,8 @@ def create_app(settings: ServerSettings, engine: Engine | None = None, *, load: 
     engine = engine or Engine(settings)
     if engine.resolve_model is None:
         engine.resolve_model = resolve_model_path
+    if engine.resolve_mmproj is None:
+        engine.resolve_mmproj = resolve_mmproj_path
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

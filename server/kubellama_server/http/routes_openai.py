@@ -61,7 +61,7 @@ async def apply_template(request: Request):
 
     req = P.parse_request(P.ChatCompletionRequest, {**body, "stream": False})
     try:
-        images = [] if engine.settings.mmproj else None  # image parts render as the media marker
+        images = [] if engine.multimodal_enabled else None  # image parts render as the media marker
         prompt = openai_chat.formatter(engine).render(openai_chat.messages_for_template(req.messages, images))
     except openai_chat.TemplateError as exc:
         raise APIError(f"the chat template could not format these messages: {exc}", "invalid_request_error") from None

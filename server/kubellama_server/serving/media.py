@@ -18,7 +18,7 @@ IMAGE_PLACE = re.compile(r"\[img-(-?\d+)\]")
 
 
 def require_multimodal(engine, what: str) -> None:
-    if not engine.settings.mmproj:
+    if not engine.multimodal_enabled:
         raise invalid(f"{what} needs a multimodal model: start the server with --mmproj")
 
 

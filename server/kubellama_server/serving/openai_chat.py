@@ -200,7 +200,7 @@ def chat_prompt(engine, req: P.ChatCompletionRequest, images: list[bytes] | None
 
 def build(engine, body: dict) -> tuple[P.ChatCompletionRequest, list[Task]]:
     req = P.parse_request(P.ChatCompletionRequest, body)
-    images: list[bytes] | None = [] if engine.settings.mmproj else None
+    images: list[bytes] | None = [] if engine.multimodal_enabled else None
     prompt = chat_prompt(engine, req, images)
     n_probs = (req.top_logprobs or 1) if req.logprobs else 0
     if req.top_logprobs and not req.logprobs:

@@ -115,3 +115,48 @@ def test_failed_download_is_reported_by_health(model_server, tmp_path):
         assert r.status_code == 500 and "not found (HTTP 404)" in r.json()["error"], r.text
     finally:
         srv.stop()
+
+
+def test_server_downloads_the_projector_of_mmproj_url(model_server, tiny_bytes, tmp_path):
+    import base64
+
+    from kubellama_server.testing.tiny_mmproj import build_tiny_mmproj, tiny_png
+
+    projector = build_tiny_mmproj(tmp_path / "mmproj.gguf").read_bytes()
+    model_url = model_server.add("/tiny.gguf", tiny_bytes)
+    mmproj_url = model_server.add("/mmproj-tiny.gguf", projector)
+    cache = tmp_path / "cache"
+    srv = ServerProcess(["-mu", model_url, "-mmu", mmproj_url, "-t", "1", "-c", "512", "-np", "1"],
+                        env={"LLAMA_CACHE": str(cache)})
+    srv.start(log_path=tmp_path / "server.log")
+    try:
+        assert httpx.get(srv.url + "/props").json()["modalities"]["vision"] is True
+        r = httpx.post(srv.url + "/completion", json={"prompt": "a [img-1] b", "n_predict": 2, "image_data": [
+            {"id": 1, "data": base64.b64encode(tiny_png(8, 8)).decode()}]}, timeout=60)
+        assert r.status_code == 200 and r.json()["tokens_predicted"] == 2, r.text
+    finally:
+        srv.stop()
+    name = f"127.0.0.1_{model_server.port}_mmproj-tiny.gguf"
+    assert (cache / name).read_bytes() == projector
+
+
+def test_failed_projector_download_is_reported_by_health(model_server, tiny_bytes, tmp_path):
+    srv = ServerProcess(["-mu", model_server.add("/tiny.gguf", tiny_bytes), "-mmu", model_server.url("/missing-mmproj.gguf"),
+                         "-t", "1"], env={"LLAMA_CACHE": str(tmp_path / "cache")})
+    srv.start(wait=False, log_path=tmp_path / "server.log")
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert time.monotonic() < deadline and srv.proc.poll() is None, srv.log()
+            try:
+                r = httpx.get(srv.url + "/health", timeout=2)
+            except httpx.TransportError:
+                time.sleep(0.05)
+                continue
+            if r.status_code != 503:
+                break
+            time.sleep(0.05)
+        error = r.json()["error"]
+        assert r.status_code == 500 and "multimodal projector download failed" in error and "HTTP 404" in error, r.text
+    finally:
+        srv.stop()
