@@ -56,6 +56,41 @@ def test_chat_mode_streams_and_keeps_history(live_server, browser):
     assert msgs[0] == "user:Hello there" and msgs[1].startswith("assistant:") and len(msgs) == 2
 
 
+def test_chat_mode_sends_an_image_when_the_server_has_a_projector(live_server, browser, tmp_path):
+    import base64
+
+    from kubellama_server.testing.tiny_mmproj import build_tiny_mmproj, tiny_png
+
+    srv = live_server("--mmproj", str(build_tiny_mmproj(tmp_path / "mmproj.gguf")), "-c", "1024")
+    browser.goto(srv.url + "/")
+    assert browser.wait_for("document.getElementById('image-row').dataset.vision", 10) == "true"
+    assert browser.eval("document.getElementById('image-row').hidden") is False
+    png = base64.b64encode(tiny_png(8, 8)).decode()
+    browser.eval(f"""(() => {{
+      const bytes = Uint8Array.from(atob('{png}'), (c) => c.charCodeAt(0));
+      const dt = new DataTransfer();
+      dt.items.add(new File([bytes], 'cat.png', {{type: 'image/png'}}));
+      document.getElementById('image').files = dt.files;
+      return true;
+    }})()""")
+    browser.eval("document.getElementById('n_predict').value = '8'")
+    _send_and_watch(browser, "What is this?")
+    msgs = browser.eval("[...document.querySelectorAll('#conversation .msg')].map(m => m.textContent)")
+    assert msgs[0] == "user:What is this? [image: cat.png]" and msgs[1].startswith("assistant:"), msgs
+    assert browser.eval("document.getElementById('image').files.length") == 0  # sent once, not with every turn
+    # the image went to the model: the slot evaluated the text and the projector's 16 image tokens
+    slot = httpx.get(srv.url + "/slots").json()[0]
+    text_only = httpx.post(srv.url + "/apply-template", json={"messages": [{"role": "user", "content": "What is this?"}]}).json()
+    assert slot["n_prompt_tokens"] > len(httpx.post(srv.url + "/tokenize", json={"content": text_only["prompt"]}).json()["tokens"]) + 15
+
+
+def test_the_image_input_stays_hidden_without_a_projector(live_server, browser):
+    srv = live_server()
+    browser.goto(srv.url + "/")
+    assert browser.wait_for("document.getElementById('image-row').dataset.vision", 10) == "false"
+    assert browser.eval("document.getElementById('image-row').hidden") is True
+
+
 def test_wrong_key_shows_the_error(live_server, browser):
     srv = live_server("--api-key", "right")
     browser.goto(srv.url + "/")
