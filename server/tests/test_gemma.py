@@ -49,3 +49,20 @@ def test_gemma_prompt_cache_and_parallel_slots(gemma_server):
         results = list(pool.map(lambda i: _complete(gemma_server, prompt=f"Count from {i}:", n_predict=16, ignore_eos=True, seed=i), range(4)))
     assert all(r["tokens_predicted"] == 16 for r in results)
     assert gemma_server.engine.scheduler.max_batch_slots >= 2
+
+
+def test_gemma_calls_a_tool_with_the_users_argument(gemma_server):
+    import json
+
+    import openai
+
+    client = openai.OpenAI(base_url=gemma_server.url + "/v1", api_key="x", max_retries=0, timeout=300)
+    weather = {"type": "function", "function": {
+        "name": "get_weather", "description": "Current weather of a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+    r = client.chat.completions.create(model="gemma", messages=[{"role": "user", "content": "What is the weather in Paris?"}],
+                                       tools=[weather], tool_choice="required", parallel_tool_calls=False,
+                                       temperature=0, max_tokens=100)
+    (call,) = r.choices[0].message.tool_calls
+    assert r.choices[0].finish_reason == "tool_calls"
+    assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "Paris"}

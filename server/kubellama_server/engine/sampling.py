@@ -22,19 +22,23 @@ from .params import SlotParams
 def grammar_for(params: SlotParams) -> str:
     """The GBNF grammar of a request: `json_schema` wins over `grammar`."""
     if params.json_schema is not None:
-        from llama_cpp.llama_grammar import json_schema_to_gbnf
-
-        schema = params.json_schema
-        if schema is True or schema == {}:
-            schema = {}
-        try:
-            gbnf = json_schema_to_gbnf(json.dumps(schema))
-        except Exception as exc:
-            raise invalid(f"'json_schema' cannot be converted to a grammar: {exc}") from exc
-        # llama-cpp-python's string `char` rule lets raw control characters into JSON strings
-        # (invalid JSON); exclude them as llama.cpp's own converter does.
-        return gbnf.replace('char ::= [^"\\\\]', 'char ::= [^"\\\\\\x7F\\x00-\\x1F]')
+        return schema_gbnf(params.json_schema)
     return params.grammar
+
+
+def schema_gbnf(schema, what: str = "'json_schema'") -> str:
+    """A JSON schema as a GBNF grammar whose start rule is `root` (a 400 if it cannot be converted)."""
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    if schema is True or schema == {}:
+        schema = {}
+    try:
+        gbnf = json_schema_to_gbnf(json.dumps(schema))
+    except Exception as exc:
+        raise invalid(f"{what} cannot be converted to a grammar: {exc}") from exc
+    # llama-cpp-python's string `char` rule lets raw control characters into JSON strings
+    # (invalid JSON); exclude them as llama.cpp's own converter does.
+    return gbnf.replace('char ::= [^"\\\\]', 'char ::= [^"\\\\\\x7F\\x00-\\x1F]')
 
 
 class _NlPreservingPenalties:

@@ -7,7 +7,6 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from ..engine.engine import Engine
-from ..errors import APIError
 from ..serving import openai_chat, openai_completions, system_prompt
 from .body import json_body
 from .streaming import run_tasks, stream_tasks
@@ -60,9 +59,6 @@ async def apply_template(request: Request):
     from .. import protocol as P
 
     req = P.parse_request(P.ChatCompletionRequest, {**body, "stream": False})
-    try:
-        images = [] if engine.multimodal_enabled else None  # image parts render as the media marker
-        prompt = openai_chat.formatter(engine).render(openai_chat.messages_for_template(req.messages, images))
-    except openai_chat.TemplateError as exc:
-        raise APIError(f"the chat template could not format these messages: {exc}", "invalid_request_error") from None
-    return {"prompt": prompt}
+    req._tool_plan = openai_chat.tools.plan(req, openai_chat.formatter(engine).template.source)
+    images = [] if engine.multimodal_enabled else None  # image parts render as the media marker
+    return {"prompt": openai_chat.chat_prompt(engine, req, images, raw=True)}

@@ -18,6 +18,7 @@ from .. import protocol as P
 from ..llama.mtmd import MEDIA_MARKER
 from .chat_templates import ChatTemplate, TemplateError, resolve
 from .media import data_url_image
+from . import tools
 
 
 # -- set-up (on the loader thread, before the scheduler starts) -----------------
@@ -30,12 +31,13 @@ class ChatFormatter:
     eos_text: str
     add_bos: bool
 
-    def render(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
-        return self.template.render(messages, bos_token=self.bos_text, eos_token=self.eos_text, add_generation_prompt=add_generation_prompt)
+    def render(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True, **extra) -> str:
+        return self.template.render(messages, bos_token=self.bos_text, eos_token=self.eos_text,
+                                    add_generation_prompt=add_generation_prompt, **extra)
 
-    def prompt(self, messages: list[dict[str, Any]]) -> str:
+    def prompt(self, messages: list[dict[str, Any]], **extra) -> str:
         """The text handed to the scheduler: BOS is left to its BOS rule (never doubled)."""
-        text = self.render(messages)
+        text = self.render(messages, **extra)
         if self.add_bos and self.bos_text and text.startswith(self.bos_text):
             text = text[len(self.bos_text):]
         return text
@@ -72,7 +74,8 @@ def native_options(req: P._Sampling, body: dict, *, n_probs: int) -> dict[str, A
     opts = dict(body)
     opts.setdefault("cache_prompt", True)
     for key in ("messages", "prompt", "n", "stream_options", "user", "response_format", "logprobs",
-                "top_logprobs", "echo", "suffix", "model", "system_prompt"):
+                "top_logprobs", "echo", "suffix", "model", "system_prompt", "tools", "tool_choice",
+                "parallel_tool_calls"):
         opts.pop(key, None)
     if getattr(req, "max_completion_tokens", None) is not None:
         opts["n_predict"] = req.max_completion_tokens
@@ -125,11 +128,15 @@ def check_enforceable(schema: Any, path: str = "schema") -> None:
 
 
 def make_tasks(engine, req: P._Sampling, body: dict, prompts: list[Any], *, n_probs: int, json_schema: Any = None,
-               allow_truncate: bool, images: list[bytes] | None = None) -> list[Task]:
+               allow_truncate: bool, images: list[bytes] | None = None, constraint: dict | None = None) -> list[Task]:
     """`n` tasks per prompt (choice index = prompt index * n + k), each for its own slot."""
     opts = native_options(req, body, n_probs=n_probs)
     if json_schema is not None:
         opts["json_schema"] = json_schema
+    if constraint:  # the tool format's grammar or schema replaces any other
+        opts.pop("grammar", None)
+        opts.pop("json_schema", None)
+        opts.update(constraint)
     if req.n > 1 and opts.get("id_slot", -1) not in (-1, None):
         raise invalid("'id_slot' cannot be combined with 'n' > 1 (the choices run in parallel slots)")
     base = parse_slot_params(opts, engine.default_params, n_slots=engine.n_slots)
@@ -186,10 +193,16 @@ def messages_for_template(messages: list[P.ChatMessage], images: list[bytes] | N
     return out
 
 
-def chat_prompt(engine, req: P.ChatCompletionRequest, images: list[bytes] | None = None) -> str:
+def chat_prompt(engine, req: P.ChatCompletionRequest, images: list[bytes] | None = None, *, raw: bool = False) -> str:
+    """The prompt of `messages` (with the tools of `req._tool_plan`); `raw`: as rendered, BOS included."""
     messages = messages_for_template(req.messages, images)
+    plan = req._tool_plan
+    extra: dict[str, Any] = {}
+    if plan is not None:
+        messages, extra = plan.messages(messages), plan.template_kwargs()
     try:
-        prompt = formatter(engine).prompt(messages)
+        fmt = formatter(engine)
+        prompt = fmt.render(messages, **extra) if raw else fmt.prompt(messages, **extra)
     except TemplateError as exc:
         raise invalid(f"the chat template could not format these messages: {exc}") from None
     if images is not None and prompt.count(MEDIA_MARKER) != len(images):
@@ -200,13 +213,15 @@ def chat_prompt(engine, req: P.ChatCompletionRequest, images: list[bytes] | None
 
 def build(engine, body: dict) -> tuple[P.ChatCompletionRequest, list[Task]]:
     req = P.parse_request(P.ChatCompletionRequest, body)
+    req._tool_plan = tools.plan(req, formatter(engine).template.source)
     images: list[bytes] | None = [] if engine.multimodal_enabled else None
     prompt = chat_prompt(engine, req, images)
     n_probs = (req.top_logprobs or 1) if req.logprobs else 0
     if req.top_logprobs and not req.logprobs:
         raise invalid("'top_logprobs' needs 'logprobs': true")
     tasks = make_tasks(engine, req, body, [prompt], n_probs=n_probs, json_schema=response_schema(req.response_format),
-                       allow_truncate=False, images=images or [])
+                       allow_truncate=False, images=images or [],
+                       constraint=req._tool_plan.constraint() if req._tool_plan else None)
     return req, tasks
 
 
@@ -239,13 +254,22 @@ def usage(tasks: list[Task], results: list[CompletionResult]) -> P.Usage:
                    prompt_tokens_details=P.PromptTokensDetails(cached_tokens=cached))
 
 
+def reply(req: P.ChatCompletionRequest, res: CompletionResult) -> tuple[str | None, list[tools.ParsedCall], str]:
+    """(content, tool calls, finish_reason) of one choice."""
+    if req._tool_plan is None:
+        return res.content, [], res.finish_reason
+    content, calls = req._tool_plan.parse(res.content)
+    return content, calls, "tool_calls" if calls else res.finish_reason
+
+
 def response(engine, req: P.ChatCompletionRequest, tasks: list[Task], results: list[CompletionResult]) -> dict:
     choices = []
     for i, res in enumerate(results):
+        content, calls, finish = reply(req, res)
         choices.append(P.ChatChoice(
             index=i,
-            message=P.AssistantMessage(content=res.content),
-            finish_reason=res.finish_reason,
+            message=P.AssistantMessage(content=content, tool_calls=[c.openai() for c in calls] or None),
+            finish_reason=finish,
             logprobs=chat_logprobs(res.probs, req.top_logprobs or 0) if req.logprobs else None,
         ))
     return P.dump(P.ChatCompletion(id=P.new_id("chatcmpl"), created=P.now(), model=served_model(engine),
@@ -278,7 +302,9 @@ class ChatStream:
         if index not in self.started:
             self.started.add(index)
             out.append(self._chunk([P.ChatChunkChoice(index=index, delta=P.ChatDelta(role="assistant", content=""))]))
-        if kind == "partial":
+        if kind == "partial" and self.req._tool_plan is not None:
+            pass  # a reply that may be a tool call is sent whole, when it ends
+        elif kind == "partial":
             part: PartialResult = payload
             if part.content or part.probs:
                 lp = chat_logprobs(part.probs, self.req.top_logprobs or 0) if self.req.logprobs else None
@@ -286,7 +312,15 @@ class ChatStream:
         elif kind == "final":
             res: CompletionResult = payload
             self.results[index] = res
-            out.append(self._chunk([P.ChatChunkChoice(index=index, delta=P.ChatDelta(), finish_reason=res.finish_reason)]))
+            finish = res.finish_reason
+            if self.req._tool_plan is not None:
+                content, calls, finish = reply(self.req, res)
+                if content:
+                    out.append(self._chunk([P.ChatChunkChoice(index=index, delta=P.ChatDelta(content=content))]))
+                if calls:
+                    deltas = [c.openai(k) for k, c in enumerate(calls)]
+                    out.append(self._chunk([P.ChatChunkChoice(index=index, delta=P.ChatDelta(tool_calls=deltas))]))
+            out.append(self._chunk([P.ChatChunkChoice(index=index, delta=P.ChatDelta(), finish_reason=finish)]))
         return out
 
     def tail(self) -> list[dict]:

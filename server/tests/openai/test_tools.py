@@ -1,0 +1,186 @@
+"""Tool calling (`tools`, `tool_choice`) through the real openai client, on the tiny model.
+
+The tiny model's weights are random, so replies are constrained by the tool format's grammar
+wherever a test needs a tool call; the parsing of free replies is tested on fixed texts.
+"""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import openai
+import pytest
+
+from kubellama_server import protocol as P
+from kubellama_server.serving.tools import GENERIC, HERMES, plan, tool_format
+from kubellama_server.testing.live import LiveServer
+
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather of a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 12},
+                                                    "unit": {"enum": ["celsius", "fahrenheit"]}},
+                   "required": ["city", "unit"], "additionalProperties": False}}}
+TIME = {"type": "function", "function": {
+    "name": "get_time", "parameters": {"type": "object", "properties": {"zone": {"type": "string", "maxLength": 8}},
+                                       "required": ["zone"], "additionalProperties": False}}}
+ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+# A Hermes-style template (Qwen 2.5 family): it renders the tools and <tool_call> blocks itself.
+HERMES_TEMPLATE = (
+    "{%- if tools %}<|im_start|>system\nYou may call functions. <tools>"
+    "{%- for tool in tools %}\n{{ tool | tojson }}{%- endfor %}\n</tools>\nReturn calls as "
+    "<tool_call>\n{\"name\": <name>, \"arguments\": <args>}\n</tool_call><|im_end|>\n{%- endif %}"
+    "{%- for m in messages %}"
+    "{%- if m.role == 'assistant' and m.tool_calls %}<|im_start|>assistant\n"
+    "{%- for tc in m.tool_calls %}<tool_call>\n{\"name\": \"{{ tc.function.name }}\", \"arguments\": "
+    "{{ tc.function.arguments | tojson }}}\n</tool_call>{%- endfor %}<|im_end|>\n"
+    "{%- elif m.role == 'tool' %}<|im_start|>user\n<tool_response>\n{{ m.content }}\n</tool_response><|im_end|>\n"
+    "{%- else %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{%- endif %}{%- endfor %}"
+    "{%- if add_generation_prompt %}<|im_start|>assistant\n{%- endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def generic_server(tiny_model):
+    """ChatML (no tool support in the template): the generic format. Its tool list is long in tiny-model tokens."""
+    srv = LiveServer(["-m", str(tiny_model), "-t", "1", "-c", "8192", "-np", "2"])
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def gclient(generic_server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=generic_server.url + "/v1", api_key="x", max_retries=0, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def hermes_server(tiny_model):
+    srv = LiveServer(["-m", str(tiny_model), "-t", "1", "-c", "4096", "-np", "2", "--chat-template", HERMES_TEMPLATE])
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+def _check_weather_call(call) -> dict:
+    assert call.type == "function" and call.id.startswith("call_") and call.function.name == "get_weather"
+    args = json.loads(call.function.arguments)
+    assert set(args) == {"city", "unit"} and isinstance(args["city"], str) and args["unit"] in ("celsius", "fahrenheit")
+    return args
+
+
+@pytest.mark.parametrize("server", ["generic_server", "hermes_server"])
+def test_required_tool_choice_gives_a_call_matching_the_schema(request, server):
+    srv = request.getfixturevalue(server)
+    client = openai.OpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0, timeout=60)
+    r = client.chat.completions.create(model="m", messages=ASK, tools=[WEATHER], tool_choice="required",
+                                       max_tokens=120, temperature=0, parallel_tool_calls=False)
+    choice = r.choices[0]
+    assert choice.finish_reason == "tool_calls", choice
+    assert len(choice.message.tool_calls) == 1
+    _check_weather_call(choice.message.tool_calls[0])
+    # the same request streamed: the call arrives as tool_calls deltas (whole, at the end)
+    stream = client.chat.completions.create(model="m", messages=ASK, tools=[WEATHER], tool_choice="required",
+                                            max_tokens=120, temperature=0, parallel_tool_calls=False, stream=True)
+    deltas, finish = [], None
+    for chunk in stream:
+        for c in chunk.choices:
+            deltas += c.delta.tool_calls or []
+            finish = c.finish_reason or finish
+    assert finish == "tool_calls" and len(deltas) == 1 and deltas[0].index == 0
+    assert json.loads(deltas[0].function.arguments) == json.loads(choice.message.tool_calls[0].function.arguments)
+
+
+def test_a_named_tool_choice_calls_that_function(gclient):
+    r = gclient.chat.completions.create(model="m", messages=ASK, tools=[WEATHER, TIME], max_tokens=80, temperature=0,
+                                       tool_choice={"type": "function", "function": {"name": "get_time"}})
+    assert r.choices[0].message.tool_calls, r.choices[0]
+    (call,) = r.choices[0].message.tool_calls
+    assert call.function.name == "get_time" and set(json.loads(call.function.arguments)) == {"zone"}
+
+
+def test_auto_gives_either_a_reply_or_calls(gclient):
+    r = gclient.chat.completions.create(model="m", messages=ASK, tools=[WEATHER, TIME], max_tokens=200, temperature=0,
+                                       seed=3)
+    choice = r.choices[0]
+    if choice.message.tool_calls:
+        assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    else:
+        assert choice.finish_reason in ("stop", "length") and isinstance(choice.message.content, str)
+
+
+def test_the_conversation_goes_on_after_a_tool_result(gclient, generic_server, hermes_server):
+    history = ASK + [
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris", "unit": "celsius"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "18 degrees, sunny"},
+    ]
+    r = gclient.chat.completions.create(model="m", messages=history, tools=[WEATHER], max_tokens=8, temperature=0)
+    assert r.choices[0].finish_reason in ("stop", "length", "tool_calls")
+    generic = httpx.post(generic_server.url + "/apply-template", json={"messages": history, "tools": [WEATHER]}).json()["prompt"]
+    assert "get_weather" in generic and '"tool_response"' in generic and "18 degrees, sunny" in generic
+    assert '{"tool_calls": [{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}' in generic
+    hermes = httpx.post(hermes_server.url + "/apply-template", json={"messages": history, "tools": [WEATHER]}).json()["prompt"]
+    # the template got the arguments as an object (not JSON text inside a string) and the tools
+    assert '"arguments": {"city": "Paris", "unit": "celsius"}}' in hermes and '"name": "get_weather"' in hermes
+    assert "<tool_response>\n18 degrees, sunny\n</tool_response>" in hermes
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "not in 'tools'"),
+        ({"tool_choice": "required"}, "needs 'tools'"),
+        ({"tools": [WEATHER], "response_format": {"type": "json_object"}}, "cannot be combined"),
+        ({"tools": [{"type": "function", "function": {"name": "bad name!"}}]}, "tools.0.function.name"),
+        ({"tools": [WEATHER, WEATHER]}, "same name"),
+        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "array"}}}]}, "type object"),
+        ({"tools": [WEATHER], "tool_choice": "sometimes"}, "tool_choice"),
+    ],
+)
+def test_tool_mistakes_are_400(generic_server, extra, message):
+    r = httpx.post(generic_server.url + "/v1/chat/completions", json={"messages": ASK, **extra})
+    assert r.status_code == 400 and message in r.json()["error"]["message"], r.text
+
+
+def test_tool_choice_none_ignores_the_tools(gclient, generic_server):
+    plain = httpx.post(generic_server.url + "/apply-template", json={"messages": ASK}).json()["prompt"]
+    none = httpx.post(generic_server.url + "/apply-template", json={"messages": ASK, "tools": [WEATHER], "tool_choice": "none"}).json()["prompt"]
+    assert none == plain
+    r = gclient.chat.completions.create(model="m", messages=ASK, tools=[WEATHER], tool_choice="none", max_tokens=4)
+    assert r.choices[0].message.tool_calls is None
+
+
+def _plan(fmt_template: str, **req):
+    return plan(P.parse_request(P.ChatCompletionRequest, {"messages": ASK, "tools": [WEATHER, TIME], **req}), fmt_template)
+
+
+def test_parsing_hermes_replies():
+    p = _plan("... <tool_call> ...")
+    assert p.format == HERMES and tool_format("{{ messages }}") == GENERIC
+    content, calls = p.parse('Let me check.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>\n'
+                             '<tool_call>{"name": "get_time", "arguments": "{\\"zone\\": \\"CET\\"}"}</tool_call>')
+    assert content == "Let me check." and [(c.name, json.loads(c.arguments)) for c in calls] == [
+        ("get_weather", {"city": "Oslo"}), ("get_time", {"zone": "CET"})]
+    # an unclosed block at the end (the model stopped) still counts; a malformed one leaves the text alone
+    assert p.parse('<tool_call>{"name": "get_time", "arguments": {"zone": "UTC"}}')[1][0].name == "get_time"
+    text = '<tool_call>{"name": "get_time", "arguments": [1]}</tool_call>'
+    assert p.parse(text) == (text, [])
+    assert p.parse("Just an answer.") == ("Just an answer.", [])
+
+
+def test_parsing_generic_replies():
+    p = _plan("{{ messages }}")
+    assert p.parse('{"response": "Hello!"}') == ("Hello!", [])
+    content, calls = p.parse('{"tool_calls": [{"name": "get_time", "arguments": {"zone": "UTC"}}]}')
+    assert content is None and calls[0].name == "get_time" and json.loads(calls[0].arguments) == {"zone": "UTC"}
+    assert p.parse('{"tool_calls": [{"name": "get_ti') == ('{"tool_calls": [{"name": "get_ti', [])  # cut short
+
+
+def test_grammars_of_the_formats():
+    required = _plan("{{ messages }}", tool_choice="required").constraint()["json_schema"]
+    assert required["properties"]["tool_calls"]["minItems"] == 1
+    single = _plan("<tool_call>", tool_choice="required", parallel_tool_calls=False).constraint()["grammar"]
+    assert single.startswith('root ::= "<tool_call>\\n" tool-call "\\n</tool_call>"\n') and "tool-call ::=" in single
+    assert _plan("<tool_call>").constraint() == {}  # hermes + auto: free text
