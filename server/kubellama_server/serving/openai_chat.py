@@ -287,6 +287,9 @@ class ChatStream:
         self.model = served_model(engine)
         self.started: set[int] = set()
         self.results: dict[int, CompletionResult] = {}
+        # tools: the text of each choice so far, and how much of it went out as content
+        self.text: dict[int, str] = {}
+        self.sent: dict[int, int] = {}
 
     def _chunk(self, choices: list[P.ChatChunkChoice], usage: P.Usage | None = None) -> dict:
         chunk = P.ChatCompletionChunk(id=self.id, created=self.created, model=self.model, choices=choices, usage=usage)
@@ -302,8 +305,14 @@ class ChatStream:
         if index not in self.started:
             self.started.add(index)
             out.append(self._chunk([P.ChatChunkChoice(index=index, delta=P.ChatDelta(role="assistant", content=""))]))
-        if kind == "partial" and self.req._tool_plan is not None:
-            pass  # a reply that may be a tool call is sent whole, when it ends
+        plan = self.req._tool_plan
+        if kind == "partial" and plan is not None:
+            # text before a possible tool call streams as content; the rest waits for the end
+            text = self.text[index] = self.text.get(index, "") + payload.content
+            safe = plan.streamable(text)
+            if safe > self.sent.get(index, 0):
+                out.append(self._chunk([P.ChatChunkChoice(index=index, delta=P.ChatDelta(content=text[self.sent.get(index, 0):safe]))]))
+                self.sent[index] = safe
         elif kind == "partial":
             part: PartialResult = payload
             if part.content or part.probs:
@@ -313,10 +322,15 @@ class ChatStream:
             res: CompletionResult = payload
             self.results[index] = res
             finish = res.finish_reason
-            if self.req._tool_plan is not None:
+            if plan is not None:
                 content, calls, finish = reply(self.req, res)
-                if content:
-                    out.append(self._chunk([P.ChatChunkChoice(index=index, delta=P.ChatDelta(content=content))]))
+                sent = self.sent.get(index, 0)  # > 0 only for text before a possible <tool_call>
+                if sent == 0:
+                    rest = content
+                else:
+                    rest = tools.without_calls(res.content)[sent:].rstrip() if calls else res.content[sent:]
+                if rest:
+                    out.append(self._chunk([P.ChatChunkChoice(index=index, delta=P.ChatDelta(content=rest))]))
                 if calls:
                     deltas = [c.openai(k) for k, c in enumerate(calls)]
                     out.append(self._chunk([P.ChatChunkChoice(index=index, delta=P.ChatDelta(tool_calls=deltas))]))

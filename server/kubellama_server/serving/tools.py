@@ -27,6 +27,7 @@ from ..errors import invalid
 from .. import protocol as P
 
 HERMES, GENERIC = "hermes", "generic"
+TAG = "<tool_call>"
 _TOOL_CALL = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.S)
 
 
@@ -114,6 +115,18 @@ class ToolPlan:
         return schema
 
     # -- output ---------------------------------------------------------------------
+    def streamable(self, text: str) -> int:
+        """How much of a reply in progress can stream as content: never part of a tool call."""
+        if self.format == GENERIC or self.required:
+            return 0  # JSON or calls only: parsed when it ends
+        at = text.find(TAG)
+        if at >= 0:
+            return at
+        for k in range(min(len(TAG) - 1, len(text)), 0, -1):  # a tag may be starting
+            if text.endswith(TAG[:k]):
+                return len(text) - k
+        return len(text)
+
     def parse(self, text: str) -> tuple[str | None, list[ParsedCall]]:
         """(content, tool calls) of a finished reply; text that is not a valid call stays content."""
         if self.format == GENERIC:
@@ -126,7 +139,7 @@ class ToolPlan:
             calls.append(call)
         if not calls:
             return text, []
-        content = _TOOL_CALL.sub("", text).strip()
+        content = without_calls(text).strip()
         return content or None, calls
 
 
@@ -161,6 +174,11 @@ def plan(req: P.ChatCompletionRequest, template_source: str) -> ToolPlan | None:
 
 
 # -- helpers -------------------------------------------------------------------------
+
+
+def without_calls(text: str) -> str:
+    """A Hermes reply with its <tool_call> blocks taken out."""
+    return _TOOL_CALL.sub("", text)
 
 
 def _loads(text: str) -> Any:

@@ -184,3 +184,48 @@ def test_grammars_of_the_formats():
     single = _plan("<tool_call>", tool_choice="required", parallel_tool_calls=False).constraint()["grammar"]
     assert single.startswith('root ::= "<tool_call>\\n" tool-call "\\n</tool_call>"\n') and "tool-call ::=" in single
     assert _plan("<tool_call>").constraint() == {}  # hermes + auto: free text
+
+
+def test_streamable_text_stops_before_a_tool_call():
+    p = _plan("<tool_call>")
+    assert p.streamable("Let me look") == len("Let me look")
+    assert p.streamable("Let me look <tool") == len("Let me look ")  # a tag may be starting
+    assert p.streamable("Let me look <tool_call>{\"name\"") == len("Let me look ")
+    assert p.streamable("a < b") == len("a < b")
+    assert _plan("<tool_call>", tool_choice="required").streamable("anything") == 0
+    assert _plan("{{ messages }}").streamable('{"response": "hi"}') == 0  # generic: JSON, parsed at the end
+
+
+def test_hermes_auto_streams_text_and_matches_the_whole_reply(hermes_server):
+    client = openai.OpenAI(base_url=hermes_server.url + "/v1", api_key="x", max_retries=0, timeout=60)
+    kwargs = dict(model="m", messages=ASK, tools=[WEATHER], max_tokens=24, temperature=0)
+    whole = client.chat.completions.create(**kwargs).choices[0]
+    pieces = [c.choices[0].delta.content for c in client.chat.completions.create(**kwargs, stream=True)
+              if c.choices and c.choices[0].delta.content]
+    assert whole.message.tool_calls is None  # random weights never write <tool_call>: a free reply ...
+    assert "".join(pieces) == whole.message.content and len(pieces) > 1  # ... which streams in pieces
+
+
+def test_hermes_text_then_a_call_streams_the_text_first(hermes_server):
+    # a grammar of the client's (a llama.cpp option) makes the tiny model write text and then a call
+    reply = 'Checking the sky. <tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo", "unit": "celsius"}}\n</tool_call>'
+    grammar = "root ::= " + json.dumps(reply)
+    body = {"model": "m", "messages": ASK, "tools": [WEATHER], "max_tokens": 200, "grammar": grammar}
+    whole = httpx.post(hermes_server.url + "/v1/chat/completions", json=body, timeout=60).json()["choices"][0]
+    assert whole["finish_reason"] == "tool_calls" and whole["message"]["content"] == "Checking the sky."
+    (call,) = whole["message"]["tool_calls"]
+    assert call["function"] == {"name": "get_weather", "arguments": '{"city": "Oslo", "unit": "celsius"}'}
+    chunks = []
+    with httpx.stream("POST", hermes_server.url + "/v1/chat/completions", json={**body, "stream": True}, timeout=60) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                chunks.append(json.loads(line[6:]))
+    deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
+    text = "".join(d.get("content") or "" for d in deltas)
+    calls = [tc for d in deltas for tc in d.get("tool_calls") or []]
+    assert text.strip() == "Checking the sky." and len([d for d in deltas if d.get("content")]) > 1  # in pieces
+    first_call = next(i for i, d in enumerate(deltas) if d.get("tool_calls"))
+    assert all(not d.get("content") for d in deltas[first_call:])  # no part of the call leaked as text
+    assert calls == [{"index": 0, "id": calls[0]["id"], "type": "function",
+                      "function": {"name": "get_weather", "arguments": '{"city": "Oslo", "unit": "celsius"}'}}]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
