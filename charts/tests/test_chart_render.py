@@ -34,13 +34,25 @@ LLAMASERVER = {
     },
 }
 
+# A vision model with its projector (spec.model.mmproj): passed through like any other spec field.
+MULTIMODAL = {
+    "name": "other",
+    "namespace": "team-a",
+    "spec": {
+        "model": {"huggingFace": {"repo": "ggml-org/gemma-3-4b-it-GGUF", "file": "gemma-3-4b-it-Q4_K_M.gguf"},
+                  "mmproj": {"huggingFace": {"repo": "ggml-org/gemma-3-4b-it-GGUF", "file": "mmproj-model-f16.gguf"},
+                             "offload": False}},
+        "gpu": {"count": 1},
+    },
+}
+
 # Value sets the chart must render cleanly with, and the Prometheus Operator APIs the cluster serves.
 CASES: dict[str, tuple[dict[str, Any], list[str]]] = {
     "defaults": ({}, []),
     "namespaced": ({"operator": {"watchNamespaces": ["team-a", "team-b"]}}, []),
     "monitoring": ({"monitoring": {"enabled": True}}, PROMETHEUS_OPERATOR_APIS),
     "dashboards-off": ({"grafana": {"dashboards": {"enabled": False}}}, []),
-    "llamaserver": ({"llamaServers": [LLAMASERVER, {**LLAMASERVER, "name": "other", "namespace": "team-a"}]}, []),
+    "llamaserver": ({"llamaServers": [LLAMASERVER, MULTIMODAL]}, []),
     "everything": ({
         "operator": {
             "watchNamespaces": ["team-a"],
@@ -529,6 +541,14 @@ def test_llamaservers_from_values(rendered):
     assert servers[0]["apiVersion"] == "kubellama.dev/v1alpha1"
     assert servers[0]["spec"] == LLAMASERVER["spec"]
     assert servers[0]["metadata"]["labels"]["team"] == "ml"
+    assert servers[1]["spec"] == MULTIMODAL["spec"]
+
+
+def test_the_charts_crd_checks_the_projector(rendered):
+    server = copy.deepcopy(by_kind(rendered["llamaserver"], "LlamaServer")[1])
+    server["spec"]["model"]["mmproj"]["sha256"] = "not-a-sha256"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(server, crd_schema())
 
 
 def test_notes_explain_the_next_steps(helm):

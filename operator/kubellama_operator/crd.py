@@ -19,7 +19,15 @@ PHASES = ["Pending", "Downloading", "Loading", "Ready", "Degraded", "Failed"]
 
 #: Server flags the operator sets itself; `server.extraArgs` may not repeat them.
 MANAGED_FLAGS = ["-m", "--model", "--host", "--port", "-a", "--alias", "--api-key", "--api-key-file",
-                 "--slot-save-path", "-mu", "--model-url", "-hfr", "--hf-repo", "-hff", "--hf-file"]
+                 "--slot-save-path", "-mu", "--model-url", "-hfr", "--hf-repo", "-hff", "--hf-file",
+                 "-mm", "--mmproj", "-mmu", "--mmproj-url", "--no-mmproj-offload"]
+
+#: The self-extend flag kubellama-server refuses together with --mmproj (values > 1 turn it on).
+SELF_EXTEND_FLAG = "--grp-attn-n"
+#: A --grp-attn-n value that turns self-extend on (an integer > 1); shared by the CEL rule and `spec.problems`.
+SELF_EXTEND_ON = r"^0*([2-9]|[1-9][0-9]+)$"
+#: Most entries in server.extraArgs (the CEL rule below walks their indices).
+MAX_EXTRA_ARGS = 64
 
 Schema = dict[str, Any]
 
@@ -76,6 +84,43 @@ def _secret_ref(description: str, default_key: str) -> Schema:
     }, required=["name"])
 
 
+_HF_REPO = r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$"
+_SHA256 = r"^[A-Fa-f0-9]{64}$"
+
+
+def _mmproj_schema() -> Schema:
+    return _o(
+        "The multimodal projector (mmproj GGUF) that goes with the model, so that prompts may contain "
+        "images (kubellama-server --mmproj): exactly one of url, huggingFace or path. url and huggingFace "
+        "are downloaded by the fetch-mmproj init container (after fetch-model): for a url or huggingFace "
+        "model into the model volume (its mmproj/ folder, kept across restarts like the model); for a pvc "
+        "model, whose claim is mounted read-only, into an emptyDir, downloaded again whenever a pod "
+        "starts (put the file on the claim and use path to avoid that). path is a file on the pvc "
+        "model's claim (no download). Not with self-extend (--grp-attn-n > 1 in server.extraArgs).",
+        {
+            "url": _s("HTTP(S) URL of the projector's .gguf file. The file keeps the URL path's basename.",
+                      pattern=r"^https?://.+", maxLength=2048),
+            "huggingFace": _o("A file in a Hugging Face repository (spec.model.tokenSecretRef, when set, "
+                              "is used for it too).", {
+                "repo": _s("Repository id, e.g. ggml-org/gemma-3-4b-it-GGUF.", pattern=_HF_REPO),
+                "file": _s("Path of the projector's .gguf file inside the repository, e.g. "
+                           "mmproj-model-f16.gguf.", minLength=1),
+                "revision": _s("Branch, tag or commit (default: main).", minLength=1),
+            }, required=["repo", "file"]),
+            "path": _s("Path of the projector's .gguf file inside spec.model.pvc's claim (pvc models only).",
+                       minLength=1, pattern=r"^[^/].*$"),
+            "sha256": _s("Expected SHA-256 of the projector file; the download fails on a mismatch.",
+                         pattern=_SHA256),
+            "offload": _b("Run the projector on the GPU with the model; false keeps it on the CPU "
+                          "(--no-mmproj-offload).", default=True),
+        },
+        rules=[
+            ("(has(self.url) ? 1 : 0) + (has(self.huggingFace) ? 1 : 0) + (has(self.path) ? 1 : 0) == 1",
+             "spec.model.mmproj needs exactly one source: url, huggingFace or path"),
+        ],
+    )
+
+
 def _model_schema() -> Schema:
     return _o(
         "Where the GGUF model comes from: exactly one of url, huggingFace or pvc.",
@@ -83,8 +128,7 @@ def _model_schema() -> Schema:
             "url": _s("HTTP(S) URL of a .gguf file. The file keeps the URL path's basename.",
                       pattern=r"^https?://.+", maxLength=2048),
             "huggingFace": _o("A file in a Hugging Face repository.", {
-                "repo": _s("Repository id, e.g. ggml-org/gemma-3-270m-it-GGUF.",
-                           pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$"),
+                "repo": _s("Repository id, e.g. ggml-org/gemma-3-270m-it-GGUF.", pattern=_HF_REPO),
                 "file": _s("Path of the .gguf file inside the repository.", minLength=1),
                 "revision": _s("Branch, tag or commit (default: main).", minLength=1),
             }, required=["repo", "file"]),
@@ -93,18 +137,23 @@ def _model_schema() -> Schema:
                 "path": _s("Path of the .gguf file inside the claim.", minLength=1,
                            pattern=r"^[^/].*$"),
             }, required=["claimName", "path"]),
-            "sha256": _s("Expected SHA-256 of the file; the download fails on a mismatch.",
-                         pattern=r"^[A-Fa-f0-9]{64}$"),
+            "sha256": _s("Expected SHA-256 of the file; the download fails on a mismatch.", pattern=_SHA256),
             "alias": _s("Model id served by /v1/models (default: the file name).", minLength=1),
             "tokenSecretRef": _secret_ref(
-                "Secret with a Hugging Face access token, for gated repositories (sets HF_TOKEN).",
+                "Secret with a Hugging Face access token, for gated repositories (sets HF_TOKEN); used "
+                "for the model's and the projector's huggingFace downloads.",
                 "token"),
+            "mmproj": _mmproj_schema(),
         },
         rules=[
             ("(has(self.url) ? 1 : 0) + (has(self.huggingFace) ? 1 : 0) + (has(self.pvc) ? 1 : 0) == 1",
              "spec.model needs exactly one source: url, huggingFace or pvc"),
-            ("!has(self.tokenSecretRef) || has(self.huggingFace)",
-             "spec.model.tokenSecretRef is only used with a huggingFace source"),
+            ("!has(self.tokenSecretRef) || has(self.huggingFace) || (has(self.mmproj) && has(self.mmproj.huggingFace))",
+             "spec.model.tokenSecretRef is only used with a huggingFace source (spec.model.huggingFace or "
+             "spec.model.mmproj.huggingFace)"),
+            ("!has(self.mmproj) || !has(self.mmproj.path) || has(self.pvc)",
+             "spec.model.mmproj.path is a file on the model's claim and needs a pvc model source; "
+             "use mmproj.url or mmproj.huggingFace otherwise"),
         ],
     )
 
@@ -130,7 +179,7 @@ def _server_schema() -> Schema:
             default=1800),
         "extraArgs": {"type": "array", "items": {"type": "string", "maxLength": 1024},
                       "description": "More kubellama-server flags, passed through as they are.",
-                      "maxItems": 64,
+                      "maxItems": MAX_EXTRA_ARGS,
                       "x-kubernetes-validations": [{
                           "rule": "self.all(a, !(a in FLAGS) && !FLAGS.exists(f, a.startsWith(f + '=')))"
                                   .replace("FLAGS", repr(MANAGED_FLAGS).replace("'", '"')),
@@ -202,6 +251,24 @@ def _storage_schema() -> Schema:
     })
 
 
+def _self_extend_rule() -> tuple[str, str]:
+    """With a projector, server.extraArgs may not turn self-extend on (`--grp-attn-n=N` or `--grp-attn-n N`, N > 1).
+
+    Standard CEL only (no list/string extensions): the two-argument form is found by walking the
+    indices of the list, which maxItems bounds. The list is taken through a conditional so that no
+    step of the walk is an error (cel-python, the tests' evaluator, does not short-circuit errors).
+    """
+    args = "(has(self.server) && has(self.server.extraArgs) ? self.server.extraArgs : [])"
+    flag, on = SELF_EXTEND_FLAG, SELF_EXTEND_ON
+    inline = f"{args}.exists(a, a.matches('{on.replace('^', '^' + flag + '=')}'))"
+    indices = "[" + ", ".join(str(i) for i in range(MAX_EXTRA_ARGS - 1)) + "]"
+    split = (f"{indices}.exists(i, i + 1 < size({args}) && {args}[i] == '{flag}' "
+             f"&& {args}[i + 1].matches('{on}'))")
+    return (f"!has(self.model.mmproj) || !({inline} || {split})",
+            f"spec.server.extraArgs turns on self-extend ({flag} > 1), which kubellama-server refuses "
+            "together with a multimodal projector (spec.model.mmproj); remove one of them")
+
+
 def spec_schema() -> Schema:
     return _o("Desired state of a LlamaServer.", {
         "model": _model_schema(),
@@ -241,6 +308,7 @@ def spec_schema() -> Schema:
          "volume claims, which Kubernetes forbids; create a new LlamaServer instead"),
         ("!has(self.storage) || !has(self.storage.model) || !has(self.storage.model.claimName) || !has(self.model.pvc)",
          "spec.storage.model.claimName is unused with a pvc model source; remove one of them"),
+        _self_extend_rule(),
     ])
 
 
@@ -273,6 +341,7 @@ def status_schema() -> Schema:
             "source": _s("Where it comes from."),
             "sizeBytes": {"type": "integer", "format": "int64"},
             "sha256": _s("SHA-256 of the fetched file (from the fetcher)."),
+            "mmproj": _s("File name of the multimodal projector (spec.model.mmproj), when there is one."),
         }),
     })
 

@@ -17,7 +17,7 @@ from .config import OperatorConfig
 from .diff import needs_apply, with_hash
 from .kube import KubeClient
 from .spec import Model, endpoint, normalize, problems, resolve_model
-from .status import FETCH_CONTAINER, compute_status, download_progress, essence, pod_view
+from .status import compute_status, download_progress, essence, pod_view
 
 
 @dataclass
@@ -123,9 +123,10 @@ async def refresh_status(client: KubeClient, body: dict[str, Any], spec: dict[st
     sts = await client.get("apps/v1", "StatefulSet", ns, name)
     pods = await client.list("v1", "Pod", ns, selector_labels(name))
     progress = None
-    downloading = next((p for p in pods if pod_view(p).stage == "Downloading"), None)
-    if downloading is not None:  # long work shows progress: the fetcher logs it as JSON lines
-        progress = download_progress(await client.pod_log(ns, downloading["metadata"]["name"], FETCH_CONTAINER))
+    downloading = next(((p, v) for p in pods if (v := pod_view(p)).stage == "Downloading"), None)
+    if downloading is not None:  # long work shows progress: the fetchers log it as JSON lines
+        pod, view = downloading
+        progress = download_progress(await client.pod_log(ns, pod["metadata"]["name"], view.fetcher))
     status = compute_status(
         name=name, namespace=ns, generation=meta.get("generation"), desired=int(spec.get("replicas", 1)),
         model=model, endpoint=endpoint(name, ns, spec), selector=selector_string(name), pods=pods,

@@ -24,6 +24,10 @@ def server_args(spec: Spec, model: Model, *, log_format: str = "json") -> list[s
     slots = spec.get("storage", {}).get("slots", {})
     args = ["-m", model.path, "--host", "0.0.0.0", "--port", str(SERVER_PORT),
             "--alias", model.name, "--log-format", log_format]
+    if model.mmproj is not None:
+        args += ["--mmproj", model.mmproj.path]
+        if not model.mmproj.offload:
+            args.append("--no-mmproj-offload")
     for field, flag in _NUMERIC:
         if server.get(field) is not None:
             args += [flag, str(server[field])]

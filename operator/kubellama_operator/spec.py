@@ -9,17 +9,22 @@ from __future__ import annotations
 
 import copy
 import posixpath
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 from urllib.parse import urlparse
 
-from .crd import MANAGED_FLAGS, build_crd
+from .crd import MANAGED_FLAGS, SELF_EXTEND_FLAG, SELF_EXTEND_ON, build_crd
 
 Spec = dict[str, Any]
 
 #: Where volumes are mounted in the server pod.
 MODEL_DIR = "/models"
+#: Where a downloaded projector goes: a folder of the model volume (downloaded models), or an
+#: emptyDir of its own (pvc models, whose claim is mounted read-only).
+MMPROJ_SUBDIR = f"{MODEL_DIR}/mmproj"
+MMPROJ_DIR = "/mmproj"
 SLOTS_DIR = "/slots"
 CONFIG_DIR = "/etc/kubellama"
 #: llama.cpp's -spf format: JSON {"prompt": ...}.
@@ -71,8 +76,12 @@ def problems(spec: Spec) -> list[str]:
         out.append("spec.model.huggingFace needs repo and file")
     if "pvc" in model and not (model["pvc"] or {}).get("claimName"):
         out.append("spec.model.pvc needs claimName (and path)")
-    if "tokenSecretRef" in model and "huggingFace" not in model:
-        out.append("spec.model.tokenSecretRef is only used with a huggingFace source")
+    mmproj = model.get("mmproj")
+    if "tokenSecretRef" in model and "huggingFace" not in model and "huggingFace" not in (mmproj or {}):
+        out.append("spec.model.tokenSecretRef is only used with a huggingFace source (spec.model.huggingFace "
+                   "or spec.model.mmproj.huggingFace)")
+    if mmproj is not None:
+        out += _mmproj_problems(model, mmproj, spec.get("server", {}).get("extraArgs") or [])
     if int(spec.get("replicas", 1)) < 0:
         out.append("spec.replicas must be >= 0")
     gpu = spec.get("gpu", {})
@@ -94,6 +103,55 @@ def problems(spec: Spec) -> list[str]:
     return out
 
 
+def _mmproj_problems(model: Spec, mmproj: Any, extra_args: list[str]) -> list[str]:
+    if not isinstance(mmproj, dict):
+        return ["spec.model.mmproj needs exactly one source: url, huggingFace or path"]
+    out = []
+    sources = [k for k in ("url", "huggingFace", "path") if k in mmproj]
+    if len(sources) != 1:
+        out.append("spec.model.mmproj needs exactly one source: url, huggingFace or path"
+                   + (f" (found {', '.join(sources)})" if sources else ""))
+    if "huggingFace" in mmproj and not ((mmproj["huggingFace"] or {}).get("repo")
+                                        and (mmproj["huggingFace"] or {}).get("file")):
+        out.append("spec.model.mmproj.huggingFace needs repo and file")
+    if "path" in mmproj and "pvc" not in model:
+        out.append("spec.model.mmproj.path is a file on the model's claim and needs a pvc model source; "
+                   "use mmproj.url or mmproj.huggingFace otherwise")
+    if turns_on_self_extend(extra_args):
+        out.append(f"spec.server.extraArgs turns on self-extend ({SELF_EXTEND_FLAG} > 1), which kubellama-server "
+                   "refuses together with a multimodal projector (spec.model.mmproj); remove one of them")
+    return out
+
+
+def turns_on_self_extend(args: list[str]) -> bool:
+    """Whether server flags set `--grp-attn-n` above 1 (`--grp-attn-n=N` or `--grp-attn-n N`).
+
+    Reads them as the CRD's rule does (crd._self_extend_rule; the tests check both agree).
+    """
+    on = re.compile(SELF_EXTEND_ON)
+    for i, arg in enumerate(args):
+        if arg.startswith(SELF_EXTEND_FLAG + "=") and on.match(arg[len(SELF_EXTEND_FLAG) + 1:]):
+            return True
+        if arg == SELF_EXTEND_FLAG and i + 1 < len(args) and on.match(args[i + 1]):
+            return True
+    return False
+
+
+@dataclass(frozen=True)
+class Mmproj:
+    """Where the multimodal projector comes from and where the server finds it."""
+
+    source: str          # "url" | "huggingFace" | "path"
+    file: str            # file name (basename)
+    path: str            # absolute path in the server container
+    description: str     # human-readable origin, for status
+    fetch_args: tuple[str, ...]  # kubellama-fetch flags; () for a file on the model's claim
+    #: Its folder: MMPROJ_SUBDIR (downloaded into the model volume), MMPROJ_DIR (downloaded into an emptyDir
+    #: of its own, for pvc models) or MODEL_DIR (a file on the pvc model's claim).
+    dest: str
+    offload: bool        # on the GPU with the model; False: --no-mmproj-offload
+
+
 @dataclass(frozen=True)
 class Model:
     """Where the model file comes from and where the server finds it."""
@@ -104,30 +162,52 @@ class Model:
     name: str            # model id served by /v1/models
     description: str     # human-readable origin, for status
     fetch_args: tuple[str, ...]  # kubellama-fetch flags; () for pvc sources
+    mmproj: Mmproj | None = None  # the multimodal projector, when spec.model.mmproj is set
+
+
+def _fetch_source(src: Spec, sha256: str | None, dest: str) -> tuple[str, str, tuple[str, ...]]:
+    """(file name, description, kubellama-fetch flags) of a url or huggingFace source."""
+    sha = ("--sha256", sha256.lower()) if sha256 else ()
+    if "url" in src:
+        url = src["url"]
+        return (posixpath.basename(urlparse(url).path) or "model.gguf", url,
+                ("--url", url, *sha, "--dest", dest))
+    hf = src["huggingFace"]
+    rev = ("--hf-revision", hf["revision"]) if hf.get("revision") else ()
+    desc = f"hf://{hf['repo']}/{hf['file']}" + (f"@{hf['revision']}" if hf.get("revision") else "")
+    return (posixpath.basename(hf["file"]), desc,
+            ("--hf-repo", hf["repo"], "--hf-file", hf["file"], *rev, *sha, "--dest", dest))
+
+
+def resolve_mmproj(model: Spec) -> Mmproj | None:
+    """Resolve `spec.model.mmproj` (None when unset) into paths and fetch flags."""
+    mm = model.get("mmproj")
+    if not mm:
+        return None
+    offload = mm.get("offload", True) is not False
+    if "path" in mm:
+        rel = posixpath.normpath(mm["path"]).lstrip("/")
+        return Mmproj("path", posixpath.basename(rel), f"{MODEL_DIR}/{rel}",
+                      f"pvc://{model['pvc']['claimName']}/{rel}", (), MODEL_DIR, offload)
+    dest = MMPROJ_DIR if "pvc" in model else MMPROJ_SUBDIR
+    file, desc, args = _fetch_source(mm, mm.get("sha256"), dest)
+    return Mmproj("url" if "url" in mm else "huggingFace", file, f"{dest}/{file}", desc, args, dest, offload)
 
 
 def resolve_model(spec: Spec) -> Model:
     """Resolve `spec.model` (which must have exactly one source) into paths and fetch flags."""
     model = spec["model"]
+    mmproj = resolve_mmproj(model)
     alias = model.get("alias")
-    sha = ("--sha256", model["sha256"].lower()) if model.get("sha256") else ()
-    if "url" in model:
-        url = model["url"]
-        file = posixpath.basename(urlparse(url).path) or "model.gguf"
-        return Model("url", file, f"{MODEL_DIR}/{file}", alias or file, url,
-                     ("--url", url, *sha, "--dest", MODEL_DIR))
-    if "huggingFace" in model:
-        hf = model["huggingFace"]
-        file = posixpath.basename(hf["file"])
-        rev = ("--hf-revision", hf["revision"]) if hf.get("revision") else ()
-        desc = f"hf://{hf['repo']}/{hf['file']}" + (f"@{hf['revision']}" if hf.get("revision") else "")
-        return Model("huggingFace", file, f"{MODEL_DIR}/{file}", alias or file, desc,
-                     ("--hf-repo", hf["repo"], "--hf-file", hf["file"], *rev, *sha, "--dest", MODEL_DIR))
+    if "url" in model or "huggingFace" in model:
+        file, desc, args = _fetch_source(model, model.get("sha256"), MODEL_DIR)
+        return Model("url" if "url" in model else "huggingFace", file, f"{MODEL_DIR}/{file}", alias or file,
+                     desc, args, mmproj)
     pvc = model["pvc"]
     rel = posixpath.normpath(pvc["path"]).lstrip("/")
     file = posixpath.basename(rel)
     return Model("pvc", file, f"{MODEL_DIR}/{rel}", alias or file,
-                 f"pvc://{pvc['claimName']}/{rel}", ())
+                 f"pvc://{pvc['claimName']}/{rel}", (), mmproj)
 
 
 def uses_gpu(spec: Spec) -> bool:

@@ -1,6 +1,7 @@
 """LlamaServer status (phase, conditions, replica counts) computed from its pods: a pure function.
 
-Phases: Pending (nothing scheduled/started yet), Downloading (the fetch init container runs),
+Phases: Pending (nothing scheduled/started yet), Downloading (a fetch init container runs: the
+model's, then the multimodal projector's),
 Loading (the server runs but /health is not ok yet), Ready (all desired replicas ready),
 Degraded (some replicas ready, others failing), Failed (the spec cannot be honoured, or no
 replica can start: download failed, server crash-looping, ...).
@@ -13,10 +14,13 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from .builders.statefulset import FETCH_MMPROJ, FETCH_MODEL
 from .spec import Model
 
-FETCH_CONTAINER = "fetch-model"
+FETCH_CONTAINER = FETCH_MODEL
 SERVER_CONTAINER = "server"
+#: The init containers that download, in the order they run, with what they download.
+FETCH_CONTAINERS = ((FETCH_MODEL, "model"), (FETCH_MMPROJ, "multimodal projector"))
 
 #: kubellama-fetch exit codes -> condition reasons (see the fetcher's contract).
 FETCH_EXIT_REASONS = {2: "InvalidFetchArguments", 3: "ModelNotFound", 4: "Unauthorized",
@@ -33,8 +37,11 @@ class PodView:
     stage: str  # Pending | Downloading | Loading | Ready | Failed
     reason: str = ""
     message: str = ""
-    model_fetched: bool = False
+    model_fetched: bool = False  # the model files (model and projector) are in place
     model_info: dict[str, Any] = field(default_factory=dict)
+    #: Downloading: the fetch container that runs (its log has the progress); Failed: the one that failed.
+    fetcher: str = ""
+    fetch_failed: bool = False  # Failed because a download failed (the ModelReady condition says so)
 
 
 def _statuses(pod: dict[str, Any], key: str) -> dict[str, dict[str, Any]]:
@@ -81,11 +88,18 @@ def _bytes(n: float) -> str:
     return f"{n} B"
 
 
-def describe_progress(progress: dict[str, Any] | None) -> str:
-    """"downloading m.gguf: 42% of 4.9 GiB, 12.0 MiB/s, about 6 min left" (or less, as known)."""
+def describe_progress(progress: dict[str, Any] | None, what: str = "model") -> str:
+    """"downloading m.gguf: 42% of 4.9 GiB, 12.0 MiB/s, about 6 min left" (or less, as known).
+
+    `what`: "model", or "multimodal projector" (then "downloading the multimodal projector mmproj.gguf: ...").
+    """
     if not progress:
-        return "downloading the model"
-    text = f"downloading {progress.get('file') or 'the model'}"
+        return f"downloading the {what}"
+    file = progress.get("file")
+    if what == "model":
+        text = f"downloading {file or 'the model'}"
+    else:
+        text = f"downloading the {what}" + (f" {file}" if file else "")
     done, total = progress.get("bytes_done"), progress.get("bytes_total")
     if isinstance(progress.get("percent"), (int, float)) and total:
         text += f": {progress['percent']:.0f}% of {_bytes(total)}"
@@ -106,31 +120,35 @@ def pod_view(pod: dict[str, Any]) -> PodView:
     status = pod.get("status", {}) or {}
     if pod.get("metadata", {}).get("deletionTimestamp"):
         return PodView("Pending", "Terminating", "pod is terminating")
-    init = _statuses(pod, "initContainerStatuses").get(FETCH_CONTAINER)
-    fetched = False
+    inits = _statuses(pod, "initContainerStatuses")
+    present = [(name, what, inits[name]) for name, what in FETCH_CONTAINERS if name in inits]
+    done = 0
     info: dict[str, Any] = {}
-    if init is not None:
+    for name, what, init in present:
         term = _terminated(init)
         if term is not None and term.get("exitCode", 0) != 0:
             code = int(term.get("exitCode", 1))
             msg = (term.get("message") or "").strip() or f"kubellama-fetch exited with code {code}"
             return PodView("Failed", FETCH_EXIT_REASONS.get(code, "DownloadFailed"),
-                           f"model download failed: {msg}")
+                           f"{what} download failed: {msg}", fetcher=name, fetch_failed=True)
         waiting = (init.get("state", {}) or {}).get("waiting") or {}
         if waiting.get("reason") in _STUCK_WAITING:
-            return PodView("Failed", waiting["reason"], f"fetch-model: {waiting.get('message') or waiting['reason']}")
+            return PodView("Failed", waiting["reason"], f"{name}: {waiting.get('message') or waiting['reason']}",
+                           fetcher=name)
         if term is not None:
-            fetched = True
-            info = _fetch_info(term.get("message") or "")
+            done += 1
+            if name == FETCH_MODEL:
+                info = _fetch_info(term.get("message") or "")
         elif "running" in (init.get("state") or {}):
-            return PodView("Downloading", "Downloading", "downloading the model")
+            return PodView("Downloading", "Downloading", f"downloading the {what}", fetcher=name)
+    fetched = bool(present) and done == len(present)
     server = _statuses(pod, "containerStatuses").get(SERVER_CONTAINER)
     if server is None:
         for cond in status.get("conditions") or []:
             if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
                 return PodView("Pending", cond.get("reason") or "Unschedulable", cond.get("message") or "")
         return PodView("Pending", "PodPending", "waiting for the pod to start")
-    fetched = fetched or init is None or bool(server.get("state", {}).get("running"))
+    fetched = fetched or not present or bool(server.get("state", {}).get("running"))
     if server.get("ready"):
         return PodView("Ready", "Ready", "", True, info)
     waiting = (server.get("state", {}) or {}).get("waiting") or {}
@@ -167,11 +185,11 @@ def compute_status(*, name: str, namespace: str, generation: int | None, desired
     views = [pod_view(p) for p in pods]
     for v in views:
         if v.stage == "Downloading":
-            v.message = describe_progress(progress)
+            v.message = describe_progress(progress, dict(FETCH_CONTAINERS).get(v.fetcher, "model"))
             break
     ready = sum(v.stage == "Ready" for v in views)
     failed = [v for v in views if v.stage == "Failed"]
-    fetch_failed = [v for v in failed if v.message.startswith("model download failed")]
+    fetch_failed = [v for v in failed if v.fetch_failed]
 
     sts_status = (statefulset or {}).get("status", {}) or {}
     rolled_out = statefulset is not None and (
@@ -201,14 +219,19 @@ def compute_status(*, name: str, namespace: str, generation: int | None, desired
             detail = lead.message if stage != "Pending" else f"{lead.reason}: {lead.message}".strip(": ")
             phase, message = stage, prefix + detail
 
-    # ModelReady: the model file is in place for at least one replica.
+    # ModelReady: the model file (and its projector) is in place for at least one replica.
+    from_claim = model is not None and not model.fetch_args and not (model.mmproj and model.mmproj.fetch_args)
     if problems:
         model_cond = (False, "InvalidSpec", "; ".join(problems))
     elif fetch_failed and not any(v.model_fetched for v in views):
         model_cond = (False, fetch_failed[0].reason, fetch_failed[0].message)
-    elif any(v.model_fetched for v in views) or (model is not None and model.source == "pvc" and views):
-        model_cond = (True, "Downloaded" if model is None or model.source != "pvc" else "FromClaim",
-                      f"model file {model.path if model else ''} is in place")
+    elif any(v.model_fetched for v in views) or (from_claim and views):
+        files = f"model file {model.path if model else ''}"
+        if model is not None and model.mmproj is not None:
+            files += f" and projector {model.mmproj.path} are"
+        else:
+            files += " is"
+        model_cond = (True, "FromClaim" if from_claim else "Downloaded", f"{files} in place")
     elif any(v.stage == "Downloading" for v in views):
         model_cond = (False, "Downloading", next(v.message for v in views if v.stage == "Downloading"))
     else:
@@ -251,6 +274,8 @@ def compute_status(*, name: str, namespace: str, generation: int | None, desired
             m["sizeBytes"] = size
         if isinstance(sha, str) and sha:
             m["sha256"] = sha
+        if model.mmproj is not None:
+            m["mmproj"] = model.mmproj.file
         out["model"] = m
     return out
 

@@ -68,7 +68,17 @@ GPU = {"model": {"huggingFace": {"repo": "Qwen/Qwen3-8B-GGUF", "file": "q4/Qwen3
 PVC = {"model": {"pvc": {"claimName": "models", "path": "/llama/m.gguf"}}}
 SHARED = {"model": {"url": URL}, "replicas": 3,
           "storage": {"model": {"claimName": "rwx-models"}, "retention": {"whenDeleted": "Delete"}}}
-SPECS = {"cpu": CPU, "gpu": GPU, "pvc": PVC, "shared": SHARED}
+MMPROJ_HF = {"repo": "ggml-org/gemma-3-4b-it-GGUF", "file": "mmproj-model-f16.gguf", "revision": "v2"}
+MULTIMODAL = {"model": {"huggingFace": {"repo": "ggml-org/gemma-3-4b-it-GGUF", "file": "gemma-3-4b-it-Q4_K_M.gguf"},
+                        "tokenSecretRef": {"name": "hf"},
+                        "mmproj": {"huggingFace": MMPROJ_HF, "sha256": "B" * 64, "offload": False}},
+              "gpu": {"count": 1}}
+PVC_MMPROJ_PATH = {"model": {"pvc": {"claimName": "models", "path": "vision/m.gguf"},
+                             "mmproj": {"path": "vision/./mmproj.gguf"}}}
+PVC_MMPROJ_URL = {"model": {"pvc": {"claimName": "models", "path": "vision/m.gguf"},
+                            "mmproj": {"url": "https://models.test/v/mmproj-f16.gguf"}}}
+SPECS = {"cpu": CPU, "gpu": GPU, "pvc": PVC, "shared": SHARED, "multimodal": MULTIMODAL,
+         "pvc-mmproj-path": PVC_MMPROJ_PATH, "pvc-mmproj-url": PVC_MMPROJ_URL}
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
@@ -139,8 +149,9 @@ def test_cpu_server():
     assert pod["automountServiceAccountToken"] is False and pod["enableServiceLinks"] is False
 
 
-def test_pods_are_locked_down():
-    objs, _ = build(GPU)
+@pytest.mark.parametrize("shape", ["gpu", "multimodal", "pvc-mmproj-url"])
+def test_pods_are_locked_down(shape):
+    objs, _ = build(SPECS[shape])
     pod = pod_of(objs)
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -293,3 +304,80 @@ def test_builders_are_pure():
     first, _ = build(GPU)
     second, _ = build(GPU)
     assert first == second and json.dumps(spec, sort_keys=True) == before
+
+
+def init_containers(objs):
+    return {c["name"]: c for c in pod_of(objs).get("initContainers", [])}
+
+
+def test_mmproj_is_fetched_after_the_model_into_the_model_volume():
+    objs, _ = build(MULTIMODAL)
+    pod = pod_of(objs)
+    assert [c["name"] for c in pod["initContainers"]] == ["fetch-model", "fetch-mmproj"]
+    model, mmproj = pod["initContainers"]
+    assert mmproj["args"] == ["--hf-repo", "ggml-org/gemma-3-4b-it-GGUF", "--hf-file", "mmproj-model-f16.gguf",
+                              "--hf-revision", "v2", "--sha256", "b" * 64, "--dest", "/models/mmproj"]
+    # The same image, volume, security settings and resources as the model's download.
+    for key in ("image", "imagePullPolicy", "command", "volumeMounts", "resources", "securityContext",
+                "terminationMessagePolicy"):
+        assert mmproj[key] == model[key], key
+    assert model["image"] == CONFIG.cuda_image
+    assert {"name": "model", "mountPath": "/models"} in mmproj["volumeMounts"]
+    # The model's token is used for the projector's Hugging Face download too.
+    token = next(e for e in mmproj["env"] if e["name"] == "HF_TOKEN")
+    assert token["valueFrom"]["secretKeyRef"] == {"name": "hf", "key": "token"}
+    args = args_of(objs)
+    assert flag(args, "--mmproj") == "/models/mmproj/mmproj-model-f16.gguf"
+    assert flag(args, "-m") == "/models/gemma-3-4b-it-Q4_K_M.gguf"
+    assert "--no-mmproj-offload" in args
+    # The server reads it from the model volume it already mounts; no extra volume.
+    assert {v["name"] for v in pod["volumes"]} == {"tmp"}
+    assert [c["metadata"]["name"] for c in sts_of(objs)["spec"]["volumeClaimTemplates"]] == ["model"]
+
+
+def test_mmproj_offload_is_the_default_and_url_projectors_get_no_token():
+    objs, _ = build({"model": {"url": URL, "mmproj": {"url": "https://models.test/p/mmproj.gguf?x=1"}}})
+    args = args_of(objs)
+    assert flag(args, "--mmproj") == "/models/mmproj/mmproj.gguf" and "--no-mmproj-offload" not in args
+    mmproj = init_containers(objs)["fetch-mmproj"]
+    assert mmproj["args"] == ["--url", "https://models.test/p/mmproj.gguf?x=1", "--dest", "/models/mmproj"]
+    assert "HF_TOKEN" not in {e["name"] for e in mmproj["env"]}
+    # A url model with a Hugging Face projector: only the projector's download gets the token.
+    objs, _ = build({"model": {"url": URL, "tokenSecretRef": {"name": "hf"},
+                               "mmproj": {"huggingFace": {"repo": "o/r", "file": "mm.gguf"}}}})
+    inits = init_containers(objs)
+    assert "HF_TOKEN" not in {e["name"] for e in inits["fetch-model"]["env"]}
+    assert "HF_TOKEN" in {e["name"] for e in inits["fetch-mmproj"]["env"]}
+
+
+def test_mmproj_on_the_model_claim_needs_no_download():
+    objs, _ = build(PVC_MMPROJ_PATH)
+    pod = pod_of(objs)
+    assert "initContainers" not in pod
+    assert flag(args_of(objs), "--mmproj") == "/models/vision/mmproj.gguf"
+    assert {"name": "model", "persistentVolumeClaim": {"claimName": "models", "readOnly": True}} in pod["volumes"]
+
+
+def test_mmproj_download_for_a_pvc_model_uses_an_emptydir():
+    """The model's claim stays read-only: a downloaded projector goes into a volume of its own."""
+    objs, _ = build(PVC_MMPROJ_URL)
+    pod = pod_of(objs)
+    (init,) = pod["initContainers"]
+    assert init["name"] == "fetch-mmproj"
+    assert init["args"] == ["--url", "https://models.test/v/mmproj-f16.gguf", "--dest", "/mmproj"]
+    assert init["volumeMounts"] == [{"name": "mmproj", "mountPath": "/mmproj"}, {"name": "tmp", "mountPath": "/tmp"}]
+    assert {"name": "HF_HOME", "value": "/mmproj/.hf"} in init["env"]
+    assert {"name": "mmproj", "emptyDir": {}} in pod["volumes"]
+    assert {"name": "model", "persistentVolumeClaim": {"claimName": "models", "readOnly": True}} in pod["volumes"]
+    mounts = {m["name"]: m for m in server_container(objs)["volumeMounts"]}
+    assert mounts["mmproj"] == {"name": "mmproj", "mountPath": "/mmproj", "readOnly": True}
+    assert flag(args_of(objs), "--mmproj") == "/mmproj/mmproj-f16.gguf"
+    assert flag(args_of(objs), "-m") == "/models/vision/m.gguf"
+    assert "volumeClaimTemplates" not in sts_of(objs)["spec"]
+
+
+def test_no_mmproj_no_projector_flags():
+    for spec in (CPU, GPU, PVC, SHARED):
+        objs, _ = build(spec)
+        assert not {"--mmproj", "--no-mmproj-offload"} & set(args_of(objs))
+        assert "fetch-mmproj" not in init_containers(objs)

@@ -34,6 +34,12 @@ SPECS = {
                    "storage": {"slots": {"enabled": True, "restoreOnStart": True}},
                    "apiKeySecretRef": {"name": "k"}},
     "pvc": {"model": {"pvc": {"claimName": "c", "path": "dir/m.gguf"}}, "server": {"metrics": False, "gpuLayers": 0}},
+    "multimodal": {"model": {"huggingFace": {"repo": "o/r", "file": "m.gguf"}, "tokenSecretRef": {"name": "hf"},
+                             "mmproj": {"huggingFace": {"repo": "o/r", "file": "v/mmproj.gguf", "revision": "v2"},
+                                        "sha256": "cd" * 32, "offload": False}},
+                   "gpu": {"count": 1}},
+    "pvc-multimodal": {"model": {"pvc": {"claimName": "c", "path": "m.gguf"},
+                                 "mmproj": {"url": "https://m.test/mmproj.gguf"}}},
 }
 
 
@@ -45,10 +51,11 @@ def test_server_accepts_the_derived_flags(name, tmp_path):
     objs, _ = desired_children({"metadata": {"name": "a", "namespace": "n", "uid": "u"}}, spec, model,
                                OperatorConfig(), servicemonitor_crd=False)
     config_map = next((o for o in objs if o["kind"] == "ConfigMap"), {"data": {}})
-    # The server reads these files at start: write what the Secret and our ConfigMap would mount.
+    # The server reads these files at start: write what the Secret, our ConfigMap and fetch-mmproj would put there.
     for flag, mounted, content in (
             ("--api-key-file", "/var/run/secrets/kubellama/api-key/api-key", "secret\n"),
-            ("-spf", "/etc/kubellama/system-prompt.json", config_map["data"].get("system-prompt.json"))):
+            ("-spf", "/etc/kubellama/system-prompt.json", config_map["data"].get("system-prompt.json")),
+            ("--mmproj", model.mmproj.path if model.mmproj else None, "GGUF")):
         if flag in args:
             assert args[args.index(flag) + 1] == mounted
             local = tmp_path / pathlib.Path(mounted).name
@@ -67,6 +74,11 @@ def test_server_accepts_the_derived_flags(name, tmp_path):
         assert settings.shutdown_timeout == 45 and settings.threads_batch == 4 and settings.metrics
     if name == "pvc":
         assert not settings.metrics and settings.n_gpu_layers == 0
+    if model.mmproj is not None:
+        assert settings.mmproj == str(tmp_path / model.mmproj.file)
+        assert settings.mmproj_offload is model.mmproj.offload
+    else:
+        assert not settings.mmproj and settings.mmproj_offload
 
 
 @pytest.mark.parametrize("name", sorted(SPECS))
@@ -76,15 +88,22 @@ def test_fetcher_accepts_the_init_container_args(name):
     objs, _ = desired_children({"metadata": {"name": "a", "namespace": "n", "uid": "u"}}, spec, model,
                                OperatorConfig(), servicemonitor_crd=False)
     pod = next(o for o in objs if o["kind"] == "StatefulSet")["spec"]["template"]["spec"]
-    if not model.fetch_args:
-        assert "initContainers" not in pod
-        return
-    (init,) = pod["initContainers"]
-    args = fetch_cli.build_parser().parse_args(init["args"])
-    assert str(args.dest) == "/models"
-    assert (args.url, args.hf_repo, args.hf_file, args.hf_revision) == (
-        spec["model"].get("url"), spec["model"].get("huggingFace", {}).get("repo"),
-        spec["model"].get("huggingFace", {}).get("file"), spec["model"].get("huggingFace", {}).get("revision"))
+    inits = {c["name"]: c for c in pod.get("initContainers", [])}
+    wanted = [("fetch-model", spec["model"], "/models", model.fetch_args)]
+    if model.mmproj is not None:
+        wanted.append(("fetch-mmproj", spec["model"]["mmproj"], model.mmproj.dest, model.mmproj.fetch_args))
+    assert list(inits) == [name for name, _, _, fetch in wanted if fetch]
+    for name, source, dest, _ in wanted:
+        if name not in inits:
+            continue
+        args = fetch_cli.build_parser().parse_args(inits[name]["args"])
+        assert str(args.dest) == dest
+        assert (args.url, args.hf_repo, args.hf_file, args.hf_revision) == (
+            source.get("url"), source.get("huggingFace", {}).get("repo"),
+            source.get("huggingFace", {}).get("file"), source.get("huggingFace", {}).get("revision"))
+        assert args.sha256 == (source["sha256"].lower() if source.get("sha256") else None)
+        mounts = {m["mountPath"] for m in inits[name]["volumeMounts"]}
+        assert any(dest == m or dest.startswith(m + "/") for m in mounts), f"{name} writes {dest} outside its volumes"
 
 
 @pytest.fixture
@@ -103,15 +122,24 @@ def model_host(tmp_path):
     server.shutdown()
 
 
-def _run_init_container(args: list[str], dest: pathlib.Path, tmp_path: pathlib.Path) -> tuple[int, str]:
-    """Run the init container's command as the kubelet would (dest remapped), return (exit code, termination message)."""
+def _run_init_container(args: list[str], dest: pathlib.Path, tmp_path: pathlib.Path,
+                        mmproj_dest: pathlib.Path | None = None) -> tuple[int, str]:
+    """Run the init container's command as the kubelet would (volumes remapped: /models to `dest`, /mmproj to
+    `mmproj_dest`), return (exit code, termination message)."""
     log = tmp_path / "termination-log"
     log.write_text("")
-    args = [str(dest) if a == "/models" else a for a in args]
+    args = [_local(a, dest, mmproj_dest) for a in args]
     env = dict(os.environ, KUBELLAMA_TERMINATION_LOG=str(log), HF_HUB_OFFLINE="1")
     proc = subprocess.run([sys.executable, "-m", "kubellama_server.fetch", *args, "--retries", "0"],
                           capture_output=True, text=True, timeout=120, env=env)
     return proc.returncode, log.read_text()
+
+
+def _local(path: str, models: pathlib.Path, mmproj: pathlib.Path | None) -> str:
+    for root, local in (("/models", models), ("/mmproj", mmproj)):
+        if local is not None and (path == root or path.startswith(root + "/")):
+            return str(local) + path[len(root):]
+    return path
 
 
 def _as_pod(code: int, message: str) -> dict:
@@ -161,3 +189,74 @@ def test_download_progress_from_the_fetchers_own_log_lines():
     text = describe_progress(progress)
     assert text.startswith("downloading m.gguf: 25% of 4.0 GiB"), text
     assert describe_progress(None) == "downloading the model"
+
+
+@pytest.mark.parametrize("model_source", ["url", "pvc"])
+def test_fetched_projector_lands_where_the_server_looks(model_host, tmp_path, model_source):
+    """fetch-model then fetch-mmproj, run for real: --mmproj names the file fetch-mmproj wrote."""
+    base, source = model_host
+    model_spec = ({"url": f"{base}/models/tiny-q4_0.gguf"} if model_source == "url"
+                  else {"pvc": {"claimName": "c", "path": "tiny-q4_0.gguf"}})
+    # Any GGUF passes the fetcher's check: the tiny model stands in for a projector.
+    spec = normalize({"model": {**model_spec, "mmproj": {"url": f"{base}/models/tiny-q4_0.gguf",
+                                                         "sha256": hashlib.sha256(source.read_bytes()).hexdigest()}}})
+    model = resolve_model(spec)
+    models, scratch = tmp_path / "models", tmp_path / "mmproj-volume"
+    models.mkdir()
+    objs, _ = desired_children({"metadata": {"name": "a", "namespace": "n", "uid": "u"}}, spec, model,
+                               OperatorConfig(), servicemonitor_crd=False)
+    pod = next(o for o in objs if o["kind"] == "StatefulSet")["spec"]["template"]["spec"]
+    for init in pod["initContainers"]:
+        code, message = _run_init_container(init["args"], models, tmp_path, scratch)
+        assert code == 0, (init["name"], message)
+    args = server_args(spec, model)
+    local = pathlib.Path(_local(args[args.index("--mmproj") + 1], models, scratch))
+    assert local.read_bytes() == source.read_bytes()
+    if model_source == "url":
+        assert local.parent == models / "mmproj", "beside the model, in the model volume"
+        assert (models / model.file).read_bytes() == source.read_bytes(), "the projector did not replace the model"
+    else:
+        assert local.parent == scratch and not any(models.iterdir()), "nothing written to the model's claim"
+
+
+def test_projector_fetch_failure_reaches_the_status(model_host, tmp_path):
+    base, _ = model_host
+    spec = normalize({"model": {"url": f"{base}/models/tiny-q4_0.gguf",
+                                "mmproj": {"url": f"{base}/models/mmproj-missing.gguf"}}})
+    model = resolve_model(spec)
+    code, message = _run_init_container(list(model.mmproj.fetch_args), tmp_path / "models", tmp_path)
+    assert code == 3, message
+    pod = {"status": {"initContainerStatuses": [
+        {"name": "fetch-model", "state": {"terminated": {"exitCode": 0}}},
+        {"name": "fetch-mmproj", "state": {"terminated": {"exitCode": code, "message": message}}}]}}
+    status = compute_status(name="a", namespace="n", generation=1, desired=1, model=model, endpoint="e", selector="s",
+                            pods=[pod], statefulset=None, problems=[])
+    model_ready = next(c for c in status["conditions"] if c["type"] == "ModelReady")
+    assert (status["phase"], model_ready["reason"]) == ("Failed", "ModelNotFound")
+    assert model_ready["message"] == status["message"] == f"multimodal projector download failed: {message.strip()}"
+    assert "mmproj-missing.gguf" in status["message"]
+
+
+@pytest.mark.parametrize("extra, refused", [
+    (["--grp-attn-n", "4"], True), (["--grp-attn-n=2", "--grp-attn-w", "1024"], True),
+    (["--grp-attn-n", "1"], False), (["--grp-attn-n=1"], False), ([], False)])
+def test_operator_refuses_the_self_extend_the_server_refuses(extra, refused, tmp_path, capsys):
+    """spec.problems rejects exactly the --grp-attn-n settings kubellama-server refuses with --mmproj."""
+    from kubellama_operator.spec import problems
+
+    spec = normalize({"model": {"url": "https://m.test/a.gguf", "mmproj": {"url": "https://m.test/mm.gguf"}},
+                      "server": {"extraArgs": extra}})
+    model = resolve_model(spec)
+    args = server_args(spec, model)
+    (tmp_path / "mm.gguf").write_text("GGUF")
+    args[args.index("--mmproj") + 1] = str(tmp_path / "mm.gguf")
+    try:
+        server_cli.parse_settings(args, environ={})
+        server_refuses = False
+    except SystemExit:
+        server_refuses = "--grp-attn-n" in capsys.readouterr().err
+    assert server_refuses is refused
+    assert bool([p for p in problems(spec) if "self-extend" in p]) is refused
+    # Without a projector the same settings are the server's business, not a spec problem.
+    no_mmproj = normalize({"model": {"url": "https://m.test/a.gguf"}, "server": {"extraArgs": extra}})
+    assert problems(no_mmproj) == []

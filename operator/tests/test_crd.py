@@ -13,7 +13,7 @@ import yaml
 from admission import admit, root_schema
 from kubellama_operator import rbac
 from kubellama_operator.crd import build_crd, render
-from kubellama_operator.spec import normalize, problems
+from kubellama_operator.spec import normalize, problems, resolve_model
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CRD_FILE = ROOT / "crds" / "kubellama.dev_llamaservers.yaml"
@@ -22,6 +22,7 @@ K8S_VERSIONS = ["1.29.0", "1.33.0"]
 
 BASE = {"apiVersion": "kubellama.dev/v1alpha1", "kind": "LlamaServer", "metadata": {"name": "m"},
         "spec": {"model": {"url": "https://example.test/m.gguf"}}}
+MMPROJ_MODEL = {"url": "https://e.test/m.gguf", "mmproj": {"url": "https://e.test/mmproj.gguf"}}
 
 
 def server(**spec_updates):
@@ -96,6 +97,13 @@ def test_examples_cover_cpu_and_gpu_with_slots():
     assert "huggingFace" in gpu[0]["model"]
 
 
+def test_examples_cover_a_multimodal_model():
+    specs = [d["spec"] for p in EXAMPLES for d in yaml.safe_load_all(p.read_text()) if d and d["kind"] == "LlamaServer"]
+    (vision,) = [s for s in specs if "mmproj" in s["model"]]
+    assert "huggingFace" in vision["model"]["mmproj"]
+    assert resolve_model(normalize(vision)).mmproj.path == "/models/mmproj/mmproj-model-f16.gguf"
+
+
 def test_defaults_fill_nested_objects():
     defaulted, errors = admit(BASE)
     assert errors == []
@@ -128,6 +136,21 @@ REJECTED = {
     "bad service type": server(service={"type": "ExternalName"}),
     "claimName with pvc source": server(model={"pvc": {"claimName": "c", "path": "m.gguf"}},
                                         storage={"model": {"claimName": "other"}}),
+    "mmproj with two sources": server(model={"url": "https://e.test/m.gguf", "mmproj": {
+        "url": "https://e.test/mm.gguf", "huggingFace": {"repo": "o/r", "file": "mm.gguf"}}}),
+    "mmproj without a source": server(model={"url": "https://e.test/m.gguf", "mmproj": {"offload": False}}),
+    "mmproj path with a url model": server(model={"url": "https://e.test/m.gguf", "mmproj": {"path": "mm.gguf"}}),
+    "mmproj path with an hf model": server(model={"huggingFace": {"repo": "o/r", "file": "m.gguf"},
+                                                  "mmproj": {"path": "mm.gguf"}}),
+    "mmproj with self-extend": server(model=MMPROJ_MODEL, server={"extraArgs": ["--grp-attn-n", "4"]}),
+    "mmproj with self-extend, = form": server(model=MMPROJ_MODEL,
+                                              server={"extraArgs": ["-c", "8192", "--grp-attn-n=16"]}),
+    "mmproj flag in extraArgs": server(server={"extraArgs": ["--mmproj", "/models/mm.gguf"]}),
+    "mmproj offload flag in extraArgs": server(model=MMPROJ_MODEL, server={"extraArgs": ["--no-mmproj-offload"]}),
+    "mmproj hf without file": server(model={"url": "https://e.test/m.gguf", "mmproj": {"huggingFace": {"repo": "o/r"}}}),
+    "mmproj bad sha256": server(model={**MMPROJ_MODEL, "mmproj": {"url": "https://e.test/mm.gguf", "sha256": "x"}}),
+    "mmproj absolute path": server(model={"pvc": {"claimName": "c", "path": "m.gguf"}, "mmproj": {"path": "/mm.gguf"}}),
+    "token with url model and url mmproj": server(model={**MMPROJ_MODEL, "tokenSecretRef": {"name": "t"}}),
 }
 
 
@@ -139,7 +162,10 @@ def test_invalid_specs_are_rejected(name):
 
 CEL_ONLY = ["two sources", "no source", "restoreOnStart without slots", "gpu product on a CPU server",
             "tensorSplit longer than count", "managed flag in extraArgs", "managed flag alone",
-            "token with url source", "claimName with pvc source"]
+            "token with url source", "claimName with pvc source", "mmproj with two sources",
+            "mmproj without a source", "mmproj path with a url model", "mmproj path with an hf model",
+            "mmproj with self-extend", "mmproj with self-extend, = form", "mmproj flag in extraArgs",
+            "mmproj offload flag in extraArgs", "token with url model and url mmproj"]
 
 
 @pytest.mark.parametrize("name", CEL_ONLY)
@@ -159,6 +185,22 @@ ACCEPTED = {
     "slots": server(storage={"slots": {"enabled": True, "restoreOnStart": True}}),
     "extra args": server(server={"extraArgs": ["--flash-attn", "-ctk", "q8_0"]}),
     "quantities": server(resources={"limits": {"cpu": 2, "memory": "4Gi"}}, storage={"model": {"size": "5G"}}),
+    "mmproj url": server(model=MMPROJ_MODEL),
+    "mmproj hf with the model's token": server(model={
+        "huggingFace": {"repo": "o/r", "file": "m.gguf"}, "tokenSecretRef": {"name": "hf"},
+        "mmproj": {"huggingFace": {"repo": "o/r", "file": "mmproj.gguf", "revision": "v1"}, "sha256": "a" * 64,
+                   "offload": False}}),
+    "token only for the mmproj": server(model={"url": "https://e.test/m.gguf", "tokenSecretRef": {"name": "hf"},
+                                               "mmproj": {"huggingFace": {"repo": "o/r", "file": "mm.gguf"}}}),
+    "mmproj path on the model's claim": server(model={"pvc": {"claimName": "c", "path": "m.gguf"},
+                                                      "mmproj": {"path": "vision/mm.gguf"}}),
+    "mmproj download for a pvc model": server(model={"pvc": {"claimName": "c", "path": "m.gguf"},
+                                                     "mmproj": {"url": "https://e.test/mm.gguf"}}),
+    "mmproj with self-extend off": server(model=MMPROJ_MODEL, server={"extraArgs": ["--grp-attn-n", "1",
+                                                                                      "--grp-attn-n=1"]}),
+    "mmproj with a trailing --grp-attn-n": server(model=MMPROJ_MODEL, server={"extraArgs": ["-c", "4", "--grp-attn-n"]}),
+    "self-extend without mmproj": server(server={"extraArgs": ["--grp-attn-n", "4", "--grp-attn-w", "2048"]}),
+    "mmproj with 64 extraArgs": server(model=MMPROJ_MODEL, server={"extraArgs": ["-v"] * 63 + ["--grp-attn-n"]}),
 }
 
 
@@ -188,3 +230,28 @@ def test_rbac_rules_are_valid_and_cover_the_crd():
     assert rbac.allows("kubellama.dev", "llamaservers", "watch")
     assert rbac.allows("kubellama.dev", "llamaservers/status", "patch")
     assert not rbac.allows("", "secrets", "list"), "the operator only reads named Secrets"
+
+
+def test_mmproj_defaults():
+    defaulted, errors = admit(server(model=MMPROJ_MODEL))
+    assert errors == []
+    assert defaulted["spec"]["model"]["mmproj"] == {"url": "https://e.test/mmproj.gguf", "offload": True}
+    assert defaulted["spec"] == normalize(server(model=MMPROJ_MODEL)["spec"])
+    assert "mmproj" not in admit(BASE)[0]["spec"]["model"], "no projector unless asked for"
+
+
+@pytest.mark.parametrize("args, on", [
+    (["--grp-attn-n", "2"], True), (["--grp-attn-n=2"], True), (["--grp-attn-n", "016"], True),
+    (["-v"] * 62 + ["--grp-attn-n", "4"], True), (["--grp-attn-n=10", "-v"], True),
+    (["--grp-attn-n", "1"], False), (["--grp-attn-n=01"], False), (["--grp-attn-n"], False),
+    (["--grp-attn-w", "4"], False), (["4", "--grp-attn-n"], False), (["--grp-attn-n", "0"], False),
+])
+def test_self_extend_check_agrees_with_cel(args, on):
+    """`spec.turns_on_self_extend` and the CRD's rule read extraArgs the same way."""
+    from kubellama_operator.spec import turns_on_self_extend
+
+    assert turns_on_self_extend(args) is on
+    _, errors = admit(server(model=MMPROJ_MODEL, server={"extraArgs": args}))
+    assert bool([e for e in errors if "self-extend" in e]) is on
+    assert bool([p for p in problems(normalize(server(model=MMPROJ_MODEL, server={"extraArgs": args})["spec"]))
+                 if "self-extend" in p]) is on

@@ -231,6 +231,46 @@ async def test_status_follows_pods(api, operator):
     assert_rbac_covers(api)
 
 
+async def test_multimodal_server_downloads_and_reports_its_projector(api, operator):
+    mmproj_url = "https://models.test/mmproj-gemma-f16.gguf"
+    await api.create(LS, "llamaservers", llama(model={"url": URL, "mmproj": {"url": mmproj_url, "offload": False}}))
+    sts = await eventually(lambda: api.objects("apps/v1/statefulsets").get("gemma"))
+    pod_spec = sts["spec"]["template"]["spec"]
+    assert [c["name"] for c in pod_spec["initContainers"]] == ["fetch-model", "fetch-mmproj"]
+    assert pod_spec["initContainers"][1]["args"] == ["--url", mmproj_url, "--dest", "/models/mmproj"]
+    args = pod_spec["containers"][0]["args"]
+    assert args[args.index("--mmproj") + 1] == "/models/mmproj/mmproj-gemma-f16.gguf" and "--no-mmproj-offload" in args
+
+    # The model is in place; the projector downloads: its progress comes from fetch-mmproj's log.
+    api.kmock["get /api/v1/namespaces/ml/pods/gemma-0/log"] << (
+        b'{"logger":"kubellama-fetch","event":"progress","file":"mmproj-gemma-f16.gguf","bytes_done":445644800,'
+        b'"bytes_total":891289600,"percent":50.0,"rate_bytes_per_second":20971520,"eta_seconds":21.0}\n')
+    init = {"name": "fetch-model", "ready": False, "restartCount": 0, **exited(0)}
+    gemma = pod("gemma-0")
+    gemma["status"]["initContainerStatuses"] = [init, {"name": "fetch-mmproj", "ready": False, "restartCount": 0,
+                                                       **RUNNING}]
+    await api.create("v1", "pods", gemma)
+    status = await phase_is(api, "Downloading")
+    assert status["message"] == "downloading the multimodal projector mmproj-gemma-f16.gguf: 50% of 850.0 MiB, " \
+                                "20.0 MiB/s, about 21 s left"
+    assert condition(status, "ModelReady")["reason"] == "Downloading"
+    assert status["model"]["mmproj"] == "mmproj-gemma-f16.gguf"
+    log_reads = [parse_qs(r.url.query_string).get("container") for r in list(api.kmock) if r.url.path.endswith("/log")]
+    assert ["fetch-mmproj"] in log_reads
+
+    # The projector's download fails: reported like the model's, saying it was the projector.
+    msg = "kubellama-fetch: error: 404 Not Found: " + mmproj_url
+    await api.patch("v1", "pods", "gemma-0", {"status": {"initContainerStatuses": [
+        init, {"name": "fetch-mmproj", "ready": False, "restartCount": 1, **exited(3, msg)}]}})
+    status = await phase_is(api, "Failed")
+    model_ready = condition(status, "ModelReady")
+    assert (model_ready["status"], model_ready["reason"]) == ("False", "ModelNotFound")
+    assert model_ready["message"] == status["message"] == f"multimodal projector download failed: {msg}"
+    await eventually(lambda: any("multimodal projector download failed" in e["message"]
+                                 for e in events(api, "Failed", "Warning")))
+    assert_rbac_covers(api)
+
+
 async def test_missing_secret_fails_with_a_fix_then_recovers(api, operator):
     await api.create(LS, "llamaservers", llama(apiKeySecretRef={"name": "gemma-key"}))
     status = await phase_is(api, "Failed")

@@ -69,3 +69,33 @@ def test_removed_fields_are_noticed_through_the_hash():
     assert needs_apply(old, new)
     assert not needs_apply(old, with_hash({"metadata": {"name": "a"}, "spec": {"nodeSelector": {"a": "1", "b": "2"}}}))
     assert old["metadata"]["annotations"][HASH_ANNOTATION] != new["metadata"]["annotations"][HASH_ANNOTATION]
+
+
+@pytest.mark.parametrize("model,path,dest,source,description", [
+    ({"url": "https://h.test/m.gguf", "mmproj": {"url": "https://h.test/v/mmproj-F16.gguf?dl=1"}},
+     "/models/mmproj/mmproj-F16.gguf", "/models/mmproj", "url", "https://h.test/v/mmproj-F16.gguf?dl=1"),
+    ({"huggingFace": {"repo": "o/r", "file": "m.gguf"}, "mmproj": {"huggingFace": {"repo": "o/r", "file": "x/mm.gguf"}}},
+     "/models/mmproj/mm.gguf", "/models/mmproj", "huggingFace", "hf://o/r/x/mm.gguf"),
+    ({"pvc": {"claimName": "c", "path": "m.gguf"}, "mmproj": {"url": "https://h.test/mm.gguf"}},
+     "/mmproj/mm.gguf", "/mmproj", "url", "https://h.test/mm.gguf"),
+    ({"pvc": {"claimName": "c", "path": "m.gguf"}, "mmproj": {"path": "./v/../mm.gguf"}},
+     "/models/mm.gguf", "/models", "path", "pvc://c/mm.gguf"),
+])
+def test_resolve_mmproj(model, path, dest, source, description):
+    mm = resolve_model(normalize({"model": model})).mmproj
+    assert (mm.path, mm.dest, mm.source, mm.description, mm.offload) == (path, dest, source, description, True)
+    assert mm.file == path.rsplit("/", 1)[1]
+    if source == "path":
+        assert mm.fetch_args == ()
+    else:  # kubellama-fetch --dest DIR puts the file at DIR/<basename>: the server's --mmproj must match
+        assert mm.fetch_args[-2:] == ("--dest", dest) and path == f"{dest}/{mm.file}"
+
+
+def test_mmproj_offload_and_checksum():
+    mm = resolve_model(normalize({"model": {"url": "https://h.test/m.gguf", "mmproj": {
+        "huggingFace": {"repo": "o/r", "file": "mm.gguf", "revision": "r1"}, "sha256": "CD" * 32,
+        "offload": False}}})).mmproj
+    assert mm.offload is False
+    assert mm.fetch_args == ("--hf-repo", "o/r", "--hf-file", "mm.gguf", "--hf-revision", "r1",
+                             "--sha256", "cd" * 32, "--dest", "/models/mmproj")
+    assert resolve_model(normalize({"model": {"url": "https://h.test/m.gguf"}})).mmproj is None

@@ -129,3 +129,100 @@ def test_model_size_from_fetch_termination_message():
     # Kept when pods are replaced by ones whose fetch had nothing to do.
     again = compute([pod(server={"state": RUNNING})], previous=status)
     assert again["model"]["sizeBytes"] == 42
+
+
+# --- the multimodal projector's download (fetch-mmproj, after fetch-model) ---------------------------
+
+MM_MODEL = resolve_model(normalize({"model": {"url": "https://m.test/a.gguf",
+                                              "mmproj": {"url": "https://m.test/mmproj-f16.gguf"}}}))
+PVC_MM_MODEL = resolve_model(normalize({"model": {"pvc": {"claimName": "c", "path": "a.gguf"},
+                                                  "mmproj": {"url": "https://m.test/mmproj-f16.gguf"}}}))
+PVC_MM_PATH = resolve_model(normalize({"model": {"pvc": {"claimName": "c", "path": "a.gguf"},
+                                                 "mmproj": {"path": "mmproj.gguf"}}}))
+DONE = {"state": {"terminated": {"exitCode": 0}}}
+WAITING = {"state": {"waiting": {"reason": "PodInitializing"}}}
+
+
+def mm_pod(model=None, mmproj=None, server=None, ready=False):
+    inits = [{"name": n, **s} for n, s in (("fetch-model", model), ("fetch-mmproj", mmproj)) if s is not None]
+    p = pod(server=server, ready=ready)
+    p["status"]["initContainerStatuses"] = inits
+    return p
+
+
+@pytest.mark.parametrize("code,reason", [(3, "ModelNotFound"), (4, "Unauthorized"), (7, "ChecksumMismatch"),
+                                         (8, "NotGGUF"), (1, "DownloadFailed")])
+def test_failed_projector_download_is_reported_like_the_models(code, reason):
+    msg = "kubellama-fetch: error: 404 Not Found: https://m.test/mmproj-f16.gguf"
+    p = mm_pod(model=DONE, mmproj={"state": {"terminated": {"exitCode": code, "message": msg}}})
+    view = pod_view(p)
+    assert (view.stage, view.reason, view.fetcher) == ("Failed", reason, "fetch-mmproj")
+    assert view.message == f"multimodal projector download failed: {msg}"
+    status = compute([p], model=MM_MODEL)
+    assert status["phase"] == "Failed" and status["message"] == view.message
+    model_ready = cond(status, "ModelReady")
+    assert (model_ready["status"], model_ready["reason"], model_ready["message"]) == ("False", reason, view.message)
+
+
+def test_crashlooping_projector_download_uses_last_termination():
+    p = mm_pod(model=DONE, mmproj={"state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                                   "lastState": {"terminated": {"exitCode": 4, "message": "401 from huggingface.co"}}})
+    view = pod_view(p)
+    assert (view.stage, view.reason) == ("Failed", "Unauthorized")
+    assert view.message.startswith("multimodal projector download failed") and "401" in view.message
+
+
+def test_the_model_download_is_reported_before_the_projectors():
+    failed = mm_pod(model={"state": {"terminated": {"exitCode": 3, "message": "no model"}}}, mmproj=WAITING)
+    assert pod_view(failed).message == "model download failed: no model"
+    downloading = mm_pod(model={"state": RUNNING}, mmproj=WAITING)
+    assert (pod_view(downloading).message, pod_view(downloading).fetcher) == ("downloading the model", "fetch-model")
+
+
+def test_projector_download_progress():
+    p = mm_pod(model=DONE, mmproj={"state": RUNNING})
+    view = pod_view(p)
+    assert (view.stage, view.fetcher, view.message) == ("Downloading", "fetch-mmproj",
+                                                        "downloading the multimodal projector")
+    progress = {"event": "progress", "file": "mmproj-f16.gguf", "bytes_done": 1 << 28, "bytes_total": 1 << 30,
+                "percent": 25.0}
+    status = compute_status(name="m", namespace="ns", generation=3, desired=1, model=MM_MODEL, endpoint="e",
+                            selector="a=b", pods=[p], statefulset=None, problems=[], progress=progress,
+                            now="2026-01-01T00:00:00Z")
+    assert status["phase"] == "Downloading"
+    assert status["message"] == "downloading the multimodal projector mmproj-f16.gguf: 25% of 1.0 GiB"
+    assert (cond(status, "ModelReady")["status"], cond(status, "ModelReady")["reason"]) == ("False", "Downloading")
+    # Between the two downloads (fetch-mmproj not started yet): the model alone is not "in place".
+    between = compute([mm_pod(model=DONE, mmproj=WAITING)], model=MM_MODEL)
+    assert cond(between, "ModelReady")["status"] != "True"
+
+
+def test_model_ready_names_the_projector_once_both_are_fetched():
+    p = mm_pod(model={"state": {"terminated": {"exitCode": 0, "message": '{"path": "/models/a.gguf", "size": 42}'}}},
+               mmproj={"state": {"terminated": {"exitCode": 0, "message": '{"path": "/models/mmproj/x", "size": 7}'}}},
+               server={"state": RUNNING})
+    status = compute([p], model=MM_MODEL)
+    model_ready = cond(status, "ModelReady")
+    assert (model_ready["status"], model_ready["reason"]) == ("True", "Downloaded")
+    assert model_ready["message"] == \
+        "model file /models/a.gguf and projector /models/mmproj/mmproj-f16.gguf are in place"
+    assert status["model"]["sizeBytes"] == 42, "the model's size, not the projector's"
+    assert status["model"]["mmproj"] == "mmproj-f16.gguf"
+    assert "mmproj" not in compute([p])["model"]
+
+
+def test_pvc_model_with_a_downloaded_projector():
+    # Only fetch-mmproj runs; the model is not "from the claim" alone until the projector is in place.
+    downloading = compute([mm_pod(mmproj={"state": RUNNING})], model=PVC_MM_MODEL)
+    assert cond(downloading, "ModelReady")["reason"] == "Downloading"
+    failed = compute([mm_pod(mmproj={"state": {"terminated": {"exitCode": 5, "message": "unreachable"}}})],
+                     model=PVC_MM_MODEL)
+    assert cond(failed, "ModelReady")["reason"] == "NetworkUnreachable"
+    assert failed["message"] == "multimodal projector download failed: unreachable"
+    loaded = compute([mm_pod(mmproj=DONE, server={"state": RUNNING})], model=PVC_MM_MODEL)
+    assert (cond(loaded, "ModelReady")["status"], cond(loaded, "ModelReady")["reason"]) == ("True", "Downloaded")
+    assert loaded["phase"] == "Loading"
+    # A projector on the claim too: nothing to download.
+    from_claim = compute([pod(server={"state": RUNNING})], model=PVC_MM_PATH)
+    assert cond(from_claim, "ModelReady")["reason"] == "FromClaim"
+    assert from_claim["model"]["mmproj"] == "mmproj.gguf"

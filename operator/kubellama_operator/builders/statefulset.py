@@ -7,7 +7,7 @@ from typing import Any
 
 from ..config import OperatorConfig
 from ..serverargs import server_args
-from ..spec import (API_KEY_DIR, API_KEY_FILE, CONFIG_DIR, MODEL_DIR, SERVER_PORT, SLOTS_DIR,
+from ..spec import (API_KEY_DIR, API_KEY_FILE, CONFIG_DIR, MMPROJ_DIR, MODEL_DIR, SERVER_PORT, SLOTS_DIR,
                     SYSTEM_PROMPT_FILE, Model, Spec, uses_gpu)
 from .meta import ANNOTATION_MODEL, Body, config_name, headless_name, labels, object_meta, selector_labels
 
@@ -15,6 +15,9 @@ from .meta import ANNOTATION_MODEL, Body, config_name, headless_name, labels, ob
 RUN_AS = 10001
 GPU_TAINT = "nvidia.com/gpu"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+#: Init containers: the model's download, then the multimodal projector's (status.py reads both).
+FETCH_MODEL = "fetch-model"
+FETCH_MMPROJ = "fetch-mmproj"
 #: Seconds the preStop hook waits so Service endpoints drop the pod before SIGTERM.
 PRESTOP_SECONDS = 5
 #: Extra grace after --shutdown-timeout: saving slots needs time, plain exit much less.
@@ -47,26 +50,49 @@ def _model_claim_name(spec: Spec) -> str | None:
     return spec.get("storage", {}).get("model", {}).get("claimName")
 
 
-def _fetch_container(spec: Spec, model: Model, image: str, pull: str) -> dict[str, Any]:
+def _mmproj_volume(model: Model) -> bool:
+    """Whether the projector is downloaded into a volume of its own (pvc models: their claim is read-only)."""
+    return model.mmproj is not None and model.mmproj.dest == MMPROJ_DIR
+
+
+def _fetch_container(spec: Spec, name: str, fetch_args: tuple[str, ...], image: str, pull: str, *,
+                     hf_token: bool, own_volume: bool = False) -> dict[str, Any]:
+    """A kubellama-fetch init container writing into the model volume (`own_volume`: the mmproj emptyDir).
+
+    `hf_token`: a Hugging Face download, which gets spec.model.tokenSecretRef as HF_TOKEN when set.
+    """
+    volume, root = ("mmproj", MMPROJ_DIR) if own_volume else ("model", MODEL_DIR)
     env: list[dict[str, Any]] = [{"name": "HOME", "value": "/tmp"},
-                                 {"name": "HF_HOME", "value": f"{MODEL_DIR}/.hf"}]
+                                 {"name": "HF_HOME", "value": f"{root}/.hf"}]
     token = spec["model"].get("tokenSecretRef")
-    if token:
+    if token and hf_token:
         env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {
             "name": token["name"], "key": token.get("key", "token")}}})
     return {
-        "name": "fetch-model",
+        "name": name,
         "image": image,
         "imagePullPolicy": pull,
         "command": ["kubellama-fetch"],
-        "args": list(model.fetch_args),
+        "args": list(fetch_args),
         "env": env,
-        "volumeMounts": [{"name": "model", "mountPath": MODEL_DIR},
+        "volumeMounts": [{"name": volume, "mountPath": root},
                          {"name": "tmp", "mountPath": "/tmp"}],
         "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "1Gi"}},
         "securityContext": _container_security(),
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
+
+
+def _init_containers(spec: Spec, model: Model, image: str, pull: str) -> list[dict[str, Any]]:
+    """fetch-model (url/huggingFace models), then fetch-mmproj (url/huggingFace projectors)."""
+    out = []
+    if model.fetch_args:
+        out.append(_fetch_container(spec, FETCH_MODEL, model.fetch_args, image, pull,
+                                    hf_token=model.source == "huggingFace"))
+    if model.mmproj is not None and model.mmproj.fetch_args:
+        out.append(_fetch_container(spec, FETCH_MMPROJ, model.mmproj.fetch_args, image, pull,
+                                    hf_token=model.mmproj.source == "huggingFace", own_volume=_mmproj_volume(model)))
+    return out
 
 
 def _server_resources(spec: Spec) -> dict[str, Any]:
@@ -83,6 +109,8 @@ def _server_container(spec: Spec, model: Model, image: str, config: OperatorConf
     slots = spec.get("storage", {}).get("slots", {})
     mounts = [{"name": "model", "mountPath": MODEL_DIR, "readOnly": True},
               {"name": "tmp", "mountPath": "/tmp"}]
+    if _mmproj_volume(model):
+        mounts.append({"name": "mmproj", "mountPath": MMPROJ_DIR, "readOnly": True})
     if slots.get("enabled"):
         mounts.append({"name": "slots", "mountPath": SLOTS_DIR})
     if spec.get("apiKeySecretRef"):
@@ -120,12 +148,14 @@ def _server_container(spec: Spec, model: Model, image: str, config: OperatorConf
     return container
 
 
-def _volumes(spec: Spec, name: str) -> list[dict[str, Any]]:
+def _volumes(spec: Spec, model: Model, name: str) -> list[dict[str, Any]]:
     vols: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
     claim = _model_claim_name(spec)
     if claim:
         vols.append({"name": "model", "persistentVolumeClaim": {
             "claimName": claim, "readOnly": "pvc" in spec["model"]}})
+    if _mmproj_volume(model):
+        vols.append({"name": "mmproj", "emptyDir": {}})
     ref = spec.get("apiKeySecretRef")
     if ref:
         vols.append({"name": "api-key", "secret": {
@@ -191,10 +221,11 @@ def pod_spec(owner: Body, spec: Spec, model: Model, config: OperatorConfig) -> d
                             "fsGroup": RUN_AS, "fsGroupChangePolicy": "OnRootMismatch",
                             "seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [_server_container(spec, model, image, config)],
-        "volumes": _volumes(spec, name),
+        "volumes": _volumes(spec, model, name),
     }
-    if model.fetch_args:
-        pod["initContainers"] = [_fetch_container(spec, model, image, config.image_pull_policy)]
+    init = _init_containers(spec, model, image, config.image_pull_policy)
+    if init:
+        pod["initContainers"] = init
     if spec.get("serviceAccountName"):
         pod["serviceAccountName"] = spec["serviceAccountName"]
     else:

@@ -12,6 +12,7 @@ kcp.skip_module_if_unavailable()
 
 LLAMA_API = "kubellama.dev/v1alpha1"
 MODEL_URL = "http://models.invalid/tiny.gguf"
+MMPROJ_URL = "http://models.invalid/mmproj-tiny.gguf"
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +63,20 @@ def rejected(kube: kcp.Kube, obj: dict, update: bool = False) -> str:
      "spec.storage.model.claimName is unused with a pvc model source"),
     ({"model": {"url": "ftp://example.com/m.gguf"}},
      "spec.model.url in body should match"),
+    ({"model": {"url": MODEL_URL, "mmproj": {"url": MMPROJ_URL, "path": "mm.gguf"}}},
+     "spec.model.mmproj needs exactly one source: url, huggingFace or path"),
+    ({"model": {"url": MODEL_URL, "mmproj": {"offload": False}}},
+     "spec.model.mmproj needs exactly one source: url, huggingFace or path"),
+    ({"model": {"url": MODEL_URL, "mmproj": {"path": "mm.gguf"}}},
+     "spec.model.mmproj.path is a file on the model's claim and needs a pvc model source"),
+    ({"model": {"url": MODEL_URL, "mmproj": {"url": MMPROJ_URL}}, "server": {"extraArgs": ["--grp-attn-n", "4"]}},
+     "spec.server.extraArgs turns on self-extend (--grp-attn-n > 1)"),
+    ({"model": {"url": MODEL_URL, "mmproj": {"url": MMPROJ_URL}}, "server": {"extraArgs": ["--grp-attn-n=8"]}},
+     "spec.server.extraArgs turns on self-extend (--grp-attn-n > 1)"),
+    ({"model": {"url": MODEL_URL}, "server": {"extraArgs": ["--mmproj=/models/mm.gguf"]}},
+     "spec.server.extraArgs may not set flags the operator manages"),
+    ({"model": {"url": MODEL_URL, "mmproj": {"url": MMPROJ_URL}, "tokenSecretRef": {"name": "hf"}}},
+     "spec.model.tokenSecretRef is only used with a huggingFace source"),
 ])
 def test_api_server_rejects_invalid_llamaservers(kube, llama_crd, ns, spec, message):
     obj = llama("bad", ns)
@@ -77,6 +92,19 @@ def test_defaults_are_applied_by_the_api_server(kube, llama_crd, ns):
     assert spec["gpu"] == {"count": 0, "resourceName": "nvidia.com/gpu"}
     assert spec["server"]["metrics"] is True
     assert spec["storage"]["model"]["size"] == "20Gi"
+
+
+@pytest.mark.parametrize("model, extra_args", [
+    ({"url": MODEL_URL, "mmproj": {"huggingFace": {"repo": "o/r", "file": "mm.gguf"}},
+      "tokenSecretRef": {"name": "hf"}}, ["--grp-attn-n", "1"]),
+    ({"pvc": {"claimName": "models", "path": "m.gguf"}, "mmproj": {"path": "vision/mm.gguf", "offload": False}},
+     ["-v"] * 63 + ["--grp-attn-n"]),
+    ({"pvc": {"claimName": "models", "path": "m.gguf"}, "mmproj": {"url": MMPROJ_URL}}, []),
+], ids=["hf-with-token", "on-the-claim-64-args", "downloaded-for-a-pvc-model"])
+def test_api_server_accepts_and_defaults_a_projector(kube, llama_crd, ns, model, extra_args):
+    created = kube.create(llama(f"mm-{uuid.uuid4().hex[:6]}", ns, model=model, server={"extraArgs": extra_args}))
+    assert created["spec"]["model"]["mmproj"] == {"offload": True, **model["mmproj"]}
+    kube.remove(LLAMA_API, "LlamaServer", created["metadata"]["name"], ns)
 
 
 def test_transition_rules_reject_immutable_changes(kube, llama_crd, ns):

@@ -251,3 +251,34 @@ def test_failing_model_download_is_reported(kube, operator, namespace):
               if line.startswith("kubellama_operator_llamaserver_phase{") and 'name="broken"' in line
               and f'namespace="{namespace}"' in line and 'phase="Failed"' in line]
     assert series and series[0].endswith(" 1.0"), series
+
+
+MMPROJ = {"url": "http://models.invalid/models/mmproj-tiny-f16.gguf"}
+
+
+def test_multimodal_llamaserver_goes_ready(kube, operator, namespace):
+    kube.create(llama("vision", namespace, model={"url": "http://models.invalid/models/tiny-q4_0.gguf",
+                                                  "mmproj": {**MMPROJ, "offload": False}}))
+    status = wait_phase(kube, operator, "vision", namespace, "Ready", readyReplicas=1)
+    assert status["model"]["mmproj"] == "mmproj-tiny-f16.gguf"
+    model_ready = next(c for c in status["conditions"] if c["type"] == "ModelReady")
+    assert model_ready["status"] == "True" and "projector /models/mmproj/mmproj-tiny-f16.gguf" in model_ready["message"]
+    pod = kube.read("apps/v1", "StatefulSet", "vision", namespace)["spec"]["template"]["spec"]
+    assert [c["name"] for c in pod["initContainers"]] == ["fetch-model", "fetch-mmproj"]
+    args = pod["containers"][0]["args"]
+    assert args[args.index("--mmproj") + 1] == "/models/mmproj/mmproj-tiny-f16.gguf" and "--no-mmproj-offload" in args
+
+
+def test_failing_projector_download_is_reported(kube, operator, namespace):
+    """kwok plays fetch-mmproj in CrashLoopBackOff (fetch-model completed) with kubellama-fetch's 401 exit code."""
+    message = "kubellama-fetch: error: 401 Unauthorized: http://models.invalid/models/mmproj-tiny-f16.gguf"
+    kube.create(llama("blind", namespace, model={"url": "http://models.invalid/models/tiny-q4_0.gguf", "mmproj": MMPROJ},
+                      podLabels={"kwok.kubellama.dev/init-fails": "true"},
+                      podAnnotations={"kwok.kubellama.dev/init-container": "fetch-mmproj",
+                                      "kwok.kubellama.dev/exit-code": "4",
+                                      "kwok.kubellama.dev/message": message}))
+    status = wait_phase(kube, operator, "blind", namespace, "Failed",
+                        message_has="multimodal projector download failed")
+    assert status["message"] == f"multimodal projector download failed: {message}"
+    model_ready = next(c for c in status["conditions"] if c["type"] == "ModelReady")
+    assert (model_ready["status"], model_ready["reason"]) == ("False", "Unauthorized")
