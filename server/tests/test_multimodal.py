@@ -204,6 +204,16 @@ def test_an_image_larger_than_the_context_is_refused(live_server, tmp_path):
     assert r.status_code == 400 and r.json()["error"]["type"] == "exceed_context_size_error", r.text
 
 
+def test_a_prompt_ending_with_a_one_token_image_is_refused(live_server, tmp_path):
+    one = build_tiny_mmproj(tmp_path / "one.gguf", image_size=8, patch_size=8)  # 1 token per image
+    srv = live_server("--mmproj", str(one), "-np", "1")
+    r = httpx.post(srv.url + "/completion", json={"prompt": "a [img-1]", "image_data": [{"id": 1, "data": b64(RED)}]},
+                   timeout=10)
+    assert r.status_code == 400 and "ends with an image" in r.json()["error"]["message"], r.text
+    out = complete(srv.url, prompt="a [img-1] b", image_data=[{"id": 1, "data": b64(RED)}])
+    assert out["tokens_predicted"] == 4  # the slot is free, and a 1-token image works
+
+
 def test_images_need_a_projector(live_server):
     srv = live_server()
     r = httpx.post(srv.url + "/completion", json={"prompt": "a [img-1] b", "image_data": [{"id": 1, "data": b64(RED)}]})

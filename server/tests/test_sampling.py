@@ -74,3 +74,14 @@ def test_penalty_prompt_replaces_the_prompt_history(tiny_server):
 def test_seed_minus_one_is_random(tiny_server):
     outs = {tuple(gen(tiny_server, seed=-1)["tokens"]) for _ in range(3)}
     assert len(outs) > 1
+
+
+def test_a_json_schema_with_a_remote_ref_is_refused_without_fetching_it(live_server):
+    """The grammar converter would GET a remote $ref from the server (with no timeout): refuse it."""
+    import httpx
+
+    srv = live_server()
+    for body in ({"prompt": "x", "json_schema": {"type": "object", "properties": {"a": {"$ref": "https://example.com/s.json"}}}},
+                 {"prompt": "x", "json_schema": {"$ref": "http://169.254.169.254/latest/meta-data"}}):
+        r = httpx.post(srv.url + "/completion", json=body, timeout=30)
+        assert r.status_code == 400 and "only references inside the schema" in r.json()["error"]["message"], r.text

@@ -156,6 +156,9 @@ class Engine:
                 log.exception("shutdown hook failed")
         if self.scheduler is not None:
             self.scheduler.stop()
+            if self.scheduler.running:  # a long decode or image encode: never free what it uses
+                log.warning("the scheduler did not stop in time; leaving the model loaded until exit")
+                return
         if self.multimodal is not None:
             self.multimodal.close()
         if self.ctx is not None:

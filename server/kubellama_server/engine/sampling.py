@@ -32,6 +32,9 @@ def schema_gbnf(schema, what: str = "'json_schema'") -> str:
 
     if schema is True or schema == {}:
         schema = {}
+    remote = _remote_ref(schema)
+    if remote is not None:  # the converter would fetch it (a request from the server, unbounded)
+        raise invalid(f"{what} refers to {remote!r}: only references inside the schema (#/...) are supported")
     try:
         gbnf = json_schema_to_gbnf(json.dumps(schema))
     except Exception as exc:
@@ -39,6 +42,21 @@ def schema_gbnf(schema, what: str = "'json_schema'") -> str:
     # llama-cpp-python's string `char` rule lets raw control characters into JSON strings
     # (invalid JSON); exclude them as llama.cpp's own converter does.
     return gbnf.replace('char ::= [^"\\\\]', 'char ::= [^"\\\\\\x7F\\x00-\\x1F]')
+
+
+def _remote_ref(node) -> str | None:
+    """The first `$ref` that does not point inside the schema, if any."""
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str) and not ref.startswith("#"):
+            return ref
+        node = list(node.values())
+    if isinstance(node, list):
+        for item in node:
+            found = _remote_ref(item)
+            if found is not None:
+                return found
+    return None
 
 
 class _NlPreservingPenalties:

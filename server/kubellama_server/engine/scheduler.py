@@ -97,6 +97,10 @@ class Scheduler:
         if self._thread is not None:
             self._thread.join(timeout)
 
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
     def submit(self, task: Task) -> None:
         self.commands.put(("task", task))
 
@@ -261,7 +265,7 @@ class Scheduler:
                                              max_image_tokens=self.ctx.n_ubatch)
         except MediaError as exc:
             raise invalid(str(exc)) from None
-        ends_with_image = media.tokens and media.boundary(len(media.tokens) - 1) != len(media.tokens) - 1
+        ends_with_image = bool(media.tokens) and media.tokens[-1] < -1  # an image key (text tokens are >= 0)
         if ends_with_image and task.kind == "completion":
             media.close()
             raise invalid("the prompt ends with an image: put text after it (an image yields no logits to sample from)")
@@ -429,6 +433,9 @@ class Scheduler:
                 media = slot.media
                 if media is not None and slot.n_prompt_done in media.images:
                     if not self._eval_image(slot, media.images[slot.n_prompt_done]):
+                        continue
+                    if not slot.in_prompt:  # never: such prompts are refused; the slot must not hang
+                        self._decode_failed([slot], -1, "the prompt ended with an image: nothing to sample from")
                         continue
                 start = slot.n_prompt_done
                 take = min(len(slot.prompt_tokens) - start, batch.free)

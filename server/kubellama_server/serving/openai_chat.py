@@ -133,9 +133,10 @@ def make_tasks(engine, req: P._Sampling, body: dict, prompts: list[Any], *, n_pr
     opts = native_options(req, body, n_probs=n_probs)
     if json_schema is not None:
         opts["json_schema"] = json_schema
-    if constraint:  # the tool format's grammar or schema replaces any other
-        opts.pop("grammar", None)
-        opts.pop("json_schema", None)
+    if constraint:  # the tool format's grammar or schema
+        if opts.get("grammar") or opts.get("json_schema") is not None:
+            raise invalid("'grammar' and 'json_schema' cannot be combined with 'tools' here: the tool format "
+                          "constrains the reply (use tool_choice \"none\", or leave them out)")
         opts.update(constraint)
     if req.n > 1 and opts.get("id_slot", -1) not in (-1, None):
         raise invalid("'id_slot' cannot be combined with 'n' > 1 (the choices run in parallel slots)")
@@ -290,6 +291,7 @@ class ChatStream:
         # tools: the text of each choice so far, and how much of it went out as content
         self.text: dict[int, str] = {}
         self.sent: dict[int, int] = {}
+        self.probs: dict[int, list[TokenInfo]] = {}  # not yet sent (logprobs)
 
     def _chunk(self, choices: list[P.ChatChunkChoice], usage: P.Usage | None = None) -> dict:
         chunk = P.ChatCompletionChunk(id=self.id, created=self.created, model=self.model, choices=choices, usage=usage)
@@ -309,9 +311,11 @@ class ChatStream:
         if kind == "partial" and plan is not None:
             # text before a possible tool call streams as content; the rest waits for the end
             text = self.text[index] = self.text.get(index, "") + payload.content
+            self.probs.setdefault(index, []).extend(payload.probs)
             safe = plan.streamable(text)
             if safe > self.sent.get(index, 0):
-                out.append(self._chunk([P.ChatChunkChoice(index=index, delta=P.ChatDelta(content=text[self.sent.get(index, 0):safe]))]))
+                delta = P.ChatDelta(content=text[self.sent.get(index, 0):safe])
+                out.append(self._chunk([P.ChatChunkChoice(index=index, delta=delta, logprobs=self._held_probs(index))]))
                 self.sent[index] = safe
         elif kind == "partial":
             part: PartialResult = payload
@@ -330,12 +334,19 @@ class ChatStream:
                 else:
                     rest = tools.without_calls(res.content)[sent:].rstrip() if calls else res.content[sent:]
                 if rest:
-                    out.append(self._chunk([P.ChatChunkChoice(index=index, delta=P.ChatDelta(content=rest))]))
+                    out.append(self._chunk([P.ChatChunkChoice(index=index, delta=P.ChatDelta(content=rest),
+                                                              logprobs=self._held_probs(index))]))
                 if calls:
                     deltas = [c.openai(k) for k, c in enumerate(calls)]
-                    out.append(self._chunk([P.ChatChunkChoice(index=index, delta=P.ChatDelta(tool_calls=deltas))]))
+                    out.append(self._chunk([P.ChatChunkChoice(index=index, delta=P.ChatDelta(tool_calls=deltas),
+                                                              logprobs=self._held_probs(index))]))
             out.append(self._chunk([P.ChatChunkChoice(index=index, delta=P.ChatDelta(), finish_reason=finish)]))
         return out
+
+    def _held_probs(self, index: int) -> P.ChoiceLogprobs | None:
+        """The logprobs of the tokens received since the last chunk of this choice (tools mode)."""
+        probs, self.probs[index] = self.probs.get(index, []), []
+        return chat_logprobs(probs, self.req.top_logprobs or 0) if self.req.logprobs and probs else None
 
     def tail(self) -> list[dict]:
         opts = self.req.stream_options

@@ -81,38 +81,35 @@ class ToolPlan:
     # -- output constraint ---------------------------------------------------------
     def constraint(self) -> dict[str, Any]:
         """Native options (`grammar` or `json_schema`) that hold the reply to the format."""
-        calls = self._calls_schema()
+        call, defs = self._call_schema()
         if self.format == GENERIC:
+            calls: dict[str, Any] = {"type": "array", "items": call, "minItems": 1}
+            if not self.parallel:
+                calls["maxItems"] = 1
             wrapped = {"type": "object", "properties": {"tool_calls": calls}, "required": ["tool_calls"]}
-            if self.required:
-                return {"json_schema": wrapped}
             answer = {"type": "object", "properties": {"response": {"type": "string"}}, "required": ["response"]}
-            return {"json_schema": {"anyOf": [wrapped, answer]}}
+            schema = wrapped if self.required else {"anyOf": [wrapped, answer]}
+            return {"json_schema": {**schema, **({"$defs": defs} if defs else {})}}
         if not self.required:
             return {}  # hermes + auto: free text, <tool_call> blocks parsed afterwards
-        gbnf = schema_gbnf(self._call_schema(), "a tool's 'parameters'")
+        gbnf = schema_gbnf({**call, **({"$defs": defs} if defs else {})}, "a tool's 'parameters'")
         gbnf = re.sub(r"(?m)^root ::=", "tool-call ::=", gbnf)
         block = '"<tool_call>\\n" tool-call "\\n</tool_call>"'
         root = f"root ::= {block} (\"\\n\" {block})*" if self.parallel else f"root ::= {block}"
         return {"grammar": root + "\n" + gbnf}
 
-    def _call_schema(self) -> dict[str, Any]:
-        options = []
-        for tool in self.tools:
+    def _call_schema(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The schema of one call of an allowed function, and the `$defs` it needs at the root."""
+        options, defs = [], {}
+        for i, tool in enumerate(self.tools):
             fn = tool["function"]
             if fn["name"] not in self.names:
                 continue
-            options.append({"type": "object", "properties": {
-                "name": {"const": fn["name"]},
-                "arguments": fn.get("parameters") or {"type": "object"},
-            }, "required": ["name", "arguments"]})
-        return options[0] if len(options) == 1 else {"anyOf": options}
-
-    def _calls_schema(self) -> dict[str, Any]:
-        schema: dict[str, Any] = {"type": "array", "items": self._call_schema(), "minItems": 1}
-        if not self.parallel:
-            schema["maxItems"] = 1
-        return schema
+            params, own = _hoist_defs(fn.get("parameters") or {"type": "object"}, f"tool{i}-")
+            defs.update(own)
+            options.append({"type": "object", "properties": {"name": {"const": fn["name"]}, "arguments": params},
+                            "required": ["name", "arguments"]})
+        return (options[0] if len(options) == 1 else {"anyOf": options}), defs
 
     # -- output ---------------------------------------------------------------------
     def streamable(self, text: str) -> int:
@@ -174,6 +171,46 @@ def plan(req: P.ChatCompletionRequest, template_source: str) -> ToolPlan | None:
 
 
 # -- helpers -------------------------------------------------------------------------
+
+
+def _hoist_defs(params: dict[str, Any], prefix: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Tool parameters nested inside the call schema keep their references: `$defs` (and
+    `definitions`) move to the root under `prefix`, `#/...` refs are rewritten to match, and
+    a reference to the parameters' own root (`#`) points at a copy of them."""
+    own = {**(params.get("$defs") or {}), **(params.get("definitions") or {})}
+    body = {k: v for k, v in params.items() if k not in ("$defs", "definitions")}
+
+    def fix(node: Any) -> Any:
+        if isinstance(node, list):
+            return [fix(x) for x in node]
+        if not isinstance(node, dict):
+            return node
+        out = {k: fix(v) for k, v in node.items()}
+        ref = out.get("$ref")
+        if isinstance(ref, str):
+            parts = ref[2:].split("/") if ref.startswith("#/") else []
+            if ref == "#":
+                out["$ref"] = f"#/$defs/{prefix}root"
+            elif len(parts) == 2 and parts[0] in ("$defs", "definitions"):
+                out["$ref"] = f"#/$defs/{prefix}{parts[1]}"
+            else:
+                raise invalid(f"a tool's 'parameters' uses the reference {ref!r}; only #, #/$defs/NAME "
+                              "and #/definitions/NAME are supported")
+        return out
+
+    body = fix(body)
+    defs = {f"{prefix}{k}": fix(v) for k, v in own.items()}
+    if _mentions(body, f"#/$defs/{prefix}root") or _mentions(defs, f"#/$defs/{prefix}root"):
+        defs[f"{prefix}root"] = body
+    return body, defs
+
+
+def _mentions(node: Any, ref: str) -> bool:
+    if isinstance(node, dict):
+        return node.get("$ref") == ref or any(_mentions(v, ref) for v in node.values())
+    if isinstance(node, list):
+        return any(_mentions(v, ref) for v in node)
+    return False
 
 
 def without_calls(text: str) -> str:

@@ -229,3 +229,64 @@ def test_hermes_text_then_a_call_streams_the_text_first(hermes_server):
     assert calls == [{"index": 0, "id": calls[0]["id"], "type": "function",
                       "function": {"name": "get_weather", "arguments": '{"city": "Oslo", "unit": "celsius"}'}}]
     assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+
+
+# parameters as pydantic's model_json_schema() writes them for nested models (and a recursive part)
+BOOKING = {"type": "function", "function": {"name": "book", "parameters": {
+    "$defs": {"Place": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 6}},
+                        "required": ["city"], "additionalProperties": False}},
+    "type": "object", "properties": {"to": {"$ref": "#/$defs/Place"}, "nights": {"type": "integer", "maximum": 9}},
+    "required": ["to", "nights"], "additionalProperties": False}}}
+
+
+@pytest.mark.parametrize("server", ["generic_server", "hermes_server"])
+def test_parameters_with_defs_and_refs(request, server):
+    srv = request.getfixturevalue(server)
+    client = openai.OpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0, timeout=60)
+    r = client.chat.completions.create(model="m", messages=ASK, tools=[BOOKING, WEATHER], max_tokens=200, temperature=0,
+                                       tool_choice={"type": "function", "function": {"name": "book"}})
+    (call,) = r.choices[0].message.tool_calls
+    args = json.loads(call.function.arguments)
+    assert call.function.name == "book" and set(args) == {"to", "nights"} and set(args["to"]) == {"city"}
+    assert isinstance(args["nights"], int)
+
+
+def test_refs_are_rewritten_for_the_call_schema():
+    tree = {"type": "function", "function": {"name": "tree", "parameters": {
+        "type": "object", "properties": {"children": {"type": "array", "items": {"$ref": "#"}}}}}}
+    p = plan(P.parse_request(P.ChatCompletionRequest, {"messages": ASK, "tools": [BOOKING, tree], "tool_choice": "required"}),
+             "{{ messages }}")
+    schema = p.constraint()["json_schema"]
+    assert set(schema["$defs"]) == {"tool0-Place", "tool1-root"}
+    items = schema["properties"]["tool_calls"]["items"]["anyOf"]
+    assert items[0]["properties"]["arguments"]["properties"]["to"] == {"$ref": "#/$defs/tool0-Place"}
+    assert items[1]["properties"]["arguments"]["properties"]["children"]["items"] == {"$ref": "#/$defs/tool1-root"}
+    bad = {"type": "function", "function": {"name": "x", "parameters": {"type": "object", "properties": {
+        "a": {"$ref": "https://example.com/schema.json"}}}}}
+    r = P.parse_request(P.ChatCompletionRequest, {"messages": ASK, "tools": [bad], "tool_choice": "required"})
+    with pytest.raises(Exception, match="only #, #/\\$defs/NAME"):
+        plan(r, "{{ messages }}").constraint()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ({"messages": ASK + [{"role": "assistant", "tool_calls": ["x"]}]}, "messages.1.tool_calls.0"),
+        ({"messages": ASK + [{"role": "assistant", "tool_calls": [{"type": "function", "function": {"arguments": "{}"}}]}]},
+         "function.name"),
+        ({"grammar": "root ::= \"x\""}, "cannot be combined with 'tools'"),
+        ({"json_schema": {"type": "object"}}, "cannot be combined with 'tools'"),
+    ],
+)
+def test_more_tool_mistakes_are_400(generic_server, extra, message):
+    r = httpx.post(generic_server.url + "/v1/chat/completions", json={"messages": ASK, "tools": [WEATHER], **extra})
+    assert r.status_code == 400 and message in r.json()["error"]["message"], r.text
+
+
+def test_streamed_logprobs_with_tools_cover_every_token(gclient):
+    kwargs = dict(model="m", messages=ASK, tools=[WEATHER], tool_choice="required", parallel_tool_calls=False,
+                  max_tokens=120, temperature=0, logprobs=True, top_logprobs=2)
+    whole = gclient.chat.completions.create(**kwargs)
+    streamed = [lp for c in gclient.chat.completions.create(**kwargs, stream=True)
+                for ch in c.choices if ch.logprobs and ch.logprobs.content for lp in ch.logprobs.content]
+    assert streamed and [t.token for t in streamed] == [t.token for t in whole.choices[0].logprobs.content]
