@@ -49,6 +49,9 @@ FLAGS: list[Flag] = [
     Flag(("--lora",), "lora", "list", "apply a LoRA adapter (repeatable)", ("LLAMA_ARG_LORA",), metavar="FNAME"),
     Flag(("--lora-base",), "lora_base", "str", "base model for the LoRA layers", metavar="FNAME"),
     Flag(("-mm", "--mmproj"), "mmproj", "str", "multimodal projector file (images in prompts)", ("LLAMA_ARG_MMPROJ",), metavar="FILE"),
+    Flag(("--reasoning-format",), "reasoning_format", "choice", "where thinking models' <think> text goes: deepseek/auto = reasoning_content, none = left in content [auto]", ("LLAMA_ARG_THINK",), choices=("auto", "deepseek", "none"), metavar="FORMAT"),
+    Flag(("--reasoning-budget",), "reasoning_budget", "int", "-1 = think freely, 0 = no thinking (enable_thinking=false for the template) [-1]", ("LLAMA_ARG_THINK_BUDGET",), metavar="N"),
+    Flag(("--chat-template-kwargs",), "chat_template_kwargs", "str", "JSON object of extra chat template variables, e.g. '{\"enable_thinking\": false}'", ("LLAMA_CHAT_TEMPLATE_KWARGS",), metavar="JSON"),
     Flag(("-mmu", "--mmproj-url"), "mmproj_url", "str", "download the multimodal projector from this http(s) URL", ("LLAMA_ARG_MMPROJ_URL",), metavar="URL"),
     Flag(("--no-mmproj-offload",), "mmproj_offload", "bool", "keep the multimodal projector on the CPU", ("LLAMA_ARG_NO_MMPROJ_OFFLOAD",), invert=True),
     Flag(("-c", "--ctx-size"), "ctx_size", "int", "context size shared by all slots (0 = the model's) [512]", ("LLAMA_ARG_CTX_SIZE",), metavar="N"),
@@ -195,6 +198,7 @@ def _validate(s: ServerSettings) -> None:
         (not (s.ssl_key_file and not s.ssl_cert_file) and not (s.ssl_cert_file and not s.ssl_key_file),
          "--ssl-key-file and --ssl-cert-file must be given together"),
         (not (s.slot_persist and not s.slot_save_path), "--slot-persist needs --slot-save-path"),
+        (s.reasoning_budget in (-1, 0), "--reasoning-budget must be -1 (unrestricted) or 0 (no thinking)"),
         (not ((s.mmproj or s.mmproj_url) and s.grp_attn_n > 1), "--mmproj cannot be combined with --grp-attn-n (self-extend would split images)"),
         (not s.mmproj or s.mmproj_url or os.path.isfile(s.mmproj),
          f"--mmproj {s.mmproj}: no such file (pass the projector GGUF that goes with the model, or -mmu URL)"),
@@ -229,6 +233,8 @@ def _check_openai_flags(s: ServerSettings) -> None:
             system_prompt.load_file(s.system_prompt_file)
         if s.chat_template:
             chat_templates.from_cli(s.chat_template)
+        if s.chat_template_kwargs:
+            chat_templates.parse_kwargs(s.chat_template_kwargs, "--chat-template-kwargs")
         if s.path:
             static.check_folder(s.path)
     except ValueError as exc:

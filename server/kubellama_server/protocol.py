@@ -114,7 +114,11 @@ class ChatCompletionRequest(_Sampling):
     tools: list[Tool] | None = None
     tool_choice: Union[Literal["none", "auto", "required"], dict[str, Any], None] = None
     parallel_tool_calls: bool = True
+    reasoning_format: Literal["auto", "deepseek", "none"] | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
     _tool_plan: Any = PrivateAttr(default=None)  # serving.tools.ToolPlan, set while building the tasks
+    _reasoning: bool = PrivateAttr(default=False)  # split <think> reasoning out of the reply
+    _thinking: bool = PrivateAttr(default=False)  # the prompt opened a <think> block
 
 
 PromptInput = Union[str, list[str], list[int], list[list[int]]]
@@ -215,6 +219,7 @@ class ToolCallDelta(ToolCall):
 class AssistantMessage(_Response):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
+    reasoning_content: str | None = None
     tool_calls: list[ToolCall] | None = None
 
 
@@ -238,6 +243,7 @@ class ChatCompletion(_Response):
 class ChatDelta(_Response):
     role: str | None = None
     content: str | None = None
+    reasoning_content: str | None = None
     tool_calls: list[ToolCallDelta] | None = None
 
 

@@ -40,6 +40,9 @@ class ServerSettings:
     lora: list[str] = field(default_factory=list)
     lora_base: str = ""
     mmproj: str = ""
+    reasoning_format: str = "auto"
+    reasoning_budget: int = -1
+    chat_template_kwargs: str = ""
     mmproj_url: str = ""
     mmproj_offload: bool = True
     # context and batching

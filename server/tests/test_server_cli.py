@@ -53,6 +53,10 @@ def test_environment_variables_and_command_line_precedence():
         (["-m", "x"], {"LLAMA_ARG_ENDPOINT_METRICS": "maybe"}, "expected true/false"),
         ([], {}, "no model"),
         (["-m", "x", "--mmproj", "/nowhere/mmproj.gguf"], {}, "--mmproj /nowhere/mmproj.gguf: no such file"),
+        (["-m", "x", "--chat-template-kwargs", "{nope"], {}, "--chat-template-kwargs is not valid JSON"),
+        (["-m", "x", "--chat-template-kwargs", '{"tools": 1}'], {}, "may not set tools"),
+        (["-m", "x", "--reasoning-budget", "500"], {}, "--reasoning-budget must be -1"),
+        (["-m", "x", "--reasoning-format", "r1"], {}, "expected one of auto, deepseek, none"),
         (["-m", "x", "-mm", __file__, "--grp-attn-n", "4"], {}, "--mmproj cannot be combined with --grp-attn-n"),
     ],
 )

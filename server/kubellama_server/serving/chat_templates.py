@@ -10,6 +10,7 @@ for the model's architecture (Gemma GGUFs often ship without one), ChatML.
 from __future__ import annotations
 
 import datetime
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,6 +122,25 @@ class ChatTemplate:
             raise TemplateError(f"the chat template did something unsafe: {exc}") from None
         except Exception as exc:  # noqa: BLE001 -- any template bug is the template's problem
             raise TemplateError(f"the chat template failed to render: {type(exc).__name__}: {exc}") from None
+
+
+# variables the server sets itself; template kwargs may not replace them
+RESERVED = ("messages", "bos_token", "eos_token", "add_generation_prompt", "tools", "raise_exception", "strftime_now")
+
+
+def parse_kwargs(value: Any, where: str) -> dict[str, Any]:
+    """Extra template variables (`--chat-template-kwargs` JSON, or a request's object)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as exc:
+            raise ValueError(f"{where} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{where} must be a JSON object of template variables")
+    taken = [k for k in value if k in RESERVED]
+    if taken:
+        raise ValueError(f"{where} may not set {', '.join(taken)}: the server sets it")
+    return value
 
 
 def from_cli(value: str) -> ChatTemplate:

@@ -16,9 +16,9 @@ from ..engine.task import CompletionResult, PartialResult, Task, TaskSink, Token
 from ..errors import invalid
 from .. import protocol as P
 from ..llama.mtmd import MEDIA_MARKER
-from .chat_templates import ChatTemplate, TemplateError, resolve
+from .chat_templates import ChatTemplate, TemplateError, parse_kwargs, resolve
 from .media import data_url_image
-from . import tools
+from . import reasoning, tools
 
 
 # -- set-up (on the loader thread, before the scheduler starts) -----------------
@@ -75,7 +75,7 @@ def native_options(req: P._Sampling, body: dict, *, n_probs: int) -> dict[str, A
     opts.setdefault("cache_prompt", True)
     for key in ("messages", "prompt", "n", "stream_options", "user", "response_format", "logprobs",
                 "top_logprobs", "echo", "suffix", "model", "system_prompt", "tools", "tool_choice",
-                "parallel_tool_calls"):
+                "parallel_tool_calls", "reasoning_format", "chat_template_kwargs"):
         opts.pop(key, None)
     if getattr(req, "max_completion_tokens", None) is not None:
         opts["n_predict"] = req.max_completion_tokens
@@ -198,9 +198,9 @@ def chat_prompt(engine, req: P.ChatCompletionRequest, images: list[bytes] | None
     """The prompt of `messages` (with the tools of `req._tool_plan`); `raw`: as rendered, BOS included."""
     messages = messages_for_template(req.messages, images)
     plan = req._tool_plan
-    extra: dict[str, Any] = {}
+    extra = template_kwargs(engine, req)
     if plan is not None:
-        messages, extra = plan.messages(messages), plan.template_kwargs()
+        messages, extra = plan.messages(messages), {**extra, **plan.template_kwargs()}
     try:
         fmt = formatter(engine)
         prompt = fmt.render(messages, **extra) if raw else fmt.prompt(messages, **extra)
@@ -209,7 +209,23 @@ def chat_prompt(engine, req: P.ChatCompletionRequest, images: list[bytes] | None
     if images is not None and prompt.count(MEDIA_MARKER) != len(images):
         raise invalid(f"the prompt has {prompt.count(MEDIA_MARKER)} image places for {len(images)} images "
                       f"(a message text contains {MEDIA_MARKER!r}, or the chat template dropped a message)")
+    req._reasoning = (req.reasoning_format or engine.settings.reasoning_format) != "none"
+    req._thinking = reasoning.prompt_opens_thinking(prompt)
     return prompt
+
+
+def template_kwargs(engine, req: P.ChatCompletionRequest) -> dict[str, Any]:
+    """Extra template variables: --chat-template-kwargs, then the request's `chat_template_kwargs`."""
+    s = engine.settings
+    out: dict[str, Any] = {"enable_thinking": False} if s.reasoning_budget == 0 else {}
+    if s.chat_template_kwargs:
+        out.update(parse_kwargs(s.chat_template_kwargs, "--chat-template-kwargs"))  # checked at start-up
+    if req.chat_template_kwargs:
+        try:
+            out.update(parse_kwargs(req.chat_template_kwargs, "'chat_template_kwargs'"))
+        except ValueError as exc:
+            raise invalid(str(exc)) from None
+    return out
 
 
 def build(engine, body: dict) -> tuple[P.ChatCompletionRequest, list[Task]]:
@@ -255,21 +271,23 @@ def usage(tasks: list[Task], results: list[CompletionResult]) -> P.Usage:
                    prompt_tokens_details=P.PromptTokensDetails(cached_tokens=cached))
 
 
-def reply(req: P.ChatCompletionRequest, res: CompletionResult) -> tuple[str | None, list[tools.ParsedCall], str]:
-    """(content, tool calls, finish_reason) of one choice."""
+def reply(req: P.ChatCompletionRequest, text: str, finish: str) -> tuple[str | None, str | None, list[tools.ParsedCall], str]:
+    """(reasoning, content, tool calls, finish_reason) of one choice's whole reply."""
+    thoughts, content = reasoning.split(text, req._thinking) if req._reasoning else (None, text)
     if req._tool_plan is None:
-        return res.content, [], res.finish_reason
-    content, calls = req._tool_plan.parse(res.content)
-    return content, calls, "tool_calls" if calls else res.finish_reason
+        return thoughts, content, [], finish
+    content, calls = req._tool_plan.parse(content)
+    return thoughts, content, calls, "tool_calls" if calls else finish
 
 
 def response(engine, req: P.ChatCompletionRequest, tasks: list[Task], results: list[CompletionResult]) -> dict:
     choices = []
     for i, res in enumerate(results):
-        content, calls, finish = reply(req, res)
+        thoughts, content, calls, finish = reply(req, res.content, res.finish_reason)
         choices.append(P.ChatChoice(
             index=i,
-            message=P.AssistantMessage(content=content, tool_calls=[c.openai() for c in calls] or None),
+            message=P.AssistantMessage(content=content, reasoning_content=thoughts,
+                                       tool_calls=[c.openai() for c in calls] or None),
             finish_reason=finish,
             logprobs=chat_logprobs(res.probs, req.top_logprobs or 0) if req.logprobs else None,
         ))
@@ -278,7 +296,12 @@ def response(engine, req: P.ChatCompletionRequest, tasks: list[Task], results: l
 
 
 class ChatStream:
-    """Renders the scheduler events of `n` tasks as `chat.completion.chunk` objects."""
+    """Renders the scheduler events of `n` tasks as `chat.completion.chunk` objects.
+
+    The reply text of each choice goes through its reasoning splitter (`<think>` text becomes
+    `reasoning_content`) and, with tools, content before a possible call is streamed while
+    the call itself is sent whole when the reply ends.
+    """
 
     def __init__(self, engine, req: P.ChatCompletionRequest, tasks: list[Task]):
         self.req = req
@@ -288,7 +311,8 @@ class ChatStream:
         self.model = served_model(engine)
         self.started: set[int] = set()
         self.results: dict[int, CompletionResult] = {}
-        # tools: the text of each choice so far, and how much of it went out as content
+        self.splitters = {i: reasoning.Splitter(req._thinking) for i in range(len(tasks))} if req._reasoning else {}
+        # tools: each choice's content so far (after the reasoning), and how much of it went out
         self.text: dict[int, str] = {}
         self.sent: dict[int, int] = {}
         self.probs: dict[int, list[TokenInfo]] = {}  # not yet sent (logprobs)
@@ -307,39 +331,53 @@ class ChatStream:
         if index not in self.started:
             self.started.add(index)
             out.append(self._chunk([P.ChatChunkChoice(index=index, delta=P.ChatDelta(role="assistant", content=""))]))
-        plan = self.req._tool_plan
-        if kind == "partial" and plan is not None:
-            # text before a possible tool call streams as content; the rest waits for the end
-            text = self.text[index] = self.text.get(index, "") + payload.content
-            self.probs.setdefault(index, []).extend(payload.probs)
-            safe = plan.streamable(text)
-            if safe > self.sent.get(index, 0):
-                delta = P.ChatDelta(content=text[self.sent.get(index, 0):safe])
-                out.append(self._chunk([P.ChatChunkChoice(index=index, delta=delta, logprobs=self._held_probs(index))]))
-                self.sent[index] = safe
-        elif kind == "partial":
+        splitter = self.splitters.get(index)
+        if kind == "partial":
             part: PartialResult = payload
-            if part.content or part.probs:
-                lp = chat_logprobs(part.probs, self.req.top_logprobs or 0) if self.req.logprobs else None
-                out.append(self._chunk([P.ChatChunkChoice(index=index, delta=P.ChatDelta(content=part.content), logprobs=lp)]))
+            if self.req._tool_plan is None and (splitter is None or splitter.phase == "content"):
+                # the plain stream (also once the thinking is over): every piece as it comes
+                if part.content or part.probs:
+                    lp = chat_logprobs(part.probs, self.req.top_logprobs or 0) if self.req.logprobs else None
+                    out.append(self._chunk([P.ChatChunkChoice(index=index, delta=P.ChatDelta(content=part.content), logprobs=lp)]))
+                return out
+            self.probs.setdefault(index, []).extend(part.probs)
+            thoughts, content = splitter.push(part.content) if splitter else ("", part.content)
+            out += self._deltas(index, thoughts, content)
         elif kind == "final":
             res: CompletionResult = payload
             self.results[index] = res
-            finish = res.finish_reason
-            if plan is not None:
-                content, calls, finish = reply(self.req, res)
-                sent = self.sent.get(index, 0)  # > 0 only for text before a possible <tool_call>
-                if sent == 0:
-                    rest = content
-                else:
-                    rest = tools.without_calls(res.content)[sent:].rstrip() if calls else res.content[sent:]
-                if rest:
-                    out.append(self._chunk([P.ChatChunkChoice(index=index, delta=P.ChatDelta(content=rest),
-                                                              logprobs=self._held_probs(index))]))
-                if calls:
-                    deltas = [c.openai(k) for k, c in enumerate(calls)]
-                    out.append(self._chunk([P.ChatChunkChoice(index=index, delta=P.ChatDelta(tool_calls=deltas),
-                                                              logprobs=self._held_probs(index))]))
+            thoughts, content = splitter.finish() if splitter else ("", "")
+            out += self._deltas(index, thoughts, content, final=res)
+        return out
+
+    def _deltas(self, index: int, thoughts: str, content: str, final: CompletionResult | None = None) -> list[dict]:
+        plan = self.req._tool_plan
+        calls: list[tools.ParsedCall] = []
+        if plan is None:
+            new = content
+        elif final is None:  # content before a possible tool call
+            sent = self.sent.get(index, 0)
+            text = self.text[index] = self.text.get(index, "") + content
+            safe = max(sent, plan.streamable(text))
+            new, self.sent[index] = text[sent:safe], safe
+        else:
+            sent = self.sent.get(index, 0)
+            text = self.text[index] = self.text.get(index, "") + content
+            whole, calls = plan.parse(text)
+            if sent == 0:
+                new = whole or ""
+            else:
+                new = tools.without_calls(text)[sent:].rstrip() if calls else text[sent:]
+        out = []
+        if thoughts or new:
+            delta = P.ChatDelta(reasoning_content=thoughts or None, content=new or None)
+            out.append(self._chunk([P.ChatChunkChoice(index=index, delta=delta, logprobs=self._held_probs(index))]))
+        if final is not None:
+            if calls:
+                deltas = [c.openai(k) for k, c in enumerate(calls)]
+                out.append(self._chunk([P.ChatChunkChoice(index=index, delta=P.ChatDelta(tool_calls=deltas),
+                                                          logprobs=self._held_probs(index))]))
+            finish = "tool_calls" if calls else final.finish_reason
             out.append(self._chunk([P.ChatChunkChoice(index=index, delta=P.ChatDelta(), finish_reason=finish)]))
         return out
 
