@@ -40,8 +40,9 @@ class Flag:
 FLAGS: list[Flag] = [
     Flag(("-m", "--model"), "model", "str", "path of the GGUF model file", ("LLAMA_ARG_MODEL",), metavar="FNAME"),
     Flag(("-mu", "--model-url"), "model_url", "str", "download the model from this http(s) URL", ("LLAMA_ARG_MODEL_URL",), metavar="URL"),
-    Flag(("-hfr", "--hf-repo"), "hf_repo", "str", "Hugging Face model repository", ("LLAMA_ARG_HF_REPO",), metavar="REPO"),
-    Flag(("-hff", "--hf-file"), "hf_file", "str", "file in the Hugging Face repository", ("LLAMA_ARG_HF_FILE",), metavar="FILE"),
+    Flag(("-hf", "-hfr", "--hf-repo"), "hf_repo", "str", "Hugging Face model repository, org/name[:QUANT]: without --hf-file the file is picked by its quantization (Q4_K_M by default) and a projector beside it is fetched too", ("LLAMA_ARG_HF_REPO",), metavar="REPO"),
+    Flag(("-hff", "--hf-file"), "hf_file", "str", "file in the Hugging Face repository (instead of picking one)", ("LLAMA_ARG_HF_FILE",), metavar="FILE"),
+    Flag(("--no-mmproj",), "no_mmproj", "bool", "with -hf: do not fetch the repository's multimodal projector", ("LLAMA_ARG_NO_MMPROJ",)),
     Flag(("--hf-revision",), "hf_revision", "str", "Hugging Face revision (branch, tag or commit; kubellama)", metavar="REV"),
     Flag(("--model-sha256",), "model_sha256", "str", "expected sha256 of the downloaded model (kubellama)", metavar="HEX"),
     Flag(("--offline",), "offline", "bool", "never touch the network; use the cached model or fail (kubellama)", ("LLAMA_OFFLINE",)),
@@ -209,10 +210,10 @@ def _validate(s: ServerSettings) -> None:
     sources = [bool(s.model_url), bool(s.hf_repo)]
     if sum(sources) > 1:
         raise UsageError("give only one of --model-url and --hf-repo")
-    if s.hf_repo and not s.hf_file:
-        raise UsageError("--hf-repo needs --hf-file")
+    if s.hf_repo and s.hf_file and ":" in s.hf_repo:
+        raise UsageError("give the quantization (-hf org/name:QUANT) or the file (--hf-file), not both")
     if not (s.model or s.model_url or s.hf_repo):
-        raise UsageError("no model: pass -m FILE.gguf (or -mu URL, or -hfr REPO -hff FILE)")
+        raise UsageError("no model: pass -m FILE.gguf (or -mu URL, or -hf org/name[:QUANT])")
     _check_openai_flags(s)
     from .engine.self_extend import SelfExtend, SelfExtendError
 

@@ -25,14 +25,28 @@ def resolve_model_path(settings: ServerSettings) -> str:
 
     from .fetch import FetchError, ModelSource, fetch_model
 
+    from .fetch.hf_pick import resolve_files
+
+    hf_repo, hf_file = settings.hf_repo, settings.hf_file
+    if hf_repo and not hf_file and settings.offline:
+        raise RuntimeError(f"-hf {hf_repo} picks its file from the repo's file list, which needs the network; "
+                           "with --offline, name the file with --hf-file")
+    if hf_repo and not hf_file:  # -hf org/name[:QUANT]: pick the file (and the projector) from the repo's list
+        want_projector = not (settings.no_mmproj or settings.mmproj or settings.mmproj_url)
+        try:
+            hf_repo, hf_file, projector = resolve_files(hf_repo, settings.hf_revision, projector=want_projector)
+        except FetchError as exc:
+            raise RuntimeError(f"model download failed: {exc}") from exc
+        settings.hf_repo, settings.hf_file, settings.hf_mmproj_file = hf_repo, hf_file, projector or ""
+        log.info("picked %s from %s%s", hf_file, hf_repo, f" with the projector {projector}" if projector else "")
     source = ModelSource(
         url=settings.model_url or None,
-        hf_repo=settings.hf_repo or None,
-        hf_file=settings.hf_file or None,
+        hf_repo=hf_repo or None,
+        hf_file=hf_file or None,
         hf_revision=settings.hf_revision or None,
     )
     dest = Path(settings.model).parent if settings.model else None
-    log.info("fetching model from %s", settings.model_url or f"{settings.hf_repo}/{settings.hf_file}")
+    log.info("fetching model from %s", settings.model_url or f"{hf_repo}/{hf_file}")
     try:
         path = fetch_model(source, dest=dest, sha256=settings.model_sha256 or None, offline=settings.offline)
     except FetchError as exc:
@@ -50,16 +64,20 @@ def resolve_mmproj_path(settings: ServerSettings) -> str:
 
     With --mmproj and -mmu together, --mmproj names where the download lands.
     """
-    if not settings.mmproj_url:
+    if not (settings.mmproj_url or settings.hf_mmproj_file):
         return settings.mmproj
     from pathlib import Path
 
     from .fetch import FetchError, ModelSource, fetch_model
 
     dest = Path(settings.mmproj).parent if settings.mmproj else None
-    log.info("fetching the multimodal projector from %s", settings.mmproj_url)
+    if settings.mmproj_url:
+        source = ModelSource(url=settings.mmproj_url)
+    else:  # the projector -hf found beside the model
+        source = ModelSource(hf_repo=settings.hf_repo, hf_file=settings.hf_mmproj_file, hf_revision=settings.hf_revision or None)
+    log.info("fetching the multimodal projector from %s", source.describe())
     try:
-        path = fetch_model(ModelSource(url=settings.mmproj_url), dest=dest, offline=settings.offline)
+        path = fetch_model(source, dest=dest, offline=settings.offline)
     except FetchError as exc:
         raise RuntimeError(f"multimodal projector download failed: {exc}") from exc
     if settings.mmproj and Path(settings.mmproj).name != path.name:

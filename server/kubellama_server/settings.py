@@ -33,6 +33,8 @@ class ServerSettings:
     model_url: str = ""
     hf_repo: str = ""
     hf_file: str = ""
+    no_mmproj: bool = False
+    hf_mmproj_file: str = ""  # set when -hf picked the repo's projector (not a flag)
     hf_revision: str = ""
     model_sha256: str = ""
     offline: bool = False

@@ -108,7 +108,7 @@ class Engine:
             raise RuntimeError(
                 "--grp-attn-n (self-extend) needs a KV cache whose positions can be shifted, and this "
                 "model's cannot; start the server without --grp-attn-n")
-        if self.multimodal_enabled:
+        if self.multimodal_enabled:  # (-hf may have found a projector while resolving the model)
             path = self.resolve_mmproj(s) if self.resolve_mmproj is not None else s.mmproj
             self.multimodal = self._load_projector(path)
         self.scheduler = Scheduler(
@@ -135,7 +135,8 @@ class Engine:
     @property
     def multimodal_enabled(self) -> bool:
         """Whether images are accepted (the projector may still be loading)."""
-        return bool(self.settings.mmproj or self.settings.mmproj_url)
+        s = self.settings
+        return bool(s.mmproj or s.mmproj_url or s.hf_mmproj_file)
 
     def _load_projector(self, path: str) -> Multimodal:
         s = self.settings

@@ -21,6 +21,7 @@ from pathlib import Path
 from .cache import Paths, read_json
 from .core import fetch_model
 from .errors import EXIT_OTHER, FetchError, UsageError
+from .hf_pick import resolve_files
 from .progress import MODES
 from .source import ModelSource
 from .termination import write_termination_message
@@ -42,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     src = p.add_argument_group("source (one of)")
     src.add_argument("--url", "-mu", "--model-url", dest="url", metavar="URL", help="http(s) URL of a .gguf file")
-    src.add_argument("--hf-repo", "-hfr", metavar="REPO", help="Hugging Face repo, e.g. org/name-GGUF")
+    src.add_argument("--hf-repo", "-hfr", "-hf", metavar="REPO",
+                     help="Hugging Face repo, org/name-GGUF[:QUANT]; without --hf-file the file is picked by its "
+                          "quantization (Q4_K_M by default)")
     src.add_argument("--hf-file", "-hff", metavar="FILE", help="file in the repo, e.g. model-Q4_K_M.gguf")
     src.add_argument("--hf-revision", metavar="REV", help="branch, tag or commit (default main)")
     p.add_argument("--sha256", metavar="HEX", help="expected sha256 of the file; checked before it gets its name")
@@ -66,7 +69,16 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if args.retries < 0 or args.retry_backoff < 0 or args.timeout <= 0:
             raise UsageError("--retries and --retry-backoff must be >= 0 and --timeout > 0")
-        source = ModelSource(url=args.url, hf_repo=args.hf_repo, hf_file=args.hf_file, hf_revision=args.hf_revision)
+        hf_repo, hf_file = args.hf_repo, args.hf_file
+        if hf_repo and not hf_file:  # org/name[:QUANT]: pick the file as `kubellama-server -hf` does
+            if args.offline:
+                raise UsageError("--hf-repo without --hf-file picks the file from the repo's list, which needs the "
+                                 "network; with --offline, name the file with --hf-file")
+            hf_repo, hf_file, _ = resolve_files(hf_repo, args.hf_revision, projector=False)
+            print(f"{PROG}: picked {hf_file} from {hf_repo}", file=sys.stderr)
+        elif hf_repo and ":" in hf_repo:
+            raise UsageError("give the quantization (--hf-repo org/name:QUANT) or --hf-file, not both")
+        source = ModelSource(url=args.url, hf_repo=hf_repo, hf_file=hf_file, hf_revision=args.hf_revision)
         path = fetch_model(source, dest=args.dest, sha256=args.sha256, offline=args.offline,
                            progress=args.progress, retries=args.retries, backoff=args.retry_backoff,
                            timeout=args.timeout)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import email.utils
 import hashlib
+import json
 import re
 import threading
 import time
@@ -171,6 +172,8 @@ def _make_handler(server: ModelHTTPServer):
             try:
                 if "/resolve/" in path and server.hub:
                     self._hub(path, rec, head)
+                elif path.startswith("/api/models/") and "/tree/" in path and server.hub:
+                    self._hub_tree(path, rec, head)
                 elif path in server.files:
                     self._file(server.files[path], rec, head)
                 else:
@@ -233,6 +236,32 @@ def _make_handler(server: ModelHTTPServer):
             served = Served(f.data, Behaviour(extra_headers={**common}), f'"{git_sha1}"',
                             email.utils.formatdate(usegmt=True))
             self._file(served, rec, head)
+
+        def _hub_tree(self, path: str, rec: Record, head: bool) -> None:
+            """The Hub's file list API (`HfApi.list_repo_files`): one page, every file."""
+            m = re.match(r"^/api/models/(.+?)/tree/([^/]+)$", path)
+            files = server.hub.get(m.group(1)) if m else None
+            if files is None:
+                return self._plain(rec, 401, b"Repository not found", head=head, headers={
+                    "X-Error-Code": "RepoNotFound", "X-Error-Message": "Repository not found"})
+            any_file = next(iter(files.values()))
+            if any_file.gated and rec.headers.get("authorization") != f"Bearer {any_file.token}":
+                return self._plain(rec, 401, b"gated", head=head, headers={
+                    "X-Error-Code": "GatedRepo", "X-Error-Message": f"Access to model {m.group(1)} is restricted."})
+            if m.group(2) not in ("main", any_file.commit):
+                return self._plain(rec, 404, b"Invalid rev id", head=head, headers={
+                    "X-Error-Code": "RevisionNotFound", "X-Error-Message": "Invalid rev id: " + m.group(2)})
+            body = json.dumps([{"type": "file", "path": name, "size": len(f.data),
+                                "oid": hashlib.sha1(f.data).hexdigest()} for name, f in files.items()]).encode()
+            rec.status = 200
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Connection", "close")
+            self.end_headers()
+            if not head:
+                self.wfile.write(body)
+                rec.sent = len(body)
 
         # -- plain files
         def _file(self, f: Served, rec: Record, head: bool) -> None:

@@ -97,7 +97,7 @@ def test_exit_codes_and_termination_message(model_server, tiny_bytes, tmp_path, 
 @pytest.mark.parametrize("args,code,needle", [
     ([], 2, "exactly one model source"),
     (["--url", "http://h/a.gguf", "--sha256", "xyz"], 2, "64 hex"),
-    (["--hf-repo", "org/name"], 2, "--hf-file"),
+    (["--hf-repo", "org/name", "--offline"], 2, "--hf-file"),  # picking a file needs the network
     (["--bogus"], 2, "unrecognized arguments"),
     (["--url", "http://127.0.0.1:9/a.gguf", "--offline", "--dest", "{tmp}"], 3, "offline"),
     (["--url", "http://127.0.0.1:9/a.gguf", "--retries", "0", "--dest", "{tmp}"], 5, "cannot reach"),
@@ -203,3 +203,13 @@ def test_success_leaves_a_json_summary_as_termination_message(model_server, tiny
     summary = json.loads(log.read_text())
     assert summary["path"] == str(expected) and summary["size"] == len(tiny_bytes)
     assert summary["sha256"] == tiny_sha and summary["source"] == url
+
+
+def test_hf_repo_with_a_quant_picks_the_file(hf_hub, tiny_bytes, tmp_path, run_fetch):
+    for name in ("tiny-Q4_K_M.gguf", "tiny-Q8_0.gguf", "mmproj-tiny-f16.gguf"):
+        hf_hub.add_hub_file("kubellama/tiny-GGUF", name, tiny_bytes)
+    res = run_fetch("--hf-repo", "kubellama/tiny-GGUF:Q8_0", "--dest", str(tmp_path), "--progress", "none")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == str(tmp_path / "tiny-Q8_0.gguf") and "picked tiny-Q8_0.gguf" in res.stderr
+    res = run_fetch("-hf", "kubellama/tiny-GGUF:Q8_0", "--hf-file", "tiny-Q8_0.gguf", "--dest", str(tmp_path))
+    assert res.returncode == 2 and "not both" in res.stderr

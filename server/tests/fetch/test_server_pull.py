@@ -160,3 +160,54 @@ def test_failed_projector_download_is_reported_by_health(model_server, tiny_byte
         assert r.status_code == 500 and "multimodal projector download failed" in error and "HTTP 404" in error, r.text
     finally:
         srv.stop()
+
+
+def test_hf_repo_with_a_quant_picks_the_file_and_the_projector(hf_hub, tiny_bytes, tmp_path):
+    from kubellama_server.testing.tiny_mmproj import build_tiny_mmproj
+
+    projector = build_tiny_mmproj(tmp_path / "p.gguf").read_bytes()
+    hf_hub.add_hub_file("kubellama/tiny-GGUF", "tiny-Q4_K_M.gguf", tiny_bytes)
+    hf_hub.add_hub_file("kubellama/tiny-GGUF", "tiny-Q8_0.gguf", tiny_bytes)
+    hf_hub.add_hub_file("kubellama/tiny-GGUF", "mmproj-tiny-f16.gguf", projector)
+    cache = tmp_path / "cache"
+    env = {"LLAMA_CACHE": str(cache), "HF_ENDPOINT": hf_hub.base_url}
+    srv = ServerProcess(["-hf", "kubellama/tiny-GGUF:q8_0", "-t", "1", "-c", "512"], env=env)
+    srv.start(log_path=tmp_path / "a.log")
+    try:
+        assert httpx.get(srv.url + "/props").json()["modalities"]["vision"] is True
+        assert httpx.get(srv.url + "/props").json()["model_path"].endswith("tiny-Q8_0.gguf")
+        assert _complete(srv.url)["tokens_predicted"] >= 1
+    finally:
+        srv.stop()
+    assert sorted(p.name for p in cache.iterdir() if p.suffix == ".gguf") == [
+        "kubellama_tiny-GGUF_mmproj-tiny-f16.gguf", "kubellama_tiny-GGUF_tiny-Q8_0.gguf"]
+    srv = ServerProcess(["-hf", "kubellama/tiny-GGUF", "--no-mmproj", "-t", "1", "-c", "512"], env=env)
+    srv.start(log_path=tmp_path / "b.log")
+    try:  # no quant: Q4_K_M; --no-mmproj: text only
+        props = httpx.get(srv.url + "/props").json()
+        assert props["model_path"].endswith("tiny-Q4_K_M.gguf") and props["modalities"]["vision"] is False
+    finally:
+        srv.stop()
+
+
+def test_hf_repo_with_a_missing_quant_says_which_exist(hf_hub, tiny_bytes, tmp_path):
+    hf_hub.add_hub_file("kubellama/tiny-GGUF", "tiny-Q8_0.gguf", tiny_bytes)
+    srv = ServerProcess(["-hf", "kubellama/tiny-GGUF:Q5_K_M", "-t", "1"],
+                        env={"LLAMA_CACHE": str(tmp_path / "cache"), "HF_ENDPOINT": hf_hub.base_url})
+    srv.start(wait=False, log_path=tmp_path / "server.log")
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert time.monotonic() < deadline and srv.proc.poll() is None, srv.log()
+            try:
+                r = httpx.get(srv.url + "/health", timeout=2)
+            except httpx.TransportError:
+                time.sleep(0.05)
+                continue
+            if r.status_code != 503:
+                break
+            time.sleep(0.05)
+        error = r.json()["error"]
+        assert r.status_code == 500 and "has no Q5_K_M file; its GGUF files are: tiny-Q8_0.gguf" in error, r.text
+    finally:
+        srv.stop()
