@@ -20,7 +20,7 @@ PHASES = ["Pending", "Downloading", "Loading", "Ready", "Degraded", "Failed"]
 #: Server flags the operator sets itself; `server.extraArgs` may not repeat them.
 MANAGED_FLAGS = ["-m", "--model", "--host", "--port", "-a", "--alias", "--api-key", "--api-key-file",
                  "--slot-save-path", "-mu", "--model-url", "-hfr", "--hf-repo", "-hff", "--hf-file",
-                 "-mm", "--mmproj", "-mmu", "--mmproj-url", "--no-mmproj-offload"]
+                 "-hf", "-mm", "--mmproj", "-mmu", "--mmproj-url", "--no-mmproj-offload", "--no-mmproj"]
 
 #: The self-extend flag kubellama-server refuses together with --mmproj (values > 1 turn it on).
 SELF_EXTEND_FLAG = "--grp-attn-n"
