@@ -25,6 +25,38 @@ def test_lora_adapter_changes_the_model(live_server, tmp_path):
     assert adapted != plain
 
 
+def _probs(srv, **body) -> list:
+    r = httpx.post(srv.url + "/completion", json={"prompt": "hello world", "n_predict": 1, "n_probs": 5,
+                                                   "temperature": 0, "cache_prompt": True, **body}, timeout=60)
+    assert r.status_code == 200, r.text
+    return [(p["id"], round(p["prob"], 5)) for p in r.json()["completion_probabilities"][0]["probs"]]
+
+
+def test_lora_scales_change_at_run_time(live_server, tmp_path):
+    lora = build_tiny_lora(tmp_path / "lora.gguf")
+    plain = _probs(live_server())
+    srv = live_server("--lora", str(lora), "-np", "1")
+    assert httpx.get(srv.url + "/lora-adapters").json() == [{"id": 0, "path": str(lora), "scale": 1.0}]
+    adapted = _probs(srv)
+    assert adapted != plain
+    # scale 0 (or leaving the adapter out) switches it off: the base model's output, not a reused cache
+    assert httpx.post(srv.url + "/lora-adapters", json=[{"id": 0, "scale": 0}]).json() == {"success": True}
+    assert httpx.get(srv.url + "/lora-adapters").json()[0]["scale"] == 0.0
+    off = httpx.post(srv.url + "/completion", json={"prompt": "hello world", "n_predict": 1, "cache_prompt": True})
+    assert off.json()["tokens_cached"] == 0  # the cache was computed with the adapter on
+    assert _probs(srv) == plain
+    assert httpx.post(srv.url + "/lora-adapters", json=[{"id": 0, "scale": 1.0}]).status_code == 200
+    assert _probs(srv) == adapted
+    half = httpx.post(srv.url + "/lora-adapters", json=[{"id": 0, "scale": 0.5}])
+    assert half.status_code == 200 and _probs(srv) not in (plain, adapted)
+    assert httpx.post(srv.url + "/lora-adapters", json=[]).status_code == 200  # every adapter off
+    assert _probs(srv) == plain
+    for bad, needle in (([{"id": 3, "scale": 1}], "id of a loaded adapter"), ([{"id": 0, "scale": "x"}], "finite number"),
+                        ({"id": 0}, "must be an array")):
+        r = httpx.post(srv.url + "/lora-adapters", json=bad)
+        assert r.status_code == 400 and needle in r.json()["error"]["message"], r.text
+
+
 def test_bad_lora_fails_the_load_with_a_message(tmp_path, tiny_model):
     bogus = tmp_path / "not-a-lora.gguf"
     bogus.write_bytes(b"nope")
@@ -73,3 +105,15 @@ def test_tls_and_environment_configuration(tmp_path, tiny_model):
             httpx.get(srv.url.replace("https://", "http://") + "/health", timeout=2)
     finally:
         srv.stop()
+
+
+def test_slot_files_record_the_lora_scales(live_server, tmp_path):
+    lora = build_tiny_lora(tmp_path / "lora.gguf")
+    srv = live_server("--lora", str(lora), "-np", "1", "--slot-save-path", str(tmp_path))
+    _probs(srv)
+    assert httpx.post(srv.url + "/slots/0?action=save", json={"filename": "a.bin"}).status_code == 200
+    assert httpx.post(srv.url + "/lora-adapters", json=[{"id": 0, "scale": 0.25}]).status_code == 200
+    r = httpx.post(srv.url + "/slots/0?action=restore", json={"filename": "a.bin"})
+    assert r.status_code == 400 and "lora" in r.json()["error"]["message"], r.text
+    assert httpx.post(srv.url + "/lora-adapters", json=[{"id": 0, "scale": 1}]).status_code == 200
+    assert httpx.post(srv.url + "/slots/0?action=restore", json={"filename": "a.bin"}).status_code == 200

@@ -353,6 +353,9 @@ class Scheduler:
                 )
             tokens = self._truncate_prompt(slot, tokens, params)
             truncated = True
+        if slot.stale:  # computed with other LoRA scales
+            self.ctx.seq_rm(slot.id, 0, -1)
+            slot.cache_tokens, slot.stale = [], False
         bias = self._resolve_bias(params)
         slot.sampler = SamplerChain(self.model, params, slot.n_ctx, bias)
         # reuse the cached prefix (always keep >= 1 token to evaluate for logits)
@@ -393,7 +396,7 @@ class Scheduler:
         if self.self_extend:  # the other slot's positions may be compressed past the prefix
             return 0
         for other in self.slots:
-            if other is not slot and len(other.cache_tokens) >= n and other.cache_tokens[:n] == prefix:
+            if other is not slot and not other.stale and len(other.cache_tokens) >= n and other.cache_tokens[:n] == prefix:
                 self.ctx.seq_cp(other.id, slot.id)  # a whole-sequence copy (one KV stream per slot)
                 self.ctx.seq_rm(slot.id, n, -1)
                 slot.cache_tokens = list(prefix)

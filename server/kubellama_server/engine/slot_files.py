@@ -39,7 +39,7 @@ log = logging.getLogger("kubellama.slots")
 META_FORMAT = 1
 # identity fields that must match for a file to be restored
 IDENTITY_KEYS = ("model_size", "model_fingerprint", "n_params", "n_vocab", "n_embd", "n_layer", "vocab_sha256", "n_ctx_slot",
-                 "self_extend", "mmproj_fingerprint")
+                 "self_extend", "mmproj_fingerprint", "lora")
 FINGERPRINT_HEAD = 1 << 20  # bytes hashed from the start of the model file (GGUF header, metadata)
 FINGERPRINT_SAMPLES = 32  # and this many 64 KiB samples spread over the rest (the weights)
 
@@ -129,8 +129,10 @@ def identity(sched) -> dict[str, Any]:
         _identity_cache[model] = ident
     se = sched.self_extend  # compressed positions only make sense to a server compressing alike
     mm = sched.multimodal  # cached images are the projector's embeddings: only that projector may reuse them
+    # the KV holds the adapters' effect: only the same adapters at the same scales may reuse it
+    lora = [[os.path.basename(p), s] for p, s in zip(sched.ctx.lora_paths, sched.ctx.lora_scales) if s] or None
     return {**ident, "n_ctx_slot": int(sched.ctx.n_ctx_seq), "self_extend": [se.n, se.w] if se else None,
-            "mmproj_fingerprint": _mmproj_fingerprint(mm.path) if mm else None}
+            "mmproj_fingerprint": _mmproj_fingerprint(mm.path) if mm else None, "lora": lora}
 
 
 @functools.lru_cache(maxsize=4)
@@ -250,7 +252,7 @@ def check_compatible(sched, path: Path) -> dict[str, Any] | None:
     if diffs:
         raise SlotFileError(
             f"slot file {path.name} was saved by a different model or context size ({'; '.join(diffs)}); "
-            "it was not loaded. Restore it on a server started with the same model, --mmproj, --ctx-size/--parallel and --grp-attn-n/-w",
+            "it was not loaded. Restore it on a server started with the same model, --mmproj, --lora scales, --ctx-size/--parallel and --grp-attn-n/-w",
             "invalid_request_error",
             "incompatible",
         )

@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse
 
 from ..engine.engine import Engine, EngineState
 from ..errors import APIError, invalid
-from ..serving import native, system_prompt
+from ..serving import lora, native, system_prompt
 from .body import json_body
 from .streaming import run_to_completion, stream_task
 
@@ -95,6 +95,22 @@ async def detokenize(request: Request):
     if not isinstance(tokens, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens):
         raise invalid("'tokens' must be an array of token ids")
     return await _on_scheduler(engine, lambda sched: {"content": sched.model.detokenize(tokens)})
+
+
+@router.get("/lora-adapters")
+async def lora_adapters(request: Request):
+    engine = engine_of(request)
+    engine.require_ready()
+    return lora.adapters_json(engine)
+
+
+@router.post("/lora-adapters")
+async def set_lora_adapters(request: Request):
+    engine = engine_of(request)
+    body = await json_body(request, require_object=False)
+    engine.require_ready()
+    scales = lora.parse_scales(engine, body)
+    return await _on_scheduler(engine, lambda sched: lora.apply_scales(sched, scales))
 
 
 @router.get("/props")

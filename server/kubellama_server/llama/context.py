@@ -91,6 +91,8 @@ class LlamaContext:
         self.embeddings = params.embeddings
         self.pooling_type = lc.llama_pooling_type(ctx) if hasattr(lc, "llama_pooling_type") else params.pooling_type
         self.can_shift = bool(lc.llama_memory_can_shift(self.mem))
+        self.lora_paths: list[str] = []
+        self.lora_scales: list[float] = []
 
     # -- decode ---------------------------------------------------------
     def decode(self, batch: Batch) -> int:
@@ -125,13 +127,20 @@ class LlamaContext:
             if not adapter:
                 raise ContextError(f"failed to load LoRA adapter {path}: not a LoRA GGUF for this model")
             adapters.append(adapter)
-        if not adapters:
-            return
-        arr = (lc.llama_adapter_lora_p_ctypes * len(adapters))(*adapters)
-        scales = (ctypes.c_float * len(adapters))(*([scale] * len(adapters)))
-        if lc.llama_set_adapters_lora(self.ptr, arr, len(adapters), scales) != 0:
-            raise ContextError("failed to apply the LoRA adapters")
         self._loras = adapters  # owned by the model; freed with it
+        self.lora_paths = list(paths)
+        if adapters:
+            self.set_lora_scales([scale] * len(adapters))
+
+    def set_lora_scales(self, scales: list[float]) -> None:
+        """Scale each loaded adapter (0 leaves it out); the KV cache computed before is stale."""
+        loras = getattr(self, "_loras", [])
+        active = [(a, float(s)) for a, s in zip(loras, scales) if s != 0.0]
+        arr = (lc.llama_adapter_lora_p_ctypes * max(1, len(active)))(*[a for a, _ in active])
+        values = (ctypes.c_float * max(1, len(active)))(*[s for _, s in active])
+        if lc.llama_set_adapters_lora(self.ptr, arr, len(active), values) != 0:
+            raise ContextError("failed to apply the LoRA adapters")
+        self.lora_scales = [float(s) for s in scales]
 
     # -- memory (KV cache) ----------------------------------------------
     def seq_rm(self, seq: int, p0: int, p1: int = -1) -> bool:
