@@ -239,6 +239,10 @@ def build(engine, body: dict) -> tuple[P.ChatCompletionRequest, list[Task]]:
     tasks = make_tasks(engine, req, body, [prompt], n_probs=n_probs, json_schema=response_schema(req.response_format),
                        allow_truncate=False, images=images or [],
                        constraint=req._tool_plan.constraint() if req._tool_plan else None)
+    p = tasks[0].params if tasks else None
+    if p is not None and (p.json_schema is not None or (p.grammar and reasoning.CLOSE not in p.grammar)):
+        # constrained from the first token and unable to write </think>: the reply is the answer
+        req._thinking = False
     return req, tasks
 
 

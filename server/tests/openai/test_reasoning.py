@@ -85,7 +85,7 @@ def test_replies_without_thinking_are_untouched(chatml_server):
 
 
 def test_a_reply_cut_off_while_thinking_is_all_reasoning(opening_server):
-    choice = chat(opening_server, grammar=grammar("a long thought " * 10), max_tokens=12)
+    choice = chat(opening_server, grammar=grammar("a long thought " * 10 + "</think>done"), max_tokens=12)
     assert choice["finish_reason"] == "length" and choice["message"]["content"] == ""
     assert choice["message"]["reasoning_content"].startswith("a long")
 
@@ -138,3 +138,11 @@ def test_stream_splitting_matches_the_whole_reply():
             t, c = sp.finish()
             whole = split(text, opened)
             assert (thoughts + t, content + c) == (whole[0] or "", whole[1]), (text, opened, size)
+
+
+def test_a_schema_reply_after_an_opened_think_block_is_content(opening_server):
+    """response_format holds the reply to JSON from its first token: it is the answer, not thoughts."""
+    fmt = {"type": "json_schema", "json_schema": {"schema": {"type": "object", "properties": {"n": {"type": "integer"}},
+                                                             "required": ["n"], "additionalProperties": False}}}
+    message = chat(opening_server, response_format=fmt, max_tokens=40)["message"]
+    assert json.loads(message["content"]).keys() == {"n"} and message.get("reasoning_content") is None
