@@ -295,8 +295,13 @@ def response(engine, req: P.ChatCompletionRequest, tasks: list[Task], results: l
             finish_reason=finish,
             logprobs=chat_logprobs(res.probs, req.top_logprobs or 0) if req.logprobs else None,
         ))
-    return P.dump(P.ChatCompletion(id=P.new_id("chatcmpl"), created=P.now(), model=served_model(engine),
-                                   choices=choices, usage=usage(tasks, results)))
+    out = P.dump(P.ChatCompletion(id=P.new_id("chatcmpl"), created=P.now(), model=served_model(engine),
+                                  choices=choices, usage=usage(tasks, results)))
+    for choice in out["choices"]:  # as OpenAI: these keys only when there is something in them
+        for key in ("tool_calls", "reasoning_content"):
+            if choice["message"].get(key) is None:
+                choice["message"].pop(key, None)
+    return out
 
 
 class ChatStream:
