@@ -77,6 +77,8 @@ class ServerSettings:
     ssl_cert_file: str = ""
     # features
     embedding: bool = False
+    reranking: bool = False  # embeddings with pooling RANK and the rerank endpoints
+    pooling: str = ""  # none | mean | cls | last | rank; "" = mean with --embedding (kubellama's default)
     system_prompt_file: str = ""
     chat_template: str = ""
     slots_endpoint_disable: bool = False
@@ -96,6 +98,16 @@ class ServerSettings:
     @property
     def n_threads_batch(self) -> int:
         return self.threads_batch if self.threads_batch > 0 else self.n_threads
+
+    @property
+    def embeddings_enabled(self) -> bool:
+        """--embedding, or --reranking (which turns embeddings on, as in llama.cpp)."""
+        return self.embedding or self.reranking
+
+    @property
+    def pooling_name(self) -> str:
+        """The pooling the context is created with when embeddings are on."""
+        return "rank" if self.reranking else (self.pooling or "mean")
 
     @property
     def model_name(self) -> str:

@@ -29,6 +29,15 @@ from .task import Task
 
 log = logging.getLogger("kubellama.engine")
 
+# --pooling (llama.cpp's names) -> llama_pooling_type
+POOLING = {
+    "none": lc.LLAMA_POOLING_TYPE_NONE,
+    "mean": lc.LLAMA_POOLING_TYPE_MEAN,
+    "cls": lc.LLAMA_POOLING_TYPE_CLS,
+    "last": lc.LLAMA_POOLING_TYPE_LAST,
+    "rank": lc.LLAMA_POOLING_TYPE_RANK,
+}
+
 
 class EngineState(str, enum.Enum):
     LOADING = "loading model"
@@ -98,10 +107,12 @@ class Engine:
                 n_threads=s.n_threads,
                 n_threads_batch=s.n_threads_batch,
                 embeddings=False,
-                pooling_type=lc.LLAMA_POOLING_TYPE_MEAN if s.embedding else lc.LLAMA_POOLING_TYPE_UNSPECIFIED,
+                pooling_type=POOLING[s.pooling_name] if s.embeddings_enabled else lc.LLAMA_POOLING_TYPE_UNSPECIFIED,
             ),
         )
-        self.ctx.embeddings = s.embedding  # embedding batches switch llama_set_embeddings on
+        self.ctx.embeddings = s.embeddings_enabled  # embedding batches switch llama_set_embeddings on
+        if self.reranking:
+            self._check_reranker()
         self.ctx.apply_loras(s.lora)
         self_extend = SelfExtend.from_settings(s.grp_attn_n, s.grp_attn_w)
         if self_extend and not self.ctx.can_shift:
@@ -131,6 +142,21 @@ class Engine:
             "model loaded in %.2fs: %s (n_ctx=%d, %d slots of %d tokens, batch %d)",
             time.perf_counter() - t0, self.model_path, self.ctx.n_ctx, s.parallel, self.ctx.n_ctx_seq, self.ctx.n_batch,
         )
+
+    @property
+    def reranking(self) -> bool:
+        """Whether the rerank endpoints work: embeddings with pooling RANK (--reranking)."""
+        return self.settings.embeddings_enabled and self.settings.pooling_name == "rank"
+
+    def _check_reranker(self) -> None:
+        """llama.cpp's start-up checks for pooling RANK (common_init_from_params)."""
+        m = self.model
+        if m.bos < 0:
+            raise RuntimeError("the model's vocabulary has no BOS token: reranking will not work")
+        if m.eos < 0 and m.sep < 0 and m.rerank_template is None:
+            raise RuntimeError("the model's vocabulary has no EOS token, SEP token or rerank prompt: reranking will not work")
+        if m.eos < 0:
+            log.warning("the model's vocabulary has no EOS token: reranking uses the SEP token instead")
 
     @property
     def multimodal_enabled(self) -> bool:

@@ -18,6 +18,7 @@ from collections import deque
 from concurrent.futures import Future
 from typing import Any, Callable
 
+import llama_cpp as lc
 import numpy as np
 
 from ..errors import APIError, invalid
@@ -34,6 +35,7 @@ from .task import (
     Outbox,
     EmbeddingResult,
     PartialResult,
+    RerankResult,
     Task,
     Timings,
     TokenInfo,
@@ -41,6 +43,9 @@ from .task import (
 )
 
 log = logging.getLogger("kubellama.scheduler")
+
+# task kinds decoded by the embedding step: one pooled output per input, no generation
+POOLED_KINDS = ("embedding", "rerank")
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -85,6 +90,7 @@ class Scheduler:
         self.system_prompt: str = ""
         self.last_batch_slots = 0  # slots that had tokens in the last decode (for tests/metrics)
         self.max_batch_slots = 0
+        self.max_pooled_slots = 0  # the most embedding/rerank inputs decoded together (for tests)
 
     # -- thread-safe API ----------------------------------------------------
     def start(self) -> None:
@@ -310,9 +316,13 @@ class Scheduler:
         params = task.params
         tokens = task.tokens
         task.slot = slot
-        if task.kind == "embedding":
+        if task.kind in POOLED_KINDS:
+            if task.kind == "rerank" and not (self.ctx.embeddings and self.ctx.pooling_type == lc.LLAMA_POOLING_TYPE_RANK):
+                raise APIError("This server does not support reranking. Start it with `--reranking`", "not_supported_error")
             if not self.ctx.embeddings:
                 raise APIError("This server does not support embeddings. Start it with `--embedding`", "not_supported_error")
+            if task.media is not None and self.ctx.pooling_type != lc.LLAMA_POOLING_TYPE_MEAN:
+                raise invalid("an input with images can only be embedded with mean pooling (--pooling mean)")
             # one ubatch holds a whole input (pooling is per ubatch); inputs with images are
             # decoded piece by piece instead, each piece in one ubatch (see _embed_with_images)
             limit = slot.n_ctx if task.media is not None else min(self.ctx.n_ubatch, slot.n_ctx)
@@ -406,7 +416,7 @@ class Scheduler:
 
     # -- one step ---------------------------------------------------------------
     def _step(self) -> None:
-        embedding_slots = [s for s in self.slots if s.is_processing and s.task.kind == "embedding"]
+        embedding_slots = [s for s in self.slots if s.is_processing and s.task.kind in POOLED_KINDS]
         if embedding_slots:
             self._embedding_step(embedding_slots)
             if not any(s.is_processing for s in self.slots):
@@ -685,15 +695,24 @@ class Scheduler:
             self._decode_failed(taken, ret)
             return
         self.stats.on_decode(len(taken), max(len(s.prompt_tokens) for s in taken))
+        self.max_pooled_slots = max(self.max_pooled_slots, len(taken))
         offset = 0
         for slot in taken:
             n = len(slot.prompt_tokens)
-            vec = self.ctx.embedding_seq(slot.id)
-            if vec is None:  # no pooling: average the token embeddings
+            if self.ctx.pooling_type == lc.LLAMA_POOLING_TYPE_NONE:  # llama.cpp: one raw vector per token
                 rows = [self.ctx.embedding_ith(offset + k) for k in range(n)]
-                vec = np.mean([r for r in rows if r is not None], axis=0)
+                zero = np.zeros(self.model.n_embd)
+                self._deliver_pooled(slot, EmbeddingResult(
+                    [[float(x) for x in (r if r is not None else zero)] for r in rows], n, slot.id))
+            elif slot.task.kind == "rerank":
+                self._deliver_rerank(slot, self.ctx.embedding_seq(slot.id))
+            else:
+                vec = self.ctx.embedding_seq(slot.id)
+                if vec is None:  # never with pooling: average the token embeddings
+                    rows = [self.ctx.embedding_ith(offset + k) for k in range(n)]
+                    vec = np.mean([r for r in rows if r is not None], axis=0)
+                self._deliver_embedding(slot, vec)
             offset += n
-            self._deliver_embedding(slot, vec)
 
     def _embed_with_images(self, slot: Slot) -> None:
         """Mean-pool an input with images: text runs and images are decoded one after the other
@@ -732,14 +751,25 @@ class Scheduler:
         self._deliver_embedding(slot, total / len(tokens))
 
     def _deliver_embedding(self, slot: Slot, vec: np.ndarray) -> None:
-        n = len(slot.prompt_tokens)
         norm = float(np.linalg.norm(vec))
         if norm > 0:
             vec = vec / norm
+        self._deliver_pooled(slot, EmbeddingResult([float(x) for x in vec], len(slot.prompt_tokens), slot.id))
+
+    def _deliver_rerank(self, slot: Slot, scores: np.ndarray | None) -> None:
+        """The reranker's first output is the score (llama.cpp's send_rerank; -1e6 when missing)."""
+        if scores is None or len(scores) == 0:
+            log.error("slot %d: no rerank score for task %d", slot.id, slot.task.id)
+            score = -1e6
+        else:
+            score = float(scores[0])
+        self._deliver_pooled(slot, RerankResult(score, len(slot.prompt_tokens), slot.id))
+
+    def _deliver_pooled(self, slot: Slot, result: EmbeddingResult | RerankResult) -> None:
         now = time.perf_counter()
-        self.stats.on_prompt_done(n, now - slot.t_start, 0)
+        self.stats.on_prompt_done(len(slot.prompt_tokens), now - slot.t_start, 0)
         self.stats.observe("request_done", now - slot.task.t_created)
-        self.outbox.put(slot.task.sink, ("final", EmbeddingResult([float(x) for x in vec], n, slot.id)))
+        self.outbox.put(slot.task.sink, ("final", result))
         self.ctx.seq_rm(slot.id, 0, -1)
         slot.cache_tokens = []
         slot.release()

@@ -174,7 +174,16 @@ class CompletionResult:
 
 @dataclass
 class EmbeddingResult:
-    embedding: list[float]
+    embedding: list[float] | list[list[float]]  # one vector per token with --pooling none
+    n_tokens: int
+    id_slot: int
+
+
+@dataclass
+class RerankResult:
+    """One (query, document) pair's relevance score (the reranker's first pooled output)."""
+
+    score: float
     n_tokens: int
     id_slot: int
 
@@ -187,7 +196,7 @@ class Task:
     `build_prompt`, when set, replaces that step (infill, pre-tokenized chat).
     """
 
-    kind: str  # "completion" | "embedding"
+    kind: str  # "completion" | "embedding" | "rerank"
     prompt: Prompt
     params: SlotParams
     sink: TaskSink

@@ -90,6 +90,8 @@ class LlamaContext:
         self.n_seq_max = lc.llama_n_seq_max(ctx)
         self.embeddings = params.embeddings
         self.pooling_type = lc.llama_pooling_type(ctx) if hasattr(lc, "llama_pooling_type") else params.pooling_type
+        # a sequence's pooled output: with pooling RANK the reranker's n_cls_out scores
+        self.n_seq_out = model.n_cls_out if self.pooling_type == lc.LLAMA_POOLING_TYPE_RANK else model.n_embd
         self.can_shift = bool(lc.llama_memory_can_shift(self.mem))
         self.lora_paths: list[str] = []
         self.lora_scales: list[float] = []
@@ -108,7 +110,7 @@ class LlamaContext:
         ptr = lc.llama_get_embeddings_seq(self.ptr, seq_id)
         if not ptr:
             return None
-        return np.ctypeslib.as_array(ptr, shape=(self.model.n_embd,)).copy()
+        return np.ctypeslib.as_array(ptr, shape=(self.n_seq_out,)).copy()
 
     def embedding_ith(self, i: int) -> np.ndarray | None:
         ptr = lc.llama_get_embeddings_ith(self.ptr, i)

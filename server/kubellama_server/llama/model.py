@@ -61,6 +61,10 @@ class LlamaModel:
         self.bos = lc.llama_vocab_bos(self.vocab)
         self.eos = lc.llama_vocab_eos(self.vocab)
         self.add_bos = bool(lc.llama_vocab_get_add_bos(self.vocab))
+        self.sep = lc.llama_vocab_sep(self.vocab)
+        self.add_eos = bool(lc.llama_vocab_get_add_eos(self.vocab))
+        self.add_sep = bool(lc.llama_vocab_get_add_sep(self.vocab))
+        self.n_cls_out = lc.llama_model_n_cls_out(model)  # a reranker's outputs per sequence
         self.fim_pre = lc.llama_vocab_fim_pre(self.vocab)
         self.fim_suf = lc.llama_vocab_fim_suf(self.vocab)
         self.fim_mid = lc.llama_vocab_fim_mid(self.vocab)
@@ -92,6 +96,12 @@ class LlamaModel:
     @property
     def chat_template(self) -> str | None:
         return self.meta("tokenizer.chat_template")
+
+    @property
+    def rerank_template(self) -> str | None:
+        """The reranker's prompt (`tokenizer.chat_template.rerank`, with {query} and {document})."""
+        raw = lc.llama_model_chat_template(self.ptr, b"rerank")
+        return raw.decode("utf-8", "replace") if raw else None
 
     @property
     def description(self) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 
 @dataclass
 class ResultInfo:
-    kind: str  # completion | embedding
+    kind: str  # completion | embedding | rerank
     slot: int
     n_prompt: int  # prompt tokens (cached ones included)
     n_cached: int = 0
@@ -77,6 +77,8 @@ def result_info(result: Any) -> ResultInfo | None:
         )
     if hasattr(result, "embedding"):  # EmbeddingResult
         return ResultInfo(kind="embedding", slot=result.id_slot, n_prompt=result.n_tokens)
+    if hasattr(result, "score"):  # RerankResult
+        return ResultInfo(kind="rerank", slot=result.id_slot, n_prompt=result.n_tokens)
     return None
 
 

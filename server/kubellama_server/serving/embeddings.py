@@ -20,7 +20,7 @@ from .openai_chat import served_model
 
 
 def require_enabled(engine) -> None:
-    if not engine.settings.embedding:
+    if not engine.settings.embeddings_enabled:
         raise APIError("This server does not support embeddings. Start it with `--embedding`", "not_supported_error")
 
 
@@ -64,6 +64,8 @@ def native_response(results: list[EmbeddingResult], single: bool) -> Any:
 
 def openai_tasks(engine, body: dict) -> tuple[P.EmbeddingRequest, list[Task]]:
     require_enabled(engine)
+    if engine.settings.pooling_name == "none":  # one vector per token: /embedding only (llama.cpp)
+        raise invalid("Pooling type 'none' is not OAI compatible. Please use a different pooling type")
     req = P.parse_request(P.EmbeddingRequest, body)
     if isinstance(req.input, list) and not req.input:
         raise invalid("'input' must not be empty")

@@ -5,6 +5,13 @@ tokenizes), ChatML control tokens, FIM tokens and a ChatML chat template. Loads 
 milliseconds, so most tests use it; its output is gibberish but deterministic for
 a fixed seed.
 
+With `reranker=True` it is a tiny Qwen3-style reranker instead: the qwen3
+architecture (llama plus per-head Q/K norms; llama.cpp's llama architecture has no
+classifier head), a `cls.output` head over two labels ("yes", "no": with pooling
+RANK llama.cpp softmaxes them, so the score is P(yes)) and a rerank prompt
+template in `tokenizer.chat_template.rerank`, as convert_hf_to_gguf.py writes
+for Qwen3-Reranker.
+
     python -m kubellama_server.testing.tiny_gguf OUT.gguf
 """
 
@@ -22,6 +29,11 @@ CHATML_TEMPLATE = (
     "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+# The rerank prompt (llama.cpp's format_prompt_rerank replaces {query} and {document}).
+RERANK_TEMPLATE = (
+    "<|im_start|>user\nquery: {query}\ndocument: {document}<|im_end|>\n<|im_start|>assistant\n"
 )
 
 # gguf token types
@@ -74,9 +86,14 @@ def build_tiny_gguf(
     chat_template: str | None = CHATML_TEMPLATE,
     name: str = "kubellama-tiny",
     split_max_tensors: int = 0,
+    reranker: bool = False,
+    rerank_template: str | None = RERANK_TEMPLATE,
 ) -> Path:
     """Write a tiny random llama GGUF to `path`. With `split_max_tensors`, a split model
-    instead: `<stem>-00001-of-0000N.gguf`, ... beside `path` (the first one is returned)."""
+    instead: `<stem>-00001-of-0000N.gguf`, ... beside `path` (the first one is returned).
+
+    `reranker=True`: a qwen3 reranker (classifier head, labels yes/no) whose rerank
+    prompt is `rerank_template` (None: no template, llama.cpp's BOS query EOS SEP doc EOS)."""
     import gguf
 
     path = Path(path)
@@ -94,7 +111,8 @@ def build_tiny_gguf(
         tmp = staging / path.name
     else:
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    writer = gguf.GGUFWriter(str(tmp), "llama", split_max_tensors=split_max_tensors)
+    arch = "qwen3" if reranker else "llama"
+    writer = gguf.GGUFWriter(str(tmp), arch, split_max_tensors=split_max_tensors)
     writer.add_name(name)
     writer.add_context_length(n_ctx_train)
     writer.add_embedding_length(n_embd)
@@ -123,6 +141,11 @@ def build_tiny_gguf(
         writer.add_uint32("tokenizer.ggml.fim_mid_token_id", tokens.index("<|fim_middle|>"))
     if chat_template:
         writer.add_chat_template(chat_template)
+    if reranker:
+        writer.add_classifier_output_labels(["yes", "no"])
+        if rerank_template:
+            writer.add_string("tokenizer.chat_template.rerank", rerank_template)
+            writer.add_array("tokenizer.chat_templates", ["rerank"])
 
     writer.add_tensor("token_embd.weight", w(n_vocab, n_embd, scale=0.5))
     for i in range(n_layer):
@@ -131,12 +154,17 @@ def build_tiny_gguf(
         writer.add_tensor(f"blk.{i}.attn_k.weight", w(n_head_kv * head_dim, n_embd))
         writer.add_tensor(f"blk.{i}.attn_v.weight", w(n_head_kv * head_dim, n_embd))
         writer.add_tensor(f"blk.{i}.attn_output.weight", w(n_embd, n_embd))
+        if reranker:
+            writer.add_tensor(f"blk.{i}.attn_q_norm.weight", np.ones(head_dim, dtype=np.float32))
+            writer.add_tensor(f"blk.{i}.attn_k_norm.weight", np.ones(head_dim, dtype=np.float32))
         writer.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(n_embd, dtype=np.float32))
         writer.add_tensor(f"blk.{i}.ffn_gate.weight", w(n_ff, n_embd))
         writer.add_tensor(f"blk.{i}.ffn_up.weight", w(n_ff, n_embd))
         writer.add_tensor(f"blk.{i}.ffn_down.weight", w(n_embd, n_ff))
     writer.add_tensor("output_norm.weight", np.ones(n_embd, dtype=np.float32))
     writer.add_tensor("output.weight", w(n_vocab, n_embd, scale=0.5))
+    if reranker:
+        writer.add_tensor("cls.output.weight", w(2, n_embd, scale=0.5))  # logits of "yes", "no"
 
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
