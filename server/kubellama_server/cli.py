@@ -53,6 +53,7 @@ FLAGS: list[Flag] = [
     Flag(("--reasoning-format",), "reasoning_format", "choice", "where thinking models' <think> text goes: deepseek/auto = reasoning_content, none = left in content [auto]", ("LLAMA_ARG_THINK",), choices=("auto", "deepseek", "none"), metavar="FORMAT"),
     Flag(("--reasoning-budget",), "reasoning_budget", "int", "-1 = think freely, 0 = no thinking (enable_thinking=false for the template) [-1]", ("LLAMA_ARG_THINK_BUDGET",), metavar="N"),
     Flag(("--chat-template-kwargs",), "chat_template_kwargs", "str", "JSON object of extra chat template variables, e.g. '{\"enable_thinking\": false}'", ("LLAMA_CHAT_TEMPLATE_KWARGS",), metavar="JSON"),
+    Flag(("--spm-infill",), "spm_infill", "bool", "infill prompts in suffix/prefix/middle order (some models want it)", ("LLAMA_ARG_SPM_INFILL",)),
     Flag(("-mmu", "--mmproj-url"), "mmproj_url", "str", "download the multimodal projector from this http(s) URL", ("LLAMA_ARG_MMPROJ_URL",), metavar="URL"),
     Flag(("--no-mmproj-offload",), "mmproj_offload", "bool", "keep the multimodal projector on the CPU", ("LLAMA_ARG_NO_MMPROJ_OFFLOAD",), invert=True),
     Flag(("-c", "--ctx-size"), "ctx_size", "int", "context size shared by all slots (0 = the model's) [512]", ("LLAMA_ARG_CTX_SIZE",), metavar="N"),

@@ -42,6 +42,7 @@ class ServerSettings:
     lora: list[str] = field(default_factory=list)
     lora_base: str = ""
     mmproj: str = ""
+    spm_infill: bool = False
     reasoning_format: str = "auto"
     reasoning_budget: int = -1
     chat_template_kwargs: str = ""

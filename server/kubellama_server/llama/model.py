@@ -68,6 +68,8 @@ class LlamaModel:
         self.fim_pre = lc.llama_vocab_fim_pre(self.vocab)
         self.fim_suf = lc.llama_vocab_fim_suf(self.vocab)
         self.fim_mid = lc.llama_vocab_fim_mid(self.vocab)
+        self.fim_rep = lc.llama_vocab_fim_rep(self.vocab)  # repo-level FIM (Qwen2.5-Coder): -1 when absent
+        self.fim_sep = lc.llama_vocab_fim_sep(self.vocab)
         nl = self.tokenize("\n", add_special=False, parse_special=False)
         self.nl = nl[-1] if nl else -1
         self._piece_cache: dict[int, bytes] = {}

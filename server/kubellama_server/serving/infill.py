@@ -1,7 +1,11 @@
 """POST /infill: fill-in-the-middle from the model's FIM tokens.
 
-The prompt is [BOS] <FIM_PRE> prefix <FIM_SUF> suffix <FIM_MID> [prompt], built on
-the scheduler thread (`Task.build_prompt`), as llama.cpp's server does.
+The prompt is [BOS] <FIM_PRE> prefix <FIM_SUF> suffix <FIM_MID> [prompt] (with
+`--spm-infill`: suffix first), built on the scheduler thread (`Task.build_prompt`), as
+llama.cpp's server does. `input_extra` (other files of the project, as code-completion
+plugins send them) goes in front with the repo-level pattern of today's llama.cpp:
+<FIM_REP>myproject\n <FIM_SEP>filename\n text ... <FIM_SEP>filename\n, or plain
+snippet separators when the model has no repo-level tokens.
 """
 
 from __future__ import annotations
@@ -15,6 +19,39 @@ from .media import require_multimodal
 def missing_fim_tokens(model) -> list[str]:
     names = {"fim_pre": model.fim_pre, "fim_suf": model.fim_suf, "fim_mid": model.fim_mid}
     return [name for name, tok in names.items() if tok is None or tok < 0]
+
+
+SNIPPET = "\n\n--- snippet ---\n\n"  # llama.cpp's separator when the model has no <FIM_SEP>
+
+
+def input_extra(value) -> list[tuple[str, str]]:
+    """`input_extra`: [{"filename": str, "text": str}, ...] -> [(filename, text)]."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise invalid("'input_extra' must be an array of {\"filename\": string, \"text\": string} objects")
+    out = []
+    for k, chunk in enumerate(value):
+        if not isinstance(chunk, dict) or not isinstance(chunk.get("text", ""), str) \
+                or not isinstance(chunk.get("filename", "tmp"), str):
+            raise invalid(f"'input_extra.{k}' must be an object with string 'filename' and 'text'")
+        out.append((chunk.get("filename", "tmp"), chunk.get("text", "")))
+    return out
+
+
+def extra_tokens(model, chunks: list[tuple[str, str]], tok) -> list[int]:
+    """The project context in front of the FIM prompt (nothing without `input_extra`)."""
+    if not chunks:
+        return []
+    out: list[int] = []
+    if model.fim_rep >= 0:
+        out += [model.fim_rep] + tok("myproject\n")
+    for filename, text in chunks:
+        out += [model.fim_sep] + tok(filename + "\n") if model.fim_sep >= 0 else tok(SNIPPET)
+        out += tok(text)
+    if model.fim_sep >= 0:  # the file being edited (llama.cpp does not name it either)
+        out += [model.fim_sep] + tok("filename\n")
+    return out
 
 
 def build_task(engine, body: dict) -> Task:
@@ -40,16 +77,21 @@ def build_task(engine, body: dict) -> Task:
         raise invalid("'input_prefix' or 'input_suffix' is required")
     params = parse_slot_params(body, engine.default_params, n_slots=engine.n_slots)
     prefix, suffix, extra = texts["input_prefix"], texts["input_suffix"], texts["prompt"]
+    chunks = input_extra(body.get("input_extra"))
+    spm = engine.settings.spm_infill
 
     def build(model) -> list[int]:
+        def tok(text: str) -> list[int]:
+            return model.tokenize(text, add_special=False, parse_special=False)
+
         tokens = [model.bos] if model.add_bos and model.bos >= 0 else []
-        tokens.append(model.fim_pre)
-        tokens += model.tokenize(prefix, add_special=False, parse_special=False)
-        tokens.append(model.fim_suf)
-        tokens += model.tokenize(suffix, add_special=False, parse_special=False)
+        tokens += extra_tokens(model, chunks, tok)
+        pre = [model.fim_pre] + tok(prefix)
+        suf = [model.fim_suf] + tok(suffix)
+        tokens += (suf + pre) if spm else (pre + suf)
         tokens.append(model.fim_mid)
         if extra:
-            tokens += model.tokenize(extra, add_special=False, parse_special=False)
+            tokens += tok(extra)
         return tokens
 
     return Task(kind="completion", prompt=prefix, params=params, sink=TaskSink(), build_prompt=build, use_system_prompt=False)

@@ -83,6 +83,7 @@ def build_tiny_gguf(
     n_ctx_train: int = 4096,
     seed: int = 1234,
     fim: bool = True,
+    fim_repo: bool = False,
     chat_template: str | None = CHATML_TEMPLATE,
     name: str = "kubellama-tiny",
     split_max_tensors: int = 0,
@@ -139,6 +140,9 @@ def build_tiny_gguf(
         writer.add_uint32("tokenizer.ggml.fim_pre_token_id", tokens.index("<|fim_prefix|>"))
         writer.add_uint32("tokenizer.ggml.fim_suf_token_id", tokens.index("<|fim_suffix|>"))
         writer.add_uint32("tokenizer.ggml.fim_mid_token_id", tokens.index("<|fim_middle|>"))
+    if fim_repo:  # repo-level FIM: borrows the ChatML tokens (the vocabulary stays the same)
+        writer.add_uint32("tokenizer.ggml.fim_rep_token_id", tokens.index("<|im_start|>"))
+        writer.add_uint32("tokenizer.ggml.fim_sep_token_id", tokens.index("<|im_end|>"))
     if chat_template:
         writer.add_chat_template(chat_template)
     if reranker:

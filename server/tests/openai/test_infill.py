@@ -48,3 +48,43 @@ def test_infill_errors(oai_server, live_server, gemma_model):
     e = r.json()["error"]
     assert r.status_code == 400 and e["type"] == "invalid_request_error"
     assert "fim_pre, fim_suf, fim_mid" in e["message"]
+
+
+def _same_as_tokens(srv, body: dict, expected: list[int]) -> None:
+    """The infill evaluates exactly `expected`: same count, and the same greedy tokens as /completion on it."""
+    d = httpx.post(srv.url + "/infill", json={**body, "n_predict": 6, "temperature": 0}, timeout=60).json()
+    assert d["tokens_evaluated"] == len(expected), d
+    raw = httpx.post(srv.url + "/completion", json={"prompt": expected, "n_predict": 6, "temperature": 0}, timeout=60).json()
+    assert d["tokens"] == raw["tokens"]
+
+
+EXTRA = [{"filename": "util.py", "text": "def sub(a, b):\n    return a - b\n"}, {"filename": "b.py", "text": "x = 1\n"}]
+BODY = {"input_prefix": "def add(a, b):\n    return ", "input_suffix": "\n"}
+
+
+def test_input_extra_with_repo_level_fim_tokens(live_server, tmp_path):
+    from kubellama_server.testing.tiny_gguf import build_tiny_gguf
+
+    srv = live_server(model=build_tiny_gguf(tmp_path / "repo.gguf", fim_repo=True))
+    m = srv.engine.model
+    assert m.fim_rep >= 0 and m.fim_sep >= 0
+    t = lambda s: tok(srv, s)  # noqa: E731
+    fim = [m.fim_pre] + t(BODY["input_prefix"]) + [m.fim_suf] + t(BODY["input_suffix"]) + [m.fim_mid]
+    project = ([m.fim_rep] + t("myproject\n") + [m.fim_sep] + t("util.py\n") + t(EXTRA[0]["text"])
+               + [m.fim_sep] + t("b.py\n") + t(EXTRA[1]["text"]) + [m.fim_sep] + t("filename\n"))
+    _same_as_tokens(srv, {**BODY, "input_extra": EXTRA}, [m.bos] + project + fim)
+    _same_as_tokens(srv, BODY, [m.bos] + fim)  # without input_extra: the reference layout
+
+
+def test_input_extra_without_repo_tokens_and_spm_order(live_server):
+    srv = live_server("--spm-infill")
+    m = srv.engine.model
+    assert m.fim_rep < 0 and m.fim_sep < 0
+    t = lambda s: tok(srv, s)  # noqa: E731
+    snippet = "\n\n--- snippet ---\n\n"
+    project = t(snippet) + t(EXTRA[0]["text"]) + t(snippet) + t(EXTRA[1]["text"])
+    spm = [m.fim_suf] + t(BODY["input_suffix"]) + [m.fim_pre] + t(BODY["input_prefix"]) + [m.fim_mid]
+    _same_as_tokens(srv, {**BODY, "input_extra": EXTRA}, [m.bos] + project + spm)
+    for bad in ({"input_extra": {"text": "x"}}, {"input_extra": [{"text": 3}]}, {"input_extra": ["x"]}):
+        r = httpx.post(srv.url + "/infill", json={**BODY, **bad})
+        assert r.status_code == 400 and "input_extra" in r.json()["error"]["message"], r.text
