@@ -24,17 +24,16 @@ def resolve_model_path(settings: ServerSettings) -> str:
     from pathlib import Path
 
     from .fetch import FetchError, ModelSource, fetch_model
-
     from .fetch.hf_pick import resolve_files
 
     hf_repo, hf_file = settings.hf_repo, settings.hf_file
-    if hf_repo and not hf_file and settings.offline:
-        raise RuntimeError(f"-hf {hf_repo} picks its file from the repo's file list, which needs the network; "
-                           "with --offline, name the file with --hf-file")
+    dest = Path(settings.model).parent if settings.model else None
     if hf_repo and not hf_file:  # -hf org/name[:QUANT]: pick the file (and the projector) from the repo's list
-        want_projector = not (settings.no_mmproj or settings.mmproj or settings.mmproj_url)
+        # (no projector with self-extend: the server refuses the two together)
+        want_projector = not (settings.no_mmproj or settings.mmproj or settings.mmproj_url or settings.grp_attn_n > 1)
         try:
-            hf_repo, hf_file, projector = resolve_files(hf_repo, settings.hf_revision, projector=want_projector)
+            hf_repo, hf_file, projector = resolve_files(hf_repo, settings.hf_revision, projector=want_projector,
+                                                        offline=settings.offline, cache_dir=dest)
         except FetchError as exc:
             raise RuntimeError(f"model download failed: {exc}") from exc
         settings.hf_repo, settings.hf_file, settings.hf_mmproj_file = hf_repo, hf_file, projector or ""
@@ -45,7 +44,6 @@ def resolve_model_path(settings: ServerSettings) -> str:
         hf_file=hf_file or None,
         hf_revision=settings.hf_revision or None,
     )
-    dest = Path(settings.model).parent if settings.model else None
     log.info("fetching model from %s", settings.model_url or f"{hf_repo}/{hf_file}")
     try:
         path = fetch_model(source, dest=dest, sha256=settings.model_sha256 or None, offline=settings.offline)

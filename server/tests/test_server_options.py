@@ -117,3 +117,25 @@ def test_slot_files_record_the_lora_scales(live_server, tmp_path):
     assert r.status_code == 400 and "lora" in r.json()["error"]["message"], r.text
     assert httpx.post(srv.url + "/lora-adapters", json=[{"id": 0, "scale": 1}]).status_code == 200
     assert httpx.post(srv.url + "/slots/0?action=restore", json={"filename": "a.bin"}).status_code == 200
+
+
+def test_a_slot_running_through_a_lora_change_is_neither_saved_nor_reused(live_server, tmp_path):
+    lora = build_tiny_lora(tmp_path / "lora.gguf")
+    srv = live_server("--lora", str(lora), "-np", "1", "--slot-save-path", str(tmp_path))
+    body = {"prompt": "hello world", "n_predict": 100000, "ignore_eos": True, "cache_prompt": True, "stream": True}
+    with httpx.stream("POST", srv.url + "/completion", json=body, timeout=60) as r:
+        lines = r.iter_lines()
+        next(lines)
+        # the slot is busy while the scales change
+        assert httpx.post(srv.url + "/lora-adapters", json=[{"id": 0, "scale": 0}]).status_code == 200
+        for _ in range(5):
+            next(lines)
+    deadline = time.monotonic() + 10
+    while httpx.get(srv.url + "/slots").json()[0]["is_processing"]:  # the disconnect frees the slot
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    r = httpx.post(srv.url + "/slots/0?action=save", json={"filename": "old.bin"})
+    assert r.status_code == 400 and "LoRA scales" in r.json()["error"]["message"], r.text
+    again = httpx.post(srv.url + "/completion", json={"prompt": "hello world", "n_predict": 1, "cache_prompt": True}).json()
+    assert again["tokens_cached"] == 0  # rebuilt under the new scales ...
+    assert httpx.post(srv.url + "/slots/0?action=save", json={"filename": "new.bin"}).status_code == 200  # ... and savable

@@ -120,8 +120,16 @@ class Engine:
                 "--grp-attn-n (self-extend) needs a KV cache whose positions can be shifted, and this "
                 "model's cannot; start the server without --grp-attn-n")
         if self.multimodal_enabled:  # (-hf may have found a projector while resolving the model)
-            path = self.resolve_mmproj(s) if self.resolve_mmproj is not None else s.mmproj
-            self.multimodal = self._load_projector(path)
+            try:
+                path = self.resolve_mmproj(s) if self.resolve_mmproj is not None else s.mmproj
+                self.multimodal = self._load_projector(path)
+            except RuntimeError as exc:
+                if not s.hf_mmproj_file or s.mmproj or s.mmproj_url:
+                    raise
+                # a projector -hf found by itself: the text model still works
+                log.warning("the repository's projector %s cannot be used (%s); serving text only "
+                            "(--no-mmproj skips it)", s.hf_mmproj_file, exc)
+                s.hf_mmproj_file = ""
         self.scheduler = Scheduler(
             self.model,
             self.ctx,

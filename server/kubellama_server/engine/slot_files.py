@@ -180,6 +180,13 @@ def save_slot(sched, slot_id: int, folder: str | Path, filename: str) -> dict[st
     """Write slot `slot_id`'s cache to `folder/filename` atomically (with its metadata)."""
     filename = validate_filename(filename)
     slot = _slot(sched, slot_id)
+    if slot.stale:
+        raise SlotFileError(
+            f"slot {slot_id}'s cache was computed with LoRA scales that have changed since (POST /lora-adapters); "
+            "it was not saved: a new request on the slot rebuilds it",
+            "invalid_request_error",
+            "stale",
+        )
     folder = Path(folder)
     t0 = time.perf_counter()
     tokens = list(slot.cache_tokens)
@@ -307,6 +314,7 @@ def restore_slot(sched, slot_id: int, folder: str | Path, filename: str) -> dict
             "incompatible",
         )
     slot.cache_tokens = tokens
+    slot.stale = False  # the file was written under the current LoRA scales (its identity says so)
     slot.t_last_used = time.perf_counter()
     ms = (time.perf_counter() - t0) * 1e3
     log.info("slot %d restored from %s: %d tokens in %.1f ms", slot_id, filename, len(tokens), ms)
@@ -318,5 +326,5 @@ def erase_slot(sched, slot_id: int) -> dict[str, Any]:
     slot = _slot(sched, slot_id)
     n = len(slot.cache_tokens)
     sched.ctx.seq_rm(slot.id, 0, -1)
-    slot.cache_tokens = []
+    slot.cache_tokens, slot.stale = [], False
     return {"id_slot": slot.id, "n_erased": n}

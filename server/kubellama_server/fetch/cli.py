@@ -71,10 +71,8 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError("--retries and --retry-backoff must be >= 0 and --timeout > 0")
         hf_repo, hf_file = args.hf_repo, args.hf_file
         if hf_repo and not hf_file:  # org/name[:QUANT]: pick the file as `kubellama-server -hf` does
-            if args.offline:
-                raise UsageError("--hf-repo without --hf-file picks the file from the repo's list, which needs the "
-                                 "network; with --offline, name the file with --hf-file")
-            hf_repo, hf_file, _ = resolve_files(hf_repo, args.hf_revision, projector=False)
+            hf_repo, hf_file, _ = resolve_files(hf_repo, args.hf_revision, projector=False, offline=args.offline,
+                                                cache_dir=args.dest)
             print(f"{PROG}: picked {hf_file} from {hf_repo}", file=sys.stderr)
         elif hf_repo and ":" in hf_repo:
             raise UsageError("give the quantization (--hf-repo org/name:QUANT) or --hf-file, not both")

@@ -4,13 +4,18 @@ As today's llama.cpp: the quantization tag is matched case-insensitively against
 names; without a tag Q4_K_M is taken when the repo has it, else the first GGUF file. A
 `mmproj*.gguf` beside the model is the multimodal projector (F16 preferred). Split models
 are named by their first shard.
+
+Each pick is remembered in `.hf-picks.json` in the cache folder, so a restart while the
+Hub is unreachable, or with `--offline`, finds the same files without listing the repo.
 """
 
 from __future__ import annotations
 
 import re
 
-from .errors import FetchError, NotFoundError, UsageError
+from pathlib import Path
+
+from .errors import NetworkError, NotFoundError, OfflineMissError, ServerError, UsageError
 
 DEFAULT_QUANT = "Q4_K_M"
 _SHARD = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$", re.I)
@@ -85,12 +90,36 @@ def list_files(repo: str, revision: str | None) -> list[str]:
         raise err from exc
 
 
-def resolve_files(spec: str, revision: str | None, *, projector: bool) -> tuple[str, str, str | None]:
+PICKS = ".hf-picks.json"
+
+
+def resolve_files(spec: str, revision: str | None, *, projector: bool, offline: bool = False,
+                  cache_dir: Path | None = None) -> tuple[str, str, str | None]:
     """(repo, model file, projector file or None) for `org/name[:QUANT]`."""
+    from .cache import default_cache_dir, read_json, write_json_atomic
+
     repo, quant = split_spec(spec)
-    try:
-        files = list_files(repo, revision)
-    except FetchError:
-        raise
-    model = pick_model(repo, files, quant)
-    return repo, model, pick_projector(files) if projector else None
+    store = Path(cache_dir or default_cache_dir()) / PICKS
+    key = f"{repo}:{quant or ''}@{revision or 'main'}"
+    picks = read_json(store) or {}
+    if offline:
+        if key not in picks:
+            raise OfflineMissError(f"{spec} was never picked online, so its file is not known offline; run once "
+                                   "with the network, or name the file with --hf-file")
+        picked = picks[key]
+    else:
+        try:
+            files = list_files(repo, revision)
+        except (NetworkError, ServerError):
+            if key not in picks:
+                raise
+            picked = picks[key]  # the Hub is unreachable: the files picked last time (they are cached)
+        else:
+            picked = {"model": pick_model(repo, files, quant), "projector": pick_projector(files)}
+            if picks.get(key) != picked:
+                try:
+                    store.parent.mkdir(parents=True, exist_ok=True)
+                    write_json_atomic(store, {**picks, key: picked})
+                except OSError:
+                    pass  # remembering is a convenience
+    return repo, picked["model"], picked["projector"] if projector else None

@@ -108,12 +108,13 @@ class ChatTemplate:
         except jinja2.TemplateError as exc:
             raise TemplateError(f"the chat template does not compile: {exc}") from None
 
-    def render(self, messages: list[dict[str, Any]], *, bos_token: str, eos_token: str, add_generation_prompt: bool = True, **extra) -> str:
+    def render(self, messages: list[dict[str, Any]], *, bos_token: str, eos_token: str, add_generation_prompt: bool = True,
+               extra: dict[str, Any] | None = None) -> str:
+        """`extra`: more template variables (tools, chat_template_kwargs); a dict, so any name is safe."""
+        context = {**(extra or {}), "messages": messages, "bos_token": bos_token, "eos_token": eos_token,
+                   "add_generation_prompt": add_generation_prompt}
         try:
-            return self._template.render(
-                messages=messages, bos_token=bos_token, eos_token=eos_token,
-                add_generation_prompt=add_generation_prompt, **extra,
-            )
+            return self._template.render(context)
         except TemplateError:
             raise
         except jinja2.exceptions.UndefinedError as exc:

@@ -31,13 +31,14 @@ class ChatFormatter:
     eos_text: str
     add_bos: bool
 
-    def render(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True, **extra) -> str:
+    def render(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True,
+               extra: dict[str, Any] | None = None) -> str:
         return self.template.render(messages, bos_token=self.bos_text, eos_token=self.eos_text,
-                                    add_generation_prompt=add_generation_prompt, **extra)
+                                    add_generation_prompt=add_generation_prompt, extra=extra)
 
-    def prompt(self, messages: list[dict[str, Any]], **extra) -> str:
+    def prompt(self, messages: list[dict[str, Any]], extra: dict[str, Any] | None = None) -> str:
         """The text handed to the scheduler: BOS is left to its BOS rule (never doubled)."""
-        text = self.render(messages, **extra)
+        text = self.render(messages, extra=extra)
         if self.add_bos and self.bos_text and text.startswith(self.bos_text):
             text = text[len(self.bos_text):]
         return text
@@ -203,7 +204,7 @@ def chat_prompt(engine, req: P.ChatCompletionRequest, images: list[bytes] | None
         messages, extra = plan.messages(messages), {**extra, **plan.template_kwargs()}
     try:
         fmt = formatter(engine)
-        prompt = fmt.render(messages, **extra) if raw else fmt.prompt(messages, **extra)
+        prompt = fmt.render(messages, extra=extra) if raw else fmt.prompt(messages, extra=extra)
     except TemplateError as exc:
         raise invalid(f"the chat template could not format these messages: {exc}") from None
     if images is not None and prompt.count(MEDIA_MARKER) != len(images):
@@ -387,7 +388,8 @@ class ChatStream:
                 out.append(self._chunk([P.ChatChunkChoice(index=index, delta=P.ChatDelta(tool_calls=deltas),
                                                           logprobs=self._held_probs(index))]))
             finish = "tool_calls" if calls else final.finish_reason
-            out.append(self._chunk([P.ChatChunkChoice(index=index, delta=P.ChatDelta(), finish_reason=finish)]))
+            out.append(self._chunk([P.ChatChunkChoice(index=index, delta=P.ChatDelta(), finish_reason=finish,
+                                                      logprobs=self._held_probs(index))]))  # tokens of held-back tags
         return out
 
     def _held_probs(self, index: int) -> P.ChoiceLogprobs | None:

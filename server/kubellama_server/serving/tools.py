@@ -116,13 +116,16 @@ class ToolPlan:
         """How much of a reply in progress can stream as content: never part of a tool call."""
         if self.format == GENERIC or self.required:
             return 0  # JSON or calls only: parsed when it ends
-        at = text.find(TAG)
-        if at >= 0:
-            return at
-        for k in range(min(len(TAG) - 1, len(text)), 0, -1):  # a tag may be starting
-            if text.endswith(TAG[:k]):
-                return len(text) - k
-        return len(text)
+        safe = text.find(TAG)
+        if safe < 0:
+            safe = len(text)
+            for k in range(min(len(TAG) - 1, len(text)), 0, -1):  # a tag may be starting
+                if text.endswith(TAG[:k]):
+                    safe = len(text) - k
+                    break
+        while safe > 0 and text[safe - 1].isspace():  # whitespace before a call is not part of the content
+            safe -= 1
+        return safe
 
     def parse(self, text: str) -> tuple[str | None, list[ParsedCall]]:
         """(content, tool calls) of a finished reply; text that is not a valid call stays content."""

@@ -97,7 +97,7 @@ def test_exit_codes_and_termination_message(model_server, tiny_bytes, tmp_path, 
 @pytest.mark.parametrize("args,code,needle", [
     ([], 2, "exactly one model source"),
     (["--url", "http://h/a.gguf", "--sha256", "xyz"], 2, "64 hex"),
-    (["--hf-repo", "org/name", "--offline"], 2, "--hf-file"),  # picking a file needs the network
+    (["--hf-repo", "org/name", "--offline", "--dest", "{tmp}"], 3, "--hf-file"),  # never picked online
     (["--bogus"], 2, "unrecognized arguments"),
     (["--url", "http://127.0.0.1:9/a.gguf", "--offline", "--dest", "{tmp}"], 3, "offline"),
     (["--url", "http://127.0.0.1:9/a.gguf", "--retries", "0", "--dest", "{tmp}"], 5, "cannot reach"),

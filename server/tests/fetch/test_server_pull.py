@@ -211,3 +211,45 @@ def test_hf_repo_with_a_missing_quant_says_which_exist(hf_hub, tiny_bytes, tmp_p
         assert r.status_code == 500 and "has no Q5_K_M file; its GGUF files are: tiny-Q8_0.gguf" in error, r.text
     finally:
         srv.stop()
+
+
+def test_hf_picks_survive_a_hub_outage_and_offline_starts(hf_hub, tiny_bytes, tmp_path):
+    hf_hub.add_hub_file("kubellama/tiny-GGUF", "tiny-Q4_K_M.gguf", tiny_bytes)
+    hf_hub.add_hub_file("kubellama/tiny-GGUF", "tiny-Q8_0.gguf", tiny_bytes)
+    cache = tmp_path / "cache"
+    args = ["-hf", "kubellama/tiny-GGUF:Q8_0", "-t", "1", "-c", "512"]
+    srv = ServerProcess(args, env={"LLAMA_CACHE": str(cache), "HF_ENDPOINT": hf_hub.base_url})
+    srv.start(log_path=tmp_path / "online.log")
+    srv.stop()
+    down = "http://127.0.0.1:9"  # nothing listens: the Hub is unreachable
+    for extra, log in (([], "down.log"), (["--offline"], "offline.log")):
+        srv = ServerProcess(args + extra, env={"LLAMA_CACHE": str(cache), "HF_ENDPOINT": down})
+        srv.start(log_path=tmp_path / log)
+        try:
+            assert httpx.get(srv.url + "/props").json()["model_path"].endswith("tiny-Q8_0.gguf")
+        finally:
+            srv.stop()
+
+
+def test_hf_skips_a_projector_it_cannot_use(hf_hub, tiny_bytes, tmp_path):
+    from kubellama_server.testing.tiny_mmproj import build_tiny_mmproj
+
+    wrong = build_tiny_mmproj(tmp_path / "w.gguf", n_embd_text=32).read_bytes()  # made for another model
+    hf_hub.add_hub_file("kubellama/tiny-GGUF", "tiny-Q4_K_M.gguf", tiny_bytes)
+    hf_hub.add_hub_file("kubellama/tiny-GGUF", "mmproj-tiny-f16.gguf", wrong)
+    env = {"LLAMA_CACHE": str(tmp_path / "cache"), "HF_ENDPOINT": hf_hub.base_url}
+    srv = ServerProcess(["-hf", "kubellama/tiny-GGUF", "-t", "1", "-c", "512"], env=env)
+    srv.start(log_path=tmp_path / "a.log")
+    try:  # the text model serves; the log says why images are off
+        assert httpx.get(srv.url + "/props").json()["modalities"]["vision"] is False
+        assert _complete(srv.url)["tokens_predicted"] >= 1
+        assert "serving text only" in srv.log()
+    finally:
+        srv.stop()
+    # with self-extend the projector is not even fetched (the two cannot go together)
+    srv = ServerProcess(["-hf", "kubellama/tiny-GGUF", "-t", "1", "-c", "512", "--grp-attn-n", "2", "--grp-attn-w", "64"], env=env)
+    srv.start(log_path=tmp_path / "b.log")
+    try:
+        assert httpx.get(srv.url + "/props").json()["modalities"]["vision"] is False
+    finally:
+        srv.stop()

@@ -214,7 +214,7 @@ def test_shutdown_timeout_bounds_the_drain_and_slots_are_still_saved(tiny_model,
         except httpx.ConnectError:
             refused = True
             break
-        except httpx.TimeoutException:  # accepted just before the listener closed, on a busy machine
+        except httpx.TransportError:  # accepted just as the listener closed (reset, timeout): try again
             pass
         time.sleep(0.02)
     assert refused and a.proc.poll() is None
