@@ -275,3 +275,12 @@ def test_a_projector_for_another_model_fails_the_start_with_a_reason(tiny_model,
             srv.start()
     finally:
         srv.stop()
+
+
+def test_images_are_timed_in_metrics(mm_server):
+    srv = mm_server("--metrics")
+    complete(srv.url, prompt="a [img-1] b [img-2] c", image_data=[{"id": 1, "data": b64(RED)}, {"id": 2, "data": b64(BLUE)}])
+    lines = httpx.get(srv.url + "/metrics").text.splitlines()
+    count = next(float(x.split()[-1]) for x in lines if x.startswith("kubellama_image_seconds_count"))
+    total = next(float(x.split()[-1]) for x in lines if x.startswith("kubellama_image_seconds_sum"))
+    assert count == 2 and total > 0

@@ -499,12 +499,14 @@ class Scheduler:
     def _eval_image(self, slot: Slot, image) -> bool:
         """Encode an image and decode it into the slot's sequence (libmtmd's own decodes, before
         this step's batch: the batch's tokens for this slot come after the image)."""
+        t0 = time.perf_counter()
         try:
             self.multimodal.eval_image(self.ctx.ptr, image, slot.n_past, slot.id, self.ctx.n_batch)
         except RuntimeError as exc:
             log.error("slot %d: %s", slot.id, exc)
             self._decode_failed([slot], -1, str(exc))
             return False
+        self.stats.observe("image", time.perf_counter() - t0)
         end = image.start + image.n_tokens
         slot.cache_tokens.extend(slot.prompt_tokens[image.start:end])
         slot.n_prompt_done = end

@@ -18,6 +18,7 @@ class StatsListener(Protocol):
     def on_queue_wait(self, seconds: float) -> None: ...
     def on_request_done(self, seconds: float) -> None: ...
     def on_cancel(self) -> None: ...
+    def on_image(self, seconds: float) -> None: ...
 
 
 @dataclass
@@ -80,7 +81,7 @@ class EngineStats:
             listener.on_cancel()
 
     def observe(self, kind: str, seconds: float) -> None:
-        """kind: first_token | token | queue_wait | request_done."""
+        """kind: first_token | token | queue_wait | request_done | image."""
         for listener in self.listeners:
             getattr(listener, f"on_{kind}")(seconds)
 

@@ -12,6 +12,7 @@ Histogram buckets (seconds), chosen for CPU and GPU serving of small to mid-size
 - `kubellama_inter_token_latency_seconds`: ITL_BUCKETS (between two sampled tokens of one request)
 - `kubellama_request_duration_seconds`: DURATION_BUCKETS (request received -> last token / embedding)
 - `kubellama_queue_wait_seconds`: QUEUE_BUCKETS (request received -> slot assigned)
+- `kubellama_image_seconds`: IMAGE_BUCKETS (one prompt image encoded and decoded into its slot)
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5)
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+IMAGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 QUEUE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 # endpoints not counted in kubellama_requests_total (probes and scrapes)
@@ -147,6 +149,11 @@ class ServerMetrics:
         self.cancellations = Counter(
             "kubellama_cancellations", "Requests cancelled because the client went away.", registry=r,
         )
+        self.images = Histogram(
+            "kubellama_image_seconds",
+            "Time to encode one prompt image and decode it into its slot (other slots wait meanwhile).",
+            buckets=IMAGE_BUCKETS, registry=r,
+        )
 
     # -- StatsListener (called on the scheduler thread) ------------------------
     def on_first_token(self, seconds: float) -> None:
@@ -163,6 +170,9 @@ class ServerMetrics:
 
     def on_cancel(self) -> None:
         self.cancellations.inc()
+
+    def on_image(self, seconds: float) -> None:
+        self.images.observe(seconds)
 
     # -- other observations ---------------------------------------------------
     def count_request(self, endpoint: str, status: int) -> None:
