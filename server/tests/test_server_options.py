@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 
@@ -110,23 +111,32 @@ def test_tls_and_environment_configuration(tmp_path, tiny_model):
 def test_slot_files_record_the_lora_scales(live_server, tmp_path):
     lora = build_tiny_lora(tmp_path / "lora.gguf")
     srv = live_server("--lora", str(lora), "-np", "1", "--slot-save-path", str(tmp_path))
-    _probs(srv)
+    adapted = _probs(srv)
     assert httpx.post(srv.url + "/slots/0?action=save", json={"filename": "a.bin"}).status_code == 200
     assert httpx.post(srv.url + "/lora-adapters", json=[{"id": 0, "scale": 0.25}]).status_code == 200
-    r = httpx.post(srv.url + "/slots/0?action=restore", json={"filename": "a.bin"})
-    assert r.status_code == 400 and "lora" in r.json()["error"]["message"], r.text
-    assert httpx.post(srv.url + "/lora-adapters", json=[{"id": 0, "scale": 1}]).status_code == 200
     assert httpx.post(srv.url + "/slots/0?action=restore", json={"filename": "a.bin"}).status_code == 200
+    # the restored cache was computed at scale 1: a request at the new default scale does not reuse it ...
+    other = httpx.post(srv.url + "/completion", json={"prompt": "hello world", "n_predict": 1, "cache_prompt": True})
+    assert other.json()["tokens_cached"] == 0
+    assert httpx.post(srv.url + "/slots/0?action=restore", json={"filename": "a.bin"}).status_code == 200
+    # ... one that asks for scale 1 does, and gets the same result as before the save
+    same = httpx.post(srv.url + "/completion", json={"prompt": "hello world", "n_predict": 1, "cache_prompt": True,
+                                                      "n_probs": 5, "temperature": 0, "lora": [{"id": 0, "scale": 1}]}).json()
+    assert same["tokens_cached"] > 0
+    assert [(p["id"], round(p["prob"], 5)) for p in same["completion_probabilities"][0]["probs"]] == adapted
+    srv2 = live_server("-np", "1", "--slot-save-path", str(tmp_path))  # no adapters at all: refused
+    r = httpx.post(srv2.url + "/slots/0?action=restore", json={"filename": "a.bin"})
+    assert r.status_code == 400 and "lora_adapters" in r.json()["error"]["message"], r.text
 
 
-def test_a_slot_running_through_a_lora_change_is_neither_saved_nor_reused(live_server, tmp_path):
+def test_a_running_request_keeps_its_lora_scales(live_server, tmp_path):
     lora = build_tiny_lora(tmp_path / "lora.gguf")
     srv = live_server("--lora", str(lora), "-np", "1", "--slot-save-path", str(tmp_path))
     body = {"prompt": "hello world", "n_predict": 100000, "ignore_eos": True, "cache_prompt": True, "stream": True}
     with httpx.stream("POST", srv.url + "/completion", json=body, timeout=60) as r:
         lines = r.iter_lines()
         next(lines)
-        # the slot is busy while the scales change
+        # the default changes while the request runs; the request goes on at scale 1
         assert httpx.post(srv.url + "/lora-adapters", json=[{"id": 0, "scale": 0}]).status_code == 200
         for _ in range(5):
             next(lines)
@@ -134,8 +144,40 @@ def test_a_slot_running_through_a_lora_change_is_neither_saved_nor_reused(live_s
     while httpx.get(srv.url + "/slots").json()[0]["is_processing"]:  # the disconnect frees the slot
         assert time.monotonic() < deadline
         time.sleep(0.01)
-    r = httpx.post(srv.url + "/slots/0?action=save", json={"filename": "old.bin"})
-    assert r.status_code == 400 and "LoRA scales" in r.json()["error"]["message"], r.text
-    again = httpx.post(srv.url + "/completion", json={"prompt": "hello world", "n_predict": 1, "cache_prompt": True}).json()
-    assert again["tokens_cached"] == 0  # rebuilt under the new scales ...
-    assert httpx.post(srv.url + "/slots/0?action=save", json={"filename": "new.bin"}).status_code == 200  # ... and savable
+    # its cache is all scale 1: saved as such, reused only by a request at scale 1
+    assert httpx.post(srv.url + "/slots/0?action=save", json={"filename": "run.bin"}).status_code == 200
+    assert json.loads((tmp_path / ".run.bin.meta.json").read_text())["lora_scales"] == [1.0]
+    at_one = httpx.post(srv.url + "/completion", json={"prompt": "hello world", "n_predict": 1, "cache_prompt": True,
+                                                        "lora": [{"id": 0, "scale": 1}]}).json()
+    assert at_one["tokens_cached"] > 0
+    default = httpx.post(srv.url + "/completion", json={"prompt": "hello world", "n_predict": 1, "cache_prompt": True}).json()
+    assert default["tokens_cached"] == 0
+
+
+def test_requests_with_different_lora_scales_in_parallel(live_server, tmp_path):
+    import concurrent.futures as cf
+
+    lora = build_tiny_lora(tmp_path / "lora.gguf")
+    srv = live_server("--lora", str(lora), "-np", "4")
+    scales = [0.0, 1.0, 0.5, 1.0]
+
+    def run(scale):
+        r = httpx.post(srv.url + "/completion", json={"prompt": "hello world", "n_predict": 24, "temperature": 0,
+                                                       "ignore_eos": True, "lora": [{"id": 0, "scale": scale}]}, timeout=60)
+        assert r.status_code == 200, r.text
+        return r.json()["tokens"]
+
+    alone = {s: run(s) for s in set(scales)}
+    assert alone[0.0] != alone[1.0]
+    with cf.ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(run, scales))
+    assert together == [alone[s] for s in scales]  # each request decoded with its own scales
+    slots = httpx.get(srv.url + "/slots").json()
+    assert any(s.get("lora") == [{"id": 0, "scale": 0.5}] for s in slots)
+    for bad, needle in (({"lora": [{"id": 5, "scale": 1}]}, "adapters 0..0"), ({"lora": {"id": 0}}, "'lora' must be"),
+                        ({"lora": [{"id": 0, "scale": "x"}]}, "finite number")):
+        r = httpx.post(srv.url + "/completion", json={"prompt": "x", "n_predict": 1, **bad})
+        assert r.status_code == 400 and needle in r.json()["error"]["message"], r.text
+    plain = live_server()
+    r = httpx.post(plain.url + "/completion", json={"prompt": "x", "n_predict": 1, "lora": [{"id": 0, "scale": 1}]})
+    assert r.status_code == 400 and "--lora" in r.json()["error"]["message"]

@@ -55,6 +55,7 @@ class SlotParams:
     id_slot: int = -1
     cache_prompt: bool = False
     samplers: list[str] = field(default_factory=lambda: list(DEFAULT_SAMPLERS))
+    lora: list[tuple[int, float]] | None = None  # [(adapter id, scale)]: this request's adapters (others off)
 
     def settings(self) -> dict[str, Any]:
         """The JSON view used in `generation_settings`, `/props` and `/slots`."""
@@ -66,6 +67,7 @@ class SlotParams:
         d.pop("json_schema")
         d.pop("id_slot")
         d.pop("cache_prompt")
+        d["lora"] = [{"id": i, "scale": s} for i, s in self.lora] if self.lora is not None else []
         return d
 
 
@@ -181,6 +183,24 @@ def _samplers(body: dict) -> list[str]:
     return list(v)
 
 
+def _lora(body: dict) -> list[tuple[int, float]] | None:
+    """`lora: [{"id": N, "scale": S}, ...]` (ids are checked against the loaded adapters at launch)."""
+    value = body.get("lora")
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise invalid("'lora' must be an array of {\"id\": adapter id, \"scale\": number} objects")
+    out = []
+    for k, item in enumerate(value):
+        i, scale = (item.get("id"), item.get("scale")) if isinstance(item, dict) else (None, None)
+        if isinstance(i, bool) or not isinstance(i, int) or i < 0:
+            raise invalid(f"'lora.{k}.id' must be the id of a loaded adapter (GET /lora-adapters lists them)")
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+            raise invalid(f"'lora.{k}.scale' must be a finite number")
+        out.append((i, float(scale)))
+    return out
+
+
 def parse_slot_params(body: dict, defaults: SlotParams, *, n_slots: int) -> SlotParams:
     """Build the generation settings of one request, starting from the server defaults."""
     if not isinstance(body, dict):
@@ -219,6 +239,7 @@ def parse_slot_params(body: dict, defaults: SlotParams, *, n_slots: int) -> Slot
         id_slot=_int(body, "id_slot", -1, lo=-1),
         cache_prompt=_bool(body, "cache_prompt", d.cache_prompt),
         samplers=_samplers(body),
+        lora=_lora(body),
     )
     if not isinstance(p.grammar, str):
         raise invalid("'grammar' must be a string (GBNF)")

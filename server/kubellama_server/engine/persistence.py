@@ -58,7 +58,7 @@ def save_all(sched, folder: str | Path, count: Counter | None = None) -> int:
     """Save every slot holding a prompt cache (on the scheduler thread); returns how many."""
     saved = 0
     for slot in sched.slots:
-        if not slot.cache_tokens or slot.stale:  # erased, never used, or from other LoRA scales: none may come back
+        if not slot.cache_tokens:  # erased or never used: no stale cache may come back
             (Path(folder) / persist_filename(slot.id)).unlink(missing_ok=True)
             slot_files.meta_path(Path(folder) / persist_filename(slot.id)).unlink(missing_ok=True)
             continue

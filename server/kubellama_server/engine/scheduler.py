@@ -91,6 +91,10 @@ class Scheduler:
         self.last_batch_slots = 0  # slots that had tokens in the last decode (for tests/metrics)
         self.max_batch_slots = 0
         self.max_pooled_slots = 0  # the most embedding/rerank inputs decoded together (for tests)
+        # LoRA: the scales of requests that name none (POST /lora-adapters), one per adapter
+        self.lora_default: tuple[float, ...] = ctx.lora_scales
+        for slot in self.slots:
+            slot.cache_lora = ctx.lora_scales
 
     # -- thread-safe API ----------------------------------------------------
     def start(self) -> None:
@@ -205,6 +209,8 @@ class Scheduler:
             try:
                 if task.tokens is None:
                     task.tokens = self._prompt_tokens(task)
+                if task.lora is None:
+                    task.lora = self._effective_lora(task)
                 slot = self._pick_slot(task)
                 if slot is None:
                     still.append(task)
@@ -228,6 +234,8 @@ class Scheduler:
         if task.kind == "completion" and task.params.cache_prompt:
             best, best_len = None, 0
             for s in idle:
+                if s.cache_lora != task.lora:  # computed with other LoRA scales: nothing to reuse
+                    continue
                 n = common_prefix(s.cache_tokens, task.tokens)
                 if n > best_len:
                     best, best_len = s, n
@@ -278,6 +286,27 @@ class Scheduler:
         media.shift(offset)
         task.media = media
         return media.tokens
+
+    def _effective_lora(self, task: Task) -> tuple[float, ...]:
+        """The task's LoRA scales: its own `lora` (adapters it leaves out are off), else the default."""
+        lora = task.params.lora
+        if lora is None:
+            return self.lora_default
+        n = len(self.ctx.lora_paths)
+        if not n:
+            raise invalid("'lora' needs LoRA adapters: start the server with --lora FILE")
+        if task.kind != "completion":
+            raise invalid("'lora' is only supported for completions")
+        scales = [0.0] * n
+        for i, scale in lora:
+            if i >= n:
+                raise invalid(f"'lora' names adapter {i}, but this server has adapters 0..{n - 1} (GET /lora-adapters)")
+            scales[i] = scale
+        return tuple(scales)
+
+    def _use_lora(self, scales: tuple[float, ...]) -> None:
+        if scales != self.ctx.lora_scales:
+            self.ctx.set_lora_scales(list(scales))
 
     def eog_tokens(self) -> list[int]:
         if self._eog_tokens is None:
@@ -363,9 +392,9 @@ class Scheduler:
                 )
             tokens = self._truncate_prompt(slot, tokens, params)
             truncated = True
-        if slot.stale:  # computed with other LoRA scales
+        if slot.cache_lora != task.lora:  # its cache was computed with other LoRA scales
             self.ctx.seq_rm(slot.id, 0, -1)
-            slot.cache_tokens, slot.stale = [], False
+            slot.cache_tokens, slot.cache_lora = [], task.lora
         bias = self._resolve_bias(params)
         slot.sampler = SamplerChain(self.model, params, slot.n_ctx, bias)
         # reuse the cached prefix (always keep >= 1 token to evaluate for logits)
@@ -406,7 +435,8 @@ class Scheduler:
         if self.self_extend:  # the other slot's positions may be compressed past the prefix
             return 0
         for other in self.slots:
-            if other is not slot and not other.stale and len(other.cache_tokens) >= n and other.cache_tokens[:n] == prefix:
+            if (other is not slot and other.cache_lora == slot.cache_lora and len(other.cache_tokens) >= n
+                    and other.cache_tokens[:n] == prefix):
                 self.ctx.seq_cp(other.id, slot.id)  # a whole-sequence copy (one KV stream per slot)
                 self.ctx.seq_rm(slot.id, n, -1)
                 slot.cache_tokens = list(prefix)
@@ -424,9 +454,12 @@ class Scheduler:
         batch = self.batch
         batch.clear()
         active: list[Slot] = []
+        lora = self._batch_lora() if self.ctx.lora_paths else None  # one set of adapter scales per decode
         # 1. one pending generated token from every generating slot
         for slot in self.slots:
             if not slot.is_processing or slot.task.kind != "completion" or slot.pending_token < 0:
+                continue
+            if lora is not None and slot.cache_lora != lora:  # other LoRA scales: a later step
                 continue
             if slot.n_past + 1 > slot.n_ctx and not self._make_room(slot):
                 continue
@@ -443,6 +476,8 @@ class Scheduler:
             for slot in prompt_slots:
                 if batch.free == 0:
                     break
+                if lora is not None and slot.cache_lora != lora:
+                    continue
                 media = slot.media
                 if media is not None and slot.n_prompt_done in media.images:
                     if not self._eval_image(slot, media.images[slot.n_prompt_done]):
@@ -469,6 +504,8 @@ class Scheduler:
                 active.append(slot)
         if batch.n == 0:
             return
+        if lora is not None:
+            self._use_lora(lora)
         ret = self.ctx.decode(batch)
         if ret != 0:
             self._decode_failed(active, ret)
@@ -500,6 +537,7 @@ class Scheduler:
         """Encode an image and decode it into the slot's sequence (libmtmd's own decodes, before
         this step's batch: the batch's tokens for this slot come after the image)."""
         t0 = time.perf_counter()
+        self._use_lora(slot.cache_lora)
         try:
             self.multimodal.eval_image(self.ctx.ptr, image, slot.n_past, slot.id, self.ctx.n_batch)
         except RuntimeError as exc:
@@ -513,6 +551,19 @@ class Scheduler:
         if slot.n_prompt_done == len(slot.prompt_tokens) or not any(k >= end for k in slot.media.images):
             slot.task.drop_media()  # every image is in the KV cache now
         return True
+
+    def _batch_lora(self) -> tuple[float, ...] | None:
+        """The LoRA scales of this step's decode: those of the slot that has waited longest.
+
+        llama.cpp applies one set of adapter scales per decode, so slots whose requests use
+        other scales wait for a later step (as in llama.cpp's server); with a single set,
+        every slot is in every decode.
+        """
+        waiting = [s for s in self.slots if s.is_processing and s.task.kind == "completion"
+                   and (s.pending_token >= 0 or s.in_prompt)]
+        if not waiting:
+            return None
+        return min(waiting, key=lambda s: s.t_last_token or s.t_start).cache_lora
 
     def _next_pos(self, slot: Slot) -> int:
         """The position of the slot's next token."""
@@ -688,6 +739,7 @@ class Scheduler:
             taken.append(slot)
         if not taken:
             return
+        self._use_lora(self.lora_default)
         self.ctx.set_embeddings(True)
         try:
             ret = self.ctx.decode(batch)
@@ -723,6 +775,7 @@ class Scheduler:
         tokens, media, batch = slot.prompt_tokens, slot.media, self.batch
         self.ctx.seq_rm(slot.id, 0, -1)
         total, k = np.zeros(self.model.n_embd), 0
+        self._use_lora(self.lora_default)
         self.ctx.set_embeddings(True)
         try:
             while k < len(tokens):

@@ -24,7 +24,7 @@ class Slot:
     state: SlotState = SlotState.IDLE
     cache_tokens: list[int] = field(default_factory=list)  # tokens whose KV is in this sequence
     t_last_used: float = 0.0
-    stale: bool = False  # its KV was computed before a LoRA change: never reuse it
+    cache_lora: tuple[float, ...] = ()  # the LoRA scales its cached KV was computed with
 
     # -- the running task -------------------------------------------------
     task: Task | None = None

@@ -39,7 +39,7 @@ log = logging.getLogger("kubellama.slots")
 META_FORMAT = 1
 # identity fields that must match for a file to be restored
 IDENTITY_KEYS = ("model_size", "model_fingerprint", "n_params", "n_vocab", "n_embd", "n_layer", "vocab_sha256", "n_ctx_slot",
-                 "self_extend", "mmproj_fingerprint", "lora")
+                 "self_extend", "mmproj_fingerprint", "lora_adapters")
 FINGERPRINT_HEAD = 1 << 20  # bytes hashed from the start of the model file (GGUF header, metadata)
 FINGERPRINT_SAMPLES = 32  # and this many 64 KiB samples spread over the rest (the weights)
 
@@ -129,10 +129,11 @@ def identity(sched) -> dict[str, Any]:
         _identity_cache[model] = ident
     se = sched.self_extend  # compressed positions only make sense to a server compressing alike
     mm = sched.multimodal  # cached images are the projector's embeddings: only that projector may reuse them
-    # the KV holds the adapters' effect: only the same adapters at the same scales may reuse it
-    lora = [[os.path.basename(p), s] for p, s in zip(sched.ctx.lora_paths, sched.ctx.lora_scales) if s] or None
+    # the KV holds the adapters' effect: the same adapters must be loaded (the file's scales are
+    # recorded apart, in `lora_scales`, and only requests with those scales reuse the cache)
+    adapters = [os.path.basename(p) for p in sched.ctx.lora_paths] or None
     return {**ident, "n_ctx_slot": int(sched.ctx.n_ctx_seq), "self_extend": [se.n, se.w] if se else None,
-            "mmproj_fingerprint": _mmproj_fingerprint(mm.path) if mm else None, "lora": lora}
+            "mmproj_fingerprint": _mmproj_fingerprint(mm.path) if mm else None, "lora_adapters": adapters}
 
 
 @functools.lru_cache(maxsize=4)
@@ -180,13 +181,6 @@ def save_slot(sched, slot_id: int, folder: str | Path, filename: str) -> dict[st
     """Write slot `slot_id`'s cache to `folder/filename` atomically (with its metadata)."""
     filename = validate_filename(filename)
     slot = _slot(sched, slot_id)
-    if slot.stale:
-        raise SlotFileError(
-            f"slot {slot_id}'s cache was computed with LoRA scales that have changed since (POST /lora-adapters); "
-            "it was not saved: a new request on the slot rebuilds it",
-            "invalid_request_error",
-            "stale",
-        )
     folder = Path(folder)
     t0 = time.perf_counter()
     tokens = list(slot.cache_tokens)
@@ -210,6 +204,7 @@ def save_slot(sched, slot_id: int, folder: str | Path, filename: str) -> dict[st
             "file_size": size,
             "saved_at": time.time(),
             "id_slot": slot.id,
+            "lora_scales": list(slot.cache_lora),
         }
         tmp_meta = _write_meta_tmp(folder, filename, meta)
         final = folder / filename
@@ -259,7 +254,7 @@ def check_compatible(sched, path: Path) -> dict[str, Any] | None:
     if diffs:
         raise SlotFileError(
             f"slot file {path.name} was saved by a different model or context size ({'; '.join(diffs)}); "
-            "it was not loaded. Restore it on a server started with the same model, --mmproj, --lora scales, --ctx-size/--parallel and --grp-attn-n/-w",
+            "it was not loaded. Restore it on a server started with the same model, --mmproj, --lora adapters, --ctx-size/--parallel and --grp-attn-n/-w",
             "invalid_request_error",
             "incompatible",
         )
@@ -282,7 +277,7 @@ def restore_slot(sched, slot_id: int, folder: str | Path, filename: str) -> dict
     if not path.is_file():
         raise SlotFileError(f"slot file {filename} not found in {folder}", "not_found_error", "not_found")
     t0 = time.perf_counter()
-    check_compatible(sched, path)
+    meta = check_compatible(sched, path)
     ctx = sched.ctx
     ctx.seq_rm(slot.id, 0, -1)
     slot.cache_tokens = []
@@ -314,7 +309,9 @@ def restore_slot(sched, slot_id: int, folder: str | Path, filename: str) -> dict
             "incompatible",
         )
     slot.cache_tokens = tokens
-    slot.stale = False  # the file was written under the current LoRA scales (its identity says so)
+    scales = (meta or {}).get("lora_scales")  # the scales its KV was computed with (older files: the default)
+    slot.cache_lora = tuple(float(x) for x in scales) if isinstance(scales, list) and len(scales) == len(sched.lora_default) \
+        else sched.lora_default
     slot.t_last_used = time.perf_counter()
     ms = (time.perf_counter() - t0) * 1e3
     log.info("slot %d restored from %s: %d tokens in %.1f ms", slot_id, filename, len(tokens), ms)
@@ -326,5 +323,5 @@ def erase_slot(sched, slot_id: int) -> dict[str, Any]:
     slot = _slot(sched, slot_id)
     n = len(slot.cache_tokens)
     sched.ctx.seq_rm(slot.id, 0, -1)
-    slot.cache_tokens, slot.stale = [], False
+    slot.cache_tokens = []
     return {"id_slot": slot.id, "n_erased": n}

@@ -94,7 +94,7 @@ class LlamaContext:
         self.n_seq_out = model.n_cls_out if self.pooling_type == lc.LLAMA_POOLING_TYPE_RANK else model.n_embd
         self.can_shift = bool(lc.llama_memory_can_shift(self.mem))
         self.lora_paths: list[str] = []
-        self.lora_scales: list[float] = []
+        self.lora_scales: tuple[float, ...] = ()  # as applied to the context now
 
     # -- decode ---------------------------------------------------------
     def decode(self, batch: Batch) -> int:
@@ -135,14 +135,14 @@ class LlamaContext:
             self.set_lora_scales([scale] * len(adapters))
 
     def set_lora_scales(self, scales: list[float]) -> None:
-        """Scale each loaded adapter (0 leaves it out); the KV cache computed before is stale."""
+        """Scale each loaded adapter (0 leaves it out) for the decodes from now on."""
         loras = getattr(self, "_loras", [])
         active = [(a, float(s)) for a, s in zip(loras, scales) if s != 0.0]
         arr = (lc.llama_adapter_lora_p_ctypes * max(1, len(active)))(*[a for a, _ in active])
         values = (ctypes.c_float * max(1, len(active)))(*[s for _, s in active])
         if lc.llama_set_adapters_lora(self.ptr, arr, len(active), values) != 0:
             raise ContextError("failed to apply the LoRA adapters")
-        self.lora_scales = [float(s) for s in scales]
+        self.lora_scales = tuple(float(s) for s in scales)
 
     # -- memory (KV cache) ----------------------------------------------
     def seq_rm(self, seq: int, p0: int, p1: int = -1) -> bool:

@@ -1,8 +1,9 @@
 """GET/POST /lora-adapters: the loaded LoRA adapters (`--lora`) and their scales, changed at run time.
 
 As today's llama.cpp: POST sets the scale of each listed adapter, and an adapter left out of
-the list is switched off (scale 0). A change applies from the next scheduler step; cached
-prompts were computed with the old scales, so no slot reuses them afterwards.
+the list is switched off (scale 0). These are the scales of requests that do not name their
+own (`lora` in a request); a running request keeps its scales. Every slot's cache records
+the scales it was computed with and is only reused by a request with the same ones.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from ..errors import invalid
 
 
 def adapters_json(engine) -> list[dict[str, Any]]:
-    ctx = engine.ctx
-    return [{"id": i, "path": path, "scale": scale} for i, (path, scale) in enumerate(zip(ctx.lora_paths, ctx.lora_scales))]
+    paths, scales = engine.ctx.lora_paths, engine.scheduler.lora_default
+    return [{"id": i, "path": path, "scale": scale} for i, (path, scale) in enumerate(zip(paths, scales))]
 
 
 def parse_scales(engine, body: Any) -> list[float]:
@@ -38,12 +39,6 @@ def parse_scales(engine, body: Any) -> list[float]:
 
 
 def apply_scales(sched, scales: list[float]) -> dict[str, bool]:
-    """On the scheduler thread: set the scales; every slot's cached KV is now stale."""
-    sched.ctx.set_lora_scales(scales)
-    for slot in sched.slots:
-        if slot.is_processing:
-            slot.stale = True  # cleared when it takes its next task
-        else:
-            sched.ctx.seq_rm(slot.id, 0, -1)
-            slot.cache_tokens = []
+    """On the scheduler thread: the scales of requests launched from now on."""
+    sched.lora_default = tuple(scales)
     return {"success": True}
