@@ -322,9 +322,9 @@ class ChatStream:
         self.started: set[int] = set()
         self.results: dict[int, CompletionResult] = {}
         self.splitters = {i: reasoning.Splitter(req._thinking) for i in range(len(tasks))} if req._reasoning else {}
-        # tools: each choice's content so far (after the reasoning), and how much of it went out
+        # tools: each choice's reply so far (after the reasoning), and the content already sent
         self.text: dict[int, str] = {}
-        self.sent: dict[int, int] = {}
+        self.shown: dict[int, str] = {}
         self.probs: dict[int, list[TokenInfo]] = {}  # not yet sent (logprobs)
 
     def _chunk(self, choices: list[P.ChatChunkChoice], usage: P.Usage | None = None) -> dict:
@@ -365,19 +365,16 @@ class ChatStream:
         calls: list[tools.ParsedCall] = []
         if plan is None:
             new = content
-        elif final is None:  # content before a possible tool call
-            sent = self.sent.get(index, 0)
+        elif final is None:  # content that cannot turn out to be a tool call
+            shown = self.shown.get(index, "")
             text = self.text[index] = self.text.get(index, "") + content
-            safe = max(sent, plan.streamable(text))
-            new, self.sent[index] = text[sent:safe], safe
+            visible = plan.visible(text)
+            new = visible[len(shown):] if len(visible) > len(shown) and visible.startswith(shown) else ""
+            self.shown[index] = shown + new
         else:
-            sent = self.sent.get(index, 0)
             text = self.text[index] = self.text.get(index, "") + content
             whole, calls = plan.parse(text)
-            if sent == 0:
-                new = whole or ""
-            else:
-                new = tools.without_calls(text)[sent:].rstrip() if calls else text[sent:]
+            new = plan.rest(text, whole, calls, self.shown.get(index, ""))
         out = []
         if thoughts or new:
             delta = P.ChatDelta(reasoning_content=thoughts or None, content=new or None)

@@ -112,6 +112,27 @@ class ToolPlan:
         return (options[0] if len(options) == 1 else {"anyOf": options}), defs
 
     # -- output ---------------------------------------------------------------------
+    def visible(self, text: str) -> str:
+        """The content a reply in progress can show: never part of a tool call.
+
+        Hermes: the text before a possible `<tool_call>`. Generic: the `response` string
+        decoded so far, once the reply is `{"response": "...`; a call is shown when it ends.
+        """
+        if self.required:
+            return ""
+        if self.format == GENERIC:
+            return _response_prefix(text)
+        return text[:self.streamable(text)]
+
+    def rest(self, text: str, content: str | None, calls: list[ParsedCall], shown: str) -> str:
+        """The content still to send when the reply ends, after `shown` went out."""
+        content = content or ""
+        if not shown:
+            return content
+        if self.format == GENERIC:
+            return content[len(shown):] if content.startswith(shown) else ""
+        return without_calls(text)[len(shown):].rstrip() if calls else text[len(shown):]
+
     def streamable(self, text: str) -> int:
         """How much of a reply in progress can stream as content: never part of a tool call."""
         if self.format == GENERIC or self.required:
@@ -216,6 +237,35 @@ def _mentions(node: Any, ref: str) -> bool:
     return False
 
 
+_RESPONSE_START = re.compile(r'\s*\{\s*"response"\s*:\s*"')
+
+
+def _response_prefix(text: str) -> str:
+    """The decoded part of a generic reply's `response` string so far ("" if it is not one)."""
+    m = _RESPONSE_START.match(text)
+    if m is None:
+        return ""
+    body, i, cut = text[m.end():], 0, 0
+    while i < len(body):
+        c = body[i]
+        if c == '"':
+            break  # the string ends
+        if c == "\\":
+            step = 6 if body[i + 1:i + 2] == "u" else 2
+            if i + step > len(body):
+                break  # an escape in progress
+            if step == 6 and "d800" <= body[i + 2:i + 6].lower() <= "dbff" and i + 12 > len(body):
+                break  # half a surrogate pair: wait for the other half
+            i += step
+        else:
+            i += 1
+        cut = i
+    try:
+        return json.loads('"' + body[:cut] + '"')
+    except ValueError:
+        return ""
+
+
 def without_calls(text: str) -> str:
     """A Hermes reply with its <tool_call> blocks taken out."""
     return _TOOL_CALL.sub("", text)
@@ -249,7 +299,9 @@ def _parse_generic(text: str) -> tuple[str | None, list[ParsedCall]]:
                 return None, calls  # type: ignore[return-value]
         if isinstance(obj.get("response"), str):
             return obj["response"], []
-    return text, []  # cut short (max_tokens) or not JSON: the raw reply
+    if obj is None and _RESPONSE_START.match(text):  # an answer cut short (max_tokens): what it said so far
+        return _response_prefix(text), []
+    return text, []  # a call cut short, or not JSON: the raw reply
 
 
 def _with_parsed_arguments(message: dict[str, Any]) -> dict[str, Any]:

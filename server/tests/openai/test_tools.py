@@ -176,6 +176,7 @@ def test_parsing_generic_replies():
     content, calls = p.parse('{"tool_calls": [{"name": "get_time", "arguments": {"zone": "UTC"}}]}')
     assert content is None and calls[0].name == "get_time" and json.loads(calls[0].arguments) == {"zone": "UTC"}
     assert p.parse('{"tool_calls": [{"name": "get_ti') == ('{"tool_calls": [{"name": "get_ti', [])  # cut short
+    assert p.parse('{"response": "It is su') == ("It is su", [])  # an answer cut short: what it said
 
 
 def test_grammars_of_the_formats():
@@ -291,3 +292,33 @@ def test_streamed_logprobs_with_tools_cover_every_token(gclient):
     streamed = [lp for c in gclient.chat.completions.create(**kwargs, stream=True)
                 for ch in c.choices if ch.logprobs and ch.logprobs.content for lp in ch.logprobs.content]
     assert streamed and [t.token for t in streamed] == [t.token for t in whole.choices[0].logprobs.content]
+
+
+def test_generic_replies_stream_their_response_text(generic_server):
+    # the generic format holds the tiny model's reply to {"tool_calls": ...} or {"response": ...}; with
+    # this seed it answers, and the answer's text streams as it is written
+    body = {"model": "m", "messages": ASK, "tools": [WEATHER], "max_tokens": 60, "temperature": 0, "seed": 1}
+    whole = httpx.post(generic_server.url + "/v1/chat/completions", json=body, timeout=60).json()["choices"][0]
+    chunks = []
+    with httpx.stream("POST", generic_server.url + "/v1/chat/completions", json={**body, "stream": True}, timeout=60) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                chunks.append(json.loads(line[6:]))
+    deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
+    text = "".join(d.get("content") or "" for d in deltas)
+    assert text == (whole["message"].get("content") or "")
+    assert whole["finish_reason"] == "length" and not whole["message"]["content"].startswith("{")  # the tiny
+    assert len([d for d in deltas if d.get("content")]) > 1  # model's answer, cut at 60 tokens, streamed in pieces
+
+
+def test_generic_visible_text_grows_with_the_reply():
+    p = _plan("{{ messages }}")
+    full = json.dumps({"response": 'Hi "you"\n é 😀 done'})
+    shown = ""
+    for i in range(len(full) + 1):
+        visible = p.visible(full[:i])
+        assert visible.startswith(shown)
+        shown = visible
+    assert shown == 'Hi "you"\n é 😀 done' == p.parse(full)[0]
+    assert p.visible('{"tool_calls": [{"name": "get_time"') == ""
+    assert p.rest(full, 'Hi "you"\n é 😀 done', [], 'Hi "you"') == '\n é 😀 done'
