@@ -16,6 +16,7 @@ from ..serving import openai_chat, system_prompt
 from .errors import install_error_handlers
 from .routes_embeddings import router as embeddings_router
 from .routes_rerank import router as rerank_router
+from .routes_anthropic import router as anthropic_router
 from .routes_infill import router as infill_router
 from .routes_openai import router as openai_router
 from .routes_native import router as native_router
@@ -48,6 +49,7 @@ def create_app(settings: ServerSettings, engine: Engine | None = None, *, load: 
     app.include_router(openai_router)
     app.include_router(embeddings_router)
     app.include_router(rerank_router)
+    app.include_router(anthropic_router)
     app.include_router(infill_router)
     files = static.install(app, settings.path or None)  # last: answers GET paths no route claims
     engine.on_ready.append(openai_chat.install_formatter)

@@ -83,6 +83,7 @@ async def stream_tasks(
     tail: Callable[[], list[Any]] = lambda: [],
     *,
     done_marker: bool = True,
+    frame: Callable[[Any], bytes] = sse,
 ) -> StreamingResponse:
     """SSE over the merged events of `tasks`, ending with `tail()` objects (and `data: [DONE]`).
 
@@ -128,14 +129,14 @@ async def stream_tasks(
             while finished < len(tasks):
                 i, (kind, payload) = await next_event(waiting)
                 if kind == "error":
-                    yield sse(payload.to_dict())
+                    yield frame(payload.to_dict())
                     return
                 for obj in render(i, kind, payload):
-                    yield sse(obj)
+                    yield frame(obj)
                 if kind == "final":
                     finished += 1
             for obj in tail():
-                yield sse(obj)
+                yield frame(obj)
             if done_marker:
                 yield b"data: [DONE]\n\n"
             ok = True
