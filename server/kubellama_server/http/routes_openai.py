@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from ..engine.engine import Engine
-from ..serving import openai_chat, openai_completions, system_prompt
+from ..serving import openai_chat, openai_completions, responses, system_prompt
 from .body import json_body
 from .streaming import run_tasks, stream_tasks
 
@@ -62,3 +62,18 @@ async def apply_template(request: Request):
     req._tool_plan = openai_chat.tools.plan(req, openai_chat.formatter(engine).template.source)
     images = [] if engine.multimodal_enabled else None  # image parts render as the media marker
     return {"prompt": openai_chat.chat_prompt(engine, req, images, raw=True)}
+
+
+@router.post("/v1/responses")
+@router.post("/responses")
+async def responses_route(request: Request):
+    """OpenAI's Responses API (stateless), on the chat pipeline."""
+    engine = engine_of(request)
+    body = await json_body(request)
+    engine.require_ready()
+    rreq, tasks = responses.build(engine, body)
+    if rreq.stream:
+        stream = responses.ResponsesStream(engine, rreq, tasks)
+        return await stream_tasks(engine, tasks, stream.render, stream.tail, done_marker=False, frame=responses.event_frame)
+    results = await run_tasks(engine, request, tasks)
+    return responses.response(engine, rreq, tasks, results)
