@@ -205,6 +205,9 @@ def _validate(s: ServerSettings) -> None:
         (not (s.slot_persist and not s.slot_save_path), "--slot-persist needs --slot-save-path"),
         (not (s.reranking and s.pooling not in ("", "rank")), f"--reranking uses pooling rank: drop --pooling {s.pooling}"),
         (s.reasoning_budget in (-1, 0), "--reasoning-budget must be -1 (unrestricted) or 0 (no thinking)"),
+        (not (s.embeddings_enabled and s.lora and s.parallel & (s.parallel - 1)),
+         "--embedding/--reranking with --lora needs --parallel 1, 2, 4, 8, ...: llama.cpp aborts on a pooled "
+         "decode with LoRA adapters when the slot count is not a power of two"),
         (not ((s.mmproj or s.mmproj_url) and s.grp_attn_n > 1), "--mmproj cannot be combined with --grp-attn-n (self-extend would split images)"),
         (not s.mmproj or s.mmproj_url or os.path.isfile(s.mmproj),
          f"--mmproj {s.mmproj}: no such file (pass the projector GGUF that goes with the model, or -mmu URL)"),

@@ -56,6 +56,7 @@ def test_environment_variables_and_command_line_precedence():
         (["-m", "x", "--chat-template-kwargs", "{nope"], {}, "--chat-template-kwargs is not valid JSON"),
         (["-m", "x", "--chat-template-kwargs", '{"tools": 1}'], {}, "may not set tools"),
         (["-m", "x", "--reasoning-budget", "500"], {}, "--reasoning-budget must be -1"),
+        (["-m", "x", "--embedding", "--lora", "a.gguf", "-np", "3"], {}, "needs --parallel 1, 2, 4, 8"),
         (["-m", "x", "--reasoning-format", "r1"], {}, "expected one of auto, deepseek, none"),
         (["-m", "x", "-mm", __file__, "--grp-attn-n", "4"], {}, "--mmproj cannot be combined with --grp-attn-n"),
     ],

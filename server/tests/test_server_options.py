@@ -181,3 +181,50 @@ def test_requests_with_different_lora_scales_in_parallel(live_server, tmp_path):
     plain = live_server()
     r = httpx.post(plain.url + "/completion", json={"prompt": "x", "n_predict": 1, "lora": [{"id": 0, "scale": 1}]})
     assert r.status_code == 400 and "--lora" in r.json()["error"]["message"]
+
+
+def test_lora_configs_take_turns_while_a_long_prompt_is_read(live_server, tmp_path):
+    import threading
+
+    lora = build_tiny_lora(tmp_path / "lora.gguf")
+    srv = live_server("--lora", str(lora), "-np", "2", "-c", "4096", "-b", "8", "-ub", "8")
+    arrivals: list[float] = []
+    body = {"prompt": "hi", "n_predict": 100000, "ignore_eos": True, "stream": True, "lora": [{"id": 0, "scale": 0.5}]}
+    window: dict = {}
+
+    def long_prompt():
+        window["start"] = time.monotonic()
+        httpx.post(srv.url + "/completion", json={"prompt": "hello world " * 150, "n_predict": 1,
+                                                   "lora": [{"id": 0, "scale": 1.0}]}, timeout=60)
+        window["end"] = time.monotonic()
+
+    with httpx.stream("POST", srv.url + "/completion", json=body, timeout=60) as r:
+        lines = r.iter_lines()
+        next(lines)
+        t = threading.Thread(target=long_prompt)
+        t.start()
+        for line in lines:
+            arrivals.append(time.monotonic())
+            if "end" in window:
+                break
+        t.join(30)
+    during = [a for a in arrivals if window["start"] < a < window["end"]]
+    # the 8-token decodes of the long prompt alternate with the other scales' decodes
+    assert len(during) >= 20, (len(during), window["end"] - window["start"])
+
+
+def test_embeddings_on_a_lora_server(live_server, tmp_path):
+    import concurrent.futures as cf
+
+    lora = build_tiny_lora(tmp_path / "lora.gguf")
+    srv = live_server("--lora", str(lora), "-np", "4", "--embedding")
+
+    def embed(i):
+        r = httpx.post(srv.url + "/v1/embeddings", json={"input": f"text {i % 2}"}, timeout=60)
+        assert r.status_code == 200, r.text
+        return r.json()["data"][0]["embedding"]
+
+    with cf.ThreadPoolExecutor(4) as pool:  # several inputs per pooled decode, adapters on
+        got = list(pool.map(embed, range(8)))
+    assert all(v == pytest.approx(got[i % 2], abs=1e-5) for i, v in enumerate(got))
+    assert _probs(srv)  # completions still run beside them

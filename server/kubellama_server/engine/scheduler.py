@@ -506,6 +506,9 @@ class Scheduler:
             return
         if lora is not None:
             self._use_lora(lora)
+            now = time.perf_counter()
+            for slot in active:
+                slot.t_served = now
         ret = self.ctx.decode(batch)
         if ret != 0:
             self._decode_failed(active, ret)
@@ -559,11 +562,13 @@ class Scheduler:
         other scales wait for a later step (as in llama.cpp's server); with a single set,
         every slot is in every decode.
         """
-        waiting = [s for s in self.slots if s.is_processing and s.task.kind == "completion"
-                   and (s.pending_token >= 0 or s.in_prompt)]
+        generating = [s for s in self.slots if s.is_processing and s.task.kind == "completion" and s.pending_token >= 0]
+        prompting = [s for s in self.slots if s.is_processing and s.task.kind == "completion" and s.in_prompt]
+        # without continuous batching a prompt joins only a decode that has no generated tokens
+        waiting = generating + prompting if self.cont_batching or not generating else generating
         if not waiting:
             return None
-        return min(waiting, key=lambda s: s.t_last_token or s.t_start).cache_lora
+        return min(waiting, key=lambda s: s.t_served).cache_lora
 
     def _next_pos(self, slot: Slot) -> int:
         """The position of the slot's next token."""

@@ -25,6 +25,7 @@ class Slot:
     cache_tokens: list[int] = field(default_factory=list)  # tokens whose KV is in this sequence
     t_last_used: float = 0.0
     cache_lora: tuple[float, ...] = ()  # the LoRA scales its cached KV was computed with
+    t_served: float = 0.0  # when its tokens last went into a decode (LoRA turn-taking)
 
     # -- the running task -------------------------------------------------
     task: Task | None = None
@@ -81,6 +82,7 @@ class Slot:
         self.truncated = False
         self.stopped_eos = self.stopped_limit = self.stopped_word = False
         self.t_start = now
+        self.t_served = now
         self.t_prompt_done = 0.0
         self.t_last_token = 0.0
         self.queue_wait = now - task.t_created

@@ -78,12 +78,17 @@ def _messages(messages: Any) -> list[dict]:
                               "function": {"name": block["name"], "arguments": json.dumps(block.get("input", {}))}})
             elif kind == "tool_result" and m["role"] == "user":
                 result = block.get("content", "")
-                text = result if isinstance(result, str) else _text_of(
-                    [b for b in result if isinstance(b, dict) and b.get("type") == "text"], f"{where}.content") \
-                    if isinstance(result, list) else ""
+                if isinstance(result, list):  # text and image blocks (a vision tool's picture reaches the model)
+                    content: Any = [_image_part(b, f"{where}.content.{n}") if isinstance(b, dict) and b.get("type") == "image"
+                                    else {"type": "text", "text": _text_of([b], f"{where}.content.{n}")}
+                                    for n, b in enumerate(result)]
+                elif isinstance(result, str):
+                    content = result
+                else:
+                    raise invalid(f"'{where}.content' must be a string or an array of text and image blocks")
                 if block.get("is_error"):
-                    text = f"Error: {text}"
-                out.append({"role": "tool", "tool_call_id": block.get("tool_use_id"), "content": text})
+                    content = [{"type": "text", "text": "Error:"}, *content] if isinstance(content, list) else f"Error: {content}"
+                out.append({"role": "tool", "tool_call_id": block.get("tool_use_id"), "content": content})
             elif kind in ("thinking", "redacted_thinking") and m["role"] == "assistant":
                 continue  # earlier thoughts are not sent back to the model
             else:
@@ -179,6 +184,8 @@ def count_tokens_prompt(engine, body: dict) -> str:
 
 
 def _stop(res: CompletionResult, finish: str) -> tuple[str, str | None]:
+    if finish == "tool_calls":  # an agent loop must run the tools, whatever ended the reply
+        return "tool_use", None
     if res.stopped_word:
         return "stop_sequence", res.stopping_word
     return STOP_REASONS.get(finish, "end_turn"), None

@@ -74,14 +74,15 @@ def _messages(body: dict) -> list[dict]:
                 raise invalid(f"'input.{i}' (function_call) needs a 'name' and JSON 'arguments'")
             call = {"id": item.get("call_id") or _id("call"), "type": "function",
                     "function": {"name": item["name"], "arguments": item.get("arguments") or "{}"}}
-            if out and out[-1]["role"] == "assistant" and out[-1].get("tool_calls") is not None:
-                out[-1]["tool_calls"].append(call)  # parallel calls: one assistant turn
+            if out and out[-1]["role"] == "assistant":  # its text, or parallel calls: one assistant turn
+                out[-1].setdefault("tool_calls", []).append(call)
             else:
                 out.append({"role": "assistant", "content": None, "tool_calls": [call]})
         elif kind == "function_call_output":
             output = item.get("output")
-            out.append({"role": "tool", "tool_call_id": item.get("call_id"),
-                        "content": output if isinstance(output, str) else json.dumps(output)})
+            content = output if isinstance(output, str) else _parts(output, f"input.{i}.output") \
+                if isinstance(output, list) else json.dumps(output)
+            out.append({"role": "tool", "tool_call_id": item.get("call_id"), "content": content})
         elif kind == "reasoning":
             continue  # earlier thoughts are not sent back to the model
         else:
@@ -201,12 +202,12 @@ def response(engine, rreq: ResponsesRequest, tasks: list[Task], results: list[Co
     (res,) = results
     thoughts, content, calls, finish = openai_chat.reply(rreq.chat, res.content, res.finish_reason)
     output: list[dict] = []
+    incomplete = "max_output_tokens" if finish == "length" else None
     if thoughts:
         output.append(_reasoning(thoughts))
     if content:
-        output.append(_message(content))
+        output.append(_message(content, status="incomplete" if incomplete else "completed"))
     output += [_function_call(c.name, c.arguments) for c in calls]
-    incomplete = "max_output_tokens" if finish == "length" else None
     return envelope(rreq, output, "incomplete" if incomplete else "completed", _usage(tasks, results), incomplete)
 
 
@@ -226,7 +227,7 @@ class ResponsesStream:
         self.seq += 1
         return {"type": kind, "sequence_number": self.seq - 1, **fields}
 
-    def _close(self) -> list[dict]:
+    def _close(self, keep_status: bool = False) -> list[dict]:
         item, self.open = self.open, None
         if item is None:
             return []
@@ -244,7 +245,7 @@ class ResponsesStream:
         else:
             out.append(self._ev("response.function_call_arguments.done", item_id=item["id"], output_index=n,
                                 name=item["name"], arguments=item["arguments"]))
-        if "status" in item:
+        if "status" in item and not (keep_status and item["status"] == "incomplete"):
             item["status"] = "completed"
         out.append(self._ev("response.output_item.done", output_index=n, item=item))
         self.output.append(item)
@@ -257,6 +258,7 @@ class ResponsesStream:
         n = len(self.output)
         out.append(self._ev("response.output_item.added", output_index=n, item=json.loads(json.dumps(item))))
         if item["type"] == "message":
+            out[-1]["item"]["content"] = []  # the part arrives with content_part.added, as OpenAI's
             out.append(self._ev("response.content_part.added", item_id=item["id"], output_index=n, content_index=0,
                                 part={"type": "output_text", "text": "", "annotations": [], "logprobs": []}))
         return out
@@ -290,9 +292,11 @@ class ResponsesStream:
                     out.append(self._ev("response.function_call_arguments.delta", item_id=self.open["id"],
                                         output_index=len(self.output), delta=call["function"]["arguments"]))
                 if choice.get("finish_reason"):
-                    out += self._close()
-                    res: CompletionResult = payload
                     incomplete = "max_output_tokens" if choice["finish_reason"] == "length" else None
+                    if incomplete and self.open is not None and self.open["type"] == "message":
+                        self.open["status"] = "incomplete"
+                    out += self._close(keep_status=bool(incomplete))
+                    res: CompletionResult = payload
                     final = envelope(self.rreq, self.output, "incomplete" if incomplete else "completed",
                                      _usage(self.tasks, [res]), incomplete)
                     out.append(self._ev("response.incomplete" if incomplete else "response.completed", response=final))

@@ -254,16 +254,23 @@ def _response_prefix(text: str) -> str:
             step = 6 if body[i + 1:i + 2] == "u" else 2
             if i + step > len(body):
                 break  # an escape in progress
-            if step == 6 and "d800" <= body[i + 2:i + 6].lower() <= "dbff" and i + 12 > len(body):
-                break  # half a surrogate pair: wait for the other half
+            if step == 6 and "d800" <= body[i + 2:i + 6].lower() <= "dbff":
+                after = body[i + 6:i + 12]
+                if len(after) < 6 and ("\\u".startswith(after) or after.startswith("\\u")):
+                    break  # half a surrogate pair: the other half may be coming
             i += step
         else:
             i += 1
         cut = i
     try:
-        return json.loads('"' + body[:cut] + '"')
+        return _no_lone_surrogates(json.loads('"' + body[:cut] + '"'))
     except ValueError:
         return ""
+
+
+def _no_lone_surrogates(text: str) -> str:
+    """JSON's \\uD83D without its pair decodes to a lone surrogate, which UTF-8 cannot carry."""
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 def without_calls(text: str) -> str:
@@ -286,7 +293,7 @@ def _call_of(obj: Any) -> ParsedCall | None:
         return ParsedCall(obj["name"], args) if isinstance(_loads(args), dict) else None
     if not isinstance(args, dict):
         return None
-    return ParsedCall(obj["name"], json.dumps(args, ensure_ascii=False))
+    return ParsedCall(obj["name"], _no_lone_surrogates(json.dumps(args, ensure_ascii=False)))
 
 
 def _parse_generic(text: str) -> tuple[str | None, list[ParsedCall]]:
@@ -298,7 +305,7 @@ def _parse_generic(text: str) -> tuple[str | None, list[ParsedCall]]:
             if all(calls):
                 return None, calls  # type: ignore[return-value]
         if isinstance(obj.get("response"), str):
-            return obj["response"], []
+            return _no_lone_surrogates(obj["response"]), []
     if obj is None and _RESPONSE_START.match(text):  # an answer cut short (max_tokens): what it said so far
         return _response_prefix(text), []
     return text, []  # a call cut short, or not JSON: the raw reply

@@ -110,3 +110,13 @@ def test_an_image_block(live_server, tmp_path):
         {"type": "text", "text": "What is this?"}, image]}])
     without = c.messages.create(model="m", max_tokens=2, messages=[{"role": "user", "content": "What is this?"}])
     assert with_image.usage.input_tokens >= without.usage.input_tokens + 16  # the image's 16 positions
+
+
+def test_tool_use_wins_over_a_stop_sequence():
+    from types import SimpleNamespace
+
+    from kubellama_server.serving.anthropic import _stop
+
+    res = SimpleNamespace(stopped_word=True, stopping_word="STOP")
+    assert _stop(res, "tool_calls") == ("tool_use", None)
+    assert _stop(res, "stop") == ("stop_sequence", "STOP")

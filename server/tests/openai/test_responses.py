@@ -96,3 +96,26 @@ def test_reasoning_items(client, srv):
 def test_mistakes_are_400(srv, body, needle):
     r = httpx.post(srv.url + "/v1/responses", json=body)
     assert r.status_code == 400 and needle in r.json()["error"]["message"], r.text
+
+
+def test_a_reply_with_text_and_a_call_goes_back_as_input_on_an_alternating_template(tiny_model):
+    s = LiveServer(["-m", str(tiny_model), "-t", "1", "-c", "8192", "--chat-template", "gemma"])
+    s.start()
+    try:
+        r = httpx.post(s.url + "/v1/responses", json={"tools": [WEATHER], "max_output_tokens": 4, "input": [
+            {"role": "user", "content": ASK},
+            {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Let me look."}]},
+            {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": '{"city": "Paris"}'},
+            {"type": "function_call_output", "call_id": "call_1", "output": [{"type": "input_text", "text": "18 degrees"}]},
+        ]})
+        assert r.status_code == 200, r.text
+    finally:
+        s.stop()
+
+
+def test_stream_message_items_start_empty(client):
+    events = list(client.responses.create(model="tiny", input=ASK, max_output_tokens=4, temperature=0, stream=True))
+    added = next(e for e in events if e.type == "response.output_item.added")
+    assert added.item.type == "message" and added.item.content == []
+    done = next(e for e in events if e.type == "response.output_item.done")
+    assert done.item.status == "incomplete" and len(done.item.content) == 1  # cut by max_output_tokens

@@ -322,3 +322,12 @@ def test_generic_visible_text_grows_with_the_reply():
     assert shown == 'Hi "you"\n é 😀 done' == p.parse(full)[0]
     assert p.visible('{"tool_calls": [{"name": "get_time"') == ""
     assert p.rest(full, 'Hi "you"\n é 😀 done', [], 'Hi "you"') == '\n é 😀 done'
+
+
+def test_lone_surrogate_escapes_do_not_break_a_reply():
+    p = _plan("{{ messages }}")
+    text = '{"response": "a\\ud83dbc"}'
+    assert p.visible(text[:-2]) == "a\ufffdbc" and p.parse(text) == ("a\ufffdbc", [])
+    call = '{"tool_calls": [{"name": "get_time", "arguments": {"zone": "\\ud800x"}}]}'
+    (parsed,) = p.parse(call)[1]
+    assert parsed.arguments.encode() and json.loads(parsed.arguments) == {"zone": "\ufffdx"}
