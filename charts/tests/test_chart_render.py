@@ -46,13 +46,27 @@ MULTIMODAL = {
     },
 }
 
+# One base model with LoRA adapters (spec.model.loras): a list, passed through like any other spec field.
+LORAS = {
+    "name": "tuned",
+    "namespace": "team-a",
+    "spec": {
+        "model": {"huggingFace": {"repo": "Qwen/Qwen2.5-1.5B-Instruct-GGUF", "file": "qwen2.5-1.5b-instruct-q4_k_m.gguf"},
+                  "tokenSecretRef": {"name": "hf"},
+                  "loras": [{"name": "sql", "huggingFace": {"repo": "my-org/qwen2.5-1.5b-sql-lora-GGUF",
+                                                            "file": "adapter-f16.gguf"}},
+                            {"name": "support", "url": "https://models.example.com/support/adapter-f16.gguf",
+                             "sha256": "ab" * 32}]},
+    },
+}
+
 # Value sets the chart must render cleanly with, and the Prometheus Operator APIs the cluster serves.
 CASES: dict[str, tuple[dict[str, Any], list[str]]] = {
     "defaults": ({}, []),
     "namespaced": ({"operator": {"watchNamespaces": ["team-a", "team-b"]}}, []),
     "monitoring": ({"monitoring": {"enabled": True}}, PROMETHEUS_OPERATOR_APIS),
     "dashboards-off": ({"grafana": {"dashboards": {"enabled": False}}}, []),
-    "llamaserver": ({"llamaServers": [LLAMASERVER, MULTIMODAL]}, []),
+    "llamaserver": ({"llamaServers": [LLAMASERVER, MULTIMODAL, LORAS]}, []),
     "everything": ({
         "operator": {
             "watchNamespaces": ["team-a"],
@@ -537,11 +551,12 @@ def test_dashboard_structure():
 def test_llamaservers_from_values(rendered):
     servers = by_kind(rendered["llamaserver"], "LlamaServer")
     assert [(s["metadata"]["name"], s["metadata"]["namespace"]) for s in servers] == [
-        ("gemma", "kubellama-system"), ("other", "team-a")]
+        ("gemma", "kubellama-system"), ("other", "team-a"), ("tuned", "team-a")]
     assert servers[0]["apiVersion"] == "kubellama.dev/v1alpha1"
     assert servers[0]["spec"] == LLAMASERVER["spec"]
     assert servers[0]["metadata"]["labels"]["team"] == "ml"
     assert servers[1]["spec"] == MULTIMODAL["spec"]
+    assert servers[2]["spec"] == LORAS["spec"]
 
 
 def test_the_charts_crd_checks_the_projector(rendered):
@@ -549,6 +564,38 @@ def test_the_charts_crd_checks_the_projector(rendered):
     server["spec"]["model"]["mmproj"]["sha256"] = "not-a-sha256"
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(server, crd_schema())
+
+
+def test_the_charts_crd_checks_the_adapters(rendered):
+    server = by_kind(rendered["llamaserver"], "LlamaServer")[2]
+    jsonschema.validate(server, crd_schema())
+    for breaks in (lambda loras: loras[1].update(sha256="not-a-sha256"),
+                   lambda loras: loras[0].update(name=""),
+                   lambda loras: loras.extend([{"url": f"https://models.example.com/{i}.gguf"} for i in range(15)])):
+        broken = copy.deepcopy(server)
+        breaks(broken["spec"]["model"]["loras"])
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(broken, crd_schema())
+
+
+def test_a_lora_server_from_values_is_one_the_operator_runs(rendered):
+    """The rendered LoRA LlamaServer passes the operator's own checks and gets one fetch-lora-<i> per adapter."""
+    from kubellama_operator.builders import desired_children
+    from kubellama_operator.config import OperatorConfig
+    from kubellama_operator.spec import normalize, problems, resolve_model
+
+    server = by_kind(rendered["llamaserver"], "LlamaServer")[2]
+    spec = normalize(server["spec"])
+    assert problems(spec) == []
+    children, _ = desired_children(server, spec, resolve_model(spec), OperatorConfig(), servicemonitor_crd=False)
+    (sts,) = [c for c in children if c["kind"] == "StatefulSet"]
+    pod = sts["spec"]["template"]["spec"]
+    assert [c["name"] for c in pod["initContainers"]] == ["fetch-model", "fetch-lora-0", "fetch-lora-1"]
+    args = pod["containers"][0]["args"]
+    assert [args[i + 1] for i, a in enumerate(args) if a == "--lora"] == [
+        "/models/lora/0/adapter-f16.gguf", "/models/lora/1/adapter-f16.gguf"]
+    for version in KUBE_VERSIONS:
+        kubernetes_validate.validate(sts, version, strict=True)
 
 
 def test_notes_explain_the_next_steps(helm):

@@ -20,7 +20,7 @@ PHASES = ["Pending", "Downloading", "Loading", "Ready", "Degraded", "Failed"]
 #: Server flags the operator sets itself; `server.extraArgs` may not repeat them.
 MANAGED_FLAGS = ["-m", "--model", "--host", "--port", "-a", "--alias", "--api-key", "--api-key-file",
                  "--slot-save-path", "-mu", "--model-url", "-hfr", "--hf-repo", "-hff", "--hf-file",
-                 "-hf", "-mm", "--mmproj", "-mmu", "--mmproj-url", "--no-mmproj-offload", "--no-mmproj"]
+                 "-hf", "-mm", "--mmproj", "-mmu", "--mmproj-url", "--no-mmproj-offload", "--no-mmproj", "--lora"]
 
 #: The self-extend flag kubellama-server refuses together with --mmproj (values > 1 turn it on).
 SELF_EXTEND_FLAG = "--grp-attn-n"
@@ -28,6 +28,10 @@ SELF_EXTEND_FLAG = "--grp-attn-n"
 SELF_EXTEND_ON = r"^0*([2-9]|[1-9][0-9]+)$"
 #: Most entries in server.extraArgs (the CEL rule below walks their indices).
 MAX_EXTRA_ARGS = 64
+#: Most LoRA adapters in spec.model.loras (one fetch init container each).
+MAX_LORAS = 16
+#: Longest spec.model.loras[].path (bounds the cost of the CEL rule comparing the paths).
+MAX_PATH = 1024
 
 Schema = dict[str, Any]
 
@@ -121,6 +125,39 @@ def _mmproj_schema() -> Schema:
     )
 
 
+def _lora_schema() -> Schema:
+    return _o(
+        "A LoRA adapter (GGUF) for the model, loaded at start-up with scale 1.0 (kubellama-server --lora): "
+        "exactly one of url, huggingFace or path. url and huggingFace are downloaded by an init container "
+        "of its own, fetch-lora-<i> (after fetch-model and fetch-mmproj), into the folder lora/<i>/ of the "
+        "model volume, or, for a pvc model (mounted read-only), of an emptyDir downloaded again whenever a pod "
+        "starts. path is a file on the pvc model's claim (no download).",
+        {
+            "name": _s("A label for people, shown in the status and in download messages. The server knows "
+                       "the adapters by their position in spec.model.loras: id 0, 1, ... in GET /lora-adapters, "
+                       "POST /lora-adapters and a request's \"lora\": [{\"id\": N, \"scale\": S}].",
+                       minLength=1, maxLength=63),
+            "url": _s("HTTP(S) URL of the adapter's .gguf file. The file keeps the URL path's basename.",
+                      pattern=r"^https?://.+", maxLength=2048),
+            "huggingFace": _o("A file in a Hugging Face repository (spec.model.tokenSecretRef, when set, "
+                              "is used for it too).", {
+                "repo": _s("Repository id, e.g. my-org/qwen2.5-1.5b-sql-lora-GGUF.",
+                           pattern=_HF_REPO),
+                "file": _s("Path of the adapter's .gguf file inside the repository.", minLength=1),
+                "revision": _s("Branch, tag or commit (default: main).", minLength=1),
+            }, required=["repo", "file"]),
+            "path": _s("Path of the adapter's .gguf file inside spec.model.pvc's claim (pvc models only).",
+                       minLength=1, maxLength=MAX_PATH, pattern=r"^[^/].*$"),
+            "sha256": _s("Expected SHA-256 of the adapter file; the download fails on a mismatch.",
+                         pattern=_SHA256),
+        },
+        rules=[
+            ("(has(self.url) ? 1 : 0) + (has(self.huggingFace) ? 1 : 0) + (has(self.path) ? 1 : 0) == 1",
+             "each spec.model.loras entry needs exactly one source: url, huggingFace or path"),
+        ],
+    )
+
+
 def _model_schema() -> Schema:
     return _o(
         "Where the GGUF model comes from: exactly one of url, huggingFace or pvc.",
@@ -141,19 +178,32 @@ def _model_schema() -> Schema:
             "alias": _s("Model id served by /v1/models (default: the file name).", minLength=1),
             "tokenSecretRef": _secret_ref(
                 "Secret with a Hugging Face access token, for gated repositories (sets HF_TOKEN); used "
-                "for the model's and the projector's huggingFace downloads.",
+                "for the model's, the projector's and the LoRA adapters' huggingFace downloads.",
                 "token"),
             "mmproj": _mmproj_schema(),
+            "loras": {"type": "array", "maxItems": MAX_LORAS, "items": _lora_schema(),
+                      "description": "LoRA adapters for the model (kubellama-server --lora, in this order: the "
+                                     "first is adapter id 0). One server then serves several fine-tunes of its "
+                                     "model: a request picks adapters and scales with \"lora\": [{\"id\": N, "
+                                     "\"scale\": S}], POST /lora-adapters changes the default scales."},
         },
         rules=[
             ("(has(self.url) ? 1 : 0) + (has(self.huggingFace) ? 1 : 0) + (has(self.pvc) ? 1 : 0) == 1",
              "spec.model needs exactly one source: url, huggingFace or pvc"),
-            ("!has(self.tokenSecretRef) || has(self.huggingFace) || (has(self.mmproj) && has(self.mmproj.huggingFace))",
-             "spec.model.tokenSecretRef is only used with a huggingFace source (spec.model.huggingFace or "
-             "spec.model.mmproj.huggingFace)"),
+            ("!has(self.tokenSecretRef) || has(self.huggingFace) || (has(self.mmproj) && has(self.mmproj.huggingFace))"
+             " || (has(self.loras) && self.loras.exists(l, has(l.huggingFace)))",
+             "spec.model.tokenSecretRef is only used with a huggingFace source (spec.model.huggingFace, "
+             "spec.model.mmproj.huggingFace or spec.model.loras[].huggingFace)"),
             ("!has(self.mmproj) || !has(self.mmproj.path) || has(self.pvc)",
              "spec.model.mmproj.path is a file on the model's claim and needs a pvc model source; "
              "use mmproj.url or mmproj.huggingFace otherwise"),
+            ("!has(self.loras) || has(self.pvc) || self.loras.all(l, !has(l.path))",
+             "spec.model.loras[].path is a file on the model's claim and needs a pvc model source; "
+             "use url or huggingFace for the adapter otherwise"),
+            # Conditionals, not ||/&&: cel-python (the tests' evaluator) does not short-circuit errors.
+            ("!has(self.loras) || self.loras.all(a, has(a.path) ? "
+             "self.loras.exists_one(b, has(b.path) ? b.path == a.path : false) : true)",
+             "two spec.model.loras entries name the same path: list each adapter once"),
         ],
     )
 
@@ -342,6 +392,13 @@ def status_schema() -> Schema:
             "sizeBytes": {"type": "integer", "format": "int64"},
             "sha256": _s("SHA-256 of the fetched file (from the fetcher)."),
             "mmproj": _s("File name of the multimodal projector (spec.model.mmproj), when there is one."),
+            "loras": {"type": "array", "description": "The LoRA adapters (spec.model.loras), in order: id is the "
+                                                      "adapter's id on the server.",
+                      "items": _o("A LoRA adapter.", {
+                          "id": _i("Adapter id (its position in spec.model.loras)."),
+                          "name": _s("Its name (spec.model.loras[].name), when set."),
+                          "file": _s("Adapter file name."),
+                      })},
         }),
     })
 

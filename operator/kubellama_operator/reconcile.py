@@ -123,7 +123,7 @@ async def refresh_status(client: KubeClient, body: dict[str, Any], spec: dict[st
     sts = await client.get("apps/v1", "StatefulSet", ns, name)
     pods = await client.list("v1", "Pod", ns, selector_labels(name))
     progress = None
-    downloading = next(((p, v) for p in pods if (v := pod_view(p)).stage == "Downloading"), None)
+    downloading = next(((p, v) for p in pods if (v := pod_view(p, model)).stage == "Downloading"), None)
     if downloading is not None:  # long work shows progress: the fetchers log it as JSON lines
         pod, view = downloading
         progress = download_progress(await client.pod_log(ns, pod["metadata"]["name"], view.fetcher))

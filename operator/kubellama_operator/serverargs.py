@@ -28,6 +28,8 @@ def server_args(spec: Spec, model: Model, *, log_format: str = "json") -> list[s
         args += ["--mmproj", model.mmproj.path]
         if not model.mmproj.offload:
             args.append("--no-mmproj-offload")
+    for lora in model.loras:  # in order: the server's adapter ids are the list's indices
+        args += ["--lora", lora.path]
     for field, flag in _NUMERIC:
         if server.get(field) is not None:
             args += [flag, str(server[field])]

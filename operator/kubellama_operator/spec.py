@@ -15,7 +15,7 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import urlparse
 
-from .crd import MANAGED_FLAGS, SELF_EXTEND_FLAG, SELF_EXTEND_ON, build_crd
+from .crd import MANAGED_FLAGS, MAX_LORAS, SELF_EXTEND_FLAG, SELF_EXTEND_ON, build_crd
 
 Spec = dict[str, Any]
 
@@ -25,6 +25,10 @@ MODEL_DIR = "/models"
 #: emptyDir of its own (pvc models, whose claim is mounted read-only).
 MMPROJ_SUBDIR = f"{MODEL_DIR}/mmproj"
 MMPROJ_DIR = "/mmproj"
+#: Where downloaded LoRA adapters go, adapter i in the folder <i>/ (files of the same name never meet):
+#: under the model volume (downloaded models), or an emptyDir of their own (pvc models).
+LORA_SUBDIR = f"{MODEL_DIR}/lora"
+LORA_DIR = "/lora"
 SLOTS_DIR = "/slots"
 CONFIG_DIR = "/etc/kubellama"
 #: llama.cpp's -spf format: JSON {"prompt": ...}.
@@ -77,11 +81,16 @@ def problems(spec: Spec) -> list[str]:
     if "pvc" in model and not (model["pvc"] or {}).get("claimName"):
         out.append("spec.model.pvc needs claimName (and path)")
     mmproj = model.get("mmproj")
-    if "tokenSecretRef" in model and "huggingFace" not in model and "huggingFace" not in (mmproj or {}):
-        out.append("spec.model.tokenSecretRef is only used with a huggingFace source (spec.model.huggingFace "
-                   "or spec.model.mmproj.huggingFace)")
+    loras = model.get("loras")
+    hf_loras = isinstance(loras, list) and any(isinstance(a, dict) and "huggingFace" in a for a in loras)
+    if ("tokenSecretRef" in model and "huggingFace" not in model and "huggingFace" not in (mmproj or {})
+            and not hf_loras):
+        out.append("spec.model.tokenSecretRef is only used with a huggingFace source (spec.model.huggingFace, "
+                   "spec.model.mmproj.huggingFace or spec.model.loras[].huggingFace)")
     if mmproj is not None:
         out += _mmproj_problems(model, mmproj, spec.get("server", {}).get("extraArgs") or [])
+    if loras is not None:
+        out += _lora_problems(model, loras)
     if int(spec.get("replicas", 1)) < 0:
         out.append("spec.replicas must be >= 0")
     gpu = spec.get("gpu", {})
@@ -123,6 +132,38 @@ def _mmproj_problems(model: Spec, mmproj: Any, extra_args: list[str]) -> list[st
     return out
 
 
+def _lora_problems(model: Spec, loras: Any) -> list[str]:
+    """spec.model.loras: the CRD's rules (one source each, path only with a pvc model, no path twice)."""
+    if not isinstance(loras, list):
+        return ["spec.model.loras must be a list of adapters, each with one source: url, huggingFace or path"]
+    out = []
+    if len(loras) > MAX_LORAS:
+        out.append(f"spec.model.loras has {len(loras)} adapters; at most {MAX_LORAS} are allowed")
+    paths: list[str] = []
+    for i, lora in enumerate(loras):
+        where = f"spec.model.loras[{i}]"
+        if not isinstance(lora, dict):
+            out.append(f"{where} needs exactly one source: url, huggingFace or path")
+            continue
+        sources = [k for k in ("url", "huggingFace", "path") if k in lora]
+        if len(sources) != 1:
+            out.append(f"{where} needs exactly one source: url, huggingFace or path"
+                       + (f" (found {', '.join(sources)})" if sources else ""))
+        if "huggingFace" in lora and not ((lora["huggingFace"] or {}).get("repo")
+                                          and (lora["huggingFace"] or {}).get("file")):
+            out.append(f"{where}.huggingFace needs repo and file")
+        if "path" in lora:
+            paths.append(lora["path"])
+            if "pvc" not in model:
+                out.append(f"{where}.path is a file on the model's claim and needs a pvc model source; "
+                           "use url or huggingFace for the adapter otherwise")
+    # As the CRD's rule: the same string twice (kubectl apply cannot tell that a/b and ./a/b are one file).
+    twice = sorted({p for p in paths if paths.count(p) > 1})
+    if twice:
+        out.append(f"two spec.model.loras entries name the same path ({', '.join(twice)}): list each adapter once")
+    return out
+
+
 def turns_on_self_extend(args: list[str]) -> bool:
     """Whether server flags set `--grp-attn-n` above 1 (`--grp-attn-n=N` or `--grp-attn-n N`).
 
@@ -153,6 +194,27 @@ class Mmproj:
 
 
 @dataclass(frozen=True)
+class Lora:
+    """A LoRA adapter: where it comes from and where the server finds it (`--lora`, id = index)."""
+
+    index: int           # its position in spec.model.loras: the adapter's id on the server
+    name: str            # spec.model.loras[].name ("" when unset): a label for people
+    source: str          # "url" | "huggingFace" | "path"
+    file: str            # file name (basename)
+    path: str            # absolute path in the server container
+    description: str     # human-readable origin, for status
+    fetch_args: tuple[str, ...]  # kubellama-fetch flags; () for a file on the model's claim
+    #: Its folder: LORA_SUBDIR/<i> (downloaded into the model volume), LORA_DIR/<i> (downloaded into an emptyDir
+    #: of its own, for pvc models) or MODEL_DIR (a file on the pvc model's claim).
+    dest: str
+
+    @property
+    def label(self) -> str:
+        """"LoRA adapter 1 (sql)", or "LoRA adapter 1" without a name: how messages name it."""
+        return f"LoRA adapter {self.index}" + (f" ({self.name})" if self.name else "")
+
+
+@dataclass(frozen=True)
 class Model:
     """Where the model file comes from and where the server finds it."""
 
@@ -163,6 +225,7 @@ class Model:
     description: str     # human-readable origin, for status
     fetch_args: tuple[str, ...]  # kubellama-fetch flags; () for pvc sources
     mmproj: Mmproj | None = None  # the multimodal projector, when spec.model.mmproj is set
+    loras: tuple[Lora, ...] = ()  # the LoRA adapters of spec.model.loras, in order
 
 
 def _fetch_source(src: Spec, sha256: str | None, dest: str) -> tuple[str, str, tuple[str, ...]]:
@@ -179,35 +242,49 @@ def _fetch_source(src: Spec, sha256: str | None, dest: str) -> tuple[str, str, t
             ("--hf-repo", hf["repo"], "--hf-file", hf["file"], *rev, *sha, "--dest", dest))
 
 
+def _resolve_file(src: Spec, model: Spec, subdir: str, own_dir: str) -> tuple[str, str, str, str, tuple[str, ...], str]:
+    """(source, file, path, description, fetch flags, folder) of a file that goes with the model.
+
+    `path`: a file on the pvc model's claim. url/huggingFace: downloaded into `subdir` (a folder of the
+    model volume), or into `own_dir` (an emptyDir) for a pvc model, whose claim is mounted read-only.
+    """
+    if "path" in src:
+        rel = posixpath.normpath(src["path"]).lstrip("/")
+        return ("path", posixpath.basename(rel), f"{MODEL_DIR}/{rel}", f"pvc://{model['pvc']['claimName']}/{rel}",
+                (), MODEL_DIR)
+    dest = own_dir if "pvc" in model else subdir
+    file, desc, args = _fetch_source(src, src.get("sha256"), dest)
+    return "url" if "url" in src else "huggingFace", file, f"{dest}/{file}", desc, args, dest
+
+
 def resolve_mmproj(model: Spec) -> Mmproj | None:
     """Resolve `spec.model.mmproj` (None when unset) into paths and fetch flags."""
     mm = model.get("mmproj")
     if not mm:
         return None
-    offload = mm.get("offload", True) is not False
-    if "path" in mm:
-        rel = posixpath.normpath(mm["path"]).lstrip("/")
-        return Mmproj("path", posixpath.basename(rel), f"{MODEL_DIR}/{rel}",
-                      f"pvc://{model['pvc']['claimName']}/{rel}", (), MODEL_DIR, offload)
-    dest = MMPROJ_DIR if "pvc" in model else MMPROJ_SUBDIR
-    file, desc, args = _fetch_source(mm, mm.get("sha256"), dest)
-    return Mmproj("url" if "url" in mm else "huggingFace", file, f"{dest}/{file}", desc, args, dest, offload)
+    return Mmproj(*_resolve_file(mm, model, MMPROJ_SUBDIR, MMPROJ_DIR), offload=mm.get("offload", True) is not False)
+
+
+def resolve_loras(model: Spec) -> tuple[Lora, ...]:
+    """Resolve `spec.model.loras` into paths and fetch flags (adapter i is downloaded into a folder `<i>/`)."""
+    return tuple(Lora(i, lora.get("name") or "", *_resolve_file(lora, model, f"{LORA_SUBDIR}/{i}", f"{LORA_DIR}/{i}"))
+                 for i, lora in enumerate(model.get("loras") or []))
 
 
 def resolve_model(spec: Spec) -> Model:
     """Resolve `spec.model` (which must have exactly one source) into paths and fetch flags."""
     model = spec["model"]
-    mmproj = resolve_mmproj(model)
+    mmproj, loras = resolve_mmproj(model), resolve_loras(model)
     alias = model.get("alias")
     if "url" in model or "huggingFace" in model:
         file, desc, args = _fetch_source(model, model.get("sha256"), MODEL_DIR)
         return Model("url" if "url" in model else "huggingFace", file, f"{MODEL_DIR}/{file}", alias or file,
-                     desc, args, mmproj)
+                     desc, args, mmproj, loras)
     pvc = model["pvc"]
     rel = posixpath.normpath(pvc["path"]).lstrip("/")
     file = posixpath.basename(rel)
     return Model("pvc", file, f"{MODEL_DIR}/{rel}", alias or file,
-                 f"pvc://{pvc['claimName']}/{rel}", (), mmproj)
+                 f"pvc://{pvc['claimName']}/{rel}", (), mmproj, loras)
 
 
 def uses_gpu(spec: Spec) -> bool:

@@ -1,7 +1,7 @@
 """LlamaServer status (phase, conditions, replica counts) computed from its pods: a pure function.
 
 Phases: Pending (nothing scheduled/started yet), Downloading (a fetch init container runs: the
-model's, then the multimodal projector's),
+model's, then the multimodal projector's, then each LoRA adapter's),
 Loading (the server runs but /health is not ok yet), Ready (all desired replicas ready),
 Degraded (some replicas ready, others failing), Failed (the spec cannot be honoured, or no
 replica can start: download failed, server crash-looping, ...).
@@ -14,13 +14,16 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from .builders.statefulset import FETCH_MMPROJ, FETCH_MODEL
+from .builders.statefulset import FETCH_LORA_PREFIX, FETCH_MMPROJ, FETCH_MODEL
 from .spec import Model
 
 FETCH_CONTAINER = FETCH_MODEL
 SERVER_CONTAINER = "server"
-#: The init containers that download, in the order they run, with what they download.
+#: The init containers that download, in the order they run, with what they download; then come the
+#: LoRA adapters' (fetch-lora-0, fetch-lora-1, ...: see `fetchers`).
 FETCH_CONTAINERS = ((FETCH_MODEL, "model"), (FETCH_MMPROJ, "multimodal projector"))
+#: What needs "the" in "downloading the model" (a LoRA adapter's label has a number instead).
+_WITH_ARTICLE = {what for _, what in FETCH_CONTAINERS}
 
 #: kubellama-fetch exit codes -> condition reasons (see the fetcher's contract).
 FETCH_EXIT_REASONS = {2: "InvalidFetchArguments", 3: "ModelNotFound", 4: "Unauthorized",
@@ -42,6 +45,7 @@ class PodView:
     #: Downloading: the fetch container that runs (its log has the progress); Failed: the one that failed.
     fetcher: str = ""
     fetch_failed: bool = False  # Failed because a download failed (the ModelReady condition says so)
+    fetching: str = ""  # with `fetcher`: what it downloads ("model", "LoRA adapter 1 (sql)", ...)
 
 
 def _statuses(pod: dict[str, Any], key: str) -> dict[str, dict[str, Any]]:
@@ -88,18 +92,25 @@ def _bytes(n: float) -> str:
     return f"{n} B"
 
 
+def _downloading(what: str) -> str:
+    return f"downloading the {what}" if what in _WITH_ARTICLE else f"downloading {what}"
+
+
 def describe_progress(progress: dict[str, Any] | None, what: str = "model") -> str:
     """"downloading m.gguf: 42% of 4.9 GiB, 12.0 MiB/s, about 6 min left" (or less, as known).
 
-    `what`: "model", or "multimodal projector" (then "downloading the multimodal projector mmproj.gguf: ...").
+    `what`: "model", "multimodal projector" (then "downloading the multimodal projector mmproj.gguf: ..."), or
+    a LoRA adapter's label (then "downloading LoRA adapter 1 (sql), sql.gguf: ...").
     """
     if not progress:
-        return f"downloading the {what}"
+        return _downloading(what)
     file = progress.get("file")
     if what == "model":
         text = f"downloading {file or 'the model'}"
-    else:
+    elif what in _WITH_ARTICLE:
         text = f"downloading the {what}" + (f" {file}" if file else "")
+    else:
+        text = f"downloading {what}" + (f", {file}" if file else "")
     done, total = progress.get("bytes_done"), progress.get("bytes_total")
     if isinstance(progress.get("percent"), (int, float)) and total:
         text += f": {progress['percent']:.0f}% of {_bytes(total)}"
@@ -116,12 +127,29 @@ def describe_progress(progress: dict[str, Any] | None, what: str = "model") -> s
     return text
 
 
-def pod_view(pod: dict[str, Any]) -> PodView:
+def _lora_index(name: str) -> int | None:
+    rest = name[len(FETCH_LORA_PREFIX):] if name.startswith(FETCH_LORA_PREFIX) else ""
+    return int(rest) if rest.isdigit() else None
+
+
+def fetchers(inits: dict[str, dict[str, Any]], model: Model | None = None) -> list[tuple[str, str, dict[str, Any]]]:
+    """The pod's download init containers, in the order they run: (name, what it downloads, its status).
+
+    A LoRA adapter's "what" is its label ("LoRA adapter 1 (sql)"), named from `model` when it has that adapter.
+    """
+    out = [(name, what, inits[name]) for name, what in FETCH_CONTAINERS if name in inits]
+    names = {lora.index: lora.label for lora in (model.loras if model is not None else ())}
+    loras = sorted((i, name) for name in inits if (i := _lora_index(name)) is not None)
+    out += [(name, names.get(i, f"LoRA adapter {i}"), inits[name]) for i, name in loras]
+    return out
+
+
+def pod_view(pod: dict[str, Any], model: Model | None = None) -> PodView:
+    """What one pod says; `model` names the LoRA adapters in messages."""
     status = pod.get("status", {}) or {}
     if pod.get("metadata", {}).get("deletionTimestamp"):
         return PodView("Pending", "Terminating", "pod is terminating")
-    inits = _statuses(pod, "initContainerStatuses")
-    present = [(name, what, inits[name]) for name, what in FETCH_CONTAINERS if name in inits]
+    present = fetchers(_statuses(pod, "initContainerStatuses"), model)
     done = 0
     info: dict[str, Any] = {}
     for name, what, init in present:
@@ -130,17 +158,17 @@ def pod_view(pod: dict[str, Any]) -> PodView:
             code = int(term.get("exitCode", 1))
             msg = (term.get("message") or "").strip() or f"kubellama-fetch exited with code {code}"
             return PodView("Failed", FETCH_EXIT_REASONS.get(code, "DownloadFailed"),
-                           f"{what} download failed: {msg}", fetcher=name, fetch_failed=True)
+                           f"{what} download failed: {msg}", fetcher=name, fetch_failed=True, fetching=what)
         waiting = (init.get("state", {}) or {}).get("waiting") or {}
         if waiting.get("reason") in _STUCK_WAITING:
             return PodView("Failed", waiting["reason"], f"{name}: {waiting.get('message') or waiting['reason']}",
-                           fetcher=name)
+                           fetcher=name, fetching=what)
         if term is not None:
             done += 1
             if name == FETCH_MODEL:
                 info = _fetch_info(term.get("message") or "")
         elif "running" in (init.get("state") or {}):
-            return PodView("Downloading", "Downloading", f"downloading the {what}", fetcher=name)
+            return PodView("Downloading", "Downloading", _downloading(what), fetcher=name, fetching=what)
     fetched = bool(present) and done == len(present)
     server = _statuses(pod, "containerStatuses").get(SERVER_CONTAINER)
     if server is None:
@@ -182,10 +210,10 @@ def compute_status(*, name: str, namespace: str, generation: int | None, desired
     """The full `.status` of a LlamaServer. `progress`: the first downloading pod's fetch progress."""
     now = now or datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
     prev_conds = {c.get("type"): c for c in (previous or {}).get("conditions") or []}
-    views = [pod_view(p) for p in pods]
+    views = [pod_view(p, model) for p in pods]
     for v in views:
         if v.stage == "Downloading":
-            v.message = describe_progress(progress, dict(FETCH_CONTAINERS).get(v.fetcher, "model"))
+            v.message = describe_progress(progress, v.fetching or "model")
             break
     ready = sum(v.stage == "Ready" for v in views)
     failed = [v for v in views if v.stage == "Failed"]
@@ -219,19 +247,15 @@ def compute_status(*, name: str, namespace: str, generation: int | None, desired
             detail = lead.message if stage != "Pending" else f"{lead.reason}: {lead.message}".strip(": ")
             phase, message = stage, prefix + detail
 
-    # ModelReady: the model file (and its projector) is in place for at least one replica.
-    from_claim = model is not None and not model.fetch_args and not (model.mmproj and model.mmproj.fetch_args)
+    # ModelReady: the model file (and its projector and adapters) is in place for at least one replica.
+    from_claim = model is not None and not model.fetch_args and not (model.mmproj and model.mmproj.fetch_args) \
+        and not any(lora.fetch_args for lora in model.loras)
     if problems:
         model_cond = (False, "InvalidSpec", "; ".join(problems))
     elif fetch_failed and not any(v.model_fetched for v in views):
         model_cond = (False, fetch_failed[0].reason, fetch_failed[0].message)
     elif any(v.model_fetched for v in views) or (from_claim and views):
-        files = f"model file {model.path if model else ''}"
-        if model is not None and model.mmproj is not None:
-            files += f" and projector {model.mmproj.path} are"
-        else:
-            files += " is"
-        model_cond = (True, "FromClaim" if from_claim else "Downloaded", f"{files} in place")
+        model_cond = (True, "FromClaim" if from_claim else "Downloaded", f"{_files(model)} in place")
     elif any(v.stage == "Downloading" for v in views):
         model_cond = (False, "Downloading", next(v.message for v in views if v.stage == "Downloading"))
     else:
@@ -276,8 +300,24 @@ def compute_status(*, name: str, namespace: str, generation: int | None, desired
             m["sha256"] = sha
         if model.mmproj is not None:
             m["mmproj"] = model.mmproj.file
+        if model.loras:
+            m["loras"] = [{"id": lora.index, **({"name": lora.name} if lora.name else {}), "file": lora.file}
+                          for lora in model.loras]
         out["model"] = m
     return out
+
+
+def _files(model: Model | None) -> str:
+    """"model file A is", "model file A and projector B are", "model file A, projector B and LoRA adapters C, D are"."""
+    parts = [f"model file {model.path if model else ''}"]
+    if model is not None and model.mmproj is not None:
+        parts.append(f"projector {model.mmproj.path}")
+    if model is not None and model.loras:
+        parts.append(("LoRA adapters " if len(model.loras) > 1 else "LoRA adapter ")
+                     + ", ".join(lora.path for lora in model.loras))
+    if len(parts) == 1:
+        return f"{parts[0]} is"
+    return f"{', '.join(parts[:-1])} and {parts[-1]} are"
 
 
 def essence(status: dict[str, Any]) -> dict[str, Any]:

@@ -77,8 +77,18 @@ PVC_MMPROJ_PATH = {"model": {"pvc": {"claimName": "models", "path": "vision/m.gg
                              "mmproj": {"path": "vision/./mmproj.gguf"}}}
 PVC_MMPROJ_URL = {"model": {"pvc": {"claimName": "models", "path": "vision/m.gguf"},
                             "mmproj": {"url": "https://models.test/v/mmproj-f16.gguf"}}}
+LORA_HF = {"repo": "my-org/qwen-sql-lora-GGUF", "file": "gguf/adapter-f16.gguf", "revision": "v3"}
+LORAS = {"model": {"huggingFace": {"repo": "Qwen/Qwen2.5-1.5B-Instruct-GGUF", "file": "qwen2.5-1.5b-instruct-q4_k_m.gguf"},
+                   "tokenSecretRef": {"name": "hf"},
+                   "mmproj": {"url": "https://models.test/v/mmproj-f16.gguf"},
+                   "loras": [{"name": "sql", "huggingFace": LORA_HF, "sha256": "C" * 64},
+                             {"name": "support", "url": "https://models.test/support/adapter-f16.gguf"}]}}
+PVC_LORAS = {"model": {"pvc": {"claimName": "models", "path": "qwen/m.gguf"},
+                       "loras": [{"path": "qwen/loras/./sql.gguf", "name": "sql"},
+                                 {"url": "https://models.test/support/adapter-f16.gguf"},
+                                 {"huggingFace": {"repo": "o/r", "file": "adapter-f16.gguf"}}]}}
 SPECS = {"cpu": CPU, "gpu": GPU, "pvc": PVC, "shared": SHARED, "multimodal": MULTIMODAL,
-         "pvc-mmproj-path": PVC_MMPROJ_PATH, "pvc-mmproj-url": PVC_MMPROJ_URL}
+         "pvc-mmproj-path": PVC_MMPROJ_PATH, "pvc-mmproj-url": PVC_MMPROJ_URL, "loras": LORAS, "pvc-loras": PVC_LORAS}
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
@@ -149,7 +159,7 @@ def test_cpu_server():
     assert pod["automountServiceAccountToken"] is False and pod["enableServiceLinks"] is False
 
 
-@pytest.mark.parametrize("shape", ["gpu", "multimodal", "pvc-mmproj-url"])
+@pytest.mark.parametrize("shape", ["gpu", "multimodal", "pvc-mmproj-url", "loras", "pvc-loras"])
 def test_pods_are_locked_down(shape):
     objs, _ = build(SPECS[shape])
     pod = pod_of(objs)
@@ -381,3 +391,90 @@ def test_no_mmproj_no_projector_flags():
         objs, _ = build(spec)
         assert not {"--mmproj", "--no-mmproj-offload"} & set(args_of(objs))
         assert "fetch-mmproj" not in init_containers(objs)
+
+
+# --- LoRA adapters: one fetch-lora-<i> init container each, then --lora in order ----------------------------
+
+
+def flags(args, name):
+    return [args[i + 1] for i, a in enumerate(args) if a == name]
+
+
+def test_loras_are_fetched_after_the_model_and_projector_into_folders_of_their_own():
+    objs, _ = build(LORAS)
+    pod = pod_of(objs)
+    assert [c["name"] for c in pod["initContainers"]] == ["fetch-model", "fetch-mmproj", "fetch-lora-0", "fetch-lora-1"]
+    model, _, sql, support = pod["initContainers"]
+    assert sql["args"] == ["--hf-repo", "my-org/qwen-sql-lora-GGUF", "--hf-file", "gguf/adapter-f16.gguf",
+                           "--hf-revision", "v3", "--sha256", "c" * 64, "--dest", "/models/lora/0"]
+    assert support["args"] == ["--url", "https://models.test/support/adapter-f16.gguf", "--dest", "/models/lora/1"]
+    # The same image, volume, security settings and resources as the model's download.
+    for lora in (sql, support):
+        for key in ("image", "imagePullPolicy", "command", "volumeMounts", "resources", "securityContext",
+                    "terminationMessagePolicy"):
+            assert lora[key] == model[key], key
+    # The model's token goes to Hugging Face downloads only.
+    assert next(e for e in sql["env"] if e["name"] == "HF_TOKEN")["valueFrom"]["secretKeyRef"] == \
+        {"name": "hf", "key": "token"}
+    assert "HF_TOKEN" not in {e["name"] for e in support["env"]}
+    # --lora for each adapter, in the list's order (the server's ids): two files of one name do not meet.
+    args = args_of(objs)
+    assert flags(args, "--lora") == ["/models/lora/0/adapter-f16.gguf", "/models/lora/1/adapter-f16.gguf"]
+    assert flag(args, "--mmproj") == "/models/mmproj/mmproj-f16.gguf"
+    # The server reads them from the model volume it already mounts; no extra volume.
+    assert {v["name"] for v in pod["volumes"]} == {"tmp"}
+    assert {m["name"] for m in server_container(objs)["volumeMounts"]} == {"model", "tmp"}
+
+
+def test_loras_for_a_pvc_model():
+    """Files on the claim are used where they are; downloads go to an emptyDir (the claim stays read-only)."""
+    objs, _ = build(PVC_LORAS)
+    pod = pod_of(objs)
+    assert [c["name"] for c in pod["initContainers"]] == ["fetch-lora-1", "fetch-lora-2"], "adapter 0 is on the claim"
+    support, hf = pod["initContainers"]
+    assert support["args"] == ["--url", "https://models.test/support/adapter-f16.gguf", "--dest", "/lora/1"]
+    assert hf["args"] == ["--hf-repo", "o/r", "--hf-file", "adapter-f16.gguf", "--dest", "/lora/2"]
+    for init in (support, hf):
+        assert init["volumeMounts"] == [{"name": "lora", "mountPath": "/lora"}, {"name": "tmp", "mountPath": "/tmp"}]
+        assert {"name": "HF_HOME", "value": "/lora/.hf"} in init["env"]
+    assert {"name": "lora", "emptyDir": {}} in pod["volumes"]
+    assert {"name": "model", "persistentVolumeClaim": {"claimName": "models", "readOnly": True}} in pod["volumes"]
+    mounts = {m["name"]: m for m in server_container(objs)["volumeMounts"]}
+    assert mounts["lora"] == {"name": "lora", "mountPath": "/lora", "readOnly": True}
+    assert mounts["model"]["readOnly"] is True
+    assert flags(args_of(objs), "--lora") == ["/models/qwen/loras/sql.gguf", "/lora/1/adapter-f16.gguf",
+                                             "/lora/2/adapter-f16.gguf"]
+    assert "volumeClaimTemplates" not in sts_of(objs)["spec"]
+
+
+def test_loras_on_the_claim_need_no_download_and_no_volume():
+    objs, _ = build({"model": {"pvc": {"claimName": "models", "path": "m.gguf"},
+                               "loras": [{"path": "a.gguf"}, {"path": "b/a.gguf"}]}})
+    pod = pod_of(objs)
+    assert "initContainers" not in pod
+    assert {v["name"] for v in pod["volumes"]} == {"tmp", "model"}
+    assert flags(args_of(objs), "--lora") == ["/models/a.gguf", "/models/b/a.gguf"]
+
+
+def test_a_pvc_model_with_a_downloaded_projector_and_adapters_gets_both_emptydirs():
+    objs, _ = build({"model": {**PVC_MMPROJ_URL["model"], "loras": [{"url": "https://models.test/a.gguf"}]}})
+    pod = pod_of(objs)
+    assert [c["name"] for c in pod["initContainers"]] == ["fetch-mmproj", "fetch-lora-0"]
+    assert {"name": "mmproj", "emptyDir": {}} in pod["volumes"] and {"name": "lora", "emptyDir": {}} in pod["volumes"]
+    assert [m["name"] for m in pod["initContainers"][1]["volumeMounts"]] == ["lora", "tmp"]
+
+
+def test_sixteen_loras_make_valid_names():
+    objs, _ = build({"model": {"url": URL, "loras": [{"url": f"https://models.test/{i}/a.gguf"} for i in range(16)]}})
+    names = [c["name"] for c in pod_of(objs)["initContainers"]]
+    assert names == ["fetch-model"] + [f"fetch-lora-{i}" for i in range(16)]
+    assert flags(args_of(objs), "--lora") == [f"/models/lora/{i}/a.gguf" for i in range(16)]
+    kubernetes_validate.validate(sts_of(objs), K8S_VERSIONS[-1], strict=True)
+
+
+def test_no_loras_no_lora_flags():
+    for spec in (CPU, GPU, PVC, SHARED, MULTIMODAL):
+        objs, _ = build(spec)
+        assert "--lora" not in args_of(objs)
+        assert not [n for n in init_containers(objs) if n.startswith("fetch-lora")]
+        assert "lora" not in {v["name"] for v in pod_of(objs)["volumes"]}

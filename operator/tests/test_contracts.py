@@ -40,6 +40,14 @@ SPECS = {
                    "gpu": {"count": 1}},
     "pvc-multimodal": {"model": {"pvc": {"claimName": "c", "path": "m.gguf"},
                                  "mmproj": {"url": "https://m.test/mmproj.gguf"}}},
+    "loras": {"model": {"huggingFace": {"repo": "o/r", "file": "m.gguf"}, "tokenSecretRef": {"name": "hf"},
+                        "loras": [{"name": "sql", "huggingFace": {"repo": "o/sql", "file": "g/adapter.gguf",
+                                                                  "revision": "v2"}, "sha256": "EF" * 32},
+                                  {"url": "https://m.test/support/adapter.gguf"}]},
+              "server": {"extraArgs": ["--lora-base", "/models/m.gguf"]}},
+    "pvc-loras": {"model": {"pvc": {"claimName": "c", "path": "m.gguf"},
+                            "mmproj": {"path": "mm.gguf"},
+                            "loras": [{"path": "l/sql.gguf"}, {"url": "https://m.test/support/adapter.gguf"}]}},
 }
 
 
@@ -62,6 +70,9 @@ def test_server_accepts_the_derived_flags(name, tmp_path):
             local.write_text(content)
             args[args.index(flag) + 1] = str(local)
     settings, given = server_cli.parse_settings(args, environ={})
+    assert settings.lora == [lora.path for lora in model.loras], "one --lora per adapter, in order"
+    if name == "loras":
+        assert settings.lora_base == "/models/m.gguf", "--lora-base is not the operator's: it passes through"
     assert settings.model == model.path and settings.host == "0.0.0.0" and settings.port == 8080
     assert settings.alias == model.name and settings.log_format == "json"
     if name == "everything":
@@ -92,6 +103,8 @@ def test_fetcher_accepts_the_init_container_args(name):
     wanted = [("fetch-model", spec["model"], "/models", model.fetch_args)]
     if model.mmproj is not None:
         wanted.append(("fetch-mmproj", spec["model"]["mmproj"], model.mmproj.dest, model.mmproj.fetch_args))
+    for lora, lora_spec in zip(model.loras, spec["model"].get("loras", [])):
+        wanted.append((f"fetch-lora-{lora.index}", lora_spec, lora.dest, lora.fetch_args))
     assert list(inits) == [name for name, _, _, fetch in wanted if fetch]
     for name, source, dest, _ in wanted:
         if name not in inits:
@@ -123,20 +136,20 @@ def model_host(tmp_path):
 
 
 def _run_init_container(args: list[str], dest: pathlib.Path, tmp_path: pathlib.Path,
-                        mmproj_dest: pathlib.Path | None = None) -> tuple[int, str]:
+                        mmproj_dest: pathlib.Path | None = None, lora_dest: pathlib.Path | None = None) -> tuple[int, str]:
     """Run the init container's command as the kubelet would (volumes remapped: /models to `dest`, /mmproj to
-    `mmproj_dest`), return (exit code, termination message)."""
+    `mmproj_dest`, /lora to `lora_dest`), return (exit code, termination message)."""
     log = tmp_path / "termination-log"
     log.write_text("")
-    args = [_local(a, dest, mmproj_dest) for a in args]
+    args = [_local(a, dest, mmproj_dest, lora_dest) for a in args]
     env = dict(os.environ, KUBELLAMA_TERMINATION_LOG=str(log), HF_HUB_OFFLINE="1")
     proc = subprocess.run([sys.executable, "-m", "kubellama_server.fetch", *args, "--retries", "0"],
                           capture_output=True, text=True, timeout=120, env=env)
     return proc.returncode, log.read_text()
 
 
-def _local(path: str, models: pathlib.Path, mmproj: pathlib.Path | None) -> str:
-    for root, local in (("/models", models), ("/mmproj", mmproj)):
+def _local(path: str, models: pathlib.Path, mmproj: pathlib.Path | None, lora: pathlib.Path | None = None) -> str:
+    for root, local in (("/models", models), ("/mmproj", mmproj), ("/lora", lora)):
         if local is not None and (path == root or path.startswith(root + "/")):
             return str(local) + path[len(root):]
     return path
@@ -260,3 +273,107 @@ def test_operator_refuses_the_self_extend_the_server_refuses(extra, refused, tmp
     # Without a projector the same settings are the server's business, not a spec problem.
     no_mmproj = normalize({"model": {"url": "https://m.test/a.gguf"}, "server": {"extraArgs": extra}})
     assert problems(no_mmproj) == []
+
+
+@pytest.fixture
+def lora_host(model_host):
+    """Two tiny LoRA adapters for the tiny model, both named adapter.gguf: /loras/sql/ and /loras/support/."""
+    from kubellama_server.testing.tiny_gguf import build_tiny_lora
+
+    base, source = model_host
+    www = source.parent.parent
+    adapters = []
+    for seed, folder in ((99, "sql"), (7, "support")):
+        (www / "loras" / folder).mkdir(parents=True)
+        adapters.append(build_tiny_lora(www / "loras" / folder / "adapter.gguf", seed=seed))
+    return base, source, adapters
+
+
+@pytest.mark.parametrize("model_source", ["url", "pvc"])
+def test_fetched_adapters_load_where_the_server_looks(lora_host, tmp_path, model_source):
+    """The init containers run for real, then kubellama-server with the operator's flags: it loads both
+    adapters, in the spec's order (ids 0 and 1), though both files have one name."""
+    import httpx
+    from kubellama_server.testing.live import LiveServer
+
+    base, source, (sql, support) = lora_host
+    models, scratch = tmp_path / "models", tmp_path / "lora-volume"
+    models.mkdir()
+    if model_source == "url":
+        model_spec = {"url": f"{base}/models/tiny-q4_0.gguf"}
+    else:  # the model and a third adapter are on the claim already
+        model_spec = {"pvc": {"claimName": "c", "path": "tiny-q4_0.gguf"}}
+        (models / "tiny-q4_0.gguf").write_bytes(source.read_bytes())
+        (models / "tuned").mkdir()
+        (models / "tuned" / "adapter.gguf").write_bytes(sql.read_bytes())
+    loras = [{"name": "sql", "url": f"{base}/loras/sql/adapter.gguf",
+              "sha256": hashlib.sha256(sql.read_bytes()).hexdigest()},
+             {"name": "support", "url": f"{base}/loras/support/adapter.gguf"}]
+    if model_source == "pvc":
+        loras.append({"path": "tuned/adapter.gguf"})
+    spec = normalize({"model": {**model_spec, "loras": loras}, "server": {"contextSize": 256}})
+    model = resolve_model(spec)
+    objs, _ = desired_children({"metadata": {"name": "a", "namespace": "n", "uid": "u"}}, spec, model,
+                               OperatorConfig(), servicemonitor_crd=False)
+    pod = next(o for o in objs if o["kind"] == "StatefulSet")["spec"]["template"]["spec"]
+    for init in pod["initContainers"]:
+        code, message = _run_init_container(init["args"], models, tmp_path, lora_dest=scratch)
+        assert code == 0, (init["name"], message)
+    args = [_local(a, models, None, scratch) for a in server_args(spec, model)]
+    local = [pathlib.Path(args[i + 1]) for i, a in enumerate(args) if a == "--lora"]
+    assert [p.read_bytes() for p in local[:2]] == [sql.read_bytes(), support.read_bytes()]
+    if model_source == "url":
+        assert [p.parent for p in local] == [models / "lora" / "0", models / "lora" / "1"], "in the model volume"
+    else:
+        assert [p.parent for p in local[:2]] == [scratch / "0", scratch / "1"]
+        assert sorted(p.name for p in models.iterdir()) == ["tiny-q4_0.gguf", "tuned"], "nothing written to the claim"
+    server = LiveServer(args).start()
+    try:
+        adapters = httpx.get(server.url + "/lora-adapters", timeout=10).json()
+        assert adapters == [{"id": i, "path": str(p), "scale": 1.0} for i, p in enumerate(local)]
+        # A request picks one fine-tune by id: the two adapters answer differently.
+        outputs = [httpx.post(server.url + "/completion", timeout=60, json={
+            "prompt": "hello world", "n_predict": 8, "temperature": 0,
+            "lora": [{"id": i, "scale": 1.0}]}).json()["tokens"] for i in (0, 1)]
+        assert outputs[0] != outputs[1]
+    finally:
+        server.stop()
+
+
+def test_adapter_fetch_failure_reaches_the_status(model_host, tmp_path):
+    base, _ = model_host
+    spec = normalize({"model": {"url": f"{base}/models/tiny-q4_0.gguf", "loras": [
+        {"url": f"{base}/models/tiny-q4_0.gguf"}, {"name": "support", "url": f"{base}/loras/missing/adapter.gguf"}]}})
+    model = resolve_model(spec)
+    code, message = _run_init_container(list(model.loras[1].fetch_args), tmp_path / "models", tmp_path)
+    assert code == 3, message
+    pod = {"status": {"initContainerStatuses": [
+        {"name": "fetch-model", "state": {"terminated": {"exitCode": 0}}},
+        {"name": "fetch-lora-0", "state": {"terminated": {"exitCode": 0}}},
+        {"name": "fetch-lora-1", "state": {"terminated": {"exitCode": code, "message": message}}}]}}
+    status = compute_status(name="a", namespace="n", generation=1, desired=1, model=model, endpoint="e", selector="s",
+                            pods=[pod], statefulset=None, problems=[])
+    model_ready = next(c for c in status["conditions"] if c["type"] == "ModelReady")
+    assert (status["phase"], model_ready["reason"]) == ("Failed", "ModelNotFound")
+    assert model_ready["message"] == status["message"] == \
+        f"LoRA adapter 1 (support) download failed: {message.strip()}"
+    assert "missing/adapter.gguf" in status["message"]
+
+
+def test_lora_download_progress_from_the_fetchers_own_log_lines(lora_host, tmp_path):
+    """What the real fetcher logs while fetch-lora-1 runs becomes the status message."""
+    from kubellama_operator.status import describe_progress, download_progress
+
+    base, _, (_, support) = lora_host
+    spec = normalize({"model": {"url": f"{base}/models/tiny-q4_0.gguf", "loras": [
+        {"url": f"{base}/models/tiny-q4_0.gguf"}, {"name": "support", "url": f"{base}/loras/support/adapter.gguf"}]}})
+    lora = resolve_model(spec).loras[1]
+    args = [_local(a, tmp_path / "models", None) for a in lora.fetch_args]
+    proc = subprocess.run([sys.executable, "-m", "kubellama_server.fetch", *args, "--progress", "json"],
+                          capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, KUBELLAMA_TERMINATION_LOG=str(tmp_path / "log")))
+    assert proc.returncode == 0, proc.stderr
+    progress = download_progress(proc.stderr)
+    assert progress is not None and progress["file"] == "adapter.gguf"
+    text = describe_progress(progress, lora.label)
+    assert text.startswith("downloading LoRA adapter 1 (support), adapter.gguf"), text

@@ -23,6 +23,12 @@ K8S_VERSIONS = ["1.29.0", "1.33.0"]
 BASE = {"apiVersion": "kubellama.dev/v1alpha1", "kind": "LlamaServer", "metadata": {"name": "m"},
         "spec": {"model": {"url": "https://example.test/m.gguf"}}}
 MMPROJ_MODEL = {"url": "https://e.test/m.gguf", "mmproj": {"url": "https://e.test/mmproj.gguf"}}
+PVC_MODEL = {"pvc": {"claimName": "c", "path": "m.gguf"}}
+
+
+def loras(*adapters, model=None):
+    """A model (a url one unless `model`) with these LoRA adapters."""
+    return {**(model or {"url": "https://e.test/m.gguf"}), "loras": list(adapters)}
 
 
 def server(**spec_updates):
@@ -97,6 +103,14 @@ def test_examples_cover_cpu_and_gpu_with_slots():
     assert "huggingFace" in gpu[0]["model"]
 
 
+def test_examples_cover_loras():
+    specs = [d["spec"] for p in EXAMPLES for d in yaml.safe_load_all(p.read_text()) if d and d["kind"] == "LlamaServer"]
+    (tuned,) = [s for s in specs if s["model"].get("loras")]
+    model = resolve_model(normalize(tuned))
+    assert len(model.loras) >= 2 and all(lora.name for lora in model.loras)
+    assert [lora.dest for lora in model.loras] == [f"/models/lora/{i}" for i in range(len(model.loras))]
+
+
 def test_examples_cover_a_multimodal_model():
     specs = [d["spec"] for p in EXAMPLES for d in yaml.safe_load_all(p.read_text()) if d and d["kind"] == "LlamaServer"]
     (vision,) = [s for s in specs if "mmproj" in s["model"]]
@@ -151,6 +165,24 @@ REJECTED = {
     "mmproj bad sha256": server(model={**MMPROJ_MODEL, "mmproj": {"url": "https://e.test/mm.gguf", "sha256": "x"}}),
     "mmproj absolute path": server(model={"pvc": {"claimName": "c", "path": "m.gguf"}, "mmproj": {"path": "/mm.gguf"}}),
     "token with url model and url mmproj": server(model={**MMPROJ_MODEL, "tokenSecretRef": {"name": "t"}}),
+    "lora with two sources": server(model=loras({"url": "https://e.test/a.gguf", "path": "a.gguf"}, model=PVC_MODEL)),
+    "lora without a source": server(model=loras({"url": "https://e.test/a.gguf"}, {"name": "sql"})),
+    "lora path with a url model": server(model=loras({"url": "https://e.test/a.gguf"}, {"path": "a.gguf"})),
+    "lora path with an hf model": server(model=loras({"path": "a.gguf"}, model={
+        "huggingFace": {"repo": "o/r", "file": "m.gguf"}})),
+    "the same lora path twice": server(model=loras({"path": "l/a.gguf", "name": "x"}, {"url": "https://e.test/a.gguf"},
+                                                   {"path": "l/a.gguf", "name": "y"}, model=PVC_MODEL)),
+    "lora flag in extraArgs": server(server={"extraArgs": ["--lora", "/models/a.gguf"]}),
+    "lora flag in extraArgs, = form": server(server={"extraArgs": ["--lora=/models/a.gguf"]}),
+    "token with url model and url loras": server(model={**loras({"url": "https://e.test/a.gguf"}),
+                                                        "tokenSecretRef": {"name": "t"}}),
+    "lora hf without file": server(model=loras({"huggingFace": {"repo": "o/r"}})),
+    "lora bad sha256": server(model=loras({"url": "https://e.test/a.gguf", "sha256": "x"})),
+    "lora absolute path": server(model=loras({"path": "/a.gguf"}, model=PVC_MODEL)),
+    "lora not an http url": server(model=loras({"url": "ftp://e.test/a.gguf"})),
+    "lora empty name": server(model=loras({"url": "https://e.test/a.gguf", "name": ""})),
+    "lora unknown field": server(model=loras({"url": "https://e.test/a.gguf", "scale": 0.5})),
+    "too many loras": server(model=loras(*[{"url": f"https://e.test/{i}.gguf"} for i in range(17)])),
 }
 
 
@@ -165,7 +197,10 @@ CEL_ONLY = ["two sources", "no source", "restoreOnStart without slots", "gpu pro
             "token with url source", "claimName with pvc source", "mmproj with two sources",
             "mmproj without a source", "mmproj path with a url model", "mmproj path with an hf model",
             "mmproj with self-extend", "mmproj with self-extend, = form", "mmproj flag in extraArgs",
-            "mmproj offload flag in extraArgs", "token with url model and url mmproj"]
+            "mmproj offload flag in extraArgs", "token with url model and url mmproj", "lora with two sources",
+            "lora without a source", "lora path with a url model", "lora path with an hf model",
+            "the same lora path twice", "lora flag in extraArgs", "lora flag in extraArgs, = form",
+            "token with url model and url loras", "too many loras"]
 
 
 @pytest.mark.parametrize("name", CEL_ONLY)
@@ -201,6 +236,20 @@ ACCEPTED = {
     "mmproj with a trailing --grp-attn-n": server(model=MMPROJ_MODEL, server={"extraArgs": ["-c", "4", "--grp-attn-n"]}),
     "self-extend without mmproj": server(server={"extraArgs": ["--grp-attn-n", "4", "--grp-attn-w", "2048"]}),
     "mmproj with 64 extraArgs": server(model=MMPROJ_MODEL, server={"extraArgs": ["-v"] * 63 + ["--grp-attn-n"]}),
+    "loras url and hf with the model's token": server(model={
+        **loras({"url": "https://e.test/a/adapter.gguf", "name": "sql", "sha256": "a" * 64},
+                {"huggingFace": {"repo": "o/r", "file": "b/adapter.gguf", "revision": "v1"}, "name": "support"}),
+        "tokenSecretRef": {"name": "hf"}}),
+    "token only for a lora": server(model={**loras({"url": "https://e.test/a.gguf"},
+                                                   {"huggingFace": {"repo": "o/r", "file": "b.gguf"}}),
+                                           "tokenSecretRef": {"name": "hf"}}),
+    "loras on the model's claim and downloaded": server(model=loras(
+        {"path": "l/a.gguf"}, {"path": "l/b.gguf"}, {"url": "https://e.test/l/a.gguf"}, model=PVC_MODEL)),
+    "16 loras": server(model=loras(*[{"url": f"https://e.test/{i}/adapter.gguf"} for i in range(16)])),
+    "no loras": server(model=loras()),
+    "loras with a projector": server(model={**MMPROJ_MODEL, "loras": [{"url": "https://e.test/a.gguf"}]}),
+    "lora-base passes through": server(model=loras({"url": "https://e.test/a.gguf"}),
+                                       server={"extraArgs": ["--lora-base", "/models/m.gguf"]}),
 }
 
 
@@ -255,3 +304,25 @@ def test_self_extend_check_agrees_with_cel(args, on):
     assert bool([e for e in errors if "self-extend" in e]) is on
     assert bool([p for p in problems(normalize(server(model=MMPROJ_MODEL, server={"extraArgs": args})["spec"]))
                  if "self-extend" in p]) is on
+
+
+def test_loras_are_not_defaulted():
+    defaulted, errors = admit(server(model=loras({"url": "https://e.test/a.gguf"})))
+    assert errors == []
+    assert defaulted["spec"]["model"]["loras"] == [{"url": "https://e.test/a.gguf"}]
+    assert "loras" not in admit(BASE)[0]["spec"]["model"], "no adapters unless asked for"
+
+
+@pytest.mark.parametrize("name", ["lora with two sources", "lora without a source", "lora path with a url model",
+                                  "the same lora path twice"])
+def test_lora_messages_say_how_to_fix(name):
+    """CEL and `spec.problems` say the same thing (the operator's message also names the entry)."""
+    _, errors = admit(REJECTED[name])
+    found = problems(normalize(REJECTED[name]["spec"]))
+    key = {"lora with two sources": "exactly one source", "lora without a source": "exactly one source",
+           "lora path with a url model": "needs a pvc model source", "the same lora path twice": "same path"}[name]
+    assert any(key in e for e in errors) and any(key in p for p in found), (errors, found)
+    if name == "the same lora path twice":
+        assert found == ["two spec.model.loras entries name the same path (l/a.gguf): list each adapter once"]
+    if name == "lora without a source":
+        assert found == ["spec.model.loras[1] needs exactly one source: url, huggingFace or path"]

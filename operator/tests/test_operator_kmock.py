@@ -271,6 +271,50 @@ async def test_multimodal_server_downloads_and_reports_its_projector(api, operat
     assert_rbac_covers(api)
 
 
+async def test_lora_server_downloads_and_reports_its_adapters(api, operator):
+    sql, support = "https://models.test/sql/adapter-f16.gguf", "https://models.test/support/adapter-f16.gguf"
+    await api.create(LS, "llamaservers", llama(model={"url": URL, "loras": [{"name": "sql", "url": sql},
+                                                                            {"name": "support", "url": support}]}))
+    sts = await eventually(lambda: api.objects("apps/v1/statefulsets").get("gemma"))
+    pod_spec = sts["spec"]["template"]["spec"]
+    assert [c["name"] for c in pod_spec["initContainers"]] == ["fetch-model", "fetch-lora-0", "fetch-lora-1"]
+    assert pod_spec["initContainers"][2]["args"] == ["--url", support, "--dest", "/models/lora/1"]
+    args = pod_spec["containers"][0]["args"]
+    assert [args[i + 1] for i, a in enumerate(args) if a == "--lora"] == [
+        "/models/lora/0/adapter-f16.gguf", "/models/lora/1/adapter-f16.gguf"]
+
+    # The model and the first adapter are in place; the second downloads: its progress comes from its own log.
+    api.kmock["get /api/v1/namespaces/ml/pods/gemma-0/log"] << (
+        b'{"logger":"kubellama-fetch","event":"progress","file":"adapter-f16.gguf","bytes_done":22020096,'
+        b'"bytes_total":44040192,"percent":50.0,"rate_bytes_per_second":10485760,"eta_seconds":2.0}\n')
+    done = {"ready": False, "restartCount": 0, **exited(0)}
+    gemma = pod("gemma-0")
+    gemma["status"]["initContainerStatuses"] = [{"name": "fetch-model", **done}, {"name": "fetch-lora-0", **done},
+                                                {"name": "fetch-lora-1", "ready": False, "restartCount": 0, **RUNNING}]
+    await api.create("v1", "pods", gemma)
+    status = await phase_is(api, "Downloading")
+    assert status["message"] == "downloading LoRA adapter 1 (support), adapter-f16.gguf: 50% of 42.0 MiB, " \
+                                "10.0 MiB/s, about 2 s left"
+    assert condition(status, "ModelReady")["reason"] == "Downloading"
+    assert status["model"]["loras"] == [{"id": 0, "name": "sql", "file": "adapter-f16.gguf"},
+                                        {"id": 1, "name": "support", "file": "adapter-f16.gguf"}]
+    log_reads = [parse_qs(r.url.query_string).get("container") for r in list(api.kmock) if r.url.path.endswith("/log")]
+    assert ["fetch-lora-1"] in log_reads
+
+    # The adapter's download fails: reported like the model's, naming the adapter.
+    msg = "kubellama-fetch: error: 401 Unauthorized: " + support
+    await api.patch("v1", "pods", "gemma-0", {"status": {"initContainerStatuses": [
+        {"name": "fetch-model", **done}, {"name": "fetch-lora-0", **done},
+        {"name": "fetch-lora-1", "ready": False, "restartCount": 1, **exited(4, msg)}]}})
+    status = await phase_is(api, "Failed")
+    model_ready = condition(status, "ModelReady")
+    assert (model_ready["status"], model_ready["reason"]) == ("False", "Unauthorized")
+    assert model_ready["message"] == status["message"] == f"LoRA adapter 1 (support) download failed: {msg}"
+    await eventually(lambda: any("LoRA adapter 1 (support) download failed" in e["message"]
+                                 for e in events(api, "Failed", "Warning")))
+    assert_rbac_covers(api)
+
+
 async def test_missing_secret_fails_with_a_fix_then_recovers(api, operator):
     await api.create(LS, "llamaservers", llama(apiKeySecretRef={"name": "gemma-key"}))
     status = await phase_is(api, "Failed")

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 
+from kubellama_operator.builders import desired_children
+from kubellama_operator.config import OperatorConfig
 from kubellama_operator.diff import HASH_ANNOTATION, contains, needs_apply, with_hash
 from kubellama_operator.kube import resource_path
 from kubellama_operator.spec import endpoint, normalize, resolve_model
+
+OWNER = {"apiVersion": "kubellama.dev/v1alpha1", "kind": "LlamaServer",
+         "metadata": {"name": "a", "namespace": "n", "uid": "u"}}
 
 
 @pytest.mark.parametrize("model,file,path,name", [
@@ -99,3 +106,53 @@ def test_mmproj_offload_and_checksum():
     assert mm.fetch_args == ("--hf-repo", "o/r", "--hf-file", "mm.gguf", "--hf-revision", "r1",
                              "--sha256", "cd" * 32, "--dest", "/models/mmproj")
     assert resolve_model(normalize({"model": {"url": "https://h.test/m.gguf"}})).mmproj is None
+
+
+@pytest.mark.parametrize("model,paths,dests,sources", [
+    # Downloaded next to a downloaded model, each adapter in a folder of its own: the same file name twice is fine.
+    ({"url": "https://h.test/m.gguf", "loras": [{"url": "https://h.test/a/adapter.gguf?dl=1"},
+                                                 {"huggingFace": {"repo": "o/r", "file": "x/adapter.gguf"}}]},
+     ["/models/lora/0/adapter.gguf", "/models/lora/1/adapter.gguf"], ["/models/lora/0", "/models/lora/1"],
+     ["url", "huggingFace"]),
+    # A pvc model: downloads go to the lora emptyDir, files on the claim are used where they are.
+    ({"pvc": {"claimName": "c", "path": "m.gguf"}, "loras": [{"path": "./l/../a.gguf"}, {"url": "https://h.test/b.gguf"}]},
+     ["/models/a.gguf", "/lora/1/b.gguf"], ["/models", "/lora/1"], ["path", "url"]),
+])
+def test_resolve_loras(model, paths, dests, sources):
+    loras = resolve_model(normalize({"model": model})).loras
+    assert [(a.index, a.path, a.dest, a.source) for a in loras] == list(zip(range(len(paths)), paths, dests, sources))
+    for lora in loras:
+        assert lora.file == lora.path.rsplit("/", 1)[1]
+        if lora.source == "path":
+            assert lora.fetch_args == () and lora.description == "pvc://c/a.gguf"
+        else:  # kubellama-fetch --dest DIR puts the file at DIR/<basename>: the server's --lora must match
+            assert lora.fetch_args[-2:] == ("--dest", lora.dest) and lora.path == f"{lora.dest}/{lora.file}"
+
+
+def test_lora_names_checksums_and_labels():
+    model = resolve_model(normalize({"model": {"url": "https://h.test/m.gguf", "loras": [
+        {"name": "sql", "huggingFace": {"repo": "o/r", "file": "sql.gguf", "revision": "r1"}, "sha256": "CD" * 32},
+        {"url": "https://h.test/support.gguf"}]}}))
+    sql, support = model.loras
+    assert sql.fetch_args == ("--hf-repo", "o/r", "--hf-file", "sql.gguf", "--hf-revision", "r1",
+                              "--sha256", "cd" * 32, "--dest", "/models/lora/0")
+    assert sql.description == "hf://o/r/sql.gguf@r1"
+    assert (sql.name, sql.label) == ("sql", "LoRA adapter 0 (sql)")
+    assert (support.name, support.label) == ("", "LoRA adapter 1")
+    assert resolve_model(normalize({"model": {"url": "https://h.test/m.gguf"}})).loras == ()
+
+
+def test_lora_changes_roll_the_pods():
+    """Adding, removing or reordering adapters changes the pod template (new --lora args, new init containers)."""
+    base = {"model": {"url": "https://h.test/m.gguf", "loras": [{"url": "https://h.test/a.gguf"},
+                                                                 {"url": "https://h.test/b.gguf"}]}}
+    swapped = copy.deepcopy(base)
+    swapped["model"]["loras"].reverse()
+
+    def sts(spec):
+        spec = normalize(spec)
+        objs, _ = desired_children(OWNER, spec, resolve_model(spec), OperatorConfig(), servicemonitor_crd=False)
+        return with_hash(next(o for o in objs if o["kind"] == "StatefulSet"))
+
+    assert needs_apply(sts(base), sts(swapped))
+    assert not needs_apply(sts(base), sts(copy.deepcopy(base)))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kubellama_operator.spec import normalize, resolve_model
-from kubellama_operator.status import compute_status, essence, pod_view
+from kubellama_operator.status import compute_status, essence, fetchers, pod_view
 
 MODEL = resolve_model(normalize({"model": {"url": "https://m.test/a.gguf"}}))
 PVC_MODEL = resolve_model(normalize({"model": {"pvc": {"claimName": "c", "path": "a.gguf"}}}))
@@ -226,3 +226,116 @@ def test_pvc_model_with_a_downloaded_projector():
     from_claim = compute([pod(server={"state": RUNNING})], model=PVC_MM_PATH)
     assert cond(from_claim, "ModelReady")["reason"] == "FromClaim"
     assert from_claim["model"]["mmproj"] == "mmproj.gguf"
+
+
+# --- LoRA adapters' downloads (fetch-lora-<i>, after fetch-model and fetch-mmproj) --------------------------
+
+LORA_MODEL = resolve_model(normalize({"model": {"url": "https://m.test/a.gguf", "loras": [
+    {"name": "sql", "url": "https://m.test/sql/adapter.gguf"}, {"url": "https://m.test/support/adapter.gguf"}]}}))
+PVC_LORA_MODEL = resolve_model(normalize({"model": {"pvc": {"claimName": "c", "path": "a.gguf"}, "loras": [
+    {"path": "sql.gguf", "name": "sql"}, {"url": "https://m.test/support/adapter.gguf", "name": "support"}]}}))
+
+
+def lora_pod(model=DONE, loras=(), server=None, ready=False, mmproj=None):
+    """A pod whose fetch-lora-<i> have these states (fetch-model first unless `model` is None)."""
+    inits = [{"name": n, **s} for n, s in (("fetch-model", model), ("fetch-mmproj", mmproj)) if s is not None]
+    inits += [{"name": f"fetch-lora-{i}", **s} for i, s in enumerate(loras) if s is not None]
+    p = pod(server=server, ready=ready)
+    p["status"]["initContainerStatuses"] = inits
+    return p
+
+
+@pytest.mark.parametrize("code,reason", [(3, "ModelNotFound"), (4, "Unauthorized"), (7, "ChecksumMismatch"),
+                                         (8, "NotGGUF"), (1, "DownloadFailed")])
+def test_failed_lora_download_is_reported_like_the_models(code, reason):
+    msg = "kubellama-fetch: error: 404 Not Found: https://m.test/support/adapter.gguf"
+    p = lora_pod(loras=[DONE, {"state": {"terminated": {"exitCode": code, "message": msg}}}])
+    view = pod_view(p, LORA_MODEL)
+    assert (view.stage, view.reason, view.fetcher) == ("Failed", reason, "fetch-lora-1")
+    assert view.message == f"LoRA adapter 1 download failed: {msg}"
+    status = compute([p], model=LORA_MODEL)
+    assert status["phase"] == "Failed" and status["message"] == view.message
+    model_ready = cond(status, "ModelReady")
+    assert (model_ready["status"], model_ready["reason"], model_ready["message"]) == ("False", reason, view.message)
+
+
+def test_a_failed_adapter_is_named():
+    p = lora_pod(loras=[{"state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                         "lastState": {"terminated": {"exitCode": 4, "message": "401 from huggingface.co"}}}, WAITING])
+    status = compute([p], model=LORA_MODEL)
+    assert status["message"] == "LoRA adapter 0 (sql) download failed: 401 from huggingface.co"
+    assert cond(status, "ModelReady")["reason"] == "Unauthorized"
+    # Without the model (or for an adapter it does not have), the number alone.
+    assert pod_view(p).message == "LoRA adapter 0 download failed: 401 from huggingface.co"
+
+
+def test_downloads_are_reported_in_the_order_they_run():
+    failed_model = lora_pod(model={"state": {"terminated": {"exitCode": 3, "message": "no model"}}}, loras=[WAITING])
+    assert pod_view(failed_model, LORA_MODEL).message == "model download failed: no model"
+    failed_mmproj = lora_pod(mmproj={"state": {"terminated": {"exitCode": 3, "message": "no mmproj"}}},
+                             loras=[WAITING, WAITING])
+    assert pod_view(failed_mmproj, LORA_MODEL).message == "multimodal projector download failed: no mmproj"
+    # fetch-lora-10 runs after fetch-lora-9, not after fetch-lora-1 (and whatever order the kubelet lists them in).
+    many = lora_pod(loras=[DONE] * 11, mmproj=DONE)
+    inits = {s["name"]: s for s in reversed(many["status"]["initContainerStatuses"])}
+    assert [name for name, _, _ in fetchers(inits)] == \
+        ["fetch-model", "fetch-mmproj"] + [f"fetch-lora-{i}" for i in range(11)]
+    assert [what for _, what, _ in fetchers(inits, LORA_MODEL)][:4] == \
+        ["model", "multimodal projector", "LoRA adapter 0 (sql)", "LoRA adapter 1"]
+
+
+def test_lora_download_progress():
+    p = lora_pod(loras=[DONE, {"state": RUNNING}])
+    view = pod_view(p, LORA_MODEL)
+    assert (view.stage, view.fetcher, view.message) == ("Downloading", "fetch-lora-1", "downloading LoRA adapter 1")
+    progress = {"event": "progress", "file": "adapter.gguf", "bytes_done": 1 << 26, "bytes_total": 1 << 28,
+                "percent": 25.0, "rate_bytes_per_second": 1 << 20, "eta_seconds": 192.0}
+    status = compute_status(name="m", namespace="ns", generation=3, desired=1, model=LORA_MODEL, endpoint="e",
+                            selector="a=b", pods=[p], statefulset=None, problems=[], progress=progress,
+                            now="2026-01-01T00:00:00Z")
+    assert status["phase"] == "Downloading"
+    assert status["message"] == "downloading LoRA adapter 1, adapter.gguf: 25% of 256.0 MiB, 1.0 MiB/s, about 3 min left"
+    assert (cond(status, "ModelReady")["status"], cond(status, "ModelReady")["reason"]) == ("False", "Downloading")
+    named = compute_status(name="m", namespace="ns", generation=3, desired=1, model=LORA_MODEL, endpoint="e",
+                           selector="a=b", pods=[lora_pod(loras=[{"state": RUNNING}])], statefulset=None, problems=[],
+                           progress=None, now="2026-01-01T00:00:00Z")
+    assert named["message"] == "downloading LoRA adapter 0 (sql)"
+    # The model is in place but an adapter is still to come: not "in place" yet.
+    between = compute([lora_pod(loras=[DONE, WAITING])], model=LORA_MODEL)
+    assert cond(between, "ModelReady")["status"] != "True"
+
+
+def test_model_ready_and_status_list_the_adapters():
+    p = lora_pod(model={"state": {"terminated": {"exitCode": 0, "message": '{"path": "/models/a.gguf", "size": 42}'}}},
+                 loras=[{"state": {"terminated": {"exitCode": 0, "message": '{"size": 7}'}}}, DONE],
+                 server={"state": RUNNING})
+    status = compute([p], model=LORA_MODEL)
+    model_ready = cond(status, "ModelReady")
+    assert (model_ready["status"], model_ready["reason"]) == ("True", "Downloaded")
+    assert model_ready["message"] == ("model file /models/a.gguf and LoRA adapters /models/lora/0/adapter.gguf, "
+                                      "/models/lora/1/adapter.gguf are in place")
+    assert status["model"]["sizeBytes"] == 42, "the model's size, not an adapter's"
+    assert status["model"]["loras"] == [{"id": 0, "name": "sql", "file": "adapter.gguf"}, {"id": 1, "file": "adapter.gguf"}]
+    assert "loras" not in compute([p])["model"]
+
+
+def test_pvc_model_with_adapters_on_the_claim_and_downloaded():
+    downloading = compute([lora_pod(model=None, loras=[None, {"state": RUNNING}])], model=PVC_LORA_MODEL)
+    assert downloading["message"] == "downloading LoRA adapter 1 (support)"
+    assert cond(downloading, "ModelReady")["reason"] == "Downloading"
+    failed = compute([lora_pod(model=None, loras=[None, {"state": {"terminated": {"exitCode": 5,
+                                                                                  "message": "unreachable"}}}])],
+                     model=PVC_LORA_MODEL)
+    assert failed["message"] == "LoRA adapter 1 (support) download failed: unreachable"
+    assert cond(failed, "ModelReady")["reason"] == "NetworkUnreachable"
+    loaded = compute([lora_pod(model=None, loras=[None, DONE], server={"state": RUNNING})], model=PVC_LORA_MODEL)
+    assert (cond(loaded, "ModelReady")["status"], cond(loaded, "ModelReady")["reason"]) == ("True", "Downloaded")
+    assert cond(loaded, "ModelReady")["message"] == \
+        "model file /models/a.gguf and LoRA adapters /models/sql.gguf, /lora/1/adapter.gguf are in place"
+    # Everything on the claim: nothing to download.
+    on_claim = resolve_model(normalize({"model": {"pvc": {"claimName": "c", "path": "a.gguf"},
+                                                  "mmproj": {"path": "mm.gguf"}, "loras": [{"path": "l.gguf"}]}}))
+    from_claim = compute([pod(server={"state": RUNNING})], model=on_claim)
+    assert cond(from_claim, "ModelReady")["reason"] == "FromClaim"
+    assert cond(from_claim, "ModelReady")["message"] == \
+        "model file /models/a.gguf, projector /models/mm.gguf and LoRA adapter /models/l.gguf are in place"

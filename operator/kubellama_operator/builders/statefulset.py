@@ -7,7 +7,7 @@ from typing import Any
 
 from ..config import OperatorConfig
 from ..serverargs import server_args
-from ..spec import (API_KEY_DIR, API_KEY_FILE, CONFIG_DIR, MMPROJ_DIR, MODEL_DIR, SERVER_PORT, SLOTS_DIR,
+from ..spec import (API_KEY_DIR, API_KEY_FILE, CONFIG_DIR, LORA_DIR, MMPROJ_DIR, MODEL_DIR, SERVER_PORT, SLOTS_DIR,
                     SYSTEM_PROMPT_FILE, Model, Spec, uses_gpu)
 from .meta import ANNOTATION_MODEL, Body, config_name, headless_name, labels, object_meta, selector_labels
 
@@ -15,9 +15,14 @@ from .meta import ANNOTATION_MODEL, Body, config_name, headless_name, labels, ob
 RUN_AS = 10001
 GPU_TAINT = "nvidia.com/gpu"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
-#: Init containers: the model's download, then the multimodal projector's (status.py reads both).
+#: Init containers: the model's download, then the multimodal projector's, then each LoRA adapter's
+#: (fetch-lora-0, fetch-lora-1, ...; status.py reads them all).
 FETCH_MODEL = "fetch-model"
 FETCH_MMPROJ = "fetch-mmproj"
+FETCH_LORA_PREFIX = "fetch-lora-"
+#: The emptyDir volumes (name, mount path) that downloads for a pvc model go to: its claim is read-only.
+MMPROJ_VOLUME = ("mmproj", MMPROJ_DIR)
+LORA_VOLUME = ("lora", LORA_DIR)
 #: Seconds the preStop hook waits so Service endpoints drop the pod before SIGTERM.
 PRESTOP_SECONDS = 5
 #: Extra grace after --shutdown-timeout: saving slots needs time, plain exit much less.
@@ -50,18 +55,29 @@ def _model_claim_name(spec: Spec) -> str | None:
     return spec.get("storage", {}).get("model", {}).get("claimName")
 
 
+def fetch_lora(index: int) -> str:
+    """The name of the init container that downloads LoRA adapter `index`."""
+    return f"{FETCH_LORA_PREFIX}{index}"
+
+
 def _mmproj_volume(model: Model) -> bool:
     """Whether the projector is downloaded into a volume of its own (pvc models: their claim is read-only)."""
     return model.mmproj is not None and model.mmproj.dest == MMPROJ_DIR
 
 
+def _lora_volume(model: Model) -> bool:
+    """Whether LoRA adapters are downloaded into a volume of their own (pvc models), each in a folder <i>/."""
+    return any(lora.dest.startswith(LORA_DIR + "/") for lora in model.loras)
+
+
 def _fetch_container(spec: Spec, name: str, fetch_args: tuple[str, ...], image: str, pull: str, *,
-                     hf_token: bool, own_volume: bool = False) -> dict[str, Any]:
-    """A kubellama-fetch init container writing into the model volume (`own_volume`: the mmproj emptyDir).
+                     hf_token: bool, own_volume: tuple[str, str] | None = None) -> dict[str, Any]:
+    """A kubellama-fetch init container writing into the model volume (`own_volume`: (name, mount path) of an
+    emptyDir instead, for a pvc model's projector or adapters).
 
     `hf_token`: a Hugging Face download, which gets spec.model.tokenSecretRef as HF_TOKEN when set.
     """
-    volume, root = ("mmproj", MMPROJ_DIR) if own_volume else ("model", MODEL_DIR)
+    volume, root = own_volume or ("model", MODEL_DIR)
     env: list[dict[str, Any]] = [{"name": "HOME", "value": "/tmp"},
                                  {"name": "HF_HOME", "value": f"{root}/.hf"}]
     token = spec["model"].get("tokenSecretRef")
@@ -84,14 +100,21 @@ def _fetch_container(spec: Spec, name: str, fetch_args: tuple[str, ...], image: 
 
 
 def _init_containers(spec: Spec, model: Model, image: str, pull: str) -> list[dict[str, Any]]:
-    """fetch-model (url/huggingFace models), then fetch-mmproj (url/huggingFace projectors)."""
+    """fetch-model (url/huggingFace models), then fetch-mmproj (url/huggingFace projectors), then one
+    fetch-lora-<i> per url/huggingFace adapter (kubellama-fetch downloads one file per run)."""
     out = []
     if model.fetch_args:
         out.append(_fetch_container(spec, FETCH_MODEL, model.fetch_args, image, pull,
                                     hf_token=model.source == "huggingFace"))
     if model.mmproj is not None and model.mmproj.fetch_args:
         out.append(_fetch_container(spec, FETCH_MMPROJ, model.mmproj.fetch_args, image, pull,
-                                    hf_token=model.mmproj.source == "huggingFace", own_volume=_mmproj_volume(model)))
+                                    hf_token=model.mmproj.source == "huggingFace",
+                                    own_volume=MMPROJ_VOLUME if _mmproj_volume(model) else None))
+    for lora in model.loras:
+        if lora.fetch_args:
+            out.append(_fetch_container(spec, fetch_lora(lora.index), lora.fetch_args, image, pull,
+                                        hf_token=lora.source == "huggingFace",
+                                        own_volume=LORA_VOLUME if lora.dest.startswith(LORA_DIR + "/") else None))
     return out
 
 
@@ -111,6 +134,8 @@ def _server_container(spec: Spec, model: Model, image: str, config: OperatorConf
               {"name": "tmp", "mountPath": "/tmp"}]
     if _mmproj_volume(model):
         mounts.append({"name": "mmproj", "mountPath": MMPROJ_DIR, "readOnly": True})
+    if _lora_volume(model):
+        mounts.append({"name": "lora", "mountPath": LORA_DIR, "readOnly": True})
     if slots.get("enabled"):
         mounts.append({"name": "slots", "mountPath": SLOTS_DIR})
     if spec.get("apiKeySecretRef"):
@@ -156,6 +181,8 @@ def _volumes(spec: Spec, model: Model, name: str) -> list[dict[str, Any]]:
             "claimName": claim, "readOnly": "pvc" in spec["model"]}})
     if _mmproj_volume(model):
         vols.append({"name": "mmproj", "emptyDir": {}})
+    if _lora_volume(model):
+        vols.append({"name": "lora", "emptyDir": {}})
     ref = spec.get("apiKeySecretRef")
     if ref:
         vols.append({"name": "api-key", "secret": {

@@ -13,6 +13,8 @@ kcp.skip_module_if_unavailable()
 LLAMA_API = "kubellama.dev/v1alpha1"
 MODEL_URL = "http://models.invalid/tiny.gguf"
 MMPROJ_URL = "http://models.invalid/mmproj-tiny.gguf"
+LORA_URL = "http://models.invalid/loras/sql/adapter.gguf"
+PVC = {"pvc": {"claimName": "models", "path": "m.gguf"}}
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +79,20 @@ def rejected(kube: kcp.Kube, obj: dict, update: bool = False) -> str:
      "spec.server.extraArgs may not set flags the operator manages"),
     ({"model": {"url": MODEL_URL, "mmproj": {"url": MMPROJ_URL}, "tokenSecretRef": {"name": "hf"}}},
      "spec.model.tokenSecretRef is only used with a huggingFace source"),
+    ({"model": {**PVC, "loras": [{"url": LORA_URL, "path": "a.gguf"}]}},
+     "each spec.model.loras entry needs exactly one source: url, huggingFace or path"),
+    ({"model": {"url": MODEL_URL, "loras": [{"url": LORA_URL}, {"name": "sql"}]}},
+     "each spec.model.loras entry needs exactly one source: url, huggingFace or path"),
+    ({"model": {"url": MODEL_URL, "loras": [{"url": LORA_URL}, {"path": "a.gguf"}]}},
+     "spec.model.loras[].path is a file on the model's claim and needs a pvc model source"),
+    ({"model": {**PVC, "loras": [{"path": "l/a.gguf"}, {"url": LORA_URL}, {"path": "l/a.gguf"}]}},
+     "two spec.model.loras entries name the same path: list each adapter once"),
+    ({"model": {"url": MODEL_URL, "loras": [{"url": LORA_URL}], "tokenSecretRef": {"name": "hf"}}},
+     "spec.model.tokenSecretRef is only used with a huggingFace source"),
+    ({"model": {"url": MODEL_URL}, "server": {"extraArgs": ["--lora", "/models/a.gguf"]}},
+     "spec.server.extraArgs may not set flags the operator manages"),
+    ({"model": {"url": MODEL_URL, "loras": [{"url": f"http://models.invalid/{i}.gguf"} for i in range(17)]}},
+     "spec.model.loras: Too many: 17: must have at most 16 items"),
 ])
 def test_api_server_rejects_invalid_llamaservers(kube, llama_crd, ns, spec, message):
     obj = llama("bad", ns)
@@ -104,6 +120,21 @@ def test_defaults_are_applied_by_the_api_server(kube, llama_crd, ns):
 def test_api_server_accepts_and_defaults_a_projector(kube, llama_crd, ns, model, extra_args):
     created = kube.create(llama(f"mm-{uuid.uuid4().hex[:6]}", ns, model=model, server={"extraArgs": extra_args}))
     assert created["spec"]["model"]["mmproj"] == {"offload": True, **model["mmproj"]}
+    kube.remove(LLAMA_API, "LlamaServer", created["metadata"]["name"], ns)
+
+
+@pytest.mark.parametrize("model", [
+    {"huggingFace": {"repo": "o/r", "file": "m.gguf"}, "tokenSecretRef": {"name": "hf"},
+     "loras": [{"name": "sql", "huggingFace": {"repo": "o/sql", "file": "adapter.gguf", "revision": "v1"},
+                "sha256": "ab" * 32}, {"name": "support", "url": LORA_URL}]},
+    {"url": MODEL_URL, "tokenSecretRef": {"name": "hf"}, "loras": [{"huggingFace": {"repo": "o/r", "file": "a.gguf"}}]},
+    {**PVC, "loras": [{"path": "l/" + "a" * 1000 + ".gguf"}, {"path": "l/b.gguf"}, {"url": LORA_URL}]},
+    {"url": MODEL_URL, "loras": [{"url": f"http://models.invalid/{i}/adapter.gguf"} for i in range(16)]},
+], ids=["hf-with-token", "token-only-for-an-adapter", "on-the-claim-and-downloaded", "sixteen"])
+def test_api_server_accepts_loras_as_they_are(kube, llama_crd, ns, model):
+    """No defaults inside an adapter; the rules (CEL cost included) pass at the list's limits."""
+    created = kube.create(llama(f"lora-{uuid.uuid4().hex[:6]}", ns, model=model))
+    assert created["spec"]["model"]["loras"] == model["loras"]
     kube.remove(LLAMA_API, "LlamaServer", created["metadata"]["name"], ns)
 
 

@@ -282,3 +282,37 @@ def test_failing_projector_download_is_reported(kube, operator, namespace):
     assert status["message"] == f"multimodal projector download failed: {message}"
     model_ready = next(c for c in status["conditions"] if c["type"] == "ModelReady")
     assert (model_ready["status"], model_ready["reason"]) == ("False", "Unauthorized")
+
+
+LORAS = [{"name": "sql", "url": "http://models.invalid/loras/sql/adapter-f16.gguf"},
+         {"name": "support", "url": "http://models.invalid/loras/support/adapter-f16.gguf"}]
+
+
+def test_lora_llamaserver_goes_ready(kube, operator, namespace):
+    kube.create(llama("tuned", namespace, model={"url": "http://models.invalid/models/tiny-q4_0.gguf", "loras": LORAS}))
+    status = wait_phase(kube, operator, "tuned", namespace, "Ready", readyReplicas=1)
+    assert status["model"]["loras"] == [{"id": 0, "name": "sql", "file": "adapter-f16.gguf"},
+                                        {"id": 1, "name": "support", "file": "adapter-f16.gguf"}]
+    model_ready = next(c for c in status["conditions"] if c["type"] == "ModelReady")
+    assert model_ready["status"] == "True" and \
+        "LoRA adapters /models/lora/0/adapter-f16.gguf, /models/lora/1/adapter-f16.gguf" in model_ready["message"]
+    pod = kube.read("apps/v1", "StatefulSet", "tuned", namespace)["spec"]["template"]["spec"]
+    assert [c["name"] for c in pod["initContainers"]] == ["fetch-model", "fetch-lora-0", "fetch-lora-1"]
+    args = pod["containers"][0]["args"]
+    assert [args[i + 1] for i, a in enumerate(args) if a == "--lora"] == [
+        "/models/lora/0/adapter-f16.gguf", "/models/lora/1/adapter-f16.gguf"]
+
+
+def test_failing_adapter_download_is_reported(kube, operator, namespace):
+    """kwok plays fetch-lora-1 in CrashLoopBackOff (the model and adapter 0 fetched) with a 404 exit code."""
+    message = "not found (HTTP 404): http://models.invalid/loras/support/adapter-f16.gguf"
+    kube.create(llama("mistuned", namespace, model={"url": "http://models.invalid/models/tiny-q4_0.gguf", "loras": LORAS},
+                      podLabels={"kwok.kubellama.dev/init-fails": "true"},
+                      podAnnotations={"kwok.kubellama.dev/init-container": "fetch-lora-1",
+                                      "kwok.kubellama.dev/exit-code": "3",
+                                      "kwok.kubellama.dev/message": message}))
+    status = wait_phase(kube, operator, "mistuned", namespace, "Failed",
+                        message_has="LoRA adapter 1 (support) download failed")
+    assert status["message"] == f"LoRA adapter 1 (support) download failed: {message}"
+    model_ready = next(c for c in status["conditions"] if c["type"] == "ModelReady")
+    assert (model_ready["status"], model_ready["reason"]) == ("False", "ModelNotFound")
