@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import re
 import shutil
 import time
@@ -118,7 +119,12 @@ class _PartFile:
             return f.read(n)
 
     def close(self) -> None:
-        self.f.close()
+        """Close the part file; a flush that fails (disk full) is a DiskFullError, never a bare OSError
+        that would hide the error already being raised."""
+        try:
+            self.f.close()
+        except OSError as exc:
+            raise storage_error(exc, self.path.parent) from exc
 
 
 def download(
@@ -180,8 +186,14 @@ def download(
             )
             time.sleep(delay)
     finally:
-        part.close()
-        client.close()
+        failing = sys.exc_info()[0] is not None  # an error is on its way out: closing must not replace it
+        try:
+            part.close()
+        except FetchError:
+            if not failing:  # the close itself failed (a flush onto a full disk)
+                raise
+        finally:
+            client.close()
 
 
 def _attempt(client, remote, paths, source_key, part, state, progress) -> Downloaded:

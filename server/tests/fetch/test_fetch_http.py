@@ -317,3 +317,24 @@ def test_a_caller_can_plug_in_its_own_progress_reporter(model_server, tiny_bytes
     assert rec.events[-1] == ("finish", str(path))
     updates = [e[1] for e in rec.events if e[0] == "update"]
     assert updates[-1] == len(tiny_bytes) and updates == sorted(updates)
+
+
+def test_a_flush_that_fails_on_close_is_a_disk_full_error(tmp_path):
+    """A full disk may only show when the buffered part file is flushed on close: still a DiskFullError
+    (not a bare OSError), and never hiding the error that was already on its way out."""
+    import errno
+
+    from kubellama_server.fetch.http import _PartFile
+
+    class FullDisk:
+        def __init__(self, f):
+            self.f = f
+
+        def close(self):
+            self.f.close()
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    part = _PartFile(tmp_path / ".x.part", keep=False)
+    part.f = FullDisk(part.f)
+    with pytest.raises(DiskFullError, match="no space left"):
+        part.close()
