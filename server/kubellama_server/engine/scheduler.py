@@ -412,6 +412,7 @@ class Scheduler:
             self.ctx.seq_rm(slot.id, 0, -1)
             n_cached = 0
         slot.cache_tokens = tokens[:n_cached]
+        task.n_cached = n_cached
         slot.start(task, params, tokens, n_cached)
         slot.truncated = truncated
         # prime the penalties with the prompt (or penalty_prompt) history

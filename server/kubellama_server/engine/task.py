@@ -212,6 +212,7 @@ class Task:
     images: list[bytes] = field(default_factory=list)  # image files, in the order of the prompt's media markers
     media: Any = None  # the MediaPrompt of `tokens` when there are images (scheduler thread)
     lora: tuple[float, ...] | None = None  # its LoRA scales, one per adapter (set at launch)
+    n_cached: int = 0  # prompt tokens its slot reused (set at launch)
 
     def drop_media(self) -> None:
         """Free the image chunks (the task ended, or its slot has evaluated them)."""

@@ -230,6 +230,14 @@ class MessagesStream:
         self.index = -1
         self.started = False
 
+    def _input_usage(self) -> dict:
+        """The prompt's usage, known once the task has its slot (before its first event is sent)."""
+        task = self.tasks[0]
+        cached = max(0, task.n_cached - task.n_system)
+        prompt = max(0, len(task.tokens or []) - task.n_system)
+        return {"input_tokens": prompt - cached, "output_tokens": 0, "cache_read_input_tokens": cached,
+                "cache_creation_input_tokens": 0}
+
     def _open(self, kind: str, start: dict) -> list[dict]:
         out = self._close()
         self.block, self.index = kind, self.index + 1
@@ -247,7 +255,7 @@ class MessagesStream:
             self.started = True
             out.append({"type": "message_start", "message": {
                 "id": self.id, "type": "message", "role": "assistant", "model": self.areq.model, "content": [],
-                "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 0, "output_tokens": 0}}})
+                "stop_reason": None, "stop_sequence": None, "usage": self._input_usage()}})
         for chunk in self.chat.render(index, kind, payload):
             for choice in chunk.get("choices", []):
                 delta = choice.get("delta", {})

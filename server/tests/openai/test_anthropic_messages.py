@@ -120,3 +120,10 @@ def test_tool_use_wins_over_a_stop_sequence():
     res = SimpleNamespace(stopped_word=True, stopping_word="STOP")
     assert _stop(res, "tool_calls") == ("tool_use", None)
     assert _stop(res, "stop") == ("stop_sequence", "STOP")
+
+
+def test_message_start_reports_the_prompt(client):
+    whole = client.messages.create(model="tiny", max_tokens=3, messages=ASK, extra_body={**GREEDY, "cache_prompt": False})
+    with client.messages.stream(model="tiny", max_tokens=3, messages=ASK, extra_body={**GREEDY, "cache_prompt": False}) as s:
+        start = next(e for e in s if e.type == "message_start")
+    assert start.message.usage.input_tokens == whole.usage.input_tokens > 0
