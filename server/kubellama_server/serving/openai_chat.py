@@ -36,9 +36,10 @@ class ChatFormatter:
         return self.template.render(messages, bos_token=self.bos_text, eos_token=self.eos_text,
                                     add_generation_prompt=add_generation_prompt, extra=extra)
 
-    def prompt(self, messages: list[dict[str, Any]], extra: dict[str, Any] | None = None) -> str:
+    def prompt(self, messages: list[dict[str, Any]], extra: dict[str, Any] | None = None,
+               add_generation_prompt: bool = True) -> str:
         """The text handed to the scheduler: BOS is left to its BOS rule (never doubled)."""
-        text = self.render(messages, extra=extra)
+        text = self.render(messages, add_generation_prompt, extra=extra)
         if self.add_bos and self.bos_text and text.startswith(self.bos_text):
             text = text[len(self.bos_text):]
         return text
@@ -202,11 +203,18 @@ def chat_prompt(engine, req: P.ChatCompletionRequest, images: list[bytes] | None
     extra = template_kwargs(engine, req)
     if plan is not None:
         messages, extra = plan.messages(messages), {**extra, **plan.template_kwargs()}
+    last = messages[-1] if messages else {}
+    prefill = last.get("content") if last.get("role") == "assistant" and not last.get("tool_calls") else None
     try:
         fmt = formatter(engine)
-        prompt = fmt.render(messages, extra=extra) if raw else fmt.prompt(messages, extra=extra)
+        render = fmt.render if raw else fmt.prompt
+        prompt = render(messages, add_generation_prompt=not prefill, extra=extra)
     except TemplateError as exc:
         raise invalid(f"the chat template could not format these messages: {exc}") from None
+    if prefill:  # a final assistant message is continued: cut the template's end of turn after it
+        at = prompt.rfind(prefill.strip())
+        if at >= 0:
+            prompt = prompt[:at + len(prefill.strip())]
     if images is not None and prompt.count(MEDIA_MARKER) != len(images):
         raise invalid(f"the prompt has {prompt.count(MEDIA_MARKER)} image places for {len(images)} images "
                       f"(a message text contains {MEDIA_MARKER!r}, or the chat template dropped a message)")

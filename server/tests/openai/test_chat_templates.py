@@ -100,3 +100,14 @@ def test_template_render_failure_is_400(live_server):
     r = httpx.post(srv.url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]})
     err = r.json()["error"]
     assert r.status_code == 400 and err["type"] == "invalid_request_error" and "alternate" in err["message"]
+
+
+def test_a_final_assistant_message_is_continued(oai_server):
+    """Prefill (as llama.cpp and Anthropic's API): the reply continues the last assistant message."""
+    import httpx
+
+    messages = [{"role": "user", "content": "Give me JSON"}, {"role": "assistant", "content": '{"answer": '}]
+    prompt = httpx.post(oai_server.url + "/apply-template", json={"messages": messages}).json()["prompt"]
+    assert prompt.endswith('<|im_start|>assistant\n{"answer":')  # no end of turn, no new assistant turn
+    r = httpx.post(oai_server.url + "/v1/chat/completions", json={"messages": messages, "max_tokens": 3, "temperature": 0})
+    assert r.status_code == 200 and r.json()["usage"]["prompt_tokens"] > 0
