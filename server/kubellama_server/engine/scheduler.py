@@ -508,8 +508,9 @@ class Scheduler:
         if lora is not None:
             self._use_lora(lora)
             now = time.perf_counter()
-            for slot in active:
-                slot.t_served = now
+            for slot in self.slots:  # this scale set had its turn (also its slots that found no room)
+                if slot.is_processing and slot.cache_lora == lora:
+                    slot.t_served = now
         ret = self.ctx.decode(batch)
         if ret != 0:
             self._decode_failed(active, ret)

@@ -205,22 +205,31 @@ def chat_prompt(engine, req: P.ChatCompletionRequest, images: list[bytes] | None
         messages, extra = plan.messages(messages), {**extra, **plan.template_kwargs()}
     last = messages[-1] if messages else {}
     prefill = last.get("content") if last.get("role") == "assistant" and not last.get("tool_calls") else None
+    if prefill is not None and not prefill.strip():
+        prefill = None
+    if prefill is not None:  # rendered with a sentinel in its place, so the cut never depends on the text
+        messages = messages[:-1] + [{**last, "content": PREFILL_SENTINEL}]
     try:
         fmt = formatter(engine)
         render = fmt.render if raw else fmt.prompt
-        prompt = render(messages, add_generation_prompt=not prefill, extra=extra)
+        prompt = render(messages, add_generation_prompt=prefill is None, extra=extra)
     except TemplateError as exc:
         raise invalid(f"the chat template could not format these messages: {exc}") from None
-    if prefill:  # a final assistant message is continued: cut the template's end of turn after it
-        at = prompt.rfind(prefill.strip())
-        if at >= 0:
-            prompt = prompt[:at + len(prefill.strip())]
+    if prefill is not None:  # a final assistant message is continued: everything after it is cut
+        at = prompt.find(PREFILL_SENTINEL)
+        if at < 0:
+            raise invalid("the chat template dropped the final assistant message, so it cannot be continued")
+        prompt = prompt[:at] + prefill
     if images is not None and prompt.count(MEDIA_MARKER) != len(images):
         raise invalid(f"the prompt has {prompt.count(MEDIA_MARKER)} image places for {len(images)} images "
                       f"(a message text contains {MEDIA_MARKER!r}, or the chat template dropped a message)")
     req._reasoning = (req.reasoning_format or engine.settings.reasoning_format) != "none"
-    req._thinking = reasoning.prompt_opens_thinking(prompt)
+    req._thinking = reasoning.prompt_opens_thinking(prompt) if prefill is None else \
+        prefill.rfind(reasoning.OPEN) > prefill.rfind(reasoning.CLOSE)  # a prefill still thinking
     return prompt
+
+
+PREFILL_SENTINEL = "\x00kubellama-prefill\x00"
 
 
 def template_kwargs(engine, req: P.ChatCompletionRequest) -> dict[str, Any]:

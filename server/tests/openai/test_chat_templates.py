@@ -108,6 +108,18 @@ def test_a_final_assistant_message_is_continued(oai_server):
 
     messages = [{"role": "user", "content": "Give me JSON"}, {"role": "assistant", "content": '{"answer": '}]
     prompt = httpx.post(oai_server.url + "/apply-template", json={"messages": messages}).json()["prompt"]
-    assert prompt.endswith('<|im_start|>assistant\n{"answer":')  # no end of turn, no new assistant turn
+    assert prompt.endswith('<|im_start|>assistant\n{"answer": ')  # as written: no end of turn, no new turn
     r = httpx.post(oai_server.url + "/v1/chat/completions", json={"messages": messages, "max_tokens": 3, "temperature": 0})
     assert r.status_code == 200 and r.json()["usage"]["prompt_tokens"] > 0
+
+
+def test_prefill_cuts_are_independent_of_the_text(oai_server):
+    import httpx
+
+    def prompt(content):
+        msgs = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": content}]
+        return httpx.post(oai_server.url + "/apply-template", json={"messages": msgs}).json()["prompt"]
+
+    for text in ("<", "m", "end", "Hi", "<|im_end|>"):  # pieces of the end of turn, or of earlier turns
+        assert prompt(text).endswith("<|im_start|>assistant\n" + text), (text, prompt(text))
+    assert prompt("   ").endswith("<|im_end|>\n<|im_start|>assistant\n")  # whitespace only: a normal new turn
