@@ -23,7 +23,7 @@ def resolve_model_path(settings: ServerSettings) -> str:
         return settings.model
     from pathlib import Path
 
-    from .fetch import FetchError, ModelSource, fetch_model
+    from .fetch import FetchError, ModelSource
     from .fetch.hf_pick import resolve_files
 
     hf_repo, hf_file = settings.hf_repo, settings.hf_file
@@ -45,16 +45,7 @@ def resolve_model_path(settings: ServerSettings) -> str:
         hf_revision=settings.hf_revision or None,
     )
     log.info("fetching model from %s", settings.model_url or f"{hf_repo}/{hf_file}")
-    try:
-        path = fetch_model(source, dest=dest, sha256=settings.model_sha256 or None, offline=settings.offline)
-    except FetchError as exc:
-        raise RuntimeError(f"model download failed: {exc}") from exc
-    if settings.model and Path(settings.model).name != path.name:
-        target = Path(settings.model)
-        if not target.exists():
-            target.symlink_to(path)
-        return str(target)
-    return str(path)
+    return _fetch(source, settings.model, "model", sha256=settings.model_sha256 or None, offline=settings.offline)
 
 
 def resolve_mmproj_path(settings: ServerSettings) -> str:
@@ -64,22 +55,29 @@ def resolve_mmproj_path(settings: ServerSettings) -> str:
     """
     if not (settings.mmproj_url or settings.hf_mmproj_file):
         return settings.mmproj
-    from pathlib import Path
+    from .fetch import ModelSource
 
-    from .fetch import FetchError, ModelSource, fetch_model
-
-    dest = Path(settings.mmproj).parent if settings.mmproj else None
     if settings.mmproj_url:
         source = ModelSource(url=settings.mmproj_url)
     else:  # the projector -hf found beside the model
         source = ModelSource(hf_repo=settings.hf_repo, hf_file=settings.hf_mmproj_file, hf_revision=settings.hf_revision or None)
     log.info("fetching the multimodal projector from %s", source.describe())
+    return _fetch(source, settings.mmproj, "multimodal projector", sha256=None, offline=settings.offline)
+
+
+def _fetch(source, wanted: str, what: str, *, sha256: str | None, offline: bool) -> str:
+    """Download `source` (or find it in the cache). `wanted` (-m / --mmproj), when given, names where
+    it lands: its folder, and a link by that name when the file's own name differs."""
+    from pathlib import Path
+
+    from .fetch import FetchError, fetch_model
+
     try:
-        path = fetch_model(source, dest=dest, offline=settings.offline)
+        path = fetch_model(source, dest=Path(wanted).parent if wanted else None, sha256=sha256, offline=offline)
     except FetchError as exc:
-        raise RuntimeError(f"multimodal projector download failed: {exc}") from exc
-    if settings.mmproj and Path(settings.mmproj).name != path.name:
-        target = Path(settings.mmproj)
+        raise RuntimeError(f"{what} download failed: {exc}") from exc
+    if wanted and Path(wanted).name != path.name:
+        target = Path(wanted)
         if not target.exists():
             target.symlink_to(path)
         return str(target)

@@ -6,30 +6,16 @@ import asyncio
 
 from fastapi import APIRouter, Request
 
-from ..engine.engine import Engine
 from ..serving import anthropic
 from .body import json_body
-from .streaming import run_tasks, stream_tasks
+from .routes_openai import engine_of, serve_generation
 
 router = APIRouter()
 
 
-def engine_of(request: Request) -> Engine:
-    return request.app.state.engine
-
-
 @router.post("/v1/messages")
 async def messages(request: Request):
-    engine = engine_of(request)
-    body = await json_body(request)
-    engine.require_ready()
-    areq, tasks = anthropic.build(engine, body)
-    if areq.stream:
-        stream = anthropic.MessagesStream(engine, areq, tasks)
-        return await stream_tasks(engine, tasks, stream.render, stream.tail, done_marker=False,
-                                  frame=anthropic.event_frame)
-    results = await run_tasks(engine, request, tasks)
-    return anthropic.response(engine, areq, tasks, results)
+    return await serve_generation(request, anthropic, system_prompt_field=False)
 
 
 @router.post("/v1/messages/count_tokens")

@@ -18,17 +18,23 @@ def engine_of(request: Request) -> Engine:
     return request.app.state.engine
 
 
-async def _serve(request: Request, family) -> Any:
-    """One OpenAI generation request: `family` is `openai_chat` or `openai_completions`
-    (each has `build`, `Stream` and `response`)."""
+async def serve_generation(request: Request, family, *, system_prompt_field: bool = True) -> Any:
+    """One generation request of an API family (`openai_chat`, `openai_completions`, `responses`,
+    `anthropic`: each has `build`, `Stream` and `response`). A family with its own SSE framing
+    (`event_frame`: named events) ends its stream without `data: [DONE]`. `system_prompt_field`:
+    the body's llama.cpp `system_prompt` option applies (OpenAI chat and completions)."""
     engine = engine_of(request)
     body = await json_body(request)
     engine.require_ready()
-    await system_prompt.apply_from_body(engine, body)
+    if system_prompt_field:
+        await system_prompt.apply_from_body(engine, body)
     req, tasks = family.build(engine, body)
     if req.stream:
         stream = family.Stream(engine, req, tasks)
-        return await stream_tasks(engine, tasks, stream.render, stream.tail)
+        frame = getattr(family, "event_frame", None)
+        if frame is None:
+            return await stream_tasks(engine, tasks, stream.render, stream.tail)
+        return await stream_tasks(engine, tasks, stream.render, stream.tail, done_marker=False, frame=frame)
     results = await run_tasks(engine, request, tasks)
     return family.response(engine, req, tasks, results)
 
@@ -36,12 +42,12 @@ async def _serve(request: Request, family) -> Any:
 @router.post("/v1/chat/completions")
 @router.post("/chat/completions")
 async def chat_completions(request: Request):
-    return await _serve(request, openai_chat)
+    return await serve_generation(request, openai_chat)
 
 
 @router.post("/v1/completions")
 async def completions(request: Request):
-    return await _serve(request, openai_completions)
+    return await serve_generation(request, openai_completions)
 
 
 @router.get("/v1/models")
@@ -56,24 +62,11 @@ async def apply_template(request: Request):
     engine = engine_of(request)
     body = await json_body(request)
     engine.require_ready()
-    from .. import protocol as P
-
-    req = P.parse_request(P.ChatCompletionRequest, {**body, "stream": False})
-    req._tool_plan = openai_chat.tools.plan(req, openai_chat.formatter(engine).template.source)
-    images = [] if engine.multimodal_enabled else None  # image parts render as the media marker
-    return {"prompt": openai_chat.chat_prompt(engine, req, images, raw=True)}
+    return {"prompt": openai_chat.parse_and_render(engine, {**body, "stream": False}, raw=True)[1]}
 
 
 @router.post("/v1/responses")
 @router.post("/responses")
 async def responses_route(request: Request):
     """OpenAI's Responses API (stateless), on the chat pipeline."""
-    engine = engine_of(request)
-    body = await json_body(request)
-    engine.require_ready()
-    rreq, tasks = responses.build(engine, body)
-    if rreq.stream:
-        stream = responses.ResponsesStream(engine, rreq, tasks)
-        return await stream_tasks(engine, tasks, stream.render, stream.tail, done_marker=False, frame=responses.event_frame)
-    results = await run_tasks(engine, request, tasks)
-    return responses.response(engine, rreq, tasks, results)
+    return await serve_generation(request, responses, system_prompt_field=False)

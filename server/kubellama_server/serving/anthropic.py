@@ -170,14 +170,7 @@ def build(engine, body: dict) -> tuple[MessagesRequest, list[Task]]:
 
 def count_tokens_prompt(engine, body: dict) -> str:
     chat = chat_body({**body, "max_tokens": body.get("max_tokens") or 1})
-    from .. import protocol as P
-
-    req = P.parse_request(P.ChatCompletionRequest, chat)
-    from . import tools as tool_plans
-
-    req._tool_plan = tool_plans.plan(req, openai_chat.formatter(engine).template.source)
-    images = [] if engine.multimodal_enabled else None
-    return openai_chat.chat_prompt(engine, req, images)
+    return openai_chat.parse_and_render(engine, chat)[1]
 
 
 # -- response -----------------------------------------------------------------------
@@ -286,6 +279,9 @@ class MessagesStream:
 
     def tail(self) -> list[dict]:
         return []
+
+
+Stream = MessagesStream  # the streaming renderer of this endpoint family (http.routes_openai.serve_generation)
 
 
 def event_frame(obj: Any) -> bytes:

@@ -246,16 +246,21 @@ def template_kwargs(engine, req: P.ChatCompletionRequest) -> dict[str, Any]:
     return out
 
 
-def build(engine, body: dict) -> tuple[P.ChatCompletionRequest, list[Task]]:
+def parse_and_render(engine, body: dict, *, raw: bool = False) -> tuple[P.ChatCompletionRequest, str, list[bytes]]:
+    """The chat request of `body`, its prompt (with its tools) and its images (chat_prompt's `raw`)."""
     req = P.parse_request(P.ChatCompletionRequest, body)
     req._tool_plan = tools.plan(req, formatter(engine).template.source)
-    images: list[bytes] | None = [] if engine.multimodal_enabled else None
-    prompt = chat_prompt(engine, req, images)
+    images: list[bytes] | None = [] if engine.multimodal_enabled else None  # image parts: the media marker
+    return req, chat_prompt(engine, req, images, raw=raw), images or []
+
+
+def build(engine, body: dict) -> tuple[P.ChatCompletionRequest, list[Task]]:
+    req, prompt, images = parse_and_render(engine, body)
     n_probs = (req.top_logprobs or 1) if req.logprobs else 0
     if req.top_logprobs and not req.logprobs:
         raise invalid("'top_logprobs' needs 'logprobs': true")
     tasks = make_tasks(engine, req, body, [prompt], n_probs=n_probs, json_schema=response_schema(req.response_format),
-                       allow_truncate=False, images=images or [],
+                       allow_truncate=False, images=images,
                        constraint=req._tool_plan.constraint() if req._tool_plan else None)
     p = tasks[0].params if tasks else None
     if p is not None and (p.json_schema is not None or (p.grammar and reasoning.CLOSE not in p.grammar)):

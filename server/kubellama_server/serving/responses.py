@@ -306,6 +306,9 @@ class ResponsesStream:
         return []
 
 
+Stream = ResponsesStream  # the streaming renderer of this endpoint family (http.routes_openai.serve_generation)
+
+
 def event_frame(obj: Any) -> bytes:
     """Responses SSE: `event: <type>` before each `data:` line (an error becomes an `error` event)."""
     if "type" not in obj and "error" in obj:

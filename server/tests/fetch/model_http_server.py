@@ -182,12 +182,12 @@ def _make_handler(server: ModelHTTPServer):
                 pass
 
         def _plain(self, rec: Record, status: int, body: bytes = b"", headers: dict | None = None,
-                   head: bool = False) -> None:
+                   head: bool = False, content_type: str = "text/plain") -> None:
             rec.status = status
             self.send_response(status)
             for k, v in (headers or {}).items():
                 self.send_header(k, v)
-            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Connection", "close")
             self.end_headers()
@@ -253,15 +253,7 @@ def _make_handler(server: ModelHTTPServer):
                     "X-Error-Code": "RevisionNotFound", "X-Error-Message": "Invalid rev id: " + m.group(2)})
             body = json.dumps([{"type": "file", "path": name, "size": len(f.data),
                                 "oid": hashlib.sha1(f.data).hexdigest()} for name, f in files.items()]).encode()
-            rec.status = 200
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Connection", "close")
-            self.end_headers()
-            if not head:
-                self.wfile.write(body)
-                rec.sent = len(body)
+            self._plain(rec, 200, body, head=head, content_type="application/json")
 
         # -- plain files
         def _file(self, f: Served, rec: Record, head: bool) -> None:

@@ -38,6 +38,21 @@ def _watch_until_healthy(url: str, proc, on_poll=None, timeout: float = 90.0) ->
     raise TimeoutError(f"server not healthy after {timeout}s: {seen[-3:]}")
 
 
+def _health_once_loaded(srv, timeout: float = 60.0) -> httpx.Response:
+    """The first /health answer that is not 503 "loading model" (the server must stay up)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert time.monotonic() < deadline and srv.proc.poll() is None, srv.log()
+        try:
+            r = httpx.get(srv.url + "/health", timeout=2)
+        except httpx.TransportError:
+            time.sleep(0.05)
+            continue
+        if r.status_code != 503:
+            return r
+        time.sleep(0.05)
+
+
 def _complete(url: str) -> dict:
     r = httpx.post(url + "/completion", json={"prompt": "hello world", "n_predict": 4, "seed": 1}, timeout=60)
     assert r.status_code == 200, r.text
@@ -145,17 +160,7 @@ def test_failed_projector_download_is_reported_by_health(model_server, tiny_byte
                          "-t", "1"], env={"LLAMA_CACHE": str(tmp_path / "cache")})
     srv.start(wait=False, log_path=tmp_path / "server.log")
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert time.monotonic() < deadline and srv.proc.poll() is None, srv.log()
-            try:
-                r = httpx.get(srv.url + "/health", timeout=2)
-            except httpx.TransportError:
-                time.sleep(0.05)
-                continue
-            if r.status_code != 503:
-                break
-            time.sleep(0.05)
+        r = _health_once_loaded(srv)
         error = r.json()["error"]
         assert r.status_code == 500 and "multimodal projector download failed" in error and "HTTP 404" in error, r.text
     finally:
@@ -196,17 +201,7 @@ def test_hf_repo_with_a_missing_quant_says_which_exist(hf_hub, tiny_bytes, tmp_p
                         env={"LLAMA_CACHE": str(tmp_path / "cache"), "HF_ENDPOINT": hf_hub.base_url})
     srv.start(wait=False, log_path=tmp_path / "server.log")
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert time.monotonic() < deadline and srv.proc.poll() is None, srv.log()
-            try:
-                r = httpx.get(srv.url + "/health", timeout=2)
-            except httpx.TransportError:
-                time.sleep(0.05)
-                continue
-            if r.status_code != 503:
-                break
-            time.sleep(0.05)
+        r = _health_once_loaded(srv)
         error = r.json()["error"]
         assert r.status_code == 500 and "has no Q5_K_M file; its GGUF files are: tiny-Q8_0.gguf" in error, r.text
     finally:
