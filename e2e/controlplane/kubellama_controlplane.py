@@ -120,8 +120,8 @@ def _openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
 
 
-def make_pki(folder: Path) -> None:
-    """A CA, an API-server serving cert for loopback, and the service-account key pair."""
+def make_pki(folder: Path, extra_ips: tuple[str, ...] = ()) -> None:
+    """A CA, an API-server serving cert for loopback (and `extra_ips`), and the service-account key pair."""
     folder.mkdir(parents=True, exist_ok=True)
     for key in ("ca.key", "apiserver.key", "sa.key"):
         _openssl("genrsa", "-out", key, "2048", cwd=folder)
@@ -139,7 +139,8 @@ def make_pki(folder: Path) -> None:
         "keyUsage=critical,digitalSignature,keyEncipherment\n"
         "extendedKeyUsage=serverAuth\n"
         "authorityKeyIdentifier=keyid,issuer\n"
-        "subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,"
+        f"subjectAltName=IP:127.0.0.1,IP:10.96.0.1,{''.join(f'IP:{ip},' for ip in extra_ips)}"
+        "DNS:localhost,DNS:kubernetes,"
         "DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local\n"
     )
     _openssl(
@@ -189,6 +190,9 @@ class ControlPlane:
     workdir: Path
     binaries: dict[str, Path] = field(default_factory=find_binaries)
     startup_timeout: float = 90.0
+    #: Serve on this local address instead of loopback, so that pods reach the API server
+    #: (the local node of e2e/node); it must already be assigned to an interface.
+    advertise_address: str | None = None
     procs: list[_Proc] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -202,7 +206,7 @@ class ControlPlane:
 
     @property
     def url(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
+        return f"https://{self.advertise_address or '127.0.0.1'}:{self.port}"
 
     # ---- lifecycle -------------------------------------------------------------------
     def __enter__(self) -> "ControlPlane":
@@ -221,7 +225,7 @@ class ControlPlane:
 
     def _start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        make_pki(self.pki)
+        make_pki(self.pki, (self.advertise_address,) if self.advertise_address else ())
         etcd_port, peer_port, self.port = free_port(), free_port(), free_port()
         (self.workdir / "tokens.csv").write_text(
             f'{self.admin_token},kubellama-admin,kubellama-admin,"system:masters"\n'
@@ -244,7 +248,8 @@ class ControlPlane:
         pki = self.pki
         self._spawn("kube-apiserver", [
             f"--etcd-servers={etcd_url}",
-            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+            f"--bind-address={self.advertise_address or '127.0.0.1'}",
+            f"--advertise-address={self.advertise_address or '127.0.0.1'}",
             f"--secure-port={self.port}",
             f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
             f"--client-ca-file={self.ca_file}",

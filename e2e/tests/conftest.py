@@ -1,9 +1,12 @@
 """End-to-end fixtures: a real cluster, the Helm chart installed, an in-cluster model server.
 
-Tests marked `e2e` run only with E2E=1 (what `make e2e` sets) against the cluster in
-$KUBECONFIG. Without it they are skipped with one line (as in `make test` on a machine
-with no cluster); with it, a missing tool or an unreachable cluster stops the run with
-an error instead of skipping, so `make e2e` can never pass by testing nothing.
+Tests marked `e2e` run against a real cluster:
+- with E2E=1 (what `make e2e` sets), the cluster in $KUBECONFIG (kind in GitHub Actions);
+  a missing tool or an unreachable cluster stops the run with an error;
+- otherwise (`make test`), the local cluster of e2e/node: the test control plane with one
+  real node (containerd, kubelet, kube-proxy, CoreDNS) and the project's images built
+  there from images/*/Dockerfile. Where that node cannot run they are skipped with one
+  line, unless KUBELLAMA_REQUIRE_CLUSTER=1 (what .ci/run sets), which makes it a failure.
 
 Environment: IMAGE_REPO / IMAGE_TAG (the images under test, as `make images` tagged
 them), E2E_NAMESPACE (default kubellama-e2e), E2E_SYSTEM_NAMESPACE (where the chart
@@ -15,19 +18,25 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
-from e2e_support import (
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "node"))
+
+from e2e_support import (  # noqa: E402
     CHART,
     E2E_DIR,
     MODEL_FILE,
     Kube,
     find_tool,
     image,
+    image_repo,
+    image_tag,
     image_values,
     load_manifest,
     log,
@@ -36,11 +45,18 @@ from e2e_support import (
 )
 
 E2E_ENABLED = os.environ.get("E2E") == "1"
-SKIP_REASON = (
-    "e2e tests need a Kubernetes cluster: run `make e2e` (kind + docker or podman), "
-    "or set E2E=1 with KUBECONFIG pointing at a cluster"
-)
+REQUIRE_CLUSTER = os.environ.get("KUBELLAMA_REQUIRE_CLUSTER") == "1"
 RELEASE = "kubellama"
+
+
+def local_node_unavailable() -> str | None:
+    """Why the local cluster of e2e/node cannot run here (one line), or None."""
+    import kubellama_node
+
+    reason = kubellama_node.unavailable_reason()
+    if reason is None and find_tool("helm") is None:
+        reason = "helm not found (make helm-tool)"
+    return reason
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -48,7 +64,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if not e2e_items:
         return
     if not E2E_ENABLED:
-        skip = pytest.mark.skip(reason=SKIP_REASON)
+        reason = local_node_unavailable()
+        if reason is None:
+            return
+        if REQUIRE_CLUSTER:
+            pytest.exit(f"KUBELLAMA_REQUIRE_CLUSTER=1 but the e2e tests cannot run on the local node: {reason}",
+                        returncode=1)
+        skip = pytest.mark.skip(reason=f"e2e tests: no local node here ({reason}); `make e2e` runs them on kind")
         for item in e2e_items:
             item.add_marker(skip)
         return
@@ -63,7 +85,34 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(scope="session")
-def system() -> Kube:
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The cluster under test: $KUBECONFIG's with E2E=1, else the local node's, started here
+    (control plane, node, images built from the Dockerfiles) and stopped at the end."""
+    if E2E_ENABLED:
+        yield
+        return
+    import kubellama_node
+    import node_images
+
+    workdir = tmp_path_factory.mktemp("local-cluster")
+    with kubellama_node.local_cluster(workdir) as (cp, node):
+        node.ensure_volumes(available=12)
+        node_images.build_project_images(node, image_repo(), image_tag())
+        saved = {k: os.environ.get(k) for k in ("KUBECONFIG",)}
+        os.environ["KUBECONFIG"] = str(cp.kubeconfig_path)
+        log(f"local cluster up: export KUBECONFIG={cp.kubeconfig_path} (logs in {workdir})")
+        try:
+            yield
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def system(cluster: None) -> Kube:
     return Kube(os.environ.get("E2E_SYSTEM_NAMESPACE", "kubellama-system"))
 
 

@@ -256,3 +256,33 @@ def test_missing_model_is_reported(ns: Kube, model_server: str) -> None:
         assert obj["status"].get("readyReplicas", 0) == 0
     finally:
         ns("delete", "llamaserver", "missing-model", "--ignore-not-found", "--wait=false", check=False)
+
+
+def test_restricted_namespace_admits_and_runs_a_llamaserver(ns: Kube, model_server: str) -> None:
+    """Pod Security Admission at `restricted`: the operator's pods (init containers included)
+    are admitted, run as the non-root user, write their volumes and serve."""
+    restricted = Kube(f"{ns.namespace}-restricted")
+    if restricted.get("namespace", restricted.namespace) is None:
+        restricted("create", "namespace", restricted.namespace, namespaced=False)
+    restricted("label", "--overwrite", "namespace", restricted.namespace,
+               "pod-security.kubernetes.io/enforce=restricted",
+               "pod-security.kubernetes.io/enforce-version=latest", namespaced=False)
+    (manifest,) = load_manifest("llamaserver.yaml")
+    manifest = copy.deepcopy(manifest)
+    manifest["metadata"]["name"] = "locked"
+    # The model server lives in the main e2e namespace: cross-namespace cluster DNS.
+    manifest["spec"]["model"]["url"] = f"http://e2e-model-server.{ns.namespace}.svc/kubellama-tiny.gguf"
+    manifest["spec"]["model"]["sha256"] = model_server
+    restricted.apply(manifest)
+    try:
+        restricted.wait_for("LlamaServer locked Ready in the restricted namespace",
+                            lambda: llamaserver_ready(restricted, "locked", 1),
+                            timeout=float(os.environ.get("E2E_READY_TIMEOUT", "600")), llamaserver="locked")
+        events = restricted("get", "events", "-o", "json")
+        refused = [e["message"] for e in json.loads(events)["items"]
+                   if "violates PodSecurity" in (e.get("message") or "")]
+        assert not refused, refused
+        with port_forward(restricted, "svc/locked", PORT) as url:
+            check_chat(url)
+    finally:
+        restricted("delete", "namespace", restricted.namespace, "--wait=false", namespaced=False, check=False)

@@ -44,6 +44,12 @@ def final_stage(path: Path) -> list[dockerfile.Command]:
     return stages(path)[-1]
 
 
+def build_stage(path: Path) -> list[dockerfile.Command]:
+    """The stage named `build` (where the project and llama.cpp are built)."""
+    (stage,) = [s for s in stages(path) if [v.lower() for v in s[0].value[-2:]] == ["as", "build"]]
+    return stage
+
+
 def instructions(stage: list[dockerfile.Command], name: str) -> list[dockerfile.Command]:
     return [c for c in stage if c.cmd == name]
 
@@ -120,7 +126,7 @@ def test_fetcher_ships_in_the_server_images() -> None:
     """The operator's init container runs kubellama-fetch from the server image."""
     assert "kubellama-fetch" in PYPROJECT["project"]["scripts"]
     for path in (SERVER, SERVER_CUDA):
-        text = run_text(stages(path)[0])
+        text = run_text(build_stage(path))
         assert re.search(r"pip install [^\n]*(/src|\.)(\s|$)", text), f"{path.name} must install the project"
         assert "--no-deps /src" not in text
 
@@ -144,7 +150,7 @@ def test_server_image_runtime(path: Path) -> None:
 
 
 def test_cpu_build_is_portable() -> None:
-    text = run_text(stages(SERVER)[0])
+    text = run_text(build_stage(SERVER))
     assert "-march=native" not in SERVER.read_text()
     assert "GGML_NATIVE=ON" not in text
     # Both architectures' branches turn the build machine's CPU detection off.
@@ -156,11 +162,11 @@ def test_llama_cpp_pin_comes_from_pyproject() -> None:
     pins = [d for d in PYPROJECT["project"]["dependencies"] if d.startswith("llama-cpp-python==")]
     assert len(pins) == 1, "the Dockerfiles build the llama-cpp-python pinned (==) in pyproject.toml"
     for path in (SERVER, SERVER_CUDA):
-        assert "grep -o '\"llama-cpp-python==[^\"]*\"' pyproject.toml" in run_text(stages(path)[0])
+        assert "grep -o '\"llama-cpp-python==[^\"]*\"' pyproject.toml" in run_text(build_stage(path))
 
 
 def test_cuda_build_stage_and_architectures() -> None:
-    build, runtime = stages(SERVER_CUDA)[0], stages(SERVER_CUDA)[-1]
+    build, runtime = build_stage(SERVER_CUDA), stages(SERVER_CUDA)[-1]
     assert "nvidia/cuda:" in build[0].value[0] and "-devel-" in build[0].value[0]
     assert "nvidia/cuda:" in runtime[0].value[0] and "-runtime-" in runtime[0].value[0]
     args = [a.value[0].split("=")[0] for a in instructions(build, "ARG")]
@@ -275,7 +281,7 @@ def test_operator_requirements_match_pyproject() -> None:
 
 
 def test_operator_image_installs_project_without_server_dependencies() -> None:
-    text = run_text(stages(OPERATOR)[0])
+    text = run_text(build_stage(OPERATOR))
     assert "pip install --no-cache-dir -r requirements.txt" in text
     assert "pip install --no-cache-dir --no-deps /src" in text
     assert "llama-cpp-python" not in text and "cmake" not in text.lower(), "the operator image stays slim"
@@ -377,3 +383,20 @@ def test_operator_defaults_use_the_image_names() -> None:
                 found[f"{module.__name__}.{attr}"] = value
     assert found, "no default server image constant found in kubellama_operator"
     assert set(found.values()) == {server, server_cuda}, found
+
+
+@pytest.mark.parametrize("path", [SERVER, OPERATOR], ids=["server", "operator"])
+def test_base_image_is_a_build_argument(path: Path) -> None:
+    """e2e/node builds these Dockerfiles on a Debian base made from Debian's packages (no
+    registry there): every stage but the empty named-context one starts FROM ${BASE_IMAGE},
+    whose default stays the public Python image; pip steps can get this machine's package
+    settings as secrets, which never end up in a layer."""
+    text = path.read_text()
+    assert re.search(r"^ARG BASE_IMAGE=python:\$\{PYTHON_VERSION\}-slim-\$\{DEBIAN_RELEASE\}$", text, re.M)
+    froms = [s[0].value[0] for s in stages(path)]
+    assert [f for f in froms if f != "scratch"] == ["${BASE_IMAGE}", "${BASE_IMAGE}"], froms
+    for stage in stages(path):
+        for run in instructions(stage, "RUN"):
+            if "pip install" in run.original or "pip wheel" in run.original:
+                assert "--mount=type=secret,id=pip.conf,target=/etc/pip.conf" in run.original
+    assert "COPY --from=prebuilt-wheels" not in text  # a bind mount only, never copied into a layer

@@ -1,0 +1,579 @@
+"""A real Kubernetes node on this machine, joined to the test control plane.
+
+containerd 2.x with runc, the CNI bridge, kubelet, kube-proxy (iptables) and CoreDNS run
+as host processes (what a kind node runs inside its container), so the operator's pods
+really run: init containers download, probes probe, volumes are written by the non-root
+user, SIGTERM drains and saves slots. Images come from the project's own Dockerfiles,
+built by BuildKit's containerd worker straight into containerd's `k8s.io` namespace on a
+Debian base made here (`base.sh`): no registry is needed.
+
+Binaries: `e2e/node/build.sh` (cached under $KUBELLAMA_CACHE/node/). Needs root, cgroups,
+iptables and overlayfs. One node per machine at a time (a lock file); every start first
+clears what an earlier, killed run left behind (shims, mounts, network namespaces, rules).
+
+Network: the node's address is NODE_IP on a dummy interface; pods get addresses on the
+bridge; the Service and pod ranges are routed to a blackhole device and pod traffic may
+not leave through any other interface, so nothing of the cluster reaches the network.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+HERE = Path(__file__).resolve().parent
+REPO_ROOT = HERE.parents[1]
+sys.path.insert(0, str(REPO_ROOT / "e2e" / "controlplane"))
+import kubellama_controlplane as kcp  # noqa: E402
+
+NODE_NAME = "kubellama-node"
+NODE_IP = "10.253.0.1"           # on the dummy interface NODE_LINK
+NODE_LINK = "kubellama0"
+BRIDGE = "kubellama-br0"
+POD_SUBNET = "10.244.0.0/24"     # the bridge's pods (kwok's fake pods use the rest of /16)
+POD_GATEWAY = "10.244.0.1"
+BLACKHOLE_LINK = "kubellama-bh"
+BLACKHOLE_ROUTES = (kcp.SERVICE_CIDR, "10.244.0.0/16")
+KUBELET_PORT = 10250
+RUN_DIR = Path("/run/kubellama-node")   # sockets: short paths
+CONTAINERD_SOCK = RUN_DIR / "containerd.sock"
+BUILDKIT_SOCK = RUN_DIR / "buildkitd.sock"
+K8S_NAMESPACE = "k8s.io"
+PAUSE_IMAGE = "localhost/kubellama-pause:1"
+FIREWALL_COMMENT = "kubellama-node: pods stay on this machine"
+BINARIES = ("kubelet", "kube-proxy", "containerd", "containerd-shim-runc-v2", "ctr", "runc",
+            "bridge", "host-local", "loopback", "portmap", "coredns", "buildkitd", "buildctl")
+
+
+class NodeUnavailable(RuntimeError):
+    """This machine cannot run the local node (one line saying why)."""
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("KUBELLAMA_CACHE") or Path.home() / ".cache" / "kubellama")
+
+
+def _script_output(script: str, flag: str) -> Path:
+    out = subprocess.run(["bash", str(HERE / script), flag], capture_output=True, text=True,
+                         check=True, timeout=30).stdout.strip()
+    return Path(out)
+
+
+def find_binaries() -> dict[str, Path]:
+    folder = _script_output("build.sh", "--print-dir")
+    missing = [b for b in BINARIES if not os.access(folder / b, os.X_OK)]
+    if missing:
+        raise NodeUnavailable(f"node binaries not built ({', '.join(missing)} missing in {folder}): "
+                              "run `make node` (builds them once from the Go module proxy)")
+    return {b: folder / b for b in BINARIES}
+
+
+def unavailable_reason() -> str | None:
+    """Why no local node can run here (one line), or None."""
+    reason = kcp.unavailable_reason()
+    if reason:
+        return reason
+    if os.geteuid() != 0:
+        return "the local node needs root (containerd, kubelet, iptables)"
+    for tool in ("ip", "iptables", "mount", "umount"):
+        if not shutil.which(tool):
+            return f"the local node needs `{tool}` (apt-get install iproute2 iptables)"
+    try:
+        find_binaries()
+    except (NodeUnavailable, subprocess.SubprocessError, OSError) as exc:
+        return str(exc)
+    if not _script_output("base.sh", "--print-path").is_file():
+        return "the node's base image is not made: run `make node`"
+    return None
+
+
+def sh(*cmd: str, check: bool = True, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
+    proc = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, **kw)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
+    return proc
+
+
+def log(message: str) -> None:
+    print(f"[node {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# ---- configuration files (pure) --------------------------------------------------------------
+
+def containerd_config(bin_dir: Path, root: Path, state: Path, cni_conf: Path) -> str:
+    return f"""version = 3
+root = "{root}"
+state = "{state}"
+[grpc]
+  address = "{CONTAINERD_SOCK}"
+[ttrpc]
+  address = "{CONTAINERD_SOCK}.ttrpc"
+[plugins."io.containerd.cri.v1.images"]
+  snapshotter = "overlayfs"
+  [plugins."io.containerd.cri.v1.images".pinned_images]
+    sandbox = "{PAUSE_IMAGE}"
+[plugins."io.containerd.cri.v1.runtime"]
+  # This VM refuses negative oom_score_adj, even to root (the kubelet asks -998).
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.cri.v1.runtime".containerd]
+    default_runtime_name = "runc"
+    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+        BinaryName = "{bin_dir / 'runc'}"
+  [plugins."io.containerd.cri.v1.runtime".cni]
+    bin_dirs = ["{bin_dir}"]
+    conf_dir = "{cni_conf}"
+[plugins."io.containerd.grpc.v1.cri"]
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+"""
+
+
+def cni_config(ipam_dir: Path) -> dict:
+    return {
+        "cniVersion": "1.0.0",
+        "name": "kubellama",
+        "plugins": [
+            {"type": "bridge", "bridge": BRIDGE, "isGateway": True, "ipMasq": False,
+             "hairpinMode": True,
+             "ipam": {"type": "host-local", "dataDir": str(ipam_dir),
+                      "ranges": [[{"subnet": POD_SUBNET, "gateway": POD_GATEWAY}]],
+                      "routes": [{"dst": "0.0.0.0/0"}]}},
+            {"type": "portmap", "capabilities": {"portMappings": True}},
+        ],
+    }
+
+
+def kubelet_config(resolv_conf: Path) -> dict:
+    return {
+        "apiVersion": "kubelet.config.k8s.io/v1beta1",
+        "kind": "KubeletConfiguration",
+        # cgroup v1 host, no systemd (see shared notes on the local node).
+        "failCgroupV1": False,
+        "cgroupDriver": "cgroupfs",
+        "cgroupsPerQOS": False,
+        "enforceNodeAllocatable": [],
+        "failSwapOn": False,
+        "containerRuntimeEndpoint": f"unix://{CONTAINERD_SOCK}",
+        "address": NODE_IP,
+        "port": KUBELET_PORT,
+        "readOnlyPort": 0,
+        "healthzBindAddress": "127.0.0.1",
+        "healthzPort": 0,
+        # Only the API server reaches this address (logs, exec, port-forward).
+        "authentication": {"anonymous": {"enabled": True}, "webhook": {"enabled": False}},
+        "authorization": {"mode": "AlwaysAllow"},
+        "clusterDNS": [NODE_IP],
+        "clusterDomain": "cluster.local",
+        "resolvConf": str(resolv_conf),
+        "evictionHard": {"memory.available": "1Mi", "nodefs.available": "1%",
+                         "imagefs.available": "1%"},
+        "imageGCHighThresholdPercent": 100,
+        "imageGCLowThresholdPercent": 99,
+        "serializeImagePulls": False,
+        "syncFrequency": "10s",
+        "fileCheckFrequency": "10s",
+        "nodeStatusUpdateFrequency": "5s",
+        "shutdownGracePeriod": "0s",
+        "rotateCertificates": False,
+        "serverTLSBootstrap": False,
+    }
+
+
+def kube_proxy_config(kubeconfig: Path, metrics_port: int, healthz_port: int) -> dict:
+    return {
+        "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+        "kind": "KubeProxyConfiguration",
+        "clientConnection": {"kubeconfig": str(kubeconfig)},
+        "mode": "iptables",
+        "clusterCIDR": POD_SUBNET,
+        "hostnameOverride": NODE_NAME,
+        "bindAddress": NODE_IP,
+        "metricsBindAddress": f"127.0.0.1:{metrics_port}",
+        "healthzBindAddress": f"127.0.0.1:{healthz_port}",
+        # Replies of pod -> Service -> pod on the same bridge go back through the host.
+        "iptables": {"masqueradeAll": True, "syncPeriod": "5s", "minSyncPeriod": "0s"},
+        "conntrack": {"maxPerCore": 0},  # leave the host's conntrack table size alone
+        "nodePortAddresses": [f"{NODE_IP}/32"],
+    }
+
+
+def corefile(kubeconfig: Path) -> str:
+    return f""".:53 {{
+    bind {NODE_IP}
+    errors
+    kubernetes cluster.local in-addr.arpa ip6.arpa {{
+        kubeconfig {kubeconfig}
+        pods insecure
+        fallthrough in-addr.arpa ip6.arpa
+    }}
+    cache 10
+}}
+"""
+
+
+def hostpath_volume(name: str, path: Path, size: str = "20Gi") -> dict:
+    """A PersistentVolume backed by a folder on the node (no provisioner runs here)."""
+    return {
+        "apiVersion": "v1", "kind": "PersistentVolume",
+        "metadata": {"name": name, "labels": {"type": "local-node"}},
+        "spec": {
+            "capacity": {"storage": size},
+            "accessModes": ["ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany"],
+            "persistentVolumeReclaimPolicy": "Retain",
+            "storageClassName": "standard",
+            "hostPath": {"path": str(path), "type": "DirectoryOrCreate"},
+        },
+    }
+
+
+# ---- the node ------------------------------------------------------------------------------
+
+@dataclass
+class LocalNode:
+    """One real node of `cp` (a started ControlPlane with `advertise_address=NODE_IP`)."""
+
+    cp: kcp.ControlPlane
+    workdir: Path
+    binaries: dict[str, Path] = field(default_factory=find_binaries)
+    procs: list[kcp._Proc] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.workdir = Path(self.workdir)
+        self.runtime = cache_dir() / "node-runtime"   # images and build cache survive runs
+        self.bin_dir = self.binaries["kubelet"].parent
+        self._lock: int | None = None
+
+    # ---- lifecycle ---------------------------------------------------------------------
+    def __enter__(self) -> "LocalNode":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> None:
+        RUN_DIR.mkdir(parents=True, exist_ok=True)
+        self._lock = os.open(RUN_DIR / "lock", os.O_CREAT | os.O_RDWR)
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log("another local node runs on this machine; waiting for it to stop")
+            fcntl.flock(self._lock, fcntl.LOCK_EX)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        cleanup_host(self.bin_dir)
+        setup_host_network()
+        self._start_containerd()
+        self._start_buildkitd()
+        self.build_pause_image()
+        self._start_coredns()
+        self._start_kubelet()
+        self._start_kube_proxy()
+        with self.cp.client() as kube:
+            kube.wait_for(lambda: kcp.node_ready(kube.get(f"/api/v1/nodes/{NODE_NAME}", missing_ok=True) or {}),
+                          f"node {NODE_NAME} Ready", timeout=120)
+        log(f"node {NODE_NAME} Ready ({NODE_IP}; pods on {POD_SUBNET})")
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.popen.poll() is None:
+                proc.popen.send_signal(signal.SIGTERM)
+            try:
+                proc.popen.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.popen.kill()
+                proc.popen.wait(timeout=5)
+        self.procs.clear()
+        with contextlib.suppress(Exception):
+            cleanup_host(self.bin_dir, kube_proxy=self.binaries.get("kube-proxy"))
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
+
+    # ---- processes ---------------------------------------------------------------------
+    def _spawn(self, name: str, args: list[str], env: dict | None = None) -> None:
+        log_path = self.workdir / f"{name}.log"
+        with open(log_path, "ab") as out:
+            popen = subprocess.Popen(
+                [str(self.binaries[name]), *args], stdout=out, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, cwd=self.workdir, preexec_fn=kcp.die_with_parent,
+                env={**os.environ, "PATH": f"{self.bin_dir}:{os.environ.get('PATH', '')}", **(env or {})},
+            )
+        self.procs.append(kcp._Proc(name, popen, log_path))
+
+    def _wait(self, ready: Callable[[], object], what: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for proc in self.procs:
+                if proc.popen.poll() is not None:
+                    raise RuntimeError(f"{proc.name} exited ({proc.popen.returncode}) during start-up;"
+                                       f" last lines of {proc.log}:\n{kcp.tail(proc.log)}")
+            with contextlib.suppress(Exception):
+                if ready():
+                    return
+            time.sleep(0.25)
+        raise TimeoutError(f"local node: {what} not reached in {timeout:.0f}s; logs in {self.workdir}")
+
+    def _start_containerd(self) -> None:
+        cni_conf = self.workdir / "cni"
+        cni_conf.mkdir(exist_ok=True)
+        (cni_conf / "10-kubellama.conflist").write_text(json.dumps(cni_config(self.workdir / "cni-ipam"), indent=1))
+        config = self.workdir / "containerd.toml"
+        config.write_text(containerd_config(self.bin_dir, self.runtime / "containerd",
+                                            RUN_DIR / "containerd", cni_conf))
+        self._spawn("containerd", ["--config", str(config), "--log-level", "warn"])
+        self._wait(lambda: self.ctr("version", check=False).returncode == 0, "containerd answering")
+
+    def _start_buildkitd(self) -> None:
+        self._spawn("buildkitd", [
+            "--root", str(self.runtime / "buildkit"), "--addr", f"unix://{BUILDKIT_SOCK}",
+            "--oci-worker=false", "--containerd-worker=true",
+            f"--containerd-worker-addr={CONTAINERD_SOCK}",
+            f"--containerd-worker-namespace={K8S_NAMESPACE}",
+            # RUN steps use this machine's network (package registries) and DNS.
+            "--containerd-worker-net=host",
+            "--containerd-worker-snapshotter=overlayfs",
+        ])
+        self._wait(lambda: self.buildctl("debug", "workers", check=False).returncode == 0,
+                   "buildkitd answering")
+
+    def _start_coredns(self) -> None:
+        kubeconfig = self.cp.kubeconfig_path
+        core = self.workdir / "Corefile"
+        core.write_text(corefile(kubeconfig))
+        self._spawn("coredns", ["-conf", str(core)])
+        self._wait(lambda: sh("bash", "-c", f"exec 3<>/dev/tcp/{NODE_IP}/53", check=False).returncode == 0,
+                   "CoreDNS listening")
+
+    def _start_kubelet(self) -> None:
+        import yaml
+
+        resolv = self.workdir / "resolv.conf"
+        resolv.write_text("# pods resolve cluster names only (CoreDNS); nothing outside\n")
+        config = self.workdir / "kubelet.yaml"
+        config.write_text(yaml.safe_dump(kubelet_config(resolv)))
+        self._spawn("kubelet", [
+            f"--kubeconfig={self.cp.kubeconfig_path}", f"--config={config}",
+            f"--hostname-override={NODE_NAME}", f"--node-ip={NODE_IP}",
+            f"--root-dir={self.workdir / 'kubelet'}", f"--cert-dir={self.workdir / 'kubelet-pki'}",
+            "--v=1",
+        ])
+
+    def _start_kube_proxy(self) -> None:
+        import yaml
+
+        config = self.workdir / "kube-proxy.yaml"
+        config.write_text(yaml.safe_dump(kube_proxy_config(self.cp.kubeconfig_path,
+                                                           kcp.free_port(), kcp.free_port())))
+        self._spawn("kube-proxy", [f"--config={config}", "--v=1"])
+
+    # ---- tools -------------------------------------------------------------------------
+    def ctr(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+        return sh(str(self.binaries["ctr"]), "--address", str(CONTAINERD_SOCK), "-n", K8S_NAMESPACE,
+                  *args, check=check, timeout=timeout)
+
+    def buildctl(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+        return sh(str(self.binaries["buildctl"]), "--addr", f"unix://{BUILDKIT_SOCK}", *args,
+                  check=check, timeout=timeout)
+
+    def build(self, args: list[str], what: str, timeout: float = 3600) -> None:
+        """`buildctl build ARGS`, its progress streamed (a line every few seconds at most)."""
+        cmd = [str(self.binaries["buildctl"]), "--addr", f"unix://{BUILDKIT_SOCK}", "build",
+               "--progress=plain", *args]
+        log(f"building {what}")
+        start = time.monotonic()
+        tail: list[str] = []
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        assert proc.stdout is not None
+        last = 0.0
+        for line in proc.stdout:
+            tail = (tail + [line.rstrip()])[-60:]
+            now = time.monotonic()
+            if now - last >= 5 or " DONE " in line and line.startswith("#") and "exporting" in line:
+                log(f"  {what}: {line.rstrip()[:150]}")
+                last = now
+            if now - start > timeout:
+                proc.kill()
+                raise TimeoutError(f"building {what} took over {timeout:.0f}s")
+        if proc.wait() != 0:
+            raise RuntimeError(f"building {what} failed; last lines:\n" + "\n".join(tail))
+        log(f"built {what} in {time.monotonic() - start:.0f}s")
+
+    def has_image(self, ref: str) -> bool:
+        return ref in self.ctr("images", "ls", "-q", check=False).stdout.split()
+
+    def build_pause_image(self) -> None:
+        ctx = self.workdir / "pause-ctx"
+        ctx.mkdir(exist_ok=True)
+        sh("go", "build", "-C", str(HERE / "pause"), "-trimpath", "-ldflags=-s -w", "-o", str(ctx / "pause"), ".",
+           env={**os.environ, "CGO_ENABLED": "0"}, timeout=300)
+        (ctx / "Dockerfile").write_text('FROM scratch\nCOPY pause /pause\nENTRYPOINT ["/pause"]\n')
+        self.build(["--frontend", "dockerfile.v0", "--local", f"context={ctx}", "--local", f"dockerfile={ctx}",
+                    "--output", f"type=image,name={PAUSE_IMAGE},unpack=true"], "the pause image", timeout=300)
+
+    # ---- storage -----------------------------------------------------------------------
+    def ensure_volumes(self, available: int = 8) -> None:
+        """A default StorageClass and `available` unbound hostPath volumes on the node, writable
+        by the pods' non-root users (a folder each under the node's work folder)."""
+        with self.cp.client() as kube:
+            kube.apply({
+                "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+                "metadata": {"name": "standard", "annotations": {
+                    "storageclass.kubernetes.io/is-default-class": "true"}},
+                "provisioner": "kubernetes.io/no-provisioner",
+                "volumeBindingMode": "Immediate", "reclaimPolicy": "Retain",
+            })
+            pvs = kube.list("v1", "PersistentVolume")
+            free = sum(1 for pv in pvs if not pv["spec"].get("claimRef"))
+            for i in range(len(pvs), len(pvs) + max(0, available - free)):
+                folder = self.workdir / "volumes" / f"pv-{i}"
+                folder.mkdir(parents=True, exist_ok=True)
+                folder.chmod(0o1777)
+                kube.create(hostpath_volume(f"node-pv-{i}", folder))
+
+
+# ---- host set-up and clean-up --------------------------------------------------------------
+
+def _link_exists(name: str) -> bool:
+    return sh("ip", "link", "show", name, check=False).returncode == 0
+
+
+def setup_host_network() -> None:
+    """The node's address, the blackhole for cluster ranges, forwarding for the bridge, and a
+    firewall rule that keeps pod traffic off every interface but the bridge."""
+    if not _link_exists(NODE_LINK):
+        sh("ip", "link", "add", NODE_LINK, "type", "dummy")
+    sh("ip", "addr", "replace", f"{NODE_IP}/32", "dev", NODE_LINK)
+    sh("ip", "link", "set", NODE_LINK, "up")
+    if not _link_exists(BLACKHOLE_LINK):
+        sh("ip", "link", "add", BLACKHOLE_LINK, "type", "dummy")
+    sh("ip", "link", "set", BLACKHOLE_LINK, "up")
+    for cidr in BLACKHOLE_ROUTES:
+        sh("ip", "route", "replace", cidr, "dev", BLACKHOLE_LINK)
+    sh("modprobe", "br_netfilter", check=False)
+    for key, value in (("net/ipv4/ip_forward", "1"), ("net/bridge/bridge-nf-call-iptables", "1")):
+        with contextlib.suppress(OSError):
+            Path("/proc/sys", key).write_text(value)
+    rule = ["FORWARD", "-i", BRIDGE, "!", "-o", BRIDGE, "-m", "comment", "--comment", FIREWALL_COMMENT,
+            "-j", "REJECT"]
+    if sh("iptables", "-C", *rule, check=False).returncode != 0:
+        sh("iptables", "-I", *rule)
+
+
+def _mounts_under(prefixes: list[str]) -> list[str]:
+    points = []
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/mounts").read_text().splitlines():
+            point = line.split()[1].replace("\\040", " ")
+            if any(point.startswith(p) for p in prefixes):
+                points.append(point)
+    return sorted(points, key=len, reverse=True)
+
+
+def _our_pids(markers: list[str]) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if any(m in cmdline for m in markers):
+                pids.append(int(entry.name))
+    return pids
+
+
+def _container_pids() -> list[int]:
+    """Processes in cgroups that containerd's runc made for the node's pods."""
+    pids: set[int] = set()
+    for root in Path("/sys/fs/cgroup/pids").glob("**/cgroup.procs") if Path("/sys/fs/cgroup/pids").is_dir() else []:
+        if "kubepods" in str(root) or "/k8s.io/" in str(root):
+            with contextlib.suppress(OSError, ValueError):
+                pids.update(int(p) for p in root.read_text().split())
+    return sorted(pids)
+
+
+def cleanup_host(bin_dir: Path, kube_proxy: Path | None = None) -> None:
+    """Remove what a node run leaves: container processes and shims, mounts, pod network
+    namespaces, kube-proxy's rules, the bridge. Safe to run when nothing is left."""
+    for pid in _our_pids([f"-address {CONTAINERD_SOCK}", str(RUN_DIR)]) + _container_pids():
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    time.sleep(0.2)
+    runtime = cache_dir() / "node-runtime"
+    for point in _mounts_under([str(RUN_DIR) + "/", "/run/netns/cni-", "/var/run/netns/cni-",
+                                str(runtime / "containerd") + "/", "/tmp/kubellama-node-", "/run/containerd-kl"]):
+        sh("umount", "-l", point, check=False)
+    for netns in Path("/run/netns").glob("cni-*") if Path("/run/netns").is_dir() else []:
+        sh("ip", "netns", "delete", netns.name, check=False)
+    if kube_proxy is None and (bin_dir / "kube-proxy").exists():
+        kube_proxy = bin_dir / "kube-proxy"
+    if kube_proxy:
+        sh(str(kube_proxy), "--cleanup", check=False, timeout=60)
+    if _link_exists(BRIDGE):
+        sh("ip", "link", "delete", BRIDGE, check=False)
+    with contextlib.suppress(OSError):
+        for sock in RUN_DIR.glob("*.sock*"):
+            sock.unlink()
+        shutil.rmtree(RUN_DIR / "containerd", ignore_errors=True)
+
+
+@contextlib.contextmanager
+def local_cluster(workdir: Path) -> Iterator[tuple[kcp.ControlPlane, LocalNode]]:
+    """A control plane with the local node joined (and nothing else): both stopped on exit."""
+    setup_host_network()  # the API server serves on NODE_IP, where pods reach it
+    with kcp.ControlPlane(workdir / "cp", advertise_address=NODE_IP) as cp:
+        with LocalNode(cp, workdir / "node") as node:
+            yield cp, node
+
+
+def _main(argv: list[str]) -> int:
+    import argparse
+    import tempfile
+
+    ap = argparse.ArgumentParser(description="Start the test control plane with the local node "
+                                 "and the project's images (make cluster).")
+    ap.add_argument("command", choices=["up"])
+    ap.add_argument("--dir", help="working folder (default: a new one under /tmp)")
+    args = ap.parse_args(argv)
+    reason = unavailable_reason()
+    if reason:
+        print(f"cannot start the local cluster: {reason}", file=sys.stderr)
+        return 1
+    import node_images
+
+    workdir = Path(args.dir or tempfile.mkdtemp(prefix="kubellama-cluster-"))
+    with local_cluster(workdir) as (cp, node):
+        node.ensure_volumes(available=12)
+        refs = node_images.build_project_images(node, "ghcr.io/kubellama", node_images.project_version())
+        print(f"\nlocal cluster up (one real node, {NODE_NAME}); images: {', '.join(refs)}\n"
+              f"logs in {workdir}\n\nexport KUBECONFIG={cp.kubeconfig_path}\n\nCtrl-C stops it.", flush=True)
+        try:
+            while True:
+                time.sleep(2)
+                cp._check_alive()
+        except KeyboardInterrupt:
+            print("stopping the local cluster", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))
