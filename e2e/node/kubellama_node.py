@@ -11,9 +11,9 @@ Binaries: `e2e/node/build.sh` (cached under $KUBELLAMA_CACHE/node/). Needs root,
 iptables and overlayfs. One node per machine at a time (a lock file); every start first
 clears what an earlier, killed run left behind (shims, mounts, network namespaces, rules).
 
-Network: the node's address is NODE_IP on a dummy interface; pods get addresses on the
-bridge; the Service and pod ranges are routed to a blackhole device and pod traffic may
-not leave through any other interface, so nothing of the cluster reaches the network.
+Network: the node's address is NODE_IP on the loopback interface; pods get addresses on the
+bridge; the Service and pod ranges have blackhole routes and pod traffic may not leave
+through any other interface, so nothing of the cluster reaches the network.
 """
 
 from __future__ import annotations
@@ -37,12 +37,10 @@ sys.path.insert(0, str(REPO_ROOT / "e2e" / "controlplane"))
 import kubellama_controlplane as kcp  # noqa: E402
 
 NODE_NAME = "kubellama-node"
-NODE_IP = "10.253.0.1"           # on the dummy interface NODE_LINK
-NODE_LINK = "kubellama0"
+NODE_IP = "10.253.0.1"           # a second address of the loopback interface
 BRIDGE = "kubellama-br0"
 POD_SUBNET = "10.244.0.0/24"     # the bridge's pods (kwok's fake pods use the rest of /16)
 POD_GATEWAY = "10.244.0.1"
-BLACKHOLE_LINK = "kubellama-bh"
 BLACKHOLE_ROUTES = (kcp.SERVICE_CIDR, "10.244.0.0/16")
 KUBELET_PORT = 10250
 RUN_DIR = Path("/run/kubellama-node")   # sockets: short paths
@@ -458,18 +456,12 @@ def _link_exists(name: str) -> bool:
 
 
 def setup_host_network() -> None:
-    """The node's address, the blackhole for cluster ranges, forwarding for the bridge, and a
-    firewall rule that keeps pod traffic off every interface but the bridge."""
-    if not _link_exists(NODE_LINK):
-        sh("ip", "link", "add", NODE_LINK, "type", "dummy")
-    sh("ip", "addr", "replace", f"{NODE_IP}/32", "dev", NODE_LINK)
-    sh("ip", "link", "set", NODE_LINK, "up")
-    if not _link_exists(BLACKHOLE_LINK):
-        sh("ip", "link", "add", BLACKHOLE_LINK, "type", "dummy")
-    sh("ip", "link", "set", BLACKHOLE_LINK, "up")
+    """The node's address (on loopback: this kernel has no dummy links), blackhole routes for
+    the cluster ranges, forwarding for the bridge, and a firewall rule that keeps pod traffic
+    off every interface but the bridge."""
+    sh("ip", "addr", "replace", f"{NODE_IP}/32", "dev", "lo")
     for cidr in BLACKHOLE_ROUTES:
-        sh("ip", "route", "replace", cidr, "dev", BLACKHOLE_LINK)
-    sh("modprobe", "br_netfilter", check=False)
+        sh("ip", "route", "replace", "blackhole", cidr)
     for key, value in (("net/ipv4/ip_forward", "1"), ("net/bridge/bridge-nf-call-iptables", "1")):
         with contextlib.suppress(OSError):
             Path("/proc/sys", key).write_text(value)
@@ -511,6 +503,22 @@ def _container_pids() -> list[int]:
     return sorted(pids)
 
 
+def _remove_kube_chains() -> None:
+    """The kubelet's and kube-proxy's iptables chains (KUBE-*), and the jumps into them."""
+    for table in ("filter", "nat", "mangle"):
+        rules = sh("iptables", "-t", table, "-S", check=False).stdout.splitlines()
+        for rule in rules:
+            parts = rule.split()
+            if parts[:1] == ["-A"] and not parts[1].startswith("KUBE-") and "-j" in parts \
+                    and parts[parts.index("-j") + 1].startswith("KUBE-"):
+                sh("iptables", "-t", table, "-D", *parts[1:], check=False)
+        chains = [r.split()[1] for r in rules if r.startswith("-N KUBE-")]
+        for chain in chains:
+            sh("iptables", "-t", table, "-F", chain, check=False)
+        for chain in chains:
+            sh("iptables", "-t", table, "-X", chain, check=False)
+
+
 def cleanup_host(bin_dir: Path, kube_proxy: Path | None = None) -> None:
     """Remove what a node run leaves: container processes and shims, mounts, pod network
     namespaces, kube-proxy's rules, the bridge. Safe to run when nothing is left."""
@@ -528,6 +536,7 @@ def cleanup_host(bin_dir: Path, kube_proxy: Path | None = None) -> None:
         kube_proxy = bin_dir / "kube-proxy"
     if kube_proxy:
         sh(str(kube_proxy), "--cleanup", check=False, timeout=60)
+    _remove_kube_chains()
     if _link_exists(BRIDGE):
         sh("ip", "link", "delete", BRIDGE, check=False)
     with contextlib.suppress(OSError):
