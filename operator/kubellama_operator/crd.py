@@ -17,15 +17,29 @@ from . import CRD_NAME, GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION, __v
 
 PHASES = ["Pending", "Downloading", "Loading", "Ready", "Degraded", "Failed"]
 
-#: Server flags the operator sets itself; `server.extraArgs` may not repeat them.
-MANAGED_FLAGS = ["-m", "--model", "--host", "--port", "-a", "--alias", "--api-key", "--api-key-file",
-                 "--slot-save-path", "-mu", "--model-url", "-hfr", "--hf-repo", "-hff", "--hf-file",
-                 "-hf", "-mm", "--mmproj", "-mmu", "--mmproj-url", "--no-mmproj-offload", "--no-mmproj", "--lora"]
+#: Server flags the operator sets itself from the spec; `server.extraArgs` may not set them (in any spelling:
+#: `extraargs` reads the list with the server's own parser, the CEL rule catches `FLAG` and `FLAG=...`).
+MANAGED_FLAGS = ["-m", "--model", "--host", "--port", "-a", "--alias", "--slot-save-path", "--slot-persist",
+                 "--shutdown-timeout", "-spf", "--system-prompt-file", "-mu", "--model-url", "-hfr", "--hf-repo",
+                 "-hff", "--hf-file", "-hf", "-mm", "--mmproj", "-mmu", "--mmproj-url", "--no-mmproj-offload",
+                 "--no-mmproj", "--lora"]
+_KEY_FROM_SECRET = "API keys come from spec.apiKeySecretRef (a Secret), never from the spec itself"
+_NO_TLS = ("the server pod does not terminate TLS (the key would have to be in the image); terminate it at "
+           "an Ingress, a Gateway or a service mesh")
+#: Server flags no LlamaServer may set, with the reason (the same checks as MANAGED_FLAGS).
+FORBIDDEN_FLAGS = {
+    "--api-key": _KEY_FROM_SECRET,
+    "--api-key-file": _KEY_FROM_SECRET,
+    "--path": "it would serve files of the container (the mounted API key among them) to anyone",
+    "--ssl-key-file": _NO_TLS,
+    "--ssl-cert-file": _NO_TLS,
+}
 
 #: The self-extend flag kubellama-server refuses together with --mmproj (values > 1 turn it on).
 SELF_EXTEND_FLAG = "--grp-attn-n"
 #: A --grp-attn-n value that turns self-extend on (an integer > 1); shared by the CEL rule and `spec.problems`.
 SELF_EXTEND_ON = r"^0*([2-9]|[1-9][0-9]+)$"
+_REFUSED_FLAGS = MANAGED_FLAGS + list(FORBIDDEN_FLAGS)
 #: Most entries in server.extraArgs (the CEL rule below walks their indices).
 MAX_EXTRA_ARGS = 64
 #: Most LoRA adapters in spec.model.loras (one fetch init container each).
@@ -228,13 +242,18 @@ def _server_schema() -> Schema:
             "How long the server may take to load the model before the pod is restarted.", 30,
             default=1800),
         "extraArgs": {"type": "array", "items": {"type": "string", "maxLength": 1024},
-                      "description": "More kubellama-server flags, passed through as they are.",
+                      "description": "More kubellama-server flags, passed through as they are. The operator reads "
+                                     "them with the server's own parser (flags in full, no abbreviations): an "
+                                     "unknown flag, a bad value, a flag the operator sets from the spec (model, "
+                                     "host, port, alias, slots, shutdown timeout, system prompt, projector, "
+                                     "adapters) or --api-key*, --path or --ssl-* makes the LlamaServer Failed "
+                                     "(reason InvalidSpec) instead of a crash-looping pod.",
                       "maxItems": MAX_EXTRA_ARGS,
                       "x-kubernetes-validations": [{
                           "rule": "self.all(a, !(a in FLAGS) && !FLAGS.exists(f, a.startsWith(f + '=')))"
-                                  .replace("FLAGS", repr(MANAGED_FLAGS).replace("'", '"')),
-                          "message": "spec.server.extraArgs may not set flags the operator manages: "
-                                     + ", ".join(MANAGED_FLAGS)}]},
+                                  .replace("FLAGS", repr(_REFUSED_FLAGS).replace("'", '"')),
+                          "message": "spec.server.extraArgs may not set flags the operator manages or refuses: "
+                                     + ", ".join(_REFUSED_FLAGS)}]},
     })
 
 

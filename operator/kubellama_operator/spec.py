@@ -15,7 +15,8 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import urlparse
 
-from .crd import MANAGED_FLAGS, MAX_LORAS, SELF_EXTEND_FLAG, SELF_EXTEND_ON, build_crd
+from . import extraargs
+from .crd import MAX_LORAS, SELF_EXTEND_FLAG, SELF_EXTEND_ON, build_crd
 
 Spec = dict[str, Any]
 
@@ -106,9 +107,7 @@ def problems(spec: Spec) -> list[str]:
         out.append("spec.storage.slots.restoreOnStart needs spec.storage.slots.enabled: true")
     if "pvc" in model and spec.get("storage", {}).get("model", {}).get("claimName"):
         out.append("spec.storage.model.claimName is unused with a pvc model source; remove one of them")
-    for arg in spec.get("server", {}).get("extraArgs", []) or []:
-        if arg in MANAGED_FLAGS or any(arg.startswith(f + "=") for f in MANAGED_FLAGS):
-            out.append(f"spec.server.extraArgs may not set {arg.split('=')[0]}: the operator manages it")
+    out += extraargs.problems(list(spec.get("server", {}).get("extraArgs") or []))
     return out
 
 

@@ -348,6 +348,18 @@ async def test_missing_claim_and_invalid_spec_do_not_crash(api, operator):
     await eventually(lambda: api.objects("apps/v1/statefulsets").get("fine"))
 
 
+async def test_extra_args_the_server_would_misread_fail_the_spec(api, operator):
+    """An abbreviation or attached value would override a managed flag; an unknown flag would crash-loop the pod."""
+    await api.create(LS, "llamaservers", llama(server={"extraArgs": ["--hos=0.0.0.0"]}))
+    await api.create(LS, "llamaservers", llama("attached", server={"extraArgs": ["-m/models/other.gguf"]}))
+    status = await phase_is(api, "Failed")
+    assert "--hos=0.0.0.0" in status["message"] and "kubellama-server" in status["message"]
+    assert condition(status, "ModelReady")["reason"] == "InvalidSpec"
+    assert "-m/--model" in (await phase_is(api, "Failed", "attached"))["message"]
+    await eventually(lambda: any("--hos=0.0.0.0" in e["message"] for e in events(api, "InvalidSpec", "Warning")))
+    assert not api.objects("apps/v1/statefulsets"), "no pod is started with flags the server would misread"
+
+
 async def test_replicas_sharing_a_readwriteonce_claim_are_warned_about(api, operator):
     await api.create("v1", "persistentvolumeclaims", {
         "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "cache"},
