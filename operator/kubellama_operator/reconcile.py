@@ -39,27 +39,13 @@ class Outcome:
         return self.status.get("message") != self.previous.get("message")
 
 
-async def _secret_problem(client: KubeClient, namespace: str, ref: dict[str, Any], what: str,
-                          default_key: str, example: str) -> str | None:
-    secret = await client.get("v1", "Secret", namespace, ref["name"])
-    key = ref.get("key", default_key)
-    fix = f"kubectl -n {namespace} create secret generic {ref['name']} --from-literal={key}={example}"
-    if secret is None:
-        return f"Secret {ref['name']!r} ({what}) not found in namespace {namespace}: create it, e.g. `{fix}`"
-    if key not in (secret.get("data") or {}) and key not in (secret.get("stringData") or {}):
-        return f"Secret {ref['name']!r} ({what}) has no key {key!r}: add it or set the key in the spec"
-    return None
-
-
 async def check_references(client: KubeClient, namespace: str, spec: dict[str, Any]) -> list[str]:
-    """Objects the spec names that must exist before pods can start."""
+    """Objects the spec names that must exist before pods can start.
+
+    Secrets are not read (the operator has no access to them): a missing Secret or key shows in the pods'
+    status (CreateContainerConfigError of check-api-key or a fetch container), which `status` reports.
+    """
     out = []
-    if spec.get("apiKeySecretRef"):
-        out.append(await _secret_problem(client, namespace, spec["apiKeySecretRef"], "spec.apiKeySecretRef",
-                                         "api-key", "<key>"))
-    if spec["model"].get("tokenSecretRef"):
-        out.append(await _secret_problem(client, namespace, spec["model"]["tokenSecretRef"],
-                                         "spec.model.tokenSecretRef", "token", "hf_..."))
     claims = [("spec.model.pvc.claimName", (spec["model"].get("pvc") or {}).get("claimName")),
               ("spec.storage.model.claimName", spec.get("storage", {}).get("model", {}).get("claimName"))]
     for where, claim in claims:

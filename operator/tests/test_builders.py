@@ -59,7 +59,7 @@ GPU = {"model": {"huggingFace": {"repo": "Qwen/Qwen3-8B-GGUF", "file": "q4/Qwen3
        "replicas": 2, "gpu": {"count": 2, "product": "NVIDIA-L4", "tensorSplit": [3, 1.5], "mainGpu": 1},
        "storage": {"slots": {"enabled": True, "restoreOnStart": True, "size": "8Gi", "storageClassName": "fast"}},
        "apiKeySecretRef": {"name": "keys", "key": "primary"}, "monitoring": {"serviceMonitor": True},
-       "server": {"systemPrompt": "You are terse.", "contextSize": 8192, "parallel": 4, "extraArgs": ["--flash-attn"]},
+       "server": {"systemPrompt": "You are terse.", "contextSize": 8192, "parallel": 4, "extraArgs": ["--mlock"]},
        "resources": {"limits": {"memory": "24Gi"}, "requests": {"cpu": "4"}},
        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "llm", "effect": "NoSchedule"}],
        "nodeSelector": {"pool": "gpu"}, "runtimeClassName": "nvidia", "priorityClassName": "high",
@@ -200,7 +200,7 @@ def test_gpu_server():
     args = server["args"]
     assert flag(args, "-ngl") == "999" and flag(args, "-mg") == "1" and flag(args, "-ts") == "3,1.5"
     assert flag(args, "-c") == "8192" and flag(args, "-np") == "4"
-    assert args[-1] == "--flash-attn"
+    assert args[-1] == "--mlock"
 
 
 def test_gpu_layers_setting_wins():
@@ -210,7 +210,7 @@ def test_gpu_layers_setting_wins():
 
 def test_huggingface_fetch_with_token_and_checksum():
     objs, _ = build(GPU)
-    init = pod_of(objs)["initContainers"][0]
+    init = next(c for c in pod_of(objs)["initContainers"] if c["name"] == "fetch-model")
     assert init["args"] == ["--hf-repo", "Qwen/Qwen3-8B-GGUF", "--hf-file", "q4/Qwen3-8B-Q4_K_M.gguf",
                             "--hf-revision", "abc", "--sha256", "a" * 64, "--dest", "/models"]
     token = next(e for e in init["env"] if e["name"] == "HF_TOKEN")
@@ -227,6 +227,7 @@ def test_slots_api_key_and_system_prompt():
     assert json.loads(objs[("ConfigMap", "gemma-config")]["data"]["system-prompt.json"]) == {"prompt": "You are terse."}
     vols = {v["name"]: v for v in pod_of(objs)["volumes"]}
     assert vols["api-key"]["secret"]["secretName"] == "keys"
+    assert vols["api-key"]["secret"]["optional"] is True, "a missing Secret is reported by check-api-key instead"
     assert vols["api-key"]["secret"]["items"] == [{"key": "primary", "path": "api-key"}]
     mounts = {m["name"]: m for m in server_container(objs)["volumeMounts"]}
     assert mounts["slots"]["mountPath"] == "/slots" and mounts["api-key"]["readOnly"] is True
@@ -235,6 +236,22 @@ def test_slots_api_key_and_system_prompt():
                                "storageClassName": "fast"}
     # Slot persistence needs time to save on shutdown.
     assert pod_of(objs)["terminationGracePeriodSeconds"] >= 30 + 30
+
+
+def test_api_key_secret_is_checked_by_the_first_init_container():
+    """The operator reads no Secret: an init container that needs the key makes the kubelet report a missing one."""
+    objs, _ = build(GPU)
+    check, fetch = pod_of(objs)["initContainers"][:2]
+    assert (check["name"], fetch["name"]) == ("check-api-key", "fetch-model")
+    assert check["command"] == ["true"] and "args" not in check
+    assert check["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}], "not the key's volume"
+    assert check["env"] == [{"name": "API_KEY", "valueFrom": {"secretKeyRef": {"name": "keys", "key": "primary"}}}]
+    assert "optional" not in check["env"][0]["valueFrom"]["secretKeyRef"]
+    assert check["image"] == server_container(objs)["image"]
+    assert check["securityContext"]["readOnlyRootFilesystem"] is True
+    assert "check-api-key" not in [c["name"] for c in pod_of(build(CPU)[0]).get("initContainers", [])]
+    pvc = pod_of(build({**PVC, "apiKeySecretRef": {"name": "k"}})[0])
+    assert [c["name"] for c in pvc["initContainers"]] == ["check-api-key"]
 
 
 def test_slots_without_restore():

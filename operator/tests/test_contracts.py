@@ -99,7 +99,7 @@ def test_fetcher_accepts_the_init_container_args(name):
     objs, _ = desired_children({"metadata": {"name": "a", "namespace": "n", "uid": "u"}}, spec, model,
                                OperatorConfig(), servicemonitor_crd=False)
     pod = next(o for o in objs if o["kind"] == "StatefulSet")["spec"]["template"]["spec"]
-    inits = {c["name"]: c for c in pod.get("initContainers", [])}
+    inits = {c["name"]: c for c in pod.get("initContainers", []) if c["name"] != "check-api-key"}
     wanted = [("fetch-model", spec["model"], "/models", model.fetch_args)]
     if model.mmproj is not None:
         wanted.append(("fetch-mmproj", spec["model"]["mmproj"], model.mmproj.dest, model.mmproj.fetch_args))

@@ -20,6 +20,9 @@ GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 FETCH_MODEL = "fetch-model"
 FETCH_MMPROJ = "fetch-mmproj"
 FETCH_LORA_PREFIX = "fetch-lora-"
+#: Runs first when spec.apiKeySecretRef is set: it only references the key (an env var), so that a missing
+#: Secret or key is a CreateContainerConfigError in the pod's status (the operator may not read Secrets).
+CHECK_API_KEY = "check-api-key"
 #: The emptyDir volumes (name, mount path) that downloads for a pvc model go to: its claim is read-only.
 MMPROJ_VOLUME = ("mmproj", MMPROJ_DIR)
 LORA_VOLUME = ("lora", LORA_DIR)
@@ -99,10 +102,34 @@ def _fetch_container(spec: Spec, name: str, fetch_args: tuple[str, ...], image: 
     }
 
 
+def _check_api_key_container(ref: dict[str, Any], image: str, pull: str) -> dict[str, Any]:
+    """An init container that does nothing but needs the API key Secret's key to start.
+
+    The Secret's volume is optional (a missing Secret would otherwise hold the pod in ContainerCreating
+    with nothing in its status); this container makes the kubelet report it instead, and the server
+    never starts without its key (it also fails on a missing --api-key-file).
+    """
+    return {
+        "name": CHECK_API_KEY,
+        "image": image,
+        "imagePullPolicy": pull,
+        "command": ["true"],
+        "env": [{"name": "API_KEY", "valueFrom": {"secretKeyRef": {
+            "name": ref["name"], "key": ref.get("key", "api-key")}}}],
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},
+        "securityContext": _container_security(),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+
+
 def _init_containers(spec: Spec, model: Model, image: str, pull: str) -> list[dict[str, Any]]:
-    """fetch-model (url/huggingFace models), then fetch-mmproj (url/huggingFace projectors), then one
-    fetch-lora-<i> per url/huggingFace adapter (kubellama-fetch downloads one file per run)."""
+    """check-api-key (with spec.apiKeySecretRef), fetch-model (url/huggingFace models), then fetch-mmproj
+    (url/huggingFace projectors), then one fetch-lora-<i> per url/huggingFace adapter (kubellama-fetch
+    downloads one file per run)."""
     out = []
+    if spec.get("apiKeySecretRef"):
+        out.append(_check_api_key_container(spec["apiKeySecretRef"], image, pull))
     if model.fetch_args:
         out.append(_fetch_container(spec, FETCH_MODEL, model.fetch_args, image, pull,
                                     hf_token=model.source == "huggingFace"))
@@ -185,8 +212,9 @@ def _volumes(spec: Spec, model: Model, name: str) -> list[dict[str, Any]]:
         vols.append({"name": "lora", "emptyDir": {}})
     ref = spec.get("apiKeySecretRef")
     if ref:
+        # Optional: check-api-key reports a missing Secret in the pod's status (a missing volume would not).
         vols.append({"name": "api-key", "secret": {
-            "secretName": ref["name"], "defaultMode": 0o440,
+            "secretName": ref["name"], "defaultMode": 0o440, "optional": True,
             "items": [{"key": ref.get("key", "api-key"), "path": API_KEY_FILE}]}})
     if spec.get("server", {}).get("systemPrompt"):
         vols.append({"name": "config", "configMap": {
