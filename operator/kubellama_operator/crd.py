@@ -49,6 +49,14 @@ MAX_PATH = 1024
 
 Schema = dict[str, Any]
 
+#: A Service reachable from outside the cluster needs an API key, unless explicitly allowed without one.
+EXTERNAL_SERVICE_TYPES = ("NodePort", "LoadBalancer")
+EXTERNAL_SERVICE_RULE = ("!has(self.service) || !has(self.service.type) || self.service.type == 'ClusterIP' "
+                         "|| has(self.apiKeySecretRef) || (has(self.service.allowUnauthenticated) "
+                         "&& self.service.allowUnauthenticated)")
+EXTERNAL_SERVICE_MESSAGE = ("a NodePort or LoadBalancer spec.service exposes the server outside the cluster: set "
+                            "spec.apiKeySecretRef, or spec.service.allowUnauthenticated: true to serve without a key")
+
 
 def _typed(type_: str, description: str = "", **kw: Any) -> Schema:
     out: Schema = {"type": type_}
@@ -365,6 +373,9 @@ def spec_schema() -> Schema:
                        default="ClusterIP"),
             "port": _i("Service port.", 1, maximum=65535, default=8080),
             "annotations": _map("Service annotations."),
+            "allowUnauthenticated": _b("Allow a NodePort or LoadBalancer Service without spec.apiKeySecretRef "
+                                       "(the server is then open to whoever reaches the node or load "
+                                       "balancer). Without it, such a Service needs an API key."),
         }),
         "monitoring": _o("Prometheus scraping.", {
             "serviceMonitor": _b("Create a ServiceMonitor (when its CRD is installed; pod scrape "
@@ -378,6 +389,7 @@ def spec_schema() -> Schema:
         ("!has(self.storage) || !has(self.storage.model) || !has(self.storage.model.claimName) || !has(self.model.pvc)",
          "spec.storage.model.claimName is unused with a pvc model source; remove one of them"),
         _self_extend_rule(),
+        (EXTERNAL_SERVICE_RULE, EXTERNAL_SERVICE_MESSAGE),
     ])
 
 

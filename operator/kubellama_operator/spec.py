@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from . import extraargs
-from .crd import MAX_LORAS, SELF_EXTEND_FLAG, SELF_EXTEND_ON, build_crd
+from .crd import EXTERNAL_SERVICE_MESSAGE, EXTERNAL_SERVICE_TYPES, MAX_LORAS, SELF_EXTEND_FLAG, SELF_EXTEND_ON, build_crd
 
 Spec = dict[str, Any]
 
@@ -107,6 +107,10 @@ def problems(spec: Spec) -> list[str]:
         out.append("spec.storage.slots.restoreOnStart needs spec.storage.slots.enabled: true")
     if "pvc" in model and spec.get("storage", {}).get("model", {}).get("claimName"):
         out.append("spec.storage.model.claimName is unused with a pvc model source; remove one of them")
+    service = spec.get("service", {})
+    if (service.get("type") in EXTERNAL_SERVICE_TYPES and not spec.get("apiKeySecretRef")
+            and not service.get("allowUnauthenticated")):
+        out.append(EXTERNAL_SERVICE_MESSAGE)
     out += extraargs.problems(list(spec.get("server", {}).get("extraArgs") or []))
     return out
 

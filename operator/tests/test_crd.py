@@ -152,6 +152,8 @@ REJECTED = {
     "not an http url": server(model={"url": "ftp://e.test/m.gguf"}),
     "unknown field": server(modle={"url": "https://e.test/m.gguf"}),
     "bad service type": server(service={"type": "ExternalName"}),
+    "load balancer without a key": server(service={"type": "LoadBalancer"}),
+    "node port without a key": server(service={"type": "NodePort", "allowUnauthenticated": False}),
     "claimName with pvc source": server(model={"pvc": {"claimName": "c", "path": "m.gguf"}},
                                         storage={"model": {"claimName": "other"}}),
     "mmproj with two sources": server(model={"url": "https://e.test/m.gguf", "mmproj": {
@@ -198,7 +200,7 @@ def test_invalid_specs_are_rejected(name):
 
 CEL_ONLY = ["two sources", "no source", "restoreOnStart without slots", "gpu product on a CPU server",
             "tensorSplit longer than count", "managed flag in extraArgs", "managed flag alone",
-            "static files in extraArgs", "api key in extraArgs", "tls in extraArgs", "shutdown timeout in extraArgs",
+            "load balancer without a key", "node port without a key", "static files in extraArgs", "api key in extraArgs", "tls in extraArgs", "shutdown timeout in extraArgs",
             "token with url source", "claimName with pvc source", "mmproj with two sources",
             "mmproj without a source", "mmproj path with a url model", "mmproj path with an hf model",
             "mmproj with self-extend", "mmproj with self-extend, = form", "mmproj flag in extraArgs",
@@ -216,6 +218,9 @@ def test_operator_checks_agree_with_cel(name):
 
 ACCEPTED = {
     "url": server(),
+    "load balancer with a key": server(service={"type": "LoadBalancer"}, apiKeySecretRef={"name": "k"}),
+    "node port allowed without a key": server(service={"type": "NodePort", "allowUnauthenticated": True}),
+    "cluster ip without a key": server(service={"type": "ClusterIP", "allowUnauthenticated": False}),
     "hf with revision and token": server(model={"huggingFace": {"repo": "org/repo", "file": "a/b.gguf",
                                                                 "revision": "v1"},
                                                 "tokenSecretRef": {"name": "hf"}}),
