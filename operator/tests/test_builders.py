@@ -179,7 +179,9 @@ def test_probes_and_graceful_shutdown():
     assert startup["httpGet"] == {"path": "/health", "port": "http"}
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 3600
     assert server["readinessProbe"]["httpGet"]["path"] == "/health"
-    assert "tcpSocket" in server["livenessProbe"], "liveness must not depend on a busy server's HTTP loop"
+    liveness = server["livenessProbe"]
+    assert liveness["httpGet"] == {"path": "/health", "port": "http"}, "a stuck server is restarted, not only a dead one"
+    assert "tcpSocket" not in liveness and liveness["periodSeconds"] * liveness["failureThreshold"] >= 60
     assert server["lifecycle"]["preStop"]["exec"]["command"][0] == "sleep"
     assert flag(server["args"], "--shutdown-timeout") == "90"
     assert pod_of(objs)["terminationGracePeriodSeconds"] > 90

@@ -186,9 +186,10 @@ def _server_container(spec: Spec, model: Model, image: str, config: OperatorConf
         # /health answers 503 until the model is loaded: only then does the pod get traffic.
         "readinessProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 5,
                            "timeoutSeconds": 5, "failureThreshold": 3},
-        # A TCP check: a server busy decoding may answer HTTP slowly, but still accepts connections.
-        "livenessProbe": {"tcpSocket": {"port": "http"}, "periodSeconds": 20, "timeoutSeconds": 10,
-                          "failureThreshold": 6},
+        # /health (public: no API key needed) answers from the event loop, never from the scheduler thread; a
+        # dead or stuck engine answers 500/503, and a hung event loop not at all: 1 min of that restarts it.
+        "livenessProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 20,
+                          "timeoutSeconds": 10, "failureThreshold": 3},
         # Let endpoints drop the pod before SIGTERM; the server then drains (--shutdown-timeout).
         "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(PRESTOP_SECONDS)]}}},
         "securityContext": _container_security(),
