@@ -244,7 +244,9 @@ def _server_schema() -> Schema:
         "nPredict": _i("Default maximum tokens to generate, -1 = unlimited (-n).", -1),
         "metrics": _b("Expose Prometheus metrics on /metrics (--metrics).", default=True),
         "shutdownTimeoutSeconds": _i(
-            "On termination, how long running requests may finish (--shutdown-timeout).", 0,
+            "On termination, how long running requests may finish (--shutdown-timeout). The pod's "
+            "terminationGracePeriodSeconds is derived from it: 5 s preStop + this + 60 s slot save (with "
+            "storage.slots.restoreOnStart) + 15 s to stop and exit.", 0,
             default=30),
         "startupTimeoutSeconds": _i(
             "How long the server may take to load the model before the pod is restarted.", 30,

@@ -187,6 +187,25 @@ def test_probes_and_graceful_shutdown():
     assert pod_of(objs)["terminationGracePeriodSeconds"] > 90
 
 
+@pytest.mark.parametrize("server, slots, budget", [
+    ({}, {}, {"preStop": 5, "drain": 30, "slotSave": 0, "schedulerStop": 5, "exit": 10}),
+    ({"shutdownTimeoutSeconds": 0}, {"enabled": True}, {"preStop": 5, "drain": 0, "slotSave": 0, "schedulerStop": 5,
+                                                        "exit": 10}),
+    ({"shutdownTimeoutSeconds": 120}, {"enabled": True, "restoreOnStart": True},
+     {"preStop": 5, "drain": 120, "slotSave": 60, "schedulerStop": 5, "exit": 10}),
+])
+def test_termination_grace_is_the_sum_of_the_servers_steps(server, slots, budget):
+    from kubellama_operator.builders.statefulset import termination_budget, termination_grace
+
+    spec = normalize({**CPU, "server": server, "storage": {"slots": slots}})
+    assert termination_budget(spec) == budget
+    assert termination_grace(spec) == sum(budget.values())
+    objs, _ = build({**CPU, "server": server, "storage": {"slots": slots}})
+    assert pod_of(objs)["terminationGracePeriodSeconds"] == sum(budget.values())
+    assert flag(args_of(objs), "--shutdown-timeout") == str(budget["drain"]), "the drain is the server's flag"
+    assert ("--slot-persist" in args_of(objs)) is bool(budget["slotSave"]), "the save happens only with it"
+
+
 def test_gpu_server():
     objs, _ = build(GPU, sm_crd=True)
     pod = pod_of(objs)
@@ -236,8 +255,8 @@ def test_slots_api_key_and_system_prompt():
     claims = {c["metadata"]["name"]: c["spec"] for c in sts_of(objs)["spec"]["volumeClaimTemplates"]}
     assert claims["slots"] == {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "8Gi"}},
                                "storageClassName": "fast"}
-    # Slot persistence needs time to save on shutdown.
-    assert pod_of(objs)["terminationGracePeriodSeconds"] >= 30 + 30
+    # Slot persistence needs time to save on shutdown: the server's 60 s on top of the drain.
+    assert pod_of(objs)["terminationGracePeriodSeconds"] == 5 + 30 + 60 + 5 + 10
 
 
 def test_api_key_secret_is_checked_by_the_first_init_container():

@@ -408,3 +408,23 @@ def test_probes_need_no_api_key_on_a_keyed_server(tmp_path):
                          timeout=10).status_code == 200
     finally:
         live.stop()
+
+
+def test_termination_budget_uses_the_servers_own_timeouts():
+    """The grace period adds up what kubellama-server allows itself after SIGTERM (SAVE_TIMEOUT for the slot
+    save with --slot-persist, Scheduler.stop's timeout): a change on either side fails here."""
+    import inspect
+
+    from kubellama_operator.builders import statefulset
+    from kubellama_server.engine import persistence
+    from kubellama_server.engine.scheduler import Scheduler
+
+    assert statefulset.SLOT_SAVE_SECONDS >= persistence.SAVE_TIMEOUT
+    assert statefulset.SCHEDULER_STOP_SECONDS >= inspect.signature(Scheduler.stop).parameters["timeout"].default
+    spec = normalize({"model": {"url": "https://m.test/a.gguf"}, "server": {"shutdownTimeoutSeconds": 45},
+                      "storage": {"slots": {"enabled": True, "restoreOnStart": True}}})
+    settings, _ = server_cli.parse_settings(server_args(spec, resolve_model(spec)), environ={})
+    budget = statefulset.termination_budget(spec)
+    assert settings.shutdown_timeout == budget["drain"] and settings.slot_persist
+    assert statefulset.termination_grace(spec) >= (statefulset.PRESTOP_SECONDS + settings.shutdown_timeout
+                                                   + persistence.SAVE_TIMEOUT + Scheduler.stop.__defaults__[0])

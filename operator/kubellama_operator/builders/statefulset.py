@@ -28,8 +28,13 @@ MMPROJ_VOLUME = ("mmproj", MMPROJ_DIR)
 LORA_VOLUME = ("lora", LORA_DIR)
 #: Seconds the preStop hook waits so Service endpoints drop the pod before SIGTERM.
 PRESTOP_SECONDS = 5
-#: Extra grace after --shutdown-timeout: saving slots needs time, plain exit much less.
-SLOT_SAVE_SECONDS = 30
+#: What kubellama-server allows itself after SIGTERM, past --shutdown-timeout (the drain): saving every slot
+#: with --slot-persist (kubellama_server.engine.persistence.SAVE_TIMEOUT), then stopping the scheduler thread
+#: (Scheduler.stop's timeout). The contract tests check these against the server's own numbers.
+SLOT_SAVE_SECONDS = 60
+SCHEDULER_STOP_SECONDS = 5
+#: Freeing the model and exiting, after the last step.
+EXIT_MARGIN_SECONDS = 10
 STARTUP_PERIOD = 10
 
 
@@ -39,10 +44,25 @@ def image_for(spec: Spec, config: OperatorConfig) -> str:
     return config.cuda_image if uses_gpu(spec) else config.cpu_image
 
 
+def termination_budget(spec: Spec) -> dict[str, int]:
+    """Seconds each step of a server pod's termination may take, in the order they run.
+
+    preStop sleep, then SIGTERM: the drain (running requests finish: --shutdown-timeout, from
+    spec.server.shutdownTimeoutSeconds), the slot save (only with --slot-persist, i.e. restoreOnStart),
+    the scheduler's stop, and a margin to exit. Their sum is the pod's terminationGracePeriodSeconds,
+    so the kubelet never kills a server that is still saving its slots.
+    """
+    restore = spec.get("storage", {}).get("slots", {}).get("restoreOnStart")
+    return {"preStop": PRESTOP_SECONDS,
+            "drain": int(spec.get("server", {}).get("shutdownTimeoutSeconds", 30)),
+            "slotSave": SLOT_SAVE_SECONDS if restore else 0,
+            "schedulerStop": SCHEDULER_STOP_SECONDS,
+            "exit": EXIT_MARGIN_SECONDS}
+
+
 def termination_grace(spec: Spec) -> int:
-    slots = spec.get("storage", {}).get("slots", {})
-    shutdown = int(spec.get("server", {}).get("shutdownTimeoutSeconds", 30))
-    return PRESTOP_SECONDS + shutdown + (SLOT_SAVE_SECONDS if slots.get("restoreOnStart") else 5)
+    """terminationGracePeriodSeconds: the whole `termination_budget`."""
+    return sum(termination_budget(spec).values())
 
 
 def _container_security() -> dict[str, Any]:
