@@ -159,7 +159,7 @@ def kinds(objects):
 def test_default_install(rendered):
     objects = rendered["defaults"]
     assert kinds(objects) == ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "CustomResourceDefinition",
-                              "Deployment", "ServiceAccount"]
+                              "Deployment", "NetworkPolicy", "ServiceAccount"]
     for obj in objects:
         if obj["kind"] not in ("ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"):
             assert obj["metadata"]["namespace"] == "kubellama-system", obj["kind"]
@@ -254,6 +254,34 @@ def test_settings_reach_the_operator(helm):
     assert (config.metrics_port, config.health_port, config.resync_seconds) == (9000, 9001, 30)
     assert config.namespaces == ("a", "b")
     assert (config.cpu_image, config.cuda_image, config.image_pull_policy) == ("reg/cpu:1", "reg/cuda:2", "Always")
+
+
+def test_operator_network_policy_admits_only_prometheus_to_the_metrics_port(rendered, helm):
+    policy = one(rendered["defaults"], "NetworkPolicy")
+    pod, c = container(rendered["defaults"])
+    deployment = one(rendered["defaults"], "Deployment")
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": "metrics"}]
+    assert rule["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+                             "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}]
+    # The same Prometheus is what the LlamaServers' NetworkPolicies admit (the operator's settings).
+    config = operator_config(c)
+    assert config.prometheus_namespace_selector == (("kubernetes.io/metadata.name", "monitoring"),)
+    assert config.prometheus_pod_selector == (("app.kubernetes.io/name", "prometheus"),)
+
+    objects = helm.template({"networkPolicy": {"prometheus": {"namespaceSelector": {"b": "2", "a": "1"},
+                                                              "podSelector": {}},
+                                               "extraFrom": [{"ipBlock": {"cidr": "10.0.0.0/8"}}]}})
+    rule = one(objects, "NetworkPolicy")["spec"]["ingress"][0]
+    assert rule["from"] == [{"namespaceSelector": {"matchLabels": {"a": "1", "b": "2"}}},
+                            {"ipBlock": {"cidr": "10.0.0.0/8"}}]
+    for version in KUBE_VERSIONS:
+        kubernetes_validate.validate(one(objects, "NetworkPolicy"), version, strict=True)
+    config = operator_config(container(objects)[1])
+    assert (config.prometheus_namespace_selector, config.prometheus_pod_selector) == ((("a", "1"), ("b", "2")), ())
+    assert not by_kind(helm.template({"networkPolicy": {"enabled": False}}), "NetworkPolicy")
 
 
 def test_existing_service_account(helm):

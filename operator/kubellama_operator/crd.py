@@ -330,6 +330,44 @@ def _storage_schema() -> Schema:
     })
 
 
+def _label_selector(description: str) -> Schema:
+    return _o(description, {
+        "matchLabels": _map("Labels the object must have."),
+        "matchExpressions": {"type": "array", "maxItems": 16, "description": "Set-based requirements.",
+                             "items": _o("A LabelSelectorRequirement.", {
+                                 "key": _s(minLength=1), "operator": _s(enum=["In", "NotIn", "Exists", "DoesNotExist"]),
+                                 "values": {"type": "array", "items": _s(), "maxItems": 64}},
+                                 required=["key", "operator"])},
+    })
+
+
+def _network_policy_schema() -> Schema:
+    return _o(
+        "The NetworkPolicy (named after the LlamaServer) that admits traffic to the server pods' port: the "
+        "router (pods labelled app.kubernetes.io/component: router in the same namespace), the Prometheus "
+        "the operator is configured with (--prometheus-namespace-selector/--prometheus-pod-selector), and "
+        "what is listed here; nothing else. With a NodePort or LoadBalancer service every source is admitted "
+        "(the Service publishes the port outside the cluster; spec.apiKeySecretRef guards it).",
+        {
+            "enabled": _b("Create the NetworkPolicy; false leaves the pods open to every pod of the cluster.",
+                          default=True),
+            "allowedNamespaces": {"type": "array", "maxItems": 32, "items": _s(
+                pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", maxLength=63),
+                "description": "Namespaces (by name) whose pods may call the server."},
+            "from": {"type": "array", "maxItems": 16, "description": "More sources (core NetworkPolicyPeer).",
+                     "items": _o("A NetworkPolicyPeer: pods, namespaces or an IP block.", {
+                         "podSelector": _label_selector("Pods (in the namespaces of namespaceSelector, else in "
+                                                        "the LlamaServer's namespace)."),
+                         "namespaceSelector": _label_selector("Namespaces."),
+                         "ipBlock": _o("An IP range.", {
+                             "cidr": _s("CIDR, e.g. 10.0.0.0/8.", minLength=1),
+                             "except": {"type": "array", "items": _s(), "maxItems": 16,
+                                        "description": "CIDRs inside cidr to leave out."},
+                         }, required=["cidr"]),
+                     })},
+        })
+
+
 def _self_extend_rule() -> tuple[str, str]:
     """With a projector, server.extraArgs may not turn self-extend on (`--grp-attn-n=N` or `--grp-attn-n N`, N > 1).
 
@@ -379,6 +417,7 @@ def spec_schema() -> Schema:
                                        "(the server is then open to whoever reaches the node or load "
                                        "balancer). Without it, such a Service needs an API key."),
         }),
+        "networkPolicy": _network_policy_schema(),
         "monitoring": _o("Prometheus scraping.", {
             "serviceMonitor": _b("Create a ServiceMonitor (when its CRD is installed; pod scrape "
                                  "annotations otherwise).", default=False),
@@ -455,7 +494,7 @@ def _immutable_storage(schema: Schema) -> Schema:
 
 #: Objects defaulted to {} so that their fields' defaults apply when the user omits them.
 _DEFAULT_EMPTY = ["server", "gpu", "storage", "storage.model", "storage.slots", "storage.retention",
-                  "service", "monitoring"]
+                  "service", "networkPolicy", "monitoring"]
 
 
 def _with_empty_defaults(schema: Schema) -> Schema:

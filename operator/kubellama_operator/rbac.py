@@ -23,6 +23,7 @@ RULES: list[dict[str, list[str]]] = [
     {"apiGroups": ["apps"], "resources": ["statefulsets"], "verbs": list(_RW)},
     {"apiGroups": [""], "resources": ["services", "configmaps"], "verbs": list(_RW)},
     {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": list(_RW)},
+    {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": list(_RW)},
     {"apiGroups": ["monitoring.coreos.com"], "resources": ["servicemonitors"], "verbs": list(_RW)},
     # Read-only: pods for status (init-container failures, missing Secrets), claims the spec names.
     # No Secrets: a missing one is seen in the pods' status (CreateContainerConfigError).

@@ -87,7 +87,13 @@ PVC_LORAS = {"model": {"pvc": {"claimName": "models", "path": "qwen/m.gguf"},
                        "loras": [{"path": "qwen/loras/./sql.gguf", "name": "sql"},
                                  {"url": "https://models.test/support/adapter-f16.gguf"},
                                  {"huggingFace": {"repo": "o/r", "file": "adapter-f16.gguf"}}]}}
-SPECS = {"cpu": CPU, "gpu": GPU, "pvc": PVC, "shared": SHARED, "multimodal": MULTIMODAL,
+OPEN_TO = {"model": {"url": URL}, "networkPolicy": {
+    "allowedNamespaces": ["team-b", "apps", "team-b"],
+    "from": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16"]}},
+             {"namespaceSelector": {"matchLabels": {"tier": "web"}},
+              "podSelector": {"matchExpressions": [{"key": "app", "operator": "In", "values": ["ui"]}]}}]}}
+PUBLISHED = {"model": {"url": URL}, "service": {"type": "LoadBalancer"}, "apiKeySecretRef": {"name": "k"}}
+SPECS = {"open-to": OPEN_TO, "published": PUBLISHED, "cpu": CPU, "gpu": GPU, "pvc": PVC, "shared": SHARED, "multimodal": MULTIMODAL,
          "pvc-mmproj-path": PVC_MMPROJ_PATH, "pvc-mmproj-url": PVC_MMPROJ_URL, "loras": LORAS, "pvc-loras": PVC_LORAS}
 
 
@@ -119,7 +125,8 @@ def test_servicemonitor_matches_prometheus_operator_schema():
 def test_children_carry_owner_reference_and_labels():
     objs, _ = build(GPU, sm_crd=True)
     assert set(objs) == {("ConfigMap", "gemma-config"), ("Service", "gemma-headless"), ("Service", "gemma"),
-                         ("StatefulSet", "gemma"), ("PodDisruptionBudget", "gemma"), ("ServiceMonitor", "gemma")}
+                         ("StatefulSet", "gemma"), ("PodDisruptionBudget", "gemma"), ("ServiceMonitor", "gemma"),
+                         ("NetworkPolicy", "gemma")}
     for obj in objs.values():
         meta = obj["metadata"]
         assert meta["namespace"] == "ml"
@@ -516,3 +523,49 @@ def test_no_loras_no_lora_flags():
         assert "--lora" not in args_of(objs)
         assert not [n for n in init_containers(objs) if n.startswith("fetch-lora")]
         assert "lora" not in {v["name"] for v in pod_of(objs)["volumes"]}
+
+
+def networkpolicy_of(objs, name="gemma"):
+    return objs[("NetworkPolicy", name)]
+
+
+def test_networkpolicy_admits_only_the_router_and_prometheus_by_default():
+    objs, drop = build(CPU)
+    policy = networkpolicy_of(objs)
+    assert policy["spec"]["podSelector"] == {"matchLabels": selector_labels("gemma")}
+    assert policy["spec"]["policyTypes"] == ["Ingress"], "egress stays open: the fetchers download models"
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 8080}]
+    assert rule["from"] == [
+        {"podSelector": {"matchLabels": {"app.kubernetes.io/component": "router"}}},
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+         "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}]
+    assert "NetworkPolicy" not in [d.kind for d in drop]
+
+
+def test_networkpolicy_adds_the_namespaces_and_peers_the_spec_names():
+    rule = networkpolicy_of(build(OPEN_TO)[0])["spec"]["ingress"][0]
+    assert rule["from"][2:] == [
+        {"namespaceSelector": {"matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "In",
+                                                     "values": ["apps", "team-b"]}]}},
+        *OPEN_TO["networkPolicy"]["from"]]
+
+
+def test_networkpolicy_follows_the_operators_prometheus_settings():
+    from kubellama_operator.builders.networkpolicy import build_networkpolicy
+
+    spec = normalize(CPU)
+    config = OperatorConfig(prometheus_namespace_selector=(("team", "obs"),), prometheus_pod_selector=())
+    peers = build_networkpolicy(owner(), spec, config)["spec"]["ingress"][0]["from"]
+    assert peers[1] == {"namespaceSelector": {"matchLabels": {"team": "obs"}}}, "no pod selector: any pod there"
+    everywhere = OperatorConfig(prometheus_namespace_selector=(), prometheus_pod_selector=())
+    assert build_networkpolicy(owner(), spec, everywhere)["spec"]["ingress"][0]["from"][1] == {"namespaceSelector": {}}
+
+
+def test_networkpolicy_is_open_for_a_published_service_and_can_be_turned_off():
+    (rule,) = networkpolicy_of(build(PUBLISHED)[0])["spec"]["ingress"]
+    assert "from" not in rule and rule["ports"] == [{"protocol": "TCP", "port": 8080}]
+    objs, drop = build({**CPU, "networkPolicy": {"enabled": False}})
+    assert ("NetworkPolicy", "gemma") not in objs
+    assert [(d.api_version, d.kind, d.name) for d in drop if d.kind == "NetworkPolicy"] == [
+        ("networking.k8s.io/v1", "NetworkPolicy", "gemma")]

@@ -126,6 +126,7 @@ def test_defaults_fill_nested_objects():
     assert spec["gpu"] == {"count": 0, "resourceName": "nvidia.com/gpu"}
     assert spec["server"]["metrics"] is True
     assert spec["service"] == {"type": "ClusterIP", "port": 8080}
+    assert spec["networkPolicy"] == {"enabled": True}, "on unless turned off"
     assert spec["storage"]["slots"] == {"enabled": False, "size": "2Gi", "restoreOnStart": False}
     assert spec["storage"]["retention"] == {"whenDeleted": "Retain", "whenScaled": "Retain"}
     assert spec == normalize(BASE["spec"])
@@ -153,6 +154,9 @@ REJECTED = {
     "unknown field": server(modle={"url": "https://e.test/m.gguf"}),
     "bad service type": server(service={"type": "ExternalName"}),
     "load balancer without a key": server(service={"type": "LoadBalancer"}),
+    "network policy namespace not a name": server(networkPolicy={"allowedNamespaces": ["Team_A"]}),
+    "network policy peer without cidr": server(networkPolicy={"from": [{"ipBlock": {"except": ["10.0.0.0/8"]}}]}),
+    "network policy unknown peer field": server(networkPolicy={"from": [{"serviceAccount": "x"}]}),
     "node port without a key": server(service={"type": "NodePort", "allowUnauthenticated": False}),
     "claimName with pvc source": server(model={"pvc": {"claimName": "c", "path": "m.gguf"}},
                                         storage={"model": {"claimName": "other"}}),
@@ -218,6 +222,11 @@ def test_operator_checks_agree_with_cel(name):
 
 ACCEPTED = {
     "url": server(),
+    "network policy peers": server(networkPolicy={"allowedNamespaces": ["apps"], "from": [
+        {"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16"]}},
+        {"namespaceSelector": {"matchLabels": {"team": "a"}},
+         "podSelector": {"matchExpressions": [{"key": "app", "operator": "Exists"}]}}]}),
+    "network policy off": server(networkPolicy={"enabled": False}),
     "load balancer with a key": server(service={"type": "LoadBalancer"}, apiKeySecretRef={"name": "k"}),
     "node port allowed without a key": server(service={"type": "NodePort", "allowUnauthenticated": True}),
     "cluster ip without a key": server(service={"type": "ClusterIP", "allowUnauthenticated": False}),

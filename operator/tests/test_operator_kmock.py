@@ -111,6 +111,8 @@ async def test_create_makes_children_and_status(api, operator):
     assert set(services) == {"gemma", "gemma-headless"}
     assert services["gemma"]["spec"]["ports"][0]["name"] == "http"
     assert "gemma" not in api.objects("policy/v1/poddisruptionbudgets")
+    policy = await eventually(lambda: api.objects("networking.k8s.io/v1/networkpolicies").get("gemma"))
+    assert policy["spec"]["podSelector"]["matchLabels"]["kubellama.dev/llamaserver"] == "gemma"
     status = await phase_is(api, "Pending")
     assert status["endpoint"] == f"http://gemma.{NAMESPACE}.svc:8080/v1"
     assert status["ready"] == "0/1" and status["readyReplicas"] == 0
@@ -152,6 +154,11 @@ async def test_deleted_or_edited_children_are_restored(api, operator):
     assert svc["spec"]["ports"][0]["targetPort"] == "http"
     await api.delete("apps/v1", "statefulsets", "gemma")
     await eventually(lambda: api.objects("apps/v1/statefulsets").get("gemma"))
+    # Deleting the NetworkPolicy would open the pods to the whole cluster: it comes back.
+    await eventually(lambda: api.objects("networking.k8s.io/v1/networkpolicies").get("gemma"))
+    await api.delete("networking.k8s.io/v1", "networkpolicies", "gemma")
+    policy = await eventually(lambda: api.objects("networking.k8s.io/v1/networkpolicies").get("gemma"))
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
     # A hand edit of a field we own is reverted.
     await api.patch("apps/v1", "statefulsets", "gemma", {"spec": {"replicas": 7}})
     await eventually(lambda: api.objects("apps/v1/statefulsets")["gemma"]["spec"]["replicas"] == 1)
