@@ -284,6 +284,15 @@ def test_operator_network_policy_admits_only_prometheus_to_the_metrics_port(rend
     assert not by_kind(helm.template({"networkPolicy": {"enabled": False}}), "NetworkPolicy")
 
 
+def test_allow_lists_reach_the_operator(helm, rendered):
+    assert (operator_config(container(rendered["defaults"])[1]).allowed_images) == ()
+    _, c = container(helm.template({"operator": {"allowedImages": ["ghcr.io/kubellama/*", "reg.test/llm:*"],
+                                                 "allowedServiceAccounts": ["llm"]}}))
+    config = operator_config(c)
+    assert config.allowed_images == ("ghcr.io/kubellama/*", "reg.test/llm:*")
+    assert config.allowed_service_accounts == ("llm",)
+
+
 def test_existing_service_account(helm):
     objects = helm.template({"serviceAccount": {"create": False, "name": "mine"}})
     assert not by_kind(objects, "ServiceAccount")

@@ -28,6 +28,12 @@ Every flag can also be set by an environment variable (the flag wins):
                             KUBELLAMA_PROMETHEUS_POD_SELECTOR, default app.kubernetes.io/name=prometheus
                             Where the Prometheus that scrapes the server pods runs (k=v,k2=v2; empty:
                             any namespace / any pod): the LlamaServers' NetworkPolicies admit it.
+  --allowed-image PATTERN   KUBELLAMA_ALLOWED_IMAGES (comma-separated)
+  --allowed-service-account PATTERN
+                            KUBELLAMA_ALLOWED_SERVICE_ACCOUNTS (comma-separated)
+                            Allow-lists (repeatable; glob patterns, `*` matches any characters) for a
+                            LlamaServer's spec.image and spec.serviceAccountName; one outside them is
+                            Failed (InvalidSpec). Default: none, anything is allowed.
 
 Credentials: the in-cluster service account, else a kubeconfig (KUBECONFIG or ~/.kube/config).
 kopf peering is off: run a single replica (Deployment strategy Recreate).
@@ -97,6 +103,10 @@ def labels(text: str) -> Labels:
     return tuple(out)
 
 
+def _list_env(name: str) -> list[str]:
+    return [v.strip() for v in _env(name, "").split(",") if v.strip()]
+
+
 def _labels_text(value: Labels) -> str:
     return ",".join(f"{k}={v}" for k, v in value)
 
@@ -127,6 +137,12 @@ def parser() -> argparse.ArgumentParser:
                                 _labels_text(DEFAULT_PROMETHEUS_NAMESPACES), labels))
     p.add_argument("--prometheus-pod-selector", type=labels, metavar="LABELS",
                    default=_env("KUBELLAMA_PROMETHEUS_POD_SELECTOR", _labels_text(DEFAULT_PROMETHEUS_PODS), labels))
+    p.add_argument("--allowed-image", action="append", dest="allowed_images", default=None, metavar="PATTERN",
+                   help="allowed spec.image (glob; repeatable); default: any")
+    p.add_argument("--allowed-service-account", action="append", dest="allowed_service_accounts", default=None,
+                   metavar="PATTERN", help="allowed spec.serviceAccountName (glob; repeatable); default: any")
+    p.set_defaults(env_allowed_images=_list_env("KUBELLAMA_ALLOWED_IMAGES"),
+                   env_allowed_service_accounts=_list_env("KUBELLAMA_ALLOWED_SERVICE_ACCOUNTS"))
     p.add_argument("--version", action="version", version=f"kubellama-operator {__version__}")
     p.set_defaults(env_namespaces=env_ns)
     return p
@@ -147,7 +163,9 @@ def parse_config(argv: Sequence[str] | None = None) -> OperatorConfig:
         log_format=args.log_format, log_level=args.log_level, bind_address=args.bind_address,
         metrics_port=args.metrics_port, health_port=args.health_port,
         prometheus_namespace_selector=args.prometheus_namespace_selector,
-        prometheus_pod_selector=args.prometheus_pod_selector)
+        prometheus_pod_selector=args.prometheus_pod_selector,
+        allowed_images=tuple(args.allowed_images or args.env_allowed_images),
+        allowed_service_accounts=tuple(args.allowed_service_accounts or args.env_allowed_service_accounts))
 
 
 def configure_logging(config: OperatorConfig) -> None:

@@ -36,3 +36,6 @@ class OperatorConfig:
     #: their NetworkPolicy admits it. () selects every namespace / every pod.
     prometheus_namespace_selector: Labels = DEFAULT_PROMETHEUS_NAMESPACES
     prometheus_pod_selector: Labels = DEFAULT_PROMETHEUS_PODS
+    #: Allow-lists (glob patterns) for spec.image and spec.serviceAccountName; empty allows any.
+    allowed_images: tuple[str, ...] = ()
+    allowed_service_accounts: tuple[str, ...] = ()

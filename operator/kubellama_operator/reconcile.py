@@ -16,6 +16,7 @@ from .builders.meta import LABEL_MANAGED_BY, selector_labels, selector_string
 from .config import OperatorConfig
 from .diff import needs_apply, with_hash
 from .kube import KubeClient
+from .policy import policy_problems
 from .spec import Model, endpoint, normalize, problems, resolve_model
 from .status import compute_status, download_progress, essence, pod_view
 
@@ -133,7 +134,7 @@ async def reconcile(client: KubeClient, body: dict[str, Any], config: OperatorCo
     previous = dict(body.get("status") or {})
     outcome = Outcome(status=previous, previous=previous)
     spec = normalize(body.get("spec"))
-    found = problems(spec)
+    found = problems(spec) + policy_problems(spec, config)
     model = None
     if not found:
         model = resolve_model(spec)

@@ -379,6 +379,27 @@ async def test_extra_args_the_server_would_misread_fail_the_spec(api, operator):
     assert not api.objects("apps/v1/statefulsets"), "no pod is started with flags the server would misread"
 
 
+async def test_allow_lists_refuse_an_image_and_a_service_account(api):
+    import dataclasses
+
+    running = Running(dataclasses.replace(TEST_CONFIG, allowed_images=("registry.test/*",),
+                                          allowed_service_accounts=("llm",)))
+    await running.start()
+    try:
+        await api.create(LS, "llamaservers", llama(image="docker.io/attacker/miner:1", serviceAccountName="admin"))
+        await api.create(LS, "llamaservers", llama("allowed", image="registry.test/kubellama-server:2",
+                                                   serviceAccountName="llm"))
+        status = await phase_is(api, "Failed")
+        assert "spec.image 'docker.io/attacker/miner:1' is not allowed" in status["message"]
+        assert "spec.serviceAccountName 'admin' is not allowed" in status["message"]
+        assert condition(status, "ModelReady")["reason"] == "InvalidSpec"
+        sts = await eventually(lambda: api.objects("apps/v1/statefulsets").get("allowed"))
+        assert sts["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.test/kubellama-server:2"
+        assert "gemma" not in api.objects("apps/v1/statefulsets")
+    finally:
+        await running.stop()
+
+
 async def test_replicas_sharing_a_readwriteonce_claim_are_warned_about(api, operator):
     await api.create("v1", "persistentvolumeclaims", {
         "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "cache"},

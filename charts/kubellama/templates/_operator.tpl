@@ -14,6 +14,12 @@ Command-line arguments of kubellama-operator (see `kubellama-operator --help`).
 - --image-pull-policy={{ .Values.serverImages.pullPolicy }}
 - --prometheus-namespace-selector={{ include "kubellama.matchLabelsText" .Values.networkPolicy.prometheus.namespaceSelector }}
 - --prometheus-pod-selector={{ include "kubellama.matchLabelsText" .Values.networkPolicy.prometheus.podSelector }}
+{{- range $op.allowedImages }}
+- --allowed-image={{ . }}
+{{- end }}
+{{- range $op.allowedServiceAccounts }}
+- --allowed-service-account={{ . }}
+{{- end }}
 {{- if $op.watchNamespaces }}
 {{- range (uniq $op.watchNamespaces) }}
 - --namespace={{ . }}
