@@ -97,7 +97,7 @@ def test_help_prints_nothing(capsys):
 
 def test_the_check_loads_neither_llama_cpp_nor_the_web_stack():
     """The operator image installs the project without the server's dependencies."""
-    code = ("import sys; from kubellama_operator import extraargs; "
+    code = ("import sys; import kubellama_operator.handlers; from kubellama_operator import extraargs; "
             "assert extraargs.problems(['--bogus']); "
             "print(sorted(m for m in ('llama_cpp', 'fastapi', 'uvicorn', 'numpy', 'starlette') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
