@@ -271,8 +271,11 @@ def test_operator_network_policy_admits_only_prometheus_to_the_metrics_port(rend
     assert config.prometheus_namespace_selector == (("kubernetes.io/metadata.name", "monitoring"),)
     assert config.prometheus_pod_selector == (("app.kubernetes.io/name", "prometheus"),)
 
-    objects = helm.template({"networkPolicy": {"prometheus": {"namespaceSelector": {"b": "2", "a": "1"},
-                                                              "podSelector": {}},
+    # Helm merges maps with the defaults: null drops a default label.
+    objects = helm.template({"networkPolicy": {"prometheus": {
+                                                   "namespaceSelector": {"b": "2", "a": "1",
+                                                                         "kubernetes.io/metadata.name": None},
+                                                   "podSelector": {"app.kubernetes.io/name": None}},
                                                "extraFrom": [{"ipBlock": {"cidr": "10.0.0.0/8"}}]}})
     rule = one(objects, "NetworkPolicy")["spec"]["ingress"][0]
     assert rule["from"] == [{"namespaceSelector": {"matchLabels": {"a": "1", "b": "2"}}},
