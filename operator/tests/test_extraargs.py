@@ -78,11 +78,14 @@ def test_every_spelling_of_a_managed_setting_is_refused():
 
 
 def test_the_server_would_take_what_is_refused():
-    """Why the check exists: the server's own parser (with abbreviations) lets these override managed flags."""
+    """Why the check exists: a managed flag's attached value, or an `=` form, overrides what the operator set."""
     spec = normalize({"model": {"url": "https://m.test/a.gguf"}})
     managed = server_args(spec, resolve_model(spec))
-    settings, _ = server_cli.parse_settings(managed + ["--hos=127.0.0.2", "-m/models/other.gguf"], environ={})
+    settings, _ = server_cli.parse_settings(managed + ["--host=127.0.0.2", "-m/models/other.gguf"], environ={})
     assert (settings.host, settings.model) == ("127.0.0.2", "/models/other.gguf")
+    assert extraargs.problems(["--host=127.0.0.2", "-m/models/other.gguf"]) == [
+        "spec.server.extraArgs may not set --host: the operator manages it (from the spec); remove it",
+        "spec.server.extraArgs may not set -m/--model: the operator manages it (from the spec); remove it"]
 
 
 def test_spec_problems_include_the_extra_args():
