@@ -8,6 +8,7 @@ run (emulators, old API servers, objects stored before a CRD upgrade).
 from __future__ import annotations
 
 import copy
+import ipaddress
 import posixpath
 import re
 from dataclasses import dataclass
@@ -111,7 +112,35 @@ def problems(spec: Spec) -> list[str]:
     if (service.get("type") in EXTERNAL_SERVICE_TYPES and not spec.get("apiKeySecretRef")
             and not service.get("allowUnauthenticated")):
         out.append(EXTERNAL_SERVICE_MESSAGE)
+    out += _network_policy_problems(spec.get("networkPolicy") or {})
     out += extraargs.problems(list(spec.get("server", {}).get("extraArgs") or []))
+    return out
+
+
+def _network_policy_problems(policy: Spec) -> list[str]:
+    """What the API server would refuse in the NetworkPolicy built from spec.networkPolicy.from (CEL cannot
+    check CIDRs on every API server version): said up front instead of failing the apply."""
+    out = []
+    for i, peer in enumerate(policy.get("from") or []):
+        where = f"spec.networkPolicy.from[{i}]"
+        if not isinstance(peer, dict) or not peer:
+            out.append(f"{where} needs podSelector, namespaceSelector or ipBlock")
+            continue
+        if "ipBlock" in peer and len(peer) > 1:
+            out.append(f"{where}: ipBlock cannot be combined with podSelector or namespaceSelector")
+        block = peer.get("ipBlock")
+        cidrs = [block.get("cidr", ""), *(block.get("except") or [])] if isinstance(block, dict) else []
+        for cidr in cidrs:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                out.append(f"{where}.ipBlock: {cidr!r} is not a CIDR (e.g. 10.0.0.0/8)")
+        for key in ("podSelector", "namespaceSelector"):
+            for expr in (peer.get(key) or {}).get("matchExpressions") or []:
+                has_values = bool(expr.get("values"))
+                if has_values != (expr.get("operator") in ("In", "NotIn")):
+                    out.append(f"{where}.{key}: operator {expr.get('operator')} "
+                               + ("needs values" if not has_values else "takes no values"))
     return out
 
 

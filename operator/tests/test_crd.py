@@ -297,6 +297,24 @@ OPERATOR_ONLY = {
 }
 
 
+@pytest.mark.parametrize("peer, message", [
+    ({"ipBlock": {"cidr": "10.0.0.0/33"}}, "'10.0.0.0/33' is not a CIDR"),
+    ({"ipBlock": {"cidr": "10.0.0.0/8", "except": ["ten"]}}, "'ten' is not a CIDR"),
+    ({"ipBlock": {"cidr": "fd00::/8"}, "podSelector": {}}, "ipBlock cannot be combined"),
+    ({"podSelector": {"matchExpressions": [{"key": "a", "operator": "In"}]}}, "operator In needs values"),
+    ({"namespaceSelector": {"matchExpressions": [{"key": "a", "operator": "Exists", "values": ["x"]}]}},
+     "operator Exists takes no values"),
+    ({}, "needs podSelector, namespaceSelector or ipBlock"),
+])
+def test_network_policy_peers_the_api_server_would_refuse(peer, message):
+    """The schema admits them; the NetworkPolicy apply would fail: the operator says so in the status instead."""
+    obj = server(networkPolicy={"from": [peer]})
+    defaulted, errors = admit(obj)
+    assert errors == []
+    found = problems(normalize(defaulted["spec"]))
+    assert len(found) == 1 and found[0].startswith("spec.networkPolicy.from[0]") and message in found[0], found
+
+
 @pytest.mark.parametrize("name", sorted(OPERATOR_ONLY))
 def test_extra_args_cel_cannot_see_are_refused_by_the_operator(name):
     obj = server(server={"extraArgs": OPERATOR_ONLY[name]})
