@@ -319,6 +319,9 @@ def test_existing_service_account(helm):
     ({"monitoring": {"podMonitor": {"interval": "fast"}}}, r"/monitoring/podMonitor/interval"),
     ({"llamaServers": [{"name": "x"}]}, r"/llamaServers/0.*spec"),
     ({"llamaServers": [{"name": "Bad_Name", "spec": {"model": {"url": "http://m/x.gguf"}}}]}, r"/llamaServers/0/name"),
+    ({"networkPolicy": {"enabled": "yes"}}, r"/networkPolicy/enabled.*got string, want boolean"),
+    ({"networkPolicy": {"prometheus": {"podSelector": {"app": 1}}}}, r"/networkPolicy/prometheus/podSelector/app"),
+    ({"operator": {"allowedImages": "ghcr.io/*"}}, r"/operator/allowedImages.*got string, want array"),
     ({"operatr": {}}, r"additional properties 'operatr' not allowed"),
 ])
 def test_schema_rejects_wrong_values(helm, values, message):
