@@ -159,7 +159,7 @@ def kinds(objects):
 def test_default_install(rendered):
     objects = rendered["defaults"]
     assert kinds(objects) == ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "CustomResourceDefinition",
-                              "Deployment", "ServiceAccount"]
+                              "Deployment", "NetworkPolicy", "ServiceAccount"]
     for obj in objects:
         if obj["kind"] not in ("ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"):
             assert obj["metadata"]["namespace"] == "kubellama-system", obj["kind"]
@@ -256,6 +256,46 @@ def test_settings_reach_the_operator(helm):
     assert (config.cpu_image, config.cuda_image, config.image_pull_policy) == ("reg/cpu:1", "reg/cuda:2", "Always")
 
 
+def test_operator_network_policy_admits_only_prometheus_to_the_metrics_port(rendered, helm):
+    policy = one(rendered["defaults"], "NetworkPolicy")
+    pod, c = container(rendered["defaults"])
+    deployment = one(rendered["defaults"], "Deployment")
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": "metrics"}]
+    assert rule["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+                             "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}]
+    # The same Prometheus is what the LlamaServers' NetworkPolicies admit (the operator's settings).
+    config = operator_config(c)
+    assert config.prometheus_namespace_selector == (("kubernetes.io/metadata.name", "monitoring"),)
+    assert config.prometheus_pod_selector == (("app.kubernetes.io/name", "prometheus"),)
+
+    # Helm merges maps with the defaults: null drops a default label.
+    objects = helm.template({"networkPolicy": {"prometheus": {
+                                                   "namespaceSelector": {"b": "2", "a": "1",
+                                                                         "kubernetes.io/metadata.name": None},
+                                                   "podSelector": {"app.kubernetes.io/name": None}},
+                                               "extraFrom": [{"ipBlock": {"cidr": "10.0.0.0/8"}}]}})
+    rule = one(objects, "NetworkPolicy")["spec"]["ingress"][0]
+    assert rule["from"] == [{"namespaceSelector": {"matchLabels": {"a": "1", "b": "2"}}},
+                            {"ipBlock": {"cidr": "10.0.0.0/8"}}]
+    for version in KUBE_VERSIONS:
+        kubernetes_validate.validate(one(objects, "NetworkPolicy"), version, strict=True)
+    config = operator_config(container(objects)[1])
+    assert (config.prometheus_namespace_selector, config.prometheus_pod_selector) == ((("a", "1"), ("b", "2")), ())
+    assert not by_kind(helm.template({"networkPolicy": {"enabled": False}}), "NetworkPolicy")
+
+
+def test_allow_lists_reach_the_operator(helm, rendered):
+    assert (operator_config(container(rendered["defaults"])[1]).allowed_images) == ()
+    _, c = container(helm.template({"operator": {"allowedImages": ["ghcr.io/kubellama/*", "reg.test/llm:*"],
+                                                 "allowedServiceAccounts": ["llm"]}}))
+    config = operator_config(c)
+    assert config.allowed_images == ("ghcr.io/kubellama/*", "reg.test/llm:*")
+    assert config.allowed_service_accounts == ("llm",)
+
+
 def test_existing_service_account(helm):
     objects = helm.template({"serviceAccount": {"create": False, "name": "mine"}})
     assert not by_kind(objects, "ServiceAccount")
@@ -279,6 +319,9 @@ def test_existing_service_account(helm):
     ({"monitoring": {"podMonitor": {"interval": "fast"}}}, r"/monitoring/podMonitor/interval"),
     ({"llamaServers": [{"name": "x"}]}, r"/llamaServers/0.*spec"),
     ({"llamaServers": [{"name": "Bad_Name", "spec": {"model": {"url": "http://m/x.gguf"}}}]}, r"/llamaServers/0/name"),
+    ({"networkPolicy": {"enabled": "yes"}}, r"/networkPolicy/enabled.*got string, want boolean"),
+    ({"networkPolicy": {"prometheus": {"podSelector": {"app": 1}}}}, r"/networkPolicy/prometheus/podSelector/app"),
+    ({"operator": {"allowedImages": "ghcr.io/*"}}, r"/operator/allowedImages.*got string, want array"),
     ({"operatr": {}}, r"additional properties 'operatr' not allowed"),
 ])
 def test_schema_rejects_wrong_values(helm, values, message):

@@ -21,6 +21,19 @@ Every flag can also be set by an environment variable (the flag wins):
                             `kubellama_operator.metrics`). May equal --health-port.
   --resync-seconds S        KUBELLAMA_RESYNC_SECONDS, default 60: period of the full reconcile of
                             every LlamaServer (drift repair even without watch events).
+  --prometheus-namespace-selector LABELS
+                            KUBELLAMA_PROMETHEUS_NAMESPACE_SELECTOR, default
+                            kubernetes.io/metadata.name=monitoring
+  --prometheus-pod-selector LABELS
+                            KUBELLAMA_PROMETHEUS_POD_SELECTOR, default app.kubernetes.io/name=prometheus
+                            Where the Prometheus that scrapes the server pods runs (k=v,k2=v2; empty:
+                            any namespace / any pod): the LlamaServers' NetworkPolicies admit it.
+  --allowed-image PATTERN   KUBELLAMA_ALLOWED_IMAGES (comma-separated)
+  --allowed-service-account PATTERN
+                            KUBELLAMA_ALLOWED_SERVICE_ACCOUNTS (comma-separated)
+                            Allow-lists (repeatable; glob patterns, `*` matches any characters) for a
+                            LlamaServer's spec.image and spec.serviceAccountName; one outside them is
+                            Failed (InvalidSpec). Default: none, anything is allowed.
 
 Credentials: the in-cluster service account, else a kubeconfig (KUBECONFIG or ~/.kube/config).
 kopf peering is off: run a single replica (Deployment strategy Recreate).
@@ -33,6 +46,7 @@ import argparse
 import asyncio
 import logging
 import os
+import re
 import sys
 import threading
 from collections.abc import Sequence
@@ -41,7 +55,8 @@ from typing import Any
 import kopf
 
 from . import __version__
-from .config import DEFAULT_CPU_IMAGE, DEFAULT_CUDA_IMAGE, OperatorConfig
+from .config import (DEFAULT_CPU_IMAGE, DEFAULT_CUDA_IMAGE, DEFAULT_PROMETHEUS_NAMESPACES, DEFAULT_PROMETHEUS_PODS,
+                     Labels, OperatorConfig)
 from .health import start as start_endpoints
 
 log = logging.getLogger("kubellama_operator")
@@ -71,6 +86,31 @@ def _positive(text: str) -> float:
     return value
 
 
+_LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
+
+
+def labels(text: str) -> Labels:
+    """`k=v,k2=v2` -> ((k, v), (k2, v2)) (matchLabels of a label selector); "" -> () (select everything)."""
+    out = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        key, sep, value = part.partition("=")
+        if not sep or not _LABEL_KEY.match(key.strip()) or not _LABEL_VALUE.match(value.strip()):
+            raise argparse.ArgumentTypeError(f"{part!r} is not a label key=value")
+        out.append((key.strip(), value.strip()))
+    return tuple(out)
+
+
+def _list_env(name: str) -> list[str]:
+    return [v.strip() for v in _env(name, "").split(",") if v.strip()]
+
+
+def _labels_text(value: Labels) -> str:
+    return ",".join(f"{k}={v}" for k, v in value)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kubellama-operator", description="Run the kubellama LlamaServer operator.",
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -92,6 +132,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--health-port", type=_port, default=_env("KUBELLAMA_HEALTH_PORT", "8081", _port))
     p.add_argument("--metrics-port", type=_port, default=_env("KUBELLAMA_METRICS_PORT", "8080", _port))
     p.add_argument("--resync-seconds", type=_positive, default=_env("KUBELLAMA_RESYNC_SECONDS", "60", _positive))
+    p.add_argument("--prometheus-namespace-selector", type=labels, metavar="LABELS",
+                   default=_env("KUBELLAMA_PROMETHEUS_NAMESPACE_SELECTOR",
+                                _labels_text(DEFAULT_PROMETHEUS_NAMESPACES), labels))
+    p.add_argument("--prometheus-pod-selector", type=labels, metavar="LABELS",
+                   default=_env("KUBELLAMA_PROMETHEUS_POD_SELECTOR", _labels_text(DEFAULT_PROMETHEUS_PODS), labels))
+    p.add_argument("--allowed-image", action="append", dest="allowed_images", default=None, metavar="PATTERN",
+                   help="allowed spec.image (glob; repeatable); default: any")
+    p.add_argument("--allowed-service-account", action="append", dest="allowed_service_accounts", default=None,
+                   metavar="PATTERN", help="allowed spec.serviceAccountName (glob; repeatable); default: any")
+    p.set_defaults(env_allowed_images=_list_env("KUBELLAMA_ALLOWED_IMAGES"),
+                   env_allowed_service_accounts=_list_env("KUBELLAMA_ALLOWED_SERVICE_ACCOUNTS"))
     p.add_argument("--version", action="version", version=f"kubellama-operator {__version__}")
     p.set_defaults(env_namespaces=env_ns)
     return p
@@ -110,7 +161,11 @@ def parse_config(argv: Sequence[str] | None = None) -> OperatorConfig:
         cpu_image=args.cpu_image, cuda_image=args.cuda_image, image_pull_policy=args.image_pull_policy,
         server_log_format=args.server_log_format, namespaces=namespaces, resync_seconds=args.resync_seconds,
         log_format=args.log_format, log_level=args.log_level, bind_address=args.bind_address,
-        metrics_port=args.metrics_port, health_port=args.health_port)
+        metrics_port=args.metrics_port, health_port=args.health_port,
+        prometheus_namespace_selector=args.prometheus_namespace_selector,
+        prometheus_pod_selector=args.prometheus_pod_selector,
+        allowed_images=tuple(args.allowed_images or args.env_allowed_images),
+        allowed_service_accounts=tuple(args.allowed_service_accounts or args.env_allowed_service_accounts))
 
 
 def configure_logging(config: OperatorConfig) -> None:

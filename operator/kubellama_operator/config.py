@@ -9,6 +9,11 @@ from . import __version__
 IMAGE_REPO = "ghcr.io/kubellama"
 DEFAULT_CPU_IMAGE = f"{IMAGE_REPO}/kubellama-server:{__version__}"
 DEFAULT_CUDA_IMAGE = f"{IMAGE_REPO}/kubellama-server-cuda:{__version__}"
+#: Where Prometheus runs, for the server pods' NetworkPolicy (kube-prometheus-stack's defaults).
+DEFAULT_PROMETHEUS_NAMESPACES = (("kubernetes.io/metadata.name", "monitoring"),)
+DEFAULT_PROMETHEUS_PODS = (("app.kubernetes.io/name", "prometheus"),)
+
+Labels = tuple[tuple[str, str], ...]
 
 
 @dataclass(frozen=True)
@@ -27,3 +32,10 @@ class OperatorConfig:
     bind_address: str = "0.0.0.0"
     metrics_port: int = 8080
     health_port: int = 8081
+    #: The namespaces and pods (label selectors, matchLabels) of the Prometheus that scrapes the server pods:
+    #: their NetworkPolicy admits it. () selects every namespace / every pod.
+    prometheus_namespace_selector: Labels = DEFAULT_PROMETHEUS_NAMESPACES
+    prometheus_pod_selector: Labels = DEFAULT_PROMETHEUS_PODS
+    #: Allow-lists (glob patterns) for spec.image and spec.serviceAccountName; empty allows any.
+    allowed_images: tuple[str, ...] = ()
+    allowed_service_accounts: tuple[str, ...] = ()

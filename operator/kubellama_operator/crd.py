@@ -17,15 +17,29 @@ from . import CRD_NAME, GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION, __v
 
 PHASES = ["Pending", "Downloading", "Loading", "Ready", "Degraded", "Failed"]
 
-#: Server flags the operator sets itself; `server.extraArgs` may not repeat them.
-MANAGED_FLAGS = ["-m", "--model", "--host", "--port", "-a", "--alias", "--api-key", "--api-key-file",
-                 "--slot-save-path", "-mu", "--model-url", "-hfr", "--hf-repo", "-hff", "--hf-file",
-                 "-hf", "-mm", "--mmproj", "-mmu", "--mmproj-url", "--no-mmproj-offload", "--no-mmproj", "--lora"]
+#: Server flags the operator sets itself from the spec; `server.extraArgs` may not set them (in any spelling:
+#: `extraargs` reads the list with the server's own parser, the CEL rule catches `FLAG` and `FLAG=...`).
+MANAGED_FLAGS = ["-m", "--model", "--host", "--port", "-a", "--alias", "--slot-save-path", "--slot-persist",
+                 "--shutdown-timeout", "-spf", "--system-prompt-file", "-mu", "--model-url", "-hfr", "--hf-repo",
+                 "-hff", "--hf-file", "-hf", "-mm", "--mmproj", "-mmu", "--mmproj-url", "--no-mmproj-offload",
+                 "--no-mmproj", "--lora"]
+_KEY_FROM_SECRET = "API keys come from spec.apiKeySecretRef (a Secret), never from the spec itself"
+_NO_TLS = ("the server pod does not terminate TLS (the key would have to be in the image); terminate it at "
+           "an Ingress, a Gateway or a service mesh")
+#: Server flags no LlamaServer may set, with the reason (the same checks as MANAGED_FLAGS).
+FORBIDDEN_FLAGS = {
+    "--api-key": _KEY_FROM_SECRET,
+    "--api-key-file": _KEY_FROM_SECRET,
+    "--path": "it would serve files of the container (the mounted API key among them) to anyone",
+    "--ssl-key-file": _NO_TLS,
+    "--ssl-cert-file": _NO_TLS,
+}
 
 #: The self-extend flag kubellama-server refuses together with --mmproj (values > 1 turn it on).
 SELF_EXTEND_FLAG = "--grp-attn-n"
 #: A --grp-attn-n value that turns self-extend on (an integer > 1); shared by the CEL rule and `spec.problems`.
 SELF_EXTEND_ON = r"^0*([2-9]|[1-9][0-9]+)$"
+_REFUSED_FLAGS = MANAGED_FLAGS + list(FORBIDDEN_FLAGS)
 #: Most entries in server.extraArgs (the CEL rule below walks their indices).
 MAX_EXTRA_ARGS = 64
 #: Most LoRA adapters in spec.model.loras (one fetch init container each).
@@ -34,6 +48,14 @@ MAX_LORAS = 16
 MAX_PATH = 1024
 
 Schema = dict[str, Any]
+
+#: A Service reachable from outside the cluster needs an API key, unless explicitly allowed without one.
+EXTERNAL_SERVICE_TYPES = ("NodePort", "LoadBalancer")
+EXTERNAL_SERVICE_RULE = ("!has(self.service) || !has(self.service.type) || self.service.type == 'ClusterIP' "
+                         "|| has(self.apiKeySecretRef) || (has(self.service.allowUnauthenticated) "
+                         "&& self.service.allowUnauthenticated)")
+EXTERNAL_SERVICE_MESSAGE = ("a NodePort or LoadBalancer spec.service exposes the server outside the cluster: set "
+                            "spec.apiKeySecretRef, or spec.service.allowUnauthenticated: true to serve without a key")
 
 
 def _typed(type_: str, description: str = "", **kw: Any) -> Schema:
@@ -222,19 +244,26 @@ def _server_schema() -> Schema:
         "nPredict": _i("Default maximum tokens to generate, -1 = unlimited (-n).", -1),
         "metrics": _b("Expose Prometheus metrics on /metrics (--metrics).", default=True),
         "shutdownTimeoutSeconds": _i(
-            "On termination, how long running requests may finish (--shutdown-timeout).", 0,
+            "On termination, how long running requests may finish (--shutdown-timeout). The pod's "
+            "terminationGracePeriodSeconds is derived from it: 5 s preStop + this + 60 s slot save (with "
+            "storage.slots.restoreOnStart) + 15 s to stop and exit.", 0,
             default=30),
         "startupTimeoutSeconds": _i(
             "How long the server may take to load the model before the pod is restarted.", 30,
             default=1800),
         "extraArgs": {"type": "array", "items": {"type": "string", "maxLength": 1024},
-                      "description": "More kubellama-server flags, passed through as they are.",
+                      "description": "More kubellama-server flags, passed through as they are. The operator reads "
+                                     "them with the server's own parser (flags in full, no abbreviations): an "
+                                     "unknown flag, a bad value, a flag the operator sets from the spec (model, "
+                                     "host, port, alias, slots, shutdown timeout, system prompt, projector, "
+                                     "adapters) or --api-key*, --path or --ssl-* makes the LlamaServer Failed "
+                                     "(reason InvalidSpec) instead of a crash-looping pod.",
                       "maxItems": MAX_EXTRA_ARGS,
                       "x-kubernetes-validations": [{
                           "rule": "self.all(a, !(a in FLAGS) && !FLAGS.exists(f, a.startsWith(f + '=')))"
-                                  .replace("FLAGS", repr(MANAGED_FLAGS).replace("'", '"')),
-                          "message": "spec.server.extraArgs may not set flags the operator manages: "
-                                     + ", ".join(MANAGED_FLAGS)}]},
+                                  .replace("FLAGS", repr(_REFUSED_FLAGS).replace("'", '"')),
+                          "message": "spec.server.extraArgs may not set flags the operator manages or refuses: "
+                                     + ", ".join(_REFUSED_FLAGS)}]},
     })
 
 
@@ -301,6 +330,44 @@ def _storage_schema() -> Schema:
     })
 
 
+def _label_selector(description: str) -> Schema:
+    return _o(description, {
+        "matchLabels": _map("Labels the object must have."),
+        "matchExpressions": {"type": "array", "maxItems": 16, "description": "Set-based requirements.",
+                             "items": _o("A LabelSelectorRequirement.", {
+                                 "key": _s(minLength=1), "operator": _s(enum=["In", "NotIn", "Exists", "DoesNotExist"]),
+                                 "values": {"type": "array", "items": _s(), "maxItems": 64}},
+                                 required=["key", "operator"])},
+    })
+
+
+def _network_policy_schema() -> Schema:
+    return _o(
+        "The NetworkPolicy (named after the LlamaServer) that admits traffic to the server pods' port: the "
+        "router (pods labelled app.kubernetes.io/component: router in the same namespace), the Prometheus "
+        "the operator is configured with (--prometheus-namespace-selector/--prometheus-pod-selector), and "
+        "what is listed here; nothing else. With a NodePort or LoadBalancer service every source is admitted "
+        "(the Service publishes the port outside the cluster; spec.apiKeySecretRef guards it).",
+        {
+            "enabled": _b("Create the NetworkPolicy; false leaves the pods open to every pod of the cluster.",
+                          default=True),
+            "allowedNamespaces": {"type": "array", "maxItems": 32, "items": _s(
+                pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", maxLength=63),
+                "description": "Namespaces (by name) whose pods may call the server."},
+            "from": {"type": "array", "maxItems": 16, "description": "More sources (core NetworkPolicyPeer).",
+                     "items": _o("A NetworkPolicyPeer: pods, namespaces or an IP block.", {
+                         "podSelector": _label_selector("Pods (in the namespaces of namespaceSelector, else in "
+                                                        "the LlamaServer's namespace)."),
+                         "namespaceSelector": _label_selector("Namespaces."),
+                         "ipBlock": _o("An IP range.", {
+                             "cidr": _s("CIDR, e.g. 10.0.0.0/8.", minLength=1),
+                             "except": {"type": "array", "items": _s(), "maxItems": 16,
+                                        "description": "CIDRs inside cidr to leave out."},
+                         }, required=["cidr"]),
+                     })},
+        })
+
+
 def _self_extend_rule() -> tuple[str, str]:
     """With a projector, server.extraArgs may not turn self-extend on (`--grp-attn-n=N` or `--grp-attn-n N`, N > 1).
 
@@ -346,7 +413,11 @@ def spec_schema() -> Schema:
                        default="ClusterIP"),
             "port": _i("Service port.", 1, maximum=65535, default=8080),
             "annotations": _map("Service annotations."),
+            "allowUnauthenticated": _b("Allow a NodePort or LoadBalancer Service without spec.apiKeySecretRef "
+                                       "(the server is then open to whoever reaches the node or load "
+                                       "balancer). Without it, such a Service needs an API key."),
         }),
+        "networkPolicy": _network_policy_schema(),
         "monitoring": _o("Prometheus scraping.", {
             "serviceMonitor": _b("Create a ServiceMonitor (when its CRD is installed; pod scrape "
                                  "annotations otherwise).", default=False),
@@ -359,6 +430,7 @@ def spec_schema() -> Schema:
         ("!has(self.storage) || !has(self.storage.model) || !has(self.storage.model.claimName) || !has(self.model.pvc)",
          "spec.storage.model.claimName is unused with a pvc model source; remove one of them"),
         _self_extend_rule(),
+        (EXTERNAL_SERVICE_RULE, EXTERNAL_SERVICE_MESSAGE),
     ])
 
 
@@ -422,7 +494,7 @@ def _immutable_storage(schema: Schema) -> Schema:
 
 #: Objects defaulted to {} so that their fields' defaults apply when the user omits them.
 _DEFAULT_EMPTY = ["server", "gpu", "storage", "storage.model", "storage.slots", "storage.retention",
-                  "service", "monitoring"]
+                  "service", "networkPolicy", "monitoring"]
 
 
 def _with_empty_defaults(schema: Schema) -> Schema:

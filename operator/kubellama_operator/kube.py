@@ -22,6 +22,7 @@ from . import FIELD_MANAGER
 PLURALS = {
     "StatefulSet": "statefulsets", "Service": "services", "ConfigMap": "configmaps",
     "PodDisruptionBudget": "poddisruptionbudgets", "ServiceMonitor": "servicemonitors",
+    "NetworkPolicy": "networkpolicies",
     "Pod": "pods", "Secret": "secrets", "PersistentVolumeClaim": "persistentvolumeclaims",
     "LlamaServer": "llamaservers", "Event": "events",
 }

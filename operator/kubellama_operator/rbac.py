@@ -23,12 +23,14 @@ RULES: list[dict[str, list[str]]] = [
     {"apiGroups": ["apps"], "resources": ["statefulsets"], "verbs": list(_RW)},
     {"apiGroups": [""], "resources": ["services", "configmaps"], "verbs": list(_RW)},
     {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": list(_RW)},
+    {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": list(_RW)},
     {"apiGroups": ["monitoring.coreos.com"], "resources": ["servicemonitors"], "verbs": list(_RW)},
-    # Read-only: pods for status (init-container failures), Secrets and claims the spec names.
+    # Read-only: pods for status (init-container failures, missing Secrets), claims the spec names.
+    # No Secrets: a missing one is seen in the pods' status (CreateContainerConfigError).
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
     # The fetch init container's log: download progress in the status message.
     {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
-    {"apiGroups": [""], "resources": ["secrets", "persistentvolumeclaims"], "verbs": ["get"]},
+    {"apiGroups": [""], "resources": ["persistentvolumeclaims"], "verbs": ["get"]},
     # Kubernetes Events about LlamaServers (kopf's poster and ours).
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
     {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},

@@ -16,6 +16,7 @@ from .builders.meta import LABEL_MANAGED_BY, selector_labels, selector_string
 from .config import OperatorConfig
 from .diff import needs_apply, with_hash
 from .kube import KubeClient
+from .policy import policy_problems
 from .spec import Model, endpoint, normalize, problems, resolve_model
 from .status import compute_status, download_progress, essence, pod_view
 
@@ -39,27 +40,13 @@ class Outcome:
         return self.status.get("message") != self.previous.get("message")
 
 
-async def _secret_problem(client: KubeClient, namespace: str, ref: dict[str, Any], what: str,
-                          default_key: str, example: str) -> str | None:
-    secret = await client.get("v1", "Secret", namespace, ref["name"])
-    key = ref.get("key", default_key)
-    fix = f"kubectl -n {namespace} create secret generic {ref['name']} --from-literal={key}={example}"
-    if secret is None:
-        return f"Secret {ref['name']!r} ({what}) not found in namespace {namespace}: create it, e.g. `{fix}`"
-    if key not in (secret.get("data") or {}) and key not in (secret.get("stringData") or {}):
-        return f"Secret {ref['name']!r} ({what}) has no key {key!r}: add it or set the key in the spec"
-    return None
-
-
 async def check_references(client: KubeClient, namespace: str, spec: dict[str, Any]) -> list[str]:
-    """Objects the spec names that must exist before pods can start."""
+    """Objects the spec names that must exist before pods can start.
+
+    Secrets are not read (the operator has no access to them): a missing Secret or key shows in the pods'
+    status (CreateContainerConfigError of check-api-key or a fetch container), which `status` reports.
+    """
     out = []
-    if spec.get("apiKeySecretRef"):
-        out.append(await _secret_problem(client, namespace, spec["apiKeySecretRef"], "spec.apiKeySecretRef",
-                                         "api-key", "<key>"))
-    if spec["model"].get("tokenSecretRef"):
-        out.append(await _secret_problem(client, namespace, spec["model"]["tokenSecretRef"],
-                                         "spec.model.tokenSecretRef", "token", "hf_..."))
     claims = [("spec.model.pvc.claimName", (spec["model"].get("pvc") or {}).get("claimName")),
               ("spec.storage.model.claimName", spec.get("storage", {}).get("model", {}).get("claimName"))]
     for where, claim in claims:
@@ -147,7 +134,7 @@ async def reconcile(client: KubeClient, body: dict[str, Any], config: OperatorCo
     previous = dict(body.get("status") or {})
     outcome = Outcome(status=previous, previous=previous)
     spec = normalize(body.get("spec"))
-    found = problems(spec)
+    found = problems(spec) + policy_problems(spec, config)
     model = None
     if not found:
         model = resolve_model(spec)

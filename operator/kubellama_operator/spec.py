@@ -8,6 +8,7 @@ run (emulators, old API servers, objects stored before a CRD upgrade).
 from __future__ import annotations
 
 import copy
+import ipaddress
 import posixpath
 import re
 from dataclasses import dataclass
@@ -15,7 +16,8 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import urlparse
 
-from .crd import MANAGED_FLAGS, MAX_LORAS, SELF_EXTEND_FLAG, SELF_EXTEND_ON, build_crd
+from . import extraargs
+from .crd import EXTERNAL_SERVICE_MESSAGE, EXTERNAL_SERVICE_TYPES, MAX_LORAS, SELF_EXTEND_FLAG, SELF_EXTEND_ON, build_crd
 
 Spec = dict[str, Any]
 
@@ -106,9 +108,39 @@ def problems(spec: Spec) -> list[str]:
         out.append("spec.storage.slots.restoreOnStart needs spec.storage.slots.enabled: true")
     if "pvc" in model and spec.get("storage", {}).get("model", {}).get("claimName"):
         out.append("spec.storage.model.claimName is unused with a pvc model source; remove one of them")
-    for arg in spec.get("server", {}).get("extraArgs", []) or []:
-        if arg in MANAGED_FLAGS or any(arg.startswith(f + "=") for f in MANAGED_FLAGS):
-            out.append(f"spec.server.extraArgs may not set {arg.split('=')[0]}: the operator manages it")
+    service = spec.get("service", {})
+    if (service.get("type") in EXTERNAL_SERVICE_TYPES and not spec.get("apiKeySecretRef")
+            and not service.get("allowUnauthenticated")):
+        out.append(EXTERNAL_SERVICE_MESSAGE)
+    out += _network_policy_problems(spec.get("networkPolicy") or {})
+    out += extraargs.problems(list(spec.get("server", {}).get("extraArgs") or []))
+    return out
+
+
+def _network_policy_problems(policy: Spec) -> list[str]:
+    """What the API server would refuse in the NetworkPolicy built from spec.networkPolicy.from (CEL cannot
+    check CIDRs on every API server version): said up front instead of failing the apply."""
+    out = []
+    for i, peer in enumerate(policy.get("from") or []):
+        where = f"spec.networkPolicy.from[{i}]"
+        if not isinstance(peer, dict) or not peer:
+            out.append(f"{where} needs podSelector, namespaceSelector or ipBlock")
+            continue
+        if "ipBlock" in peer and len(peer) > 1:
+            out.append(f"{where}: ipBlock cannot be combined with podSelector or namespaceSelector")
+        block = peer.get("ipBlock")
+        cidrs = [block.get("cidr", ""), *(block.get("except") or [])] if isinstance(block, dict) else []
+        for cidr in cidrs:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                out.append(f"{where}.ipBlock: {cidr!r} is not a CIDR (e.g. 10.0.0.0/8)")
+        for key in ("podSelector", "namespaceSelector"):
+            for expr in (peer.get(key) or {}).get("matchExpressions") or []:
+                has_values = bool(expr.get("values"))
+                if has_values != (expr.get("operator") in ("In", "NotIn")):
+                    out.append(f"{where}.{key}: operator {expr.get('operator')} "
+                               + ("needs values" if not has_values else "takes no values"))
     return out
 
 

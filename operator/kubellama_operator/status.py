@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from .builders.statefulset import FETCH_LORA_PREFIX, FETCH_MMPROJ, FETCH_MODEL
+from .builders.statefulset import CHECK_API_KEY, FETCH_LORA_PREFIX, FETCH_MMPROJ, FETCH_MODEL
 from .spec import Model
 
 FETCH_CONTAINER = FETCH_MODEL
@@ -28,6 +28,8 @@ _WITH_ARTICLE = {what for _, what in FETCH_CONTAINERS}
 #: kubellama-fetch exit codes -> condition reasons (see the fetcher's contract).
 FETCH_EXIT_REASONS = {2: "InvalidFetchArguments", 3: "ModelNotFound", 4: "Unauthorized",
                       5: "NetworkUnreachable", 6: "DiskFull", 7: "ChecksumMismatch", 8: "NotGGUF"}
+#: Env vars of the pod's containers that reference a Secret -> the spec field that names it.
+_SECRET_ENV = {"API_KEY": "spec.apiKeySecretRef", "HF_TOKEN": "spec.model.tokenSecretRef"}
 #: Waiting reasons meaning a container will not start without a change.
 _STUCK_WAITING = {"CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError",
                   "InvalidImageName", "CreateContainerError", "RunContainerError"}
@@ -144,12 +146,49 @@ def fetchers(inits: dict[str, dict[str, Any]], model: Model | None = None) -> li
     return out
 
 
+def _secret_refs(pod: dict[str, Any], container: str) -> list[tuple[str, str, str]]:
+    """(spec field, Secret name, key) of each Secret the container's environment needs."""
+    spec = pod.get("spec") or {}
+    out = []
+    for c in (spec.get("initContainers") or []) + (spec.get("containers") or []):
+        if c.get("name") != container:
+            continue
+        for env in c.get("env") or []:
+            ref = (env.get("valueFrom") or {}).get("secretKeyRef")
+            if ref and env.get("name") in _SECRET_ENV:
+                out.append((_SECRET_ENV[env["name"]], ref.get("name", ""), ref.get("key", "")))
+    return out
+
+
+def stuck_container(pod: dict[str, Any], container: str, waiting: dict[str, Any]) -> tuple[str, str]:
+    """(reason, message) of a container that will not start; a missing Secret or key says how to fix it.
+
+    The operator does not read Secrets: the kubelet reports a missing one as CreateContainerConfigError
+    (`secret "x" not found`, `couldn't find key k in Secret ns/x`).
+    """
+    detail = waiting.get("message") or waiting.get("reason", "")
+    if waiting.get("reason") == "CreateContainerConfigError":
+        ns = pod.get("metadata", {}).get("namespace") or "<namespace>"
+        for field, secret, key in _secret_refs(pod, container):
+            if f'"{secret}"' in detail or f"/{secret}" in detail:
+                if "couldn't find key" in detail:
+                    return "SecretKeyNotFound", (f"Secret {secret!r} ({field}) has no key {key!r}: add it or set the "
+                                                 f"key in {field}.key ({container}: {detail})")
+                return "SecretNotFound", (f"Secret {secret!r} ({field}) not found in namespace {ns}: create it, e.g. "
+                                          f"`kubectl -n {ns} create secret generic {secret} --from-literal={key}=...`")
+    return waiting.get("reason", ""), f"{container}: {detail}"
+
+
 def pod_view(pod: dict[str, Any], model: Model | None = None) -> PodView:
     """What one pod says; `model` names the LoRA adapters in messages."""
     status = pod.get("status", {}) or {}
     if pod.get("metadata", {}).get("deletionTimestamp"):
         return PodView("Pending", "Terminating", "pod is terminating")
-    present = fetchers(_statuses(pod, "initContainerStatuses"), model)
+    inits = _statuses(pod, "initContainerStatuses")
+    check = (inits.get(CHECK_API_KEY, {}).get("state") or {}).get("waiting") or {}
+    if check.get("reason") in _STUCK_WAITING:
+        return PodView("Failed", *stuck_container(pod, CHECK_API_KEY, check))
+    present = fetchers(inits, model)
     done = 0
     info: dict[str, Any] = {}
     for name, what, init in present:
@@ -161,8 +200,7 @@ def pod_view(pod: dict[str, Any], model: Model | None = None) -> PodView:
                            f"{what} download failed: {msg}", fetcher=name, fetch_failed=True, fetching=what)
         waiting = (init.get("state", {}) or {}).get("waiting") or {}
         if waiting.get("reason") in _STUCK_WAITING:
-            return PodView("Failed", waiting["reason"], f"{name}: {waiting.get('message') or waiting['reason']}",
-                           fetcher=name, fetching=what)
+            return PodView("Failed", *stuck_container(pod, name, waiting), fetcher=name, fetching=what)
         if term is not None:
             done += 1
             if name == FETCH_MODEL:
@@ -261,8 +299,11 @@ def compute_status(*, name: str, namespace: str, generation: int | None, desired
     else:
         model_cond = (None, "NoPods", "no pod has started yet") if desired else (None, "ScaledToZero", "")
 
-    available = (ready > 0, "MinimumReplicasAvailable" if ready else "NoReplicasReady",
-                 f"{ready} of {desired} replicas ready")
+    if ready or not failed:
+        available = (ready > 0, "MinimumReplicasAvailable" if ready else "NoReplicasReady",
+                     f"{ready} of {desired} replicas ready")
+    else:  # why no pod can start (a missing Secret, a crash loop, ...)
+        available = (False, failed[0].reason or "NoReplicasReady", failed[0].message)
     if phase == "Failed":
         progressing = (False, "Failed", message)
     elif phase == "Ready":

@@ -62,6 +62,7 @@ RESOURCES = {
     "v1/events": ("Event", True, set()),
     "v1/namespaces": ("Namespace", False, set()),
     "policy/v1/poddisruptionbudgets": ("PodDisruptionBudget", True, {"status"}),
+    "networking.k8s.io/v1/networkpolicies": ("NetworkPolicy", True, set()),
     "apiextensions.k8s.io/v1/customresourcedefinitions": ("CustomResourceDefinition", False, {"status"}),
 }
 SERVICEMONITORS = {"monitoring.coreos.com/v1/servicemonitors": ("ServiceMonitor", True, set())}

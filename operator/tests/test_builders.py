@@ -59,7 +59,7 @@ GPU = {"model": {"huggingFace": {"repo": "Qwen/Qwen3-8B-GGUF", "file": "q4/Qwen3
        "replicas": 2, "gpu": {"count": 2, "product": "NVIDIA-L4", "tensorSplit": [3, 1.5], "mainGpu": 1},
        "storage": {"slots": {"enabled": True, "restoreOnStart": True, "size": "8Gi", "storageClassName": "fast"}},
        "apiKeySecretRef": {"name": "keys", "key": "primary"}, "monitoring": {"serviceMonitor": True},
-       "server": {"systemPrompt": "You are terse.", "contextSize": 8192, "parallel": 4, "extraArgs": ["--flash-attn"]},
+       "server": {"systemPrompt": "You are terse.", "contextSize": 8192, "parallel": 4, "extraArgs": ["--mlock"]},
        "resources": {"limits": {"memory": "24Gi"}, "requests": {"cpu": "4"}},
        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "llm", "effect": "NoSchedule"}],
        "nodeSelector": {"pool": "gpu"}, "runtimeClassName": "nvidia", "priorityClassName": "high",
@@ -87,7 +87,13 @@ PVC_LORAS = {"model": {"pvc": {"claimName": "models", "path": "qwen/m.gguf"},
                        "loras": [{"path": "qwen/loras/./sql.gguf", "name": "sql"},
                                  {"url": "https://models.test/support/adapter-f16.gguf"},
                                  {"huggingFace": {"repo": "o/r", "file": "adapter-f16.gguf"}}]}}
-SPECS = {"cpu": CPU, "gpu": GPU, "pvc": PVC, "shared": SHARED, "multimodal": MULTIMODAL,
+OPEN_TO = {"model": {"url": URL}, "networkPolicy": {
+    "allowedNamespaces": ["team-b", "apps", "team-b"],
+    "from": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16"]}},
+             {"namespaceSelector": {"matchLabels": {"tier": "web"}},
+              "podSelector": {"matchExpressions": [{"key": "app", "operator": "In", "values": ["ui"]}]}}]}}
+PUBLISHED = {"model": {"url": URL}, "service": {"type": "LoadBalancer"}, "apiKeySecretRef": {"name": "k"}}
+SPECS = {"open-to": OPEN_TO, "published": PUBLISHED, "cpu": CPU, "gpu": GPU, "pvc": PVC, "shared": SHARED, "multimodal": MULTIMODAL,
          "pvc-mmproj-path": PVC_MMPROJ_PATH, "pvc-mmproj-url": PVC_MMPROJ_URL, "loras": LORAS, "pvc-loras": PVC_LORAS}
 
 
@@ -119,7 +125,8 @@ def test_servicemonitor_matches_prometheus_operator_schema():
 def test_children_carry_owner_reference_and_labels():
     objs, _ = build(GPU, sm_crd=True)
     assert set(objs) == {("ConfigMap", "gemma-config"), ("Service", "gemma-headless"), ("Service", "gemma"),
-                         ("StatefulSet", "gemma"), ("PodDisruptionBudget", "gemma"), ("ServiceMonitor", "gemma")}
+                         ("StatefulSet", "gemma"), ("PodDisruptionBudget", "gemma"), ("ServiceMonitor", "gemma"),
+                         ("NetworkPolicy", "gemma")}
     for obj in objs.values():
         meta = obj["metadata"]
         assert meta["namespace"] == "ml"
@@ -179,10 +186,31 @@ def test_probes_and_graceful_shutdown():
     assert startup["httpGet"] == {"path": "/health", "port": "http"}
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 3600
     assert server["readinessProbe"]["httpGet"]["path"] == "/health"
-    assert "tcpSocket" in server["livenessProbe"], "liveness must not depend on a busy server's HTTP loop"
+    liveness = server["livenessProbe"]
+    assert liveness["httpGet"] == {"path": "/health", "port": "http"}, "a stuck server is restarted, not only a dead one"
+    assert "tcpSocket" not in liveness and liveness["periodSeconds"] * liveness["failureThreshold"] >= 60
     assert server["lifecycle"]["preStop"]["exec"]["command"][0] == "sleep"
     assert flag(server["args"], "--shutdown-timeout") == "90"
     assert pod_of(objs)["terminationGracePeriodSeconds"] > 90
+
+
+@pytest.mark.parametrize("server, slots, budget", [
+    ({}, {}, {"preStop": 5, "drain": 30, "slotSave": 0, "schedulerStop": 5, "exit": 10}),
+    ({"shutdownTimeoutSeconds": 0}, {"enabled": True}, {"preStop": 5, "drain": 0, "slotSave": 0, "schedulerStop": 5,
+                                                        "exit": 10}),
+    ({"shutdownTimeoutSeconds": 120}, {"enabled": True, "restoreOnStart": True},
+     {"preStop": 5, "drain": 120, "slotSave": 60, "schedulerStop": 5, "exit": 10}),
+])
+def test_termination_grace_is_the_sum_of_the_servers_steps(server, slots, budget):
+    from kubellama_operator.builders.statefulset import termination_budget, termination_grace
+
+    spec = normalize({**CPU, "server": server, "storage": {"slots": slots}})
+    assert termination_budget(spec) == budget
+    assert termination_grace(spec) == sum(budget.values())
+    objs, _ = build({**CPU, "server": server, "storage": {"slots": slots}})
+    assert pod_of(objs)["terminationGracePeriodSeconds"] == sum(budget.values())
+    assert flag(args_of(objs), "--shutdown-timeout") == str(budget["drain"]), "the drain is the server's flag"
+    assert ("--slot-persist" in args_of(objs)) is bool(budget["slotSave"]), "the save happens only with it"
 
 
 def test_gpu_server():
@@ -200,7 +228,7 @@ def test_gpu_server():
     args = server["args"]
     assert flag(args, "-ngl") == "999" and flag(args, "-mg") == "1" and flag(args, "-ts") == "3,1.5"
     assert flag(args, "-c") == "8192" and flag(args, "-np") == "4"
-    assert args[-1] == "--flash-attn"
+    assert args[-1] == "--mlock"
 
 
 def test_gpu_layers_setting_wins():
@@ -210,7 +238,7 @@ def test_gpu_layers_setting_wins():
 
 def test_huggingface_fetch_with_token_and_checksum():
     objs, _ = build(GPU)
-    init = pod_of(objs)["initContainers"][0]
+    init = next(c for c in pod_of(objs)["initContainers"] if c["name"] == "fetch-model")
     assert init["args"] == ["--hf-repo", "Qwen/Qwen3-8B-GGUF", "--hf-file", "q4/Qwen3-8B-Q4_K_M.gguf",
                             "--hf-revision", "abc", "--sha256", "a" * 64, "--dest", "/models"]
     token = next(e for e in init["env"] if e["name"] == "HF_TOKEN")
@@ -227,14 +255,31 @@ def test_slots_api_key_and_system_prompt():
     assert json.loads(objs[("ConfigMap", "gemma-config")]["data"]["system-prompt.json"]) == {"prompt": "You are terse."}
     vols = {v["name"]: v for v in pod_of(objs)["volumes"]}
     assert vols["api-key"]["secret"]["secretName"] == "keys"
+    assert vols["api-key"]["secret"]["optional"] is True, "a missing Secret is reported by check-api-key instead"
     assert vols["api-key"]["secret"]["items"] == [{"key": "primary", "path": "api-key"}]
     mounts = {m["name"]: m for m in server_container(objs)["volumeMounts"]}
     assert mounts["slots"]["mountPath"] == "/slots" and mounts["api-key"]["readOnly"] is True
     claims = {c["metadata"]["name"]: c["spec"] for c in sts_of(objs)["spec"]["volumeClaimTemplates"]}
     assert claims["slots"] == {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "8Gi"}},
                                "storageClassName": "fast"}
-    # Slot persistence needs time to save on shutdown.
-    assert pod_of(objs)["terminationGracePeriodSeconds"] >= 30 + 30
+    # Slot persistence needs time to save on shutdown: the server's 60 s on top of the drain.
+    assert pod_of(objs)["terminationGracePeriodSeconds"] == 5 + 30 + 60 + 5 + 10
+
+
+def test_api_key_secret_is_checked_by_the_first_init_container():
+    """The operator reads no Secret: an init container that needs the key makes the kubelet report a missing one."""
+    objs, _ = build(GPU)
+    check, fetch = pod_of(objs)["initContainers"][:2]
+    assert (check["name"], fetch["name"]) == ("check-api-key", "fetch-model")
+    assert check["command"] == ["true"] and "args" not in check
+    assert check["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}], "not the key's volume"
+    assert check["env"] == [{"name": "API_KEY", "valueFrom": {"secretKeyRef": {"name": "keys", "key": "primary"}}}]
+    assert "optional" not in check["env"][0]["valueFrom"]["secretKeyRef"]
+    assert check["image"] == server_container(objs)["image"]
+    assert check["securityContext"]["readOnlyRootFilesystem"] is True
+    assert "check-api-key" not in [c["name"] for c in pod_of(build(CPU)[0]).get("initContainers", [])]
+    pvc = pod_of(build({**PVC, "apiKeySecretRef": {"name": "k"}})[0])
+    assert [c["name"] for c in pvc["initContainers"]] == ["check-api-key"]
 
 
 def test_slots_without_restore():
@@ -478,3 +523,49 @@ def test_no_loras_no_lora_flags():
         assert "--lora" not in args_of(objs)
         assert not [n for n in init_containers(objs) if n.startswith("fetch-lora")]
         assert "lora" not in {v["name"] for v in pod_of(objs)["volumes"]}
+
+
+def networkpolicy_of(objs, name="gemma"):
+    return objs[("NetworkPolicy", name)]
+
+
+def test_networkpolicy_admits_only_the_router_and_prometheus_by_default():
+    objs, drop = build(CPU)
+    policy = networkpolicy_of(objs)
+    assert policy["spec"]["podSelector"] == {"matchLabels": selector_labels("gemma")}
+    assert policy["spec"]["policyTypes"] == ["Ingress"], "egress stays open: the fetchers download models"
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 8080}]
+    assert rule["from"] == [
+        {"podSelector": {"matchLabels": {"app.kubernetes.io/component": "router"}}},
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+         "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}]
+    assert "NetworkPolicy" not in [d.kind for d in drop]
+
+
+def test_networkpolicy_adds_the_namespaces_and_peers_the_spec_names():
+    rule = networkpolicy_of(build(OPEN_TO)[0])["spec"]["ingress"][0]
+    assert rule["from"][2:] == [
+        {"namespaceSelector": {"matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "In",
+                                                     "values": ["apps", "team-b"]}]}},
+        *OPEN_TO["networkPolicy"]["from"]]
+
+
+def test_networkpolicy_follows_the_operators_prometheus_settings():
+    from kubellama_operator.builders.networkpolicy import build_networkpolicy
+
+    spec = normalize(CPU)
+    config = OperatorConfig(prometheus_namespace_selector=(("team", "obs"),), prometheus_pod_selector=())
+    peers = build_networkpolicy(owner(), spec, config)["spec"]["ingress"][0]["from"]
+    assert peers[1] == {"namespaceSelector": {"matchLabels": {"team": "obs"}}}, "no pod selector: any pod there"
+    everywhere = OperatorConfig(prometheus_namespace_selector=(), prometheus_pod_selector=())
+    assert build_networkpolicy(owner(), spec, everywhere)["spec"]["ingress"][0]["from"][1] == {"namespaceSelector": {}}
+
+
+def test_networkpolicy_is_open_for_a_published_service_and_can_be_turned_off():
+    (rule,) = networkpolicy_of(build(PUBLISHED)[0])["spec"]["ingress"]
+    assert "from" not in rule and rule["ports"] == [{"protocol": "TCP", "port": 8080}]
+    objs, drop = build({**CPU, "networkPolicy": {"enabled": False}})
+    assert ("NetworkPolicy", "gemma") not in objs
+    assert [(d.api_version, d.kind, d.name) for d in drop if d.kind == "NetworkPolicy"] == [
+        ("networking.k8s.io/v1", "NetworkPolicy", "gemma")]

@@ -15,7 +15,9 @@ from kubellama_operator import cli, metrics
 from kubellama_operator.config import DEFAULT_CPU_IMAGE, DEFAULT_CUDA_IMAGE
 
 ENV = ["KUBELLAMA_WATCH_NAMESPACES", "KUBELLAMA_CPU_IMAGE", "KUBELLAMA_CUDA_IMAGE", "KUBELLAMA_LOG_FORMAT",
-       "KUBELLAMA_HEALTH_PORT", "KUBELLAMA_METRICS_PORT", "KUBELLAMA_RESYNC_SECONDS", "KUBELLAMA_IMAGE_PULL_POLICY"]
+       "KUBELLAMA_HEALTH_PORT", "KUBELLAMA_METRICS_PORT", "KUBELLAMA_RESYNC_SECONDS", "KUBELLAMA_IMAGE_PULL_POLICY",
+       "KUBELLAMA_PROMETHEUS_NAMESPACE_SELECTOR", "KUBELLAMA_PROMETHEUS_POD_SELECTOR", "KUBELLAMA_ALLOWED_IMAGES",
+       "KUBELLAMA_ALLOWED_SERVICE_ACCOUNTS"]
 
 
 @pytest.fixture(autouse=True)
@@ -52,7 +54,32 @@ def test_environment(monkeypatch):
     assert cli.parse_config(["--cpu-image", "flag:wins"]).cpu_image == "flag:wins"
 
 
-@pytest.mark.parametrize("argv", [["--health-port", "70000"], ["--log-format", "xml"], ["--resync-seconds", "0"]])
+def test_prometheus_selectors(monkeypatch):
+    config = cli.parse_config([])
+    assert config.prometheus_namespace_selector == (("kubernetes.io/metadata.name", "monitoring"),)
+    assert config.prometheus_pod_selector == (("app.kubernetes.io/name", "prometheus"),)
+    config = cli.parse_config(["--prometheus-namespace-selector", "team=obs, tier=infra",
+                               "--prometheus-pod-selector", ""])
+    assert config.prometheus_namespace_selector == (("team", "obs"), ("tier", "infra"))
+    assert config.prometheus_pod_selector == (), "empty: any pod of those namespaces"
+    monkeypatch.setenv("KUBELLAMA_PROMETHEUS_POD_SELECTOR", "app=prom")
+    assert cli.parse_config([]).prometheus_pod_selector == (("app", "prom"),)
+
+
+def test_allow_lists(monkeypatch):
+    assert (cli.parse_config([]).allowed_images, cli.parse_config([]).allowed_service_accounts) == ((), ())
+    config = cli.parse_config(["--allowed-image", "ghcr.io/kubellama/*", "--allowed-image", "reg.test/*",
+                               "--allowed-service-account", "llm"])
+    assert config.allowed_images == ("ghcr.io/kubellama/*", "reg.test/*") and config.allowed_service_accounts == ("llm",)
+    monkeypatch.setenv("KUBELLAMA_ALLOWED_IMAGES", "a/*, b/*")
+    monkeypatch.setenv("KUBELLAMA_ALLOWED_SERVICE_ACCOUNTS", "x")
+    config = cli.parse_config([])
+    assert config.allowed_images == ("a/*", "b/*") and config.allowed_service_accounts == ("x",)
+    assert cli.parse_config(["--allowed-image", "flag/*"]).allowed_images == ("flag/*",), "the flag wins"
+
+
+@pytest.mark.parametrize("argv", [["--health-port", "70000"], ["--log-format", "xml"], ["--resync-seconds", "0"],
+                                  ["--prometheus-pod-selector", "app"], ["--prometheus-namespace-selector", "a=b c"]])
 def test_bad_flags_exit_2(argv, capsys):
     with pytest.raises(SystemExit) as e:
         cli.parse_config(argv)

@@ -99,7 +99,7 @@ def test_fetcher_accepts_the_init_container_args(name):
     objs, _ = desired_children({"metadata": {"name": "a", "namespace": "n", "uid": "u"}}, spec, model,
                                OperatorConfig(), servicemonitor_crd=False)
     pod = next(o for o in objs if o["kind"] == "StatefulSet")["spec"]["template"]["spec"]
-    inits = {c["name"]: c for c in pod.get("initContainers", [])}
+    inits = {c["name"]: c for c in pod.get("initContainers", []) if c["name"] != "check-api-key"}
     wanted = [("fetch-model", spec["model"], "/models", model.fetch_args)]
     if model.mmproj is not None:
         wanted.append(("fetch-mmproj", spec["model"]["mmproj"], model.mmproj.dest, model.mmproj.fetch_args))
@@ -377,3 +377,54 @@ def test_lora_download_progress_from_the_fetchers_own_log_lines(lora_host, tmp_p
     assert progress is not None and progress["file"] == "adapter.gguf"
     text = describe_progress(progress, lora.label)
     assert text.startswith("downloading LoRA adapter 1 (support), adapter.gguf"), text
+
+
+def test_probes_need_no_api_key_on_a_keyed_server(tmp_path):
+    """The kubelet sends no key: every probe path answers 200 on a server started with the operator's
+    --api-key-file, while the API itself asks for the key (real HTTP, the tiny model)."""
+    import httpx
+
+    from kubellama_server.testing.live import LiveServer
+    from kubellama_server.testing.tiny_gguf import build_tiny_gguf
+
+    spec = normalize({"model": {"url": "https://m.test/tiny.gguf"}, "apiKeySecretRef": {"name": "k"}})
+    model = resolve_model(spec)
+    objs, _ = desired_children({"metadata": {"name": "a", "namespace": "n", "uid": "u"}}, spec, model,
+                               OperatorConfig(), servicemonitor_crd=False)
+    server = next(o for o in objs if o["kind"] == "StatefulSet")["spec"]["template"]["spec"]["containers"][0]
+    args = server["args"]
+    build_tiny_gguf(tmp_path / "tiny.gguf")
+    (tmp_path / "api-key").write_text("s3cret\n")
+    args[args.index("-m") + 1] = str(tmp_path / "tiny.gguf")
+    args[args.index("--api-key-file") + 1] = str(tmp_path / "api-key")
+    live = LiveServer(args).start()
+    try:
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            get = server[probe]["httpGet"]
+            assert get["port"] == "http" and "httpHeaders" not in get
+            assert httpx.get(live.url + get["path"], timeout=10).status_code == 200, probe
+        assert httpx.get(live.url + "/v1/models", timeout=10).status_code == 401
+        assert httpx.get(live.url + "/v1/models", headers={"Authorization": "Bearer s3cret"},
+                         timeout=10).status_code == 200
+    finally:
+        live.stop()
+
+
+def test_termination_budget_uses_the_servers_own_timeouts():
+    """The grace period adds up what kubellama-server allows itself after SIGTERM (SAVE_TIMEOUT for the slot
+    save with --slot-persist, Scheduler.stop's timeout): a change on either side fails here."""
+    import inspect
+
+    from kubellama_operator.builders import statefulset
+    from kubellama_server.engine import persistence
+    from kubellama_server.engine.scheduler import Scheduler
+
+    assert statefulset.SLOT_SAVE_SECONDS >= persistence.SAVE_TIMEOUT
+    assert statefulset.SCHEDULER_STOP_SECONDS >= inspect.signature(Scheduler.stop).parameters["timeout"].default
+    spec = normalize({"model": {"url": "https://m.test/a.gguf"}, "server": {"shutdownTimeoutSeconds": 45},
+                      "storage": {"slots": {"enabled": True, "restoreOnStart": True}}})
+    settings, _ = server_cli.parse_settings(server_args(spec, resolve_model(spec)), environ={})
+    budget = statefulset.termination_budget(spec)
+    assert settings.shutdown_timeout == budget["drain"] and settings.slot_persist
+    assert statefulset.termination_grace(spec) >= (statefulset.PRESTOP_SECONDS + settings.shutdown_timeout
+                                                   + persistence.SAVE_TIMEOUT + Scheduler.stop.__defaults__[0])

@@ -111,6 +111,8 @@ async def test_create_makes_children_and_status(api, operator):
     assert set(services) == {"gemma", "gemma-headless"}
     assert services["gemma"]["spec"]["ports"][0]["name"] == "http"
     assert "gemma" not in api.objects("policy/v1/poddisruptionbudgets")
+    policy = await eventually(lambda: api.objects("networking.k8s.io/v1/networkpolicies").get("gemma"))
+    assert policy["spec"]["podSelector"]["matchLabels"]["kubellama.dev/llamaserver"] == "gemma"
     status = await phase_is(api, "Pending")
     assert status["endpoint"] == f"http://gemma.{NAMESPACE}.svc:8080/v1"
     assert status["ready"] == "0/1" and status["readyReplicas"] == 0
@@ -152,6 +154,11 @@ async def test_deleted_or_edited_children_are_restored(api, operator):
     assert svc["spec"]["ports"][0]["targetPort"] == "http"
     await api.delete("apps/v1", "statefulsets", "gemma")
     await eventually(lambda: api.objects("apps/v1/statefulsets").get("gemma"))
+    # Deleting the NetworkPolicy would open the pods to the whole cluster: it comes back.
+    await eventually(lambda: api.objects("networking.k8s.io/v1/networkpolicies").get("gemma"))
+    await api.delete("networking.k8s.io/v1", "networkpolicies", "gemma")
+    policy = await eventually(lambda: api.objects("networking.k8s.io/v1/networkpolicies").get("gemma"))
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
     # A hand edit of a field we own is reverted.
     await api.patch("apps/v1", "statefulsets", "gemma", {"spec": {"replicas": 7}})
     await eventually(lambda: api.objects("apps/v1/statefulsets")["gemma"]["spec"]["replicas"] == 1)
@@ -315,24 +322,36 @@ async def test_lora_server_downloads_and_reports_its_adapters(api, operator):
     assert_rbac_covers(api)
 
 
-async def test_missing_secret_fails_with_a_fix_then_recovers(api, operator):
+async def test_missing_secret_is_seen_in_the_pods_status_then_recovers(api, operator):
+    """The operator reads no Secret: the kubelet's CreateContainerConfigError of check-api-key says it is missing."""
     await api.create(LS, "llamaservers", llama(apiKeySecretRef={"name": "gemma-key"}))
+    sts = await eventually(lambda: api.objects("apps/v1/statefulsets").get("gemma"))
+    template = sts["spec"]["template"]
+    assert template["spec"]["initContainers"][0]["name"] == "check-api-key"
+    assert "--api-key-file" in template["spec"]["containers"][0]["args"]
+    # What the kubelet reports for a pod whose container needs a Secret that does not exist.
+    await api.create("v1", "pods", {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "gemma-0", "namespace": NAMESPACE, "labels": template["metadata"]["labels"]},
+        "spec": template["spec"],
+        "status": {"phase": "Pending", "initContainerStatuses": [
+            {"name": "check-api-key", "ready": False, "restartCount": 0, "state": {"waiting": {
+                "reason": "CreateContainerConfigError", "message": 'secret "gemma-key" not found'}}},
+            {"name": "fetch-model", "ready": False, "restartCount": 0,
+             "state": {"waiting": {"reason": "PodInitializing"}}}]}})
     status = await phase_is(api, "Failed")
-    assert "Secret 'gemma-key'" in status["message"] and "kubectl" in status["message"]
-    assert condition(status, "ModelReady")["reason"] == "InvalidSpec"
-    await eventually(lambda: events(api, "InvalidSpec", "Warning"))
-    assert "gemma" not in api.objects("apps/v1/statefulsets"), "nothing is started for a spec we cannot honour"
-    # Retries back off instead of hammering the API server.
-    writes_before = len(api.writes("llamaservers"))
-    await asyncio.sleep(3)
-    assert len(api.writes("llamaservers")) - writes_before <= 4
-    assert len(events(api, "InvalidSpec", "Warning")) <= 2, "the same problem is announced once"
+    fix = f"kubectl -n {NAMESPACE} create secret generic gemma-key --from-literal=api-key="
+    assert "Secret 'gemma-key' (spec.apiKeySecretRef) not found" in status["message"] and fix in status["message"]
+    available = condition(status, "Available")
+    assert (available["status"], available["reason"]) == ("False", "SecretNotFound")
+    await eventually(lambda: any("gemma-key" in e["message"] for e in events(api, "Failed", "Warning")))
 
-    await api.create("v1", "secrets", {"apiVersion": "v1", "kind": "Secret",
-                                       "metadata": {"name": "gemma-key"}, "data": {"api-key": "c2VjcmV0"}})
-    sts = await eventually(lambda: api.objects("apps/v1/statefulsets").get("gemma"), timeout=20)
-    assert "--api-key-file" in sts["spec"]["template"]["spec"]["containers"][0]["args"]
-    await phase_is(api, "Pending")
+    # The Secret is created: the kubelet starts the pod.
+    await api.patch("v1", "pods", "gemma-0", {"status": {"initContainerStatuses": [
+        {"name": "check-api-key", "ready": False, "restartCount": 0, **exited(0)},
+        {"name": "fetch-model", "ready": False, "restartCount": 0, **RUNNING}]}})
+    await phase_is(api, "Downloading")
+    assert not [n for n in rbac_needs(api) if n[1] == "secrets"], "the operator reads no Secret"
     assert_rbac_covers(api)
 
 
@@ -346,6 +365,39 @@ async def test_missing_claim_and_invalid_spec_do_not_crash(api, operator):
     # The operator still serves other LlamaServers.
     await api.create(LS, "llamaservers", llama("fine"))
     await eventually(lambda: api.objects("apps/v1/statefulsets").get("fine"))
+
+
+async def test_extra_args_the_server_would_misread_fail_the_spec(api, operator):
+    """An abbreviation or attached value would override a managed flag; an unknown flag would crash-loop the pod."""
+    await api.create(LS, "llamaservers", llama(server={"extraArgs": ["--hos=0.0.0.0"]}))
+    await api.create(LS, "llamaservers", llama("attached", server={"extraArgs": ["-m/models/other.gguf"]}))
+    status = await phase_is(api, "Failed")
+    assert "--hos=0.0.0.0" in status["message"] and "kubellama-server" in status["message"]
+    assert condition(status, "ModelReady")["reason"] == "InvalidSpec"
+    assert "-m/--model" in (await phase_is(api, "Failed", "attached"))["message"]
+    await eventually(lambda: any("--hos=0.0.0.0" in e["message"] for e in events(api, "InvalidSpec", "Warning")))
+    assert not api.objects("apps/v1/statefulsets"), "no pod is started with flags the server would misread"
+
+
+async def test_allow_lists_refuse_an_image_and_a_service_account(api):
+    import dataclasses
+
+    running = Running(dataclasses.replace(TEST_CONFIG, allowed_images=("registry.test/*",),
+                                          allowed_service_accounts=("llm",)))
+    await running.start()
+    try:
+        await api.create(LS, "llamaservers", llama(image="docker.io/attacker/miner:1", serviceAccountName="admin"))
+        await api.create(LS, "llamaservers", llama("allowed", image="registry.test/kubellama-server:2",
+                                                   serviceAccountName="llm"))
+        status = await phase_is(api, "Failed")
+        assert "spec.image 'docker.io/attacker/miner:1' is not allowed" in status["message"]
+        assert "spec.serviceAccountName 'admin' is not allowed" in status["message"]
+        assert condition(status, "ModelReady")["reason"] == "InvalidSpec"
+        sts = await eventually(lambda: api.objects("apps/v1/statefulsets").get("allowed"))
+        assert sts["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.test/kubellama-server:2"
+        assert "gemma" not in api.objects("apps/v1/statefulsets")
+    finally:
+        await running.stop()
 
 
 async def test_replicas_sharing_a_readwriteonce_claim_are_warned_about(api, operator):

@@ -339,3 +339,32 @@ def test_pvc_model_with_adapters_on_the_claim_and_downloaded():
     assert cond(from_claim, "ModelReady")["reason"] == "FromClaim"
     assert cond(from_claim, "ModelReady")["message"] == \
         "model file /models/a.gguf, projector /models/mm.gguf and LoRA adapter /models/l.gguf are in place"
+
+
+def secret_pod(container, env, waiting_message, **extra_inits):
+    """A pod whose `container` (an init container) needs a Secret through `env`, as the kubelet reports it."""
+    inits = [{"name": container, "env": [{"name": env, "valueFrom": {"secretKeyRef": {"name": "keys", "key": "k1"}}}]}]
+    return {"metadata": {"name": "p", "namespace": "ml"}, "spec": {"initContainers": inits, "containers": []},
+            "status": {"initContainerStatuses": [{"name": container, "state": {"waiting": {
+                "reason": "CreateContainerConfigError", "message": waiting_message}}}]}}
+
+
+def test_missing_api_key_secret_says_how_to_create_it():
+    view = pod_view(secret_pod("check-api-key", "API_KEY", 'secret "keys" not found'))
+    assert (view.stage, view.reason) == ("Failed", "SecretNotFound")
+    assert view.message == ("Secret 'keys' (spec.apiKeySecretRef) not found in namespace ml: create it, e.g. "
+                            "`kubectl -n ml create secret generic keys --from-literal=k1=...`")
+    status = compute([secret_pod("check-api-key", "API_KEY", 'secret "keys" not found')])
+    assert status["phase"] == "Failed" and status["message"] == view.message
+    assert (cond(status, "Available")["status"], cond(status, "Available")["reason"]) == ("False", "SecretNotFound")
+
+
+def test_missing_key_and_missing_token_secret():
+    view = pod_view(secret_pod("check-api-key", "API_KEY", "couldn't find key k1 in Secret ml/keys"))
+    assert view.reason == "SecretKeyNotFound" and "spec.apiKeySecretRef.key" in view.message
+    view = pod_view(secret_pod("fetch-model", "HF_TOKEN", 'secret "keys" not found'))
+    assert (view.reason, view.fetcher) == ("SecretNotFound", "fetch-model")
+    assert "(spec.model.tokenSecretRef)" in view.message
+    # Another configuration error keeps the kubelet's words.
+    view = pod_view(secret_pod("check-api-key", "API_KEY", 'configmap "other" not found'))
+    assert (view.reason, view.message) == ("CreateContainerConfigError", 'check-api-key: configmap "other" not found')

@@ -144,6 +144,7 @@ def _convert(flag: Flag, raw: str, source: str) -> Any:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kubellama-server",
+        allow_abbrev=False,  # as llama.cpp: --hos is not --host (the operator relies on it for extraArgs)
         description="A llama.cpp-compatible HTTP server with continuous batching. "
         "Every flag can also be set with an environment variable (LLAMA_ARG_<FLAG>).",
     )

@@ -46,6 +46,7 @@ def test_environment_variables_and_command_line_precedence():
     "argv, env, message",
     [
         (["-m", "x", "--bogus"], {}, "unrecognized arguments: --bogus"),
+        (["-m", "x", "--hos=0.0.0.0"], {}, "unrecognized arguments: --hos=0.0.0.0"),  # no abbreviations
         (["-m", "x", "-c", "big"], {}, "invalid value 'big'"),
         (["-m", "x", "-np", "0"], {}, "--parallel must be >= 1"),
         (["-m", "x", "--log-format", "xml"], {}, "expected one of json, text"),

@@ -12,6 +12,14 @@ Command-line arguments of kubellama-operator (see `kubellama-operator --help`).
 - --cpu-image={{ include "kubellama.image" (dict "image" .Values.serverImages.cpu "context" $) }}
 - --cuda-image={{ include "kubellama.image" (dict "image" .Values.serverImages.cuda "context" $) }}
 - --image-pull-policy={{ .Values.serverImages.pullPolicy }}
+- --prometheus-namespace-selector={{ include "kubellama.matchLabelsText" .Values.networkPolicy.prometheus.namespaceSelector }}
+- --prometheus-pod-selector={{ include "kubellama.matchLabelsText" .Values.networkPolicy.prometheus.podSelector }}
+{{- range $op.allowedImages }}
+- --allowed-image={{ . }}
+{{- end }}
+{{- range $op.allowedServiceAccounts }}
+- --allowed-service-account={{ . }}
+{{- end }}
 {{- if $op.watchNamespaces }}
 {{- range (uniq $op.watchNamespaces) }}
 - --namespace={{ . }}
@@ -33,4 +41,15 @@ Environment of kubellama-operator: the pod's identity.
   valueFrom:
     fieldRef:
       fieldPath: metadata.name
+{{- end -}}
+
+{{/*
+A map of labels as kubellama-operator's selector flags take it: k=v,k2=v2 (sorted by key).
+*/}}
+{{- define "kubellama.matchLabelsText" -}}
+{{- $parts := list -}}
+{{- range $k, $v := . -}}
+{{- $parts = append $parts (printf "%s=%s" $k $v) -}}
+{{- end -}}
+{{- join "," $parts -}}
 {{- end -}}

@@ -9,6 +9,7 @@ from ..config import OperatorConfig
 from ..spec import Model, Spec
 from .configmap import build_configmap, wants_configmap
 from .meta import Body, config_name, headless_name
+from .networkpolicy import build_networkpolicy, wants_networkpolicy
 from .pdb import build_pdb, wants_pdb
 from .services import build_headless_service, build_service
 from .servicemonitor import build_servicemonitor, wants_servicemonitor
@@ -39,6 +40,10 @@ def desired_children(owner: Body, spec: Spec, model: Model, config: OperatorConf
     want.append(build_service(owner, spec))
     # Scrape annotations on the pods only when no ServiceMonitor does the job.
     want.append(build_statefulset(owner, spec, model, config, scrape_annotations=not sm))
+    if wants_networkpolicy(spec):
+        want.append(build_networkpolicy(owner, spec, config))
+    else:
+        drop.append(ChildRef("networking.k8s.io/v1", "NetworkPolicy", name))
     if wants_pdb(spec):
         want.append(build_pdb(owner))
     else:

@@ -20,13 +20,21 @@ GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 FETCH_MODEL = "fetch-model"
 FETCH_MMPROJ = "fetch-mmproj"
 FETCH_LORA_PREFIX = "fetch-lora-"
+#: Runs first when spec.apiKeySecretRef is set: it only references the key (an env var), so that a missing
+#: Secret or key is a CreateContainerConfigError in the pod's status (the operator may not read Secrets).
+CHECK_API_KEY = "check-api-key"
 #: The emptyDir volumes (name, mount path) that downloads for a pvc model go to: its claim is read-only.
 MMPROJ_VOLUME = ("mmproj", MMPROJ_DIR)
 LORA_VOLUME = ("lora", LORA_DIR)
 #: Seconds the preStop hook waits so Service endpoints drop the pod before SIGTERM.
 PRESTOP_SECONDS = 5
-#: Extra grace after --shutdown-timeout: saving slots needs time, plain exit much less.
-SLOT_SAVE_SECONDS = 30
+#: What kubellama-server allows itself after SIGTERM, past --shutdown-timeout (the drain): saving every slot
+#: with --slot-persist (kubellama_server.engine.persistence.SAVE_TIMEOUT), then stopping the scheduler thread
+#: (Scheduler.stop's timeout). The contract tests check these against the server's own numbers.
+SLOT_SAVE_SECONDS = 60
+SCHEDULER_STOP_SECONDS = 5
+#: Freeing the model and exiting, after the last step.
+EXIT_MARGIN_SECONDS = 10
 STARTUP_PERIOD = 10
 
 
@@ -36,10 +44,25 @@ def image_for(spec: Spec, config: OperatorConfig) -> str:
     return config.cuda_image if uses_gpu(spec) else config.cpu_image
 
 
+def termination_budget(spec: Spec) -> dict[str, int]:
+    """Seconds each step of a server pod's termination may take, in the order they run.
+
+    preStop sleep, then SIGTERM: the drain (running requests finish: --shutdown-timeout, from
+    spec.server.shutdownTimeoutSeconds), the slot save (only with --slot-persist, i.e. restoreOnStart),
+    the scheduler's stop, and a margin to exit. Their sum is the pod's terminationGracePeriodSeconds,
+    so the kubelet never kills a server that is still saving its slots.
+    """
+    restore = spec.get("storage", {}).get("slots", {}).get("restoreOnStart")
+    return {"preStop": PRESTOP_SECONDS,
+            "drain": int(spec.get("server", {}).get("shutdownTimeoutSeconds", 30)),
+            "slotSave": SLOT_SAVE_SECONDS if restore else 0,
+            "schedulerStop": SCHEDULER_STOP_SECONDS,
+            "exit": EXIT_MARGIN_SECONDS}
+
+
 def termination_grace(spec: Spec) -> int:
-    slots = spec.get("storage", {}).get("slots", {})
-    shutdown = int(spec.get("server", {}).get("shutdownTimeoutSeconds", 30))
-    return PRESTOP_SECONDS + shutdown + (SLOT_SAVE_SECONDS if slots.get("restoreOnStart") else 5)
+    """terminationGracePeriodSeconds: the whole `termination_budget`."""
+    return sum(termination_budget(spec).values())
 
 
 def _container_security() -> dict[str, Any]:
@@ -99,10 +122,34 @@ def _fetch_container(spec: Spec, name: str, fetch_args: tuple[str, ...], image: 
     }
 
 
+def _check_api_key_container(ref: dict[str, Any], image: str, pull: str) -> dict[str, Any]:
+    """An init container that does nothing but needs the API key Secret's key to start.
+
+    The Secret's volume is optional (a missing Secret would otherwise hold the pod in ContainerCreating
+    with nothing in its status); this container makes the kubelet report it instead, and the server
+    never starts without its key (it also fails on a missing --api-key-file).
+    """
+    return {
+        "name": CHECK_API_KEY,
+        "image": image,
+        "imagePullPolicy": pull,
+        "command": ["true"],
+        "env": [{"name": "API_KEY", "valueFrom": {"secretKeyRef": {
+            "name": ref["name"], "key": ref.get("key", "api-key")}}}],
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},
+        "securityContext": _container_security(),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+
+
 def _init_containers(spec: Spec, model: Model, image: str, pull: str) -> list[dict[str, Any]]:
-    """fetch-model (url/huggingFace models), then fetch-mmproj (url/huggingFace projectors), then one
-    fetch-lora-<i> per url/huggingFace adapter (kubellama-fetch downloads one file per run)."""
+    """check-api-key (with spec.apiKeySecretRef), fetch-model (url/huggingFace models), then fetch-mmproj
+    (url/huggingFace projectors), then one fetch-lora-<i> per url/huggingFace adapter (kubellama-fetch
+    downloads one file per run)."""
     out = []
+    if spec.get("apiKeySecretRef"):
+        out.append(_check_api_key_container(spec["apiKeySecretRef"], image, pull))
     if model.fetch_args:
         out.append(_fetch_container(spec, FETCH_MODEL, model.fetch_args, image, pull,
                                     hf_token=model.source == "huggingFace"))
@@ -159,9 +206,10 @@ def _server_container(spec: Spec, model: Model, image: str, config: OperatorConf
         # /health answers 503 until the model is loaded: only then does the pod get traffic.
         "readinessProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 5,
                            "timeoutSeconds": 5, "failureThreshold": 3},
-        # A TCP check: a server busy decoding may answer HTTP slowly, but still accepts connections.
-        "livenessProbe": {"tcpSocket": {"port": "http"}, "periodSeconds": 20, "timeoutSeconds": 10,
-                          "failureThreshold": 6},
+        # /health (public: no API key needed) answers from the event loop, never from the scheduler thread; a
+        # dead or stuck engine answers 500/503, and a hung event loop not at all: 1 min of that restarts it.
+        "livenessProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 20,
+                          "timeoutSeconds": 10, "failureThreshold": 3},
         # Let endpoints drop the pod before SIGTERM; the server then drains (--shutdown-timeout).
         "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(PRESTOP_SECONDS)]}}},
         "securityContext": _container_security(),
@@ -185,8 +233,9 @@ def _volumes(spec: Spec, model: Model, name: str) -> list[dict[str, Any]]:
         vols.append({"name": "lora", "emptyDir": {}})
     ref = spec.get("apiKeySecretRef")
     if ref:
+        # Optional: check-api-key reports a missing Secret in the pod's status (a missing volume would not).
         vols.append({"name": "api-key", "secret": {
-            "secretName": ref["name"], "defaultMode": 0o440,
+            "secretName": ref["name"], "defaultMode": 0o440, "optional": True,
             "items": [{"key": ref.get("key", "api-key"), "path": API_KEY_FILE}]}})
     if spec.get("server", {}).get("systemPrompt"):
         vols.append({"name": "config", "configMap": {

@@ -91,6 +91,10 @@ def rejected(kube: kcp.Kube, obj: dict, update: bool = False) -> str:
      "spec.model.tokenSecretRef is only used with a huggingFace source"),
     ({"model": {"url": MODEL_URL}, "server": {"extraArgs": ["--lora", "/models/a.gguf"]}},
      "spec.server.extraArgs may not set flags the operator manages"),
+    ({"model": {"url": MODEL_URL}, "server": {"extraArgs": ["--path=/"]}},
+     "spec.server.extraArgs may not set flags the operator manages or refuses"),
+    ({"model": {"url": MODEL_URL}, "service": {"type": "LoadBalancer"}},
+     "a NodePort or LoadBalancer spec.service exposes the server outside the cluster"),
     ({"model": {"url": MODEL_URL, "loras": [{"url": f"http://models.invalid/{i}.gguf"} for i in range(17)]}},
      "spec.model.loras: Too many: 17: must have at most 16 items"),
 ])

@@ -65,7 +65,9 @@ def test_llamaserver_gets_children_and_goes_ready(kube, operator, namespace):
     sts = kube.read("apps/v1", "StatefulSet", "chat", namespace)
     svc = kube.read("v1", "Service", "chat", namespace)
     sm = kube.read("monitoring.coreos.com/v1", "ServiceMonitor", "chat", namespace)
-    for child in (sts, svc, sm):
+    policy = kube.read("networking.k8s.io/v1", "NetworkPolicy", "chat", namespace)
+    assert policy["spec"]["podSelector"]["matchLabels"]["kubellama.dev/llamaserver"] == "chat"
+    for child in (sts, svc, sm, policy):
         assert child is not None
         meta = child["metadata"]
         assert meta["labels"]["app.kubernetes.io/managed-by"] == "kubellama-operator"
@@ -173,6 +175,7 @@ def test_spec_change_rolls_the_statefulset(kube, operator, namespace):
 @pytest.mark.parametrize("kind, api_version, name", [
     ("StatefulSet", "apps/v1", "restore"),
     ("Service", "v1", "restore"),
+    ("NetworkPolicy", "networking.k8s.io/v1", "restore"),
 ])
 def test_deleted_child_is_restored(kube, operator, namespace, kind, api_version, name):
     kube.create(llama("restore", namespace))
