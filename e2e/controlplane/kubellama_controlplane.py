@@ -260,6 +260,8 @@ class ControlPlane:
             f"--service-account-signing-key-file={pki / 'sa.key'}",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--allow-privileged=true",
+            # Reach a real node's kubelet (logs, exec, port-forward) at its address, not its name.
+            "--kubelet-preferred-address-types=InternalIP,ExternalIP,Hostname",
             f"--audit-policy-file={self.workdir / 'audit-policy.yaml'}",
             f"--audit-log-path={self.audit_log}",
             f"--cert-dir={self.workdir / 'apiserver-certs'}",

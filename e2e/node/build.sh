@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Build the binaries of the local node (e2e/node): kubelet and kube-proxy from the
 # same k8s.io/kubernetes version as the test control plane (e2e/node/k8s/go.mod),
-# containerd 2.x, runc 1.5.x, the CNI plugins, CoreDNS and BuildKit from the Go
-# module proxy, into $KUBELLAMA_CACHE/node/<version-key>/.
+# containerd 2.x, runc 1.5.x, the CNI plugins, CoreDNS from the Go module proxy and BuildKit (e2e/node/buildkit/go.mod), into $KUBELLAMA_CACHE/node/<version-key>/.
 #
 # Idempotent: when every binary of this version key is already there it exits at
 # once. Progress goes to stderr; stdout gets only the folder.
@@ -17,13 +16,12 @@ CONTAINERD=github.com/containerd/containerd/v2@v2.4.2
 RUNC=github.com/opencontainers/runc@v1.5.3
 CNI=github.com/containernetworking/plugins@v1.10.0
 COREDNS=github.com/coredns/coredns@v1.15.0
-BUILDKIT=github.com/moby/buildkit@v0.34.2
 BUILD_REV=1
 
 BINARIES=(kubelet kube-proxy containerd containerd-shim-runc-v2 ctr runc
           bridge host-local loopback portmap coredns buildkitd buildctl)
 K8S_VERSION="$(awk '$1=="k8s.io/kubernetes" && $2 ~ /^v/ {print $2; exit}' "$here/k8s/go.mod")"
-key="$K8S_VERSION-$( (echo "$BUILD_REV $CONTAINERD $RUNC $CNI $COREDNS $BUILDKIT"; cat "$here/k8s/go.mod" "$here/k8s/go.sum") | sha256sum | cut -c1-12)"
+key="$K8S_VERSION-$( (echo "$BUILD_REV $CONTAINERD $RUNC $CNI $COREDNS"; cat "$here/k8s/go.mod" "$here/k8s/go.sum" "$here/buildkit/go.mod" "$here/buildkit/go.sum") | sha256sum | cut -c1-12)"
 dest="$cache/node/$key"
 
 if [[ "${1:-}" == "--print-dir" ]]; then
@@ -84,7 +82,7 @@ build() {
     for b in "${names[@]}"; do [[ -x "$work/$b" ]] || have=0; done
     step=$((step + 1))
     if ((have)); then return 0; fi
-    echo "[$step/8] building ${names[*]} ... elapsed $(elapsed)"
+    echo "[$step/9] building ${names[*]} ... elapsed $(elapsed)"
     if ! nice -n 10 "$@" 2>&1 | progress "${names[0]}"; then
         echo "node: building ${names[*]} failed (see above)" >&2
         exit 1
@@ -115,8 +113,12 @@ CGO_ENABLED=0 build bridge host-local loopback portmap -- go install -v -ldflags
     "${CNI%@*}/plugins/main/bridge@${CNI#*@}" "${CNI%@*}/plugins/ipam/host-local@${CNI#*@}" \
     "${CNI%@*}/plugins/main/loopback@${CNI#*@}" "${CNI%@*}/plugins/meta/portmap@${CNI#*@}"
 CGO_ENABLED=0 build coredns -- go install -v -ldflags "-s -w" "$COREDNS"
-CGO_ENABLED=0 build buildkitd buildctl -- go install -v -ldflags "-s -w" \
-    "${BUILDKIT%@*}/cmd/buildkitd@${BUILDKIT#*@}" "${BUILDKIT%@*}/cmd/buildctl@${BUILDKIT#*@}"
+# BuildKit's go.mod has exclude directives, so `go install @version` refuses it: built
+# from e2e/node/buildkit/go.mod (the same pin and excludes).
+CGO_ENABLED=0 build buildkitd -- go build -C "$here/buildkit" -mod=readonly -v -ldflags "-s -w" \
+    -o "$work/buildkitd" github.com/moby/buildkit/cmd/buildkitd
+CGO_ENABLED=0 build buildctl -- go build -C "$here/buildkit" -mod=readonly -v -ldflags "-s -w" \
+    -o "$work/buildctl" github.com/moby/buildkit/cmd/buildctl
 
 mkdir -p "$dest"
 for b in "${BINARIES[@]}"; do mv -f "$work/$b" "$dest/$b"; done
