@@ -472,11 +472,13 @@ def setup_host_network() -> None:
 
 
 def _mounts_under(prefixes: list[str]) -> list[str]:
+    """Mount points under one of `prefixes`, or that the kubelet made for pods' volumes
+    (under any kubelet root: a run killed before its clean-up leaves them in its folder)."""
     points = []
     with contextlib.suppress(OSError):
         for line in Path("/proc/self/mounts").read_text().splitlines():
             point = line.split()[1].replace("\\040", " ")
-            if any(point.startswith(p) for p in prefixes):
+            if any(point.startswith(p) for p in prefixes) or "/kubelet/pods/" in point:
                 points.append(point)
     return sorted(points, key=len, reverse=True)
 
