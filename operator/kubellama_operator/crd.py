@@ -347,6 +347,7 @@ def spec_schema() -> Schema:
             "port": _i("Service port.", 1, maximum=65535, default=8080),
             "annotations": _map("Service annotations."),
         }),
+        "routing": _routing_schema(),
         "monitoring": _o("Prometheus scraping.", {
             "serviceMonitor": _b("Create a ServiceMonitor (when its CRD is installed; pod scrape "
                                  "annotations otherwise).", default=False),
@@ -360,6 +361,23 @@ def spec_schema() -> Schema:
          "spec.storage.model.claimName is unused with a pvc model source; remove one of them"),
         _self_extend_rule(),
     ])
+
+
+#: kubellama-router's strategies (kubellama_router.strategies.NAMES; a test checks they agree).
+ROUTING_STRATEGIES = ["prefix", "least-load", "session", "round-robin", "random", "kubeai-prefixhash"]
+
+
+def _routing_schema() -> Schema:
+    return _o("A cache-aware router in front of the replicas (kubellama-router): keeps a conversation on the "
+              "replica holding its prompt cache, spreads load, retries refused requests. status.endpoint then "
+              "points at the router's Service (<name>-router).", {
+                  "enabled": _b("Run the router.", default=False),
+                  "strategy": _s("prefix: longest cached prompt prefix under a bounded load; least-load; session "
+                                 "(x-session-id header or the OpenAI user field); round-robin; random; "
+                                 "kubeai-prefixhash (KubeAI's PrefixHash, for comparison).",
+                                 enum=ROUTING_STRATEGIES, default="prefix"),
+                  "replicas": _i("Router pods.", 1, maximum=16, default=1),
+              })
 
 
 def _claim_rules_note() -> str:
@@ -422,7 +440,7 @@ def _immutable_storage(schema: Schema) -> Schema:
 
 #: Objects defaulted to {} so that their fields' defaults apply when the user omits them.
 _DEFAULT_EMPTY = ["server", "gpu", "storage", "storage.model", "storage.slots", "storage.retention",
-                  "service", "monitoring"]
+                  "service", "monitoring", "routing"]
 
 
 def _with_empty_defaults(schema: Schema) -> Schema:

@@ -24,6 +24,7 @@ PLURALS = {
     "PodDisruptionBudget": "poddisruptionbudgets", "ServiceMonitor": "servicemonitors",
     "Pod": "pods", "Secret": "secrets", "PersistentVolumeClaim": "persistentvolumeclaims",
     "LlamaServer": "llamaservers", "Event": "events",
+    "Deployment": "deployments", "ServiceAccount": "serviceaccounts", "Role": "roles", "RoleBinding": "rolebindings",
 }
 
 

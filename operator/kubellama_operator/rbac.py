@@ -24,6 +24,12 @@ RULES: list[dict[str, list[str]]] = [
     {"apiGroups": [""], "resources": ["services", "configmaps"], "verbs": list(_RW)},
     {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": list(_RW)},
     {"apiGroups": ["monitoring.coreos.com"], "resources": ["servicemonitors"], "verbs": list(_RW)},
+    # spec.routing: the router's Deployment, its identity, and the Role it gets (list/watch EndpointSlices,
+    # which the operator must hold itself to grant: Kubernetes forbids granting more than one has).
+    {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": list(_RW)},
+    {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": list(_RW)},
+    {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles", "rolebindings"], "verbs": list(_RW)},
+    {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]},
     # Read-only: pods for status (init-container failures), Secrets and claims the spec names.
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
     # The fetch init container's log: download progress in the status message.

@@ -292,6 +292,7 @@ def uses_gpu(spec: Spec) -> bool:
 
 
 def endpoint(name: str, namespace: str, spec: Spec) -> str:
-    """The cluster-internal OpenAI base URL of the Service."""
+    """The cluster-internal OpenAI base URL of the Service (the router's with `spec.routing.enabled`)."""
     port = spec.get("service", {}).get("port", SERVER_PORT)
-    return f"http://{name}.{namespace}.svc:{port}/v1"
+    host = f"{name}-router" if (spec.get("routing") or {}).get("enabled") else name
+    return f"http://{host}.{namespace}.svc:{port}/v1"
