@@ -3,7 +3,8 @@
 Three (``--replicas``) kubellama-server processes on loopback, restarted cold for every arm, behind
 one kubellama-router process per arm. Conversations come in a few groups; each group shares a long
 system prompt, each turn re-sends the whole history (as chat clients do), conversations start at
-seeded exponential arrival times and think a seeded while between turns. Per arm: TTFT p50/p90,
+seeded exponential arrival times and think a seeded while between turns. The external arm
+`vllm-router` is vllm-router from PyPI (`--policy cache_aware`) in front of the same replicas. Per arm: TTFT p50/p90,
 generated tokens/s, prompt tokens served from a replica's cache, and how evenly the replicas
 were loaded. The first arm listed is the baseline of the ratios.
 """
@@ -27,7 +28,9 @@ from bench.machine import describe
 from bench.peers import CACHE, PEERS, REPO, RunningServer, ServerConfig, free_port
 from bench.stats import percentile
 
-ARMS = ("random", "round-robin", "least-load", "prefix", "kubeai-prefixhash")
+ARMS = ("random", "round-robin", "least-load", "prefix", "kubeai-prefixhash", "vllm-router")
+#: The external peer: vllm-router from PyPI (its cache_aware policy), in a virtualenv of its own.
+VLLM_ROUTER = CACHE / "bench" / "venv-vllm-router" / "bin" / "vllm-router"
 DEFAULT_MODEL = os.environ.get("KUBELLAMA_DEFAULT_MODEL", str(CACHE / "models" / "gemma-3-270m-q4_k_m.gguf"))
 WORDS = ("orbit comet nebula galaxy quasar pulsar asteroid meteor crater eclipse solstice equinox zenith "
          "horizon aurora corona plasma photon neutron proton quark gravity inertia momentum velocity "
@@ -47,12 +50,12 @@ class Conversation:
 @dataclass(frozen=True)
 class Workload:
     groups: int = 3
-    per_group: int = 4
+    per_group: int = 3
     turns: int = 4
     system_chars: int = 2400
     question_chars: int = 160
     max_tokens: int = 16
-    rate: float = 1.0  # conversations started per second (exponential gaps)
+    rate: float = 0.5  # conversations started per second (exponential gaps)
     think_mean: float = 0.5
     seed: int = 7
 
@@ -151,10 +154,25 @@ def summarize(records: list[TurnRecord], wall: float, served: list[int]) -> dict
 
 
 def _router_cmd(strategy: str, urls: list[str], port: int) -> list[str]:
+    if strategy == "vllm-router":
+        return [str(VLLM_ROUTER), "--host", "127.0.0.1", "--port", str(port), "--policy", "cache_aware",
+                "--worker-urls", *urls]
     exe = Path(sys.executable).with_name("kubellama-router")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "kubellama_router"]
     return cmd + ["--strategy", strategy, "--seed", "1", "--host", "127.0.0.1", "--port", str(port),
                   "--log-level", "warning", *[a for u in urls for a in ("--replica", u)]]
+
+
+def served_chats(url: str) -> int:
+    """Chat requests a replica answered (its kubellama_requests_total), whichever router sent them."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total = 0
+    for fam in text_string_to_metric_families(httpx.get(url + "/metrics", timeout=10).text):
+        for sample in fam.samples:
+            if sample.name == "kubellama_requests_total" and sample.labels.get("endpoint") == "/v1/chat/completions":
+                total += int(sample.value)
+    return total
 
 
 def _wait(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:
@@ -171,13 +189,23 @@ def _wait(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:
     raise RuntimeError(f"{url} not healthy after {timeout}s")
 
 
+class _Replica:
+    """kubellama-server as the bench starts it, plus --metrics (least-load scrapes it)."""
+
+    name = "kubellama"
+    health_path = PEERS["kubellama"].health_path
+
+    def command(self, cfg: ServerConfig, workdir: Path) -> list[str]:
+        return PEERS["kubellama"].command(cfg, workdir) + ["--metrics"]
+
+
 def run_arm(arm: str, args, w: Workload, convs: list[Conversation], logdir: Path) -> dict:
     servers = []
     for i in range(args.replicas):
         cfg = ServerConfig(model=args.model, ctx=args.ctx_per_slot * args.slots, slots=args.slots,
                            threads=args.threads, port=free_port())
         (logdir / f"{arm}-{i}").mkdir(parents=True, exist_ok=True)
-        servers.append(RunningServer(PEERS["kubellama"], cfg, logdir / f"{arm}-{i}"))
+        servers.append(RunningServer(_Replica(), cfg, logdir / f"{arm}-{i}"))
     router = None
     try:
         for s in servers:
@@ -198,8 +226,7 @@ def run_arm(arm: str, args, w: Workload, convs: list[Conversation], logdir: Path
                 return records, time.perf_counter() - t0
 
         records, wall = asyncio.run(drive())
-        reps = httpx.get(url + "/router/replicas", timeout=5).json()["replicas"]
-        served = [r["served"] for r in sorted(reps, key=lambda r: r["url"])]
+        served = [served_chats(s.base_url) for s in servers]
         out = summarize(records, wall, served)
         out["records"] = [asdict(r) for r in records]
         return out
@@ -275,6 +302,9 @@ def main(argv: list[str] | None = None) -> int:
     bad = [a for a in arms if a not in ARMS]
     if bad or not arms:
         p.error(f"--arms: unknown {bad}; choose from {','.join(ARMS)}")
+    if "vllm-router" in arms and not VLLM_ROUTER.exists():
+        print(f"vllm-router not installed at {VLLM_ROUTER} (make bench-router-setup): arm skipped", flush=True)
+        arms.remove("vllm-router")
     w = Workload(groups=args.groups, per_group=args.per_group, turns=args.turns, system_chars=args.system_chars,
                  max_tokens=args.max_tokens, rate=args.rate, seed=args.seed)
     convs = conversations(w)
