@@ -37,7 +37,8 @@ class RouterMetrics:
                                 "miss: nothing to stick to; pick: no affinity).",
                                 ["strategy", "decision"], registry=self.registry)
         self.upstream_errors = Counter("kubellama_router_upstream_errors", "Replica failures "
-                                       "(connect: no connection; unavailable: 503; broken: failed mid-response).",
+                                       "(connect: no connection; unavailable: 503; timeout: no answer in --read-timeout; "
+                                       "broken: failed otherwise, e.g. mid-response).",
                                        ["replica", "kind"], registry=self.registry)
         self.retries = Counter("kubellama_router_retries", "Requests sent again to another replica.",
                                registry=self.registry)

@@ -107,12 +107,21 @@ class Proxy:
                 tried.add(url)
                 last = f"{url}: {type(exc).__name__}"
                 continue
+            except httpx.TimeoutException:
+                self.pool.release(url)
+                self.metrics.upstream_errors.labels(url, "timeout").inc()
+                return error(504, f"the replica did not answer in time ({url})", "server_error")
+            except httpx.HTTPError as exc:
+                self.pool.release(url)
+                self.metrics.upstream_errors.labels(url, "broken").inc()
+                return error(502, f"the replica failed: {type(exc).__name__}", "server_error")
             except BaseException:
                 self.pool.release(url)
                 raise
             if upstream.status_code == 503 and attempt < self.retries:
                 await upstream.aclose()
                 self.pool.release(url)
+                self.pool.mark_down(url)  # loading or shutting down: others first for a while
                 self.metrics.upstream_errors.labels(url, "unavailable").inc()
                 tried.add(url)
                 last = f"{url}: HTTP 503"
