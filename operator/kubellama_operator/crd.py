@@ -348,12 +348,16 @@ def spec_schema() -> Schema:
             "annotations": _map("Service annotations."),
         }),
         "routing": _routing_schema(),
+        "autoscaling": _autoscaling_schema(),
         "monitoring": _o("Prometheus scraping.", {
             "serviceMonitor": _b("Create a ServiceMonitor (when its CRD is installed; pod scrape "
                                  "annotations otherwise).", default=False),
             "interval": _s("Scrape interval.", pattern=r"^[0-9]+(ms|s|m|h)$", default="30s"),
         }),
     }, required=["model"], rules=[
+        ("!has(self.autoscaling) || !has(self.autoscaling.enabled) || !self.autoscaling.enabled || "
+         "(has(self.routing) && has(self.routing.enabled) && self.routing.enabled)",
+         "spec.autoscaling needs spec.routing.enabled: true (the router measures the load and holds requests)"),
         ("!has(oldSelf.model) || has(self.model.pvc) == has(oldSelf.model.pvc)",
          "switching between a pvc model source and a downloaded one changes the StatefulSet's "
          "volume claims, which Kubernetes forbids; create a new LlamaServer instead"),
@@ -378,6 +382,27 @@ def _routing_schema() -> Schema:
                                  enum=ROUTING_STRATEGIES, default="prefix"),
                   "replicas": _i("Router pods.", 1, maximum=16, default=1),
               })
+
+
+def _autoscaling_schema() -> Schema:
+    return _o("Replicas follow the load the router sees (needs routing.enabled): ceil(moving average of "
+              "in-flight + queued requests / targetRequests), within [minReplicas, maxReplicas]. With "
+              "minReplicas 0 the router holds requests while the first replica starts. The router sets "
+              "spec.replicas through the scale subresource.", {
+                  "enabled": _b("Autoscale.", default=False),
+                  "minReplicas": _i("Fewest replicas; 0 scales to zero when idle.", 0, maximum=1000, default=1),
+                  "maxReplicas": _i("Most replicas.", 1, maximum=1000, default=3),
+                  "targetRequests": _i("In-flight + queued requests per replica to aim for.", 1, maximum=100000,
+                                       default=4),
+                  "windowSeconds": _i("Seconds of the moving average.", 1, maximum=3600, default=60),
+                  "scaleDownDelaySeconds": _i("Seconds the lower count must hold before scaling down.", 0,
+                                              maximum=86400, default=120),
+                  "holdSeconds": _i("Seconds the router holds a request while no replica can take it "
+                                    "(scale from zero: the model must load meanwhile), then 503.", 1,
+                                    maximum=3600, default=300),
+              }, rules=[("!has(self.enabled) || !self.enabled || !has(self.minReplicas) || !has(self.maxReplicas) || "
+                         "self.minReplicas <= self.maxReplicas",
+                         "spec.autoscaling.minReplicas must not exceed maxReplicas")])
 
 
 def _claim_rules_note() -> str:
@@ -440,7 +465,7 @@ def _immutable_storage(schema: Schema) -> Schema:
 
 #: Objects defaulted to {} so that their fields' defaults apply when the user omits them.
 _DEFAULT_EMPTY = ["server", "gpu", "storage", "storage.model", "storage.slots", "storage.retention",
-                  "service", "monitoring", "routing"]
+                  "service", "monitoring", "routing", "autoscaling"]
 
 
 def _with_empty_defaults(schema: Schema) -> Schema:

@@ -30,6 +30,8 @@ RULES: list[dict[str, list[str]]] = [
     {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": list(_RW)},
     {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles", "rolebindings"], "verbs": list(_RW)},
     {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]},
+    # spec.autoscaling: the router's Role may read and set its LlamaServer's scale (granted, so held).
+    {"apiGroups": ["kubellama.dev"], "resources": ["llamaservers/scale"], "verbs": ["get", "patch"]},
     # Read-only: pods for status (init-container failures), Secrets and claims the spec names.
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
     # The fetch init container's log: download progress in the status message.

@@ -106,6 +106,13 @@ def problems(spec: Spec) -> list[str]:
         out.append("spec.storage.slots.restoreOnStart needs spec.storage.slots.enabled: true")
     if "pvc" in model and spec.get("storage", {}).get("model", {}).get("claimName"):
         out.append("spec.storage.model.claimName is unused with a pvc model source; remove one of them")
+    auto = spec.get("autoscaling") or {}
+    if auto.get("enabled"):
+        if not (spec.get("routing") or {}).get("enabled"):
+            out.append("spec.autoscaling needs spec.routing.enabled: true (the router measures the load and holds "
+                       "requests)")
+        if int(auto.get("minReplicas", 1)) > int(auto.get("maxReplicas", 3)):
+            out.append("spec.autoscaling.minReplicas must not exceed maxReplicas")
     for arg in spec.get("server", {}).get("extraArgs", []) or []:
         if arg in MANAGED_FLAGS or any(arg.startswith(f + "=") for f in MANAGED_FLAGS):
             out.append(f"spec.server.extraArgs may not set {arg.split('=')[0]}: the operator manages it")

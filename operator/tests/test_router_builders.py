@@ -95,3 +95,58 @@ def test_crd_strategies_are_the_routers():
     from kubellama_router.strategies import NAMES
 
     assert sorted(ROUTING_STRATEGIES) == sorted(NAMES)
+
+
+# --- spec.autoscaling ---------------------------------------------------------------------------
+
+AUTO = {**ROUTED, "autoscaling": {"enabled": True, "minReplicas": 0, "maxReplicas": 4, "targetRequests": 2,
+                                  "scaleDownDelaySeconds": 60, "windowSeconds": 30, "holdSeconds": 240}}
+
+
+def _admit(spec):
+    from admission import admit
+
+    return admit({"apiVersion": "kubellama.dev/v1alpha1", "kind": "LlamaServer", "metadata": {"name": "m"},
+                  "spec": spec})
+
+
+@pytest.mark.parametrize("spec,ok", [
+    (AUTO, True),
+    (ROUTED, True),
+    ({**CPU, "autoscaling": {"enabled": True}}, False),  # no router to measure and hold
+    ({**AUTO, "autoscaling": {**AUTO["autoscaling"], "minReplicas": 5}}, False),
+    ({**CPU, "routing": {"enabled": True, "strategy": "fastest"}}, False),
+    ({**CPU, "routing": {"enabled": True, "replicas": 0}}, False),
+])
+def test_routing_and_autoscaling_admission_agrees_with_the_operator(spec, ok):
+    from kubellama_operator.spec import problems
+
+    defaulted, errors = _admit(spec)
+    assert (errors == []) is ok, errors
+    if ok:
+        assert problems(normalize(defaulted["spec"])) == []
+    elif "autoscaling" in spec and spec.get("routing", {}).get("strategy") != "fastest":
+        assert problems(normalize(spec))  # the operator's own check says the same
+
+
+def test_autoscaling_router_args_and_scale_permission():
+    objs, _ = router_objs(AUTO)
+    args = objs[("Deployment", "gemma-router")]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--autoscale") + 1] == "gemma"
+    flags = {k: args[args.index(k) + 1] for k in ("--min-replicas", "--max-replicas", "--target-requests",
+                                                  "--autoscale-window", "--scale-down-delay", "--queue-timeout")}
+    assert flags == {"--min-replicas": "0", "--max-replicas": "4", "--target-requests": "2",
+                     "--autoscale-window": "30", "--scale-down-delay": "60", "--queue-timeout": "240"}
+    rules = objs[("Role", "gemma-router")]["rules"]
+    assert rules[1] == {"apiGroups": ["kubellama.dev"], "resources": ["llamaservers/scale"],
+                        "resourceNames": ["gemma"], "verbs": ["get", "patch"]}
+    assert rbac.allows("kubellama.dev", "llamaservers/scale", "get")
+    assert rbac.allows("kubellama.dev", "llamaservers/scale", "patch")
+    for version in K8S_VERSIONS:
+        for obj in objs.values():
+            kubernetes_validate.validate(obj, version, strict=True)
+    # the router's flags exist
+    from kubellama_router.cli import parse
+
+    s = parse(args, environ={})
+    assert s.autoscale == "gemma" and s.min_replicas == 0 and s.queue_timeout == 240

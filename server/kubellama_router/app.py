@@ -26,14 +26,15 @@ log = logging.getLogger("kubellama.router")
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"]
 
 
-def create_app(settings: RouterSettings) -> Starlette:
+def create_app(settings: RouterSettings, *, kube=None) -> Starlette:
+    """`kube`: a Kubernetes client to use instead of logging in (tests)."""
     strategy = strategies.make(settings.strategy, load_factor=settings.load_factor,
                                block_chars=settings.block_chars, index_capacity=settings.index_blocks,
                                seed=settings.seed)
     pool = Pool(strategy, max_inflight=settings.max_inflight, max_queue=settings.max_queue,
                 queue_timeout=settings.queue_timeout)
     metrics = RouterMetrics(pool, settings.strategy)
-    state: dict = {}
+    state: dict = {"kube": kube}
 
     async def health(_req: Request) -> Response:
         return JSONResponse({"status": "ok", "strategy": settings.strategy, "ready_replicas": len(pool.ready()),
@@ -59,19 +60,36 @@ def create_app(settings: RouterSettings) -> Starlette:
             state["proxy"] = Proxy(pool, client, metrics, max_body=settings.max_body, retries=settings.retries,
                                    session_header=settings.session_header)
             tasks = []
+            kube = state["kube"]
+            if kube is None and (settings.endpoints_service or settings.autoscale):
+                from kubellama_operator.kube import KubeClient
+
+                from .endpoints import login
+                kube = KubeClient(login)
             if settings.replicas:
                 pool.set_replicas(settings.replicas)
             if settings.endpoints_service:
                 from .endpoints import watch_endpoints
                 tasks.append(asyncio.create_task(watch_endpoints(
-                    pool, settings.endpoints_namespace, settings.endpoints_service, settings.endpoints_port)))
+                    pool, settings.endpoints_namespace, settings.endpoints_service, settings.endpoints_port,
+                    client=kube)))
             tasks.append(asyncio.create_task(scrape_loop(pool, client, settings.scrape_interval)))
+            if settings.autoscale:
+                from .autoscale import Policy, scale_loop
+
+                policy = Policy(settings.min_replicas, settings.max_replicas, settings.target_requests,
+                                settings.autoscale_window, settings.scale_down_delay)
+                tasks.append(asyncio.create_task(scale_loop(pool, kube, settings.endpoints_namespace,
+                                                            settings.autoscale, policy,
+                                                            on_scale=metrics.scaled.set)))
             try:
                 yield
             finally:
                 for t in tasks:
                     t.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
+                if kube is not None:
+                    await kube.close()
 
     app = Starlette(routes=[
         Route("/health", health, methods=["GET"]),

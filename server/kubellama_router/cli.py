@@ -34,6 +34,15 @@ FLAGS: list[tuple[str, str, type, str]] = [
     ("--read-timeout", "read_timeout", float, "seconds without a byte from a replica before giving up [600]"),
     ("--scrape-interval", "scrape_interval", float, "seconds between reads of the replicas' /metrics [1]"),
     ("--seed", "seed", int, "seed of the random choices (tests, benchmarks)"),
+    ("--autoscale", "autoscale", str, "autoscale this LlamaServer (in --namespace) through its scale subresource: "
+     "replicas = ceil(moving average of in-flight + queued requests / --target-requests); a request held while "
+     "no replica exists scales to one at once (scale from zero; raise --queue-timeout to cover the model load)"),
+    ("--min-replicas", "min_replicas", int, "autoscaling: fewest replicas (0: scale to zero when idle) [1]"),
+    ("--max-replicas", "max_replicas", int, "autoscaling: most replicas [3]"),
+    ("--target-requests", "target_requests", float, "autoscaling: in-flight + queued requests per replica [4]"),
+    ("--autoscale-window", "autoscale_window", float, "autoscaling: seconds of the moving average [60]"),
+    ("--scale-down-delay", "scale_down_delay", float, "autoscaling: seconds a lower count must hold before "
+     "scaling down [120]"),
     ("--log-level", "log_level", str, "debug, info, warning, error [info]"),
 ]
 
@@ -79,11 +88,17 @@ def parse(argv: list[str] | None = None, environ: dict[str, str] | None = None) 
             problems.append(f"--{dest.replace('_', '-')} must be >= {low}")
     if s.load_factor < 1.0:
         problems.append("--load-factor must be >= 1")
+    if s.autoscale and not s.endpoints_service:
+        problems.append("--autoscale needs --service (the replicas it starts are found through their endpoints)")
+    if s.autoscale and not 0 <= s.min_replicas <= s.max_replicas:
+        problems.append("--min-replicas must be >= 0 and <= --max-replicas")
+    if s.autoscale and (s.target_requests <= 0 or s.autoscale_window <= 0 or s.scale_down_delay < 0):
+        problems.append("--target-requests and --autoscale-window must be > 0, --scale-down-delay >= 0")
     if s.queue_timeout < 0 or s.scrape_interval <= 0:
         problems.append("--queue-timeout must be >= 0 and --scrape-interval > 0")
     if problems:
         p.error("; ".join(problems))
-    if s.endpoints_service and not s.endpoints_namespace:
+    if (s.endpoints_service or s.autoscale) and not s.endpoints_namespace:
         try:
             with open("/var/run/secrets/kubernetes.io/serviceaccount/namespace") as f:
                 s.endpoints_namespace = f.read().strip()

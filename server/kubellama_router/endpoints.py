@@ -55,6 +55,7 @@ async def watch_endpoints(pool: Pool, namespace: str, service: str, port_name: s
     """Keep `pool`'s replicas equal to the Service's ready endpoints until cancelled."""
     from kubellama_operator.kube import KubeClient
 
+    own = client is None
     client = client or KubeClient(login)
     params = {"labelSelector": f"{SERVICE_LABEL}={service}"}
     path = f"/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices"
@@ -88,4 +89,5 @@ async def watch_endpoints(pool: Pool, namespace: str, service: str, port_name: s
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
     finally:
-        await client.close()
+        if own:
+            await client.close()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
 from .pool import Pool
@@ -47,6 +47,8 @@ class RouterMetrics:
         self.queue_wait = Histogram("kubellama_router_queue_wait_seconds", "Time waiting for a replica.",
                                     buckets=(0.001, 0.01, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60),
                                     registry=self.registry)
+        self.scaled = Gauge("kubellama_router_autoscale_replicas", "Replicas the autoscaler last set (--autoscale).",
+                            registry=self.registry)
         self.registry.register(_PoolCollector(pool))
 
     def decision(self, outcome: str) -> None:

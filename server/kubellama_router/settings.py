@@ -27,4 +27,10 @@ class RouterSettings:
     read_timeout: float = 600.0
     scrape_interval: float = 1.0
     seed: int | None = None
+    autoscale: str = ""  # set this LlamaServer's replicas (scale subresource) from the load
+    min_replicas: int = 1
+    max_replicas: int = 3
+    target_requests: float = 4.0
+    autoscale_window: float = 60.0
+    scale_down_delay: float = 120.0
     log_level: str = "info"

@@ -11,12 +11,13 @@ from .cli import parse
 
 
 class LiveRouter:
-    def __init__(self, argv: list[str]):
+    def __init__(self, argv: list[str], *, kube_factory=None):
         from kubellama_server.testing.live import free_port
 
         self.port = free_port()
         self.settings = parse(argv + ["--host", "127.0.0.1", "--port", str(self.port)], environ={})
         self.url = f"http://127.0.0.1:{self.port}"
+        self.kube_factory = kube_factory  # -> a KubeClient instead of the pod's service account
         self.app = None
         self._server = None
         self._thread: threading.Thread | None = None
@@ -30,7 +31,7 @@ class LiveRouter:
 
         from .app import create_app
 
-        self.app = create_app(self.settings)
+        self.app = create_app(self.settings, kube=self.kube_factory() if self.kube_factory else None)
         config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", access_log=False)
         self._server = uvicorn.Server(config)
         self._server.install_signal_handlers = lambda: None

@@ -35,14 +35,27 @@ def _meta(owner: Body, name: str) -> dict[str, Any]:
     return meta
 
 
-def build_router_rbac(owner: Body) -> list[dict[str, Any]]:
+def wants_autoscaling(spec: Spec) -> bool:
+    return wants_router(spec) and bool((spec.get("autoscaling") or {}).get("enabled"))
+
+
+def router_rules(name: str, spec: Spec) -> list[dict[str, Any]]:
+    """The router Role's rules: EndpointSlices; with autoscaling, this LlamaServer's scale too."""
+    rules = [dict(r) for r in ROUTER_RULES]
+    if wants_autoscaling(spec):
+        rules.append({"apiGroups": ["kubellama.dev"], "resources": ["llamaservers/scale"], "resourceNames": [name],
+                      "verbs": ["get", "patch"]})
+    return rules
+
+
+def build_router_rbac(owner: Body, spec: Spec) -> list[dict[str, Any]]:
     name = owner["metadata"]["name"]
     rname = router_name(name)
     rbac = "rbac.authorization.k8s.io/v1"
     return [
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(owner, name),
          "automountServiceAccountToken": False},  # mounted by the router's pod only
-        {"apiVersion": rbac, "kind": "Role", "metadata": _meta(owner, name), "rules": [dict(r) for r in ROUTER_RULES]},
+        {"apiVersion": rbac, "kind": "Role", "metadata": _meta(owner, name), "rules": router_rules(name, spec)},
         {"apiVersion": rbac, "kind": "RoleBinding", "metadata": _meta(owner, name),
          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": rname},
          "subjects": [{"kind": "ServiceAccount", "name": rname, "namespace": owner["metadata"]["namespace"]}]},
@@ -51,8 +64,17 @@ def build_router_rbac(owner: Body) -> list[dict[str, Any]]:
 
 def router_args(owner: Body, spec: Spec) -> list[str]:
     routing = spec.get("routing") or {}
-    return ["--service", owner["metadata"]["name"], "--namespace", owner["metadata"]["namespace"],
+    args = ["--service", owner["metadata"]["name"], "--namespace", owner["metadata"]["namespace"],
             "--strategy", routing.get("strategy", "prefix"), "--port", str(SERVER_PORT)]
+    if wants_autoscaling(spec):
+        auto = spec["autoscaling"]
+        args += ["--autoscale", owner["metadata"]["name"],
+                 "--min-replicas", str(auto.get("minReplicas", 1)), "--max-replicas", str(auto.get("maxReplicas", 3)),
+                 "--target-requests", str(auto.get("targetRequests", 4)),
+                 "--autoscale-window", str(auto.get("windowSeconds", 60)),
+                 "--scale-down-delay", str(auto.get("scaleDownDelaySeconds", 120)),
+                 "--queue-timeout", str(auto.get("holdSeconds", 300))]
+    return args
 
 
 def build_router_deployment(owner: Body, spec: Spec, config: OperatorConfig) -> dict[str, Any]:
@@ -117,7 +139,7 @@ def build_router_service(owner: Body, spec: Spec) -> dict[str, Any]:
 
 def build_router(owner: Body, spec: Spec, config: OperatorConfig) -> list[dict[str, Any]]:
     """The router's objects, in the order they are applied (identity before the pods that use it)."""
-    return [*build_router_rbac(owner), build_router_service(owner, spec), build_router_deployment(owner, spec, config)]
+    return [*build_router_rbac(owner, spec), build_router_service(owner, spec), build_router_deployment(owner, spec, config)]
 
 
 def router_refs(name: str) -> list[tuple[str, str, str]]:
