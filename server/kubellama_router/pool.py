@@ -21,11 +21,12 @@ class Replica:
     inflight: int = 0
     queued: float = 0.0  # scraped llamacpp:requests_deferred
     processing: float = 0.0  # scraped llamacpp:requests_processing
+    slots: int = 0  # scraped from /health (slots_idle + slots_processing); 0: unknown
     down_until: float = 0.0  # after a connection error, skipped until then
     served: int = 0  # requests sent to it (for /health and the bench)
 
     def candidate(self) -> Candidate:
-        return Candidate(self.url, self.inflight, self.queued, self.processing)
+        return Candidate(self.url, self.inflight, self.queued, self.processing, self.slots)
 
 
 class Rejected(Exception):

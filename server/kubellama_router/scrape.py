@@ -1,4 +1,5 @@
-"""Reads each replica's queue and running counts from its Prometheus /metrics."""
+"""Reads each replica's queue and running counts from its Prometheus /metrics, and its readiness and
+slot count from /health (a 503 there sets it aside while it loads)."""
 
 from __future__ import annotations
 
@@ -31,17 +32,33 @@ def parse_load(text: str) -> tuple[float, float]:
     return values[QUEUED], values[PROCESSING]
 
 
+def parse_slots(resp: httpx.Response) -> int:
+    """A kubellama-server's (or llama.cpp's) slot count from its /health answer; 0 when it says none."""
+    try:
+        body = resp.json()
+        return max(0, int(body.get("slots_idle", 0)) + int(body.get("slots_processing", 0)))
+    except (ValueError, TypeError, AttributeError):
+        return 0
+
+
 async def scrape_once(pool: Pool, client: httpx.AsyncClient) -> None:
     async def one(url: str) -> None:
         try:
-            r = await client.get(url + "/metrics", timeout=2.0)
+            health, metrics = await asyncio.gather(client.get(url + "/health", timeout=2.0),
+                                                   client.get(url + "/metrics", timeout=2.0))
         except httpx.TransportError:
+            pool.mark_down(url)
+            return
+        if health.status_code == 503:  # loading the model, or shutting down
             pool.mark_down(url)
             return
         pool.mark_up(url)
         rep = pool.replicas.get(url)
-        if r.status_code == 200 and rep is not None:
-            rep.queued, rep.processing = parse_load(r.text[:1_000_000])
+        if rep is None:
+            return
+        rep.slots = parse_slots(health)
+        if metrics.status_code == 200:
+            rep.queued, rep.processing = parse_load(metrics.text[:1_000_000])
 
     await asyncio.gather(*(one(url) for url in list(pool.replicas)))
     pool.notify()

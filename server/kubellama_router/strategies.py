@@ -27,6 +27,7 @@ class Candidate:
     inflight: int = 0  # requests this router has in flight on the replica
     queued: float = 0.0  # the replica's llamacpp:requests_deferred (scraped)
     processing: float = 0.0  # the replica's llamacpp:requests_processing (scraped)
+    slots: int = 0  # the replica's slots (scraped from /health; 0: unknown)
 
     @property
     def load(self) -> float:
@@ -99,12 +100,16 @@ class LeastLoad(Strategy):
 
 
 class Prefix(Strategy):
-    """Longest cached prompt prefix wins, under KubeAI's bounded-load rule.
+    """Longest cached prompt prefix wins, under KubeAI's bounded-load rule, knowing llama.cpp's slots.
 
     The prompt (chat: the conversation as text, so a next turn extends the previous one) is cut
-    into `block_chars`-character blocks with chained hashes; each replica's index holds the
-    blocks it was sent. Among the candidates whose load passes the bound, the one holding the
-    most leading blocks takes the request (ties: least load); nothing matched: least load."""
+    into `block_chars`-character blocks with chained hashes; the index models what each replica's
+    slots hold (`PrefixIndex`). Among the candidates whose load passes the bound:
+    - a replica holding this conversation (the prompt extends a prompt it holds) takes it: `hit`;
+    - otherwise the request starts a new slot's worth of cache: replicas with a slot to spare
+      come first (so it does not evict another conversation's cache), then the most matching
+      blocks (a shared system prompt), then the least load.
+    `spill`: a replica held more of the prompt but was over the bound or full; `miss`: none held any."""
 
     name = "prefix"
 
@@ -117,6 +122,10 @@ class Prefix(Strategy):
     def members(self, names):
         self.index.retain(names)
 
+    def _best(self, cands: Sequence[Candidate], matched: dict[str, int]) -> Candidate:
+        top = max(matched.get(c.name, 0) for c in cands)
+        return least_loaded([c for c in cands if matched.get(c.name, 0) == top], self.rng)
+
     def pick(self, keys, cands, load):
         blocks = block_hashes(keys.prompt, self.block_chars, self.max_blocks) if keys.prompt else []
         matched = {c.name: self.index.matched(c.name, blocks) for c in cands} if blocks else {}
@@ -126,11 +135,15 @@ class Prefix(Strategy):
         if best == 0:
             choice, outcome = least_loaded(pool, self.rng), "miss"
         else:
-            top = max(matched.get(c.name, 0) for c in pool)
-            choice = least_loaded([c for c in pool if matched.get(c.name, 0) == top], self.rng)
-            outcome = "hit" if top == best else "spill"
+            own = [c for c in pool if self.index.extends(c.name, blocks)]
+            if own:
+                choice = self._best(own, matched)
+            else:
+                spare = [c for c in pool if not c.slots or self.index.chains(c.name) < c.slots]
+                choice = self._best(spare or pool, matched)
+            outcome = "hit" if matched.get(choice.name, 0) == best else "spill"
         if blocks:
-            self.index.record(choice.name, blocks)
+            self.index.record(choice.name, blocks, choice.slots)
         return Decision(choice.name, outcome, matched.get(choice.name, 0))
 
 

@@ -42,14 +42,28 @@ def test_block_hashes_are_chained_and_skip_the_partial_block():
     assert block_hashes("x" * 64 * 10, 64, 3) == block_hashes("x" * 64 * 3, 64, 100)  # bounded
 
 
-def test_prefix_index_is_lru_bounded_and_matches_leading_blocks():
-    idx = PrefixIndex(capacity=3)
-    idx.record(A, [1, 2, 3])
-    assert idx.matched(A, [1, 2, 9, 3]) == 2
-    idx.record(A, [4])  # evicts 1, the least recently recorded
-    assert idx.size(A) == 3 and idx.matched(A, [1, 2]) == 0
+def test_prefix_index_models_slots():
+    idx = PrefixIndex(max_blocks=100)
+    sys_, a1, a2, b1, c1 = 1, 10, 11, 20, 30
+    idx.record(A, [sys_, a1], slots=2)  # conversation a, turn 1
+    idx.record(A, [sys_, b1], slots=2)  # conversation b
+    assert idx.chains(A) == 2 and idx.matched(A, [sys_, a1, a2]) == 2
+    idx.record(A, [sys_, a1, a2], slots=2)  # a's next turn reuses a's slot
+    assert idx.chains(A) == 2 and idx.extends(A, [sys_, a1, a2, 12]) and idx.extends(A, [sys_, b1, 21])
+    idx.record(A, [sys_, c1], slots=2)  # a third conversation on 2 slots evicts the least recent (b)
+    assert idx.chains(A) == 2 and idx.matched(A, [sys_, b1]) == 1 and not idx.extends(A, [sys_, b1, 21])
+    assert idx.matched(A, [sys_, a1, a2]) == 3  # the shared system prompt stays while a chain holds it
     idx.retain([B])
     assert idx.size(A) == 0
+
+
+def test_prefix_index_is_bounded_without_slot_counts():
+    idx = PrefixIndex(max_blocks=10, max_chains=3)
+    for i in range(10):
+        idx.record(A, [100 + i, 200 + i])
+    assert idx.chains(A) == 3
+    idx.record(A, list(range(1000, 1020)))  # one chain over max_blocks: kept alone
+    assert idx.chains(A) == 1 and idx.size(A) == 20
 
 
 def test_kubeai_load_bound():
@@ -145,6 +159,25 @@ def test_prefix_spills_a_hot_prefix_under_the_load_bound():
     fresh.index.record(A, block_hashes(hot.prompt, 8, 100))
     cs = cands(2, 2, 2)  # threshold 2.9: A may take one more
     assert (fresh.pick(hot, cs, load_of(cs)).name, fresh.pick(hot, cs, load_of(cs)).outcome) == (A, "hit")
+
+
+def test_prefix_starts_a_new_conversation_where_a_slot_is_spare():
+    """A shared system prompt draws new conversations, but not into a replica whose slots all hold
+    other conversations (that would evict one of them): llama.cpp's slots, known from /health."""
+    st = strategies.make("prefix", seed=0)
+    system = "Shared group instructions, long enough for several blocks. " * 6
+
+    def conv(i, *turns):
+        return chat(f"Conversation {i}: tell me something long and interesting please. " * 3, *turns, system=system)
+
+    cs = [Candidate(A, slots=2), Candidate(B, slots=2), Candidate(C, slots=2)]
+    homes = [st.pick(conv(i), cs, Load(0, 3)).name for i in range(2)]
+    assert homes == [homes[0]] * 2  # the second conversation joins the first (system prompt cached)
+    third = st.pick(conv(2), cs, Load(0, 3))
+    assert third.name != homes[0] and third.outcome == "spill"  # the home's 2 slots are taken
+    # each conversation's next turn goes back to its own slot, full replica or not
+    assert st.pick(conv(0, "ok", "more"), cs, Load(0, 3)) .name == homes[0]
+    assert st.pick(conv(2, "ok", "more"), cs, Load(0, 3)).name == third.name
 
 
 def test_prefix_miss_goes_to_the_least_loaded():
