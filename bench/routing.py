@@ -50,12 +50,12 @@ class Conversation:
 @dataclass(frozen=True)
 class Workload:
     groups: int = 3
-    per_group: int = 3
+    per_group: int = 4
     turns: int = 4
     system_chars: int = 2400
-    question_chars: int = 160
-    max_tokens: int = 16
-    rate: float = 0.5  # conversations started per second (exponential gaps)
+    question_chars: int = 400
+    max_tokens: int = 32
+    rate: float = 1.0  # conversations started per second (exponential gaps)
     think_mean: float = 0.5
     seed: int = 7
 
@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, first is the baseline ({','.join(ARMS)})")
     p.add_argument("--replicas", type=int, default=3)
-    p.add_argument("--slots", type=int, default=2)
+    p.add_argument("--slots", type=int, default=4)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--ctx-per-slot", type=int, default=4096)
     p.add_argument("--groups", type=int, default=Workload.groups)
@@ -293,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--turns", type=int, default=Workload.turns)
     p.add_argument("--system-chars", type=int, default=Workload.system_chars)
     p.add_argument("--max-tokens", type=int, default=Workload.max_tokens)
+    p.add_argument("--question-chars", type=int, default=Workload.question_chars)
     p.add_argument("--rate", type=float, default=Workload.rate)
     p.add_argument("--seed", type=int, default=Workload.seed)
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "router")
@@ -306,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vllm-router not installed at {VLLM_ROUTER} (make bench-router-setup): arm skipped", flush=True)
         arms.remove("vllm-router")
     w = Workload(groups=args.groups, per_group=args.per_group, turns=args.turns, system_chars=args.system_chars,
-                 max_tokens=args.max_tokens, rate=args.rate, seed=args.seed)
+                 max_tokens=args.max_tokens, rate=args.rate, seed=args.seed, question_chars=args.question_chars)
     convs = conversations(w)
     args.out.mkdir(parents=True, exist_ok=True)
     logdir = CACHE / "bench" / "logs" / "router"
