@@ -61,7 +61,8 @@ def parse(argv: list[str] | None = None, environ: dict[str, str] | None = None) 
                         "KUBELLAMA_ROUTER_REPLICAS, comma-separated)")
     defaults = RouterSettings()
     for flag, dest, typ, help_ in FLAGS:
-        p.add_argument(flag, dest=dest, type=typ, help=f"{help_} (env {env_name(flag)})")
+        p.add_argument(flag, dest=dest, type=typ, metavar=flag[2:].upper().replace("-", "_"),
+                       help=f"{help_} (env {env_name(flag)})")
     args = p.parse_args(argv)
     values = {}
     for flag, dest, typ, _ in FLAGS:
