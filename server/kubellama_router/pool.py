@@ -49,6 +49,7 @@ class Pool:
 
     def __post_init__(self):
         self._changed = asyncio.Event()
+        self._members: list[str] = []  # the ready set as last given (replicas may outlive it while draining)
 
     # --- membership -----------------------------------------------------------------------------
 
@@ -65,7 +66,7 @@ class Pool:
 
     def ready(self, now: float | None = None) -> list[Replica]:
         now = time.monotonic() if now is None else now
-        members = getattr(self, "_members", list(self.replicas))
+        members = self._members
         return [self.replicas[u] for u in members if u in self.replicas and self.replicas[u].down_until <= now]
 
     def mark_down(self, url: str) -> None:
@@ -101,7 +102,7 @@ class Pool:
         rep = self.replicas.get(url)
         if rep is not None:
             rep.inflight -= 1
-            if rep.inflight == 0 and url not in getattr(self, "_members", ()):
+            if rep.inflight == 0 and url not in self._members:
                 del self.replicas[url]
         self.notify()
 
