@@ -418,12 +418,17 @@ def spec_schema() -> Schema:
                                        "balancer). Without it, such a Service needs an API key."),
         }),
         "networkPolicy": _network_policy_schema(),
+        "routing": _routing_schema(),
+        "autoscaling": _autoscaling_schema(),
         "monitoring": _o("Prometheus scraping.", {
             "serviceMonitor": _b("Create a ServiceMonitor (when its CRD is installed; pod scrape "
                                  "annotations otherwise).", default=False),
             "interval": _s("Scrape interval.", pattern=r"^[0-9]+(ms|s|m|h)$", default="30s"),
         }),
     }, required=["model"], rules=[
+        ("!has(self.autoscaling) || !has(self.autoscaling.enabled) || !self.autoscaling.enabled || "
+         "(has(self.routing) && has(self.routing.enabled) && self.routing.enabled)",
+         "spec.autoscaling needs spec.routing.enabled: true (the router measures the load and holds requests)"),
         ("!has(oldSelf.model) || has(self.model.pvc) == has(oldSelf.model.pvc)",
          "switching between a pvc model source and a downloaded one changes the StatefulSet's "
          "volume claims, which Kubernetes forbids; create a new LlamaServer instead"),
@@ -432,6 +437,44 @@ def spec_schema() -> Schema:
         _self_extend_rule(),
         (EXTERNAL_SERVICE_RULE, EXTERNAL_SERVICE_MESSAGE),
     ])
+
+
+#: kubellama-router's strategies (kubellama_router.strategies.NAMES; a test checks they agree).
+ROUTING_STRATEGIES = ["prefix", "least-load", "session", "round-robin", "random", "kubeai-prefixhash"]
+
+
+def _routing_schema() -> Schema:
+    return _o("A cache-aware router in front of the replicas (kubellama-router): keeps a conversation on the "
+              "replica holding its prompt cache, spreads load, retries refused requests. status.endpoint then "
+              "points at the router's Service (<name>-router).", {
+                  "enabled": _b("Run the router.", default=False),
+                  "strategy": _s("prefix: longest cached prompt prefix under a bounded load; least-load; session "
+                                 "(x-session-id header or the OpenAI user field); round-robin; random; "
+                                 "kubeai-prefixhash (KubeAI's PrefixHash, for comparison).",
+                                 enum=ROUTING_STRATEGIES, default="prefix"),
+                  "replicas": _i("Router pods.", 1, maximum=16, default=1),
+              })
+
+
+def _autoscaling_schema() -> Schema:
+    return _o("Replicas follow the load the router sees (needs routing.enabled): ceil(moving average of "
+              "in-flight + queued requests / targetRequests), within [minReplicas, maxReplicas]. With "
+              "minReplicas 0 the router holds requests while the first replica starts. The router sets "
+              "spec.replicas through the scale subresource.", {
+                  "enabled": _b("Autoscale.", default=False),
+                  "minReplicas": _i("Fewest replicas; 0 scales to zero when idle.", 0, maximum=1000, default=1),
+                  "maxReplicas": _i("Most replicas.", 1, maximum=1000, default=3),
+                  "targetRequests": _i("In-flight + queued requests per replica to aim for.", 1, maximum=100000,
+                                       default=4),
+                  "windowSeconds": _i("Seconds of the moving average.", 1, maximum=3600, default=60),
+                  "scaleDownDelaySeconds": _i("Seconds the lower count must hold before scaling down.", 0,
+                                              maximum=86400, default=120),
+                  "holdSeconds": _i("Seconds the router holds a request while no replica can take it "
+                                    "(scale from zero: the model must load meanwhile), then 503.", 1,
+                                    maximum=3600, default=300),
+              }, rules=[("!has(self.enabled) || !self.enabled || !has(self.minReplicas) || !has(self.maxReplicas) || "
+                         "self.minReplicas <= self.maxReplicas",
+                         "spec.autoscaling.minReplicas must not exceed maxReplicas")])
 
 
 def _claim_rules_note() -> str:
@@ -494,7 +537,7 @@ def _immutable_storage(schema: Schema) -> Schema:
 
 #: Objects defaulted to {} so that their fields' defaults apply when the user omits them.
 _DEFAULT_EMPTY = ["server", "gpu", "storage", "storage.model", "storage.slots", "storage.retention",
-                  "service", "networkPolicy", "monitoring"]
+                  "service", "networkPolicy", "monitoring", "routing", "autoscaling"]
 
 
 def _with_empty_defaults(schema: Schema) -> Schema:

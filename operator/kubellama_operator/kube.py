@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import ssl
 import tempfile
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -25,6 +25,7 @@ PLURALS = {
     "NetworkPolicy": "networkpolicies",
     "Pod": "pods", "Secret": "secrets", "PersistentVolumeClaim": "persistentvolumeclaims",
     "LlamaServer": "llamaservers", "Event": "events",
+    "Deployment": "deployments", "ServiceAccount": "serviceaccounts", "Role": "roles", "RoleBinding": "rolebindings",
 }
 
 
@@ -122,6 +123,38 @@ class KubeClient:
                     raise ApiError(resp.status, method, path, payload)
                 return payload
         raise AssertionError("unreachable")
+
+    async def watch(self, path: str, params: dict[str, str] | None = None, *,
+                    timeout_seconds: int = 300) -> AsyncIterator[dict[str, Any]]:
+        """Events of a watch on a collection (`{"type", "object"}` each) until the server ends it.
+
+        The caller lists first and passes `resourceVersion` in `params`; an `ERROR` event
+        (e.g. 410 Gone) means list again. The router follows EndpointSlices with it."""
+        query = {**(params or {}), "watch": "true", "timeoutSeconds": str(timeout_seconds),
+                 "allowWatchBookmarks": "true"}
+        for attempt in (0, 1):
+            session = await self._ensure(refresh=attempt > 0)
+            async with session.get(path.lstrip("/"), params=query, timeout=aiohttp.ClientTimeout(
+                    total=None, sock_read=timeout_seconds + 30)) as resp:
+                if self._on_request:
+                    self._on_request("WATCH", resp.status)
+                if resp.status == 401 and attempt == 0:
+                    continue
+                if resp.status >= 400:
+                    text = await resp.text()
+                    raise ApiError(resp.status, "WATCH", path, text[:300])
+                buf = b""
+                async for chunk in resp.content.iter_any():  # one JSON event per line
+                    buf += chunk
+                    if len(buf) > 16 * 1024 * 1024:
+                        raise ApiError(resp.status, "WATCH", path, "watch event larger than 16 MiB")
+                    *lines, buf = buf.split(b"\n")
+                    for line in lines:
+                        if line.strip():
+                            event = json.loads(line)
+                            if event.get("type") != "BOOKMARK":
+                                yield event
+                return
 
     # --- typed helpers -------------------------------------------------------------------------
 

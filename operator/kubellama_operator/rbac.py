@@ -25,6 +25,14 @@ RULES: list[dict[str, list[str]]] = [
     {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": list(_RW)},
     {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": list(_RW)},
     {"apiGroups": ["monitoring.coreos.com"], "resources": ["servicemonitors"], "verbs": list(_RW)},
+    # spec.routing: the router's Deployment, its identity, and the Role it gets (list/watch EndpointSlices,
+    # which the operator must hold itself to grant: Kubernetes forbids granting more than one has).
+    {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": list(_RW)},
+    {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": list(_RW)},
+    {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles", "rolebindings"], "verbs": list(_RW)},
+    {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]},
+    # spec.autoscaling: the router's Role may read and set its LlamaServer's scale (granted, so held).
+    {"apiGroups": ["kubellama.dev"], "resources": ["llamaservers/scale"], "verbs": ["get", "patch"]},
     # Read-only: pods for status (init-container failures, missing Secrets), claims the spec names.
     # No Secrets: a missing one is seen in the pods' status (CreateContainerConfigError).
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},

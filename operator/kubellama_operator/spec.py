@@ -113,6 +113,13 @@ def problems(spec: Spec) -> list[str]:
             and not service.get("allowUnauthenticated")):
         out.append(EXTERNAL_SERVICE_MESSAGE)
     out += _network_policy_problems(spec.get("networkPolicy") or {})
+    auto = spec.get("autoscaling") or {}
+    if auto.get("enabled"):
+        if not (spec.get("routing") or {}).get("enabled"):
+            out.append("spec.autoscaling needs spec.routing.enabled: true (the router measures the load and holds "
+                       "requests)")
+        if int(auto.get("minReplicas", 1)) > int(auto.get("maxReplicas", 3)):
+            out.append("spec.autoscaling.minReplicas must not exceed maxReplicas")
     out += extraargs.problems(list(spec.get("server", {}).get("extraArgs") or []))
     return out
 
@@ -324,6 +331,7 @@ def uses_gpu(spec: Spec) -> bool:
 
 
 def endpoint(name: str, namespace: str, spec: Spec) -> str:
-    """The cluster-internal OpenAI base URL of the Service."""
+    """The cluster-internal OpenAI base URL of the Service (the router's with `spec.routing.enabled`)."""
     port = spec.get("service", {}).get("port", SERVER_PORT)
-    return f"http://{name}.{namespace}.svc:{port}/v1"
+    host = f"{name}-router" if (spec.get("routing") or {}).get("enabled") else name
+    return f"http://{host}.{namespace}.svc:{port}/v1"

@@ -11,6 +11,7 @@ from .configmap import build_configmap, wants_configmap
 from .meta import Body, config_name, headless_name
 from .networkpolicy import build_networkpolicy, wants_networkpolicy
 from .pdb import build_pdb, wants_pdb
+from .router import build_router, router_refs, wants_router
 from .services import build_headless_service, build_service
 from .servicemonitor import build_servicemonitor, wants_servicemonitor
 from .statefulset import build_statefulset
@@ -52,6 +53,10 @@ def desired_children(owner: Body, spec: Spec, model: Model, config: OperatorConf
         want.append(build_servicemonitor(owner, spec))
     elif servicemonitor_crd:
         drop.append(ChildRef("monitoring.coreos.com/v1", "ServiceMonitor", name))
+    if wants_router(spec):
+        want.extend(build_router(owner, spec, config))
+    else:
+        drop.extend(ChildRef(*ref) for ref in router_refs(name))
     return want, drop
 
 

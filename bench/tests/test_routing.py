@@ -1,0 +1,36 @@
+"""bench.routing's pure parts: the seeded workload, the per-arm figures and the report."""
+from __future__ import annotations
+
+from bench.routing import TurnRecord, Workload, conversations, render, summarize
+
+
+def test_conversations_are_seeded_and_share_a_system_prompt_per_group():
+    w = Workload(groups=3, per_group=4, turns=3, system_chars=500, seed=5)
+    a, b = conversations(w), conversations(w)
+    assert a == b and len(a) == 12
+    assert conversations(Workload(seed=6)) != conversations(Workload(seed=7))
+    by_group = {}
+    for c in a:
+        by_group.setdefault(c.group, set()).add(c.system)
+        assert len(c.questions) == 3 and len(c.think) == 2
+    assert all(len(s) == 1 for s in by_group.values()) and len({next(iter(s)) for s in by_group.values()}) == 3
+    starts = [c.start for c in a]
+    assert starts == sorted(starts) and starts[0] == 0.0
+    assert len({q for c in a for q in c.questions}) == 36  # every question differs
+
+
+def test_summary_and_report():
+    recs = [TurnRecord(0, 0, ttft=1.0, generated=10, prompt=100, cached=0),
+            TurnRecord(0, 1, ttft=0.2, generated=10, prompt=150, cached=100),
+            TurnRecord(1, 0, error="HTTP 503")]
+    s = summarize(recs, wall=4.0, served=[2, 1, 0])
+    assert s["errors"] == 1 and s["gen_tok_s"] == 5.0
+    assert s["cached_share"] == 100 / 250 and s["ttft_later_turns_p50_s"] == 0.2
+    assert s["max_over_mean_load"] == 2.0
+    fast = dict(s, ttft_p50_s=0.1, gen_tok_s=6.0)
+    results = {"arms": {"random": s, "prefix": fast}, "baseline": "random", "workload": vars(Workload()),
+               "settings": {"replicas": 3, "slots": 2, "threads": 1, "ctx_per_slot": 4096, "model": "/m/g.gguf"},
+               "machine": {"cpu": "x", "cpus": 2}, "command": "python -m bench.routing", "notes": ["a note"]}
+    md = render(results)
+    assert "| prefix | 100 ms |" in md and "6.00x" in md and "a note" in md
+    assert "prefix TTFT p50 >= 5x lower than random: 6.00x — PASS" in md

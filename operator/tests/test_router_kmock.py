@@ -1,0 +1,50 @@
+"""spec.routing through the real operator (kopf, handlers, API client) on kmock's emulator: the
+router's objects are applied, status.endpoint points at the router, turning routing off deletes them,
+and every call the operator made is granted by rbac.RULES."""
+
+from __future__ import annotations
+
+import pytest
+import pytest_asyncio
+
+from kmock_harness import _declare, eventually
+from test_operator_kmock import LS, assert_rbac_covers, llama, status_of
+
+pytestmark = pytest.mark.asyncio
+
+ROUTER_RESOURCES = {
+    "apps/v1/deployments": ("Deployment", True, {"status", "scale"}),
+    "v1/serviceaccounts": ("ServiceAccount", True, set()),
+    "rbac.authorization.k8s.io/v1/roles": ("Role", True, set()),
+    "rbac.authorization.k8s.io/v1/rolebindings": ("RoleBinding", True, set()),
+}
+
+
+@pytest_asyncio.fixture
+async def router_kinds(api):
+    """The kinds the router needs, declared before the operator starts."""
+    _declare(api.kmock, ROUTER_RESOURCES)
+    return api
+
+
+async def test_routing_applies_the_router_and_points_status_at_it(router_kinds, operator):
+    api = router_kinds
+    await api.create(LS, "llamaservers", llama(replicas=2, routing={"enabled": True, "strategy": "session"},
+                                               autoscaling={"enabled": True, "minReplicas": 0}))
+    dep = await eventually(lambda: api.objects("apps/v1/deployments").get("gemma-router"))
+    assert dep["spec"]["template"]["spec"]["containers"][0]["command"] == ["kubellama-router"]
+    assert "session" in dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "gemma-router" in api.objects("v1/services")
+    assert "gemma-router" in api.objects("v1/serviceaccounts")
+    role = api.objects("rbac.authorization.k8s.io/v1/roles")["gemma-router"]
+    assert {r["resources"][0] for r in role["rules"]} == {"endpointslices", "llamaservers/scale"}
+    assert "gemma-router" in api.objects("rbac.authorization.k8s.io/v1/rolebindings")
+    await eventually(lambda: status_of(api).get("endpoint") == "http://gemma-router.ml.svc:8080/v1")
+
+    await api.patch(LS, "llamaservers", "gemma", {"spec": {"routing": {"enabled": False},
+                                                           "autoscaling": {"enabled": False}}})
+    await eventually(lambda: "gemma-router" not in api.objects("apps/v1/deployments"))
+    await eventually(lambda: "gemma-router" not in api.objects("rbac.authorization.k8s.io/v1/roles"))
+    assert "gemma-router" not in api.objects("v1/services")
+    await eventually(lambda: status_of(api).get("endpoint") == "http://gemma.ml.svc:8080/v1")
+    assert_rbac_covers(api)

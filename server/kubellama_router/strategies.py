@@ -1,0 +1,217 @@
+"""Routing strategies: pure choices of one replica among candidates, given the request's keys.
+
+Every strategy sees the candidates that may take a request now (ready, not yet tried for it,
+under the saturation bound) and the load of all replicas, and returns a `Decision`. Outcomes,
+counted by the router's metrics: `hit` (the replica that holds the request's cache or key),
+`spill` (that replica was over the load bound, another took it), `miss` (nothing to stick to;
+chosen by load), `pick` (strategies without affinity).
+"""
+
+from __future__ import annotations
+
+import random as _random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .chwbl import HashRing, load_ok
+from .hashing import block_hashes
+from .keys import RouteKeys
+from .prefix_index import PrefixIndex
+
+NAMES = ("random", "round-robin", "least-load", "prefix", "session", "kubeai-prefixhash")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    name: str
+    inflight: int = 0  # requests this router has in flight on the replica
+    queued: float = 0.0  # the replica's llamacpp:requests_deferred (scraped)
+    processing: float = 0.0  # the replica's llamacpp:requests_processing (scraped)
+    slots: int = 0  # the replica's slots (scraped from /health; 0: unknown)
+
+    @property
+    def load(self) -> float:
+        """Requests on the replica: ours, or what it reports when other routers add to it."""
+        return max(float(self.inflight), self.queued + self.processing)
+
+
+@dataclass(frozen=True)
+class Load:
+    """Load over all ready replicas (not only the candidates), for the bounded-load rule."""
+
+    total_inflight: int
+    n_replicas: int
+
+
+@dataclass(frozen=True)
+class Decision:
+    name: str
+    outcome: str  # hit | spill | miss | pick
+    matched: int = 0  # prefix blocks the chosen replica already holds
+
+
+class Strategy:
+    name = ""
+
+    def pick(self, keys: RouteKeys, cands: Sequence[Candidate], load: Load) -> Decision:
+        raise NotImplementedError
+
+    def members(self, names: Sequence[str]) -> None:
+        """The set of ready replicas changed."""
+
+
+class Random(Strategy):
+    name = "random"
+
+    def __init__(self, rng: _random.Random | None = None):
+        self.rng = rng or _random.Random()
+
+    def pick(self, keys, cands, load):
+        return Decision(self.rng.choice(list(cands)).name, "pick")
+
+
+class RoundRobin(Strategy):
+    name = "round-robin"
+
+    def __init__(self):
+        self.next = 0
+
+    def pick(self, keys, cands, load):
+        ordered = sorted(cands, key=lambda c: c.name)
+        choice = ordered[self.next % len(ordered)]
+        self.next += 1
+        return Decision(choice.name, "pick")
+
+
+def least_loaded(cands: Sequence[Candidate], rng: _random.Random) -> Candidate:
+    """Fewest requests (ours or reported), then fewest of ours; ties at random."""
+    best = min((c.load, c.inflight) for c in cands)
+    return rng.choice([c for c in cands if (c.load, c.inflight) == best])
+
+
+class LeastLoad(Strategy):
+    name = "least-load"
+
+    def __init__(self, rng: _random.Random | None = None):
+        self.rng = rng or _random.Random()
+
+    def pick(self, keys, cands, load):
+        return Decision(least_loaded(cands, self.rng).name, "pick")
+
+
+class Prefix(Strategy):
+    """Longest cached prompt prefix wins, under KubeAI's bounded-load rule, knowing llama.cpp's slots.
+
+    The prompt (chat: the conversation as text, so a next turn extends the previous one) is cut
+    into `block_chars`-character blocks with chained hashes; the index models what each replica's
+    slots hold (`PrefixIndex`). Among the candidates whose load passes the bound:
+    - a replica holding this conversation (the prompt extends a prompt it holds) takes it: `hit`;
+    - otherwise the request starts a new slot's worth of cache: replicas with a slot to spare
+      come first (so it does not evict another conversation's cache), then the most matching
+      blocks (a shared system prompt), then the least load.
+    `spill`: a replica held more of the prompt but was over the bound or full; `miss`: none held any."""
+
+    name = "prefix"
+
+    def __init__(self, *, block_chars: int = 64, max_blocks: int = 2048, capacity: int = 31250,
+                 load_factor: float = 1.25, rng: _random.Random | None = None):
+        self.block_chars, self.max_blocks, self.load_factor = block_chars, max_blocks, load_factor
+        self.index = PrefixIndex(capacity)
+        self.rng = rng or _random.Random()
+
+    def members(self, names):
+        self.index.retain(names)
+
+    def _best(self, cands: Sequence[Candidate], matched: dict[str, int]) -> Candidate:
+        top = max(matched.get(c.name, 0) for c in cands)
+        return least_loaded([c for c in cands if matched.get(c.name, 0) == top], self.rng)
+
+    def pick(self, keys, cands, load):
+        blocks = block_hashes(keys.prompt, self.block_chars, self.max_blocks) if keys.prompt else []
+        matched = {c.name: self.index.matched(c.name, blocks) for c in cands} if blocks else {}
+        best = max(matched.values(), default=0)
+        under = [c for c in cands if load_ok(c.inflight, load.total_inflight, load.n_replicas, self.load_factor)]
+        pool = under or list(cands)
+        if best == 0:
+            choice, outcome = least_loaded(pool, self.rng), "miss"
+        else:
+            own = [c for c in pool if self.index.extends(c.name, blocks)]
+            if own:
+                choice = self._best(own, matched)
+            else:
+                spare = [c for c in pool if not c.slots or self.index.chains(c.name) < c.slots]
+                choice = self._best(spare or pool, matched)
+            outcome = "hit" if matched.get(choice.name, 0) == best else "spill"
+        if blocks:
+            self.index.record(choice.name, blocks, choice.slots)
+        return Decision(choice.name, outcome, matched.get(choice.name, 0))
+
+
+class _Ring(Strategy):
+    """CHWBL over a key; requests without a key go to the least loaded replica."""
+
+    def __init__(self, *, load_factor: float = 1.25, replication: int = 256, rng: _random.Random | None = None):
+        self.ring = HashRing(replication)
+        self.load_factor = load_factor
+        self.rng = rng or _random.Random()
+
+    def key(self, keys: RouteKeys) -> str:
+        raise NotImplementedError
+
+    def members(self, names):
+        self.ring.set_members(names)
+
+    def pick(self, keys, cands, load):
+        key = self.key(keys)
+        if not key:
+            return Decision(least_loaded(cands, self.rng).name, "miss")
+        if set(c.name for c in cands) - self.ring.members:
+            self.ring.set_members(self.ring.members | {c.name for c in cands})
+        by_name = {c.name: c for c in cands}
+        name, rank = self.ring.lookup(
+            key, eligible=lambda n: n in by_name,
+            accept=lambda n: load_ok(by_name[n].inflight, load.total_inflight, load.n_replicas, self.load_factor))
+        if name is None:
+            return Decision(least_loaded(cands, self.rng).name, "miss")
+        return Decision(name, "hit" if rank == 0 else "spill")
+
+
+class Session(_Ring):
+    """Requests of one session (header or OpenAI `user`) stick to one replica (bounded load)."""
+
+    name = "session"
+
+    def key(self, keys):
+        return keys.session
+
+
+class KubeAIPrefixHash(_Ring):
+    """KubeAI's PrefixHash: CHWBL on the first `prefix_chars` characters of the first user message
+    (load factor 1.25, 256 ring points per endpoint by default)."""
+
+    name = "kubeai-prefixhash"
+
+    def __init__(self, *, prefix_chars: int = 100, **kw):
+        super().__init__(**kw)
+        self.prefix_chars = prefix_chars
+
+    def key(self, keys):
+        return keys.first_user[: self.prefix_chars]
+
+
+def make(name: str, *, load_factor: float = 1.25, block_chars: int = 64, index_capacity: int = 31250,
+         seed: int | None = None) -> Strategy:
+    rng = _random.Random(seed)
+    if name == "random":
+        return Random(rng)
+    if name == "round-robin":
+        return RoundRobin()
+    if name == "least-load":
+        return LeastLoad(rng)
+    if name == "prefix":
+        return Prefix(block_chars=block_chars, capacity=index_capacity, load_factor=load_factor, rng=rng)
+    if name == "session":
+        return Session(load_factor=load_factor, rng=rng)
+    if name == "kubeai-prefixhash":
+        return KubeAIPrefixHash(load_factor=load_factor, rng=rng)
+    raise ValueError(f"unknown strategy {name!r} (one of {', '.join(NAMES)})")
