@@ -24,5 +24,5 @@ node: controlplane
 		e2e/node/build.sh >/dev/null && e2e/node/base.sh >/dev/null; \
 	fi
 
-cluster: install node helm-tool
+cluster: model node helm-tool
 	@$(BIN)/python e2e/node/kubellama_node.py up

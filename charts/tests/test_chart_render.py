@@ -296,6 +296,12 @@ def test_allow_lists_reach_the_operator(helm, rendered):
     assert config.allowed_service_accounts == ("llm",)
 
 
+def test_hub_mirror_reaches_the_operator(helm, rendered):
+    assert operator_config(container(rendered["defaults"])[1]).hf_endpoint == ""
+    _, c = container(helm.template({"operator": {"huggingFaceEndpoint": "http://hub.ml.svc:8080"}}))
+    assert operator_config(c).hf_endpoint == "http://hub.ml.svc:8080"
+
+
 def test_existing_service_account(helm):
     objects = helm.template({"serviceAccount": {"create": False, "name": "mine"}})
     assert not by_kind(objects, "ServiceAccount")

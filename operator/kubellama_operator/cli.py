@@ -29,6 +29,7 @@ Every flag can also be set by an environment variable (the flag wins):
                             Where the Prometheus that scrapes the server pods runs (k=v,k2=v2; empty:
                             any namespace / any pod): the LlamaServers' NetworkPolicies admit it.
   --allowed-image PATTERN   KUBELLAMA_ALLOWED_IMAGES (comma-separated)
+  --hf-endpoint URL         KUBELLAMA_HF_ENDPOINT
   --allowed-service-account PATTERN
                             KUBELLAMA_ALLOWED_SERVICE_ACCOUNTS (comma-separated)
                             Allow-lists (repeatable; glob patterns, `*` matches any characters) for a
@@ -141,6 +142,8 @@ def parser() -> argparse.ArgumentParser:
                    help="allowed spec.image (glob; repeatable); default: any")
     p.add_argument("--allowed-service-account", action="append", dest="allowed_service_accounts", default=None,
                    metavar="PATTERN", help="allowed spec.serviceAccountName (glob; repeatable); default: any")
+    p.add_argument("--hf-endpoint", default=_env("KUBELLAMA_HF_ENDPOINT", ""), metavar="URL",
+                   help="a Hugging Face Hub mirror for huggingFace model sources (HF_ENDPOINT of the downloads)")
     p.set_defaults(env_allowed_images=_list_env("KUBELLAMA_ALLOWED_IMAGES"),
                    env_allowed_service_accounts=_list_env("KUBELLAMA_ALLOWED_SERVICE_ACCOUNTS"))
     p.add_argument("--version", action="version", version=f"kubellama-operator {__version__}")
@@ -165,7 +168,8 @@ def parse_config(argv: Sequence[str] | None = None) -> OperatorConfig:
         prometheus_namespace_selector=args.prometheus_namespace_selector,
         prometheus_pod_selector=args.prometheus_pod_selector,
         allowed_images=tuple(args.allowed_images or args.env_allowed_images),
-        allowed_service_accounts=tuple(args.allowed_service_accounts or args.env_allowed_service_accounts))
+        allowed_service_accounts=tuple(args.allowed_service_accounts or args.env_allowed_service_accounts),
+        hf_endpoint=args.hf_endpoint.rstrip("/"))
 
 
 def configure_logging(config: OperatorConfig) -> None:

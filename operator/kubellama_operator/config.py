@@ -39,3 +39,6 @@ class OperatorConfig:
     #: Allow-lists (glob patterns) for spec.image and spec.serviceAccountName; empty allows any.
     allowed_images: tuple[str, ...] = ()
     allowed_service_accounts: tuple[str, ...] = ()
+    #: A Hugging Face Hub mirror for every huggingFace download (HF_ENDPOINT of the fetch containers): air-gapped
+    #: clusters, or a cluster whose pods cannot reach huggingface.co. Empty: the Hub itself.
+    hf_endpoint: str = ""

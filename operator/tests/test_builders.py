@@ -569,3 +569,19 @@ def test_networkpolicy_is_open_for_a_published_service_and_can_be_turned_off():
     assert ("NetworkPolicy", "gemma") not in objs
     assert [(d.api_version, d.kind, d.name) for d in drop if d.kind == "NetworkPolicy"] == [
         ("networking.k8s.io/v1", "NetworkPolicy", "gemma")]
+
+
+def test_hub_mirror_reaches_only_hugging_face_downloads():
+    """--hf-endpoint: every huggingFace download (model, projector, adapters) gets HF_ENDPOINT; a url one not."""
+    from dataclasses import replace
+
+    from kubellama_operator.builders.statefulset import pod_spec
+
+    spec = normalize({"model": {"huggingFace": {"repo": "o/r", "file": "m.gguf"},
+                                "mmproj": {"url": "https://models.test/mm.gguf"}}})
+    mirror = replace(CONFIG, hf_endpoint="http://hub-mirror.ml.svc:8080")
+    inits = {c["name"]: c for c in pod_spec(owner("gemma"), spec, resolve_model(spec), mirror)["initContainers"]}
+    assert {"name": "HF_ENDPOINT", "value": "http://hub-mirror.ml.svc:8080"} in inits["fetch-model"]["env"]
+    assert "HF_ENDPOINT" not in {e["name"] for e in inits["fetch-mmproj"]["env"]}
+    plain = {c["name"]: c for c in pod_spec(owner("gemma"), spec, resolve_model(spec), CONFIG)["initContainers"]}
+    assert "HF_ENDPOINT" not in {e["name"] for e in plain["fetch-model"]["env"]}

@@ -202,3 +202,10 @@ async def test_console_script_runs_logs_json_and_stops_on_sigterm(api):
     records = [json.loads(line) for line in lines if line.startswith("{")]
     assert records and all("message" in r for r in records), lines[:5]
     assert any("watching" in r["message"] and NAMESPACE in r["message"] for r in records)
+
+
+def test_hub_mirror(monkeypatch):
+    assert cli.parse_config([]).hf_endpoint == ""
+    assert cli.parse_config(["--hf-endpoint", "http://mirror.test/"]).hf_endpoint == "http://mirror.test"
+    monkeypatch.setenv("KUBELLAMA_HF_ENDPOINT", "http://env.test")
+    assert cli.parse_config([]).hf_endpoint == "http://env.test"

@@ -14,6 +14,9 @@ Command-line arguments of kubellama-operator (see `kubellama-operator --help`).
 - --image-pull-policy={{ .Values.serverImages.pullPolicy }}
 - --prometheus-namespace-selector={{ include "kubellama.matchLabelsText" .Values.networkPolicy.prometheus.namespaceSelector }}
 - --prometheus-pod-selector={{ include "kubellama.matchLabelsText" .Values.networkPolicy.prometheus.podSelector }}
+{{- with $op.huggingFaceEndpoint }}
+- --hf-endpoint={{ . }}
+{{- end }}
 {{- range $op.allowedImages }}
 - --allowed-image={{ . }}
 {{- end }}

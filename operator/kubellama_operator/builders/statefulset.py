@@ -94,16 +94,19 @@ def _lora_volume(model: Model) -> bool:
 
 
 def _fetch_container(spec: Spec, name: str, fetch_args: tuple[str, ...], image: str, pull: str, *,
-                     hf_token: bool, own_volume: tuple[str, str] | None = None) -> dict[str, Any]:
+                     hf_token: bool, own_volume: tuple[str, str] | None = None, hf_endpoint: str = "") -> dict[str, Any]:
     """A kubellama-fetch init container writing into the model volume (`own_volume`: (name, mount path) of an
     emptyDir instead, for a pvc model's projector or adapters).
 
-    `hf_token`: a Hugging Face download, which gets spec.model.tokenSecretRef as HF_TOKEN when set.
+    `hf_token`: a Hugging Face download, which gets spec.model.tokenSecretRef as HF_TOKEN when set, and the
+    operator's Hub mirror (`hf_endpoint`) as HF_ENDPOINT.
     """
     volume, root = own_volume or ("model", MODEL_DIR)
     env: list[dict[str, Any]] = [{"name": "HOME", "value": "/tmp"},
                                  {"name": "HF_HOME", "value": f"{root}/.hf"}]
     token = spec["model"].get("tokenSecretRef")
+    if hf_endpoint and hf_token:
+        env.append({"name": "HF_ENDPOINT", "value": hf_endpoint})
     if token and hf_token:
         env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {
             "name": token["name"], "key": token.get("key", "token")}}})
@@ -143,7 +146,7 @@ def _check_api_key_container(ref: dict[str, Any], image: str, pull: str) -> dict
     }
 
 
-def _init_containers(spec: Spec, model: Model, image: str, pull: str) -> list[dict[str, Any]]:
+def _init_containers(spec: Spec, model: Model, image: str, pull: str, hf_endpoint: str = "") -> list[dict[str, Any]]:
     """check-api-key (with spec.apiKeySecretRef), fetch-model (url/huggingFace models), then fetch-mmproj
     (url/huggingFace projectors), then one fetch-lora-<i> per url/huggingFace adapter (kubellama-fetch
     downloads one file per run)."""
@@ -152,15 +155,15 @@ def _init_containers(spec: Spec, model: Model, image: str, pull: str) -> list[di
         out.append(_check_api_key_container(spec["apiKeySecretRef"], image, pull))
     if model.fetch_args:
         out.append(_fetch_container(spec, FETCH_MODEL, model.fetch_args, image, pull,
-                                    hf_token=model.source == "huggingFace"))
+                                    hf_token=model.source == "huggingFace", hf_endpoint=hf_endpoint))
     if model.mmproj is not None and model.mmproj.fetch_args:
         out.append(_fetch_container(spec, FETCH_MMPROJ, model.mmproj.fetch_args, image, pull,
-                                    hf_token=model.mmproj.source == "huggingFace",
+                                    hf_token=model.mmproj.source == "huggingFace", hf_endpoint=hf_endpoint,
                                     own_volume=MMPROJ_VOLUME if _mmproj_volume(model) else None))
     for lora in model.loras:
         if lora.fetch_args:
             out.append(_fetch_container(spec, fetch_lora(lora.index), lora.fetch_args, image, pull,
-                                        hf_token=lora.source == "huggingFace",
+                                        hf_token=lora.source == "huggingFace", hf_endpoint=hf_endpoint,
                                         own_volume=LORA_VOLUME if lora.dest.startswith(LORA_DIR + "/") else None))
     return out
 
@@ -299,7 +302,7 @@ def pod_spec(owner: Body, spec: Spec, model: Model, config: OperatorConfig) -> d
         "containers": [_server_container(spec, model, image, config)],
         "volumes": _volumes(spec, model, name),
     }
-    init = _init_containers(spec, model, image, config.image_pull_policy)
+    init = _init_containers(spec, model, image, config.image_pull_policy, config.hf_endpoint)
     if init:
         pod["initContainers"] = init
     if spec.get("serviceAccountName"):

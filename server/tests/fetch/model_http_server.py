@@ -74,13 +74,14 @@ class HubFile:
 
 
 class ModelHTTPServer:
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.host = host
         self.files: dict[str, Served] = {}
         self.hub: dict[str, dict[str, HubFile]] = {}  # repo -> filename -> file
         self.cdn: ModelHTTPServer | None = None
         self.requests: list[Record] = []
         self._lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
+        self._httpd = ThreadingHTTPServer((host, 0), _make_handler(self))
         self._httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
 
@@ -91,7 +92,7 @@ class ModelHTTPServer:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def url(self, path: str) -> str:
         return self.base_url + path
