@@ -99,7 +99,7 @@ def _check_images(limits: Limits, images: list[bytes]) -> None:
                            "bytes (--max-image-bytes)", "invalid_request_error", code=413)
         size = image_size(data)
         if size is None:
-            raise invalid(f"image {k} is not a PNG, JPEG, GIF, BMP or WebP file (or its header is damaged)")
+            raise invalid(f"image {k} could not be decoded: not a PNG, JPEG, GIF, BMP or WebP file (or a damaged header)")
         w, h = size
         if w * h > limits.max_image_pixels:
             raise invalid(f"image {k} is {w}x{h} pixels; this server accepts up to {limits.max_image_pixels} pixels "
