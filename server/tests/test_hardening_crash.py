@@ -103,3 +103,15 @@ def test_deeply_nested_body_is_a_400(server):
                    timeout=TIMEOUT)
     assert_refused(r, "nests arrays and objects deeper than")
     assert_serving(server)
+
+
+@pytest.mark.parametrize("extra", [
+    {"ignore_eos": True},  # the grammar is complete and only allows the end of text, which is banned
+    {"logit_bias": [["yes", False]], "temperature": 0},  # every token the grammar allows is banned
+])
+def test_grammar_that_allows_no_token_ends_the_request(server, extra):
+    """Found by the fuzzer: llama.cpp aborts when its grammar accepts a token it ruled out."""
+    r = post(server, "/completion", {"prompt": "x", "n_predict": 10, "grammar": 'root ::= "yes"', **extra})
+    assert r.status_code == 200, r.text
+    assert r.json()["stop_type"] == "eos"
+    assert_serving(server)

@@ -682,6 +682,10 @@ class Scheduler:
     def _sample(self, slot: Slot, i: int, now: float) -> None:
         params = slot.params
         token = slot.sampler.sample(self.ctx.ptr, i)
+        if slot.sampler.dead:  # the grammar (with the biases) allows nothing more: it is complete
+            slot.stopped_eos = True
+            self._finish(slot)
+            return
         info = None
         if params.n_probs > 0:
             logits = self.ctx.logits(i)

@@ -69,12 +69,20 @@ BUILTIN_ASSETS = ("completion.js",)
 
 
 def _inside(root: Path, rel: str) -> Path | None:
-    candidate = (root / rel).resolve()
+    if "\x00" in rel:
+        return None
+    try:
+        candidate = (root / rel).resolve()
+    except (OSError, ValueError, RuntimeError):  # a name too long, a symlink loop
+        return None
     if candidate != root and root not in candidate.parents:
         return None
-    if candidate.is_dir():
-        candidate = candidate / "index.html"
-    return candidate if candidate.is_file() else None
+    try:
+        if candidate.is_dir():
+            candidate = candidate / "index.html"
+        return candidate if candidate.is_file() else None
+    except (OSError, ValueError):
+        return None
 
 
 def install(app: FastAPI, folder: str | None, private: list[str] | None = None) -> StaticFiles:
