@@ -66,6 +66,8 @@ def test_prompt_bytes(small):
     assert_error(post(small, "/v1/chat/completions", {"messages": msgs, "max_tokens": 1}), 413, "--max-prompt-bytes")
     assert_error(post(small, "/tokenize", {"content": "x" * 5000}), 413, "--max-prompt-bytes")
     assert post(small, "/tokenize", {"content": "x" * 100}).status_code == 200
+    assert_error(post(small, "/completion", {"prompt": "x", "penalty_prompt": "y" * 5000}), 413, "'penalty_prompt'")
+    assert_error(post(small, "/completion", {"prompt": "x", "logit_bias": [["z" * 5000, 1]]}), 413, "'logit_bias' strings")
     assert_serving(small)
 
 

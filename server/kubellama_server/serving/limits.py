@@ -117,6 +117,9 @@ def _check_params(limits: Limits, p, n_ctx_slot: int, cap: int, grammars: dict[s
     if len(p.logit_bias) > limits.max_logit_bias:
         raise invalid(f"'logit_bias' has {len(p.logit_bias)} entries; this server accepts up to {limits.max_logit_bias} "
                       "(--max-logit-bias)")
+    # texts the scheduler tokenizes besides the prompt
+    check_prompt_bytes(prompt_bytes([t for t, _ in p.logit_bias if isinstance(t, str)]), limits, "the 'logit_bias' strings")
+    check_prompt_bytes(prompt_bytes(p.penalty_prompt or ""), limits, "'penalty_prompt'")
     if p.n_predict == -1 and limits.n_predict >= 0 or p.n_predict > cap:
         p.n_predict = cap
     if p.repeat_last_n > n_ctx_slot:  # the penalty window is allocated at this size
