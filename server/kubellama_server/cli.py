@@ -65,7 +65,7 @@ FLAGS: list[Flag] = [
     Flag(("-t", "--threads"), "threads", "int", "threads for generation [the CPUs available: affinity and cgroup quota]", ("LLAMA_ARG_THREADS",), metavar="N"),
     Flag(("-tb", "--threads-batch"), "threads_batch", "int", "threads for prompt processing [same as --threads]", ("LLAMA_ARG_THREADS_BATCH",), metavar="N"),
     Flag(("--threads-http",), "threads_http", "int", "HTTP worker threads (asyncio here: accepted, unused)", ("LLAMA_ARG_THREADS_HTTP",), metavar="N"),
-    Flag(("-n", "--n-predict"), "n_predict", "int", "server-wide limit of tokens to predict [-1 = none]", ("LLAMA_ARG_N_PREDICT",), metavar="N"),
+    Flag(("-n", "--n-predict"), "n_predict", "int", "the most tokens one request may generate; caps its n_predict [-1 = 4 slot contexts]", ("LLAMA_ARG_N_PREDICT",), metavar="N"),
     Flag(("--grp-attn-n",), "grp_attn_n", "int", "self-extend group attention factor: positions of old tokens grow N times slower [1 = off]", ("LLAMA_ARG_GRP_ATTN_N",), metavar="N"),
     Flag(("--grp-attn-w",), "grp_attn_w", "int", "self-extend group attention width, a multiple of N [512]", ("LLAMA_ARG_GRP_ATTN_W",), metavar="N"),
     Flag(("-ngl", "--n-gpu-layers", "--gpu-layers"), "n_gpu_layers", "int", "layers to offload to the GPU (-1 = all)", ("LLAMA_ARG_N_GPU_LAYERS",), metavar="N"),
