@@ -64,6 +64,8 @@ def test_prompt_bytes(small):
     assert_error(post(small, "/completion", {"prompt": "é" * 2500, "n_predict": 1}), 413, "--max-prompt-bytes")
     msgs = [{"role": "user", "content": "word " * 900}]
     assert_error(post(small, "/v1/chat/completions", {"messages": msgs, "max_tokens": 1}), 413, "--max-prompt-bytes")
+    assert_error(post(small, "/v1/messages/count_tokens", {"model": "m", "messages": msgs}), 413, "--max-prompt-bytes")
+    assert_error(post(small, "/apply-template", {"messages": msgs}), 413, "--max-prompt-bytes")
     assert_error(post(small, "/tokenize", {"content": "x" * 5000}), 413, "--max-prompt-bytes")
     assert post(small, "/tokenize", {"content": "x" * 100}).status_code == 200
     assert_error(post(small, "/completion", {"prompt": "x", "penalty_prompt": "y" * 5000}), 413, "'penalty_prompt'")

@@ -52,7 +52,8 @@ def prompt_tokens(model, query: str, document: str) -> list[int]:
 
 def _task(query: str, document: str) -> Task:
     return Task(kind="rerank", prompt=document, params=SlotParams(), sink=TaskSink(), use_system_prompt=False,
-                build_prompt=lambda model: prompt_tokens(model, query, document))
+                build_prompt=lambda model: prompt_tokens(model, query, document),
+                prompt_bytes=len(query.encode("utf-8", "surrogatepass")) + len(document.encode("utf-8", "surrogatepass")))
 
 
 def parse(body: dict) -> dict[str, Any]:
