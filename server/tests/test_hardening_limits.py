@@ -91,6 +91,9 @@ def test_tasks_per_request(small):
     r = post(small, "/v1/completions", {"prompt": ["a", "b", "c"], "n": 2, "max_tokens": 1})
     assert_error(r, 400, "--max-request-tasks")
     assert post(small, "/v1/completions", {"prompt": ["a", "b"], "n": 2, "max_tokens": 1}).status_code == 200
+    t0 = time.monotonic()  # refused before a task is built: a body of 3,000 prompts x 16 is no work
+    assert_error(post(small, "/v1/completions", {"prompt": [[1]] * 3000, "n": 16}), 400, "48000 tasks")
+    assert time.monotonic() - t0 < 2
 
 
 def test_repeat_last_n_is_clamped_to_the_slot_context(small):

@@ -72,6 +72,13 @@ def max_predict(limits: Limits, n_ctx_slot: int, grp_attn_n: int = 1) -> int:
     return limits.n_predict if limits.n_predict >= 0 else 4 * n_ctx_slot * max(1, grp_attn_n)
 
 
+def check_task_count(settings: ServerSettings, n: int) -> None:
+    """--max-request-tasks, before a request's tasks are even built (a million prompts would be a million tasks)."""
+    if n > settings.max_request_tasks:
+        raise invalid(f"the request makes {n} tasks (prompts x n, inputs or documents); this server "
+                      f"accepts up to {settings.max_request_tasks} (--max-request-tasks)")
+
+
 def check_tasks(limits: Limits, tasks: list[Task], *, n_ctx_slot: int, queued: int = 0, grp_attn_n: int = 1) -> None:
     """Refuse (4xx) or bound one request's tasks; clamps parameters in place and converts JSON
     schemas to grammars (once per distinct schema)."""

@@ -20,6 +20,7 @@ from ..engine.params import SlotParams
 from ..engine.task import RerankResult, Task, TaskSink
 from ..errors import APIError, invalid
 from .openai_chat import served_model
+from .limits import check_task_count
 
 
 def require_enabled(engine) -> None:
@@ -86,6 +87,7 @@ def parse(body: dict) -> dict[str, Any]:
 def tasks(engine, body: dict) -> tuple[dict[str, Any], list[Task]]:
     require_enabled(engine)
     req = parse(body)
+    check_task_count(engine.settings, len(req["documents"]))
     return req, [_task(req["query"], d) for d in req["documents"]]
 
 
