@@ -234,10 +234,15 @@ class Scheduler:
         self.outbox.put(task.sink, ("error", exc))
 
     def _fail_all(self, exc: APIError) -> None:
+        """A step failed as a whole (the batch, not one slot): fail the running tasks and drop
+        their KV, whose state is unknown; queued tasks stay queued."""
         for slot in self.slots:
             if slot.task is not None:
-                self.outbox.put(slot.task.sink, ("error", exc))
-                slot.release()
+                try:
+                    self._fail_task(slot.task, exc)
+                except Exception:  # noqa: BLE001 - never stop failing the others
+                    log.exception("slot %d: could not be reset", slot.id)
+                    slot.release()
 
     # -- slot assignment --------------------------------------------------------
     def _launch_waiting(self) -> None:
