@@ -72,19 +72,22 @@ def max_predict(limits: Limits, n_ctx_slot: int, grp_attn_n: int = 1) -> int:
     return limits.n_predict if limits.n_predict >= 0 else 4 * n_ctx_slot * max(1, grp_attn_n)
 
 
+def _check_count(n: int, max_request_tasks: int, max_queued_tasks: int) -> None:
+    limit, flag = min((max_request_tasks, "--max-request-tasks"), (max_queued_tasks, "--max-queued-tasks"))
+    if n > limit:
+        raise invalid(f"the request makes {n} tasks (prompts x n, inputs or documents); this server "
+                      f"accepts up to {limit} ({flag})")
+
+
 def check_task_count(settings: ServerSettings, n: int) -> None:
     """--max-request-tasks, before a request's tasks are even built (a million prompts would be a million tasks)."""
-    if n > settings.max_request_tasks:
-        raise invalid(f"the request makes {n} tasks (prompts x n, inputs or documents); this server "
-                      f"accepts up to {settings.max_request_tasks} (--max-request-tasks)")
+    _check_count(n, settings.max_request_tasks, settings.max_queued_tasks)
 
 
 def check_tasks(limits: Limits, tasks: list[Task], *, n_ctx_slot: int, queued: int = 0, grp_attn_n: int = 1) -> None:
     """Refuse (4xx) or bound one request's tasks; clamps parameters in place and converts JSON
     schemas to grammars (once per distinct schema)."""
-    if len(tasks) > limits.max_request_tasks:
-        raise invalid(f"the request makes {len(tasks)} tasks (prompts x n, inputs or documents); this server "
-                      f"accepts up to {limits.max_request_tasks} (--max-request-tasks)")
+    _check_count(len(tasks), limits.max_request_tasks, limits.max_queued_tasks)  # more than the queue holds: never
     if queued + len(tasks) > limits.max_queued_tasks:
         raise QueueFull(limits.max_queued_tasks)
     grammars: dict[str, str] = {}
