@@ -65,7 +65,7 @@ FLAGS: list[Flag] = [
     Flag(("-t", "--threads"), "threads", "int", "threads for generation [the CPUs available: affinity and cgroup quota]", ("LLAMA_ARG_THREADS",), metavar="N"),
     Flag(("-tb", "--threads-batch"), "threads_batch", "int", "threads for prompt processing [same as --threads]", ("LLAMA_ARG_THREADS_BATCH",), metavar="N"),
     Flag(("--threads-http",), "threads_http", "int", "HTTP worker threads (asyncio here: accepted, unused)", ("LLAMA_ARG_THREADS_HTTP",), metavar="N"),
-    Flag(("-n", "--n-predict"), "n_predict", "int", "server-wide limit of tokens to predict [-1 = none]", ("LLAMA_ARG_N_PREDICT",), metavar="N"),
+    Flag(("-n", "--n-predict"), "n_predict", "int", "the most tokens one request may generate; caps its n_predict [-1 = 4 slot contexts]", ("LLAMA_ARG_N_PREDICT",), metavar="N"),
     Flag(("--grp-attn-n",), "grp_attn_n", "int", "self-extend group attention factor: positions of old tokens grow N times slower [1 = off]", ("LLAMA_ARG_GRP_ATTN_N",), metavar="N"),
     Flag(("--grp-attn-w",), "grp_attn_w", "int", "self-extend group attention width, a multiple of N [512]", ("LLAMA_ARG_GRP_ATTN_W",), metavar="N"),
     Flag(("-ngl", "--n-gpu-layers", "--gpu-layers"), "n_gpu_layers", "int", "layers to offload to the GPU (-1 = all)", ("LLAMA_ARG_N_GPU_LAYERS",), metavar="N"),
@@ -93,6 +93,24 @@ FLAGS: list[Flag] = [
     Flag(("--slot-save-path",), "slot_save_path", "str", "folder for slot save/restore files", ("LLAMA_ARG_SLOT_SAVE_PATH",), metavar="PATH"),
     Flag(("--slot-persist",), "slot_persist", "bool", "save slots on SIGTERM and restore them at start-up (kubellama)"),
     Flag(("--shutdown-timeout",), "shutdown_timeout", "float", "seconds to let running requests finish on SIGTERM [30] (kubellama)", metavar="SECONDS"),
+    # limits and security (kubellama; README "Limits and security")
+    Flag(("--max-body-bytes",), "max_body_bytes", "int", "largest request body; larger is a 413 [16777216]", metavar="N"),
+    Flag(("--max-prompt-bytes",), "max_prompt_bytes", "int", "largest prompt text (and /tokenize content) before tokenizing [2097152]", metavar="N"),
+    Flag(("--max-images",), "max_images", "int", "images per request [16]", metavar="N"),
+    Flag(("--max-image-bytes",), "max_image_bytes", "int", "largest image file [10485760]", metavar="N"),
+    Flag(("--max-image-pixels",), "max_image_pixels", "int", "largest image, width x height [16777216]", metavar="N"),
+    Flag(("--max-stop-strings",), "max_stop_strings", "int", "stop strings per request [64]", metavar="N"),
+    Flag(("--max-stop-length",), "max_stop_length", "int", "longest stop string, in characters [1024]", metavar="N"),
+    Flag(("--max-logit-bias",), "max_logit_bias", "int", "logit_bias entries per request [1024]", metavar="N"),
+    Flag(("--max-request-tasks",), "max_request_tasks", "int", "tasks per request: prompts x n, embedding inputs, rerank documents [1024]", metavar="N"),
+    Flag(("--max-queued-tasks",), "max_queued_tasks", "int", "tasks waiting for a slot; beyond it requests get 503 with Retry-After [2048]", metavar="N"),
+    Flag(("--max-grammar-bytes",), "max_grammar_bytes", "int", "largest grammar, also one converted from a JSON schema [262144]", metavar="N"),
+    Flag(("--max-grammar-depth",), "max_grammar_depth", "int", "deepest nesting of groups in a grammar (llama.cpp's parser recurses) [4096]", metavar="N"),
+    Flag(("--max-connections",), "max_connections", "int", "concurrent connections and requests; beyond it uvicorn answers 503 [512]", metavar="N"),
+    Flag(("--header-timeout",), "header_timeout", "float", "seconds a new connection has to send its request headers [30]", metavar="SECONDS"),
+    Flag(("--metrics-require-key",), "metrics_require_key", "bool", "GET /metrics needs the API key too (default: public, counts only)"),
+    Flag(("--health-stall-timeout",), "health_stall_timeout", "float", "/health answers 503 when the scheduler has work but has not stepped for this long [120]", metavar="SECONDS"),
+    Flag(("--slot-save-max-files",), "slot_save_max_files", "int", "slot files kept under --slot-save-path; a save beyond it is a 507 [64]", metavar="N"),
     Flag(("--log-disable",), "log_disable", "bool", "disable logging", ("LLAMA_LOG_DISABLE",)),
     Flag(("--log-format",), "log_format", "choice", "log format [json]", ("LLAMA_LOG_FORMAT",), choices=("json", "text"), metavar="FORMAT"),
     Flag(("-v", "--verbose"), "verbose", "bool", "verbose logs (llama.cpp's too; prompts in request logs)", ("LLAMA_ARG_VERBOSE",)),
@@ -102,6 +120,12 @@ FLAGS: list[Flag] = [
 NOT_IMPLEMENTED: dict[str, str] = {
     "lora_base": "--lora-base (llama.cpp applies adapters to the loaded model; no base file is needed)",
 }
+
+
+# limits that must be positive (README "Limits and security")
+LIMIT_FLAGS = ("max_body_bytes", "max_prompt_bytes", "max_images", "max_image_bytes", "max_image_pixels", "max_stop_strings",
+               "max_stop_length", "max_logit_bias", "max_request_tasks", "max_queued_tasks", "max_grammar_bytes",
+               "max_grammar_depth", "max_connections", "header_timeout", "health_stall_timeout", "slot_save_max_files")
 
 
 class UsageError(Exception):
@@ -201,6 +225,7 @@ def _validate(s: ServerSettings) -> None:
         (s.n_predict >= -1, "--n-predict must be >= -1"),
         (s.timeout > 0, "--timeout must be > 0"),
         (s.shutdown_timeout >= 0, "--shutdown-timeout must be >= 0"),
+        *[(getattr(s, name) >= 1, f"--{name.replace('_', '-')} must be >= 1") for name in LIMIT_FLAGS],
         (not (s.ssl_key_file and not s.ssl_cert_file) and not (s.ssl_cert_file and not s.ssl_key_file),
          "--ssl-key-file and --ssl-cert-file must be given together"),
         (not (s.slot_persist and not s.slot_save_path), "--slot-persist needs --slot-save-path"),

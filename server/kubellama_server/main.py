@@ -8,6 +8,7 @@ import sys
 import uvicorn
 
 from .http.app import create_app
+from .http.server_options import uvicorn_options
 from .observability.request_log import install_formatter
 from .settings import ServerSettings
 
@@ -40,6 +41,5 @@ def serve(settings: ServerSettings, warnings: list[str] | None = None) -> None:
         access_log=False,
         ssl_keyfile=settings.ssl_key_file or None,
         ssl_certfile=settings.ssl_cert_file or None,
-        timeout_keep_alive=min(settings.timeout, 600),
-        timeout_graceful_shutdown=int(settings.shutdown_timeout),
+        **uvicorn_options(settings),  # connection limit, header and keep-alive timeouts
     )

@@ -44,7 +44,7 @@ def resolve_model_path(settings: ServerSettings) -> str:
         hf_file=hf_file or None,
         hf_revision=settings.hf_revision or None,
     )
-    log.info("fetching model from %s", settings.model_url or f"{hf_repo}/{hf_file}")
+    log.info("fetching model from %s", source.describe())
     return _fetch(source, settings.model, "model", sha256=settings.model_sha256 or None, offline=settings.offline)
 
 

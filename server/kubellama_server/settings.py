@@ -87,6 +87,24 @@ class ServerSettings:
     slot_save_path: str = ""
     slot_persist: bool = False
     shutdown_timeout: float = 30.0
+    # limits and security (kubellama; see README "Limits and security")
+    max_body_bytes: int = 16 << 20
+    max_prompt_bytes: int = 2 << 20
+    max_images: int = 16
+    max_image_bytes: int = 10 << 20
+    max_image_pixels: int = 4096 * 4096
+    max_stop_strings: int = 64
+    max_stop_length: int = 1024
+    max_logit_bias: int = 1024
+    max_request_tasks: int = 1024
+    max_queued_tasks: int = 2048
+    max_grammar_bytes: int = 256 << 10
+    max_grammar_depth: int = 4096
+    max_connections: int = 512
+    header_timeout: float = 30.0
+    metrics_require_key: bool = False
+    health_stall_timeout: float = 120.0
+    slot_save_max_files: int = 64
     # logging
     log_disable: bool = False
     log_format: str = "json"

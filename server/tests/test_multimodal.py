@@ -164,7 +164,8 @@ def test_chat_with_an_image_url(mm_server):
     "body, message",
     [
         ({"prompt": "a [img-1] b", "image_data": [{"id": 1, "data": "not base64!"}]}, "base64"),
-        ({"prompt": "a [img-1] b", "image_data": [{"id": 1, "data": b64(b"GIF89a but not really")}]}, "could not be decoded"),
+        ({"prompt": "a [img-1] b", "image_data": [{"id": 1, "data": b64(b"GIF89a but not really")}]}, "pixels"),  # its header claims 25120x29813
+        ({"prompt": "a [img-1] b", "image_data": [{"id": 1, "data": b64(b"not an image at all")}]}, "could not be decoded"),
         ({"prompt": "a [img-2] b", "image_data": [{"id": 1, "data": b64(RED)}]}, "no image with id 2"),
         ({"prompt": "a b", "image_data": [{"id": 1, "data": b64(RED)}]}, "[img-1]"),
         ({"prompt": "a [img-1]", "image_data": [{"id": 1, "data": b64(RED)}]}, "ends with an image"),

@@ -1,8 +1,12 @@
 """Build a llama_sampler chain from `SlotParams` (llama.cpp's common_sampler order).
 
-Chain: [grammar] -> logit_bias -> penalties -> (mirostat | samplers in the requested
-order -> dist(seed)); temperature <= 0 means greedy. The grammar sampler comes first
-so every later stage only sees tokens the grammar allows.
+Chain: logit_bias -> [grammar] -> penalties -> (mirostat | samplers in the requested
+order -> dist(seed)); temperature <= 0 means greedy. Every stage after the grammar only
+sees tokens the grammar allows (a bias adds to logits and the grammar masks them: the
+two commute). The grammar is guarded: when it and the biases leave no token (a finished
+grammar with `ignore_eos`, or `logit_bias` false on every allowed token), llama.cpp's
+grammar would abort the process on the next accept; the guard skips that accept and
+marks the chain `dead`, and the scheduler ends the request.
 """
 
 from __future__ import annotations
@@ -91,12 +95,39 @@ class _NlPreservingPenalties:
             data[idx].logit = saved
 
 
+class _GuardedGrammar:
+    """llama.cpp's grammar sampler, which never accepts a token it had ruled out."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.dead = False
+        i = lc.llama_sampler_i()
+        i.name = lc.llama_sampler_i_name(lambda _s: b"grammar-guarded")
+        i.accept = lc.llama_sampler_i_accept(self._accept)
+        i.apply = lc.llama_sampler_i_apply(self._apply)
+        i.reset = lc.llama_sampler_i_reset(lambda _s: lc.llama_sampler_reset(self.inner))
+        i.free = lc.llama_sampler_i_free(lambda _s: lc.llama_sampler_free(self.inner))
+        self.iface = i
+        self.ptr = lc.llama_sampler_init(ctypes.byref(i), None)
+
+    def _apply(self, _smpl, cur_p) -> None:
+        lc.llama_sampler_apply(self.inner, cur_p)
+        arr = cur_p.contents
+        logits = np.ctypeslib.as_array(arr.data, shape=(arr.size,))["logit"] if arr.size else np.empty(0)
+        self.dead = not np.isfinite(logits).any()
+
+    def _accept(self, _smpl, token) -> None:
+        if not self.dead:
+            lc.llama_sampler_accept(self.inner, token)
+
+
 class SamplerChain:
     """Owns one llama_sampler chain (and any Python-side sampler objects it uses)."""
 
     def __init__(self, model: LlamaModel, params: SlotParams, n_ctx: int, bias: list[tuple[int, float]]):
         self._keep: list[object] = []
         self.penalties = None  # the penalties sampler (inside the chain), primed with history
+        self.grammar: _GuardedGrammar | None = None
         self.chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
         self.seed = params.seed if params.seed >= 0 else random.randint(0, 2**32 - 2)
         try:
@@ -109,18 +140,20 @@ class SamplerChain:
         lc.llama_sampler_chain_add(self.chain, smpl)
 
     def _build(self, model: LlamaModel, p: SlotParams, n_ctx: int, bias: list[tuple[int, float]]) -> None:
-        grammar = grammar_for(p)
-        if grammar:
-            g = lc.llama_sampler_init_grammar(model.vocab, grammar.encode(), b"root")
-            if not g:
-                raise invalid("Failed to parse grammar")
-            self._add(g)
         if bias:
             arr = (lc.llama_logit_bias * len(bias))()
             for k, (tok, b) in enumerate(bias):
                 arr[k].token = tok
                 arr[k].bias = b
             self._add(lc.llama_sampler_init_logit_bias(model.n_vocab, len(bias), arr))
+        grammar = grammar_for(p)
+        if grammar:
+            g = lc.llama_sampler_init_grammar(model.vocab, grammar.encode(), b"root")
+            if not g:
+                raise invalid("Failed to parse grammar")
+            self.grammar = _GuardedGrammar(g)
+            self._keep.append(self.grammar)
+            self._add(self.grammar.ptr)
         last_n = n_ctx if p.repeat_last_n == -1 else p.repeat_last_n
         if last_n != 0 and (p.repeat_penalty != 1.0 or p.frequency_penalty != 0.0 or p.presence_penalty != 0.0):
             pen = lc.llama_sampler_init_penalties(
@@ -170,6 +203,11 @@ class SamplerChain:
     def sample(self, ctx_ptr, idx: int) -> int:
         """Sample from output `idx` of the last decode (llama_sampler_sample also accepts it)."""
         return lc.llama_sampler_sample(self.chain, ctx_ptr, idx)
+
+    @property
+    def dead(self) -> bool:
+        """The grammar allowed no token at the last sample: the request cannot go on."""
+        return self.grammar is not None and self.grammar.dead
 
     def free(self) -> None:
         if self.chain:

@@ -46,6 +46,9 @@ log = logging.getLogger("kubellama.scheduler")
 
 # task kinds decoded by the embedding step: one pooled output per input, no generation
 POOLED_KINDS = ("embedding", "rerank")
+# the scheduler thread's stack: llama.cpp's grammar code recurses (bounded by --max-grammar-depth,
+# with this margin whatever `ulimit -s` the container has)
+STACK_BYTES = 256 << 20
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -85,6 +88,7 @@ class Scheduler:
         self.outbox = Outbox()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self.t_alive = time.monotonic()  # the loop's last turn (GET /health: stuck or dead)
         self._eog_tokens: list[int] | None = None
         self.system_tokens: list[int] = []  # shared prefix of every slot (system prompt)
         self.system_prompt: str = ""
@@ -98,8 +102,17 @@ class Scheduler:
 
     # -- thread-safe API ----------------------------------------------------
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="kubellama-scheduler", daemon=True)
-        self._thread.start()
+        old = threading.stack_size()
+        try:
+            threading.stack_size(STACK_BYTES)
+        except (ValueError, RuntimeError):  # pragma: no cover - platform without it
+            old = None
+        try:
+            self._thread = threading.Thread(target=self._run, name="kubellama-scheduler", daemon=True)
+            self._thread.start()
+        finally:
+            if old is not None:
+                threading.stack_size(old)
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
@@ -113,6 +126,17 @@ class Scheduler:
 
     def submit(self, task: Task) -> None:
         self.commands.put(("task", task))
+
+    def queued(self) -> int:
+        """Tasks submitted and not in a slot yet (read from any thread: approximate)."""
+        return len(self.waiting) + self.commands.qsize()
+
+    def has_work(self) -> bool:
+        return bool(self.waiting) or not self.commands.empty() or any(s.is_processing for s in self.slots)
+
+    def stalled_for(self) -> float:
+        """Seconds the loop has not turned while it has work (0 when idle or turning)."""
+        return time.monotonic() - self.t_alive if self.has_work() else 0.0
 
     def cancel(self, task: Task) -> None:
         task.cancelled = True
@@ -136,6 +160,7 @@ class Scheduler:
     # -- the loop -------------------------------------------------------------
     def _run(self) -> None:
         while not self._stop.is_set():
+            self.t_alive = time.monotonic()
             # sleep on the command queue only when there is nothing to do: a deferred task
             # must start in the step right after a slot frees up
             idle = not self.waiting and not any(s.is_processing for s in self.slots)
@@ -177,10 +202,11 @@ class Scheduler:
                     fut.set_exception(exc)
 
     def _cancel(self, task: Task) -> None:
-        if task in self.waiting:
-            self.waiting.remove(task)
-            task.drop_media()
-            self.stats.on_cancel()
+        if task.slot is None:  # queued (or not even queued yet): the launch loop skips it, O(1) here
+            if not task.done:
+                task.done = True
+                task.drop_media()
+                self.stats.on_cancel()
             return
         for slot in self.slots:
             if slot.task is task:
@@ -190,38 +216,65 @@ class Scheduler:
                 self.stats.on_cancel()
                 return
 
+    def _fail_task(self, task: Task, exc: BaseException) -> None:
+        """Answer one task with an error (a 500 unless it is an APIError) and free what it holds."""
+        if not isinstance(exc, APIError):
+            log.error("task %d failed: %s: %s", task.id, type(exc).__name__, exc, exc_info=exc)
+            exc = APIError(f"internal error while serving this request ({type(exc).__name__}; see the server log)",
+                           "server_error")
+        slot = task.slot
+        if slot is not None and slot.task is task:
+            try:
+                self.ctx.seq_rm(slot.id, 0, -1)  # its KV may be half written
+            finally:
+                slot.cache_tokens = []
+                slot.release()
+        task.drop_media()
+        task.done = True
+        self.outbox.put(task.sink, ("error", exc))
+
     def _fail_all(self, exc: APIError) -> None:
+        """A step failed as a whole (the batch, not one slot): fail the running tasks and drop
+        their KV, whose state is unknown; queued tasks stay queued."""
         for slot in self.slots:
             if slot.task is not None:
-                self.outbox.put(slot.task.sink, ("error", exc))
-                slot.release()
+                try:
+                    self._fail_task(slot.task, exc)
+                except Exception:  # noqa: BLE001 - never stop failing the others
+                    log.exception("slot %d: could not be reset", slot.id)
+                    slot.release()
 
     # -- slot assignment --------------------------------------------------------
     def _launch_waiting(self) -> None:
         if not self.waiting:
             return
         still: deque[Task] = deque()
-        while self.waiting:
-            task = self.waiting.popleft()
-            if task.cancelled:
-                task.drop_media()
-                continue
-            try:
-                if task.tokens is None:
-                    task.tokens = self._prompt_tokens(task)
-                if task.lora is None:
-                    task.lora = self._effective_lora(task)
-                slot = self._pick_slot(task)
-                if slot is None:
-                    still.append(task)
+        try:
+            while self.waiting:
+                task = self.waiting.popleft()
+                if task.cancelled:
+                    task.drop_media()
                     continue
-                self._launch(slot, task)
-            except APIError as exc:
-                if task.slot is not None:
-                    task.slot.release()
-                task.drop_media()
-                self.outbox.put(task.sink, ("error", exc))
-        self.waiting = still
+                try:
+                    if task.tokens is None:
+                        task.tokens = self._prompt_tokens(task)
+                    if task.lora is None:
+                        task.lora = self._effective_lora(task)
+                    slot = self._pick_slot(task)
+                    if slot is None:
+                        still.append(task)
+                        continue
+                    self._launch(slot, task)
+                except Exception as exc:  # this task only: the others stay queued or running
+                    if task.slot is not None and task.slot.task is not task:  # picked, not started: stays free
+                        if task.slot.sampler is not None:
+                            task.slot.sampler.free()
+                            task.slot.sampler = None
+                        task.slot = None
+                    self._fail_task(task, exc)
+        finally:  # tasks taken from the queue in this pass go back in front, in order
+            still.extend(self.waiting)
+            self.waiting = still
 
     def _pick_slot(self, task: Task) -> Slot | None:
         """The requested slot; else the idle slot sharing the longest prefix; else the LRU one."""
@@ -249,6 +302,9 @@ class Scheduler:
             return task.build_prompt(self.model)
         prompt = task.prompt
         system = self.system_tokens if task.kind == "completion" and task.use_system_prompt else []
+        if task.system_prompt is not None and task.kind == "completion":  # this request's own
+            system = self.model.tokenize(task.system_prompt, add_special=self.model.add_bos, parse_special=True) \
+                if task.system_prompt else []
         first_is_text = isinstance(prompt, str) or (isinstance(prompt, list) and prompt and isinstance(prompt[0], str))
         add_bos = first_is_text and self.model.add_bos and not system
         tokens: list[int] = []
@@ -527,16 +583,25 @@ class Scheduler:
         for slot in active:
             if slot.i_batch < 0 or not slot.is_processing:
                 continue
-            i, slot.i_batch = slot.i_batch, -1
-            if slot.t_prompt_done == 0.0:
-                slot.t_prompt_done = now
-                slot.t_last_token = now
-                n_eval = len(slot.prompt_tokens) - slot.n_cached
-                self.stats.on_prompt_done(n_eval, now - slot.t_start, slot.n_cached)
-                if slot.params.n_predict == 0:
-                    self._finish(slot)
-                    continue
-            self._sample(slot, i, now)
+            try:
+                self._after_decode(slot, now)
+            except Exception as exc:  # this slot's request only; the others keep generating
+                slot.i_batch = -1
+                if slot.task is not None:
+                    self._fail_task(slot.task, exc)
+
+    def _after_decode(self, slot: Slot, now: float) -> None:
+        """Sample the slot's next token from this step's decode (or finish a prompt-only request)."""
+        i, slot.i_batch = slot.i_batch, -1
+        if slot.t_prompt_done == 0.0:
+            slot.t_prompt_done = now
+            slot.t_last_token = now
+            n_eval = len(slot.prompt_tokens) - slot.n_cached
+            self.stats.on_prompt_done(n_eval, now - slot.t_start, slot.n_cached)
+            if slot.params.n_predict == 0:
+                self._finish(slot)
+                return
+        self._sample(slot, i, now)
 
     def _eval_image(self, slot: Slot, image) -> bool:
         """Encode an image and decode it into the slot's sequence (libmtmd's own decodes, before
@@ -622,6 +687,10 @@ class Scheduler:
     def _sample(self, slot: Slot, i: int, now: float) -> None:
         params = slot.params
         token = slot.sampler.sample(self.ctx.ptr, i)
+        if slot.sampler.dead:  # the grammar (with the biases) allows nothing more: it is complete
+            slot.stopped_eos = True
+            self._finish(slot)
+            return
         info = None
         if params.n_probs > 0:
             logits = self.ctx.logits(i)

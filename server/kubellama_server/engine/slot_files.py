@@ -5,9 +5,12 @@ Every function here touches llama.cpp and must run on the scheduler thread
 
 Files: `<name>` is written by `llama_state_seq_save_file` (llama.cpp's own format, tokens
 included) and `.<name>.meta.json` beside it records who wrote it (model identity, slot
-context size, token count, file size). Both are written atomically: a temporary file in
-the same folder, fsync, rename, fsync of the folder; a crash never leaves a truncated
-file under the final name. Restoring checks the metadata before anything is loaded, so
+context size, token count, file size and sha256). Both are written atomically: a temporary
+file in the same folder, fsync, rename, fsync of the folder; a crash never leaves a truncated
+file under the final name. The data is renamed first, its metadata second, and the metadata
+names the data it describes (inode, mtime and sha256): a crash between the two renames leaves
+new data beside old metadata, which no longer matches and is refused, never the reverse.
+At most `--slot-save-max-files` files are kept: a save of a new name beyond it is a 507. Restoring checks the metadata before anything is loaded, so
 a file from another model or context size is refused (400) instead of loading garbage;
 llama.cpp's own check (a shape mismatch makes `llama_state_seq_load_file` return 0) is
 the second line of defence, and the only one for files without metadata (e.g. written
@@ -169,6 +172,34 @@ def _write_meta_tmp(folder: Path, name: str, meta: dict) -> str:
     return tmp
 
 
+def _file_stamp(path: str | Path) -> list[int]:
+    """What identifies one version of a file on this volume: inode, size, mtime."""
+    st = os.stat(path)
+    return [st.st_ino, st.st_size, st.st_mtime_ns]
+
+
+def _sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_budget(folder: Path, filename: str, max_files: int) -> None:
+    """507 when saving a new file name would keep more than `max_files` slot files."""
+    try:
+        names = [e.name for e in os.scandir(folder) if e.is_file() and not e.name.startswith(".")]
+    except FileNotFoundError:
+        return
+    if filename not in names and len(names) >= max_files:
+        err = SlotFileError(
+            f"--slot-save-path already holds {len(names)} slot files (--slot-save-max-files {max_files}); "
+            "overwrite one of them or delete some", "insufficient_storage_error", "full")
+        err.code = 507
+        raise err
+
+
 def _unlink(path: str | None) -> None:
     if path:
         try:
@@ -177,11 +208,13 @@ def _unlink(path: str | None) -> None:
             pass
 
 
-def save_slot(sched, slot_id: int, folder: str | Path, filename: str) -> dict[str, Any]:
+def save_slot(sched, slot_id: int, folder: str | Path, filename: str, max_files: int | None = None) -> dict[str, Any]:
     """Write slot `slot_id`'s cache to `folder/filename` atomically (with its metadata)."""
     filename = validate_filename(filename)
     slot = _slot(sched, slot_id)
     folder = Path(folder)
+    if max_files is not None:
+        check_budget(folder, filename, max_files)
     t0 = time.perf_counter()
     tokens = list(slot.cache_tokens)
     tmp = tmp_meta = None
@@ -198,6 +231,8 @@ def save_slot(sched, slot_id: int, folder: str | Path, filename: str) -> dict[st
         fsync_file(tmp)
         size = os.path.getsize(tmp)
         meta = {
+            "file_sha256": _sha256(tmp),
+            "file_stamp": _file_stamp(tmp),  # kept by the rename below
             "format": META_FORMAT,
             **identity(sched),
             "n_tokens": len(tokens),
@@ -208,12 +243,12 @@ def save_slot(sched, slot_id: int, folder: str | Path, filename: str) -> dict[st
         }
         tmp_meta = _write_meta_tmp(folder, filename, meta)
         final = folder / filename
-        # metadata first: a crash between the renames leaves new metadata beside an
-        # old (or no) file, which the file_size check refuses; never the reverse.
-        os.replace(tmp_meta, meta_path(final))
-        tmp_meta = None
+        # data first: a crash between the renames leaves new data beside the old metadata,
+        # whose stamp and sha256 no longer match it (refused at restore)
         os.replace(tmp, final)
         tmp = None
+        os.replace(tmp_meta, meta_path(final))
+        tmp_meta = None
         fsync_dir(folder)
     except OSError as exc:
         raise SlotFileError(
@@ -259,7 +294,7 @@ def check_compatible(sched, path: Path) -> dict[str, Any] | None:
             "incompatible",
         )
     size = path.stat().st_size
-    if meta.get("file_size") != size:
+    if meta.get("file_size") != size or not _same_data(path, meta):
         raise SlotFileError(
             f"slot file {path.name} does not match its metadata ({size} bytes, {meta.get('file_size')} recorded); "
             "it was not loaded (an interrupted save?): save the slot again",
@@ -267,6 +302,16 @@ def check_compatible(sched, path: Path) -> dict[str, Any] | None:
             "incompatible",
         )
     return meta
+
+
+def _same_data(path: Path, meta: dict[str, Any]) -> bool:
+    """Whether the file is the one its metadata describes: the same stamp, else the same sha256
+    (a folder copied elsewhere keeps its contents but not its inodes). Older metadata has neither."""
+    if "file_sha256" not in meta:
+        return True
+    if meta.get("file_stamp") == _file_stamp(path):
+        return True
+    return _sha256(path) == meta["file_sha256"]
 
 
 def restore_slot(sched, slot_id: int, folder: str | Path, filename: str) -> dict[str, Any]:

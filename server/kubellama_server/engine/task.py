@@ -7,6 +7,7 @@ pushes events into it with `loop.call_soon_threadsafe`, never blocking on the lo
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import itertools
 import time
 from dataclasses import dataclass, field
@@ -22,13 +23,32 @@ def next_task_id() -> int:
     return next(_ids)
 
 
+# The event loop of the request being built, for tasks created off it (a worker thread
+# rendering a big chat template: `serving.limits.off_loop`).
+_request_loop: contextvars.ContextVar[asyncio.AbstractEventLoop | None] = contextvars.ContextVar("request_loop", default=None)
+
+
+def bind_loop(loop: asyncio.AbstractEventLoop) -> None:
+    _request_loop.set(loop)
+
+
+def _current_loop() -> asyncio.AbstractEventLoop:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        loop = _request_loop.get()
+        if loop is None:
+            raise
+        return loop
+
+
 class TaskSink:
     """Delivers scheduler events to one asyncio consumer."""
 
     __slots__ = ("loop", "queue", "closed")
 
     def __init__(self, loop: asyncio.AbstractEventLoop | None = None):
-        self.loop = loop or asyncio.get_running_loop()
+        self.loop = loop or _current_loop()
         self.queue: asyncio.Queue = asyncio.Queue()
         self.closed = False
 
@@ -188,7 +208,7 @@ class RerankResult:
     id_slot: int
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: a queue lookup must never compare prompts
 class Task:
     """A unit of work for one slot.
 
@@ -213,6 +233,9 @@ class Task:
     media: Any = None  # the MediaPrompt of `tokens` when there are images (scheduler thread)
     lora: tuple[float, ...] | None = None  # its LoRA scales, one per adapter (set at launch)
     n_cached: int = 0  # prompt tokens its slot reused (set at launch)
+    prompt_bytes: int = -1  # the prompt text's size when `prompt` does not hold it all (infill); -1: measure `prompt`
+    done: bool = False  # answered with an error or cancelled before it reached a slot (scheduler thread)
+    system_prompt: str | None = None  # this request's own `system_prompt` (None: the server's -spf one)
 
     def drop_media(self) -> None:
         """Free the image chunks (the task ended, or its slot has evaluated them)."""

@@ -195,7 +195,8 @@ def _download(source: ModelSource, paths: Paths, key: dict, expected: str | None
         paths.part_meta.unlink(missing_ok=True)
 
     try:
-        got = download(remote, paths, key, reporter, retries=retries, backoff=backoff, timeout=timeout)
+        got = download(remote, paths, key, reporter, retries=retries, backoff=backoff, timeout=timeout,
+                       verify_sha256=want)
     except NotGGUFError:
         discard()
         raise
@@ -217,7 +218,7 @@ def _download(source: ModelSource, paths: Paths, key: dict, expected: str | None
         "version": META_VERSION,
         "source": key,
         "file": paths.target.name,
-        "url": remote.url,
+        "url": remote.shown,
         "size": got.size,
         "sha256": got.sha256,
         "sha256_verified_against": "expected" if expected else "hub" if remote.sha256 else None,

@@ -4,7 +4,9 @@ Within one run, connection errors, timeouts, 408/429 and 5xx answers are retried
 with exponential backoff; each retry resumes where the last one stopped. Across
 runs, the partial file and its `.part.json` let the next run resume the same way.
 A server that ignores Range (answers 200) or a file that changed upstream (If-Range
-fails) restarts the download cleanly from byte 0.
+fails) restarts the download cleanly from byte 0. Without a validator (no ETag or
+Last-Modified) a change upstream cannot be seen, so the download is only resumed when a
+sha256 will check the result (`verify_sha256`); otherwise it starts over.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from .errors import (
     UnauthorizedError,
 )
 from .progress import Progress
+from .redact import redact_url
 
 CHUNK = 1 << 20
 try:
@@ -54,6 +57,11 @@ class Remote:
     sha256: str | None = None  # e.g. the LFS sha256 the Hub publishes
     hint: str = ""  # appended to 401/403/404 messages: what to do for this kind of source
     info: dict = field(default_factory=dict)  # extra metadata to record (e.g. the Hub commit)
+
+    @property
+    def shown(self) -> str:
+        """The URL for messages, logs and metadata: without its credentials."""
+        return redact_url(self.url)
 
 
 @dataclass
@@ -136,11 +144,15 @@ def download(
     retries: int = 5,
     backoff: float = 1.0,
     timeout: float = 30.0,
+    verify_sha256: str | None = None,
 ) -> Downloaded:
-    """Download `remote` into `paths.part` (resuming a matching partial file); the caller verifies and renames."""
-    host = urlparse(remote.url).netloc
+    """Download `remote` into `paths.part` (resuming a matching partial file); the caller verifies and renames.
+
+    `verify_sha256`: the caller checks the result against it, so resuming without a validator is safe."""
+    host = urlparse(remote.shown).netloc
     state = read_json(paths.part_meta)
-    keep = bool(state and state.get("source") == source_key and paths.part.exists())
+    keep = bool(state and state.get("source") == source_key and paths.part.exists()
+                and (verify_sha256 or remote.sha256 or _validator(state)))
     part = _PartFile(paths.part, keep)
     if not keep:
         state = {}
@@ -164,7 +176,7 @@ def download(
                 part.truncate()
                 state = {}
                 if attempt > retries:
-                    raise ServerError(f"{host} kept answering inconsistent ranges for {remote.url}; try again later")
+                    raise ServerError(f"{host} kept answering inconsistent ranges for {remote.shown}; try again later")
                 continue
             except httpx.TransportError as exc:  # connect/read/write errors, timeouts, cut connections
                 connect = isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))
@@ -174,9 +186,12 @@ def download(
                 ever_connected = True
                 err = exc
             except httpx.RequestError as exc:  # too many redirects, redirect to a non-http URL, bad URL
-                raise FetchError(f"cannot download {remote.url}: {_describe_transport(exc)}; check the URL") from exc
+                raise FetchError(f"cannot download {remote.shown}: {_describe_transport(exc)}; check the URL") from exc
             if part.size > before:
                 attempt = 1  # progress was made: the retry budget is for stalls, not for long downloads
+            if part.size and not (verify_sha256 or remote.sha256 or _validator(state)):
+                part.truncate()  # nothing would notice a change upstream between the two parts
+                state = {}
             if attempt > retries:
                 raise _give_up(err, remote, host, part, ever_connected)
             delay = min(backoff * 2 ** (attempt - 1), 30.0)
@@ -201,7 +216,7 @@ def _attempt(client, remote, paths, source_key, part, state, progress) -> Downlo
     headers = {**remote.headers, "Accept-Encoding": "identity"}
     if offset:
         headers["Range"] = f"bytes={offset}-"
-        validator = state.get("etag") if _strong(state.get("etag")) else state.get("last_modified")
+        validator = _validator(state)
         if validator:
             headers["If-Range"] = validator
     with client.stream("GET", remote.url, headers=headers) as resp:
@@ -209,7 +224,7 @@ def _attempt(client, remote, paths, source_key, part, state, progress) -> Downlo
         if status == 416 and offset:
             total = _content_range(resp.headers.get("Content-Range", ""))[2]
             if total is not None and total == offset == state.get("total"):
-                return _done(part, state, str(resp.url))  # the partial file was already complete
+                return _done(part, state, redact_url(str(resp.url)))  # the partial file was already complete
             raise _Restart("the server refused to resume (416)")
         _raise_for_status(resp, remote)
         if status == 206:
@@ -227,11 +242,11 @@ def _attempt(client, remote, paths, source_key, part, state, progress) -> Downlo
             total = int(length) if length and length.isdigit() else None
         total = total if total is not None else remote.size
         state.clear()
-        state.update(source=source_key, url=remote.url, total=total,
+        state.update(source=source_key, url=remote.shown, total=total,
                      etag=resp.headers.get("ETag"), last_modified=resp.headers.get("Last-Modified"))
         write_json_atomic(paths.part_meta, state)
         _check_space(paths.folder, total, offset)
-        progress.start(paths.target.name, total, offset, remote.url)
+        progress.start(paths.target.name, total, offset, remote.shown)
         checked_magic = offset >= 4
         for chunk in resp.iter_bytes():  # no chunk size: a cut connection loses no received bytes
             part.write(chunk)
@@ -241,14 +256,14 @@ def _attempt(client, remote, paths, source_key, part, state, progress) -> Downlo
                 head = part.head(4)
                 if head != GGUF_MAGIC:
                     raise NotGGUFError(
-                        f"{remote.url} is not a GGUF model file (it starts with {head!r}, content type "
+                        f"{remote.shown} is not a GGUF model file (it starts with {head!r}, content type "
                         f"{resp.headers.get('Content-Type', 'unknown')}); point the URL at the .gguf file itself "
                         "(on Hugging Face: .../resolve/main/FILE.gguf, not .../blob/...) and check the server "
                         "did not answer with an error or login page"
                     )
         if total is not None and part.size != total:
             raise _Retry(f"the transfer ended after {part.size} of {total} bytes")
-        return _done(part, state, str(resp.url))
+        return _done(part, state, redact_url(str(resp.url)))
 
 
 def _done(part: _PartFile, state: dict, final_url: str) -> Downloaded:
@@ -260,7 +275,7 @@ def _raise_for_status(resp: httpx.Response, remote: Remote) -> None:
     status = resp.status_code
     if status in (200, 206):
         return
-    where = remote.url
+    where = remote.shown
     hint = f"; {remote.hint}" if remote.hint else ""
     if status == 404 or status == 410:
         raise NotFoundError(f"{where} was not found (HTTP {status}); check the URL or file name{hint}")
@@ -277,7 +292,7 @@ def _raise_for_status(resp: httpx.Response, remote: Remote) -> None:
 def _give_up(err: _Retry, remote: Remote, host: str, part: _PartFile, ever_connected: bool) -> FetchError:
     if err.status is not None:
         return ServerError(
-            f"{host} kept answering HTTP {err.status} for {remote.url}; the server has a problem, try again later"
+            f"{host} kept answering HTTP {err.status} for {remote.shown}; the server has a problem, try again later"
         )
     kept = (f"; {human_bytes(part.size)} downloaded so far are kept in {part.path} and the next attempt resumes"
             if part.size else "")
@@ -311,6 +326,13 @@ def _content_range(value: str) -> tuple[int | None, int | None, int | None]:
     end = int(m.group(2)) if m.group(2) else None
     total = int(m.group(3)) if m.group(3) != "*" else None
     return start, end, total
+
+
+def _validator(state: dict | None) -> str | None:
+    """What If-Range can check a resumed download against: a strong ETag, else Last-Modified."""
+    if not state:
+        return None
+    return state.get("etag") if _strong(state.get("etag")) else state.get("last_modified")
 
 
 def _strong(etag: str | None) -> bool:

@@ -10,6 +10,7 @@ from pathlib import PurePosixPath
 from urllib.parse import unquote, urlparse
 
 from .errors import UsageError
+from .redact import redact_url
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
 _HF_REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
@@ -59,16 +60,19 @@ class ModelSource:
                 raise UsageError(f"--hf-file {self.hf_file!r} must be a path inside the repo, e.g. model-Q4_K_M.gguf")
 
     def key(self) -> dict:
-        """The identity recorded in the metadata file; equal keys mean the same download."""
+        """The identity recorded in the metadata file; equal keys mean the same download.
+
+        A URL is recorded without its credentials (a rotated token is the same file)."""
         if self.url:
-            return {"url": self.url}
+            return {"url": redact_url(self.url)}
         if self.hf_repo:
             return {"hf_repo": self.hf_repo, "hf_file": self.hf_file, "hf_revision": self.hf_revision or "main"}
         return {"path": self.path}
 
     def describe(self) -> str:
+        """The source for messages and logs (never a URL's credentials)."""
         if self.url:
-            return self.url
+            return redact_url(self.url)
         if self.hf_repo:
             return f"hf://{self.hf_repo}/{self.hf_file}@{self.hf_revision or 'main'}"
         return str(self.path)
@@ -99,10 +103,11 @@ class ModelSource:
             parts.append(self.hf_file.replace("/", "_"))
             name = _safe("_".join(parts))
         else:
-            parsed = urlparse(self.url or "")
+            shown = redact_url(self.url or "")
+            parsed = urlparse(shown)
             name = _safe((parsed.netloc + unquote(parsed.path)).replace("/", "_").replace(":", "_"))
             if parsed.query:
-                name = _with_hash(name, self.url or "")
+                name = _with_hash(name, shown)
         if len(name) > _MAX_NAME:
             name = _with_hash(name[-(_MAX_NAME - 20):], self.describe())
         return name

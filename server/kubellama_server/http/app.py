@@ -14,11 +14,13 @@ from ..settings import ServerSettings
 from . import auth, cors, static
 from ..serving import openai_chat, system_prompt
 from .errors import install_error_handlers
+from .request_limits import BodyLimitMiddleware
 from .routes_embeddings import router as embeddings_router
 from .routes_rerank import router as rerank_router
 from .routes_anthropic import router as anthropic_router
 from .routes_infill import router as infill_router
 from .routes_openai import router as openai_router
+from .routes_health import router as health_router
 from .routes_native import router as native_router
 from .routes_metrics import router as metrics_router
 from .routes_slots import router as slots_router
@@ -43,6 +45,7 @@ def create_app(settings: ServerSettings, engine: Engine | None = None, *, load: 
     app.state.engine = engine
     app.state.settings = settings
     install_error_handlers(app)
+    app.include_router(health_router)
     app.include_router(native_router)
     app.include_router(slots_router)
     app.include_router(metrics_router)
@@ -51,12 +54,15 @@ def create_app(settings: ServerSettings, engine: Engine | None = None, *, load: 
     app.include_router(rerank_router)
     app.include_router(anthropic_router)
     app.include_router(infill_router)
-    files = static.install(app, settings.path or None)  # last: answers GET paths no route claims
+    files = static.install(app, settings.path or None,
+                           private=[settings.api_key_file, settings.ssl_key_file, settings.ssl_cert_file])  # last: answers GET paths no route claims
     engine.on_ready.append(openai_chat.install_formatter)
     if settings.system_prompt_file:
         sp = system_prompt.load_file(settings.system_prompt_file)
         engine.on_ready.append(lambda e: system_prompt.install(e, sp))
-    app.add_middleware(auth.APIKeyMiddleware, keys=auth.load_keys(settings), is_public=files.is_public)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, read_timeout=settings.timeout)
+    app.add_middleware(auth.APIKeyMiddleware, keys=auth.load_keys(settings), is_public=files.is_public,
+                       public_paths=auth.public_paths(settings))
     app.add_middleware(cors.CORSMiddleware)  # outermost: 401s and errors get CORS headers too
     # wraps even CORS/auth (observes only): 401s are counted, logged and traced too
     metrics = install_observability(app, settings, engine)  # /metrics, tracing, request logs

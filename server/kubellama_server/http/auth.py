@@ -1,9 +1,10 @@
 """API keys (`--api-key`, `--api-key-file`): `Authorization: Bearer <key>` on every route but
 /health and /metrics.
 
-/metrics is public (unlike llama.cpp, where it needs the key) so that Prometheus and
-the Kubernetes monitors scrape a keyed server without holding its key: the metrics
+/metrics is public by default (unlike llama.cpp, where it needs the key) so that Prometheus
+and the Kubernetes monitors scrape a keyed server without holding its key: the metrics
 carry counts and timings only, never prompts (/slots, which shows prompts, stays keyed).
+`--metrics-require-key` keys it too. /health never shows slot contents.
 
 Keys are compared in constant time (every key is checked, so the time does not
 say which one nearly matched) and never logged. The static web page is public, as
@@ -20,6 +21,11 @@ from ..errors import APIError
 from ..settings import ServerSettings
 
 PUBLIC_PATHS = frozenset({"/health", "/v1/health", "/metrics"})
+
+
+def public_paths(settings: ServerSettings) -> frozenset[str]:
+    """The routes open without a key: /health, and /metrics unless --metrics-require-key."""
+    return PUBLIC_PATHS - {"/metrics"} if settings.metrics_require_key else PUBLIC_PATHS
 
 
 def read_key_file(path: str) -> list[str]:
@@ -61,16 +67,17 @@ def presented_key(headers: dict[bytes, bytes]) -> str:
 class APIKeyMiddleware:
     """ASGI middleware: 401 `authentication_error` for a missing or wrong key."""
 
-    def __init__(self, app, keys: list[str], is_public: Callable[[str, str], bool]):
+    def __init__(self, app, keys: list[str], is_public: Callable[[str, str], bool], public_paths: frozenset[str] = PUBLIC_PATHS):
         self.app = app
         self.keys = keys
         self.is_public = is_public
+        self.public_paths = public_paths
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or not self.keys:
             return await self.app(scope, receive, send)
         method, path = scope["method"], scope["path"]
-        if method == "OPTIONS" or path in PUBLIC_PATHS or self.is_public(method, path):
+        if method == "OPTIONS" or path in self.public_paths or self.is_public(method, path):
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
         given = presented_key(headers)

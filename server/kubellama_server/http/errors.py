@@ -28,7 +28,7 @@ _STATUS_TYPES = {
 
 
 def error_response(exc: APIError) -> JSONResponse:
-    return JSONResponse(exc.to_dict(), status_code=exc.code)
+    return JSONResponse(exc.to_dict(), status_code=exc.code, headers=getattr(exc, "headers", None))
 
 
 def install_error_handlers(app: FastAPI) -> None:

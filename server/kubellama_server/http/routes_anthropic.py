@@ -7,6 +7,7 @@ import asyncio
 from fastapi import APIRouter, Request
 
 from ..serving import anthropic
+from ..serving.limits import Limits, check_prompt_bytes, off_loop, prompt_bytes
 from .body import json_body
 from .routes_openai import engine_of, serve_generation
 
@@ -23,7 +24,8 @@ async def count_tokens(request: Request):
     engine = engine_of(request)
     body = await json_body(request)
     engine.require_ready()
-    prompt = anthropic.count_tokens_prompt(engine, body)
+    prompt = await off_loop(anthropic.count_tokens_prompt, engine, body)
+    check_prompt_bytes(prompt_bytes(prompt), Limits.from_settings(engine.settings))
 
     def count(sched) -> int:
         return len(sched.model.tokenize(prompt, add_special=sched.model.add_bos, parse_special=True))

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
 
-from ..engine.engine import Engine, EngineState
+from ..engine.engine import Engine
 from ..errors import APIError, invalid
 from ..serving import lora, native, system_prompt
+from ..serving.limits import Limits, check_prompt_bytes, prompt_bytes
 from .body import json_body
 from .streaming import run_to_completion, stream_task
 
@@ -18,34 +18,15 @@ def engine_of(request: Request) -> Engine:
     return request.app.state.engine
 
 
-@router.get("/health")
-@router.get("/v1/health")
-async def health(request: Request) -> JSONResponse:
-    engine = engine_of(request)
-    if engine.state == EngineState.LOADING:
-        return JSONResponse({"status": "loading model"}, status_code=503)
-    if engine.state == EngineState.ERROR:
-        return JSONResponse({"status": "error", "error": engine.error}, status_code=500)
-    idle, processing = engine.slot_counts()
-    body: dict = {"status": "ok", "slots_idle": idle, "slots_processing": processing}
-    status = 200
-    if idle == 0:
-        body["status"] = "no slot available"
-        if "fail_on_no_slot" in request.query_params:
-            status = 503
-    if "include_slots" in request.query_params and not engine.settings.slots_endpoint_disable:
-        body["slots"] = engine.slots_json()
-    return JSONResponse(body, status_code=status)
-
-
 @router.post("/completion")
 @router.post("/completions")
 async def completion(request: Request):
     engine = engine_of(request)
     body = await json_body(request)
     engine.require_ready()
-    await system_prompt.apply_from_body(engine, body)
+    own_system = system_prompt.from_body(body)
     task = native.completion_task(engine, body)
+    system_prompt.apply_to([task], own_system)
     prompt = body["prompt"]
     if task.params.stream:
         def render(kind, payload):
@@ -65,6 +46,7 @@ async def tokenize(request: Request):
     content = body.get("content", "")
     if not isinstance(content, str):
         raise invalid("'content' must be a string")
+    check_prompt_bytes(prompt_bytes(content), Limits.from_settings(engine.settings), "'content'")
     add_special = body.get("add_special", False)
     with_pieces = body.get("with_pieces", False)
     if not isinstance(add_special, bool) or not isinstance(with_pieces, bool):

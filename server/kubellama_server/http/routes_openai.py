@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request
 
 from ..engine.engine import Engine
 from ..serving import openai_chat, openai_completions, responses, system_prompt
+from ..serving.limits import Limits, check_prompt_bytes, off_loop, prompt_bytes
 from .body import json_body
 from .streaming import run_tasks, stream_tasks
 
@@ -26,9 +27,9 @@ async def serve_generation(request: Request, family, *, system_prompt_field: boo
     engine = engine_of(request)
     body = await json_body(request)
     engine.require_ready()
-    if system_prompt_field:
-        await system_prompt.apply_from_body(engine, body)
-    req, tasks = family.build(engine, body)
+    own_system = system_prompt.from_body(body) if system_prompt_field else None
+    req, tasks = await off_loop(family.build, engine, body)  # templates render off the event loop
+    system_prompt.apply_to(tasks, own_system)
     if req.stream:
         stream = family.Stream(engine, req, tasks)
         frame = getattr(family, "event_frame", None)
@@ -62,7 +63,9 @@ async def apply_template(request: Request):
     engine = engine_of(request)
     body = await json_body(request)
     engine.require_ready()
-    return {"prompt": openai_chat.parse_and_render(engine, {**body, "stream": False}, raw=True)[1]}
+    _, prompt, _ = await off_loop(openai_chat.parse_and_render, engine, {**body, "stream": False}, raw=True)
+    check_prompt_bytes(prompt_bytes(prompt), Limits.from_settings(engine.settings))
+    return {"prompt": prompt}
 
 
 @router.post("/v1/responses")

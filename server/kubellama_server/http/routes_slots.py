@@ -63,8 +63,11 @@ async def slot_action(request: Request, id_slot: str):
         else:
             body = await json_body(request)
             filename = slot_files.validate_filename(body.get("filename"))
-            fn = slot_files.save_slot if action == "save" else slot_files.restore_slot
-            work = lambda sched: fn(sched, slot_id, folder, filename)  # noqa: E731
+            if action == "save":
+                work = lambda sched: slot_files.save_slot(sched, slot_id, folder, filename,  # noqa: E731
+                                                          max_files=settings.slot_save_max_files)
+            else:
+                work = lambda sched: slot_files.restore_slot(sched, slot_id, folder, filename)  # noqa: E731
         result = await asyncio.wrap_future(engine.call(work))
     except slot_files.SlotFileError as exc:
         _count(request, action, exc.result)

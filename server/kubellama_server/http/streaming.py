@@ -17,6 +17,7 @@ from fastapi.responses import StreamingResponse
 
 from ..engine.engine import Engine
 from ..engine.task import Task
+from ..serving.limits import admit
 
 
 class ClientGone(Exception):
@@ -47,6 +48,7 @@ async def _final(task: Task) -> Any:
 
 async def run_tasks(engine: Engine, request: Request, tasks: list[Task]) -> list[Any]:
     """Submit every task and return their final results in order; raises APIError or ClientGone."""
+    await admit(engine, tasks)
     for t in tasks:
         engine.submit(t)
     disconnect = asyncio.ensure_future(_wait_disconnect(request))
@@ -91,6 +93,7 @@ async def stream_tasks(
     objects. Every task's first event is awaited before the response starts, so errors
     at launch (context exceeded, bad grammar) are a proper 4xx.
     """
+    await admit(engine, tasks)
     for t in tasks:
         engine.submit(t)
     try:

@@ -14,6 +14,7 @@ import numpy as np
 from ..engine.params import SlotParams, parse_prompt
 from ..engine.task import EmbeddingResult, Task, TaskSink
 from ..errors import APIError, invalid
+from .limits import check_task_count
 from .media import completion_images, require_multimodal
 from .. import protocol as P
 from .openai_chat import served_model
@@ -53,7 +54,9 @@ def native_tasks(engine, body: dict) -> tuple[list[Task], bool]:
         text, images = completion_images(content, body["image_data"], "content")
         return [_task(text, images)], True
     single = isinstance(content, str) or (isinstance(content, list) and content and not any(isinstance(x, (str, list)) for x in content))
-    return [_task(p) for p in inputs_of(content, "content")], bool(single)
+    inputs = inputs_of(content, "content")
+    check_task_count(engine.settings, len(inputs))
+    return [_task(p) for p in inputs], bool(single)
 
 
 def native_response(results: list[EmbeddingResult], single: bool) -> Any:
@@ -71,7 +74,9 @@ def openai_tasks(engine, body: dict) -> tuple[P.EmbeddingRequest, list[Task]]:
         raise invalid("'input' must not be empty")
     if isinstance(req.input, str) and not req.input:
         raise invalid("'input' must not be an empty string")
-    return req, [_task(p) for p in inputs_of(req.input, "input")]
+    inputs = inputs_of(req.input, "input")
+    check_task_count(engine.settings, len(inputs))
+    return req, [_task(p) for p in inputs]
 
 
 def _encode(vec: list[float], fmt: str) -> list[float] | str:

@@ -94,4 +94,6 @@ def build_task(engine, body: dict) -> Task:
             tokens += tok(extra)
         return tokens
 
-    return Task(kind="completion", prompt=prefix, params=params, sink=TaskSink(), build_prompt=build, use_system_prompt=False)
+    n_bytes = sum(len(t.encode("utf-8", "surrogatepass")) for t in [prefix, suffix, extra, *(f + t for f, t in chunks)])
+    return Task(kind="completion", prompt=prefix, params=params, sink=TaskSink(), build_prompt=build, use_system_prompt=False,
+                prompt_bytes=n_bytes)

@@ -17,6 +17,7 @@ from ..errors import invalid
 from .. import protocol as P
 from ..llama.mtmd import MEDIA_MARKER
 from .chat_templates import ChatTemplate, TemplateError, parse_kwargs, resolve
+from .limits import check_task_count
 from .media import data_url_image
 from . import reasoning, tools
 
@@ -132,6 +133,7 @@ def check_enforceable(schema: Any, path: str = "schema") -> None:
 def make_tasks(engine, req: P._Sampling, body: dict, prompts: list[Any], *, n_probs: int, json_schema: Any = None,
                allow_truncate: bool, images: list[bytes] | None = None, constraint: dict | None = None) -> list[Task]:
     """`n` tasks per prompt (choice index = prompt index * n + k), each for its own slot."""
+    check_task_count(engine.settings, len(prompts) * req.n)
     opts = native_options(req, body, n_probs=n_probs)
     if json_schema is not None:
         opts["json_schema"] = json_schema

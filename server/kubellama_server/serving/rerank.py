@@ -20,6 +20,7 @@ from ..engine.params import SlotParams
 from ..engine.task import RerankResult, Task, TaskSink
 from ..errors import APIError, invalid
 from .openai_chat import served_model
+from .limits import check_task_count
 
 
 def require_enabled(engine) -> None:
@@ -52,7 +53,8 @@ def prompt_tokens(model, query: str, document: str) -> list[int]:
 
 def _task(query: str, document: str) -> Task:
     return Task(kind="rerank", prompt=document, params=SlotParams(), sink=TaskSink(), use_system_prompt=False,
-                build_prompt=lambda model: prompt_tokens(model, query, document))
+                build_prompt=lambda model: prompt_tokens(model, query, document),
+                prompt_bytes=len(query.encode("utf-8", "surrogatepass")) + len(document.encode("utf-8", "surrogatepass")))
 
 
 def parse(body: dict) -> dict[str, Any]:
@@ -85,6 +87,7 @@ def parse(body: dict) -> dict[str, Any]:
 def tasks(engine, body: dict) -> tuple[dict[str, Any], list[Task]]:
     require_enabled(engine)
     req = parse(body)
+    check_task_count(engine.settings, len(req["documents"]))
     return req, [_task(req["query"], d) for d in req["documents"]]
 
 

@@ -1,13 +1,13 @@
-"""The shared system prompt: `-spf FILE` at start-up and the `system_prompt` request field.
+"""The system prompt: `-spf FILE` at start-up (shared), and the `system_prompt` request field (per request).
 
-Shared by all slots: the scheduler evaluates it once and copies its KV into each
-slot's sequence (`Scheduler.set_system_prompt`). A change applies between two
-scheduler steps to tasks tokenized afterwards; requests in flight keep theirs.
+The server's prompt is shared by all slots: the scheduler evaluates it once and copies
+its KV into each slot's sequence (`Scheduler.set_system_prompt`). A request's own
+`system_prompt` replaces it for that request only; its KV is shared the same way with
+other requests that send the same text.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -60,22 +60,26 @@ def install(engine, sp: SystemPrompt) -> None:
     engine.scheduler.set_system_prompt(sp.prompt)
 
 
-async def apply_from_body(engine, body: dict) -> None:
-    """Handle a request's `system_prompt` field: switch the shared prompt if it changed."""
-    if "system_prompt" not in body or body["system_prompt"] is None:
-        return
+def from_body(body: dict) -> str | None:
+    """A request's `system_prompt` (None when it has none): in front of that request's prompt only.
+
+    Older llama.cpp servers switched the shared prompt of every slot with it, so one client
+    changed what every later request of every client evaluated; here it never leaves the request.
+    """
+    if body.get("system_prompt") is None:
+        return None
     try:
-        sp = parse(body["system_prompt"])
+        return parse(body["system_prompt"]).prompt
     except ValueError as exc:
         raise invalid(str(exc)) from None
-    if sp == getattr(engine, "system_prompt", None):
-        return
 
-    def switch(sched) -> None:
-        sched.set_system_prompt(sp.prompt)
 
-    await asyncio.wrap_future(engine.call(switch))
-    engine.system_prompt = sp
+def apply_to(tasks, text: str | None) -> None:
+    """Give the request's tasks its own system prompt (see `from_body`)."""
+    if text is not None:
+        for task in tasks:
+            if task.use_system_prompt:
+                task.system_prompt = text
 
 
 def props(engine) -> dict[str, Any]:

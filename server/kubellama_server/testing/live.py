@@ -69,7 +69,10 @@ class LiveServer:
         self.app = create_app(self.settings)
         if self.prepare is not None:
             self.prepare(self.app.state.engine)
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", access_log=False)
+        from ..http.server_options import uvicorn_options
+
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", access_log=False,
+                                **uvicorn_options(self.settings))
         self._server = uvicorn.Server(config)
         self._server.install_signal_handlers = lambda: None
         self._thread = threading.Thread(target=self._server.run, daemon=True)

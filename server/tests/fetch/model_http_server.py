@@ -290,8 +290,10 @@ def _make_handler(server: ModelHTTPServer):
             self.send_response(status)
             self.send_header("Content-Type", "application/octet-stream")
             self.send_header("Accept-Ranges", "bytes")
-            self.send_header("ETag", f.etag)
-            self.send_header("Last-Modified", f.last_modified)
+            if f.etag:
+                self.send_header("ETag", f.etag)
+            if f.last_modified:
+                self.send_header("Last-Modified", f.last_modified)
             if status == 206:
                 self.send_header("Content-Range", f"bytes {start}-{end}/{total}")
             if b.claim_length is not None:

@@ -1,0 +1,124 @@
+"""The scheduler never hangs or drops work: a failing task is answered alone (500), and
+cancelling queued tasks costs O(1) each. Faults are injected into the real scheduler."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+
+from kubellama_server.engine.params import SlotParams
+from kubellama_server.engine.task import Task, TaskSink
+
+TIMEOUT = 30
+
+
+def complete(srv, prompt, **kw):
+    body = {"prompt": prompt, "n_predict": 4, "temperature": 0, **kw}
+    return httpx.post(srv.url + "/completion", json=body, timeout=TIMEOUT)
+
+
+def hold_slot(srv, n_predict=48):
+    """Start a streamed request that keeps the only slot busy; returns (thread, started, result)."""
+    started, result = threading.Event(), {}
+
+    def run():
+        body = {"prompt": "Once", "n_predict": n_predict, "ignore_eos": True, "temperature": 0, "stream": True}
+        tokens = 0
+        with httpx.stream("POST", srv.url + "/completion", json=body, timeout=TIMEOUT) as r:
+            result["status"] = r.status_code
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    tokens += len(json.loads(line[6:]).get("tokens", []))
+                    started.set()
+        result["tokens"] = tokens
+
+    t = threading.Thread(target=run)
+    t.start()
+    assert started.wait(TIMEOUT)
+    return t, result
+
+
+def wait_queued(srv, n):
+    deadline = time.monotonic() + TIMEOUT
+    sched = srv.engine.scheduler
+    while len(sched.waiting) + sched.commands.qsize() < n:
+        assert time.monotonic() < deadline, "tasks never queued"
+        time.sleep(0.01)
+
+
+def test_exception_while_launching_answers_that_task_only(live_server):
+    srv = live_server("-np", "1", "-c", "256")
+    sched = srv.engine.scheduler
+    tokenize = sched._prompt_tokens
+
+    def faulty(task):
+        if task.prompt == "BOOM":
+            raise RuntimeError("injected fault")
+        return tokenize(task)
+
+    sched._prompt_tokens = faulty
+    holder, held = hold_slot(srv, n_predict=200)
+    gate = threading.Event()
+    srv.engine.call(lambda s: gate.wait(TIMEOUT))  # the three arrive together, while the slot is busy
+    with ThreadPoolExecutor(3) as pool:
+        first = pool.submit(complete, srv, "first")  # taken from the queue before BOOM in the same pass
+        wait_queued(srv, 1)
+        boom = pool.submit(complete, srv, "BOOM")
+        wait_queued(srv, 2)
+        last = pool.submit(complete, srv, "last")
+        wait_queued(srv, 3)
+        gate.set()
+        r = boom.result(TIMEOUT)
+        assert r.status_code == 500, r.text
+        assert r.json()["error"]["type"] == "server_error" and "RuntimeError" in r.json()["error"]["message"]
+        assert first.result(TIMEOUT).status_code == 200 and last.result(TIMEOUT).status_code == 200
+    holder.join(TIMEOUT)
+    assert held == {"status": 200, "tokens": 200}
+    assert complete(srv, "after").status_code == 200
+
+
+def test_exception_while_generating_fails_that_slot_only(live_server):
+    srv = live_server("-np", "2", "-c", "512")
+    sched = srv.engine.scheduler
+    sample = sched._sample
+
+    def faulty(slot, i, now):
+        if slot.task.prompt == "BOOM" and slot.n_decoded >= 2:
+            raise RuntimeError("injected fault")
+        return sample(slot, i, now)
+
+    sched._sample = faulty
+    with ThreadPoolExecutor(2) as pool:
+        other = pool.submit(complete, srv, "fine", n_predict=40, ignore_eos=True)
+        boom = pool.submit(complete, srv, "BOOM", n_predict=40, ignore_eos=True)
+        r = boom.result(TIMEOUT)
+        assert r.status_code == 500 and r.json()["error"]["type"] == "server_error", r.text
+        ok = other.result(TIMEOUT)
+        assert ok.status_code == 200 and ok.json()["tokens_predicted"] == 40
+    assert complete(srv, "after").status_code == 200
+    assert all(not s.is_processing for s in sched.slots)
+
+
+def test_cancelling_queued_tasks_is_constant_time(live_server):
+    srv = live_server("-np", "1", "-c", "256")
+    engine, sched = srv.engine, srv.engine.scheduler
+    loop = asyncio.new_event_loop()
+    gate = threading.Event()
+    engine.call(lambda s: gate.wait(TIMEOUT))  # the scheduler waits while the commands pile up
+    tasks = [Task(kind="completion", prompt=[1, 2, 3], params=SlotParams(), sink=TaskSink(loop)) for _ in range(20000)]
+    for t in tasks:
+        engine.submit(t)
+    for t in reversed(tasks):  # the last queued first: a search of the queue per cancel is quadratic
+        engine.cancel(t)
+    t0 = time.monotonic()
+    gate.set()
+    engine.call(lambda s: None).result(TIMEOUT)
+    assert time.monotonic() - t0 < 5  # quadratic (a list search per cancel) took minutes
+    assert not sched.waiting
+    assert complete(srv, "after").status_code == 200
+    loop.close()
