@@ -302,7 +302,7 @@ class LocalNode:
                 proc.popen.wait(timeout=5)
         self.procs.clear()
         with contextlib.suppress(Exception):
-            cleanup_host(self.bin_dir, kube_proxy=self.binaries.get("kube-proxy"))
+            cleanup_host(self.bin_dir, kube_proxy=self.binaries.get("kube-proxy"), also_under=self.workdir)
         if self._lock is not None:
             os.close(self._lock)
             self._lock = None
@@ -478,7 +478,8 @@ def _mounts_under(prefixes: list[str]) -> list[str]:
     with contextlib.suppress(OSError):
         for line in Path("/proc/self/mounts").read_text().splitlines():
             point = line.split()[1].replace("\\040", " ")
-            if any(point.startswith(p) for p in prefixes) or "/kubelet/pods/" in point:
+            if (any(point.startswith(p) for p in prefixes) or "/kubelet/pods/" in point
+                    or point.endswith("/node/kubelet")):  # LocalNode's kubelet root, bind-mounted on itself
                 points.append(point)
     return sorted(points, key=len, reverse=True)
 
@@ -521,7 +522,7 @@ def _remove_kube_chains() -> None:
             sh("iptables", "-t", table, "-X", chain, check=False)
 
 
-def cleanup_host(bin_dir: Path, kube_proxy: Path | None = None) -> None:
+def cleanup_host(bin_dir: Path, kube_proxy: Path | None = None, also_under: Path | None = None) -> None:
     """Remove what a node run leaves: container processes and shims, mounts, pod network
     namespaces, kube-proxy's rules, the bridge. Safe to run when nothing is left."""
     for pid in _our_pids([f"-address {CONTAINERD_SOCK}", str(RUN_DIR)]) + _container_pids():
@@ -530,7 +531,8 @@ def cleanup_host(bin_dir: Path, kube_proxy: Path | None = None) -> None:
     time.sleep(0.2)
     runtime = cache_dir() / "node-runtime"
     for point in _mounts_under([str(RUN_DIR) + "/", "/run/netns/cni-", "/var/run/netns/cni-",
-                                str(runtime / "containerd") + "/", "/tmp/kubellama-node-", "/run/containerd-kl"]):
+                                str(runtime / "containerd") + "/",
+                                *([str(also_under) + "/"] if also_under else [])]):
         sh("umount", "-l", point, check=False)
     for netns in Path("/run/netns").glob("cni-*") if Path("/run/netns").is_dir() else []:
         sh("ip", "netns", "delete", netns.name, check=False)
@@ -590,6 +592,9 @@ def _main(argv: list[str]) -> int:
         return 1
     import node_images
 
+    # Ctrl-C or SIGTERM stops everything (a background job of a script starts with SIGINT ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     workdir = Path(args.dir or tempfile.mkdtemp(prefix="kubellama-cluster-"))
     with local_cluster(workdir) as (cp, node), hub_mirror() as hub:
         node.ensure_volumes(available=12)
