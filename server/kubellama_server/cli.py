@@ -96,6 +96,39 @@ FLAGS: list[Flag] = [
     Flag(("--log-disable",), "log_disable", "bool", "disable logging", ("LLAMA_LOG_DISABLE",)),
     Flag(("--log-format",), "log_format", "choice", "log format [json]", ("LLAMA_LOG_FORMAT",), choices=("json", "text"), metavar="FORMAT"),
     Flag(("-v", "--verbose"), "verbose", "bool", "verbose logs (llama.cpp's too; prompts in request logs)", ("LLAMA_ARG_VERBOSE",)),
+    # -- llama-server drop-in (issue 16): sampling flags (the defaults of every request), today's server flags
+    Flag(("--temp", "--temperature"), "temp", "float", "temperature [0.8]", ("LLAMA_ARG_TEMPERATURE",), metavar="N"),
+    Flag(("-s", "--seed"), "seed", "int", "RNG seed [-1 = random]", metavar="SEED"),
+    Flag(("--top-k",), "top_k", "int", "top-k sampling [40, 0 = off]", ("LLAMA_ARG_TOP_K",), metavar="N"),
+    Flag(("--top-p",), "top_p", "float", "top-p sampling [0.95, 1.0 = off]", ("LLAMA_ARG_TOP_P",), metavar="N"),
+    Flag(("--min-p",), "min_p", "float", "min-p sampling [0.05, 0.0 = off]", ("LLAMA_ARG_MIN_P",), metavar="N"),
+    Flag(("--typical", "--typical-p"), "typical", "float", "locally typical sampling, parameter p [1.0 = off]", metavar="N"),
+    Flag(("--repeat-penalty",), "repeat_penalty", "float", "penalize repeated tokens [1.1, 1.0 = off]", ("LLAMA_ARG_REPEAT_PENALTY",), metavar="N"),
+    Flag(("--repeat-last-n",), "repeat_last_n", "int", "last n tokens to penalize [64, 0 = off]", metavar="N"),
+    Flag(("--presence-penalty",), "presence_penalty", "float", "presence penalty [0.0 = off]", ("LLAMA_ARG_PRESENCE_PENALTY",), metavar="N"),
+    Flag(("--frequency-penalty",), "frequency_penalty", "float", "frequency penalty [0.0 = off]", ("LLAMA_ARG_FREQUENCY_PENALTY",), metavar="N"),
+    Flag(("--dynatemp-range",), "dynatemp_range", "float", "dynamic temperature range [0.0 = off]", metavar="N"),
+    Flag(("--dynatemp-exp",), "dynatemp_exp", "float", "dynamic temperature exponent [1.0]", metavar="N"),
+    Flag(("--mirostat",), "mirostat", "int", "Mirostat sampling: 0 = off, 1 = Mirostat, 2 = Mirostat 2.0 [0]", metavar="N"),
+    Flag(("--mirostat-lr",), "mirostat_lr", "float", "Mirostat learning rate, eta [0.1]", metavar="N"),
+    Flag(("--mirostat-ent",), "mirostat_ent", "float", "Mirostat target entropy, tau [5.0]", metavar="N"),
+    Flag(("--samplers",), "samplers", "str", "samplers in order, ';'-separated [penalties;dry;top_n_sigma;top_k;typ_p;top_p;min_p;xtc;temperature]", metavar="SAMPLERS"),
+    Flag(("--sampling-seq", "--sampler-seq"), "sampling_seq", "str", "samplers in order as letters [edskypmxt]", metavar="SEQUENCE"),
+    Flag(("--dry-multiplier",), "dry_multiplier", "float", "DRY sampling multiplier [0.0 = off]", metavar="N"),
+    Flag(("--dry-base",), "dry_base", "float", "DRY sampling base [1.75]", metavar="N"),
+    Flag(("--dry-allowed-length",), "dry_allowed_length", "int", "DRY: repetitions longer than this are penalized [2]", metavar="N"),
+    Flag(("--dry-penalty-last-n",), "dry_penalty_last_n", "int", "DRY: tokens scanned for repetitions [64, 0 = off]", metavar="N"),
+    Flag(("--dry-sequence-breaker",), "dry_sequence_breaker", "list", "DRY sequence breaker (repeatable; replaces the defaults '\\n' ':' '\"' '*'; 'none' = no breakers)", metavar="STRING"),
+    Flag(("--xtc-probability",), "xtc_probability", "float", "XTC probability [0.0 = off]", metavar="N"),
+    Flag(("--xtc-threshold",), "xtc_threshold", "float", "XTC threshold [0.1, > 0.5 = off]", metavar="N"),
+    Flag(("--top-nsigma", "--top-n-sigma"), "top_nsigma", "float", "top-n-sigma sampling [-1.0 = off]", metavar="N"),
+    Flag(("--ignore-eos",), "ignore_eos", "bool", "ignore end of stream tokens and keep generating"),
+    Flag(("-l", "--logit-bias"), "logit_bias", "list", "TOKEN_ID+BIAS or TOKEN_ID-BIAS, e.g. 15043+1 (repeatable)", metavar="TOKEN_ID(+/-)BIAS"),
+    Flag(("--grammar",), "grammar", "str", "GBNF grammar that constrains every generation without its own", metavar="GRAMMAR"),
+    Flag(("--grammar-file",), "grammar_file", "str", "file to read that grammar from", metavar="FNAME"),
+    Flag(("-j", "--json-schema"), "json_schema", "str", "JSON schema that constrains every generation without its own grammar", metavar="SCHEMA"),
+    Flag(("-jf", "--json-schema-file"), "json_schema_file", "str", "file to read that JSON schema from", metavar="FILE"),
+    Flag(("--probs-format",), "probs_format", "choice", "n_probs shape: today (id, token, logprob, bytes, top_logprobs) or seed (content, probs, tok_str, prob) [today] (kubellama)", choices=("today", "seed"), metavar="FORMAT"),
 ]
 
 # Flags accepted now but not implemented yet: a start-up warning names them when used.
@@ -223,6 +256,7 @@ def _validate(s: ServerSettings) -> None:
     if not (s.model or s.model_url or s.hf_repo):
         raise UsageError("no model: pass -m FILE.gguf (or -mu URL, or -hf org/name[:QUANT])")
     _check_openai_flags(s)
+    _check_sampling_flags(s)
     from .engine.self_extend import SelfExtend, SelfExtendError
 
     try:
@@ -248,6 +282,23 @@ def _check_openai_flags(s: ServerSettings) -> None:
             static.check_folder(s.path)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+
+
+def _check_sampling_flags(s: ServerSettings) -> None:
+    """The sampling flags make valid request defaults (grammar and schema files read, the schema converted)."""
+    from .engine.sampler_names import default_params
+    from .errors import APIError
+
+    try:
+        params = default_params(s)
+        if params.json_schema is not None:
+            from .engine.sampling import schema_gbnf
+
+            schema_gbnf(params.json_schema, "--json-schema")
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    except APIError as exc:
+        raise UsageError(exc.message) from None
 
 
 def unimplemented(given: list[str], settings: ServerSettings) -> list[str]:

@@ -91,6 +91,40 @@ class ServerSettings:
     log_disable: bool = False
     log_format: str = "json"
     verbose: bool = False
+    # -- llama-server drop-in (issue 16): llama.cpp's sampling flags as request defaults,
+    #    and today's server flags. Keep this block together.
+    temp: float = 0.8
+    seed: int = -1
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    typical: float = 1.0
+    repeat_penalty: float = 1.1  # the seed's default (today's llama.cpp: 1.0)
+    repeat_last_n: int = 64
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    dynatemp_range: float = 0.0
+    dynatemp_exp: float = 1.0
+    mirostat: int = 0
+    mirostat_lr: float = 0.1
+    mirostat_ent: float = 5.0
+    samplers: str = ""  # ';'-separated names ("" = the default order)
+    sampling_seq: str = ""  # sampler letters
+    dry_multiplier: float = 0.0
+    dry_base: float = 1.75
+    dry_allowed_length: int = 2
+    dry_penalty_last_n: int = 64
+    dry_sequence_breaker: list[str] = field(default_factory=list)  # [] = llama.cpp's defaults
+    xtc_probability: float = 0.0
+    xtc_threshold: float = 0.1
+    top_nsigma: float = -1.0
+    ignore_eos: bool = False
+    logit_bias: list[str] = field(default_factory=list)  # TOKEN_ID(+/-)BIAS
+    grammar: str = ""
+    grammar_file: str = ""
+    json_schema: str = ""
+    json_schema_file: str = ""
+    probs_format: str = "today"  # n_probs shape: today (id/token/logprob/bytes/top_logprobs) | seed (probs/tok_str)
 
     @property
     def n_threads(self) -> int:

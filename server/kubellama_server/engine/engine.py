@@ -22,6 +22,7 @@ from ..llama.model import LlamaModel, ModelLoadParams
 from ..llama.mtmd import Multimodal
 from ..settings import ServerSettings
 from .params import SlotParams
+from .sampler_names import default_params
 from .scheduler import Scheduler
 from .self_extend import SelfExtend
 from .stats import EngineStats
@@ -55,7 +56,7 @@ class Engine:
         self.scheduler: Scheduler | None = None
         self.multimodal: Multimodal | None = None
         self.stats = EngineStats()
-        self.default_params = SlotParams()
+        self.default_params = default_params(settings)  # the sampling flags
         self.model_path = settings.model
         self.loaded = threading.Event()
         self.t_loaded = 0.0

@@ -29,6 +29,7 @@ from .params import SlotParams
 from .sampling import SamplerChain, token_prob, top_probs
 from .self_extend import SelfExtend
 from .slot import Slot
+from .text import indent_cut
 from .stats import EngineStats
 from .task import (
     CompletionResult,
@@ -621,19 +622,27 @@ class Scheduler:
     # -- sampling and stopping ---------------------------------------------------
     def _sample(self, slot: Slot, i: int, now: float) -> None:
         params = slot.params
-        token = slot.sampler.sample(self.ctx.ptr, i)
         info = None
+        if params.n_probs > 0 and params.post_sampling_probs:
+            token, top = slot.sampler.sample_post(self.ctx.logits(i), params.n_probs)
+            prob = next((p for t, p in top if t == token), 0.0)
+        else:
+            token = slot.sampler.sample(self.ctx.ptr, i)
+            if params.n_probs > 0:
+                logits = self.ctx.logits(i)
+                top = top_probs(logits, params.n_probs)
+                prob = next((p for t, p in top if t == token), None)
+                if prob is None:
+                    prob = token_prob(logits, token)
         if params.n_probs > 0:
-            logits = self.ctx.logits(i)
-            top = top_probs(logits, params.n_probs)
-            prob = next((p for t, p in top if t == token), None)
-            if prob is None:
-                prob = token_prob(logits, token)
+            tb = self.model.token_bytes
             info = TokenInfo(
                 id=token,
                 text=self.model.detokenize([token]),
                 prob=prob,
-                top=[TokenProb(t, self.model.detokenize([t]), p) for t, p in top],
+                top=[TokenProb(t, self.model.detokenize([t]), p, tb(t)) for t, p in top],
+                raw=tb(token),
+                post_sampling=params.post_sampling_probs,
             )
         if slot.n_decoded == 0:
             self.stats.observe("first_token", now - slot.task.t_created)
@@ -648,9 +657,19 @@ class Scheduler:
         slot.generated.append(token)
         if info is not None:
             slot.probs.append(info)
-        stop_hit = slot.text.push(self.model.token_bytes(token))
+        piece = self.model.token_bytes(token)
+        n_before = len(slot.text.text)
+        stop_hit = slot.text.push(piece)
+        cut = -1
+        if not stop_hit and params.n_indent > 0:
+            cut = indent_cut(slot.text.text, params.n_indent, slot.text.text.rfind("\n", 0, n_before))
         if stop_hit:
             slot.stopped_word = True
+        elif cut >= 0:  # a line indented less than n_indent: cut it and stop (llama.cpp's n_indent)
+            slot.text.cut(cut)
+            slot.stopped_limit = True
+        elif params.t_max_predict_ms > 0 and b"\n" in piece and (now - slot.t_prompt_done) * 1e3 > params.t_max_predict_ms:
+            slot.stopped_limit = True  # past the time limit, at a new line (llama.cpp's t_max_predict_ms)
         elif params.n_predict != -1 and slot.n_decoded >= params.n_predict:
             slot.stopped_limit = True
         elif self.n_predict_limit != -1 and slot.n_decoded >= self.n_predict_limit:

@@ -88,6 +88,7 @@ class TokenProb:
     id: int
     text: str
     prob: float
+    raw: bytes = b""  # the token's bytes (may be part of a UTF-8 character)
 
 
 @dataclass
@@ -98,6 +99,8 @@ class TokenInfo:
     text: str
     prob: float
     top: list[TokenProb]
+    raw: bytes = b""
+    post_sampling: bool = False  # probabilities after the sampler chain (post_sampling_probs)
 
 
 @dataclass

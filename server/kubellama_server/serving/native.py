@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from ..engine.engine import Engine
@@ -28,17 +29,26 @@ def completion_task(engine: Engine, body: dict, *, kind: str = "completion") -> 
     return Task(kind=kind, prompt=prompt, params=params, sink=TaskSink(), images=images)
 
 
-def probs_json(probs: list[TokenInfo]) -> list[dict[str, Any]]:
-    """`completion_probabilities` in the reference's shape (plus token ids)."""
-    return [
-        {
-            "content": p.text,
-            "id": p.id,
-            "prob": p.prob,
-            "probs": [{"tok_str": t.text, "id": t.id, "prob": t.prob} for t in p.top],
-        }
-        for p in probs
-    ]
+def _logprob(p: float) -> float:
+    return math.log(p) if p > 0 else -3.4028234663852886e38  # llama.cpp: the lowest float, never -inf
+
+
+def probs_json(probs: list[TokenInfo], fmt: str = "today") -> list[dict[str, Any]]:
+    """`completion_probabilities`: today's shape (id, token, bytes, logprob, top_logprobs; prob and
+    top_probs with post_sampling_probs), or the seed's (content, probs with tok_str and prob)."""
+    if fmt == "seed":
+        return [{"content": p.text, "id": p.id, "prob": p.prob,
+                 "probs": [{"tok_str": t.text, "id": t.id, "prob": t.prob} for t in p.top]} for p in probs]
+
+    def entry(id_: int, text: str, raw: bytes, prob: float, post: bool) -> dict[str, Any]:
+        return {"id": id_, "token": text, "bytes": list(raw), **({"prob": prob} if post else {"logprob": _logprob(prob)})}
+
+    out = []
+    for p in probs:
+        e = entry(p.id, p.text, p.raw, p.prob, p.post_sampling)
+        e["top_probs" if p.post_sampling else "top_logprobs"] = [entry(t.id, t.text, t.raw, t.prob, p.post_sampling) for t in p.top]
+        out.append(e)
+    return out
 
 
 def final_json(engine: Engine, res: CompletionResult, prompt: Any, *, streamed: bool) -> dict[str, Any]:
@@ -64,11 +74,11 @@ def final_json(engine: Engine, res: CompletionResult, prompt: Any, *, streamed: 
         "timings": res.timings.to_json(),
     }
     if res.settings.get("n_probs", 0) > 0 and not streamed:
-        out["completion_probabilities"] = probs_json(res.probs)
+        out["completion_probabilities"] = probs_json(res.probs, engine.settings.probs_format)
     return out
 
 
-def partial_json(part: PartialResult, id_slot: int) -> dict[str, Any]:
+def partial_json(part: PartialResult, id_slot: int, probs_format: str = "today") -> dict[str, Any]:
     out: dict[str, Any] = {
         "index": 0,
         "content": part.content,
@@ -79,8 +89,17 @@ def partial_json(part: PartialResult, id_slot: int) -> dict[str, Any]:
         "tokens_predicted": part.n_decoded,
     }
     if part.probs:
-        out["completion_probabilities"] = probs_json(part.probs)
+        out["completion_probabilities"] = probs_json(part.probs, probs_format)
     return out
+
+
+def default_settings_json(engine: Engine) -> dict[str, Any]:
+    """The seed's flat settings plus today's slot-shaped view (`params`, `id`, `n_ctx`, `next_token`, ...)."""
+    d = engine.generation_settings()
+    params = {k: v for k, v in d.items() if k not in ("model", "n_ctx")}
+    return {**d, "id": 0, "id_task": -1, "speculative": False, "is_processing": False, "params": params,
+            "prompt": "", "next_token": {"has_next_token": True, "has_new_line": False, "n_remain": -1,
+                                         "n_decoded": 0, "stopping_word": ""}}
 
 
 def props_json(engine: Engine) -> dict[str, Any]:
@@ -90,7 +109,7 @@ def props_json(engine: Engine) -> dict[str, Any]:
 
     out: dict[str, Any] = {
         **system_prompt_props(engine),
-        "default_generation_settings": engine.generation_settings(),
+        "default_generation_settings": default_settings_json(engine),
         "total_slots": s.parallel,
         "model_path": engine.model_path,
         "chat_template": engine.model.chat_template if engine.model else "",
