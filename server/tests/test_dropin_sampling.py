@@ -77,3 +77,30 @@ def test_t_max_predict_ms_stops_at_a_new_line_after_the_limit(tiny_server):
 def test_return_tokens(tiny_server):
     out = gen(tiny_server, n_predict=4, return_tokens=True)
     assert len(out["tokens"]) == 4 and out["generation_settings"]["return_tokens"] is True
+
+
+def test_post_sampling_probs_are_the_chains(tiny_server):
+    out = gen(tiny_server, n_predict=6, n_probs=5, top_k=2, post_sampling_probs=True)
+    for entry, tok in zip(out["completion_probabilities"], out["tokens"]):
+        assert set(entry) == {"id", "token", "bytes", "prob", "top_probs"} and entry["id"] == tok
+        top = entry["top_probs"]
+        assert 1 <= len(top) <= 2  # what top_k left, fewer than n_probs
+        assert sum(p["prob"] for p in top) == pytest.approx(1.0, abs=1e-4)
+        assert tok in [p["id"] for p in top] and all(set(p) == {"id", "token", "bytes", "prob"} for p in top)
+    # the same seed and settings pick the same tokens with or without post-sampling probabilities
+    assert out["tokens"] == gen(tiny_server, n_predict=6, top_k=2)["tokens"]
+
+
+def test_streamed_probs_have_todays_shape(tiny_server):
+    with httpx.stream("POST", tiny_server.url + "/completion", json={**BASE, "n_predict": 3, "n_probs": 2, "stream": True}) as r:
+        chunks = [__import__("json").loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
+    probs = [p for c in chunks for p in c.get("completion_probabilities", [])]
+    assert len(probs) == 3 and all(len(p["top_logprobs"]) == 2 and p["logprob"] <= 0 for p in probs)
+
+
+def test_probs_format_seed_keeps_the_seed_shape(live_server):
+    srv = live_server("--probs-format", "seed")
+    out = gen(srv, n_predict=2, n_probs=3)
+    entry = out["completion_probabilities"][0]
+    assert set(entry) == {"content", "id", "prob", "probs"} and len(entry["probs"]) == 3
+    assert set(entry["probs"][0]) == {"tok_str", "id", "prob"}
