@@ -263,7 +263,7 @@ def parse_slot_params(body: dict, defaults: SlotParams, *, n_slots: int) -> Slot
         json_schema=body.get("json_schema") if own_grammar else d.json_schema,
         seed=_int(body, "seed", d.seed, lo=-1, hi=2**32 - 1),
         ignore_eos=_bool(body, "ignore_eos", d.ignore_eos),
-        logit_bias=list(d.logit_bias) + _logit_bias(body),
+        logit_bias=_logit_bias(body) if body.get("logit_bias") is not None else list(d.logit_bias),  # replaces, as llama.cpp
         n_probs=_int(body, "n_probs", d.n_probs, lo=0, hi=100),
         min_keep=_int(body, "min_keep", d.min_keep, lo=0),
         id_slot=_int(body, "id_slot", -1, lo=-1),

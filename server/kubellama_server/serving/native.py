@@ -12,11 +12,31 @@ from ..errors import invalid
 from .media import completion_images, multimodal_prompt, require_multimodal
 
 
-def completion_task(engine: Engine, body: dict, *, kind: str = "completion") -> Task:
+MAX_PROMPTS = 64  # prompts in one /completion request (each takes a slot in turn)
+
+
+def split_prompts(value: Any) -> list[Any]:
+    """llama.cpp's prompt forms: a string, token ids, token ids mixed with strings, or a prompt
+    object are one prompt; any other array (only strings, or token arrays, mixed arrays and
+    prompt objects) holds several."""
+    if not isinstance(value, list) or not value:
+        return [value]
+    has_int = any(isinstance(x, int) and not isinstance(x, bool) for x in value)
+    if has_int and all(isinstance(x, (int, str)) and not isinstance(x, bool) for x in value):
+        return [value]  # token ids, or token ids mixed with strings: one prompt
+    if has_int:
+        raise invalid("'prompt' mixes token ids with arrays or objects: give one prompt (ids and strings) or an "
+                      "array of prompts")
+    if len(value) > MAX_PROMPTS:
+        raise invalid(f"'prompt' holds {len(value)} prompts; at most {MAX_PROMPTS} per request")
+    return list(value)
+
+
+def completion_task(engine: Engine, body: dict, *, kind: str = "completion", prompt: Any = None) -> Task:
     if "prompt" not in body:
         raise invalid("'prompt' is required")
     images: list[bytes] = []
-    prompt = body["prompt"]
+    prompt = body["prompt"] if prompt is None else prompt
     if body.get("image_data"):
         require_multimodal(engine, "'image_data'")
         prompt, images = completion_images(prompt, body["image_data"])
@@ -27,6 +47,13 @@ def completion_task(engine: Engine, body: dict, *, kind: str = "completion") -> 
     prompt = parse_prompt(prompt)
     params = parse_slot_params(body, engine.default_params, n_slots=engine.n_slots)
     return Task(kind=kind, prompt=prompt, params=params, sink=TaskSink(), images=images)
+
+
+def completion_tasks(engine: Engine, body: dict) -> list[Task]:
+    """One task per prompt (llama.cpp answers several prompts with an array of results)."""
+    if "prompt" not in body:
+        raise invalid("'prompt' is required")
+    return [completion_task(engine, body, prompt=p) for p in split_prompts(body["prompt"])]
 
 
 def _logprob(p: float) -> float:
@@ -51,9 +78,9 @@ def probs_json(probs: list[TokenInfo], fmt: str = "today") -> list[dict[str, Any
     return out
 
 
-def final_json(engine: Engine, res: CompletionResult, prompt: Any, *, streamed: bool) -> dict[str, Any]:
+def final_json(engine: Engine, res: CompletionResult, prompt: Any, *, streamed: bool, index: int = 0) -> dict[str, Any]:
     out: dict[str, Any] = {
-        "index": 0,
+        "index": index,
         "content": "" if streamed else res.content,
         "tokens": [] if streamed else res.tokens,
         "id_slot": res.id_slot,
@@ -78,9 +105,9 @@ def final_json(engine: Engine, res: CompletionResult, prompt: Any, *, streamed: 
     return out
 
 
-def partial_json(part: PartialResult, id_slot: int, probs_format: str = "today") -> dict[str, Any]:
+def partial_json(part: PartialResult, id_slot: int, probs_format: str = "today", index: int = 0) -> dict[str, Any]:
     out: dict[str, Any] = {
-        "index": 0,
+        "index": index,
         "content": part.content,
         "tokens": part.tokens,
         "stop": False,
