@@ -125,6 +125,7 @@ class ServerSettings:
     json_schema: str = ""
     json_schema_file: str = ""
     probs_format: str = "today"  # n_probs shape: today (id/token/logprob/bytes/top_logprobs) | seed (probs/tok_str)
+    tags: str = ""  # comma-separated model tags (informational)
 
     @property
     def n_threads(self) -> int:
@@ -145,6 +146,15 @@ class ServerSettings:
         return "rank" if self.reranking else (self.pooling or "mean")
 
     @property
+    def aliases(self) -> list[str]:
+        """`--alias a,b`: every name of the model (llama.cpp takes a comma-separated list)."""
+        return [a.strip() for a in self.alias.split(",") if a.strip()]
+
+    @property
+    def tag_list(self) -> list[str]:
+        return [t.strip() for t in self.tags.split(",") if t.strip()]
+
+    @property
     def model_name(self) -> str:
-        """The name echoed in API responses: the alias, else the model path."""
-        return self.alias or self.model
+        """The name echoed in API responses: the first alias, else the model path."""
+        return (self.aliases or [""])[0] or self.model

@@ -142,5 +142,8 @@ def props_json(engine: Engine) -> dict[str, Any]:
         "chat_template": engine.model.chat_template if engine.model else "",
         "modalities": {"vision": bool(mm and mm.vision), "audio": False},
         "build_info": "kubellama",
+        "model_alias": s.aliases,
+        "model_tags": s.tag_list,
+        "is_sleeping": False,
     }
     return out

@@ -61,7 +61,7 @@ def formatter(engine) -> ChatFormatter:
 
 def served_model(engine) -> str:
     """The name in API responses: the alias, else the model's file name."""
-    return engine.settings.alias or os.path.basename(engine.model_path or engine.settings.model)
+    return (engine.settings.aliases or [""])[0] or os.path.basename(engine.model_path or engine.settings.model)
 
 
 # -- request mapping -----------------------------------------------------------

@@ -113,7 +113,11 @@ def models(engine) -> dict:
         "size": model.size,
     }
     card = P.ModelCard(id=served_model(engine), created=int(engine.t_loaded), owned_by="kubellama", meta=meta)
-    return P.dump(P.ModelList(data=[card]))
+    out = P.dump(P.ModelList(data=[card]))
+    out["data"][0].update(aliases=engine.settings.aliases, tags=engine.settings.tag_list,
+                          architecture={"input_modalities": ["text"] + (["image"] if engine.multimodal else []),
+                                        "output_modalities": ["text"]})
+    return out
 
 
 Stream = CompletionStream  # the streaming renderer of this endpoint family (http.routes_openai)
