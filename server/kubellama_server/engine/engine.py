@@ -248,6 +248,7 @@ class Engine:
     def slot_json(self, slot) -> dict[str, Any]:
         """One slot as in the reference's GET /slots."""
         d = self.generation_settings(slot.params)
+        d["params"] = {k: v for k, v in d.items() if k not in ("model", "n_ctx")}  # today's slot shape
         d.update(
             id=slot.id,
             id_task=slot.last_task_id,
@@ -258,6 +259,7 @@ class Engine:
             n_past=slot.n_past,
             n_prompt_tokens=len(slot.prompt_tokens),
             n_prompt_tokens_cache=slot.n_cached,
+            n_prompt_tokens_processed=len(slot.prompt_tokens) - slot.n_cached,
             next_token=slot.next_token_json(),
         )
         return d

@@ -423,7 +423,17 @@ class Scheduler:
         elif isinstance(params.penalty_prompt, list):
             history = [t for t in params.penalty_prompt if isinstance(t, int) and self.model.valid_token(t)]
         slot.sampler.prime([t for t in history if t >= 0] if task.media is not None else history)
+        self._send_progress(slot)  # 0%: the request has started (return_progress)
         log.debug("slot %d: task %d, %d prompt tokens, %d cached", slot.id, task.id, len(tokens), n_cached)
+
+    def _send_progress(self, slot: Slot) -> None:
+        """llama.cpp's `return_progress`: where a streamed request's prompt evaluation is."""
+        p = slot.params
+        if p is None or not (p.stream and p.return_progress) or slot.task is None or slot.task.kind != "completion":
+            return
+        self.outbox.put(slot.task.sink, ("progress", {
+            "total": len(slot.prompt_tokens), "cache": slot.n_cached, "processed": slot.n_prompt_done,
+            "time_ms": int((time.perf_counter() - slot.t_start) * 1e3)}))
 
     def _share_prefix(self, slot: Slot, prefix: list[int]) -> int:
         """Give `slot` the KV of `prefix` (the system prompt) without evaluating it again.
@@ -520,6 +530,8 @@ class Scheduler:
             for slot in {s.id: s for s in active}.values():
                 if slot.n_past % self.self_extend.w == 0:
                     self._compress_window(slot)
+        for slot in {s.id: s for s in active if s.t_prompt_done == 0.0}.values():  # still reading their prompt
+            self._send_progress(slot)
         n_slots = len({s.id for s in active})
         self.last_batch_slots = n_slots
         self.max_batch_slots = max(self.max_batch_slots, n_slots)

@@ -55,6 +55,8 @@ async def completion(request: Request):
         def render(kind, payload):
             if kind == "partial":
                 return [native.partial_json(payload, task.slot.id if task.slot else -1, fmt)]
+            if kind == "progress":
+                return [native.progress_json(payload, task.slot.id if task.slot else -1)]
             return [native.final_json(engine, payload, prompt, streamed=True)]
 
         return await stream_task(engine, task, render)
@@ -69,6 +71,8 @@ async def _several(engine: Engine, request: Request, body: dict, tasks: list):
             task = tasks[i]
             if kind == "partial":
                 return [native.partial_json(payload, task.slot.id if task.slot else -1, fmt, index=i)]
+            if kind == "progress":
+                return [native.progress_json(payload, task.slot.id if task.slot else -1, index=i)]
             return [native.final_json(engine, payload, task.prompt, streamed=True, index=i)]
 
         return await stream_tasks(engine, tasks, render, done_marker=False)

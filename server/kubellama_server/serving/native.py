@@ -129,6 +129,12 @@ def default_settings_json(engine: Engine) -> dict[str, Any]:
                                          "n_decoded": 0, "stopping_word": ""}}
 
 
+def progress_json(progress: dict[str, Any], id_slot: int, index: int = 0) -> dict[str, Any]:
+    """A streamed prompt-progress chunk (`return_progress`)."""
+    return {"index": index, "content": "", "tokens": [], "stop": False, "id_slot": id_slot, "tokens_predicted": 0,
+            "tokens_evaluated": progress["total"], "prompt_progress": progress}
+
+
 def props_json(engine: Engine) -> dict[str, Any]:
     s = engine.settings
     mm = engine.multimodal
