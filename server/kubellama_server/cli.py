@@ -131,6 +131,13 @@ FLAGS: list[Flag] = [
     Flag(("--tags",), "tags", "str", "model tags, comma-separated (informational: /v1/models, /props)", ("LLAMA_ARG_TAGS",), metavar="STRING"),
     Flag(("--no-slots",), "slots_endpoint_disable", "bool", "disable GET /slots (as --slots-endpoint-disable)"),
     Flag(("--slots",), "slots_endpoint_disable", "bool", "enable GET /slots (the default)", ("LLAMA_ARG_ENDPOINT_SLOTS",), invert=True),
+    Flag(("--cors-origins",), "cors_origins", "str", "allowed CORS origins: * (echo any Origin), localhost (only localhost pages) or a comma-separated list [*]", ("LLAMA_ARG_CORS_ORIGINS",), metavar="ORIGINS"),
+    Flag(("--cors-methods",), "cors_methods", "str", "methods allowed by CORS pre-flight answers [GET, POST, DELETE, OPTIONS]", ("LLAMA_ARG_CORS_METHODS",), metavar="METHODS"),
+    Flag(("--cors-headers",), "cors_headers", "str", "headers allowed by CORS pre-flight answers [*]", ("LLAMA_ARG_CORS_HEADERS",), metavar="HEADERS"),
+    Flag(("--cors-credentials",), "cors_credentials", "bool", "allow credentials for CORS (the default)", ("LLAMA_ARG_CORS_CREDENTIALS",)),
+    Flag(("--no-cors-credentials",), "cors_credentials", "bool", "do not allow credentials for CORS", invert=True),
+    Flag(("--context-shift",), "context_shift", "bool", "cut a prompt longer than the context and shift the context when generation fills it (off: a 400, and generation stops) [off]", ("LLAMA_ARG_CONTEXT_SHIFT",)),
+    Flag(("--no-context-shift",), "context_shift", "bool", "no context shift (the default)", invert=True),
     Flag(("--probs-format",), "probs_format", "choice", "n_probs shape: today (id, token, logprob, bytes, top_logprobs) or seed (content, probs, tok_str, prob) [today] (kubellama)", choices=("today", "seed"), metavar="FORMAT"),
 ]
 

@@ -126,6 +126,11 @@ class ServerSettings:
     json_schema_file: str = ""
     probs_format: str = "today"  # n_probs shape: today (id/token/logprob/bytes/top_logprobs) | seed (probs/tok_str)
     tags: str = ""  # comma-separated model tags (informational)
+    cors_origins: str = "*"  # * = echo any Origin (llama.cpp's default) | localhost | a comma-separated list
+    cors_methods: str = "GET, POST, DELETE, OPTIONS"
+    cors_headers: str = "*"
+    cors_credentials: bool = True
+    context_shift: bool = False  # today's llama.cpp: a prompt that does not fit is a 400, generation stops at the context
 
     @property
     def n_threads(self) -> int:

@@ -51,3 +51,45 @@ def test_several_addresses_and_a_unix_socket(tiny_model, tmp_path):
             assert c.get("http://localhost/health").json()["status"] == "ok"
     finally:
         assert srv.stop() in (0, -15), srv.log()  # uvicorn re-raises the SIGTERM it handled gracefully
+
+
+def test_without_context_shift_a_long_prompt_is_a_400_and_generation_stops_at_the_context(live_server):
+    srv = live_server("-np", "1", "-c", "128")
+    r = httpx.post(srv.url + "/completion", json={"prompt": "word " * 400, "n_predict": 4})
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["type"] == "exceed_context_size_error" and err["n_prompt_tokens"] > err["n_ctx"] >= 128
+    assert "--context-shift" in err["message"]
+    r = httpx.post(srv.url + "/v1/completions", json={"prompt": "word " * 400, "max_tokens": 4})
+    assert r.status_code == 400 and r.json()["error"]["type"] == "exceed_context_size_error"
+    d = httpx.post(srv.url + "/completion", json={"prompt": "keep", "n_predict": 300, "ignore_eos": True}, timeout=60).json()
+    assert d["stop_type"] == "limit" and d["truncated"] is True and d["tokens_evaluated"] + d["tokens_predicted"] <= err["n_ctx"] + 1
+    assert parse_settings(["-m", "x", "--context-shift"], environ={})[0].context_shift
+    assert parse_settings(["-m", "x"], environ={"LLAMA_ARG_CONTEXT_SHIFT": "1"})[0].context_shift
+    assert not parse_settings(["-m", "x", "--context-shift", "--no-context-shift"], environ={})[0].context_shift
+
+
+def _preflight(srv, origin: str):
+    return httpx.options(srv.url + "/v1/chat/completions", headers={
+        "Origin": origin, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"})
+
+
+def test_cors_origins(live_server):
+    from kubellama_server.http.cors import allowed_origin
+
+    assert allowed_origin("http://a.test", "*", True) == "http://a.test" and allowed_origin("", "*", True) == "*"
+    assert allowed_origin("http://a.test", "*", False) == "*"
+    assert allowed_origin("http://localhost:5173", "localhost", True) == "http://localhost:5173"
+    assert allowed_origin("http://[::1]:80", "localhost", True) == "http://[::1]:80"
+    assert allowed_origin("http://evil.test", "localhost", True) is None
+    assert allowed_origin("https://ui.test", "https://ui.test, https://b.test", True) == "https://ui.test"
+    assert allowed_origin("https://c.test", "https://ui.test,https://b.test", True) is None
+    srv = live_server("--cors-origins", "localhost", "--no-cors-credentials", "--cors-methods", "GET, POST")
+    ok = _preflight(srv, "http://127.0.0.1:3000")
+    assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == "http://127.0.0.1:3000"
+    assert ok.headers["access-control-allow-methods"] == "GET, POST" and ok.headers["access-control-allow-credentials"] == "false"
+    bad = _preflight(srv, "http://evil.test")
+    assert bad.status_code == 200 and "access-control-allow-origin" not in bad.headers
+    r = httpx.get(srv.url + "/health", headers={"Origin": "http://evil.test"})
+    assert "access-control-allow-origin" not in r.headers
+    assert httpx.get(srv.url + "/health", headers={"Origin": "http://localhost"}).headers["access-control-allow-origin"] == "http://localhost"

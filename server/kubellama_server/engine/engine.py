@@ -136,6 +136,7 @@ class Engine:
             self.ctx,
             n_slots=s.parallel,
             n_predict_limit=s.n_predict,
+            context_shift=s.context_shift,
             cont_batching=s.cont_batching,
             model_name=s.model_name or self.model_path,
             stats=self.stats,

@@ -70,10 +70,12 @@ class Scheduler:
         stats: EngineStats | None = None,
         self_extend: SelfExtend | None = None,
         multimodal: Multimodal | None = None,
+        context_shift: bool = True,
     ):
         self.model = model
         self.ctx = ctx
         self.n_predict_limit = n_predict_limit
+        self.context_shift = context_shift  # --context-shift: cut long prompts, shift a full context
         self.cont_batching = cont_batching
         self.model_name = model_name
         self.stats = stats or EngineStats()
@@ -381,10 +383,11 @@ class Scheduler:
                 raise invalid("'prompt' is empty")
         truncated = False
         if len(tokens) >= slot.n_ctx:
-            if not task.allow_truncate or self.self_extend or task.media is not None:
+            if not task.allow_truncate or not self.context_shift or self.self_extend or task.media is not None:
                 raise APIError(
                     f"the request exceeds the available context size ({len(tokens)} prompt tokens, "
                     f"{slot.n_ctx} per slot); shorten the prompt or start the server with a larger --ctx-size"
+                    + ("" if self.context_shift or not task.allow_truncate else " (or --context-shift to cut it)")
                     + (" (self-extend keeps every token in the KV cache)" if self.self_extend else "")
                     + (" (a prompt with images is never truncated)" if task.media is not None else ""),
                     "exceed_context_size_error",
@@ -605,8 +608,9 @@ class Scheduler:
         params = slot.params
         unlimited = params.n_predict == -1 and self.n_predict_limit == -1
         # no context shift with self-extend, nor across an image (its tokens are evaluated whole)
-        if unlimited or not self.ctx.can_shift or self.self_extend or any(t < 0 for t in slot.cache_tokens):
+        if unlimited or not self.context_shift or not self.ctx.can_shift or self.self_extend or any(t < 0 for t in slot.cache_tokens):
             slot.stopped_limit = True
+            slot.truncated = slot.truncated or (not self.context_shift and not unlimited)  # llama.cpp's flag
             self._finish(slot)
             return False
         n_keep = len(slot.prompt_tokens) if params.n_keep < 0 else params.n_keep

@@ -57,7 +57,8 @@ def create_app(settings: ServerSettings, engine: Engine | None = None, *, load: 
         sp = system_prompt.load_file(settings.system_prompt_file)
         engine.on_ready.append(lambda e: system_prompt.install(e, sp))
     app.add_middleware(auth.APIKeyMiddleware, keys=auth.load_keys(settings), is_public=files.is_public)
-    app.add_middleware(cors.CORSMiddleware)  # outermost: 401s and errors get CORS headers too
+    app.add_middleware(cors.CORSMiddleware, origins=settings.cors_origins, methods=settings.cors_methods,
+                       headers=settings.cors_headers, credentials=settings.cors_credentials)  # outermost: 401s get CORS too
     # wraps even CORS/auth (observes only): 401s are counted, logged and traced too
     metrics = install_observability(app, settings, engine)  # /metrics, tracing, request logs
     persistence.install(engine, metrics.count_slot_action)  # --slot-persist warm restarts

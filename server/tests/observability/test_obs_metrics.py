@@ -137,7 +137,7 @@ HOLD = 0.3
 
 
 def test_processing_and_deferred_gauges(live_server):
-    s = live_server("-np", "1", "-c", "512", "--metrics")
+    s = live_server("-np", "1", "-c", "512", "--metrics", "--context-shift")  # generates until cancelled
     body = {"prompt": "go", "n_predict": 100000, "ignore_eos": True, "stream": True}
     with httpx.stream("POST", s.url + "/completion", json=body, timeout=30) as r:
         lines = r.iter_lines()
