@@ -93,3 +93,19 @@ def test_cors_origins(live_server):
     r = httpx.get(srv.url + "/health", headers={"Origin": "http://evil.test"})
     assert "access-control-allow-origin" not in r.headers
     assert httpx.get(srv.url + "/health", headers={"Origin": "http://localhost"}).headers["access-control-allow-origin"] == "http://localhost"
+
+
+def test_kv_unified_lets_one_slot_use_the_whole_context(live_server):
+    body = {"prompt": "hello", "n_predict": 600, "ignore_eos": True}
+    split = live_server("-c", "1024", "-np", "4")  # 256 tokens per slot (llama.cpp's smallest)
+    short = httpx.post(split.url + "/completion", json=body, timeout=60).json()
+    assert short["generation_settings"]["n_ctx"] == 256 and short["tokens_predicted"] < 256
+    srv = live_server("-c", "1024", "-np", "4", "--kv-unified")
+    long = httpx.post(srv.url + "/completion", json=body, timeout=60).json()
+    assert long["generation_settings"]["n_ctx"] == 1024 and long["tokens_predicted"] == 600
+    # the pool is shared: idle caches make room for the next long request, on any slot
+    others = [httpx.post(srv.url + "/completion", json={**body, "prompt": f"slot {k}", "n_predict": 500, "id_slot": k},
+                         timeout=60).json() for k in range(4)]
+    assert all(o["tokens_predicted"] == 500 for o in others), [o.get("tokens_predicted", o) for o in others]
+    with pytest.raises(SystemExit):
+        parse_settings(["-m", "x", "-kvu", "--embedding"], environ={})

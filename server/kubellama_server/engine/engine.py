@@ -109,6 +109,7 @@ class Engine:
                 n_threads_batch=s.n_threads_batch,
                 embeddings=False,
                 pooling_type=POOLING[s.pooling_name] if s.embeddings_enabled else lc.LLAMA_POOLING_TYPE_UNSPECIFIED,
+                kv_unified=s.kv_unified,
             ),
         )
         self.ctx.embeddings = s.embeddings_enabled  # embedding batches switch llama_set_embeddings on
@@ -137,6 +138,7 @@ class Engine:
             n_slots=s.parallel,
             n_predict_limit=s.n_predict,
             context_shift=s.context_shift,
+            kv_unified=s.kv_unified,
             cont_batching=s.cont_batching,
             model_name=s.model_name or self.model_path,
             stats=self.stats,

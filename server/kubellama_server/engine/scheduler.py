@@ -71,11 +71,13 @@ class Scheduler:
         self_extend: SelfExtend | None = None,
         multimodal: Multimodal | None = None,
         context_shift: bool = True,
+        kv_unified: bool = False,
     ):
         self.model = model
         self.ctx = ctx
         self.n_predict_limit = n_predict_limit
         self.context_shift = context_shift  # --context-shift: cut long prompts, shift a full context
+        self.kv_unified = kv_unified  # one KV pool shared by the slots (each may use all of n_ctx)
         self.cont_batching = cont_batching
         self.model_name = model_name
         self.stats = stats or EngineStats()
@@ -417,6 +419,8 @@ class Scheduler:
             n_cached = 0
         slot.cache_tokens = tokens[:n_cached]
         task.n_cached = n_cached
+        if self.kv_unified:
+            self._make_pool_room(slot, len(tokens) - n_cached)
         slot.start(task, params, tokens, n_cached)
         slot.truncated = truncated
         # prime the penalties with the prompt (or penalty_prompt) history
@@ -428,6 +432,30 @@ class Scheduler:
         slot.sampler.prime([t for t in history if t >= 0] if task.media is not None else history)
         self._send_progress(slot)  # 0%: the request has started (return_progress)
         log.debug("slot %d: task %d, %d prompt tokens, %d cached", slot.id, task.id, len(tokens), n_cached)
+
+    def _make_pool_room(self, slot: Slot, need: int) -> None:
+        """--kv-unified: drop idle slots' caches, least recently used first, until the shared
+        pool has room for `need` more tokens (llama.cpp clears idle slots with a unified KV)."""
+        def used() -> int:
+            return sum(len(s.cache_tokens) for s in self.slots)
+
+        for other in sorted((s for s in self.slots if s is not slot and not s.is_processing and s.cache_tokens),
+                            key=lambda s: s.t_last_used):
+            if used() + need <= self.ctx.n_ctx:
+                return
+            self.ctx.seq_rm(other.id, 0, -1)
+            other.cache_tokens = []
+            log.debug("slot %d: cache dropped to make room in the unified KV pool", other.id)
+
+    def _free_idle_caches(self) -> bool:
+        """--kv-unified: drop every idle slot's cache; whether there was any."""
+        idle = [s for s in self.slots if not s.is_processing and s.cache_tokens]
+        for s in idle:
+            self.ctx.seq_rm(s.id, 0, -1)
+            s.cache_tokens = []
+        if idle:
+            log.debug("unified KV pool full: dropped the caches of %d idle slots", len(idle))
+        return bool(idle)
 
     def _send_progress(self, slot: Slot) -> None:
         """llama.cpp's `return_progress`: where a streamed request's prompt evaluation is."""
@@ -526,6 +554,8 @@ class Scheduler:
                 if slot.is_processing and slot.cache_lora == lora:
                     slot.t_served = now
         ret = self.ctx.decode(batch)
+        if ret == 1 and self.kv_unified and self._free_idle_caches():  # the shared pool is full: make room, retry
+            ret = self.ctx.decode(batch)
         if ret != 0:
             self._decode_failed(active, ret)
             return
