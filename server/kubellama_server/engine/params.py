@@ -8,6 +8,7 @@ and logit biases are tokenized later, on the scheduler thread).
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -158,12 +159,9 @@ def _logit_bias(body: dict) -> list[tuple[PromptPiece, float | bool]]:
     if v is None:
         return []
     out: list[tuple[PromptPiece, float | bool]] = []
-    if isinstance(v, dict):  # OpenAI form: {"token_id": bias}
+    if isinstance(v, dict):  # OpenAI form: {"token_id": bias}; other keys are text (llama.cpp's strtol rule)
         for k, b in v.items():
-            try:
-                tok: PromptPiece = int(k)
-            except (TypeError, ValueError):
-                tok = k
+            tok: PromptPiece = int(k) if _TOKEN_KEY.match(k) else k
             out.append((tok, _bias_value(b)))
         return out
     if not isinstance(v, list):
@@ -176,6 +174,9 @@ def _logit_bias(body: dict) -> list[tuple[PromptPiece, float | bool]]:
             raise invalid(f"'logit_bias' token must be a token id or a string, got {tok!r}")
         out.append((tok, _bias_value(b)))
     return out
+
+
+_TOKEN_KEY = re.compile(r"^\s*[+-]?[0-9]+$")  # what strtol reads whole (no "6_0", no trailing blanks)
 
 
 def _bias_value(b: Any) -> float | bool:
