@@ -32,7 +32,7 @@ def test_one_decode_mixes_tokens_of_several_slots(live_server):
     """Four streams kept open at once: every decode must carry a token of each of them."""
     import contextlib
 
-    srv = live_server("-np", "4", "-c", "2048")
+    srv = live_server("-np", "4", "-c", "2048", "--context-shift")  # generates until cancelled
     body = {"prompt": "go", "n_predict": 100000, "ignore_eos": True, "stream": True}
     with contextlib.ExitStack() as stack:
         streams = [
@@ -140,7 +140,7 @@ def test_health_states_loading_error_busy(tiny_model, tmp_path):
     def hold(engine):
         engine.resolve_model = lambda s: (gate.wait(10), s.model)[1]
 
-    srv = LiveServer(["-m", str(tiny_model), "-t", "1"], wait=False, prepare=hold)
+    srv = LiveServer(["-m", str(tiny_model), "-t", "1", "--context-shift"], wait=False, prepare=hold)
     srv.start()
     try:
         r = httpx.get(srv.url + "/health")

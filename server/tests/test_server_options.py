@@ -131,7 +131,7 @@ def test_slot_files_record_the_lora_scales(live_server, tmp_path):
 
 def test_a_running_request_keeps_its_lora_scales(live_server, tmp_path):
     lora = build_tiny_lora(tmp_path / "lora.gguf")
-    srv = live_server("--lora", str(lora), "-np", "1", "--slot-save-path", str(tmp_path))
+    srv = live_server("--lora", str(lora), "-np", "1", "--slot-save-path", str(tmp_path), "--context-shift")
     body = {"prompt": "hello world", "n_predict": 100000, "ignore_eos": True, "cache_prompt": True, "stream": True}
     with httpx.stream("POST", srv.url + "/completion", json=body, timeout=60) as r:
         lines = r.iter_lines()
@@ -187,7 +187,7 @@ def test_lora_configs_take_turns_while_a_long_prompt_is_read(live_server, tmp_pa
     import threading
 
     lora = build_tiny_lora(tmp_path / "lora.gguf")
-    srv = live_server("--lora", str(lora), "-np", "3", "-c", "6144", "-b", "8", "-ub", "8")
+    srv = live_server("--lora", str(lora), "-np", "3", "-c", "6144", "-b", "8", "-ub", "8", "--context-shift")
     arrivals: list[float] = []
     body = {"prompt": "hi", "n_predict": 100000, "ignore_eos": True, "stream": True, "lora": [{"id": 0, "scale": 0.5}]}
     window: dict = {}
