@@ -104,3 +104,14 @@ def test_probs_format_seed_keeps_the_seed_shape(live_server):
     entry = out["completion_probabilities"][0]
     assert set(entry) == {"content", "id", "prob", "probs"} and len(entry["probs"]) == 3
     assert set(entry["probs"][0]) == {"tok_str", "id", "prob"}
+
+
+def test_timings_per_token(tiny_server):
+    body = {**BASE, "n_predict": 4, "stream": True, "ignore_eos": True}
+    with httpx.stream("POST", tiny_server.url + "/completion", json={**body, "timings_per_token": True}) as r:
+        chunks = [__import__("json").loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
+    partial = [c for c in chunks if not c["stop"]]
+    assert partial and all(c["timings"]["predicted_n"] == c["tokens_predicted"] for c in partial)
+    with httpx.stream("POST", tiny_server.url + "/completion", json=body) as r:
+        plain = [__import__("json").loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
+    assert not any("timings" in c for c in plain if not c["stop"])

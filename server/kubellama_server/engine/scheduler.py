@@ -735,7 +735,12 @@ class Scheduler:
         tokens = slot.generated[slot.streamed_tokens:]
         slot.streamed_probs = len(slot.probs)
         slot.streamed_tokens = len(slot.generated)
-        self.outbox.put(slot.task.sink, ("partial", PartialResult(content, tokens, probs, slot.n_decoded)))
+        timings = None
+        if slot.params.timings_per_token and slot.t_prompt_done:  # llama.cpp's timings in every chunk
+            timings = Timings(cache_n=slot.n_cached, prompt_n=len(slot.prompt_tokens) - slot.n_cached,
+                              prompt_ms=(slot.t_prompt_done - slot.t_start) * 1e3, predicted_n=slot.n_decoded,
+                              predicted_ms=(slot.t_last_token - slot.t_prompt_done) * 1e3).to_json()
+        self.outbox.put(slot.task.sink, ("partial", PartialResult(content, tokens, probs, slot.n_decoded, timings)))
 
     def _finish_timings(self, slot: Slot) -> Timings:
         now = time.perf_counter()

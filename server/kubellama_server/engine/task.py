@@ -111,6 +111,7 @@ class PartialResult:
     tokens: list[int]
     probs: list[TokenInfo]
     n_decoded: int
+    timings: dict[str, Any] | None = None  # with timings_per_token
 
 
 @dataclass

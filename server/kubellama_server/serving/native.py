@@ -117,6 +117,8 @@ def partial_json(part: PartialResult, id_slot: int, probs_format: str = "today",
     }
     if part.probs:
         out["completion_probabilities"] = probs_json(part.probs, probs_format)
+    if part.timings is not None:
+        out["timings"] = part.timings
     return out
 
 
