@@ -140,6 +140,9 @@ FLAGS: list[Flag] = [
     Flag(("--no-context-shift",), "context_shift", "bool", "no context shift (the default)", invert=True),
     Flag(("-kvu", "--kv-unified"), "kv_unified", "bool", "one KV pool shared by all slots: each may use the whole --ctx-size (idle slots' caches make room) [off]", ("LLAMA_ARG_KV_UNIFIED",)),
     Flag(("-no-kvu", "--no-kv-unified"), "kv_unified", "bool", "a KV pool per slot, --ctx-size / --parallel each (the default)", invert=True),
+    Flag(("-fa", "--flash-attn"), "flash_attn", "choice", "Flash Attention: on, off or auto [auto]", ("LLAMA_ARG_FLASH_ATTN",), choices=("on", "off", "auto"), metavar="{on,off,auto}"),
+    Flag(("--jinja",), "jinja", "bool", "render chat templates with Jinja (always on here)", ("LLAMA_ARG_JINJA",)),
+    Flag(("--no-jinja",), "jinja", "bool", "refused: chat templates are always rendered with Jinja", invert=True),
     Flag(("--probs-format",), "probs_format", "choice", "n_probs shape: today (id, token, logprob, bytes, top_logprobs) or seed (content, probs, tok_str, prob) [today] (kubellama)", choices=("today", "seed"), metavar="FORMAT"),
 ]
 
@@ -255,6 +258,7 @@ def _validate(s: ServerSettings) -> None:
          "--embedding/--reranking with --lora needs --parallel 1, 2, 4, 8, ...: llama.cpp aborts on a pooled "
          "decode with LoRA adapters when the slot count is not a power of two"),
         (not ((s.mmproj or s.mmproj_url) and s.grp_attn_n > 1), "--mmproj cannot be combined with --grp-attn-n (self-extend would split images)"),
+        (s.jinja, "--no-jinja: kubellama always renders chat templates with Jinja (drop the flag)"),
         (not (s.kv_unified and s.embeddings_enabled), "--kv-unified cannot be combined with --embedding/--reranking (pooled inputs are decoded one KV stream per slot)"),
         (not s.mmproj or s.mmproj_url or os.path.isfile(s.mmproj),
          f"--mmproj {s.mmproj}: no such file (pass the projector GGUF that goes with the model, or -mmu URL)"),

@@ -130,6 +130,8 @@ class ServerSettings:
     cors_methods: str = "GET, POST, DELETE, OPTIONS"
     cors_headers: str = "*"
     cors_credentials: bool = True
+    flash_attn: str = "auto"  # -fa on|off|auto
+    jinja: bool = True  # chat templates are always Jinja here (--jinja is accepted)
     kv_unified: bool = False  # one KV pool shared by all slots (each may use the whole context)
     context_shift: bool = False  # today's llama.cpp: a prompt that does not fit is a 400, generation stops at the context
 

@@ -109,3 +109,13 @@ def test_kv_unified_lets_one_slot_use_the_whole_context(live_server):
     assert all(o["tokens_predicted"] == 500 for o in others), [o.get("tokens_predicted", o) for o in others]
     with pytest.raises(SystemExit):
         parse_settings(["-m", "x", "-kvu", "--embedding"], environ={})
+
+
+def test_flash_attention_and_jinja_flags(live_server, capsys):
+    s = parse_settings(["-m", "x", "-fa", "on", "--jinja"], environ={})[0]
+    assert s.flash_attn == "on" and s.jinja
+    with pytest.raises(SystemExit):
+        parse_settings(["-m", "x", "--no-jinja"], environ={})
+    assert "--no-jinja: kubellama always renders chat templates with Jinja" in capsys.readouterr().err
+    srv = live_server("-fa", "off", "--jinja")
+    assert httpx.post(srv.url + "/completion", json={"prompt": "hi", "n_predict": 2}).status_code == 200

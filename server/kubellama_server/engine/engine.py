@@ -110,6 +110,7 @@ class Engine:
                 embeddings=False,
                 pooling_type=POOLING[s.pooling_name] if s.embeddings_enabled else lc.LLAMA_POOLING_TYPE_UNSPECIFIED,
                 kv_unified=s.kv_unified,
+                flash_attn=s.flash_attn,
             ),
         )
         self.ctx.embeddings = s.embeddings_enabled  # embedding batches switch llama_set_embeddings on
