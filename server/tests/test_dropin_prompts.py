@@ -77,3 +77,15 @@ def test_logit_bias_suppresses_words_in_every_form(tiny_server):
     assert chat.status_code == 200, chat.text
     picked = [c["token"] for c in chat.json()["choices"][0]["logprobs"]["content"]]
     assert not set(picked) & set(words)
+
+
+def test_n_cmpl(tiny_server):
+    r = post(tiny_server, prompt=["hello", "world"], n_cmpl=2, n_predict=6, seed=3, temperature=1.0)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert [o["index"] for o in out] == [0, 1, 2, 3]
+    assert out[0]["content"] != out[1]["content"]  # seed + k: different but reproducible
+    again = post(tiny_server, prompt="hello", n_cmpl=2, n_predict=6, seed=3, temperature=1.0).json()
+    assert [a["content"] for a in again] == [out[0]["content"], out[1]["content"]]
+    for bad in (0, 17, "2"):
+        assert post(tiny_server, prompt="x", n_cmpl=bad).status_code == 400

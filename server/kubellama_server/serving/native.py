@@ -49,11 +49,28 @@ def completion_task(engine: Engine, body: dict, *, kind: str = "completion", pro
     return Task(kind=kind, prompt=prompt, params=params, sink=TaskSink(), images=images)
 
 
+MAX_CMPL = 16  # n_cmpl: completions per prompt
+
+
 def completion_tasks(engine: Engine, body: dict) -> list[Task]:
-    """One task per prompt (llama.cpp answers several prompts with an array of results)."""
+    """`n_cmpl` tasks per prompt, result index = prompt index * n_cmpl + k (llama.cpp answers several
+    with an array of results); with a `seed`, completion k uses seed + k."""
     if "prompt" not in body:
         raise invalid("'prompt' is required")
-    return [completion_task(engine, body, prompt=p) for p in split_prompts(body["prompt"])]
+    n = body.get("n_cmpl", 1)
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_CMPL:
+        raise invalid(f"'n_cmpl' must be an integer between 1 and {MAX_CMPL}")
+    prompts = split_prompts(body["prompt"])
+    if len(prompts) * n > MAX_PROMPTS:
+        raise invalid(f"'prompt' and 'n_cmpl' ask for {len(prompts) * n} completions; at most {MAX_PROMPTS} per request")
+    tasks = []
+    for p in prompts:
+        for k in range(n):
+            task = completion_task(engine, body, prompt=p)
+            if k and task.params.seed >= 0:
+                task.params.seed = (task.params.seed + k) % 2**32
+            tasks.append(task)
+    return tasks
 
 
 def _logprob(p: float) -> float:
