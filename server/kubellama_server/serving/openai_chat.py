@@ -379,13 +379,19 @@ class ChatStream:
             choice["delta"] = {k: v for k, v in choice["delta"].items() if v is not None}
         return d
 
+    def _role_chunk(self, index: int) -> dict:
+        first = self._chunk([P.ChatChunkChoice(index=index, delta=P.ChatDelta(role="assistant"))])
+        first["choices"][0]["delta"]["content"] = None  # as llama.cpp: the role first, content null
+        return first
+
     def render(self, index: int, kind: str, payload: Any) -> list[dict]:
         out = []
+        if kind == "progress":  # return_progress: the role delta with the prompt's progress (llama.cpp)
+            self.started.add(index)
+            return [{**self._role_chunk(index), "prompt_progress": payload}]
         if index not in self.started:
             self.started.add(index)
-            first = self._chunk([P.ChatChunkChoice(index=index, delta=P.ChatDelta(role="assistant"))])
-            first["choices"][0]["delta"]["content"] = None  # as llama.cpp: the role first, content null
-            out.append(first)
+            out.append(self._role_chunk(index))
         splitter = self.splitters.get(index)
         if kind == "partial":
             part: PartialResult = payload

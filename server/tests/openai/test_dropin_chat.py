@@ -67,3 +67,11 @@ def test_verbose_adds_the_native_result(live_server, tiny_server):
     srv = live_server("--verbose")
     d = chat(srv).json()
     assert d["__verbose"]["generation_settings"]["n_predict"] == 6 and "timings" in d["__verbose"]
+
+
+def test_return_progress_on_chat(tiny_server):
+    chunks = stream(tiny_server, return_progress=True)
+    progress = [c for c in chunks if "prompt_progress" in c]
+    assert progress and progress[-1]["prompt_progress"]["processed"] == progress[-1]["prompt_progress"]["total"]
+    assert all(c["choices"][0]["delta"] == {"role": "assistant", "content": None} for c in progress)
+    assert not any("prompt_progress" in c for c in stream(tiny_server))
