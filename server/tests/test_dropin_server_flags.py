@@ -64,6 +64,8 @@ def test_without_context_shift_a_long_prompt_is_a_400_and_generation_stops_at_th
     assert r.status_code == 400 and r.json()["error"]["type"] == "exceed_context_size_error"
     d = httpx.post(srv.url + "/completion", json={"prompt": "keep", "n_predict": 300, "ignore_eos": True}, timeout=60).json()
     assert d["stop_type"] == "limit" and d["truncated"] is True and d["tokens_evaluated"] + d["tokens_predicted"] <= err["n_ctx"] + 1
+    full = httpx.post(srv.url + "/completion", json={"prompt": "keep", "n_predict": -1, "ignore_eos": True}, timeout=60).json()
+    assert full["stop_type"] == "limit" and full["truncated"] is True
     assert parse_settings(["-m", "x", "--context-shift"], environ={})[0].context_shift
     assert parse_settings(["-m", "x"], environ={"LLAMA_ARG_CONTEXT_SHIFT": "1"})[0].context_shift
     assert not parse_settings(["-m", "x", "--context-shift", "--no-context-shift"], environ={})[0].context_shift

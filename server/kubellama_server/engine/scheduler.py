@@ -640,7 +640,7 @@ class Scheduler:
         # no context shift with self-extend, nor across an image (its tokens are evaluated whole)
         if unlimited or not self.context_shift or not self.ctx.can_shift or self.self_extend or any(t < 0 for t in slot.cache_tokens):
             slot.stopped_limit = True
-            slot.truncated = slot.truncated or (not self.context_shift and not unlimited)  # llama.cpp's flag
+            slot.truncated = slot.truncated or not self.context_shift  # the context ran out (llama.cpp)
             self._finish(slot)
             return False
         n_keep = len(slot.prompt_tokens) if params.n_keep < 0 else params.n_keep
