@@ -46,7 +46,7 @@ FLAGS: list[Flag] = [
     Flag(("--hf-revision",), "hf_revision", "str", "Hugging Face revision (branch, tag or commit; kubellama)", metavar="REV"),
     Flag(("--model-sha256",), "model_sha256", "str", "expected sha256 of the downloaded model (kubellama)", metavar="HEX"),
     Flag(("--offline",), "offline", "bool", "never touch the network; use the cached model or fail (kubellama)", ("LLAMA_OFFLINE",)),
-    Flag(("-a", "--alias"), "alias", "str", "model name returned in API responses", ("LLAMA_ARG_ALIAS",), metavar="ALIAS"),
+    Flag(("-a", "--alias"), "alias", "str", "model names, comma-separated; the first is returned in API responses", ("LLAMA_ARG_ALIAS",), metavar="ALIAS"),
     Flag(("--lora",), "lora", "list", "apply a LoRA adapter (repeatable)", ("LLAMA_ARG_LORA",), metavar="FNAME"),
     Flag(("--lora-base",), "lora_base", "str", "base model for the LoRA layers", metavar="FNAME"),
     Flag(("-mm", "--mmproj"), "mmproj", "str", "multimodal projector file (images in prompts)", ("LLAMA_ARG_MMPROJ",), metavar="FILE"),
@@ -74,7 +74,7 @@ FLAGS: list[Flag] = [
     Flag(("--mlock",), "mlock", "bool", "lock the model in RAM", ("LLAMA_ARG_MLOCK",)),
     Flag(("--no-mmap",), "no_mmap", "bool", "do not memory-map the model", ("LLAMA_ARG_NO_MMAP",)),
     Flag(("--numa",), "numa", "choice", "NUMA strategy", ("LLAMA_ARG_NUMA",), choices=("distribute", "isolate", "numactl"), metavar="STRATEGY"),
-    Flag(("--host",), "host", "str", "address to listen on [127.0.0.1]", ("LLAMA_ARG_HOST",), metavar="HOST"),
+    Flag(("--host",), "host", "str", "addresses to listen on, comma-separated, or UNIX socket paths ending in .sock [127.0.0.1]", ("LLAMA_ARG_HOST",), metavar="HOST"),
     Flag(("--port",), "port", "int", "port to listen on [8080]", ("LLAMA_ARG_PORT",), metavar="PORT"),
     Flag(("-to", "--timeout"), "timeout", "int", "read/write timeout in seconds [600]", ("LLAMA_ARG_TIMEOUT",), metavar="N"),
     Flag(("--path",), "path", "str", "serve static files from this folder", ("LLAMA_ARG_STATIC_PATH",), metavar="DIR"),
@@ -114,6 +114,54 @@ FLAGS: list[Flag] = [
     Flag(("--log-disable",), "log_disable", "bool", "disable logging", ("LLAMA_LOG_DISABLE",)),
     Flag(("--log-format",), "log_format", "choice", "log format [json]", ("LLAMA_LOG_FORMAT",), choices=("json", "text"), metavar="FORMAT"),
     Flag(("-v", "--verbose"), "verbose", "bool", "verbose logs (llama.cpp's too; prompts in request logs)", ("LLAMA_ARG_VERBOSE",)),
+    # -- llama-server drop-in (issue 16): sampling flags (the defaults of every request), today's server flags
+    Flag(("--temp", "--temperature"), "temp", "float", "temperature [0.8]", ("LLAMA_ARG_TEMPERATURE",), metavar="N"),
+    Flag(("-s", "--seed"), "seed", "int", "RNG seed [-1 = random]", metavar="SEED"),
+    Flag(("--top-k",), "top_k", "int", "top-k sampling [40, 0 = off]", ("LLAMA_ARG_TOP_K",), metavar="N"),
+    Flag(("--top-p",), "top_p", "float", "top-p sampling [0.95, 1.0 = off]", ("LLAMA_ARG_TOP_P",), metavar="N"),
+    Flag(("--min-p",), "min_p", "float", "min-p sampling [0.05, 0.0 = off]", ("LLAMA_ARG_MIN_P",), metavar="N"),
+    Flag(("--typical", "--typical-p"), "typical", "float", "locally typical sampling, parameter p [1.0 = off]", metavar="N"),
+    Flag(("--repeat-penalty",), "repeat_penalty", "float", "penalize repeated tokens [1.1, 1.0 = off]", ("LLAMA_ARG_REPEAT_PENALTY",), metavar="N"),
+    Flag(("--repeat-last-n",), "repeat_last_n", "int", "last n tokens to penalize [64, 0 = off]", metavar="N"),
+    Flag(("--presence-penalty",), "presence_penalty", "float", "presence penalty [0.0 = off]", ("LLAMA_ARG_PRESENCE_PENALTY",), metavar="N"),
+    Flag(("--frequency-penalty",), "frequency_penalty", "float", "frequency penalty [0.0 = off]", ("LLAMA_ARG_FREQUENCY_PENALTY",), metavar="N"),
+    Flag(("--dynatemp-range",), "dynatemp_range", "float", "dynamic temperature range [0.0 = off]", metavar="N"),
+    Flag(("--dynatemp-exp",), "dynatemp_exp", "float", "dynamic temperature exponent [1.0]", metavar="N"),
+    Flag(("--mirostat",), "mirostat", "int", "Mirostat sampling: 0 = off, 1 = Mirostat, 2 = Mirostat 2.0 [0]", metavar="N"),
+    Flag(("--mirostat-lr",), "mirostat_lr", "float", "Mirostat learning rate, eta [0.1]", metavar="N"),
+    Flag(("--mirostat-ent",), "mirostat_ent", "float", "Mirostat target entropy, tau [5.0]", metavar="N"),
+    Flag(("--samplers",), "samplers", "str", "samplers in order, ';'-separated [penalties;dry;top_n_sigma;top_k;typ_p;top_p;min_p;xtc;temperature]", metavar="SAMPLERS"),
+    Flag(("--sampling-seq", "--sampler-seq"), "sampling_seq", "str", "samplers in order as letters [edskypmxt]", metavar="SEQUENCE"),
+    Flag(("--dry-multiplier",), "dry_multiplier", "float", "DRY sampling multiplier [0.0 = off]", metavar="N"),
+    Flag(("--dry-base",), "dry_base", "float", "DRY sampling base [1.75]", metavar="N"),
+    Flag(("--dry-allowed-length",), "dry_allowed_length", "int", "DRY: repetitions longer than this are penalized [2]", metavar="N"),
+    Flag(("--dry-penalty-last-n",), "dry_penalty_last_n", "int", "DRY: tokens scanned for repetitions [64, 0 = off]", metavar="N"),
+    Flag(("--dry-sequence-breaker",), "dry_sequence_breaker", "list", "DRY sequence breaker (repeatable; replaces the defaults '\\n' ':' '\"' '*'; 'none' = no breakers)", metavar="STRING"),
+    Flag(("--xtc-probability",), "xtc_probability", "float", "XTC probability [0.0 = off]", metavar="N"),
+    Flag(("--xtc-threshold",), "xtc_threshold", "float", "XTC threshold [0.1, > 0.5 = off]", metavar="N"),
+    Flag(("--top-nsigma", "--top-n-sigma"), "top_nsigma", "float", "top-n-sigma sampling [-1.0 = off]", metavar="N"),
+    Flag(("--ignore-eos",), "ignore_eos", "bool", "ignore end of stream tokens and keep generating"),
+    Flag(("-l", "--logit-bias"), "logit_bias", "list", "TOKEN_ID+BIAS or TOKEN_ID-BIAS, e.g. 15043+1 (repeatable)", metavar="TOKEN_ID(+/-)BIAS"),
+    Flag(("--grammar",), "grammar", "str", "GBNF grammar that constrains every generation without its own", metavar="GRAMMAR"),
+    Flag(("--grammar-file",), "grammar_file", "str", "file to read that grammar from", metavar="FNAME"),
+    Flag(("-j", "--json-schema"), "json_schema", "str", "JSON schema that constrains every generation without its own grammar", metavar="SCHEMA"),
+    Flag(("-jf", "--json-schema-file"), "json_schema_file", "str", "file to read that JSON schema from", metavar="FILE"),
+    Flag(("--tags",), "tags", "str", "model tags, comma-separated (informational: /v1/models, /props)", ("LLAMA_ARG_TAGS",), metavar="STRING"),
+    Flag(("--no-slots",), "slots_endpoint_disable", "bool", "disable GET /slots (as --slots-endpoint-disable)"),
+    Flag(("--slots",), "slots_endpoint_disable", "bool", "enable GET /slots (the default)", ("LLAMA_ARG_ENDPOINT_SLOTS",), invert=True),
+    Flag(("--cors-origins",), "cors_origins", "str", "allowed CORS origins: * (echo any Origin), localhost (only localhost pages) or a comma-separated list [*]", ("LLAMA_ARG_CORS_ORIGINS",), metavar="ORIGINS"),
+    Flag(("--cors-methods",), "cors_methods", "str", "methods allowed by CORS pre-flight answers [GET, POST, DELETE, OPTIONS]", ("LLAMA_ARG_CORS_METHODS",), metavar="METHODS"),
+    Flag(("--cors-headers",), "cors_headers", "str", "headers allowed by CORS pre-flight answers [*]", ("LLAMA_ARG_CORS_HEADERS",), metavar="HEADERS"),
+    Flag(("--cors-credentials",), "cors_credentials", "bool", "allow credentials for CORS (the default)", ("LLAMA_ARG_CORS_CREDENTIALS",)),
+    Flag(("--no-cors-credentials",), "cors_credentials", "bool", "do not allow credentials for CORS", invert=True),
+    Flag(("--context-shift",), "context_shift", "bool", "cut a prompt longer than the context and shift the context when generation fills it (off: a 400, and generation stops) [off]", ("LLAMA_ARG_CONTEXT_SHIFT",)),
+    Flag(("--no-context-shift",), "context_shift", "bool", "no context shift (the default)", invert=True),
+    Flag(("-kvu", "--kv-unified"), "kv_unified", "bool", "one KV pool shared by all slots: each may use the whole --ctx-size (idle slots' caches make room) [off]", ("LLAMA_ARG_KV_UNIFIED",)),
+    Flag(("-no-kvu", "--no-kv-unified"), "kv_unified", "bool", "a KV pool per slot, --ctx-size / --parallel each (the default)", invert=True),
+    Flag(("-fa", "--flash-attn"), "flash_attn", "choice", "Flash Attention: on, off or auto [auto]", ("LLAMA_ARG_FLASH_ATTN",), choices=("on", "off", "auto"), metavar="{on,off,auto}"),
+    Flag(("--jinja",), "jinja", "bool", "render chat templates with Jinja (always on here)", ("LLAMA_ARG_JINJA",)),
+    Flag(("--no-jinja",), "jinja", "bool", "refused: chat templates are always rendered with Jinja", invert=True),
+    Flag(("--probs-format",), "probs_format", "choice", "n_probs shape: today (id, token, logprob, bytes, top_logprobs) or seed (content, probs, tok_str, prob) [today] (kubellama)", choices=("today", "seed"), metavar="FORMAT"),
 ]
 
 # Flags accepted now but not implemented yet: a start-up warning names them when used.
@@ -222,6 +270,7 @@ def _validate(s: ServerSettings) -> None:
         (s.batch_size >= 1, "--batch-size must be >= 1"),
         (s.ubatch_size >= 1, "--ubatch-size must be >= 1"),
         (0 <= s.port <= 65535, "--port must be between 0 and 65535"),
+        (all(h.strip() for h in s.host.split(",")), f"--host {s.host!r}: give addresses separated by commas, without empty ones"),
         (s.n_predict >= -1, "--n-predict must be >= -1"),
         (s.timeout > 0, "--timeout must be > 0"),
         (s.shutdown_timeout >= 0, "--shutdown-timeout must be >= 0"),
@@ -235,6 +284,8 @@ def _validate(s: ServerSettings) -> None:
          "--embedding/--reranking with --lora needs --parallel 1, 2, 4, 8, ...: llama.cpp aborts on a pooled "
          "decode with LoRA adapters when the slot count is not a power of two"),
         (not ((s.mmproj or s.mmproj_url) and s.grp_attn_n > 1), "--mmproj cannot be combined with --grp-attn-n (self-extend would split images)"),
+        (s.jinja, "--no-jinja: kubellama always renders chat templates with Jinja (drop the flag)"),
+        (not (s.kv_unified and s.embeddings_enabled), "--kv-unified cannot be combined with --embedding/--reranking (pooled inputs are decoded one KV stream per slot)"),
         (not s.mmproj or s.mmproj_url or os.path.isfile(s.mmproj),
          f"--mmproj {s.mmproj}: no such file (pass the projector GGUF that goes with the model, or -mmu URL)"),
     ]
@@ -249,6 +300,7 @@ def _validate(s: ServerSettings) -> None:
     if not (s.model or s.model_url or s.hf_repo):
         raise UsageError("no model: pass -m FILE.gguf (or -mu URL, or -hf org/name[:QUANT])")
     _check_openai_flags(s)
+    _check_sampling_flags(s)
     from .engine.self_extend import SelfExtend, SelfExtendError
 
     try:
@@ -274,6 +326,23 @@ def _check_openai_flags(s: ServerSettings) -> None:
             static.check_folder(s.path)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+
+
+def _check_sampling_flags(s: ServerSettings) -> None:
+    """The sampling flags make valid request defaults (grammar and schema files read, the schema converted)."""
+    from .engine.sampler_names import default_params
+    from .errors import APIError
+
+    try:
+        params = default_params(s)
+        if params.json_schema is not None:
+            from .engine.sampling import schema_gbnf
+
+            schema_gbnf(params.json_schema, "--json-schema")
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    except APIError as exc:
+        raise UsageError(exc.message) from None
 
 
 def unimplemented(given: list[str], settings: ServerSettings) -> list[str]:

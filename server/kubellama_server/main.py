@@ -7,6 +7,7 @@ import sys
 
 import uvicorn
 
+from .http import listen
 from .http.app import create_app
 from .http.server_options import uvicorn_options
 from .observability.request_log import install_formatter
@@ -33,13 +34,15 @@ def serve(settings: ServerSettings, warnings: list[str] | None = None) -> None:
         log.warning("accepted but not implemented yet (ignored): %s", ", ".join(warnings))
     app = create_app(settings)
     log.info("listening on http%s://%s:%d", "s" if settings.ssl_cert_file else "", settings.host, settings.port)
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
+    options = dict(
         log_level="warning",
         access_log=False,
         ssl_keyfile=settings.ssl_key_file or None,
         ssl_certfile=settings.ssl_cert_file or None,
         **uvicorn_options(settings),  # connection limit, header and keep-alive timeouts
     )
+    if listen.needs_sockets(settings.host):  # several addresses or a UNIX socket (llama.cpp's --host forms)
+        sockets = listen.bind(settings.host, settings.port)
+        uvicorn.Server(uvicorn.Config(app, **options)).run(sockets=sockets)
+        return
+    uvicorn.run(app, host=settings.host, port=settings.port, **options)

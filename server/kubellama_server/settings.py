@@ -109,6 +109,49 @@ class ServerSettings:
     log_disable: bool = False
     log_format: str = "json"
     verbose: bool = False
+    # -- llama-server drop-in (issue 16): llama.cpp's sampling flags as request defaults,
+    #    and today's server flags. Keep this block together.
+    temp: float = 0.8
+    seed: int = -1
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    typical: float = 1.0
+    repeat_penalty: float = 1.1  # the seed's default (today's llama.cpp: 1.0)
+    repeat_last_n: int = 64
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    dynatemp_range: float = 0.0
+    dynatemp_exp: float = 1.0
+    mirostat: int = 0
+    mirostat_lr: float = 0.1
+    mirostat_ent: float = 5.0
+    samplers: str = ""  # ';'-separated names ("" = the default order)
+    sampling_seq: str = ""  # sampler letters
+    dry_multiplier: float = 0.0
+    dry_base: float = 1.75
+    dry_allowed_length: int = 2
+    dry_penalty_last_n: int = 64
+    dry_sequence_breaker: list[str] = field(default_factory=list)  # [] = llama.cpp's defaults
+    xtc_probability: float = 0.0
+    xtc_threshold: float = 0.1
+    top_nsigma: float = -1.0
+    ignore_eos: bool = False
+    logit_bias: list[str] = field(default_factory=list)  # TOKEN_ID(+/-)BIAS
+    grammar: str = ""
+    grammar_file: str = ""
+    json_schema: str = ""
+    json_schema_file: str = ""
+    probs_format: str = "today"  # n_probs shape: today (id/token/logprob/bytes/top_logprobs) | seed (probs/tok_str)
+    tags: str = ""  # comma-separated model tags (informational)
+    cors_origins: str = "*"  # * = echo any Origin (llama.cpp's default) | localhost | a comma-separated list
+    cors_methods: str = "GET, POST, DELETE, OPTIONS"
+    cors_headers: str = "*"
+    cors_credentials: bool = True
+    flash_attn: str = "auto"  # -fa on|off|auto
+    jinja: bool = True  # chat templates are always Jinja here (--jinja is accepted)
+    kv_unified: bool = False  # one KV pool shared by all slots (each may use the whole context)
+    context_shift: bool = False  # today's llama.cpp: a prompt that does not fit is a 400, generation stops at the context
 
     @property
     def n_threads(self) -> int:
@@ -129,6 +172,15 @@ class ServerSettings:
         return "rank" if self.reranking else (self.pooling or "mean")
 
     @property
+    def aliases(self) -> list[str]:
+        """`--alias a,b`: every name of the model (llama.cpp takes a comma-separated list)."""
+        return [a.strip() for a in self.alias.split(",") if a.strip()]
+
+    @property
+    def tag_list(self) -> list[str]:
+        return [t.strip() for t in self.tags.split(",") if t.strip()]
+
+    @property
     def model_name(self) -> str:
-        """The name echoed in API responses: the alias, else the model path."""
-        return self.alias or self.model
+        """The name echoed in API responses: the first alias, else the model path."""
+        return (self.aliases or [""])[0] or self.model

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import json
 
 import httpx
@@ -78,14 +80,16 @@ def test_logit_bias_string_form(tiny_server):
 
 
 def test_n_probs(tiny_server):
+    """Today's llama.cpp shape: id, token, bytes, logprob and top_logprobs (the default)."""
     d = complete(tiny_server, n_predict=5, n_probs=4, seed=1)
     probs = d["completion_probabilities"]
     assert len(probs) == 5
-    for entry in probs:
-        assert len(entry["probs"]) == 4
-        ps = [p["prob"] for p in entry["probs"]]
+    for entry, tok in zip(probs, d["tokens"]):
+        assert len(entry["top_logprobs"]) == 4 and entry["id"] == tok
+        ps = [math.exp(p["logprob"]) for p in entry["top_logprobs"]]
         assert ps == sorted(ps, reverse=True) and 0 < sum(ps) <= 1.0 + 1e-6
-        assert isinstance(entry["content"], str) and all("tok_str" in p for p in entry["probs"])
+        assert bytes(entry["bytes"]).decode("utf-8", "replace") == entry["token"]
+        assert all(set(p) == {"id", "token", "bytes", "logprob"} for p in entry["top_logprobs"])
 
 
 def test_grammar_output_always_parses(tiny_server):
@@ -206,7 +210,7 @@ def test_health_ok(tiny_server):
         ({"prompt": "x", "top_p": 2}, "'top_p' must be between"),
         ({"prompt": "x", "id_slot": 9}, "'id_slot' 9 does not exist"),
         ({"prompt": "x", "tfs_z": 0.5}, "'tfs_z'"),
-        ({"prompt": "x", "samplers": ["top_k", "nope"]}, "unknown names"),
+        ({"prompt": "x", "samplers": ["top_k", "nope"]}, "unknown sampler name"),
         ({"prompt": "x", "logit_bias": [[1]]}, "'logit_bias'"),
         ({"prompt": "x", "logit_bias": [[99999, 1]]}, "outside the vocabulary"),
         ({"prompt": [99999]}, "outside the vocabulary"),

@@ -47,7 +47,7 @@ def probs(url: str, prompt: str, images: dict[int, bytes], **extra) -> list:
     """The next-token distribution after the prompt (top 8), which every image changes."""
     out = complete(url, prompt=prompt, image_data=[{"id": k, "data": b64(v)} for k, v in images.items()],
                    n_predict=1, n_probs=8, **extra)
-    return [(p["id"], round(p["prob"], 5)) for p in out["completion_probabilities"][0]["probs"]]
+    return [(p["id"], round(p["logprob"], 5)) for p in out["completion_probabilities"][0]["top_logprobs"]]
 
 
 def test_completion_with_an_image(mm_server):
@@ -89,13 +89,13 @@ def test_a_cached_image_is_reused_and_gives_the_same_result(mm_server):
     again = complete(srv.url, prompt="look [img-1] at this", image_data=[{"id": 1, "data": b64(RED)}], n_predict=1,
                      n_probs=8)
     assert again["tokens_cached"] == first["tokens_evaluated"] - 1  # the image's KV was kept
-    assert [(p["id"], round(p["prob"], 5)) for p in again["completion_probabilities"][0]["probs"]] == cold
+    assert [(p["id"], round(p["logprob"], 5)) for p in again["completion_probabilities"][0]["top_logprobs"]] == cold
     # another image at the same place: only the text before it is reused, and the result is the new image's
     other = complete(srv.url, prompt="look [img-1] at this", image_data=[{"id": 1, "data": b64(BLUE)}], n_predict=1,
                      n_probs=8)
     n_before = complete(srv.url, prompt="look ", n_predict=0, cache_prompt=False)["tokens_evaluated"]
     assert other["tokens_cached"] == n_before
-    assert [(p["id"], round(p["prob"], 5)) for p in other["completion_probabilities"][0]["probs"]] == \
+    assert [(p["id"], round(p["logprob"], 5)) for p in other["completion_probabilities"][0]["top_logprobs"]] == \
         probs(srv.url, "look [img-1] at this", {1: BLUE}, cache_prompt=False)
 
 
@@ -107,7 +107,7 @@ def test_the_first_of_two_images_is_reused_when_only_the_second_changes(mm_serve
                    n_predict=1, n_probs=8)
     n_x = complete(srv.url, prompt="x ", n_predict=0, cache_prompt=False)["tokens_evaluated"]
     assert out["tokens_cached"] == n_x + N_IMAGE
-    assert [(p["id"], round(p["prob"], 5)) for p in out["completion_probabilities"][0]["probs"]] == \
+    assert [(p["id"], round(p["logprob"], 5)) for p in out["completion_probabilities"][0]["top_logprobs"]] == \
         probs(srv.url, "x [img-1][img-2] z", images, cache_prompt=False)
 
 

@@ -32,7 +32,7 @@ def test_one_decode_mixes_tokens_of_several_slots(live_server):
     """Four streams kept open at once: every decode must carry a token of each of them."""
     import contextlib
 
-    srv = live_server("-np", "4", "-c", "2048")
+    srv = live_server("-np", "4", "-c", "2048", "--context-shift")  # generates until cancelled
     body = {"prompt": "go", "n_predict": 100000, "ignore_eos": True, "stream": True}
     with contextlib.ExitStack() as stack:
         streams = [
@@ -75,7 +75,7 @@ def test_deferred_requests_start_as_soon_as_the_slot_frees(live_server):
 
 
 def test_streaming_disconnect_frees_the_slot(live_server):
-    srv = live_server("-np", "1", "-c", "256")
+    srv = live_server("-np", "1", "-c", "256", "--context-shift")  # generates until cancelled
     with httpx.stream("POST", srv.url + "/completion", json={"prompt": "go", "n_predict": 1000000, "ignore_eos": True, "stream": True}, timeout=30) as r:
         seen = 0
         for _ in r.iter_lines():
@@ -89,7 +89,7 @@ def test_streaming_disconnect_frees_the_slot(live_server):
 
 
 def test_non_streaming_disconnect_frees_the_slot(live_server):
-    srv = live_server("-np", "1", "-c", "256")
+    srv = live_server("-np", "1", "-c", "256", "--context-shift")  # generates until cancelled
     try:
         httpx.post(srv.url + "/completion", json={"prompt": "go", "n_predict": 1000000, "ignore_eos": True}, timeout=0.5)
     except httpx.ReadTimeout:
@@ -99,7 +99,7 @@ def test_non_streaming_disconnect_frees_the_slot(live_server):
 
 
 def test_context_shift_keeps_generating(live_server):
-    srv = live_server("-np", "1", "-c", "128")
+    srv = live_server("-np", "1", "-c", "128", "--context-shift")
     d = _complete(srv.url, prompt="keep this prefix", n_predict=300, n_keep=-1, ignore_eos=True, seed=1)
     assert d["tokens_predicted"] == 300 and d["truncated"] is True and d["stopped_limit"] is True
 
@@ -119,7 +119,7 @@ def test_server_n_predict_limit(live_server):
 
 
 def test_prompt_longer_than_the_context_is_truncated(live_server):
-    srv = live_server("-np", "2", "-c", "256")  # 128 tokens per slot
+    srv = live_server("-np", "2", "-c", "256", "--context-shift")  # 128 tokens per slot
     long_prompt = "word " * 400
     d = _complete(srv.url, prompt=long_prompt, n_predict=4, n_keep=8, ignore_eos=True)
     n_ctx = d["generation_settings"]["n_ctx"]
@@ -140,7 +140,7 @@ def test_health_states_loading_error_busy(tiny_model, tmp_path):
     def hold(engine):
         engine.resolve_model = lambda s: (gate.wait(10), s.model)[1]
 
-    srv = LiveServer(["-m", str(tiny_model), "-t", "1"], wait=False, prepare=hold)
+    srv = LiveServer(["-m", str(tiny_model), "-t", "1", "--context-shift"], wait=False, prepare=hold)
     srv.start()
     try:
         r = httpx.get(srv.url + "/health")

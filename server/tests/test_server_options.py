@@ -30,7 +30,7 @@ def _probs(srv, **body) -> list:
     r = httpx.post(srv.url + "/completion", json={"prompt": "hello world", "n_predict": 1, "n_probs": 5,
                                                    "temperature": 0, "cache_prompt": True, **body}, timeout=60)
     assert r.status_code == 200, r.text
-    return [(p["id"], round(p["prob"], 5)) for p in r.json()["completion_probabilities"][0]["probs"]]
+    return [(p["id"], round(p["logprob"], 5)) for p in r.json()["completion_probabilities"][0]["top_logprobs"]]
 
 
 def test_lora_scales_change_at_run_time(live_server, tmp_path):
@@ -123,7 +123,7 @@ def test_slot_files_record_the_lora_scales(live_server, tmp_path):
     same = httpx.post(srv.url + "/completion", json={"prompt": "hello world", "n_predict": 1, "cache_prompt": True,
                                                       "n_probs": 5, "temperature": 0, "lora": [{"id": 0, "scale": 1}]}).json()
     assert same["tokens_cached"] > 0
-    assert [(p["id"], round(p["prob"], 5)) for p in same["completion_probabilities"][0]["probs"]] == adapted
+    assert [(p["id"], round(p["logprob"], 5)) for p in same["completion_probabilities"][0]["top_logprobs"]] == adapted
     srv2 = live_server("-np", "1", "--slot-save-path", str(tmp_path))  # no adapters at all: refused
     r = httpx.post(srv2.url + "/slots/0?action=restore", json={"filename": "a.bin"})
     assert r.status_code == 400 and "lora_adapters" in r.json()["error"]["message"], r.text
@@ -131,7 +131,7 @@ def test_slot_files_record_the_lora_scales(live_server, tmp_path):
 
 def test_a_running_request_keeps_its_lora_scales(live_server, tmp_path):
     lora = build_tiny_lora(tmp_path / "lora.gguf")
-    srv = live_server("--lora", str(lora), "-np", "1", "--slot-save-path", str(tmp_path))
+    srv = live_server("--lora", str(lora), "-np", "1", "--slot-save-path", str(tmp_path), "--context-shift")
     body = {"prompt": "hello world", "n_predict": 100000, "ignore_eos": True, "cache_prompt": True, "stream": True}
     with httpx.stream("POST", srv.url + "/completion", json=body, timeout=60) as r:
         lines = r.iter_lines()
@@ -187,7 +187,7 @@ def test_lora_configs_take_turns_while_a_long_prompt_is_read(live_server, tmp_pa
     import threading
 
     lora = build_tiny_lora(tmp_path / "lora.gguf")
-    srv = live_server("--lora", str(lora), "-np", "3", "-c", "6144", "-b", "8", "-ub", "8")
+    srv = live_server("--lora", str(lora), "-np", "3", "-c", "6144", "-b", "8", "-ub", "8", "--context-shift")
     arrivals: list[float] = []
     body = {"prompt": "hi", "n_predict": 100000, "ignore_eos": True, "stream": True, "lora": [{"id": 0, "scale": 0.5}]}
     window: dict = {}

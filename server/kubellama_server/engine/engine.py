@@ -22,6 +22,7 @@ from ..llama.model import LlamaModel, ModelLoadParams
 from ..llama.mtmd import Multimodal
 from ..settings import ServerSettings
 from .params import SlotParams
+from .sampler_names import default_params
 from .scheduler import Scheduler
 from .self_extend import SelfExtend
 from .stats import EngineStats
@@ -55,7 +56,7 @@ class Engine:
         self.scheduler: Scheduler | None = None
         self.multimodal: Multimodal | None = None
         self.stats = EngineStats()
-        self.default_params = SlotParams()
+        self.default_params = default_params(settings)  # the sampling flags
         self.model_path = settings.model
         self.loaded = threading.Event()
         self.t_loaded = 0.0
@@ -108,6 +109,8 @@ class Engine:
                 n_threads_batch=s.n_threads_batch,
                 embeddings=False,
                 pooling_type=POOLING[s.pooling_name] if s.embeddings_enabled else lc.LLAMA_POOLING_TYPE_UNSPECIFIED,
+                kv_unified=s.kv_unified,
+                flash_attn=s.flash_attn,
             ),
         )
         self.ctx.embeddings = s.embeddings_enabled  # embedding batches switch llama_set_embeddings on
@@ -135,6 +138,8 @@ class Engine:
             self.ctx,
             n_slots=s.parallel,
             n_predict_limit=s.n_predict,
+            context_shift=s.context_shift,
+            kv_unified=s.kv_unified,
             cont_batching=s.cont_batching,
             model_name=s.model_name or self.model_path,
             stats=self.stats,
@@ -247,6 +252,7 @@ class Engine:
     def slot_json(self, slot) -> dict[str, Any]:
         """One slot as in the reference's GET /slots."""
         d = self.generation_settings(slot.params)
+        d["params"] = {k: v for k, v in d.items() if k not in ("model", "n_ctx")}  # today's slot shape
         d.update(
             id=slot.id,
             id_task=slot.last_task_id,
@@ -257,6 +263,7 @@ class Engine:
             n_past=slot.n_past,
             n_prompt_tokens=len(slot.prompt_tokens),
             n_prompt_tokens_cache=slot.n_cached,
+            n_prompt_tokens_processed=len(slot.prompt_tokens) - slot.n_cached,
             next_token=slot.next_token_json(),
         )
         return d

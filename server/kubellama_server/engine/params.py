@@ -8,13 +8,13 @@ and logit biases are tokenized later, on the scheduler thread).
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..errors import invalid
 
-DEFAULT_SAMPLERS = ["top_k", "tfs_z", "typical_p", "top_p", "min_p", "temperature"]
-KNOWN_SAMPLERS = set(DEFAULT_SAMPLERS)
+from .sampler_names import DEFAULT_SAMPLERS, sampler_chars, sampler_names
 
 PromptPiece = int | str
 Prompt = str | list[PromptPiece]
@@ -56,10 +56,26 @@ class SlotParams:
     cache_prompt: bool = False
     samplers: list[str] = field(default_factory=lambda: list(DEFAULT_SAMPLERS))
     lora: list[tuple[int, float]] | None = None  # [(adapter id, scale)]: this request's adapters (others off)
+    # today's llama.cpp samplers and fields
+    dry_multiplier: float = 0.0
+    dry_base: float = 1.75
+    dry_allowed_length: int = 2
+    dry_penalty_last_n: int = 64
+    dry_sequence_breakers: list[str] = field(default_factory=lambda: ["\n", ":", "\"", "*"])
+    xtc_probability: float = 0.0
+    xtc_threshold: float = 0.1
+    top_n_sigma: float = -1.0
+    return_tokens: bool = False
+    t_max_predict_ms: int = 0
+    n_indent: int = 0
+    post_sampling_probs: bool = False
+    return_progress: bool = False
+    timings_per_token: bool = False
 
     def settings(self) -> dict[str, Any]:
         """The JSON view used in `generation_settings`, `/props` and `/slots`."""
         d = asdict(self)
+        d["max_tokens"] = self.n_predict
         d["logit_bias"] = [[t, b] for t, b in self.logit_bias]
         d["penalty_prompt_tokens"] = self.penalty_prompt if isinstance(self.penalty_prompt, list) else []
         d["use_penalty_prompt_tokens"] = self.penalty_prompt is not None
@@ -143,12 +159,9 @@ def _logit_bias(body: dict) -> list[tuple[PromptPiece, float | bool]]:
     if v is None:
         return []
     out: list[tuple[PromptPiece, float | bool]] = []
-    if isinstance(v, dict):  # OpenAI form: {"token_id": bias}
+    if isinstance(v, dict):  # OpenAI form: {"token_id": bias}; other keys are text (llama.cpp's strtol rule)
         for k, b in v.items():
-            try:
-                tok: PromptPiece = int(k)
-            except (TypeError, ValueError):
-                tok = k
+            tok: PromptPiece = int(k) if _TOKEN_KEY.match(k) else k
             out.append((tok, _bias_value(b)))
         return out
     if not isinstance(v, list):
@@ -163,6 +176,9 @@ def _logit_bias(body: dict) -> list[tuple[PromptPiece, float | bool]]:
     return out
 
 
+_TOKEN_KEY = re.compile(r"^\s*[+-]?[0-9]+$")  # what strtol reads whole (no "6_0", no trailing blanks)
+
+
 def _bias_value(b: Any) -> float | bool:
     if b is False:
         return False
@@ -171,15 +187,29 @@ def _bias_value(b: Any) -> float | bool:
     raise invalid(f"'logit_bias' values must be numbers or false, got {b!r}")
 
 
-def _samplers(body: dict) -> list[str]:
+def _samplers(body: dict, default: list[str]) -> list[str]:
+    """An array of sampler names, or a string of llama.cpp's sampler letters ("kypmt")."""
     v = body.get("samplers")
     if v is None:
-        return list(DEFAULT_SAMPLERS)
+        return list(default)
+    try:
+        if isinstance(v, str):
+            return sampler_chars(v, "'samplers'")
+        if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
+            raise ValueError("'samplers' must be an array of sampler names or a string of sampler letters")
+        return sampler_names(v, "'samplers'")
+    except ValueError as exc:
+        raise invalid(str(exc)) from None
+
+
+def _breakers(body: dict, default: list[str]) -> list[str]:
+    v = body.get("dry_sequence_breakers")
+    if v is None:
+        return list(default)
     if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
-        raise invalid("'samplers' must be an array of sampler names")
-    unknown = [s for s in v if s not in KNOWN_SAMPLERS]
-    if unknown:
-        raise invalid(f"'samplers' has unknown names {unknown}; known: {DEFAULT_SAMPLERS}")
+        raise invalid("'dry_sequence_breakers' must be an array of strings")
+    if len(v) > 64 or any(len(s) > 256 for s in v):
+        raise invalid("'dry_sequence_breakers' takes at most 64 strings of at most 256 characters")
     return list(v)
 
 
@@ -207,6 +237,7 @@ def parse_slot_params(body: dict, defaults: SlotParams, *, n_slots: int) -> Slot
         raise invalid("request body must be a JSON object")
     d = defaults
     n_predict = body.get("n_predict", body.get("max_tokens", body.get("max_completion_tokens")))
+    own_grammar = body.get("grammar") is not None or body.get("json_schema") is not None  # else the server's
     p = SlotParams(
         n_predict=_int({"n_predict": n_predict}, "n_predict", d.n_predict, lo=-1),
         n_keep=_int(body, "n_keep", d.n_keep, lo=-1),
@@ -229,17 +260,31 @@ def parse_slot_params(body: dict, defaults: SlotParams, *, n_slots: int) -> Slot
         mirostat=_int(body, "mirostat", d.mirostat, lo=0, hi=2),
         mirostat_tau=_float(body, "mirostat_tau", d.mirostat_tau, lo=0.0),
         mirostat_eta=_float(body, "mirostat_eta", d.mirostat_eta, lo=0.0),
-        grammar=body.get("grammar") or "",
-        json_schema=body.get("json_schema"),
+        grammar=(body.get("grammar") or "") if own_grammar else d.grammar,
+        json_schema=body.get("json_schema") if own_grammar else d.json_schema,
         seed=_int(body, "seed", d.seed, lo=-1, hi=2**32 - 1),
         ignore_eos=_bool(body, "ignore_eos", d.ignore_eos),
-        logit_bias=_logit_bias(body),
+        logit_bias=_logit_bias(body) if body.get("logit_bias") is not None else list(d.logit_bias),  # replaces, as llama.cpp
         n_probs=_int(body, "n_probs", d.n_probs, lo=0, hi=100),
         min_keep=_int(body, "min_keep", d.min_keep, lo=0),
         id_slot=_int(body, "id_slot", -1, lo=-1),
         cache_prompt=_bool(body, "cache_prompt", d.cache_prompt),
-        samplers=_samplers(body),
+        samplers=_samplers(body, d.samplers),
         lora=_lora(body),
+        dry_multiplier=_float(body, "dry_multiplier", d.dry_multiplier, lo=0.0),
+        dry_base=_float(body, "dry_base", d.dry_base, lo=0.0),
+        dry_allowed_length=_int(body, "dry_allowed_length", d.dry_allowed_length, lo=0),
+        dry_penalty_last_n=_int(body, "dry_penalty_last_n", d.dry_penalty_last_n, lo=-1),
+        dry_sequence_breakers=_breakers(body, d.dry_sequence_breakers),
+        xtc_probability=_float(body, "xtc_probability", d.xtc_probability, lo=0.0, hi=1.0),
+        xtc_threshold=_float(body, "xtc_threshold", d.xtc_threshold, lo=0.0),
+        top_n_sigma=_float(body, "top_n_sigma", d.top_n_sigma),
+        return_tokens=_bool(body, "return_tokens", d.return_tokens),
+        t_max_predict_ms=_int(body, "t_max_predict_ms", d.t_max_predict_ms, lo=0),
+        n_indent=_int(body, "n_indent", d.n_indent, lo=0),
+        post_sampling_probs=_bool(body, "post_sampling_probs", d.post_sampling_probs),
+        return_progress=_bool(body, "return_progress", d.return_progress),
+        timings_per_token=_bool(body, "timings_per_token", d.timings_per_token),
     )
     if not isinstance(p.grammar, str):
         raise invalid("'grammar' must be a string (GBNF)")

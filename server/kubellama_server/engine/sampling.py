@@ -1,12 +1,14 @@
 """Build a llama_sampler chain from `SlotParams` (llama.cpp's common_sampler order).
 
-Chain: logit_bias -> [grammar] -> penalties -> (mirostat | samplers in the requested
-order -> dist(seed)); temperature <= 0 means greedy. Every stage after the grammar only
-sees tokens the grammar allows (a bias adds to logits and the grammar masks them: the
-two commute). The grammar is guarded: when it and the biases leave no token (a finished
-grammar with `ignore_eos`, or `logit_bias` false on every allowed token), llama.cpp's
-grammar would abort the process on the next accept; the guard skips that accept and
-marks the chain `dead`, and the scheduler ends the request.
+Chain: logit_bias -> [grammar] -> (mirostat | samplers in the requested order -> dist(seed)),
+the samplers being llama.cpp's own (penalties, DRY, top-n-sigma, top-k, typical, top-p,
+min-p, XTC, temperature); penalties not named in `samplers` go right after the grammar
+(the seed's order); temperature <= 0 means greedy (after penalties and DRY). Every stage
+after the grammar only sees tokens the grammar allows (a bias adds to logits and the
+grammar masks them: the two commute). The grammar is guarded: when it and the biases
+leave no token (a finished grammar with `ignore_eos`, or `logit_bias` false on every
+allowed token), llama.cpp's grammar would abort the process on the next accept; the guard
+skips that accept and marks the chain `dead`, and the scheduler ends the request.
 """
 
 from __future__ import annotations
@@ -121,6 +123,10 @@ class _GuardedGrammar:
             lc.llama_sampler_accept(self.inner, token)
 
 
+# llama_token_data: {int32 id; float logit; float p}
+_TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
+
+
 class SamplerChain:
     """Owns one llama_sampler chain (and any Python-side sampler objects it uses)."""
 
@@ -128,6 +134,7 @@ class SamplerChain:
         self._keep: list[object] = []
         self.penalties = None  # the penalties sampler (inside the chain), primed with history
         self.grammar: _GuardedGrammar | None = None
+        self.history_samplers: list = []  # other samplers primed with the prompt (DRY)
         self.chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
         self.seed = params.seed if params.seed >= 0 else random.randint(0, 2**32 - 2)
         try:
@@ -154,18 +161,13 @@ class SamplerChain:
             self.grammar = _GuardedGrammar(g)
             self._keep.append(self.grammar)
             self._add(self.grammar.ptr)
-        last_n = n_ctx if p.repeat_last_n == -1 else p.repeat_last_n
-        if last_n != 0 and (p.repeat_penalty != 1.0 or p.frequency_penalty != 0.0 or p.presence_penalty != 0.0):
-            pen = lc.llama_sampler_init_penalties(
-                model.n_vocab, last_n, p.repeat_penalty, p.frequency_penalty, p.presence_penalty
-            )
-            if not p.penalize_nl and model.nl >= 0:
-                wrapper = _NlPreservingPenalties(pen, model.nl)
-                self._keep.append(wrapper)
-                pen = wrapper.ptr
-            self._add(pen)
-            self.penalties = pen
-        if p.temperature <= 0:
+        pen = self._penalties(model, p, n_ctx)
+        if pen is not None and ("penalties" not in p.samplers or p.temperature <= 0 or p.mirostat):
+            self._add(pen)  # the seed's place, before every sampler (and always with greedy or mirostat)
+            pen = None
+        if p.temperature <= 0:  # greedy; DRY still applies, as in llama.cpp's chain
+            if "dry" in p.samplers and p.dry_multiplier > 0:
+                self._add_dry(model, p, n_ctx)
             self._add(lc.llama_sampler_init_greedy())
             return
         if p.mirostat == 1:
@@ -177,15 +179,24 @@ class SamplerChain:
             self._add(lc.llama_sampler_init_mirostat_v2(self.seed, p.mirostat_tau, p.mirostat_eta))
             return
         min_keep = max(1, p.min_keep)
-        for name in p.samplers:
-            if name == "top_k" and p.top_k > 0:
+        for name in p.samplers:  # llama.cpp's names (sampler_names canonicalises requests and flags)
+            if name == "penalties" and pen is not None:
+                self._add(pen)
+                pen = None  # one sampler object: placed once (llama.cpp would add a second one)
+            elif name == "dry" and p.dry_multiplier > 0:
+                self._add_dry(model, p, n_ctx)
+            elif name == "top_n_sigma" and p.top_n_sigma > 0:
+                self._add(lc.llama_sampler_init_top_n_sigma(p.top_n_sigma))
+            elif name == "top_k" and p.top_k > 0:
                 self._add(lc.llama_sampler_init_top_k(p.top_k))
-            elif name == "typical_p" and p.typical_p < 1.0:
+            elif name == "typ_p" and p.typical_p < 1.0:
                 self._add(lc.llama_sampler_init_typical(p.typical_p, min_keep))
             elif name == "top_p" and p.top_p < 1.0:
                 self._add(lc.llama_sampler_init_top_p(p.top_p, min_keep))
             elif name == "min_p" and p.min_p > 0.0:
                 self._add(lc.llama_sampler_init_min_p(p.min_p, min_keep))
+            elif name == "xtc" and p.xtc_probability > 0 and p.xtc_threshold <= 0.5:
+                self._add(lc.llama_sampler_init_xtc(p.xtc_probability, p.xtc_threshold, min_keep, self.seed))
             elif name == "temperature":
                 if p.dynatemp_range > 0:
                     self._add(lc.llama_sampler_init_temp_ext(p.temperature, p.dynatemp_range, p.dynatemp_exponent))
@@ -194,11 +205,35 @@ class SamplerChain:
             # "tfs_z": only 1.0 (disabled) is accepted by params parsing
         self._add(lc.llama_sampler_init_dist(self.seed))
 
+    def _penalties(self, model: LlamaModel, p: SlotParams, n_ctx: int):
+        """The penalties sampler (repeat, frequency, presence), or None when they are off."""
+        last_n = n_ctx if p.repeat_last_n == -1 else p.repeat_last_n
+        if last_n == 0 or (p.repeat_penalty == 1.0 and p.frequency_penalty == 0.0 and p.presence_penalty == 0.0):
+            return None
+        pen = lc.llama_sampler_init_penalties(model.n_vocab, last_n, p.repeat_penalty, p.frequency_penalty,
+                                              p.presence_penalty)
+        if not p.penalize_nl and model.nl >= 0:
+            wrapper = _NlPreservingPenalties(pen, model.nl)
+            self._keep.append(wrapper)
+            pen = wrapper.ptr
+        self.penalties = pen
+        return pen
+
+    def _add_dry(self, model: LlamaModel, p: SlotParams, n_ctx: int) -> None:
+        """llama.cpp's DRY sampler; primed with the prompt like the penalties (-1 = the slot's context)."""
+        last_n = n_ctx if p.dry_penalty_last_n == -1 else p.dry_penalty_last_n
+        breakers = [b.encode() for b in p.dry_sequence_breakers]
+        arr = (ctypes.c_char_p * max(1, len(breakers)))(*breakers)
+        dry = lc.llama_sampler_init_dry(model.vocab, p.dry_multiplier, p.dry_base, p.dry_allowed_length, last_n,
+                                        arr, len(breakers))
+        self._add(dry)
+        self.history_samplers.append(dry)
+
     def prime(self, history: list[int]) -> None:
-        """Feed prompt tokens to the penalties only (the grammar must not see them)."""
-        if self.penalties is not None:
+        """Feed prompt tokens to the penalties and DRY only (the grammar must not see them)."""
+        for smpl in ([self.penalties] if self.penalties is not None else []) + self.history_samplers:
             for tok in history:
-                lc.llama_sampler_accept(self.penalties, tok)
+                lc.llama_sampler_accept(smpl, tok)
 
     def sample(self, ctx_ptr, idx: int) -> int:
         """Sample from output `idx` of the last decode (llama_sampler_sample also accepts it)."""
@@ -208,6 +243,30 @@ class SamplerChain:
     def dead(self) -> bool:
         """The grammar allowed no token at the last sample: the request cannot go on."""
         return self.grammar is not None and self.grammar.dead
+
+    def sample_post(self, logits: np.ndarray, n_probs: int) -> tuple[int, list[tuple[int, float]]]:
+        """Sample as `sample` does (apply the chain to every token, accept the pick) and return the
+        `n_probs` most likely candidates left after the chain: llama.cpp's `post_sampling_probs`."""
+        n = logits.shape[0]
+        cand = np.empty(n, dtype=_TOKEN_DATA)
+        cand["id"] = np.arange(n, dtype=np.int32)
+        cand["logit"] = logits
+        cand["p"] = 0.0
+        arr = lc.llama_token_data_array(
+            data=cand.ctypes.data_as(ctypes.POINTER(lc.llama_token_data)), size=n, selected=-1, sorted=False)
+        lc.llama_sampler_apply(self.chain, ctypes.byref(arr))
+        left = np.frombuffer((ctypes.c_char * (arr.size * _TOKEN_DATA.itemsize)).from_address(
+            ctypes.addressof(arr.data.contents)), dtype=_TOKEN_DATA).copy()
+        token = int(left["id"][arr.selected]) if 0 <= arr.selected < arr.size else int(left["id"][0])
+        lc.llama_sampler_accept(self.chain, token)  # the guarded grammar skips it when `dead`
+        keep = left[np.isfinite(left["logit"])]
+        if keep.size == 0:
+            return token, [(token, 1.0)]
+        z = keep["logit"].astype(np.float64)
+        e = np.exp(z - z.max())
+        probs = e / e.sum()
+        order = np.argsort(-probs, kind="stable")[:n_probs]
+        return token, [(int(keep["id"][k]), float(probs[k])) for k in order]
 
     def free(self) -> None:
         if self.chain:

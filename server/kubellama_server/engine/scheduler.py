@@ -29,6 +29,7 @@ from .params import SlotParams
 from .sampling import SamplerChain, token_prob, top_probs
 from .self_extend import SelfExtend
 from .slot import Slot
+from .text import indent_cut
 from .stats import EngineStats
 from .task import (
     CompletionResult,
@@ -72,10 +73,14 @@ class Scheduler:
         stats: EngineStats | None = None,
         self_extend: SelfExtend | None = None,
         multimodal: Multimodal | None = None,
+        context_shift: bool = True,
+        kv_unified: bool = False,
     ):
         self.model = model
         self.ctx = ctx
         self.n_predict_limit = n_predict_limit
+        self.context_shift = context_shift  # --context-shift: cut long prompts, shift a full context
+        self.kv_unified = kv_unified  # one KV pool shared by the slots (each may use all of n_ctx)
         self.cont_batching = cont_batching
         self.model_name = model_name
         self.stats = stats or EngineStats()
@@ -436,10 +441,11 @@ class Scheduler:
                 raise invalid("'prompt' is empty")
         truncated = False
         if len(tokens) >= slot.n_ctx:
-            if not task.allow_truncate or self.self_extend or task.media is not None:
+            if not task.allow_truncate or not self.context_shift or self.self_extend or task.media is not None:
                 raise APIError(
                     f"the request exceeds the available context size ({len(tokens)} prompt tokens, "
                     f"{slot.n_ctx} per slot); shorten the prompt or start the server with a larger --ctx-size"
+                    + ("" if self.context_shift or not task.allow_truncate else " (or --context-shift to cut it)")
                     + (" (self-extend keeps every token in the KV cache)" if self.self_extend else "")
                     + (" (a prompt with images is never truncated)" if task.media is not None else ""),
                     "exceed_context_size_error",
@@ -469,6 +475,8 @@ class Scheduler:
             n_cached = 0
         slot.cache_tokens = tokens[:n_cached]
         task.n_cached = n_cached
+        if self.kv_unified:
+            self._make_pool_room(slot, len(tokens) - n_cached)
         slot.start(task, params, tokens, n_cached)
         slot.truncated = truncated
         # prime the penalties with the prompt (or penalty_prompt) history
@@ -478,7 +486,41 @@ class Scheduler:
         elif isinstance(params.penalty_prompt, list):
             history = [t for t in params.penalty_prompt if isinstance(t, int) and self.model.valid_token(t)]
         slot.sampler.prime([t for t in history if t >= 0] if task.media is not None else history)
+        self._send_progress(slot)  # 0%: the request has started (return_progress)
         log.debug("slot %d: task %d, %d prompt tokens, %d cached", slot.id, task.id, len(tokens), n_cached)
+
+    def _make_pool_room(self, slot: Slot, need: int) -> None:
+        """--kv-unified: drop idle slots' caches, least recently used first, until the shared
+        pool has room for `need` more tokens (llama.cpp clears idle slots with a unified KV)."""
+        def used() -> int:
+            return sum(len(s.cache_tokens) for s in self.slots)
+
+        for other in sorted((s for s in self.slots if s is not slot and not s.is_processing and s.cache_tokens),
+                            key=lambda s: s.t_last_used):
+            if used() + need <= self.ctx.n_ctx:
+                return
+            self.ctx.seq_rm(other.id, 0, -1)
+            other.cache_tokens = []
+            log.debug("slot %d: cache dropped to make room in the unified KV pool", other.id)
+
+    def _free_idle_caches(self) -> bool:
+        """--kv-unified: drop every idle slot's cache; whether there was any."""
+        idle = [s for s in self.slots if not s.is_processing and s.cache_tokens]
+        for s in idle:
+            self.ctx.seq_rm(s.id, 0, -1)
+            s.cache_tokens = []
+        if idle:
+            log.debug("unified KV pool full: dropped the caches of %d idle slots", len(idle))
+        return bool(idle)
+
+    def _send_progress(self, slot: Slot) -> None:
+        """llama.cpp's `return_progress`: where a streamed request's prompt evaluation is."""
+        p = slot.params
+        if p is None or not (p.stream and p.return_progress) or slot.task is None or slot.task.kind != "completion":
+            return
+        self.outbox.put(slot.task.sink, ("progress", {
+            "total": len(slot.prompt_tokens), "cache": slot.n_cached, "processed": slot.n_prompt_done,
+            "time_ms": int((time.perf_counter() - slot.t_start) * 1e3)}))
 
     def _share_prefix(self, slot: Slot, prefix: list[int]) -> int:
         """Give `slot` the KV of `prefix` (the system prompt) without evaluating it again.
@@ -568,6 +610,8 @@ class Scheduler:
                 if slot.is_processing and slot.cache_lora == lora:
                     slot.t_served = now
         ret = self.ctx.decode(batch)
+        if ret == 1 and self.kv_unified and self._free_idle_caches():  # the shared pool is full: make room, retry
+            ret = self.ctx.decode(batch)
         if ret != 0:
             self._decode_failed(active, ret)
             return
@@ -575,6 +619,8 @@ class Scheduler:
             for slot in {s.id: s for s in active}.values():
                 if slot.n_past % self.self_extend.w == 0:
                     self._compress_window(slot)
+        for slot in {s.id: s for s in active if s.t_prompt_done == 0.0}.values():  # still reading their prompt
+            self._send_progress(slot)
         n_slots = len({s.id for s in active})
         self.last_batch_slots = n_slots
         self.max_batch_slots = max(self.max_batch_slots, n_slots)
@@ -657,8 +703,9 @@ class Scheduler:
         params = slot.params
         unlimited = params.n_predict == -1 and self.n_predict_limit == -1
         # no context shift with self-extend, nor across an image (its tokens are evaluated whole)
-        if unlimited or not self.ctx.can_shift or self.self_extend or any(t < 0 for t in slot.cache_tokens):
+        if unlimited or not self.context_shift or not self.ctx.can_shift or self.self_extend or any(t < 0 for t in slot.cache_tokens):
             slot.stopped_limit = True
+            slot.truncated = slot.truncated or not self.context_shift  # the context ran out (llama.cpp)
             self._finish(slot)
             return False
         n_keep = len(slot.prompt_tokens) if params.n_keep < 0 else params.n_keep
@@ -686,23 +733,34 @@ class Scheduler:
     # -- sampling and stopping ---------------------------------------------------
     def _sample(self, slot: Slot, i: int, now: float) -> None:
         params = slot.params
-        token = slot.sampler.sample(self.ctx.ptr, i)
+        info = None
+        post = params.n_probs > 0 and params.post_sampling_probs
+        if post:
+            token, top = slot.sampler.sample_post(self.ctx.logits(i), params.n_probs)
+        else:
+            token = slot.sampler.sample(self.ctx.ptr, i)
         if slot.sampler.dead:  # the grammar (with the biases) allows nothing more: it is complete
             slot.stopped_eos = True
             self._finish(slot)
             return
-        info = None
+        if post:
+            prob = next((p for t, p in top if t == token), 0.0)
+        else:
+            if params.n_probs > 0:
+                logits = self.ctx.logits(i)
+                top = top_probs(logits, params.n_probs)
+                prob = next((p for t, p in top if t == token), None)
+                if prob is None:
+                    prob = token_prob(logits, token)
         if params.n_probs > 0:
-            logits = self.ctx.logits(i)
-            top = top_probs(logits, params.n_probs)
-            prob = next((p for t, p in top if t == token), None)
-            if prob is None:
-                prob = token_prob(logits, token)
+            tb = self.model.token_bytes
             info = TokenInfo(
                 id=token,
                 text=self.model.detokenize([token]),
                 prob=prob,
-                top=[TokenProb(t, self.model.detokenize([t]), p) for t, p in top],
+                top=[TokenProb(t, self.model.detokenize([t]), p, tb(t)) for t, p in top],
+                raw=tb(token),
+                post_sampling=params.post_sampling_probs,
             )
         if slot.n_decoded == 0:
             self.stats.observe("first_token", now - slot.task.t_created)
@@ -717,9 +775,19 @@ class Scheduler:
         slot.generated.append(token)
         if info is not None:
             slot.probs.append(info)
-        stop_hit = slot.text.push(self.model.token_bytes(token))
+        piece = self.model.token_bytes(token)
+        n_before = len(slot.text.text)
+        stop_hit = slot.text.push(piece)
+        cut = -1
+        if not stop_hit and params.n_indent > 0:
+            cut = indent_cut(slot.text.text, params.n_indent, slot.text.text.rfind("\n", 0, n_before))
         if stop_hit:
             slot.stopped_word = True
+        elif cut >= 0:  # a line indented less than n_indent: cut it and stop (llama.cpp's n_indent)
+            slot.text.cut(cut)
+            slot.stopped_limit = True
+        elif params.t_max_predict_ms > 0 and b"\n" in piece and (now - slot.t_prompt_done) * 1e3 > params.t_max_predict_ms:
+            slot.stopped_limit = True  # past the time limit, at a new line (llama.cpp's t_max_predict_ms)
         elif params.n_predict != -1 and slot.n_decoded >= params.n_predict:
             slot.stopped_limit = True
         elif self.n_predict_limit != -1 and slot.n_decoded >= self.n_predict_limit:
@@ -739,7 +807,12 @@ class Scheduler:
         tokens = slot.generated[slot.streamed_tokens:]
         slot.streamed_probs = len(slot.probs)
         slot.streamed_tokens = len(slot.generated)
-        self.outbox.put(slot.task.sink, ("partial", PartialResult(content, tokens, probs, slot.n_decoded)))
+        timings = None
+        if slot.params.timings_per_token and slot.t_prompt_done:  # llama.cpp's timings in every chunk
+            timings = Timings(cache_n=slot.n_cached, prompt_n=len(slot.prompt_tokens) - slot.n_cached,
+                              prompt_ms=(slot.t_prompt_done - slot.t_start) * 1e3, predicted_n=slot.n_decoded,
+                              predicted_ms=(slot.t_last_token - slot.t_prompt_done) * 1e3).to_json()
+        self.outbox.put(slot.task.sink, ("partial", PartialResult(content, tokens, probs, slot.n_decoded, timings)))
 
     def _finish_timings(self, slot: Slot) -> Timings:
         now = time.perf_counter()

@@ -36,6 +36,7 @@ class StatsSnapshot:
     n_prompt_tokens_processed: int = 0
     t_prompt_processing: float = 0.0
     n_tokens_predicted: int = 0
+    n_generation_steps: int = 0  # tokens after each request's first (the generation rate's numerator)
     t_tokens_generation: float = 0.0
     # gauges, filled by the engine when taking a snapshot
     kv_cache_tokens: int = 0
@@ -72,6 +73,7 @@ class EngineStats:
             s.n_tokens_predicted_total += n_tokens
             s.t_tokens_generation_total += seconds
             s.n_tokens_predicted += n_tokens
+            s.n_generation_steps += max(0, n_tokens - 1)
             s.t_tokens_generation += seconds
 
     def on_cancel(self) -> None:
@@ -95,4 +97,5 @@ class EngineStats:
             s.n_prompt_tokens_processed = 0
             s.t_prompt_processing = 0.0
             s.n_tokens_predicted = 0
+            s.n_generation_steps = 0
             s.t_tokens_generation = 0.0

@@ -108,6 +108,7 @@ class TokenProb:
     id: int
     text: str
     prob: float
+    raw: bytes = b""  # the token's bytes (may be part of a UTF-8 character)
 
 
 @dataclass
@@ -118,6 +119,8 @@ class TokenInfo:
     text: str
     prob: float
     top: list[TokenProb]
+    raw: bytes = b""
+    post_sampling: bool = False  # probabilities after the sampler chain (post_sampling_probs)
 
 
 @dataclass
@@ -128,6 +131,7 @@ class PartialResult:
     tokens: list[int]
     probs: list[TokenInfo]
     n_decoded: int
+    timings: dict[str, Any] | None = None  # with timings_per_token
 
 
 @dataclass
@@ -152,10 +156,11 @@ class Timings:
             "prompt_ms": self.prompt_ms,
             "prompt_per_token_ms": self.prompt_ms / self.prompt_n if self.prompt_n else 0.0,
             "prompt_per_second": 1e3 * self.prompt_n / self.prompt_ms if self.prompt_ms > 0 else 0.0,
+            # the first token comes with the prompt's logits: the rate counts the steps after it (llama.cpp)
             "predicted_n": self.predicted_n,
             "predicted_ms": self.predicted_ms,
-            "predicted_per_token_ms": self.predicted_ms / self.predicted_n if self.predicted_n else 0.0,
-            "predicted_per_second": 1e3 * self.predicted_n / self.predicted_ms if self.predicted_ms > 0 else 0.0,
+            "predicted_per_token_ms": self.predicted_ms / (self.predicted_n - 1) if self.predicted_n > 1 else 0.0,
+            "predicted_per_second": 1e3 * (self.predicted_n - 1) / self.predicted_ms if self.predicted_ms > 0 else 0.0,
         }
 
 

@@ -25,6 +25,21 @@ def find_partial_stop(text: str, stops: list[str]) -> int:
     return best
 
 
+def indent_cut(text: str, n_indent: int, start: int = 0) -> int:
+    """llama.cpp's `n_indent`: where to cut `text` because a line after the first newline starts
+    (its first non-blank character) with fewer than `n_indent` spaces or tabs; -1 if none does.
+    Lines beginning before `start` were checked already."""
+    nl = text.find("\n", max(0, start))
+    while nl != -1:
+        pos = nl + 1
+        while pos < len(text) and text[pos] in " \t":
+            pos += 1
+        if pos < len(text) and text[pos] != "\n" and pos - nl - 1 < n_indent:
+            return pos
+        nl = text.find("\n", nl + 1)
+    return -1
+
+
 class TextAssembler:
     """Accumulates generated text and decides what may be sent so far."""
 
@@ -54,6 +69,10 @@ class TextAssembler:
                 self.stopping_word = hit_stop
                 return True
         return False
+
+    def cut(self, pos: int) -> None:
+        """Drop the text from `pos` on (never what was already sent)."""
+        self.text = self.text[:max(pos, self.sent)]
 
     def flush(self) -> None:
         """End of generation: complete any dangling bytes (as U+FFFD)."""

@@ -63,7 +63,8 @@ def create_app(settings: ServerSettings, engine: Engine | None = None, *, load: 
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, read_timeout=settings.timeout)
     app.add_middleware(auth.APIKeyMiddleware, keys=auth.load_keys(settings), is_public=files.is_public,
                        public_paths=auth.public_paths(settings))
-    app.add_middleware(cors.CORSMiddleware)  # outermost: 401s and errors get CORS headers too
+    app.add_middleware(cors.CORSMiddleware, origins=settings.cors_origins, methods=settings.cors_methods,
+                       headers=settings.cors_headers, credentials=settings.cors_credentials)  # outermost: 401s get CORS too
     # wraps even CORS/auth (observes only): 401s are counted, logged and traced too
     metrics = install_observability(app, settings, engine)  # /metrics, tracing, request logs
     persistence.install(engine, metrics.count_slot_action)  # --slot-persist warm restarts

@@ -20,7 +20,9 @@ async def infill_route(request: Request):
     if task.params.stream:
         def render(kind, payload):
             if kind == "partial":
-                return [native.partial_json(payload, task.slot.id if task.slot else -1)]
+                return [native.partial_json(payload, task.slot.id if task.slot else -1, engine.settings.probs_format)]
+            if kind == "progress":
+                return [native.progress_json(payload, task.slot.id if task.slot else -1)]
             return [native.final_json(engine, payload, [], streamed=True)]
 
         return await stream_task(engine, task, render)

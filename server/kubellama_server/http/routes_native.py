@@ -9,7 +9,7 @@ from ..errors import APIError, invalid
 from ..serving import lora, native, system_prompt
 from ..serving.limits import Limits, check_prompt_bytes, prompt_bytes
 from .body import json_body
-from .streaming import run_to_completion, stream_task
+from .streaming import run_tasks, run_to_completion, stream_task, stream_tasks
 
 router = APIRouter()
 
@@ -25,18 +25,40 @@ async def completion(request: Request):
     body = await json_body(request)
     engine.require_ready()
     own_system = system_prompt.from_body(body)
-    task = native.completion_task(engine, body)
-    system_prompt.apply_to([task], own_system)
-    prompt = body["prompt"]
+    tasks = native.completion_tasks(engine, body)
+    system_prompt.apply_to(tasks, own_system)
+    if len(tasks) > 1:  # several prompts: one result each, in an array
+        return await _several(engine, request, body, tasks)
+    task = tasks[0]
+    prompt = body["prompt"] if not isinstance(body["prompt"], list) or len(body["prompt"]) != 1 else task.prompt
+    fmt = engine.settings.probs_format
     if task.params.stream:
         def render(kind, payload):
             if kind == "partial":
-                return [native.partial_json(payload, task.slot.id if task.slot else -1)]
+                return [native.partial_json(payload, task.slot.id if task.slot else -1, fmt)]
+            if kind == "progress":
+                return [native.progress_json(payload, task.slot.id if task.slot else -1)]
             return [native.final_json(engine, payload, prompt, streamed=True)]
 
         return await stream_task(engine, task, render)
     result = await run_to_completion(engine, request, task)
     return native.final_json(engine, result, prompt, streamed=False)
+
+
+async def _several(engine: Engine, request: Request, body: dict, tasks: list):
+    fmt = engine.settings.probs_format
+    if tasks[0].params.stream:
+        def render(i, kind, payload):
+            task = tasks[i]
+            if kind == "partial":
+                return [native.partial_json(payload, task.slot.id if task.slot else -1, fmt, index=i)]
+            if kind == "progress":
+                return [native.progress_json(payload, task.slot.id if task.slot else -1, index=i)]
+            return [native.final_json(engine, payload, task.prompt, streamed=True, index=i)]
+
+        return await stream_tasks(engine, tasks, render, done_marker=False)
+    results = await run_tasks(engine, request, tasks)
+    return [native.final_json(engine, r, t.prompt, streamed=False, index=i) for i, (t, r) in enumerate(zip(tasks, results))]
 
 
 @router.post("/tokenize")

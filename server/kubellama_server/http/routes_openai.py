@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Request
 
 from ..engine.engine import Engine
-from ..serving import openai_chat, openai_completions, responses, system_prompt
+from ..serving import native, openai_chat, openai_completions, responses, system_prompt
 from ..serving.limits import Limits, check_prompt_bytes, off_loop, prompt_bytes
 from .body import json_body
 from .streaming import run_tasks, stream_tasks
@@ -37,7 +38,50 @@ async def serve_generation(request: Request, family, *, system_prompt_field: boo
             return await stream_tasks(engine, tasks, stream.render, stream.tail)
         return await stream_tasks(engine, tasks, stream.render, stream.tail, done_marker=False, frame=frame)
     results = await run_tasks(engine, request, tasks)
-    return family.response(engine, req, tasks, results)
+    out = family.response(engine, req, tasks, results)
+    if family in (openai_chat, openai_completions):
+        debug(engine, body, tasks, results, out)
+    return out
+
+
+def debug(engine: Engine, body: dict, tasks: list, results: list, out: dict) -> None:
+    """llama.cpp's extras on OpenAI responses: `timings`; `__verbose` (the native result) with
+    --verbose or the request's `verbose`."""
+    out["timings"] = results[0].timings.to_json()
+    if engine.settings.verbose or body.get("verbose") is True:
+        out["__verbose"] = native.final_json(engine, results[0], tasks[0].prompt, streamed=False)
+
+
+async def count_input_tokens(engine: Engine, tasks: list) -> dict:
+    """{"object": "response.input_tokens", "input_tokens": N}: the prompt of the request's first
+    task as the scheduler would evaluate it (the server's system prompt not counted)."""
+    task = tasks[0]
+
+    def count(sched) -> int:
+        try:
+            return len(sched._prompt_tokens(task)) - task.n_system
+        finally:
+            task.drop_media()
+
+    return {"object": "response.input_tokens", "input_tokens": await asyncio.wrap_future(engine.call(count))}
+
+
+@router.post("/v1/chat/completions/input_tokens")
+@router.post("/chat/completions/input_tokens")
+async def chat_input_tokens(request: Request):
+    engine = engine_of(request)
+    body = await json_body(request)
+    engine.require_ready()
+    return await count_input_tokens(engine, openai_chat.build(engine, {**body, "stream": False, "n": 1})[1])
+
+
+@router.post("/v1/responses/input_tokens")
+@router.post("/responses/input_tokens")
+async def responses_input_tokens(request: Request):
+    engine = engine_of(request)
+    body = await json_body(request)
+    engine.require_ready()
+    return await count_input_tokens(engine, responses.build(engine, {**body, "stream": False})[1])
 
 
 @router.post("/v1/chat/completions")

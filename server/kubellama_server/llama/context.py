@@ -25,6 +25,8 @@ class ContextParams:
     n_threads_batch: int = 1
     embeddings: bool = False
     pooling_type: int = lc.LLAMA_POOLING_TYPE_UNSPECIFIED
+    kv_unified: bool = False  # one KV pool for every sequence (--kv-unified)
+    flash_attn: str = "auto"  # on | off | auto (-fa)
 
 
 class Batch:
@@ -73,7 +75,9 @@ class LlamaContext:
         cp.n_threads_batch = params.n_threads_batch
         cp.embeddings = params.embeddings
         cp.pooling_type = params.pooling_type
-        cp.kv_unified = False  # each slot gets n_ctx / n_seq_max, as llama.cpp's server
+        cp.flash_attn_type = {"on": lc.LLAMA_FLASH_ATTN_TYPE_ENABLED, "off": lc.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+                              "auto": lc.LLAMA_FLASH_ATTN_TYPE_AUTO}[params.flash_attn]
+        cp.kv_unified = params.kv_unified  # off: each slot gets n_ctx / n_seq_max, as llama.cpp's server
         ctx = lc.llama_init_from_model(model.ptr, cp)
         if not ctx:
             raise ContextError(

@@ -99,7 +99,7 @@ class LlamaCppCollector:
         yield gauge(
             "llamacpp:predicted_tokens_seconds",
             "Average generation throughput in tokens/s.",
-            s.n_tokens_predicted / s.t_tokens_generation if s.t_tokens_generation > 0 else 0.0,
+            s.n_generation_steps / s.t_tokens_generation if s.t_tokens_generation > 0 else 0.0,  # first tokens excluded
         )
         yield gauge("llamacpp:kv_cache_usage_ratio", "KV-cache usage. 1 means 100 percent usage.", kv_ratio)
         yield gauge("llamacpp:kv_cache_tokens", "KV-cache tokens.", kv_tokens)

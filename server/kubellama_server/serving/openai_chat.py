@@ -14,6 +14,7 @@ from typing import Any
 from ..engine.params import parse_slot_params
 from ..engine.task import CompletionResult, PartialResult, Task, TaskSink, TokenInfo
 from ..errors import invalid
+from .. import __version__
 from .. import protocol as P
 from ..llama.mtmd import MEDIA_MARKER
 from .chat_templates import ChatTemplate, TemplateError, parse_kwargs, resolve
@@ -61,7 +62,7 @@ def formatter(engine) -> ChatFormatter:
 
 def served_model(engine) -> str:
     """The name in API responses: the alias, else the model's file name."""
-    return engine.settings.alias or os.path.basename(engine.model_path or engine.settings.model)
+    return (engine.settings.aliases or [""])[0] or os.path.basename(engine.model_path or engine.settings.model)
 
 
 # -- request mapping -----------------------------------------------------------
@@ -206,7 +207,8 @@ def chat_prompt(engine, req: P.ChatCompletionRequest, images: list[bytes] | None
     if plan is not None:
         messages, extra = plan.messages(messages), {**extra, **plan.template_kwargs()}
     last = messages[-1] if messages else {}
-    prefill = last.get("content") if last.get("role") == "assistant" and not last.get("tool_calls") else None
+    add_prompt, continuation = generation_flags(req, last)
+    prefill = last.get("content") if continuation and not last.get("tool_calls") else None
     if prefill is not None and not prefill.strip():
         prefill = None
     if prefill is not None:  # rendered with a sentinel in its place, so the cut never depends on the text
@@ -214,7 +216,7 @@ def chat_prompt(engine, req: P.ChatCompletionRequest, images: list[bytes] | None
     try:
         fmt = formatter(engine)
         render = fmt.render if raw else fmt.prompt
-        prompt = render(messages, add_generation_prompt=prefill is None, extra=extra)
+        prompt = render(messages, add_generation_prompt=prefill is None and (add_prompt or continuation), extra=extra)
     except TemplateError as exc:
         raise invalid(f"the chat template could not format these messages: {exc}") from None
     if prefill is not None:  # a final assistant message is continued: everything after it is cut
@@ -232,6 +234,24 @@ def chat_prompt(engine, req: P.ChatCompletionRequest, images: list[bytes] | None
 
 
 PREFILL_SENTINEL = "\x00kubellama-prefill\x00"
+SYSTEM_FINGERPRINT = f"kubellama-{__version__}"
+
+
+def generation_flags(req: P.ChatCompletionRequest, last: dict) -> tuple[bool, bool]:
+    """(add_generation_prompt, continue the final message), as llama.cpp reads the body: a final
+    assistant message is continued unless `continue_final_message` is false; asking for both is a 400."""
+    extra = req.model_extra or {}
+    add_prompt = extra.get("add_generation_prompt", True)
+    cont = extra.get("continue_final_message")
+    if not isinstance(add_prompt, bool) or (cont is not None and not isinstance(cont, bool)):
+        raise invalid("'add_generation_prompt' and 'continue_final_message' must be booleans")
+    if cont is None and last.get("role") == "assistant":
+        return False, True  # llama.cpp's prefill_assistant
+    if cont and add_prompt:
+        raise invalid("Cannot set both add_generation_prompt and continue_final_message to true.")
+    if cont and last.get("role") != "assistant":
+        raise invalid("'continue_final_message' needs a final assistant message to continue")
+    return add_prompt, bool(cont)
 
 
 def template_kwargs(engine, req: P.ChatCompletionRequest) -> dict[str, Any]:
@@ -321,7 +341,7 @@ def response(engine, req: P.ChatCompletionRequest, tasks: list[Task], results: l
             logprobs=chat_logprobs(res.probs, req.top_logprobs or 0) if req.logprobs else None,
         ))
     out = P.dump(P.ChatCompletion(id=P.new_id("chatcmpl"), created=P.now(), model=served_model(engine),
-                                  choices=choices, usage=usage(tasks, results)))
+                                  system_fingerprint=SYSTEM_FINGERPRINT, choices=choices, usage=usage(tasks, results)))
     for choice in out["choices"]:  # as OpenAI: these keys only when there is something in them
         for key in ("tool_calls", "reasoning_content"):
             if choice["message"].get(key) is None:
@@ -352,7 +372,8 @@ class ChatStream:
         self.probs: dict[int, list[TokenInfo]] = {}  # not yet sent (logprobs)
 
     def _chunk(self, choices: list[P.ChatChunkChoice], usage: P.Usage | None = None) -> dict:
-        chunk = P.ChatCompletionChunk(id=self.id, created=self.created, model=self.model, choices=choices, usage=usage)
+        chunk = P.ChatCompletionChunk(id=self.id, created=self.created, model=self.model, choices=choices, usage=usage,
+                                      system_fingerprint=SYSTEM_FINGERPRINT)
         d = P.dump(chunk)
         if usage is None:
             d.pop("usage")
@@ -360,11 +381,19 @@ class ChatStream:
             choice["delta"] = {k: v for k, v in choice["delta"].items() if v is not None}
         return d
 
+    def _role_chunk(self, index: int) -> dict:
+        first = self._chunk([P.ChatChunkChoice(index=index, delta=P.ChatDelta(role="assistant"))])
+        first["choices"][0]["delta"]["content"] = None  # as llama.cpp: the role first, content null
+        return first
+
     def render(self, index: int, kind: str, payload: Any) -> list[dict]:
         out = []
+        if kind == "progress":  # return_progress: the role delta with the prompt's progress (llama.cpp)
+            self.started.add(index)
+            return [{**self._role_chunk(index), "prompt_progress": payload}]
         if index not in self.started:
             self.started.add(index)
-            out.append(self._chunk([P.ChatChunkChoice(index=index, delta=P.ChatDelta(role="assistant", content=""))]))
+            out.append(self._role_chunk(index))
         splitter = self.splitters.get(index)
         if kind == "partial":
             part: PartialResult = payload

@@ -8,7 +8,7 @@ from ..engine.params import parse_prompt
 from ..engine.task import CompletionResult, PartialResult, Task, TokenInfo
 from ..errors import invalid
 from .. import protocol as P
-from .openai_chat import _logprob, make_tasks, served_model, usage
+from .openai_chat import SYSTEM_FINGERPRINT, _logprob, make_tasks, served_model, usage
 
 
 def prompts_of(value: Any) -> list[Any]:
@@ -54,7 +54,7 @@ def response(engine, req: P.CompletionRequest, tasks: list[Task], results: list[
         lp = completion_logprobs(res.probs, req.logprobs or 0, len(echo)) if req.logprobs is not None else None
         choices.append(P.CompletionChoice(index=i, text=echo + res.content, finish_reason=res.finish_reason, logprobs=lp))
     return P.dump(P.Completion(id=P.new_id("cmpl"), created=P.now(), model=served_model(engine), choices=choices,
-                               usage=usage(tasks, results)))
+                               usage=usage(tasks, results), system_fingerprint=SYSTEM_FINGERPRINT))
 
 
 class CompletionStream:
@@ -68,7 +68,7 @@ class CompletionStream:
         self.echoed: set[int] = set()
 
     def _chunk(self, index: int, text: str, finish: str | None, lp=None) -> dict:
-        d = P.dump(P.Completion(id=self.id, created=self.created, model=self.model,
+        d = P.dump(P.Completion(id=self.id, created=self.created, model=self.model, system_fingerprint=SYSTEM_FINGERPRINT,
                                 choices=[P.CompletionChoice(index=index, text=text, finish_reason=finish, logprobs=lp)]))
         d.pop("usage")
         return d
@@ -95,7 +95,8 @@ class CompletionStream:
         if not (opts and opts.include_usage):
             return []
         results = [self.results[i] for i in range(len(self.tasks))]
-        d = P.dump(P.Completion(id=self.id, created=self.created, model=self.model, choices=[], usage=usage(self.tasks, results)))
+        d = P.dump(P.Completion(id=self.id, created=self.created, model=self.model, choices=[], usage=usage(self.tasks, results),
+                                system_fingerprint=SYSTEM_FINGERPRINT))
         return [d]
 
 
@@ -112,7 +113,11 @@ def models(engine) -> dict:
         "size": model.size,
     }
     card = P.ModelCard(id=served_model(engine), created=int(engine.t_loaded), owned_by="kubellama", meta=meta)
-    return P.dump(P.ModelList(data=[card]))
+    out = P.dump(P.ModelList(data=[card]))
+    out["data"][0].update(aliases=engine.settings.aliases, tags=engine.settings.tag_list,
+                          architecture={"input_modalities": ["text"] + (["image"] if engine.multimodal else []),
+                                        "output_modalities": ["text"]})
+    return out
 
 
 Stream = CompletionStream  # the streaming renderer of this endpoint family (http.routes_openai)

@@ -137,7 +137,7 @@ HOLD = 0.3
 
 
 def test_processing_and_deferred_gauges(live_server):
-    s = live_server("-np", "1", "-c", "512", "--metrics", "-n", "100000")  # -n: no cap below 100000 tokens
+    s = live_server("-np", "1", "-c", "512", "--metrics", "-n", "100000", "--context-shift")  # runs until cancelled
     body = {"prompt": "go", "n_predict": 100000, "ignore_eos": True, "stream": True}
     with httpx.stream("POST", s.url + "/completion", json=body, timeout=30) as r:
         lines = r.iter_lines()

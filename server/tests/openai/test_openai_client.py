@@ -196,7 +196,7 @@ def test_stream_chunk_shapes(oai_server):
     body = {"messages": MSGS, "max_tokens": 3, "stream": True, "logprobs": True, "top_logprobs": 1}
     with httpx.stream("POST", oai_server.url + "/v1/chat/completions", json=body, timeout=60) as r:
         chunks = [json.loads(f[6:]) for f in r.read().decode().split("\n\n") if f.startswith("data: {")]
-    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": None}  # as llama.cpp
     assert chunks[-1]["choices"][0]["delta"] == {} and chunks[-1]["choices"][0]["finish_reason"] == "length"
     middle = [c["choices"][0] for c in chunks[1:-1]]
     assert middle and all(set(c["delta"]) == {"content"} for c in middle)

@@ -39,7 +39,7 @@ def action(url: str, slot, name: str, filename=None, **kw) -> httpx.Response:
 @pytest.fixture
 def saving(live_server, tmp_path):
     folder = tmp_path / "slots"  # created on the first save
-    srv = live_server("-np", "2", "-c", "1024", "--slot-save-path", str(folder))
+    srv = live_server("-np", "2", "-c", "1024", "--slot-save-path", str(folder), "--context-shift")
     srv.folder = folder
     return srv
 
@@ -61,7 +61,7 @@ def test_get_slots_has_every_reference_field(live_server):
 
 
 def test_get_slots_shows_a_processing_slot(live_server):
-    srv = live_server("-np", "1", "-c", "256")
+    srv = live_server("-np", "1", "-c", "256", "--context-shift")  # generates until cancelled
     with httpx.stream("POST", srv.url + "/completion", json={"prompt": "go", "n_predict": 100000, "ignore_eos": True, "stream": True}, timeout=30) as r:
         it = r.iter_lines()
         next(it)

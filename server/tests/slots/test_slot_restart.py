@@ -188,7 +188,7 @@ def test_shutdown_timeout_bounds_the_drain_and_slots_are_still_saved(tiny_model,
     --shutdown-timeout is cancelled; its slot's cache is saved all the same."""
     folder = tmp_path / "persist"
     args = ["-m", str(tiny_model), "-t", "1", "-np", "1", "-c", "4096", "--slot-save-path", str(folder), "--slot-persist",
-            "--shutdown-timeout", "2"]
+            "--shutdown-timeout", "2", "--context-shift"]  # generates until cancelled
     a = ServerProcess(args).start(log_path=tmp_path / "a.log")
     outcome: dict = {}
 
