@@ -108,6 +108,10 @@ def test_deeply_nested_body_is_a_400(server):
 @pytest.mark.parametrize("extra", [
     {"ignore_eos": True},  # the grammar is complete and only allows the end of text, which is banned
     {"logit_bias": [["yes", False]], "temperature": 0},  # every token the grammar allows is banned
+    # post_sampling_probs samples through the chain by hand (sample_post): the same guard
+    {"ignore_eos": True, "n_probs": 3, "post_sampling_probs": True},
+    {"logit_bias": [["yes", False]], "n_probs": 3, "post_sampling_probs": True, "samplers": ["penalties", "dry", "xtc",
+     "top_n_sigma", "temperature"], "dry_multiplier": 0.8, "repeat_penalty": 1.1, "top_n_sigma": 1.0},
 ])
 def test_grammar_that_allows_no_token_ends_the_request(server, extra):
     """Found by the fuzzer: llama.cpp aborts when its grammar accepts a token it ruled out."""

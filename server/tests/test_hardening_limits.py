@@ -77,6 +77,13 @@ def test_stop_strings(small):
     assert_error(post(small, "/completion", {"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}), 400, "--max-stop-strings")
     assert_error(post(small, "/completion", {"prompt": "x", "stop": ["y" * 17]}), 400, "--max-stop-length")
     assert post(small, "/completion", {"prompt": "x", "n_predict": 2, "stop": ["a", "b"]}).status_code == 200
+    # DRY's sequence breakers are strings the sampler keeps and matches too: the same limits
+    dry = {"prompt": "x", "n_predict": 2, "dry_multiplier": 0.8}
+    assert_error(post(small, "/completion", {**dry, "dry_sequence_breakers": list("abcde")}), 400, "--max-stop-strings")
+    assert_error(post(small, "/completion", {**dry, "dry_sequence_breakers": ["y" * 17]}), 400, "--max-stop-length")
+    assert_error(post(small, "/v1/completions", {**dry, "dry_sequence_breakers": list("abcde")}), 400,
+                 "'dry_sequence_breakers'")
+    assert post(small, "/completion", {**dry, "dry_sequence_breakers": ["a", "b"]}).status_code == 200
 
 
 def test_logit_bias_entries(small):
@@ -100,11 +107,14 @@ def test_repeat_last_n_is_clamped_to_the_slot_context(small):
     t0 = time.monotonic()
     r = post(small, "/completion", {"prompt": "x", "n_predict": 1, "repeat_last_n": 2**31 - 1})
     assert r.status_code == 200 and r.json()["generation_settings"]["repeat_last_n"] == small.engine.n_ctx_slot()
+    r = post(small, "/completion", {"prompt": "x", "n_predict": 1, "dry_multiplier": 0.8, "dry_penalty_last_n": 2**31 - 1})
+    assert r.status_code == 200 and r.json()["generation_settings"]["dry_penalty_last_n"] == small.engine.n_ctx_slot()
     assert time.monotonic() - t0 < 5  # was a multi-GiB allocation
 
 
 def test_n_predict_is_capped_by_the_server(live_server):
-    srv = live_server("-c", "64", "-np", "1")  # no -n: at most 4 slot contexts per request
+    # no -n: at most 4 slot contexts per request (context shifts let it run past one)
+    srv = live_server("-c", "64", "-np", "1", "--context-shift")
     r = post(srv, "/completion", {"prompt": "x", "n_predict": 10**9, "ignore_eos": True, "temperature": 0})
     assert r.status_code == 200 and r.json()["tokens_predicted"] == 4 * srv.engine.n_ctx_slot()
     srv = live_server("-c", "64", "-np", "1", "-n", "5")

@@ -79,9 +79,11 @@ def task(**params) -> Task:
 
 def test_check_tasks_clamps_and_refuses():
     limits = Limits(max_request_tasks=2, max_queued_tasks=3)
-    t = task(n_predict=10**6, repeat_last_n=10**6, json_schema={"type": "string", "maxLength": 5})
+    t = task(n_predict=10**6, repeat_last_n=10**6, dry_penalty_last_n=10**6, json_schema={"type": "string", "maxLength": 5})
     check_tasks(limits, [t], n_ctx_slot=100)
-    assert t.params.n_predict == 400 and t.params.repeat_last_n == 100
+    assert t.params.n_predict == 400 and t.params.repeat_last_n == 100 and t.params.dry_penalty_last_n == 100
+    with pytest.raises(APIError, match="'dry_sequence_breakers' has 65 strings"):
+        check_tasks(limits, [task(dry_sequence_breakers=["x"] * 65)], n_ctx_slot=100)
     assert t.params.json_schema is None and "root" in t.params.grammar  # converted once, before the scheduler
     with pytest.raises(APIError, match="--max-request-tasks"):
         check_tasks(limits, [task(), task(), task()], n_ctx_slot=100)

@@ -208,9 +208,7 @@ def _breakers(body: dict, default: list[str]) -> list[str]:
         return list(default)
     if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
         raise invalid("'dry_sequence_breakers' must be an array of strings")
-    if len(v) > 64 or any(len(s) > 256 for s in v):
-        raise invalid("'dry_sequence_breakers' takes at most 64 strings of at most 256 characters")
-    return list(v)
+    return list(v)  # counted and sized by serving.limits (the `stop` string limits)
 
 
 def _lora(body: dict) -> list[tuple[int, float]] | None:

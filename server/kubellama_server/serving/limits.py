@@ -116,14 +116,20 @@ def _check_images(limits: Limits, images: list[bytes]) -> None:
                           "(--max-image-pixels)")
 
 
-def _check_params(limits: Limits, p, n_ctx_slot: int, cap: int, grammars: dict[str, str]) -> None:
-    if len(p.stop) > limits.max_stop_strings:
-        raise invalid(f"'stop' has {len(p.stop)} strings; this server accepts up to {limits.max_stop_strings} "
+def _check_strings(limits: Limits, strings: list[str], what: str) -> None:
+    """`stop` and `dry_sequence_breakers`: --max-stop-strings strings of --max-stop-length characters each."""
+    if len(strings) > limits.max_stop_strings:
+        raise invalid(f"'{what}' has {len(strings)} strings; this server accepts up to {limits.max_stop_strings} "
                       "(--max-stop-strings)")
-    longest = max((len(s) for s in p.stop), default=0)
+    longest = max((len(s) for s in strings), default=0)
     if longest > limits.max_stop_length:
-        raise invalid(f"a 'stop' string is {longest} characters; this server accepts up to {limits.max_stop_length} "
+        raise invalid(f"a '{what}' string is {longest} characters; this server accepts up to {limits.max_stop_length} "
                       "(--max-stop-length)")
+
+
+def _check_params(limits: Limits, p, n_ctx_slot: int, cap: int, grammars: dict[str, str]) -> None:
+    _check_strings(limits, p.stop, "stop")
+    _check_strings(limits, p.dry_sequence_breakers, "dry_sequence_breakers")
     if len(p.logit_bias) > limits.max_logit_bias:
         raise invalid(f"'logit_bias' has {len(p.logit_bias)} entries; this server accepts up to {limits.max_logit_bias} "
                       "(--max-logit-bias)")
@@ -134,6 +140,8 @@ def _check_params(limits: Limits, p, n_ctx_slot: int, cap: int, grammars: dict[s
         p.n_predict = cap
     if p.repeat_last_n > n_ctx_slot:  # the penalty window is allocated at this size
         p.repeat_last_n = n_ctx_slot
+    if p.dry_penalty_last_n > n_ctx_slot:  # so is DRY's
+        p.dry_penalty_last_n = n_ctx_slot
     if p.json_schema is not None:
         key = schema_key(p.json_schema)
         if key not in grammars:
