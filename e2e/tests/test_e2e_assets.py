@@ -380,18 +380,27 @@ def test_actionlint_catches_a_broken_workflow(tmp_path: Path) -> None:
 # --- skipping in `make test`, failing loudly in `make e2e` -------------------------------
 
 def _pytest_cluster_tests(**env: str) -> subprocess.CompletedProcess:
-    clean = {k: v for k, v in os.environ.items() if k not in ("E2E", "KUBECONFIG")}
+    clean = {k: v for k, v in os.environ.items() if k not in ("E2E", "KUBECONFIG", "KUBELLAMA_REQUIRE_CLUSTER")}
     return subprocess.run([sys.executable, "-m", "pytest", "e2e/tests/test_cluster.py", "-q", "-rs",
                            "-p", "no:cacheprovider"], env={**clean, **env}, cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=120)
 
 
-def test_cluster_tests_skip_with_one_line_without_e2e() -> None:
-    proc = _pytest_cluster_tests()
+def test_cluster_tests_skip_with_one_line_without_a_local_node(tmp_path: Path) -> None:
+    """Without E2E=1 the cluster tests run on the local node (e2e/node); on a machine where it
+    cannot run (here: an empty cache, so no node binaries) they skip with one line saying why."""
+    proc = _pytest_cluster_tests(KUBELLAMA_CACHE=str(tmp_path))
     assert proc.returncode == 0, proc.stdout
     skip_lines = [line for line in proc.stdout.splitlines() if line.startswith("SKIPPED")]
-    assert len(skip_lines) == 1 and "make e2e" in skip_lines[0], proc.stdout
+    assert len(skip_lines) == 1 and "no local node here" in skip_lines[0] and "make e2e" in skip_lines[0], proc.stdout
     assert " passed" not in proc.stdout and " failed" not in proc.stdout
+
+
+def test_cluster_tests_fail_without_a_local_node_in_ci(tmp_path: Path) -> None:
+    """KUBELLAMA_REQUIRE_CLUSTER=1 (.ci/run): the same machine fails the run instead of skipping."""
+    proc = _pytest_cluster_tests(KUBELLAMA_CACHE=str(tmp_path), KUBELLAMA_REQUIRE_CLUSTER="1")
+    assert proc.returncode != 0
+    assert "KUBELLAMA_REQUIRE_CLUSTER=1 but the e2e tests cannot run on the local node" in proc.stdout + proc.stderr
 
 
 def test_cluster_tests_fail_loudly_with_e2e_and_no_cluster(tmp_path: Path) -> None:
