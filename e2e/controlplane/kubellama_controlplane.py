@@ -183,8 +183,86 @@ class _Proc:
     log: Path
 
 
+class Processes:
+    """A group of processes started in order by `_start()` (each with `_spawn`) and stopped in
+    reverse order; `start()`/`stop()` or `with`. Each logs to `workdir/<name>.log` and dies with
+    this process. Needs the attributes `workdir`, `binaries`, `procs` and `startup_timeout`."""
+
+    workdir: Path
+    binaries: dict[str, Path]
+    procs: list[_Proc]
+    startup_timeout: float
+    #: Seconds between SIGTERM and SIGKILL when stopping.
+    stop_grace: float = 10.0
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        self._stop_processes()
+
+    def _stop_processes(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.popen.poll() is None:
+                proc.popen.send_signal(signal.SIGTERM)
+            try:
+                proc.popen.wait(timeout=self.stop_grace)
+            except subprocess.TimeoutExpired:
+                proc.popen.kill()
+                proc.popen.wait(timeout=5)
+        self.procs.clear()
+
+    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
+        log = self.workdir / f"{name}.log"
+        with open(log, "ab") as out:
+            popen = subprocess.Popen(
+                [str(self.binaries[name]), *args], stdout=out, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, cwd=self.workdir, preexec_fn=die_with_parent,
+                env={**os.environ, **env} if env else None,
+            )
+        self.procs.append(_Proc(name, popen, log))
+
+    def _check_alive(self) -> None:
+        for proc in self.procs:
+            code = proc.popen.poll()
+            if code is not None:
+                raise RuntimeError(
+                    f"{proc.name} exited with code {code} while {type(self).__name__} was running;"
+                    f" last lines of {proc.log}:\n{tail(proc.log)}"
+                )
+
+    def _wait(self, ready: Callable[[], Any], what: str) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        last: object = None
+        while time.monotonic() < deadline:
+            self._check_alive()
+            try:
+                if ready():
+                    return
+            except Exception as exc:  # not up yet
+                last = exc
+            time.sleep(0.25)
+        logs = "\n".join(f"--- {p.name} ({p.log}):\n{tail(p.log, 15)}" for p in self.procs)
+        raise TimeoutError(f"{type(self).__name__}: {what} not reached in {self.startup_timeout:.0f}s"
+                           f" (last error: {last!r})\n{logs}")
+
+
 @dataclass
-class ControlPlane:
+class ControlPlane(Processes):
     """One control plane in `workdir`; `start()` then `stop()` (or use `with`)."""
 
     workdir: Path
@@ -207,21 +285,6 @@ class ControlPlane:
     @property
     def url(self) -> str:
         return f"https://{self.advertise_address or '127.0.0.1'}:{self.port}"
-
-    # ---- lifecycle -------------------------------------------------------------------
-    def __enter__(self) -> "ControlPlane":
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def start(self) -> None:
-        try:
-            self._start()
-        except BaseException:
-            self.stop()
-            raise
 
     def _start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -306,51 +369,7 @@ class ControlPlane:
         finally:
             client.close()
 
-    def stop(self) -> None:
-        """Stop the processes in reverse start order (etcd last: the API server needs it to stop)."""
-        for proc in reversed(self.procs):
-            if proc.popen.poll() is None:
-                proc.popen.send_signal(signal.SIGTERM)
-            try:
-                proc.popen.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.popen.kill()
-                proc.popen.wait(timeout=5)
-        self.procs.clear()
-
-    # ---- helpers ---------------------------------------------------------------------
-    def _spawn(self, name: str, args: list[str]) -> None:
-        log = self.workdir / f"{name}.log"
-        with open(log, "ab") as out:
-            popen = subprocess.Popen(
-                [str(self.binaries[name]), *args], stdout=out, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, cwd=self.workdir, preexec_fn=die_with_parent,
-            )
-        self.procs.append(_Proc(name, popen, log))
-
-    def _check_alive(self) -> None:
-        for proc in self.procs:
-            code = proc.popen.poll()
-            if code is not None:
-                raise RuntimeError(
-                    f"{proc.name} exited with code {code} while the control plane was running;"
-                    f" last lines of {proc.log}:\n{tail(proc.log)}"
-                )
-
-    def _wait(self, ready: Callable[[], Any], what: str) -> None:
-        deadline = time.monotonic() + self.startup_timeout
-        last: object = None
-        while time.monotonic() < deadline:
-            self._check_alive()
-            try:
-                if ready():
-                    return
-            except Exception as exc:  # not up yet
-                last = exc
-            time.sleep(0.25)
-        logs = "\n".join(f"--- {p.name} ({p.log}):\n{tail(p.log, 15)}" for p in self.procs)
-        raise TimeoutError(f"control plane: {what} not reached in {self.startup_timeout:.0f}s"
-                           f" (last error: {last!r})\n{logs}")
+    # The processes stop in reverse start order: etcd last (the API server needs it to stop).
 
     def _apiserver_ready(self) -> bool:
         r = httpx.get(f"{self.url}/readyz", headers={"Authorization": f"Bearer {self.admin_token}"},

@@ -29,7 +29,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[1]
@@ -240,34 +240,21 @@ def hostpath_volume(name: str, path: Path, size: str = "20Gi") -> dict:
 # ---- the node ------------------------------------------------------------------------------
 
 @dataclass
-class LocalNode:
+class LocalNode(kcp.Processes):
     """One real node of `cp` (a started ControlPlane with `advertise_address=NODE_IP`)."""
 
     cp: kcp.ControlPlane
     workdir: Path
     binaries: dict[str, Path] = field(default_factory=find_binaries)
     procs: list[kcp._Proc] = field(default_factory=list)
+    startup_timeout: float = 60.0
+    stop_grace: float = 15.0
 
     def __post_init__(self) -> None:
         self.workdir = Path(self.workdir)
         self.runtime = cache_dir() / "node-runtime"   # images and build cache survive runs
         self.bin_dir = self.binaries["kubelet"].parent
         self._lock: int | None = None
-
-    # ---- lifecycle ---------------------------------------------------------------------
-    def __enter__(self) -> "LocalNode":
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def start(self) -> None:
-        try:
-            self._start()
-        except BaseException:
-            self.stop()
-            raise
 
     def _start(self) -> None:
         RUN_DIR.mkdir(parents=True, exist_ok=True)
@@ -292,15 +279,7 @@ class LocalNode:
         log(f"node {NODE_NAME} Ready ({NODE_IP}; pods on {POD_SUBNET})")
 
     def stop(self) -> None:
-        for proc in reversed(self.procs):
-            if proc.popen.poll() is None:
-                proc.popen.send_signal(signal.SIGTERM)
-            try:
-                proc.popen.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.popen.kill()
-                proc.popen.wait(timeout=5)
-        self.procs.clear()
+        self._stop_processes()
         with contextlib.suppress(Exception):
             cleanup_host(self.bin_dir, kube_proxy=self.binaries.get("kube-proxy"), also_under=self.workdir)
         if self._lock is not None:
@@ -308,28 +287,9 @@ class LocalNode:
             self._lock = None
 
     # ---- processes ---------------------------------------------------------------------
-    def _spawn(self, name: str, args: list[str], env: dict | None = None) -> None:
-        log_path = self.workdir / f"{name}.log"
-        with open(log_path, "ab") as out:
-            popen = subprocess.Popen(
-                [str(self.binaries[name]), *args], stdout=out, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, cwd=self.workdir, preexec_fn=kcp.die_with_parent,
-                env={**os.environ, "PATH": f"{self.bin_dir}:{os.environ.get('PATH', '')}", **(env or {})},
-            )
-        self.procs.append(kcp._Proc(name, popen, log_path))
-
-    def _wait(self, ready: Callable[[], object], what: str, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for proc in self.procs:
-                if proc.popen.poll() is not None:
-                    raise RuntimeError(f"{proc.name} exited ({proc.popen.returncode}) during start-up;"
-                                       f" last lines of {proc.log}:\n{kcp.tail(proc.log)}")
-            with contextlib.suppress(Exception):
-                if ready():
-                    return
-            time.sleep(0.25)
-        raise TimeoutError(f"local node: {what} not reached in {timeout:.0f}s; logs in {self.workdir}")
+    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
+        """The node's binaries find each other (containerd its shim) on PATH."""
+        super()._spawn(name, args, {"PATH": f"{self.bin_dir}:{os.environ.get('PATH', '')}", **(env or {})})
 
     def _start_containerd(self) -> None:
         cni_conf = self.workdir / "cni"
