@@ -26,12 +26,14 @@ from e2e_checks import (
 )
 from e2e_support import (
     Kube,
+    http_json,
     llamaserver_ready,
     load_manifest,
     log,
     pod_ready,
     port_forward,
     ready_pods,
+    server_pods,
 )
 
 # The first test also waits for the session set-up (helm install, model server): ~20 min at most.
@@ -286,3 +288,39 @@ def test_restricted_namespace_admits_and_runs_a_llamaserver(ns: Kube, model_serv
             check_chat(url)
     finally:
         restricted("delete", "namespace", restricted.namespace, "--wait=false", namespaced=False, check=False)
+
+
+def test_router_serves_from_zero_and_scales_back_to_zero(ns: Kube, model_server: str) -> None:
+    """spec.routing with spec.autoscaling.minReplicas 0: nothing runs until a request comes; the
+    router holds it while the operator's scale-up brings a replica to Ready (model download and
+    load included), follows the replica's endpoint, answers through it, and scales back to zero
+    once idle."""
+    (manifest,) = load_manifest("llamaserver.yaml")
+    manifest = copy.deepcopy(manifest)
+    manifest["metadata"]["name"] = "routed"
+    manifest["spec"]["model"]["sha256"] = model_server
+    manifest["spec"]["replicas"] = 0
+    manifest["spec"]["storage"]["slots"] = {"enabled": False}
+    manifest["spec"]["routing"] = {"enabled": True, "strategy": "prefix"}
+    manifest["spec"]["autoscaling"] = {"enabled": True, "minReplicas": 0, "maxReplicas": 1, "targetRequests": 1,
+                                       "windowSeconds": 5, "scaleDownDelaySeconds": 5, "holdSeconds": 300}
+    ns.apply(manifest)
+    try:
+        ns.wait_for("the router of LlamaServer routed Ready",
+                    lambda: (ns.get("deployment", "routed-router") or {}).get("status", {}).get("readyReplicas") == 1,
+                    timeout=300, llamaserver="routed")
+        assert not server_pods(ns, "routed"), "a replica runs before any request"
+        started = time.monotonic()
+        with port_forward(ns, "svc/routed-router", PORT) as url:
+            check_chat(url)  # held by the router until the first replica is Ready
+            replicas = http_json("GET", f"{url}/router/replicas")
+        log(f"first request answered from zero in {time.monotonic() - started:.0f}s")
+        assert ns.get("llamaserver", "routed")["spec"]["replicas"] == 1
+        assert len(ready_pods(ns, "routed")) == 1
+        served = [r for r in replicas["replicas"] if r["served"] >= 1]
+        assert len(served) == 1 and served[0]["ready"], f"the router did not serve through its replica: {replicas}"
+        ns.wait_for("LlamaServer routed scaled back to zero when idle",
+                    lambda: ns.get("llamaserver", "routed")["spec"]["replicas"] == 0 and not server_pods(ns, "routed"),
+                    timeout=300, llamaserver="routed")
+    finally:
+        ns("delete", "llamaserver", "routed", "--ignore-not-found", "--wait=false", check=False)
