@@ -125,7 +125,8 @@ def test_streaming_passes_through_with_the_openai_client(replicas, router):
 
 
 def test_streaming_is_not_buffered_and_a_disconnect_stops_the_replica(fresh_replicas, router):
-    (srv,) = fresh_replicas(1, "-np", "1", "-c", "256")
+    # --context-shift and -n: generation goes on until the client leaves (not until the context is full).
+    (srv,) = fresh_replicas(1, "-np", "1", "-c", "256", "--context-shift", "-n", "1000000")
     r = router([srv], "--strategy", "prefix")
     body = {"prompt": "go", "n_predict": 1000000, "ignore_eos": True, "stream": True}
     with httpx.stream("POST", r.url + "/completion", json=body, timeout=30) as resp:
