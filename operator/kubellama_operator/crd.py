@@ -420,6 +420,7 @@ def spec_schema() -> Schema:
         "networkPolicy": _network_policy_schema(),
         "routing": _routing_schema(),
         "autoscaling": _autoscaling_schema(),
+        "inferencePool": _inferencepool_schema(),
         "monitoring": _o("Prometheus scraping.", {
             "serviceMonitor": _b("Create a ServiceMonitor (when its CRD is installed; pod scrape "
                                  "annotations otherwise).", default=False),
@@ -475,6 +476,23 @@ def _autoscaling_schema() -> Schema:
               }, rules=[("!has(self.enabled) || !self.enabled || !has(self.minReplicas) || !has(self.maxReplicas) || "
                          "self.minReplicas <= self.maxReplicas",
                          "spec.autoscaling.minReplicas must not exceed maxReplicas")])
+
+
+def _inferencepool_schema() -> Schema:
+    return _o("A Gateway API Inference Extension InferencePool (inference.networking.k8s.io/v1) named after the "
+              "LlamaServer, selecting its server pods on the server port, for clusters that route through an "
+              "inference gateway. Written only when the cluster serves the InferencePool CRD.", {
+                  "enabled": _b("Write the InferencePool when its CRD is installed.", default=True),
+                  "endpointPickerRef": _o(
+                      "The endpoint picker (EPP) Service the gateway asks which pod takes a request. Optional in "
+                      "the v1 schema since v1.5.0 of the extension; most gateways still need one, and older CRDs "
+                      "(< v1.5.0) refuse a pool without it.", {
+                          "name": _s("Service name, in the LlamaServer's namespace.", minLength=1, maxLength=253),
+                          "port": _i("The Service's port (not the target port).", 1, maximum=65535),
+                          "failureMode": _s("What the gateway does when the picker does not answer.",
+                                            enum=["FailOpen", "FailClose"], default="FailClose"),
+                      }, required=["name", "port"]),
+              })
 
 
 def _claim_rules_note() -> str:
@@ -537,7 +555,7 @@ def _immutable_storage(schema: Schema) -> Schema:
 
 #: Objects defaulted to {} so that their fields' defaults apply when the user omits them.
 _DEFAULT_EMPTY = ["server", "gpu", "storage", "storage.model", "storage.slots", "storage.retention",
-                  "service", "networkPolicy", "monitoring", "routing", "autoscaling"]
+                  "service", "networkPolicy", "monitoring", "routing", "autoscaling", "inferencePool"]
 
 
 def _with_empty_defaults(schema: Schema) -> Schema:

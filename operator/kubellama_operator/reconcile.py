@@ -12,6 +12,7 @@ from typing import Any
 from . import API_VERSION, FIELD_MANAGER, KIND
 from . import metrics
 from .builders import desired_children
+from .builders.inferencepool import INFERENCEPOOL_API, INFERENCEPOOL_PLURAL
 from .builders.meta import LABEL_MANAGED_BY, selector_labels, selector_string
 from .config import OperatorConfig
 from .diff import needs_apply, with_hash
@@ -84,7 +85,8 @@ async def apply_children(client: KubeClient, body: dict[str, Any], spec: dict[st
                          config: OperatorConfig, outcome: Outcome) -> None:
     ns = body["metadata"]["namespace"]
     sm_crd = await client.has_resource("monitoring.coreos.com/v1", "servicemonitors")
-    want, drop = desired_children(body, spec, model, config, servicemonitor_crd=sm_crd)
+    pool_crd = await client.has_resource(INFERENCEPOOL_API, INFERENCEPOOL_PLURAL)
+    want, drop = desired_children(body, spec, model, config, servicemonitor_crd=sm_crd, inferencepool_crd=pool_crd)
     for obj in map(with_hash, want):
         ref = f"{obj['kind']}/{obj['metadata']['name']}"
         live = await client.get(obj["apiVersion"], obj["kind"], ns, obj["metadata"]["name"])

@@ -48,3 +48,21 @@ async def test_routing_applies_the_router_and_points_status_at_it(router_kinds, 
     assert "gemma-router" not in api.objects("v1/services")
     await eventually(lambda: status_of(api).get("endpoint") == "http://gemma.ml.svc:8080/v1")
     assert_rbac_covers(api)
+
+
+INFERENCEPOOLS = {"inference.networking.k8s.io/v1/inferencepools": ("InferencePool", True, {"status"})}
+
+
+async def test_inferencepool_when_its_crd_is_served(api, operator):
+    """With the InferencePool CRD served the operator writes a pool of the server pods, and deletes it when
+    spec.inferencePool.enabled goes false."""
+    _declare(api.kmock, INFERENCEPOOLS)
+    await api.create(LS, "llamaservers", llama(replicas=2, routing={"enabled": True},
+                                               inferencePool={"endpointPickerRef": {"name": "epp", "port": 9002}}))
+    pool = await eventually(lambda: api.objects("inference.networking.k8s.io/v1/inferencepools").get("gemma"))
+    assert pool["spec"]["targetPorts"] == [{"number": 8080}]
+    assert pool["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"] == "kubellama-server"
+    assert pool["spec"]["endpointPickerRef"]["name"] == "epp"
+    await api.patch(LS, "llamaservers", "gemma", {"spec": {"inferencePool": {"enabled": False}}})
+    await eventually(lambda: "gemma" not in api.objects("inference.networking.k8s.io/v1/inferencepools"))
+    assert_rbac_covers(api)

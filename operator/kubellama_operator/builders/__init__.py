@@ -8,6 +8,7 @@ from typing import Any
 from ..config import OperatorConfig
 from ..spec import Model, Spec
 from .configmap import build_configmap, wants_configmap
+from .inferencepool import INFERENCEPOOL_API, build_inferencepool, wants_inferencepool
 from .meta import Body, config_name, headless_name
 from .networkpolicy import build_networkpolicy, wants_networkpolicy
 from .pdb import build_pdb, wants_pdb
@@ -27,7 +28,7 @@ class ChildRef:
 
 
 def desired_children(owner: Body, spec: Spec, model: Model, config: OperatorConfig, *,
-                     servicemonitor_crd: bool) -> tuple[list[dict[str, Any]], list[ChildRef]]:
+                     servicemonitor_crd: bool, inferencepool_crd: bool = False) -> tuple[list[dict[str, Any]], list[ChildRef]]:
     """The objects that should exist, and the optional ones that should not (to delete)."""
     name = owner["metadata"]["name"]
     sm = wants_servicemonitor(spec, servicemonitor_crd)
@@ -53,6 +54,10 @@ def desired_children(owner: Body, spec: Spec, model: Model, config: OperatorConf
         want.append(build_servicemonitor(owner, spec))
     elif servicemonitor_crd:
         drop.append(ChildRef("monitoring.coreos.com/v1", "ServiceMonitor", name))
+    if wants_inferencepool(spec, inferencepool_crd):
+        want.append(build_inferencepool(owner, spec))
+    elif inferencepool_crd:
+        drop.append(ChildRef(INFERENCEPOOL_API, "InferencePool", name))
     if wants_router(spec):
         want.extend(build_router(owner, spec, config))
     else:

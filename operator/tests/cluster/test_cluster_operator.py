@@ -15,6 +15,7 @@ import httpx
 import kubellama_controlplane as kcp
 import pytest
 import yaml
+import inferencepool_crd
 from chart_operator import (LLAMA_API, RunningOperator, assert_no_forbidden, chart_operator, llama,
                             server_pods, wait_phase)
 
@@ -43,6 +44,9 @@ SERVICEMONITOR_CRD = {
 def operator(control_plane: kcp.ControlPlane, kube: kcp.Kube, helm, llama_crd, tmp_path_factory):
     """kubellama-operator watching all namespaces, as the chart's ServiceAccount with its RBAC."""
     kube.apply_crd(SERVICEMONITOR_CRD)
+    pool_crd = inferencepool_crd._load()  # the upstream CRD, when the Go module proxy can be reached
+    if isinstance(pool_crd, dict):
+        kube.apply_crd({k: v for k, v in pool_crd.items() if k != "status"})
     with chart_operator(control_plane, kube, helm, tmp_path_factory.mktemp("operator"), "kl") as running:
         yield running
 
@@ -145,6 +149,21 @@ def test_a_horizontal_pod_autoscaler_scales_it_through_the_scale_subresource(kub
     hpa = kube.read("autoscaling/v2", "HorizontalPodAutoscaler", "auto", namespace)
     able = {c["type"]: c for c in hpa["status"]["conditions"]}["AbleToScale"]
     assert able["status"] == "True", able
+
+
+def test_inferencepool_is_written_and_admitted_by_the_upstream_crd(kube, operator, namespace):
+    """With the upstream InferencePool CRD installed (its schema and CEL rules enforced by the API server), the
+    operator writes a pool of the server pods, and deletes it when spec.inferencePool.enabled goes false."""
+    inferencepool_crd.inferencepool_crd()  # skips without it
+    kube.create(llama("pooled", namespace, inferencePool={"endpointPickerRef": {"name": "epp", "port": 9002}}))
+    wait_phase(kube, operator, "pooled", namespace, "Ready", readyReplicas=1)
+    api = "inference.networking.k8s.io/v1"
+    pool = kube.wait_for(lambda: kube.read(api, "InferencePool", "pooled", namespace), "the InferencePool")
+    assert pool["spec"]["targetPorts"] == [{"number": 8080}]
+    assert pool["spec"]["endpointPickerRef"]["port"] == {"number": 9002}
+    assert pool["metadata"]["ownerReferences"][0]["kind"] == "LlamaServer"
+    kube.patch(kube.path(LLAMA_API, "LlamaServer", namespace, "pooled"), {"spec": {"inferencePool": {"enabled": False}}})
+    kube.wait_for(lambda: kube.read(api, "InferencePool", "pooled", namespace) is None, "the pool to go", timeout=60)
 
 
 def test_spec_change_rolls_the_statefulset(kube, operator, namespace):
