@@ -457,25 +457,50 @@ def _routing_schema() -> Schema:
               })
 
 
+#: Who sets the replicas under spec.autoscaling: the router itself, an HPA, or KEDA.
+AUTOSCALING_DRIVERS = ["router", "hpa", "keda"]
+#: The metric an HPA reads (through a metrics adapter): the router's in-flight + queued requests of a LlamaServer.
+HPA_METRIC = "kubellama_router_load"
+HPA_MIN_REPLICAS_RULE = ("!has(self.enabled) || !self.enabled || !has(self.driver) || self.driver != 'hpa' || "
+                         "!has(self.minReplicas) || self.minReplicas >= 1")
+HPA_MIN_REPLICAS_MESSAGE = ("spec.autoscaling.minReplicas: 0 needs driver router or keda (an HPA cannot scale to zero "
+                            "without the HPAScaleToZero feature gate)")
+KEDA_ADDRESS_RULE = ("!has(self.enabled) || !self.enabled || !has(self.driver) || self.driver != 'keda' || "
+                     "has(self.prometheusAddress)")
+KEDA_ADDRESS_MESSAGE = "spec.autoscaling.driver keda needs spec.autoscaling.prometheusAddress (where KEDA queries)"
+
+
 def _autoscaling_schema() -> Schema:
     return _o("Replicas follow the load the router sees (needs routing.enabled): ceil(moving average of "
               "in-flight + queued requests / targetRequests), within [minReplicas, maxReplicas]. With "
-              "minReplicas 0 the router holds requests while the first replica starts. The router sets "
-              "spec.replicas through the scale subresource.", {
+              "minReplicas 0 the router holds requests while the first replica starts. driver router: the "
+              "router sets spec.replicas through the scale subresource; hpa: an autoscaling/v2 "
+              "HorizontalPodAutoscaler on the metric " + HPA_METRIC + " (needs a metrics adapter); keda: a "
+              "KEDA ScaledObject with a Prometheus trigger (needs KEDA's CRD).", {
                   "enabled": _b("Autoscale.", default=False),
-                  "minReplicas": _i("Fewest replicas; 0 scales to zero when idle.", 0, maximum=1000, default=1),
+                  "driver": _s("Who scales: router (the router itself), hpa (a HorizontalPodAutoscaler named "
+                               "after the LlamaServer; minReplicas >= 1) or keda (a KEDA ScaledObject named after "
+                               "the LlamaServer).", enum=AUTOSCALING_DRIVERS, default="router"),
+                  "prometheusAddress": _s("driver keda: the Prometheus KEDA queries for the router's metrics, e.g. "
+                                          "http://prometheus-operated.monitoring.svc:9090.",
+                                          pattern=r"^https?://.+", maxLength=2048),
+                  "minReplicas": _i("Fewest replicas; 0 scales to zero when idle (router or keda).", 0, maximum=1000,
+                                    default=1),
                   "maxReplicas": _i("Most replicas.", 1, maximum=1000, default=3),
                   "targetRequests": _i("In-flight + queued requests per replica to aim for.", 1, maximum=100000,
                                        default=4),
-                  "windowSeconds": _i("Seconds of the moving average.", 1, maximum=3600, default=60),
-                  "scaleDownDelaySeconds": _i("Seconds the lower count must hold before scaling down.", 0,
-                                              maximum=86400, default=120),
+                  "windowSeconds": _i("Seconds of the moving average (driver router).", 1, maximum=3600, default=60),
+                  "scaleDownDelaySeconds": _i("Seconds the lower count must hold before scaling down (hpa: the "
+                                              "scale-down stabilization window, at most 3600; keda: the cooldown).",
+                                              0, maximum=86400, default=120),
                   "holdSeconds": _i("Seconds the router holds a request while no replica can take it "
                                     "(scale from zero: the model must load meanwhile), then 503.", 1,
                                     maximum=3600, default=300),
               }, rules=[("!has(self.enabled) || !self.enabled || !has(self.minReplicas) || !has(self.maxReplicas) || "
                          "self.minReplicas <= self.maxReplicas",
-                         "spec.autoscaling.minReplicas must not exceed maxReplicas")])
+                         "spec.autoscaling.minReplicas must not exceed maxReplicas"),
+                        (HPA_MIN_REPLICAS_RULE, HPA_MIN_REPLICAS_MESSAGE),
+                        (KEDA_ADDRESS_RULE, KEDA_ADDRESS_MESSAGE)])
 
 
 def _inferencepool_schema() -> Schema:

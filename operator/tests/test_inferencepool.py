@@ -10,7 +10,7 @@ from kubellama_operator.builders.meta import selector_labels
 from kubellama_operator.builders.router import router_selector
 
 from admission import admit
-from inferencepool_crd import v1_schema
+from upstream_crds import INFERENCEPOOL, schema
 from test_builders import CPU, GPU, build
 
 ROUTED = {**CPU, "replicas": 2, "routing": {"enabled": True}}
@@ -25,7 +25,7 @@ def pool_of(spec, crd=True):
 @pytest.mark.parametrize("spec", [CPU, ROUTED, PICKER], ids=["plain", "routed", "picker"])
 def test_inferencepool_is_valid_under_the_upstream_crd(spec):
     pool, _ = pool_of(spec)
-    _, errors = admit(pool, schema=v1_schema())
+    _, errors = admit(pool, schema=schema(INFERENCEPOOL))
     assert errors == []
     assert pool["apiVersion"] == "inference.networking.k8s.io/v1"
     assert pool["spec"]["targetPorts"] == [{"number": 8080}]
@@ -39,12 +39,12 @@ def test_inferencepool_is_valid_under_the_upstream_crd(spec):
 def test_the_upstream_schema_refuses_what_it_should():
     """The validation is real: the checks catch broken pools."""
     pool, _ = pool_of(PICKER)
-    schema = v1_schema()
+    pool_schema = schema(INFERENCEPOOL)
     broken = {**pool, "spec": {**pool["spec"], "targetPorts": [{"number": 8080}, {"number": 8080}]}}
-    assert any("unique" in e for e in admit(broken, schema=schema)[1])
+    assert any("unique" in e for e in admit(broken, schema=pool_schema)[1])
     no_port = {**pool, "spec": {**pool["spec"], "endpointPickerRef": {"name": "x", "kind": "Service"}}}
-    assert any("port is required" in e for e in admit(no_port, schema=schema)[1])
-    assert admit({**pool, "spec": {"targetPorts": [{"number": 1}]}}, schema=schema)[1]  # no selector
+    assert any("port is required" in e for e in admit(no_port, schema=pool_schema)[1])
+    assert admit({**pool, "spec": {"targetPorts": [{"number": 1}]}}, schema=pool_schema)[1]  # no selector
 
 
 def test_endpoint_picker_only_when_configured():
