@@ -13,6 +13,7 @@ from chart_support import PROMETHEUS_OPERATOR_APIS, alert_rules, rule_groups
 
 SERVER = 'namespace="team-a", llamaserver="gemma", pod="gemma-0", model="gemma.gguf"'
 WHERE = {"namespace": "team-a", "llamaserver": "gemma"}
+ROUTER = 'namespace="team-a", llamaserver="gemma", pod="gemma-router-7d9f-x2x4z"'
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +102,12 @@ CASES = [
       {"series": f'kubellama_slot_saves_total{{{SERVER}, result="ok"}}', "values": "0+5x20"},
       {"series": f'kubellama_slot_restores_total{{{SERVER}, result="error"}}', "values": "0x5 1x15"}],
      [("4m", []), ("7m", [alert("KubellamaSlotSaveFailures", "warning", **WHERE, pod="gemma-0")])]),
+    ("KubellamaRouterRejecting",
+     # the rejection counters exist at 0 from the router's start; queue_full rejections start at 3m
+     [{"series": f'kubellama_router_rejected_total{{{ROUTER}, reason="{reason}"}}', "values": values}
+      for reason, values in (("timeout", "0x20"), ("queue_full", "0 0 0 0+6x17"))],
+     [("3m", []), ("10m", [alert("KubellamaRouterRejecting", "warning", namespace="team-a", llamaserver="gemma",
+                                 reason="queue_full")])]),
     ("KubellamaRequestErrors",
      [{"series": f'kubellama_requests_total{{{SERVER}, endpoint="/v1/chat/completions", status="200"}}',
        "values": "0+60x20"},

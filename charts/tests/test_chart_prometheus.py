@@ -29,6 +29,12 @@ POD_META = {
     "__meta_kubernetes_pod_annotation_kubellama_dev_model": "tiny.gguf",
 }
 EXPECTED_LABELS = {"namespace": "team-a", "llamaserver": "tiny", "pod": "tiny-0", "model": "tiny.gguf"}
+# ... and for the pod of its router (spec.routing): no model annotation.
+ROUTER_POD_META = {
+    "__meta_kubernetes_namespace": "team-a",
+    "__meta_kubernetes_pod_name": "tiny-router-7d9f-x2x4z",
+    "__meta_kubernetes_pod_label_kubellama_dev_llamaserver": "tiny",
+}
 DASHBOARD_VARIABLES = {"namespace": "team-a", "llamaserver": "tiny", "pod": "tiny-0", "__rate_interval": "1m",
                        "__interval": "15s"}
 SCRAPE_INTERVAL_S = 1
@@ -98,6 +104,28 @@ def server(tmp_path_factory) -> Iterator[str]:
         stop(proc)
 
 
+@pytest.fixture(scope="module")
+def router(server, tmp_path_factory) -> Iterator[str]:
+    """kubellama-router in front of the server and of a replica that refuses connections (upstream errors)."""
+    work = tmp_path_factory.mktemp("router")
+    port, dead = free_port(), free_port()
+    log = work / "router.log"
+    exe = Path(sys.executable).with_name("kubellama-router")
+    # round-robin reaches the dead replica; a scrape marks it down for 2 s only, so scrape once
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([str(exe), "--replica", server, "--replica", f"http://127.0.0.1:{dead}",
+                                 "--strategy", "round-robin", "--host", "127.0.0.1", "--port", str(port),
+                                 "--scrape-interval", "3600", "--log-level", "warning"],
+                                stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: httpx.get(f"{url}/health", timeout=2).status_code == 200, 60, "kubellama-router /health",
+                   proc, log)
+        yield url
+    finally:
+        stop(proc)
+
+
 def relabel_configs(pod_monitor: dict[str, Any]) -> list[dict[str, Any]]:
     """The PodMonitor's relabelings as Prometheus relabel_configs (what the Prometheus Operator generates)."""
     keys = {"sourceLabels": "source_labels", "targetLabel": "target_label"}
@@ -106,8 +134,8 @@ def relabel_configs(pod_monitor: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def prometheus(prometheus_bin, objects, server, tmp_path_factory) -> Iterator[str]:
-    """Prometheus on loopback scraping the server every second, with the chart's alert rules loaded."""
+def prometheus(prometheus_bin, objects, server, router, tmp_path_factory) -> Iterator[str]:
+    """Prometheus on loopback scraping the server and its router every second, with the chart's alert rules loaded."""
     work = tmp_path_factory.mktemp("prometheus")
     (work / "rules.yaml").write_text(yaml.safe_dump({"groups": rule_groups(objects)}, sort_keys=False))
     pod_monitor = one(objects, "PodMonitor")
@@ -119,6 +147,11 @@ def prometheus(prometheus_bin, objects, server, tmp_path_factory) -> Iterator[st
             "job_name": "kubellama",
             "metrics_path": pod_monitor["spec"]["podMetricsEndpoints"][0]["path"],
             "static_configs": [{"targets": [server.removeprefix("http://")], "labels": POD_META}],
+            "relabel_configs": relabel_configs(pod_monitor),
+        }, {
+            "job_name": "kubellama-router",
+            "metrics_path": pod_monitor["spec"]["podMetricsEndpoints"][0]["path"],
+            "static_configs": [{"targets": [router.removeprefix("http://")], "labels": ROUTER_POD_META}],
             "relabel_configs": relabel_configs(pod_monitor),
         }],
     }
@@ -179,8 +212,16 @@ def query(prometheus: str, expr: str, at: float | None = None) -> list[dict[str,
     return body["data"]["result"]
 
 
+def route(url: str) -> None:
+    """Chats through the router: each replica in turn, the dead one's retried on the server."""
+    chat = {"messages": [{"role": "user", "content": "Hello llama."}], "max_tokens": 8}
+    with httpx.Client(base_url=url, timeout=120) as client:
+        for _ in range(4):
+            assert client.post("/v1/chat/completions", json=chat).status_code == 200
+
+
 @pytest.fixture(scope="module")
-def scraped(server, prometheus) -> dict[str, Any]:
+def scraped(server, router, prometheus) -> dict[str, Any]:
     """Load in two rounds; before each next step, wait until Prometheus has scraped what the
     server counts, so every series has samples before and after an increase (a rate() needs
     two; on a busy machine a blind sleep may cover a single slow scrape)."""
@@ -188,9 +229,13 @@ def scraped(server, prometheus) -> dict[str, Any]:
               "kubellama_inter_token_latency_seconds_count", "kubellama_request_duration_seconds_count",
               "kubellama_queue_wait_seconds_count")
 
+    router_totals = ("kubellama_router_requests_total", "kubellama_router_upstream_errors_total")
+
     def server_totals() -> dict[str, float]:
         samples = [s for f in text_string_to_metric_families(httpx.get(f"{server}/metrics").text) for s in f.samples]
-        return {name: sum(s.value for s in samples if s.name == name) for name in totals}
+        routed = [s for f in text_string_to_metric_families(httpx.get(f"{router}/metrics").text) for s in f.samples]
+        return {**{name: sum(s.value for s in samples if s.name == name) for name in totals},
+                **{name: sum(s.value for s in routed if s.name == name) for name in router_totals}}
 
     def wait_scraped(what: str) -> None:
         want = server_totals()
@@ -198,18 +243,22 @@ def scraped(server, prometheus) -> dict[str, Any]:
         def caught_up() -> bool:
             for name, value in want.items():
                 r = query(prometheus, f"sum({name})")
-                if not r or float(r[0]["value"][1]) < value:
+                if (float(r[0]["value"][1]) if r else 0.0) < value or (value and not r):
                     return False
             return True
 
         wait_until(caught_up, 60, f"Prometheus to scrape the counters {what}")
 
     load(server)
+    route(router)
     wait_scraped("after the first load")
     load(server)
+    time.sleep(2.5)  # the dead replica is back in the rotation (marked down for 2 s after a refusal)
+    route(router)
     wait_scraped("after the second load")
     time.sleep(2 * SCRAPE_INTERVAL_S)  # a couple of rule evaluations on the final data
-    families = text_string_to_metric_families(httpx.get(f"{server}/metrics").text)
+    families = [*text_string_to_metric_families(httpx.get(f"{server}/metrics").text),
+                *text_string_to_metric_families(httpx.get(f"{router}/metrics").text)]
     # Panel queries are evaluated at this moment, so their rate() windows cover the load
     # however long the later tests take on a busy machine.
     return {"names": {s.name for f in families for s in f.samples}, "at": time.time()}
@@ -219,7 +268,10 @@ def test_relabelling_adds_the_llamaserver_labels(prometheus, scraped):
     result = query(prometheus, "count by (namespace, llamaserver, pod, model) (llamacpp:requests_processing)")
     assert [r["metric"] for r in result] == [EXPECTED_LABELS]
     up = query(prometheus, 'up{llamaserver="tiny"}')
-    assert len(up) == 1 and up[0]["value"][1] == "1"
+    assert sorted((r["metric"]["pod"], r["value"][1]) for r in up) == [("tiny-0", "1"), ("tiny-router-7d9f-x2x4z", "1")]
+    routed = query(prometheus, "count by (namespace, llamaserver, pod) (kubellama_router_queue_length)")
+    assert [r["metric"] for r in routed] == [{"namespace": "team-a", "llamaserver": "tiny",
+                                              "pod": "tiny-router-7d9f-x2x4z"}]
 
 
 def test_every_dashboard_query_parses_and_returns_data(prometheus, scraped):
@@ -268,7 +320,7 @@ def test_no_metric_is_missing_from_the_server(objects, prometheus, scraped):
     used.pop("up", None)   # made by Prometheus itself
     assert len(used) >= 17
     missing = {name: sorted(where) for name, where in used.items() if name not in served}
-    assert not missing, f"metrics the dashboard/alerts use but kubellama-server does not serve: {missing}"
+    assert not missing, f"metrics the dashboard/alerts use but kubellama-server and -router do not serve: {missing}"
     # Prometheus negotiates OpenMetrics first; the names must survive that (e.g. no ':' -> '_' escaping).
     not_ingested = sorted(name for name in used if name not in ingested)
     assert not not_ingested, f"served by kubellama-server but not stored under that name by Prometheus: {not_ingested}"

@@ -490,6 +490,36 @@ def test_pod_monitor_matches_the_pods_the_operator_builds(rendered, example):
                for src in model_sources)
 
 
+def _selects(selector, labels):
+    """Whether a label selector (matchLabels, matchExpressions with In) selects these labels."""
+    return selector.get("matchLabels", {}).items() <= labels.items() and all(
+        e["operator"] == "In" and labels.get(e["key"]) in e["values"] for e in selector.get("matchExpressions", []))
+
+
+def test_pod_monitor_selects_the_router_pods_too(rendered):
+    """spec.routing's router pods are scraped by the same PodMonitor, with the same llamaserver label."""
+    from kubellama_operator.builders import desired_children
+    from kubellama_operator.config import OperatorConfig
+    from kubellama_operator.spec import normalize, resolve_model
+
+    server = {"apiVersion": "kubellama.dev/v1alpha1", "kind": "LlamaServer",
+              "metadata": {"name": "gemma", "namespace": "team-a", "uid": "u"},
+              "spec": {"model": {"url": "https://models.test/m.gguf"}, "routing": {"enabled": True}}}
+    spec = normalize(server["spec"])
+    children, _ = desired_children(server, spec, resolve_model(spec), OperatorConfig(), servicemonitor_crd=False)
+    pm = one(rendered["monitoring"], "PodMonitor")["spec"]
+    (endpoint,) = pm["podMetricsEndpoints"]
+    for kind in ("StatefulSet", "Deployment"):
+        (workload,) = [c for c in children if c["kind"] == kind]
+        template = workload["spec"]["template"]
+        assert _selects(pm["selector"], template["metadata"]["labels"]), kind
+        assert endpoint["port"] in {p["name"] for c in template["spec"]["containers"] for p in c.get("ports", [])}
+        assert template["metadata"]["labels"]["kubellama.dev/llamaserver"] == "gemma"
+    # nothing else the operator runs, e.g. the operator itself
+    assert not _selects(pm["selector"], {"app.kubernetes.io/name": "kubellama-operator",
+                                         "app.kubernetes.io/managed-by": "kubellama-operator"})
+
+
 def test_operator_service_monitor_relabels_like_the_pod_monitor(rendered):
     """A LlamaServer's own ServiceMonitor gives its series the same labels as the chart's PodMonitor."""
     from kubellama_operator.builders.servicemonitor import RELABELINGS
@@ -518,7 +548,7 @@ def test_operator_service_monitor(rendered):
 REQUIRED_ALERTS = {"KubellamaServerDown", "KubellamaNoReadyReplicas", "KubellamaRequestsDeferred",
                    "KubellamaKVCacheNearlyFull", "KubellamaSlowTimeToFirstToken", "KubellamaModelDownloadFailing",
                    "KubellamaOperatorReconcileErrors", "KubellamaOperatorDown", "KubellamaRequestErrors",
-                   "KubellamaSlotSaveFailures", "KubellamaLlamaServerFailed"}
+                   "KubellamaSlotSaveFailures", "KubellamaLlamaServerFailed", "KubellamaRouterRejecting"}
 
 
 def test_prometheus_rule_alerts(rendered):
@@ -579,7 +609,8 @@ def test_dashboard_structure():
         for target in panel["targets"]:
             expr = target["expr"]
             if not expr.startswith("sum(up"):
-                for var in ("namespace", "llamaserver", "pod"):
+                # router panels: its pods are not among $pod (the server pods)
+                for var in ("namespace", "llamaserver") + (() if "kubellama_router_" in expr else ("pod",)):
                     assert f'{var}=~"${var}"' in expr, f"{panel['title']}: {expr} does not filter on ${var}"
     cells = {}
     for panel in dashboard["panels"]:
@@ -591,7 +622,8 @@ def test_dashboard_structure():
     titles = " | ".join(p["title"].lower() for p in panels)
     for topic in ("prompt tokens/s", "generated tokens/s", "requests processing", "deferred", "busy slots per decode",
                   "kv cache usage", "time to first token", "inter-token", "request duration", "queue wait",
-                  "slot saves", "slot restores", "non-2xx", "by pod", "by llamaserver"):
+                  "slot saves", "slot restores", "non-2xx", "by pod", "by llamaserver", "router requests/s by decision",
+                  "router queue length", "router in-flight requests per replica", "router upstream errors"):
         assert topic in titles, f"no panel about {topic!r}"
 
 

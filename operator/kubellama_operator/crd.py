@@ -420,6 +420,7 @@ def spec_schema() -> Schema:
         "networkPolicy": _network_policy_schema(),
         "routing": _routing_schema(),
         "autoscaling": _autoscaling_schema(),
+        "inferencePool": _inferencepool_schema(),
         "monitoring": _o("Prometheus scraping.", {
             "serviceMonitor": _b("Create a ServiceMonitor (when its CRD is installed; pod scrape "
                                  "annotations otherwise).", default=False),
@@ -456,25 +457,67 @@ def _routing_schema() -> Schema:
               })
 
 
+#: Who sets the replicas under spec.autoscaling: the router itself, an HPA, or KEDA.
+AUTOSCALING_DRIVERS = ["router", "hpa", "keda"]
+#: The metric an HPA reads (through a metrics adapter): the router's in-flight + queued requests of a LlamaServer.
+HPA_METRIC = "kubellama_router_load"
+HPA_MIN_REPLICAS_RULE = ("!has(self.enabled) || !self.enabled || !has(self.driver) || self.driver != 'hpa' || "
+                         "!has(self.minReplicas) || self.minReplicas >= 1")
+HPA_MIN_REPLICAS_MESSAGE = ("spec.autoscaling.minReplicas: 0 needs driver router or keda (an HPA cannot scale to zero "
+                            "without the HPAScaleToZero feature gate)")
+KEDA_ADDRESS_RULE = ("!has(self.enabled) || !self.enabled || !has(self.driver) || self.driver != 'keda' || "
+                     "has(self.prometheusAddress)")
+KEDA_ADDRESS_MESSAGE = "spec.autoscaling.driver keda needs spec.autoscaling.prometheusAddress (where KEDA queries)"
+
+
 def _autoscaling_schema() -> Schema:
     return _o("Replicas follow the load the router sees (needs routing.enabled): ceil(moving average of "
               "in-flight + queued requests / targetRequests), within [minReplicas, maxReplicas]. With "
-              "minReplicas 0 the router holds requests while the first replica starts. The router sets "
-              "spec.replicas through the scale subresource.", {
+              "minReplicas 0 the router holds requests while the first replica starts. driver router: the "
+              "router sets spec.replicas through the scale subresource; hpa: an autoscaling/v2 "
+              "HorizontalPodAutoscaler on the metric " + HPA_METRIC + " (needs a metrics adapter); keda: a "
+              "KEDA ScaledObject with a Prometheus trigger (needs KEDA's CRD).", {
                   "enabled": _b("Autoscale.", default=False),
-                  "minReplicas": _i("Fewest replicas; 0 scales to zero when idle.", 0, maximum=1000, default=1),
+                  "driver": _s("Who scales: router (the router itself), hpa (a HorizontalPodAutoscaler named "
+                               "after the LlamaServer; minReplicas >= 1) or keda (a KEDA ScaledObject named after "
+                               "the LlamaServer).", enum=AUTOSCALING_DRIVERS, default="router"),
+                  "prometheusAddress": _s("driver keda: the Prometheus KEDA queries for the router's metrics, e.g. "
+                                          "http://prometheus-operated.monitoring.svc:9090.",
+                                          pattern=r"^https?://.+", maxLength=2048),
+                  "minReplicas": _i("Fewest replicas; 0 scales to zero when idle (router or keda).", 0, maximum=1000,
+                                    default=1),
                   "maxReplicas": _i("Most replicas.", 1, maximum=1000, default=3),
                   "targetRequests": _i("In-flight + queued requests per replica to aim for.", 1, maximum=100000,
                                        default=4),
-                  "windowSeconds": _i("Seconds of the moving average.", 1, maximum=3600, default=60),
-                  "scaleDownDelaySeconds": _i("Seconds the lower count must hold before scaling down.", 0,
-                                              maximum=86400, default=120),
+                  "windowSeconds": _i("Seconds of the moving average (driver router).", 1, maximum=3600, default=60),
+                  "scaleDownDelaySeconds": _i("Seconds the lower count must hold before scaling down (hpa: the "
+                                              "scale-down stabilization window, at most 3600; keda: the cooldown).",
+                                              0, maximum=86400, default=120),
                   "holdSeconds": _i("Seconds the router holds a request while no replica can take it "
                                     "(scale from zero: the model must load meanwhile), then 503.", 1,
                                     maximum=3600, default=300),
               }, rules=[("!has(self.enabled) || !self.enabled || !has(self.minReplicas) || !has(self.maxReplicas) || "
                          "self.minReplicas <= self.maxReplicas",
-                         "spec.autoscaling.minReplicas must not exceed maxReplicas")])
+                         "spec.autoscaling.minReplicas must not exceed maxReplicas"),
+                        (HPA_MIN_REPLICAS_RULE, HPA_MIN_REPLICAS_MESSAGE),
+                        (KEDA_ADDRESS_RULE, KEDA_ADDRESS_MESSAGE)])
+
+
+def _inferencepool_schema() -> Schema:
+    return _o("A Gateway API Inference Extension InferencePool (inference.networking.k8s.io/v1) named after the "
+              "LlamaServer, selecting its server pods on the server port, for clusters that route through an "
+              "inference gateway. Written only when the cluster serves the InferencePool CRD.", {
+                  "enabled": _b("Write the InferencePool when its CRD is installed.", default=True),
+                  "endpointPickerRef": _o(
+                      "The endpoint picker (EPP) Service the gateway asks which pod takes a request. Optional in "
+                      "the v1 schema since v1.5.0 of the extension; most gateways still need one, and older CRDs "
+                      "(< v1.5.0) refuse a pool without it.", {
+                          "name": _s("Service name, in the LlamaServer's namespace.", minLength=1, maxLength=253),
+                          "port": _i("The Service's port (not the target port).", 1, maximum=65535),
+                          "failureMode": _s("What the gateway does when the picker does not answer.",
+                                            enum=["FailOpen", "FailClose"], default="FailClose"),
+                      }, required=["name", "port"]),
+              })
 
 
 def _claim_rules_note() -> str:
@@ -537,7 +580,7 @@ def _immutable_storage(schema: Schema) -> Schema:
 
 #: Objects defaulted to {} so that their fields' defaults apply when the user omits them.
 _DEFAULT_EMPTY = ["server", "gpu", "storage", "storage.model", "storage.slots", "storage.retention",
-                  "service", "networkPolicy", "monitoring", "routing", "autoscaling"]
+                  "service", "networkPolicy", "monitoring", "routing", "autoscaling", "inferencePool"]
 
 
 def _with_empty_defaults(schema: Schema) -> Schema:

@@ -26,6 +26,8 @@ PLURALS = {
     "Pod": "pods", "Secret": "secrets", "PersistentVolumeClaim": "persistentvolumeclaims",
     "LlamaServer": "llamaservers", "Event": "events",
     "Deployment": "deployments", "ServiceAccount": "serviceaccounts", "Role": "roles", "RoleBinding": "rolebindings",
+    "InferencePool": "inferencepools", "HorizontalPodAutoscaler": "horizontalpodautoscalers",
+    "ScaledObject": "scaledobjects",
 }
 
 

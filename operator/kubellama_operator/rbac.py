@@ -33,6 +33,11 @@ RULES: list[dict[str, list[str]]] = [
     {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]},
     # spec.autoscaling: the router's Role may read and set its LlamaServer's scale (granted, so held).
     {"apiGroups": ["kubellama.dev"], "resources": ["llamaservers/scale"], "verbs": ["get", "patch"]},
+    # spec.autoscaling.driver hpa or keda: the HorizontalPodAutoscaler or KEDA ScaledObject that scales the LlamaServer.
+    {"apiGroups": ["autoscaling"], "resources": ["horizontalpodautoscalers"], "verbs": list(_RW)},
+    {"apiGroups": ["keda.sh"], "resources": ["scaledobjects"], "verbs": list(_RW)},
+    # The InferencePool selecting a LlamaServer's pods, when the Gateway API Inference Extension CRD is installed.
+    {"apiGroups": ["inference.networking.k8s.io"], "resources": ["inferencepools"], "verbs": list(_RW)},
     # Read-only: pods for status (init-container failures, missing Secrets), claims the spec names.
     # No Secrets: a missing one is seen in the pods' status (CreateContainerConfigError).
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},

@@ -12,13 +12,15 @@ from typing import Any
 from . import API_VERSION, FIELD_MANAGER, KIND
 from . import metrics
 from .builders import desired_children
+from .builders.autoscaler import KEDA_API, KEDA_MISSING, KEDA_PLURAL, autoscaling_driver
+from .builders.inferencepool import INFERENCEPOOL_API, INFERENCEPOOL_PLURAL
 from .builders.meta import LABEL_MANAGED_BY, selector_labels, selector_string
 from .config import OperatorConfig
 from .diff import needs_apply, with_hash
 from .kube import KubeClient
 from .policy import policy_problems
 from .spec import Model, endpoint, normalize, problems, resolve_model
-from .status import compute_status, download_progress, essence, pod_view
+from .status import compute_status, condition, download_progress, essence, pod_view
 
 
 @dataclass
@@ -84,7 +86,10 @@ async def apply_children(client: KubeClient, body: dict[str, Any], spec: dict[st
                          config: OperatorConfig, outcome: Outcome) -> None:
     ns = body["metadata"]["namespace"]
     sm_crd = await client.has_resource("monitoring.coreos.com/v1", "servicemonitors")
-    want, drop = desired_children(body, spec, model, config, servicemonitor_crd=sm_crd)
+    pool_crd = await client.has_resource(INFERENCEPOOL_API, INFERENCEPOOL_PLURAL)
+    keda_crd = await client.has_resource(KEDA_API, KEDA_PLURAL)
+    want, drop = desired_children(body, spec, model, config, servicemonitor_crd=sm_crd, inferencepool_crd=pool_crd,
+                                  scaledobject_crd=keda_crd)
     for obj in map(with_hash, want):
         ref = f"{obj['kind']}/{obj['metadata']['name']}"
         live = await client.get(obj["apiVersion"], obj["kind"], ns, obj["metadata"]["name"])
@@ -101,6 +106,19 @@ async def apply_children(client: KubeClient, body: dict[str, Any], spec: dict[st
             await client.delete(child.api_version, child.kind, ns, child.name)
             outcome.deleted.append(f"{child.kind}/{child.name}")
             metrics.CHILDREN_APPLIED.labels(child.kind, "deleted").inc()
+
+
+async def autoscaling_condition(client: KubeClient, spec: dict[str, Any]) -> tuple[bool, str, str] | None:
+    """(ok, reason, message) of the Autoscaling condition; None without spec.autoscaling."""
+    driver = autoscaling_driver(spec)
+    if driver is None:
+        return None
+    if driver == "keda" and not await client.has_resource(KEDA_API, KEDA_PLURAL):
+        return False, "KEDANotInstalled", KEDA_MISSING
+    return True, {"router": "Router", "hpa": "HorizontalPodAutoscaler", "keda": "KEDA"}[driver], {
+        "router": "the router sets the replicas from its in-flight and queued requests",
+        "hpa": "HorizontalPodAutoscaler scales on the metric kubellama_router_load (needs a metrics adapter)",
+        "keda": "KEDA ScaledObject scales on the router's queued and in-flight requests"}[driver]
 
 
 async def refresh_status(client: KubeClient, body: dict[str, Any], spec: dict[str, Any],
@@ -120,6 +138,12 @@ async def refresh_status(client: KubeClient, body: dict[str, Any], spec: dict[st
         statefulset=sts, problems=spec_problems, previous=outcome.previous, progress=progress)
     if outcome.warnings:
         status["message"] = "; ".join([status["message"], *outcome.warnings])
+    auto = await autoscaling_condition(client, spec) if not spec_problems else None
+    if auto is not None:
+        prev = {c.get("type"): c for c in outcome.previous.get("conditions") or []}
+        status["conditions"].append(condition("Autoscaling", *auto, meta.get("generation"), prev))
+        if not auto[0]:
+            status["message"] = "; ".join([status["message"], auto[2]])
     outcome.status = status
     if essence(status) != essence(outcome.previous):
         patch = {k: None for k in outcome.previous if k not in status}

@@ -17,7 +17,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 from . import extraargs
-from .crd import EXTERNAL_SERVICE_MESSAGE, EXTERNAL_SERVICE_TYPES, MAX_LORAS, SELF_EXTEND_FLAG, SELF_EXTEND_ON, build_crd
+from .crd import (EXTERNAL_SERVICE_MESSAGE, EXTERNAL_SERVICE_TYPES, HPA_MIN_REPLICAS_MESSAGE, KEDA_ADDRESS_MESSAGE,
+                  MAX_LORAS, SELF_EXTEND_FLAG, SELF_EXTEND_ON, build_crd)
 
 Spec = dict[str, Any]
 
@@ -120,6 +121,11 @@ def problems(spec: Spec) -> list[str]:
                        "requests)")
         if int(auto.get("minReplicas", 1)) > int(auto.get("maxReplicas", 3)):
             out.append("spec.autoscaling.minReplicas must not exceed maxReplicas")
+        driver = auto.get("driver", "router")
+        if driver == "hpa" and int(auto.get("minReplicas", 1)) < 1:
+            out.append(HPA_MIN_REPLICAS_MESSAGE)
+        if driver == "keda" and not auto.get("prometheusAddress"):
+            out.append(KEDA_ADDRESS_MESSAGE)
     out += extraargs.problems(list(spec.get("server", {}).get("extraArgs") or []))
     return out
 

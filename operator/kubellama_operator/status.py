@@ -240,6 +240,13 @@ def _condition(type_: str, ok: bool | None, reason: str, message: str, generatio
     return cond
 
 
+def condition(type_: str, ok: bool | None, reason: str, message: str, generation: int | None,
+              previous: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """A condition stamped now (its transition time kept while its status holds)."""
+    now = datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    return _condition(type_, ok, reason, message, generation, previous, now)
+
+
 def compute_status(*, name: str, namespace: str, generation: int | None, desired: int, model: Model | None,
                    endpoint: str, selector: str, pods: list[dict[str, Any]],
                    statefulset: dict[str, Any] | None, problems: list[str],

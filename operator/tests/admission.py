@@ -13,7 +13,8 @@ from kubellama_operator.crd import build_crd
 from kubellama_operator.spec import apply_defaults
 
 _KEEP = {"type", "properties", "required", "enum", "minimum", "maximum", "pattern", "minLength",
-         "maxLength", "items", "minItems", "maxItems", "additionalProperties", "anyOf", "format"}
+         "maxLength", "items", "minItems", "maxItems", "additionalProperties", "anyOf", "format",
+         "minProperties", "maxProperties"}
 
 
 def root_schema() -> dict[str, Any]:
@@ -63,9 +64,12 @@ def _cel_errors(schema: dict[str, Any], value: Any, old: Any, path: str, env: ce
     return errors
 
 
-def admit(obj: dict[str, Any], old: dict[str, Any] | None = None) -> tuple[dict[str, Any], list[str]]:
-    """(the defaulted object, the list of rejection messages); [] means the API server would accept it."""
-    schema = root_schema()
+def admit(obj: dict[str, Any], old: dict[str, Any] | None = None,
+          schema: dict[str, Any] | None = None) -> tuple[dict[str, Any], list[str]]:
+    """(the defaulted object, the list of rejection messages); [] means the API server would accept it.
+
+    `schema`: another CRD's openAPIV3Schema (default: the LlamaServer's)."""
+    schema = schema or root_schema()
     defaulted = apply_defaults(schema, obj)
     old_defaulted = apply_defaults(schema, old) if old is not None else None
     errors = [f"{'.'.join(str(p) for p in e.absolute_path) or '<root>'}: {e.message}"

@@ -27,9 +27,10 @@ def owner(name="gemma", namespace="ml"):
             "metadata": {"name": name, "namespace": namespace, "uid": "6f1c3d0e-0000-4000-8000-000000000001"}}
 
 
-def build(spec, *, sm_crd=False, name="gemma"):
+def build(spec, *, sm_crd=False, pool_crd=False, name="gemma"):
     s = normalize(spec)
-    want, drop = desired_children(owner(name), s, resolve_model(s), CONFIG, servicemonitor_crd=sm_crd)
+    want, drop = desired_children(owner(name), s, resolve_model(s), CONFIG, servicemonitor_crd=sm_crd,
+                                  inferencepool_crd=pool_crd)
     return {(o["kind"], o["metadata"]["name"]): o for o in want}, drop
 
 

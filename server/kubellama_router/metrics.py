@@ -28,6 +28,10 @@ class _PoolCollector:
         yield from (inflight, ready, queue, replicas)
 
 
+#: Why the router answers 503 (pool.Rejected.reason).
+REJECT_REASONS = ("queue_full", "timeout", "no_replicas", "exhausted")
+
+
 class RouterMetrics:
     def __init__(self, pool: Pool, strategy: str):
         self.registry = CollectorRegistry()
@@ -44,6 +48,8 @@ class RouterMetrics:
                                registry=self.registry)
         self.rejected = Counter("kubellama_router_rejected", "Requests answered 503 by the router.",
                                 ["reason"], registry=self.registry)
+        for reason in REJECT_REASONS:  # at 0 from the start: rate() and alerts see the first rejection
+            self.rejected.labels(reason)
         self.queue_wait = Histogram("kubellama_router_queue_wait_seconds", "Time waiting for a replica.",
                                     buckets=(0.001, 0.01, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60),
                                     registry=self.registry)

@@ -7,7 +7,9 @@ from typing import Any
 
 from ..config import OperatorConfig
 from ..spec import Model, Spec
+from .autoscaler import HPA_API, KEDA_API, autoscaling_driver, build_hpa, build_scaledobject
 from .configmap import build_configmap, wants_configmap
+from .inferencepool import INFERENCEPOOL_API, build_inferencepool, wants_inferencepool
 from .meta import Body, config_name, headless_name
 from .networkpolicy import build_networkpolicy, wants_networkpolicy
 from .pdb import build_pdb, wants_pdb
@@ -27,8 +29,12 @@ class ChildRef:
 
 
 def desired_children(owner: Body, spec: Spec, model: Model, config: OperatorConfig, *,
-                     servicemonitor_crd: bool) -> tuple[list[dict[str, Any]], list[ChildRef]]:
-    """The objects that should exist, and the optional ones that should not (to delete)."""
+                     servicemonitor_crd: bool, inferencepool_crd: bool = False,
+                     scaledobject_crd: bool = False) -> tuple[list[dict[str, Any]], list[ChildRef]]:
+    """The objects that should exist, and the optional ones that should not (to delete).
+
+    A ScaledObject (autoscaling driver keda) only when KEDA's CRD is served (`autoscaling_problem` says why not).
+    """
     name = owner["metadata"]["name"]
     sm = wants_servicemonitor(spec, servicemonitor_crd)
     want: list[dict[str, Any]] = []
@@ -53,6 +59,19 @@ def desired_children(owner: Body, spec: Spec, model: Model, config: OperatorConf
         want.append(build_servicemonitor(owner, spec))
     elif servicemonitor_crd:
         drop.append(ChildRef("monitoring.coreos.com/v1", "ServiceMonitor", name))
+    if wants_inferencepool(spec, inferencepool_crd):
+        want.append(build_inferencepool(owner, spec))
+    elif inferencepool_crd:
+        drop.append(ChildRef(INFERENCEPOOL_API, "InferencePool", name))
+    driver = autoscaling_driver(spec)
+    if driver == "hpa":
+        want.append(build_hpa(owner, spec))
+    else:
+        drop.append(ChildRef(HPA_API, "HorizontalPodAutoscaler", name))
+    if driver == "keda" and scaledobject_crd:
+        want.append(build_scaledobject(owner, spec))
+    elif scaledobject_crd:
+        drop.append(ChildRef(KEDA_API, "ScaledObject", name))
     if wants_router(spec):
         want.extend(build_router(owner, spec, config))
     else:

@@ -39,10 +39,15 @@ def wants_autoscaling(spec: Spec) -> bool:
     return wants_router(spec) and bool((spec.get("autoscaling") or {}).get("enabled"))
 
 
+def router_scales(spec: Spec) -> bool:
+    """Whether the router itself sets the replicas (driver router), rather than an HPA or KEDA."""
+    return wants_autoscaling(spec) and (spec.get("autoscaling") or {}).get("driver", "router") == "router"
+
+
 def router_rules(name: str, spec: Spec) -> list[dict[str, Any]]:
-    """The router Role's rules: EndpointSlices; with autoscaling, this LlamaServer's scale too."""
+    """The router Role's rules: EndpointSlices; when the router autoscales, this LlamaServer's scale too."""
     rules = [dict(r) for r in ROUTER_RULES]
-    if wants_autoscaling(spec):
+    if router_scales(spec):
         rules.append({"apiGroups": ["kubellama.dev"], "resources": ["llamaservers/scale"], "resourceNames": [name],
                       "verbs": ["get", "patch"]})
     return rules
@@ -66,7 +71,7 @@ def router_args(owner: Body, spec: Spec) -> list[str]:
     routing = spec.get("routing") or {}
     args = ["--service", owner["metadata"]["name"], "--namespace", owner["metadata"]["namespace"],
             "--strategy", routing.get("strategy", "prefix"), "--port", str(SERVER_PORT)]
-    if wants_autoscaling(spec):
+    if router_scales(spec):
         auto = spec["autoscaling"]
         args += ["--autoscale", owner["metadata"]["name"],
                  "--min-replicas", str(auto.get("minReplicas", 1)), "--max-replicas", str(auto.get("maxReplicas", 3)),
@@ -74,6 +79,8 @@ def router_args(owner: Body, spec: Spec) -> list[str]:
                  "--autoscale-window", str(auto.get("windowSeconds", 60)),
                  "--scale-down-delay", str(auto.get("scaleDownDelaySeconds", 120)),
                  "--queue-timeout", str(auto.get("holdSeconds", 300))]
+    elif wants_autoscaling(spec):  # an HPA or KEDA scales: the router still holds requests while replicas start
+        args += ["--queue-timeout", str(spec["autoscaling"].get("holdSeconds", 300))]
     return args
 
 

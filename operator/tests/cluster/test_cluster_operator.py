@@ -15,6 +15,7 @@ import httpx
 import kubellama_controlplane as kcp
 import pytest
 import yaml
+import upstream_crds
 from chart_operator import (LLAMA_API, RunningOperator, assert_no_forbidden, chart_operator, llama,
                             server_pods, wait_phase)
 
@@ -43,6 +44,10 @@ SERVICEMONITOR_CRD = {
 def operator(control_plane: kcp.ControlPlane, kube: kcp.Kube, helm, llama_crd, tmp_path_factory):
     """kubellama-operator watching all namespaces, as the chart's ServiceAccount with its RBAC."""
     kube.apply_crd(SERVICEMONITOR_CRD)
+    for upstream in (upstream_crds.INFERENCEPOOL, upstream_crds.SCALEDOBJECT):
+        crd = upstream_crds.load(upstream)  # when the Go module proxy can be reached
+        if isinstance(crd, dict):
+            kube.apply_crd({k: v for k, v in crd.items() if k != "status"})
     with chart_operator(control_plane, kube, helm, tmp_path_factory.mktemp("operator"), "kl") as running:
         yield running
 
@@ -145,6 +150,41 @@ def test_a_horizontal_pod_autoscaler_scales_it_through_the_scale_subresource(kub
     hpa = kube.read("autoscaling/v2", "HorizontalPodAutoscaler", "auto", namespace)
     able = {c["type"]: c for c in hpa["status"]["conditions"]}["AbleToScale"]
     assert able["status"] == "True", able
+
+
+def test_inferencepool_is_written_and_admitted_by_the_upstream_crd(kube, operator, namespace):
+    """With the upstream InferencePool CRD installed (its schema and CEL rules enforced by the API server), the
+    operator writes a pool of the server pods, and deletes it when spec.inferencePool.enabled goes false."""
+    upstream_crds.crd_or_skip(upstream_crds.INFERENCEPOOL)  # skips without it
+    kube.create(llama("pooled", namespace, inferencePool={"endpointPickerRef": {"name": "epp", "port": 9002}}))
+    wait_phase(kube, operator, "pooled", namespace, "Ready", readyReplicas=1)
+    api = "inference.networking.k8s.io/v1"
+    pool = kube.wait_for(lambda: kube.read(api, "InferencePool", "pooled", namespace), "the InferencePool")
+    assert pool["spec"]["targetPorts"] == [{"number": 8080}]
+    assert pool["spec"]["endpointPickerRef"]["port"] == {"number": 9002}
+    assert pool["metadata"]["ownerReferences"][0]["kind"] == "LlamaServer"
+    kube.patch(kube.path(LLAMA_API, "LlamaServer", namespace, "pooled"), {"spec": {"inferencePool": {"enabled": False}}})
+    kube.wait_for(lambda: kube.read(api, "InferencePool", "pooled", namespace) is None, "the pool to go", timeout=60)
+
+
+@pytest.mark.parametrize("driver", ["hpa", "keda"])
+def test_hpa_or_keda_scaledobject_is_admitted(kube, operator, namespace, driver):
+    """spec.autoscaling.driver hpa|keda: the API server (and, for KEDA, the upstream ScaledObject CRD's schema)
+    accepts what the operator writes; the router does not scale itself."""
+    if driver == "keda":
+        upstream_crds.crd_or_skip(upstream_crds.SCALEDOBJECT)
+    name = f"scaled-{driver}"
+    kube.create(llama(name, namespace, routing={"enabled": True}, autoscaling={
+        "enabled": True, "driver": driver, "minReplicas": 1, "maxReplicas": 3,
+        "prometheusAddress": "http://prometheus.monitoring.svc:9090"}))
+    wait_phase(kube, operator, name, namespace, "Ready", readyReplicas=1)
+    api, kind = {"hpa": ("autoscaling/v2", "HorizontalPodAutoscaler"), "keda": ("keda.sh/v1alpha1", "ScaledObject")}[driver]
+    obj = kube.wait_for(lambda: kube.read(api, kind, name, namespace), f"the {kind}")
+    assert obj["spec"]["scaleTargetRef"] == {"apiVersion": LLAMA_API, "kind": "LlamaServer", "name": name}
+    status = kube.read(LLAMA_API, "LlamaServer", name, namespace)["status"]
+    assert {c["type"]: c["status"] for c in status["conditions"]}["Autoscaling"] == "True"
+    role = kube.read("rbac.authorization.k8s.io/v1", "Role", f"{name}-router", namespace)
+    assert [r["resources"] for r in role["rules"]] == [["endpointslices"]]
 
 
 def test_spec_change_rolls_the_statefulset(kube, operator, namespace):

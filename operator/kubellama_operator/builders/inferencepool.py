@@ -1,0 +1,35 @@
+"""A Gateway API Inference Extension `InferencePool` (inference.networking.k8s.io/v1) selecting the
+LlamaServer's server pods, for clusters that route through an inference gateway: written only when
+the cluster serves the InferencePool CRD (and `spec.inferencePool.enabled`, the default)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..spec import SERVER_PORT, Spec
+from .meta import Body, object_meta, selector_labels
+
+INFERENCEPOOL_API = "inference.networking.k8s.io/v1"
+INFERENCEPOOL_PLURAL = "inferencepools"
+
+
+def wants_inferencepool(spec: Spec, crd_installed: bool) -> bool:
+    return crd_installed and bool((spec.get("inferencePool") or {}).get("enabled", True))
+
+
+def build_inferencepool(owner: Body, spec: Spec) -> dict[str, Any]:
+    """The pool: the server pods (never the router's) on the server port. `endpointPickerRef` only when
+    the spec names a picker: it is optional in the v1 schema since v1.5 (most gateways still need one)."""
+    name = owner["metadata"]["name"]
+    pool_spec: dict[str, Any] = {
+        "selector": {"matchLabels": selector_labels(name)},
+        "targetPorts": [{"number": SERVER_PORT}],
+        "appProtocol": "http",
+    }
+    picker = (spec.get("inferencePool") or {}).get("endpointPickerRef")
+    if picker:
+        pool_spec["endpointPickerRef"] = {
+            "group": "", "kind": "Service", "name": picker["name"], "port": {"number": int(picker["port"])},
+            "failureMode": picker.get("failureMode", "FailClose")}
+    return {"apiVersion": INFERENCEPOOL_API, "kind": "InferencePool", "metadata": object_meta(owner, name),
+            "spec": pool_spec}
