@@ -290,6 +290,12 @@ def test_restricted_namespace_admits_and_runs_a_llamaserver(ns: Kube, model_serv
         restricted("delete", "namespace", restricted.namespace, "--wait=false", namespaced=False, check=False)
 
 
+def _replica_pods(ns: Kube, name: str, ready: bool = False) -> list[dict]:
+    """The LlamaServer's server pods (its router's pods carry the owner label too)."""
+    pods = ready_pods(ns, name) if ready else server_pods(ns, name)
+    return [p for p in pods if p["metadata"].get("labels", {}).get("app.kubernetes.io/component") != "router"]
+
+
 def test_router_serves_from_zero_and_scales_back_to_zero(ns: Kube, model_server: str) -> None:
     """spec.routing with spec.autoscaling.minReplicas 0: nothing runs until a request comes; the
     router holds it while the operator's scale-up brings a replica to Ready (model download and
@@ -309,18 +315,18 @@ def test_router_serves_from_zero_and_scales_back_to_zero(ns: Kube, model_server:
         ns.wait_for("the router of LlamaServer routed Ready",
                     lambda: (ns.get("deployment", "routed-router") or {}).get("status", {}).get("readyReplicas") == 1,
                     timeout=300, llamaserver="routed")
-        assert not server_pods(ns, "routed"), "a replica runs before any request"
+        assert not _replica_pods(ns, "routed"), "a replica runs before any request"
         started = time.monotonic()
         with port_forward(ns, "svc/routed-router", PORT) as url:
             check_chat(url)  # held by the router until the first replica is Ready
             replicas = http_json("GET", f"{url}/router/replicas")
         log(f"first request answered from zero in {time.monotonic() - started:.0f}s")
         assert ns.get("llamaserver", "routed")["spec"]["replicas"] == 1
-        assert len(ready_pods(ns, "routed")) == 1
+        assert len(_replica_pods(ns, "routed", ready=True)) == 1
         served = [r for r in replicas["replicas"] if r["served"] >= 1]
         assert len(served) == 1 and served[0]["ready"], f"the router did not serve through its replica: {replicas}"
         ns.wait_for("LlamaServer routed scaled back to zero when idle",
-                    lambda: ns.get("llamaserver", "routed")["spec"]["replicas"] == 0 and not server_pods(ns, "routed"),
+                    lambda: ns.get("llamaserver", "routed")["spec"]["replicas"] == 0 and not _replica_pods(ns, "routed"),
                     timeout=300, llamaserver="routed")
     finally:
         ns("delete", "llamaserver", "routed", "--ignore-not-found", "--wait=false", check=False)
