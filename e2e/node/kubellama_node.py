@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+import yaml
+
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[1]
 sys.path.insert(0, str(REPO_ROOT / "e2e" / "controlplane"))
@@ -323,8 +325,6 @@ class LocalNode(kcp.Processes):
                    "CoreDNS listening")
 
     def _start_kubelet(self) -> None:
-        import yaml
-
         resolv = self.workdir / "resolv.conf"
         resolv.write_text("# pods resolve cluster names only (CoreDNS); nothing outside\n")
         config = self.workdir / "kubelet.yaml"
@@ -337,8 +337,6 @@ class LocalNode(kcp.Processes):
         ])
 
     def _start_kube_proxy(self) -> None:
-        import yaml
-
         config = self.workdir / "kube-proxy.yaml"
         config.write_text(yaml.safe_dump(kube_proxy_config(self.cp.kubeconfig_path,
                                                            kcp.free_port(), kcp.free_port())))
@@ -366,7 +364,7 @@ class LocalNode(kcp.Processes):
         for line in proc.stdout:
             tail = (tail + [line.rstrip()])[-60:]
             now = time.monotonic()
-            if now - last >= 5 or " DONE " in line and line.startswith("#") and "exporting" in line:
+            if now - last >= 5:
                 log(f"  {what}: {line.rstrip()[:150]}")
                 last = now
             if now - start > timeout:
@@ -375,9 +373,6 @@ class LocalNode(kcp.Processes):
         if proc.wait() != 0:
             raise RuntimeError(f"building {what} failed; last lines:\n" + "\n".join(tail))
         log(f"built {what} in {time.monotonic() - start:.0f}s")
-
-    def has_image(self, ref: str) -> bool:
-        return ref in self.ctr("images", "ls", "-q", check=False).stdout.split()
 
     def build_pause_image(self) -> None:
         ctx = self.workdir / "pause-ctx"
