@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import httpx
+
+from kubellama_server.testing.live import free_port, serve_in_thread, stop_thread_server
 
 from .cli import parse
 
 
 class LiveRouter:
     def __init__(self, argv: list[str], *, kube_factory=None):
-        from kubellama_server.testing.live import free_port
-
         self.port = free_port()
         self.settings = parse(argv + ["--host", "127.0.0.1", "--port", str(self.port)], environ={})
         self.url = f"http://127.0.0.1:{self.port}"
@@ -27,29 +26,15 @@ class LiveRouter:
         return self.app.state.pool
 
     def start(self) -> "LiveRouter":
-        import uvicorn
-
         from .app import create_app
 
         self.app = create_app(self.settings, kube=self.kube_factory() if self.kube_factory else None)
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", access_log=False)
-        self._server = uvicorn.Server(config)
-        self._server.install_signal_handlers = lambda: None
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 30
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("router did not start")
-            time.sleep(0.01)
+        self._server, self._thread = serve_in_thread(self.app, self.port, "router")
         httpx.get(self.url + "/health", timeout=5).raise_for_status()
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(15)
+        stop_thread_server(self._server, self._thread)
 
     def metric(self, name: str, **labels: str) -> float:
         """One sample of the router's /metrics (0 when absent)."""

@@ -62,8 +62,6 @@ class LiveServer:
         return self.app.state.engine
 
     def start(self) -> "LiveServer":
-        import uvicorn
-
         from ..http.app import create_app
 
         self.app = create_app(self.settings)
@@ -71,26 +69,39 @@ class LiveServer:
             self.prepare(self.app.state.engine)
         from ..http.server_options import uvicorn_options
 
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", access_log=False,
-                                **uvicorn_options(self.settings))
-        self._server = uvicorn.Server(config)
-        self._server.install_signal_handlers = lambda: None
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 30
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("in-process server did not start")
-            time.sleep(0.01)
+        self._server, self._thread = serve_in_thread(self.app, self.port, "in-process server",
+                                                     **uvicorn_options(self.settings))
         if self.wait:
             wait_healthy(self.url)
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(15)
+        stop_thread_server(self._server, self._thread)
+
+
+def serve_in_thread(app, port: int, what: str, **options):
+    """`app` under uvicorn on 127.0.0.1:`port` in a daemon thread; returns (server, thread) once it
+    listens (the in-process servers of the tests: kubellama-server's and the router's)."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                           access_log=False, **options))
+    server.install_signal_handlers = lambda: None
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError(f"{what} did not start")
+        time.sleep(0.01)
+    return server, thread
+
+
+def stop_thread_server(server, thread) -> None:
+    if server is not None:
+        server.should_exit = True
+    if thread is not None:
+        thread.join(15)
 
 
 class ServerProcess:
