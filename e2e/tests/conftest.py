@@ -96,7 +96,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
     workdir = tmp_path_factory.mktemp("local-cluster")
     with kubellama_node.local_cluster(workdir) as (cp, node):
-        node.ensure_volumes(available=12)
+        node.ensure_volumes(available=16)
         node_images.build_project_images(node, image_repo(), image_tag())
         saved = {k: os.environ.get(k) for k in ("KUBECONFIG",)}
         os.environ["KUBECONFIG"] = str(cp.kubeconfig_path)

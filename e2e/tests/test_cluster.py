@@ -330,3 +330,41 @@ def test_router_serves_from_zero_and_scales_back_to_zero(ns: Kube, model_server:
                     timeout=300, llamaserver="routed")
     finally:
         ns("delete", "llamaserver", "routed", "--ignore-not-found", "--wait=false", check=False)
+
+
+def test_router_keeps_a_conversation_on_the_replica_holding_its_cache(ns: Kube, model_server: str) -> None:
+    """spec.routing with two replicas: each turn of a conversation goes to the replica that
+    holds its previous turns' KV cache (the Service alone would pick a pod at random)."""
+    (manifest,) = load_manifest("llamaserver.yaml")
+    manifest = copy.deepcopy(manifest)
+    manifest["metadata"]["name"] = "sticky"
+    manifest["spec"]["model"]["sha256"] = model_server
+    manifest["spec"]["replicas"] = 2
+    manifest["spec"]["server"]["contextSize"] = 2048
+    manifest["spec"]["storage"]["slots"] = {"enabled": False}
+    manifest["spec"]["routing"] = {"enabled": True, "strategy": "prefix"}
+    ns.apply(manifest)
+    try:
+        ns.wait_for("LlamaServer sticky Ready with 2 replicas", lambda: llamaserver_ready(ns, "sticky", 2),
+                    timeout=float(os.environ.get("E2E_READY_TIMEOUT", "600")), llamaserver="sticky")
+        ns.wait_for("the router of LlamaServer sticky Ready",
+                    lambda: (ns.get("deployment", "sticky-router") or {}).get("status", {}).get("readyReplicas") == 1,
+                    timeout=300, llamaserver="sticky")
+        with port_forward(ns, "svc/sticky-router", PORT) as url:
+            ns.wait_for("the router to follow both replicas", lambda: sum(
+                r["ready"] for r in http_json("GET", f"{url}/router/replicas")["replicas"]) == 2, timeout=120)
+            messages = [{"role": "system", "content": "You answer questions about the solar system. " * 3},
+                        {"role": "user", "content": "hello"}]
+            previous = 0
+            for turn in range(3):
+                reply = http_json("POST", f"{url}/v1/chat/completions",
+                                  {"messages": messages, "max_tokens": 6, "temperature": 0})
+                usage = reply["usage"]
+                if turn:  # the whole previous prompt came from the replica's cache
+                    assert usage["prompt_tokens_details"]["cached_tokens"] >= previous - 1, (turn, usage)
+                previous = usage["prompt_tokens"]
+                messages += [reply["choices"][0]["message"], {"role": "user", "content": f"and turn {turn}?"}]
+            served = sorted(r["served"] for r in http_json("GET", f"{url}/router/replicas")["replicas"])
+        assert served == [0, 3], f"the conversation moved between replicas: {served}"
+    finally:
+        ns("delete", "llamaserver", "sticky", "--ignore-not-found", "--wait=false", check=False)
