@@ -78,7 +78,7 @@ def task(**params) -> Task:
 
 
 def test_check_tasks_clamps_and_refuses():
-    limits = Limits(max_request_tasks=2, max_queued_tasks=3)
+    limits = Limits.from_settings(max_request_tasks=2, max_queued_tasks=3)
     t = task(n_predict=10**6, repeat_last_n=10**6, dry_penalty_last_n=10**6, json_schema={"type": "string", "maxLength": 5})
     check_tasks(limits, [t], n_ctx_slot=100)
     assert t.params.n_predict == 400 and t.params.repeat_last_n == 100 and t.params.dry_penalty_last_n == 100
@@ -90,5 +90,5 @@ def test_check_tasks_clamps_and_refuses():
     with pytest.raises(QueueFull):
         check_tasks(limits, [task(), task()], n_ctx_slot=100, queued=2)
     capped = task(n_predict=-1)
-    check_tasks(Limits(n_predict=7), [capped], n_ctx_slot=100)
+    check_tasks(Limits.from_settings(n_predict=7), [capped], n_ctx_slot=100)
     assert capped.params.n_predict == 7

@@ -24,22 +24,26 @@ RETRY_AFTER_S = 2  # what a 503 for a full queue tells the client to wait
 
 @dataclass(frozen=True)
 class Limits:
-    max_prompt_bytes: int = 2 << 20
-    max_images: int = 16
-    max_image_bytes: int = 10 << 20
-    max_image_pixels: int = 4096 * 4096
-    max_stop_strings: int = 64
-    max_stop_length: int = 1024
-    max_logit_bias: int = 1024
-    max_request_tasks: int = 1024
-    max_queued_tasks: int = 2048
-    max_grammar_bytes: int = 256 << 10
-    max_grammar_depth: int = 4096
-    n_predict: int = -1  # the server's -n: caps every request's n_predict
+    """The per-request limits of `ServerSettings` (which holds their defaults and flags)."""
+
+    max_prompt_bytes: int
+    max_images: int
+    max_image_bytes: int
+    max_image_pixels: int
+    max_stop_strings: int
+    max_stop_length: int
+    max_logit_bias: int
+    max_request_tasks: int
+    max_queued_tasks: int
+    max_grammar_bytes: int
+    max_grammar_depth: int
+    n_predict: int  # the server's -n: caps every request's n_predict
 
     @classmethod
-    def from_settings(cls, s: ServerSettings) -> "Limits":
-        return cls(**{k: getattr(s, k) for k in cls.__dataclass_fields__})
+    def from_settings(cls, s: ServerSettings | None = None, **overrides: int) -> "Limits":
+        """`s`'s limits (the defaults when None), `overrides` replacing some."""
+        s = s or ServerSettings()
+        return cls(**{k: overrides.get(k, getattr(s, k)) for k in cls.__dataclass_fields__})
 
 
 class QueueFull(APIError):
