@@ -10,6 +10,8 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cache="${KUBELLAMA_CACHE:-$HOME/.cache/kubellama}"
+GOBUILD_ARG="${1:-}"
+source "$here/../lib/gobuild.sh"
 
 # Pins (bump here; the cache key follows).
 CONTAINERD=github.com/containerd/containerd/v2@v2.4.2
@@ -18,60 +20,18 @@ CNI=github.com/containernetworking/plugins@v1.10.0
 COREDNS=github.com/coredns/coredns@v1.15.0
 BUILD_REV=1
 
-BINARIES=(kubelet kube-proxy containerd containerd-shim-runc-v2 ctr runc
-          bridge host-local loopback portmap coredns buildkitd buildctl)
 K8S_VERSION="$(awk '$1=="k8s.io/kubernetes" && $2 ~ /^v/ {print $2; exit}' "$here/k8s/go.mod")"
 key="$K8S_VERSION-$( (echo "$BUILD_REV $CONTAINERD $RUNC $CNI $COREDNS"; cat "$here/k8s/go.mod" "$here/k8s/go.sum" "$here/buildkit/go.mod" "$here/buildkit/go.sum") | sha256sum | cut -c1-12)"
-dest="$cache/node/$key"
-
-if [[ "${1:-}" == "--print-dir" ]]; then
-    echo "$dest"
-    exit 0
-fi
-
-exec 3>&1 1>&2
-
-complete() {
-    local b
-    for b in "${BINARIES[@]}"; do [[ -x "$dest/$b" ]] || return 1; done
-}
-
-if complete; then
-    echo "node $key: cached in $dest"
-    echo "$dest" >&3
-    exit 0
-fi
-
-command -v go >/dev/null 2>&1 || { echo "node: 'go' is not installed; install Go >= 1.26" >&2; exit 1; }
+gobuild_begin node "$cache/node/$key" kubelet kube-proxy containerd containerd-shim-runc-v2 ctr runc \
+    bridge host-local loopback portmap coredns buildkitd buildctl
 if ! pkg-config --exists libseccomp 2>/dev/null; then
     echo "node: runc needs libseccomp's headers: apt-get install -y libseccomp-dev pkg-config" >&2
     exit 1
 fi
 
-mkdir -p "$cache/node"
-exec 9>"$cache/node/.build.lock"
-if ! flock -n 9; then
-    echo "node: another build holds $cache/node/.build.lock; waiting for it..."
-    flock 9
-fi
-if complete; then
-    echo "node $key: built by another process in $dest"
-    echo "$dest" >&3
-    exit 0
-fi
-
 work="$cache/node/.tmp-$key"
 mkdir -p "$work"   # kept on failure: a rerun skips what is already there
-start=$SECONDS
-elapsed() { printf '%dm%02ds' $(((SECONDS - start) / 60)) $(((SECONDS - start) % 60)); }
 echo "node $key: building ${#BINARIES[@]} binaries from the Go module proxy (once per machine and pinned version; about 20 minutes on 2 idle cores)"
-
-# `go build -v` names each package as it compiles it: report every 100.
-progress() {
-    awk -v b="$1" '/^#|\.go:[0-9]|^go: (downloading|finding)/ {next}
-                   /^#|\.go:[0-9]|^go: / {print; fflush(); next}
-                   {n++; if (n % 100 == 0) {printf "    %s: %d packages compiled\n", b, n; fflush()}}'
-}
 
 step=0
 # build NAME... -- GO-ARGS: skipped when every NAME is already in $work.
@@ -83,7 +43,7 @@ build() {
     step=$((step + 1))
     if ((have)); then return 0; fi
     echo "[$step/9] building ${names[*]} ... elapsed $(elapsed)"
-    if ! nice -n 10 "$@" 2>&1 | progress "${names[0]}"; then
+    if ! nice -n 10 "$@" 2>&1 | gobuild_progress "${names[0]}"; then
         echo "node: building ${names[*]} failed (see above)" >&2
         exit 1
     fi
@@ -93,11 +53,7 @@ build() {
 }
 
 export GOFLAGS="-trimpath -buildvcs=false" GOBIN="$work"
-ldflags_k8s="-s -w \
- -X k8s.io/component-base/version.gitVersion=$K8S_VERSION \
- -X k8s.io/component-base/version.gitMajor=$(echo "$K8S_VERSION" | cut -d. -f1 | tr -d v) \
- -X k8s.io/component-base/version.gitMinor=$(echo "$K8S_VERSION" | cut -d. -f2) \
- -X k8s.io/component-base/version.gitTreeState=clean"
+ldflags_k8s="$(k8s_ldflags "$K8S_VERSION")"
 
 CGO_ENABLED=0 build kubelet -- go build -C "$here/k8s" -mod=readonly -v -ldflags "$ldflags_k8s" \
     -o "$work/kubelet" k8s.io/kubernetes/cmd/kubelet
@@ -120,8 +76,4 @@ CGO_ENABLED=0 build buildkitd -- go build -C "$here/buildkit" -mod=readonly -v -
 CGO_ENABLED=0 build buildctl -- go build -C "$here/buildkit" -mod=readonly -v -ldflags "-s -w" \
     -o "$work/buildctl" github.com/moby/buildkit/cmd/buildctl
 
-mkdir -p "$dest"
-for b in "${BINARIES[@]}"; do mv -f "$work/$b" "$dest/$b"; done
-rm -rf "$work"
-echo "node $key: done in $(elapsed) -> $dest"
-echo "$dest" >&3
+gobuild_done
