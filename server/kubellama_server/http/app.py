@@ -59,8 +59,10 @@ def create_app(settings: ServerSettings, engine: Engine | None = None, *, load: 
     files = static.install(app, settings.path or None,
                            private=[settings.api_key_file, settings.ssl_key_file, settings.ssl_cert_file])  # last: answers GET paths no route claims
     engine.on_ready.append(chat.install)
+    # -spf: the server's system prompt (shown by /props), given to the scheduler before it starts
+    app.state.system_prompt = sp = system_prompt.load_file(settings.system_prompt_file) \
+        if settings.system_prompt_file else system_prompt.SystemPrompt()
     if settings.system_prompt_file:
-        sp = system_prompt.load_file(settings.system_prompt_file)
         engine.on_ready.append(lambda e: system_prompt.install(e, sp))
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, read_timeout=settings.timeout)
     app.add_middleware(auth.APIKeyMiddleware, keys=auth.load_keys(settings), is_public=files.is_public,
