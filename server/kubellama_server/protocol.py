@@ -10,7 +10,7 @@ import time
 import uuid
 from typing import Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import invalid
 
@@ -116,9 +116,6 @@ class ChatCompletionRequest(_Sampling):
     parallel_tool_calls: bool = True
     reasoning_format: Literal["auto", "deepseek", "none"] | None = None
     chat_template_kwargs: dict[str, Any] | None = None
-    _tool_plan: Any = PrivateAttr(default=None)  # serving.tools.ToolPlan, set while building the tasks
-    _reasoning: bool = PrivateAttr(default=False)  # split <think> reasoning out of the reply
-    _thinking: bool = PrivateAttr(default=False)  # the prompt opened a <think> block
 
 
 PromptInput = Union[str, list[str], list[int], list[list[int]]]
@@ -212,10 +209,6 @@ class ToolCall(_Response):
     function: ToolCallFunction
 
 
-class ToolCallDelta(ToolCall):
-    index: int
-
-
 class AssistantMessage(_Response):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
@@ -238,30 +231,6 @@ class ChatCompletion(_Response):
     system_fingerprint: str | None = None
     choices: list[ChatChoice]
     usage: Usage
-
-
-class ChatDelta(_Response):
-    role: str | None = None
-    content: str | None = None
-    reasoning_content: str | None = None
-    tool_calls: list[ToolCallDelta] | None = None
-
-
-class ChatChunkChoice(_Response):
-    index: int
-    delta: ChatDelta
-    finish_reason: str | None = None
-    logprobs: ChoiceLogprobs | None = None
-
-
-class ChatCompletionChunk(_Response):
-    id: str
-    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int
-    model: str
-    system_fingerprint: str | None = None
-    choices: list[ChatChunkChoice]
-    usage: Usage | None = None
 
 
 class CompletionLogprobs(_Response):

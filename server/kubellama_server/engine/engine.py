@@ -64,6 +64,9 @@ class Engine:
         self.resolve_mmproj: Callable[[ServerSettings], str] | None = None  # the projector's, for -mmu
         self.on_ready: list[Callable[["Engine"], None]] = []
         self.on_shutdown: list[Callable[["Engine"], None]] = []  # before the scheduler stops (warm restarts)
+        # called with every final result by whoever reads it (the HTTP layer), in that
+        # request's asyncio context: request logs, tracing
+        self.on_result: list[Callable[[Any], None]] = []
 
     # -- lifecycle ----------------------------------------------------------
     def start_loading(self) -> threading.Thread:

@@ -61,15 +61,7 @@ class TaskSink:
             self.closed = True
 
     async def get(self) -> Any:
-        event = await self.queue.get()
-        if event[0] == "final":
-            for hook in result_hooks:  # in the request's context: request logs, tracing
-                hook(event[1])
-        return event
-
-
-# Called with every final result, in the consumer's (HTTP request's) asyncio context.
-result_hooks: list[Callable[[Any], None]] = []
+        return await self.queue.get()
 
 
 def _deliver(items: list[tuple[TaskSink, Any]]) -> None:

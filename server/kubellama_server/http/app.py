@@ -12,7 +12,8 @@ from ..model_source import resolve_mmproj_path, resolve_model_path
 from ..observability import install_observability
 from ..settings import ServerSettings
 from . import auth, cors, static
-from ..serving import openai_chat, system_prompt
+from ..serving import system_prompt
+from ..serving.chat_service import ChatService
 from .errors import install_error_handlers
 from .request_limits import BodyLimitMiddleware
 from .routes_embeddings import router as embeddings_router
@@ -44,6 +45,7 @@ def create_app(settings: ServerSettings, engine: Engine | None = None, *, load: 
     app = FastAPI(title="kubellama-server", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.engine = engine
     app.state.settings = settings
+    app.state.chat = chat = ChatService(engine)  # the chat endpoints' formatter, set once the model loads
     install_error_handlers(app)
     app.include_router(health_router)
     app.include_router(native_router)
@@ -56,9 +58,11 @@ def create_app(settings: ServerSettings, engine: Engine | None = None, *, load: 
     app.include_router(infill_router)
     files = static.install(app, settings.path or None,
                            private=[settings.api_key_file, settings.ssl_key_file, settings.ssl_cert_file])  # last: answers GET paths no route claims
-    engine.on_ready.append(openai_chat.install_formatter)
+    engine.on_ready.append(chat.install)
+    # -spf: the server's system prompt (shown by /props), given to the scheduler before it starts
+    app.state.system_prompt = sp = system_prompt.load_file(settings.system_prompt_file) \
+        if settings.system_prompt_file else system_prompt.SystemPrompt()
     if settings.system_prompt_file:
-        sp = system_prompt.load_file(settings.system_prompt_file)
         engine.on_ready.append(lambda e: system_prompt.install(e, sp))
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, read_timeout=settings.timeout)
     app.add_middleware(auth.APIKeyMiddleware, keys=auth.load_keys(settings), is_public=files.is_public,

@@ -9,14 +9,14 @@ from fastapi import APIRouter, Request
 from ..serving import anthropic
 from ..serving.limits import Limits, check_prompt_bytes, off_loop, prompt_bytes
 from .body import json_body
-from .routes_openai import engine_of, serve_generation
+from .routes_openai import chat_of, engine_of, serve_generation
 
 router = APIRouter()
 
 
 @router.post("/v1/messages")
 async def messages(request: Request):
-    return await serve_generation(request, anthropic, system_prompt_field=False)
+    return await serve_generation(request, anthropic, chat_of(request), system_prompt_field=False)
 
 
 @router.post("/v1/messages/count_tokens")
@@ -24,7 +24,7 @@ async def count_tokens(request: Request):
     engine = engine_of(request)
     body = await json_body(request)
     engine.require_ready()
-    prompt = await off_loop(anthropic.count_tokens_prompt, engine, body)
+    prompt = await off_loop(anthropic.count_tokens_prompt, chat_of(request), body)
     check_prompt_bytes(prompt_bytes(prompt), Limits.from_settings(engine.settings))
 
     def count(sched) -> int:

@@ -121,7 +121,7 @@ async def set_lora_adapters(request: Request):
 async def props(request: Request):
     engine = engine_of(request)
     engine.require_ready()
-    return native.props_json(engine)
+    return native.props_json(engine, request.app.state.system_prompt)
 
 
 async def _on_scheduler(engine: Engine, fn):

@@ -8,7 +8,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from ..engine.engine import Engine
-from ..serving import native, openai_chat, openai_completions, responses, system_prompt
+from ..serving import chat_prompt, native, openai_chat, openai_completions, responses, system_prompt
+from ..serving.chat_service import ChatService
 from ..serving.limits import Limits, check_prompt_bytes, off_loop, prompt_bytes
 from .body import json_body
 from .streaming import run_tasks, stream_tasks
@@ -20,25 +21,30 @@ def engine_of(request: Request) -> Engine:
     return request.app.state.engine
 
 
-async def serve_generation(request: Request, family, *, system_prompt_field: bool = True) -> Any:
+def chat_of(request: Request) -> ChatService:
+    return request.app.state.chat
+
+
+async def serve_generation(request: Request, family, owner, *, system_prompt_field: bool = True) -> Any:
     """One generation request of an API family (`openai_chat`, `openai_completions`, `responses`,
-    `anthropic`: each has `build`, `Stream` and `response`). A family with its own SSE framing
+    `anthropic`: each has `build`, `Stream` and `response`, which take `owner` first: the
+    engine, or the chat service for the chat families). A family with its own SSE framing
     (`event_frame`: named events) ends its stream without `data: [DONE]`. `system_prompt_field`:
     the body's llama.cpp `system_prompt` option applies (OpenAI chat and completions)."""
     engine = engine_of(request)
     body = await json_body(request)
     engine.require_ready()
     own_system = system_prompt.from_body(body) if system_prompt_field else None
-    req, tasks = await off_loop(family.build, engine, body)  # templates render off the event loop
+    req, tasks = await off_loop(family.build, owner, body)  # templates render off the event loop
     system_prompt.apply_to(tasks, own_system)
     if req.stream:
-        stream = family.Stream(engine, req, tasks)
+        stream = family.Stream(owner, req, tasks)
         frame = getattr(family, "event_frame", None)
         if frame is None:
             return await stream_tasks(engine, tasks, stream.render, stream.tail)
         return await stream_tasks(engine, tasks, stream.render, stream.tail, done_marker=False, frame=frame)
     results = await run_tasks(engine, request, tasks)
-    out = family.response(engine, req, tasks, results)
+    out = family.response(owner, req, tasks, results)
     if family in (openai_chat, openai_completions):
         debug(engine, body, tasks, results, out)
     return out
@@ -72,7 +78,7 @@ async def chat_input_tokens(request: Request):
     engine = engine_of(request)
     body = await json_body(request)
     engine.require_ready()
-    return await count_input_tokens(engine, openai_chat.build(engine, {**body, "stream": False, "n": 1})[1])
+    return await count_input_tokens(engine, openai_chat.build(chat_of(request), {**body, "stream": False, "n": 1})[1])
 
 
 @router.post("/v1/responses/input_tokens")
@@ -81,18 +87,18 @@ async def responses_input_tokens(request: Request):
     engine = engine_of(request)
     body = await json_body(request)
     engine.require_ready()
-    return await count_input_tokens(engine, responses.build(engine, {**body, "stream": False})[1])
+    return await count_input_tokens(engine, responses.build(chat_of(request), {**body, "stream": False})[1])
 
 
 @router.post("/v1/chat/completions")
 @router.post("/chat/completions")
 async def chat_completions(request: Request):
-    return await serve_generation(request, openai_chat)
+    return await serve_generation(request, openai_chat, chat_of(request))
 
 
 @router.post("/v1/completions")
 async def completions(request: Request):
-    return await serve_generation(request, openai_completions)
+    return await serve_generation(request, openai_completions, engine_of(request))
 
 
 @router.get("/v1/models")
@@ -107,7 +113,7 @@ async def apply_template(request: Request):
     engine = engine_of(request)
     body = await json_body(request)
     engine.require_ready()
-    _, prompt, _ = await off_loop(openai_chat.parse_and_render, engine, {**body, "stream": False}, raw=True)
+    _, prompt, _ = await off_loop(chat_prompt.parse_and_render, chat_of(request), {**body, "stream": False}, raw=True)
     check_prompt_bytes(prompt_bytes(prompt), Limits.from_settings(engine.settings))
     return {"prompt": prompt}
 
@@ -116,4 +122,4 @@ async def apply_template(request: Request):
 @router.post("/responses")
 async def responses_route(request: Request):
     """OpenAI's Responses API (stateless), on the chat pipeline."""
-    return await serve_generation(request, responses, system_prompt_field=False)
+    return await serve_generation(request, responses, chat_of(request), system_prompt_field=False)

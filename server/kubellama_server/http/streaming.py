@@ -37,12 +37,19 @@ def _cancel_all(engine: Engine, tasks: list[Task]) -> None:
         engine.cancel(t)
 
 
-async def _final(task: Task) -> Any:
+def _finished(engine: Engine, result: Any) -> None:
+    """A final result was read: the engine's `on_result` hooks see it (in this request's context)."""
+    for hook in engine.on_result:
+        hook(result)
+
+
+async def _final(engine: Engine, task: Task) -> Any:
     while True:
         kind, payload = await task.sink.get()
         if kind == "error":
             raise payload
         if kind == "final":
+            _finished(engine, payload)
             return payload
 
 
@@ -52,7 +59,7 @@ async def run_tasks(engine: Engine, request: Request, tasks: list[Task]) -> list
     for t in tasks:
         engine.submit(t)
     disconnect = asyncio.ensure_future(_wait_disconnect(request))
-    gathered = asyncio.ensure_future(asyncio.gather(*(_final(t) for t in tasks)))
+    gathered = asyncio.ensure_future(asyncio.gather(*(_final(engine, t) for t in tasks)))
     try:
         done, _ = await asyncio.wait({gathered, disconnect}, return_when=asyncio.FIRST_COMPLETED)
         if gathered not in done:
@@ -138,6 +145,7 @@ async def stream_tasks(
                     yield frame(obj)
                 if kind == "final":
                     finished += 1
+                    _finished(engine, payload)
             for obj in tail():
                 yield frame(obj)
             if done_marker:

@@ -8,7 +8,6 @@ driven by one ASGI middleware.
 
 from __future__ import annotations
 
-from ..engine import task as _task
 from .metrics import ServerMetrics, install_metrics
 from .middleware import ObservabilityMiddleware
 from .record import on_result
@@ -22,8 +21,8 @@ def install_observability(app, settings, engine) -> ServerMetrics:
     metrics = install_metrics(engine)
     tracing = tracing_from_env()
     request_log = RequestLogger(settings.log_format, verbose=settings.verbose, disabled=settings.log_disable)
-    if on_result not in _task.result_hooks:
-        _task.result_hooks.append(on_result)
+    if on_result not in engine.on_result:
+        engine.on_result.append(on_result)
     app.state.metrics = metrics
     app.state.tracing = tracing
     app.state.request_log = request_log

@@ -1,8 +1,8 @@
 """What one HTTP request did, gathered for its log line, its span and its metrics.
 
 The middleware puts a `RequestRecord` in a context variable; the engine's final
-results reach `on_result` in the same asyncio context (through
-`engine.task.result_hooks`), so the record learns the slot, token counts, timings
+results reach `on_result` in the same asyncio context (an `Engine.on_result` hook,
+called by the HTTP layer that reads them), so the record learns the slot, token counts, timings
 and finish reason without the routes having to report anything.
 """
 
@@ -83,7 +83,7 @@ def result_info(result: Any) -> ResultInfo | None:
 
 
 def on_result(result: Any) -> None:
-    """`engine.task.result_hooks` entry: attach a final result to the current request."""
+    """An `Engine.on_result` hook: attach a final result to the current request."""
     rec = CURRENT.get()
     if rec is None:
         return

@@ -1,10 +1,10 @@
 """POST /v1/messages and /v1/messages/count_tokens: Anthropic's Messages API, as today's llama.cpp.
 
 A request is translated to a chat completion (`openai_chat`: same templates, tools, images,
-reasoning) and the result back: `content` blocks (`thinking`, `text`, `tool_use`),
-`stop_reason` and `usage`; a stream becomes Anthropic's event sequence (`message_start`,
-`content_block_start/delta/stop`, `message_delta`, `message_stop`), built from the chat
-stream's deltas.
+reasoning) and the reply back: `content` blocks (`thinking`, `text`, `tool_use`),
+`stop_reason` and `usage`; a stream is Anthropic's event sequence (`message_start`,
+`content_block_start/delta/stop`, `message_delta`, `message_stop`), rendered from the
+reply deltas (`reply`).
 """
 
 from __future__ import annotations
@@ -16,6 +16,10 @@ from typing import Any
 
 from ..engine.task import CompletionResult, Task
 from ..errors import invalid
+from .chat_prompt import parse_and_render
+from .chat_service import ChatService
+from .openai_common import usage
+from .reply import ChatRun, ReplyDelta, ReplyStream, final_message
 from . import openai_chat
 
 STOP_REASONS = {"length": "max_tokens", "tool_calls": "tool_use"}
@@ -158,19 +162,17 @@ def chat_body(body: dict) -> dict:
 class MessagesRequest:
     model: str
     stream: bool
-    chat: Any  # the protocol.ChatCompletionRequest it became
+    run: ChatRun  # the chat run it became
 
 
-def build(engine, body: dict) -> tuple[MessagesRequest, list[Task]]:
-    chat = chat_body(body)
-    req, tasks = openai_chat.build(engine, chat)
-    model = body.get("model") if isinstance(body.get("model"), str) else openai_chat.served_model(engine)
-    return MessagesRequest(model, req.stream, req), tasks
+def build(chat: ChatService, body: dict) -> tuple[MessagesRequest, list[Task]]:
+    run, tasks = openai_chat.build(chat, chat_body(body))
+    model = body.get("model") if isinstance(body.get("model"), str) else chat.served_model()
+    return MessagesRequest(model, run.stream, run), tasks
 
 
-def count_tokens_prompt(engine, body: dict) -> str:
-    chat = chat_body({**body, "max_tokens": body.get("max_tokens") or 1})
-    return openai_chat.parse_and_render(engine, chat)[1]
+def count_tokens_prompt(chat: ChatService, body: dict) -> str:
+    return parse_and_render(chat, chat_body({**body, "max_tokens": body.get("max_tokens") or 1}))[1]
 
 
 # -- response -----------------------------------------------------------------------
@@ -185,7 +187,7 @@ def _stop(res: CompletionResult, finish: str) -> tuple[str, str | None]:
 
 
 def _usage(tasks: list[Task], results: list[CompletionResult]) -> dict:
-    u = openai_chat.usage(tasks, results)
+    u = usage(tasks, results)
     cached = u.prompt_tokens_details.cached_tokens if u.prompt_tokens_details else 0
     return {"input_tokens": u.prompt_tokens - cached, "output_tokens": u.completion_tokens,
             "cache_read_input_tokens": cached, "cache_creation_input_tokens": 0}
@@ -195,29 +197,29 @@ def new_id() -> str:
     return f"msg_{uuid.uuid4().hex[:24]}"
 
 
-def response(engine, areq: MessagesRequest, tasks: list[Task], results: list[CompletionResult]) -> dict:
+def response(chat: ChatService, areq: MessagesRequest, tasks: list[Task], results: list[CompletionResult]) -> dict:
     (res,) = results
-    thoughts, content, calls, finish = openai_chat.reply(areq.chat, res.content, res.finish_reason)
+    msg = final_message(areq.run, res.content, res.finish_reason)
     blocks: list[dict] = []
-    if thoughts:
-        blocks.append({"type": "thinking", "thinking": thoughts, "signature": ""})
-    if content:
-        blocks.append({"type": "text", "text": content})
-    for call in calls:
+    if msg.reasoning:
+        blocks.append({"type": "thinking", "thinking": msg.reasoning, "signature": ""})
+    if msg.content:
+        blocks.append({"type": "text", "text": msg.content})
+    for call in msg.tool_calls:
         blocks.append({"type": "tool_use", "id": f"toolu_{uuid.uuid4().hex[:24]}", "name": call.name,
                        "input": json.loads(call.arguments)})
-    stop_reason, stop_sequence = _stop(res, finish)
+    stop_reason, stop_sequence = _stop(res, msg.finish_reason)
     return {"id": new_id(), "type": "message", "role": "assistant", "model": areq.model, "content": blocks,
             "stop_reason": stop_reason, "stop_sequence": stop_sequence, "usage": _usage(tasks, results)}
 
 
 class MessagesStream:
-    """Anthropic's stream events, translated from the chat stream's chunks of the one task."""
+    """Anthropic's stream events, rendered from the reply deltas of the one task."""
 
-    def __init__(self, engine, areq: MessagesRequest, tasks: list[Task]):
+    def __init__(self, chat: ChatService, areq: MessagesRequest, tasks: list[Task]):
         self.areq = areq
         self.tasks = tasks
-        self.chat = openai_chat.ChatStream(engine, areq.chat, tasks)
+        self.deltas = ReplyStream(areq.run, len(tasks))
         self.id = new_id()
         self.block: str | None = None  # the open content block's kind
         self.index = -1
@@ -249,32 +251,35 @@ class MessagesStream:
             out.append({"type": "message_start", "message": {
                 "id": self.id, "type": "message", "role": "assistant", "model": self.areq.model, "content": [],
                 "stop_reason": None, "stop_sequence": None, "usage": self._input_usage()}})
-        for chunk in self.chat.render(index, kind, payload):
-            for choice in chunk.get("choices", []):
-                delta = choice.get("delta", {})
-                if delta.get("reasoning_content"):
-                    if self.block != "thinking":
-                        out += self._open("thinking", {"type": "thinking", "thinking": "", "signature": ""})
-                    out.append({"type": "content_block_delta", "index": self.index,
-                                "delta": {"type": "thinking_delta", "thinking": delta["reasoning_content"]}})
-                if delta.get("content"):
-                    if self.block != "text":
-                        out += self._open("text", {"type": "text", "text": ""})
-                    out.append({"type": "content_block_delta", "index": self.index,
-                                "delta": {"type": "text_delta", "text": delta["content"]}})
-                for call in delta.get("tool_calls") or []:
-                    out += self._open("tool_use", {"type": "tool_use", "id": f"toolu_{uuid.uuid4().hex[:24]}",
-                                                   "name": call["function"]["name"], "input": {}})
-                    out.append({"type": "content_block_delta", "index": self.index,
-                                "delta": {"type": "input_json_delta", "partial_json": call["function"]["arguments"]}})
-                if choice.get("finish_reason"):
-                    res: CompletionResult = payload
-                    stop_reason, stop_sequence = _stop(res, choice["finish_reason"])
-                    usage = _usage(self.tasks, [res])
-                    out += self._close()
-                    out.append({"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence},
-                                "usage": usage})
-                    out.append({"type": "message_stop"})
+        for d in self.deltas.feed(index, kind, payload):
+            out += self.render_delta(d)
+        return out
+
+    def render_delta(self, d: ReplyDelta) -> list[dict]:
+        """The events of one reply delta."""
+        out: list[dict] = []
+        if d.reasoning:
+            if self.block != "thinking":
+                out += self._open("thinking", {"type": "thinking", "thinking": "", "signature": ""})
+            out.append({"type": "content_block_delta", "index": self.index,
+                        "delta": {"type": "thinking_delta", "thinking": d.reasoning}})
+        if d.content:
+            if self.block != "text":
+                out += self._open("text", {"type": "text", "text": ""})
+            out.append({"type": "content_block_delta", "index": self.index,
+                        "delta": {"type": "text_delta", "text": d.content}})
+        for call in d.tool_calls or ():
+            out += self._open("tool_use", {"type": "tool_use", "id": f"toolu_{uuid.uuid4().hex[:24]}",
+                                           "name": call.name, "input": {}})
+            out.append({"type": "content_block_delta", "index": self.index,
+                        "delta": {"type": "input_json_delta", "partial_json": call.arguments}})
+        if d.finish_reason:
+            stop_reason, stop_sequence = _stop(d.result, d.finish_reason)
+            used = _usage(self.tasks, [d.result])
+            out += self._close()
+            out.append({"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence},
+                        "usage": used})
+            out.append({"type": "message_stop"})
         return out
 
     def tail(self) -> list[dict]:

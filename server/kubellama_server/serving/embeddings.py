@@ -17,7 +17,7 @@ from ..errors import APIError, invalid
 from .limits import check_task_count
 from .media import completion_images, require_multimodal
 from .. import protocol as P
-from .openai_chat import served_model
+from .chat_service import served_model
 
 
 def require_enabled(engine) -> None:

@@ -10,6 +10,7 @@ from ..engine.params import parse_prompt, parse_slot_params
 from ..engine.task import CompletionResult, PartialResult, Task, TaskSink, TokenInfo
 from ..errors import invalid
 from .media import completion_images, multimodal_prompt, require_multimodal
+from .system_prompt import SystemPrompt, props as system_prompt_props
 
 
 MAX_PROMPTS = 64  # prompts in one /completion request (each takes a slot in turn)
@@ -154,13 +155,12 @@ def progress_json(progress: dict[str, Any], id_slot: int, index: int = 0) -> dic
             "tokens_evaluated": progress["total"], "prompt_progress": progress}
 
 
-def props_json(engine: Engine) -> dict[str, Any]:
+def props_json(engine: Engine, sp: SystemPrompt) -> dict[str, Any]:
+    """GET /props (`sp`: the server's -spf system prompt)."""
     s = engine.settings
     mm = engine.multimodal
-    from .system_prompt import props as system_prompt_props
-
     out: dict[str, Any] = {
-        **system_prompt_props(engine),
+        **system_prompt_props(sp),
         "default_generation_settings": default_settings_json(engine),
         "total_slots": s.parallel,
         "model_path": engine.model_path,

@@ -8,7 +8,8 @@ from ..engine.params import parse_prompt
 from ..engine.task import CompletionResult, PartialResult, Task, TokenInfo
 from ..errors import invalid
 from .. import protocol as P
-from .openai_chat import SYSTEM_FINGERPRINT, _logprob, make_tasks, served_model, usage
+from .chat_service import served_model
+from .openai_common import SYSTEM_FINGERPRINT, logprob as _logprob, make_tasks, usage
 
 
 def prompts_of(value: Any) -> list[Any]:

@@ -19,7 +19,7 @@ from typing import Any
 from ..engine.params import SlotParams
 from ..engine.task import RerankResult, Task, TaskSink
 from ..errors import APIError, invalid
-from .openai_chat import served_model
+from .chat_service import served_model
 from .limits import check_task_count
 
 

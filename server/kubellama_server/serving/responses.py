@@ -4,7 +4,7 @@ A request is translated to a chat completion (`openai_chat`: templates, tools, i
 reasoning) and the result back to `output` items: `reasoning`, `message` (`output_text`)
 and `function_call`. A stream is the Responses event sequence (`response.created`,
 `response.output_item.added`, `response.output_text.delta`, ..., `response.completed`),
-built from the chat stream's deltas. Nothing is stored: `previous_response_id` is refused.
+rendered from the reply deltas (`reply`). Nothing is stored: `previous_response_id` is refused.
 """
 
 from __future__ import annotations
@@ -17,6 +17,9 @@ from typing import Any
 
 from ..engine.task import CompletionResult, Task
 from ..errors import invalid
+from .chat_service import ChatService
+from .openai_common import usage
+from .reply import ChatRun, ReplyDelta, ReplyStream, final_message
 from . import openai_chat
 
 
@@ -147,15 +150,15 @@ class ResponsesRequest:
     body: dict
     model: str
     stream: bool
-    chat: Any  # the protocol.ChatCompletionRequest it became
+    run: ChatRun  # the chat run it became
     created: int = field(default_factory=lambda: int(time.time()))
     id: str = field(default_factory=lambda: _id("resp"))
 
 
-def build(engine, body: dict) -> tuple[ResponsesRequest, list[Task]]:
-    req, tasks = openai_chat.build(engine, chat_body(body))
-    model = body.get("model") if isinstance(body.get("model"), str) else openai_chat.served_model(engine)
-    return ResponsesRequest(body, model, req.stream, req), tasks
+def build(chat: ChatService, body: dict) -> tuple[ResponsesRequest, list[Task]]:
+    run, tasks = openai_chat.build(chat, chat_body(body))
+    model = body.get("model") if isinstance(body.get("model"), str) else chat.served_model()
+    return ResponsesRequest(body, model, run.stream, run), tasks
 
 
 # -- response -----------------------------------------------------------------------
@@ -191,33 +194,33 @@ def envelope(rreq: ResponsesRequest, output: list[dict], status: str, usage: dic
 
 
 def _usage(tasks: list[Task], results: list[CompletionResult]) -> dict:
-    u = openai_chat.usage(tasks, results)
+    u = usage(tasks, results)
     cached = u.prompt_tokens_details.cached_tokens if u.prompt_tokens_details else 0
     return {"input_tokens": u.prompt_tokens, "input_tokens_details": {"cached_tokens": cached},
             "output_tokens": u.completion_tokens, "output_tokens_details": {"reasoning_tokens": 0},
             "total_tokens": u.total_tokens}
 
 
-def response(engine, rreq: ResponsesRequest, tasks: list[Task], results: list[CompletionResult]) -> dict:
+def response(chat: ChatService, rreq: ResponsesRequest, tasks: list[Task], results: list[CompletionResult]) -> dict:
     (res,) = results
-    thoughts, content, calls, finish = openai_chat.reply(rreq.chat, res.content, res.finish_reason)
+    msg = final_message(rreq.run, res.content, res.finish_reason)
     output: list[dict] = []
-    incomplete = "max_output_tokens" if finish == "length" else None
-    if thoughts:
-        output.append(_reasoning(thoughts))
-    if content:
-        output.append(_message(content, status="incomplete" if incomplete else "completed"))
-    output += [_function_call(c.name, c.arguments) for c in calls]
+    incomplete = "max_output_tokens" if msg.finish_reason == "length" else None
+    if msg.reasoning:
+        output.append(_reasoning(msg.reasoning))
+    if msg.content:
+        output.append(_message(msg.content, status="incomplete" if incomplete else "completed"))
+    output += [_function_call(c.name, c.arguments) for c in msg.tool_calls]
     return envelope(rreq, output, "incomplete" if incomplete else "completed", _usage(tasks, results), incomplete)
 
 
 class ResponsesStream:
-    """The Responses event sequence, translated from the chat stream's chunks of the one task."""
+    """The Responses event sequence, rendered from the reply deltas of the one task."""
 
-    def __init__(self, engine, rreq: ResponsesRequest, tasks: list[Task]):
+    def __init__(self, chat: ChatService, rreq: ResponsesRequest, tasks: list[Task]):
         self.rreq = rreq
         self.tasks = tasks
-        self.chat = openai_chat.ChatStream(engine, rreq.chat, tasks)
+        self.deltas = ReplyStream(rreq.run, len(tasks))
         self.seq = 0
         self.output: list[dict] = []  # finished items
         self.open: dict | None = None  # the item being written
@@ -268,38 +271,41 @@ class ResponsesStream:
         if self.seq == 0:
             out.append(self._ev("response.created", response=envelope(self.rreq, [], "in_progress", None)))
             out.append(self._ev("response.in_progress", response=envelope(self.rreq, [], "in_progress", None)))
-        for chunk in self.chat.render(index, kind, payload):
-            for choice in chunk.get("choices", []):
-                delta = choice.get("delta", {})
+        for d in self.deltas.feed(index, kind, payload):
+            out += self.render_delta(d)
+        return out
+
+    def render_delta(self, d: ReplyDelta) -> list[dict]:
+        """The events of one reply delta."""
+        out: list[dict] = []
+        n = len(self.output)
+        if d.reasoning:
+            if not self.open or self.open["type"] != "reasoning":
+                out += self._start(_reasoning(""))
                 n = len(self.output)
-                if delta.get("reasoning_content"):
-                    if not self.open or self.open["type"] != "reasoning":
-                        out += self._start(_reasoning(""))
-                        n = len(self.output)
-                    self.text += delta["reasoning_content"]
-                    out.append(self._ev("response.reasoning_text.delta", item_id=self.open["id"], output_index=n,
-                                        content_index=0, delta=delta["reasoning_content"]))
-                if delta.get("content"):
-                    if not self.open or self.open["type"] != "message":
-                        out += self._start(_message("", status="in_progress"))
-                        n = len(self.output)
-                    self.text += delta["content"]
-                    out.append(self._ev("response.output_text.delta", item_id=self.open["id"], output_index=n,
-                                        content_index=0, delta=delta["content"], logprobs=[]))
-                for call in delta.get("tool_calls") or []:
-                    out += self._start(_function_call(call["function"]["name"], "", status="in_progress"))
-                    self.open["arguments"] = call["function"]["arguments"]
-                    out.append(self._ev("response.function_call_arguments.delta", item_id=self.open["id"],
-                                        output_index=len(self.output), delta=call["function"]["arguments"]))
-                if choice.get("finish_reason"):
-                    incomplete = "max_output_tokens" if choice["finish_reason"] == "length" else None
-                    if incomplete and self.open is not None and self.open["type"] == "message":
-                        self.open["status"] = "incomplete"
-                    out += self._close(keep_status=bool(incomplete))
-                    res: CompletionResult = payload
-                    final = envelope(self.rreq, self.output, "incomplete" if incomplete else "completed",
-                                     _usage(self.tasks, [res]), incomplete)
-                    out.append(self._ev("response.incomplete" if incomplete else "response.completed", response=final))
+            self.text += d.reasoning
+            out.append(self._ev("response.reasoning_text.delta", item_id=self.open["id"], output_index=n,
+                                content_index=0, delta=d.reasoning))
+        if d.content:
+            if not self.open or self.open["type"] != "message":
+                out += self._start(_message("", status="in_progress"))
+                n = len(self.output)
+            self.text += d.content
+            out.append(self._ev("response.output_text.delta", item_id=self.open["id"], output_index=n,
+                                content_index=0, delta=d.content, logprobs=[]))
+        for call in d.tool_calls or ():
+            out += self._start(_function_call(call.name, "", status="in_progress"))
+            self.open["arguments"] = call.arguments
+            out.append(self._ev("response.function_call_arguments.delta", item_id=self.open["id"],
+                                output_index=len(self.output), delta=call.arguments))
+        if d.finish_reason:
+            incomplete = "max_output_tokens" if d.finish_reason == "length" else None
+            if incomplete and self.open is not None and self.open["type"] == "message":
+                self.open["status"] = "incomplete"
+            out += self._close(keep_status=bool(incomplete))
+            final = envelope(self.rreq, self.output, "incomplete" if incomplete else "completed",
+                             _usage(self.tasks, [d.result]), incomplete)
+            out.append(self._ev("response.incomplete" if incomplete else "response.completed", response=final))
         return out
 
     def tail(self) -> list[dict]:

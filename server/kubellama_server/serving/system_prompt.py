@@ -56,7 +56,6 @@ def load_file(path: str) -> SystemPrompt:
 
 def install(engine, sp: SystemPrompt) -> None:
     """Set it before the scheduler starts (an `Engine.on_ready` hook)."""
-    engine.system_prompt = sp
     engine.scheduler.set_system_prompt(sp.prompt)
 
 
@@ -82,6 +81,5 @@ def apply_to(tasks, text: str | None) -> None:
                 task.system_prompt = text
 
 
-def props(engine) -> dict[str, Any]:
-    sp = getattr(engine, "system_prompt", None) or SystemPrompt()
+def props(sp: SystemPrompt) -> dict[str, Any]:
     return {"system_prompt": sp.prompt, "assistant_name": sp.assistant_name, "user_name": sp.anti_prompt}

@@ -44,12 +44,6 @@ class ParsedCall:
     name: str
     arguments: str  # JSON text
 
-    def openai(self, index: int | None = None) -> P.ToolCall:
-        fn = P.ToolCallFunction(name=self.name, arguments=self.arguments)
-        if index is None:
-            return P.ToolCall(id=new_call_id(), function=fn)
-        return P.ToolCallDelta(index=index, id=new_call_id(), function=fn)
-
 
 @dataclass
 class ToolPlan:

@@ -68,7 +68,7 @@ def test_cli_chat_template_errors_at_start_up(tiny_model, capsys):
 
 def test_tiny_model_template_token_for_token(live_server):
     srv = live_server("-np", "2", "-c", "1024")
-    assert srv.engine.chat.template.name == "model"  # the GGUF's own ChatML template
+    assert srv.app.state.chat.formatter.template.name == "model"  # the GGUF's own ChatML template
     r = httpx.post(srv.url + "/apply-template", json={"messages": MSGS})
     assert r.status_code == 200 and r.json()["prompt"] == CHATML
     expected = httpx.post(srv.url + "/tokenize", json={"content": CHATML, "add_special": True}).json()["tokens"]
@@ -82,7 +82,7 @@ def test_tiny_model_template_token_for_token(live_server):
 @pytest.mark.parametrize("flags", [(), ("--chat-template", "gemma")])
 def test_gemma_template_token_for_token(live_server, gemma_model, flags):
     srv = live_server("-np", "1", "-c", "1024", *flags, model=gemma_model)
-    assert srv.engine.chat.template.name == "gemma"
+    assert srv.app.state.chat.formatter.template.name == "gemma"
     assert httpx.post(srv.url + "/apply-template", json={"messages": MSGS}).json()["prompt"] == GEMMA
     tok = lambda text: httpx.post(srv.url + "/tokenize", json={"content": text}).json()["tokens"]  # noqa: E731
     ids = tok(GEMMA)
