@@ -54,14 +54,14 @@ def wait_queued(srv, n):
 def test_exception_while_launching_answers_that_task_only(live_server):
     srv = live_server("-np", "1", "-c", "256")
     sched = srv.engine.scheduler
-    tokenize = sched._prompt_tokens
+    launch = sched.launcher.launch
 
-    def faulty(task):
+    def faulty(slot, task):
         if task.prompt == "BOOM":
             raise RuntimeError("injected fault")
-        return tokenize(task)
+        return launch(slot, task)
 
-    sched._prompt_tokens = faulty
+    sched.launcher.launch = faulty
     holder, held = hold_slot(srv, n_predict=200)
     gate = threading.Event()
     srv.engine.call(lambda s: gate.wait(TIMEOUT))  # the three arrive together, while the slot is busy
@@ -85,14 +85,14 @@ def test_exception_while_launching_answers_that_task_only(live_server):
 def test_exception_while_generating_fails_that_slot_only(live_server):
     srv = live_server("-np", "2", "-c", "512")
     sched = srv.engine.scheduler
-    sample = sched._sample
+    sample = sched.output.sample
 
-    def faulty(slot, i, now):
-        if slot.task.prompt == "BOOM" and slot.n_decoded >= 2:
+    def faulty(slot, run, i, now):
+        if run.task.prompt == "BOOM" and run.n_decoded >= 2:
             raise RuntimeError("injected fault")
-        return sample(slot, i, now)
+        return sample(slot, run, i, now)
 
-    sched._sample = faulty
+    sched.output.sample = faulty
     with ThreadPoolExecutor(2) as pool:
         other = pool.submit(complete, srv, "fine", n_predict=40, ignore_eos=True)
         boom = pool.submit(complete, srv, "BOOM", n_predict=40, ignore_eos=True)

@@ -1,7 +1,8 @@
 """The engine facade the HTTP layer talks to: model loading, task submission, slot views.
 
 Loading runs in a background thread so `/health` can answer 503 meanwhile; after
-that, only the scheduler thread calls llama.cpp.
+that, only the scheduler thread calls llama.cpp on the context (KV cache, decode);
+tokenizing reads the vocabulary only and runs on the requests' worker threads.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ..llama.model import LlamaModel, ModelLoadParams
 from ..llama.mtmd import Multimodal
 from ..settings import ServerSettings
 from .params import SlotParams
+from .prepare import as_api_error
 from .sampler_names import default_params
 from .scheduler import Scheduler
 from .self_extend import SelfExtend
@@ -222,6 +224,27 @@ class Engine:
     @property
     def n_slots(self) -> int:
         return self.settings.parallel
+
+    def prepare(self, tasks: list[Task]) -> None:
+        """Tokenize and validate a request's tasks before they are submitted (on the request's
+        own worker thread; see `prepare.py`). Raises the APIError its client gets; then none of
+        the tasks holds anything."""
+        preparer = self.require_ready().preparer
+        try:
+            for task in tasks:
+                try:
+                    preparer.prepare(task)
+                except Exception as exc:
+                    raise as_api_error(task, exc) from None
+        except BaseException:
+            for task in tasks:
+                task.discard()
+            raise
+
+    def vocab(self) -> LlamaModel:
+        """The model, for tokenizing off the scheduler thread (the vocabulary is read-only)."""
+        self.require_ready()
+        return self.model
 
     def submit(self, task: Task) -> None:
         self.require_ready().submit(task)
