@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import os
 import threading
 import time
 from concurrent.futures import Future
@@ -25,10 +26,11 @@ from ..settings import ServerSettings
 from .params import SlotParams
 from .prepare import as_api_error
 from .sampler_names import default_params
-from .scheduler import Scheduler
+from .scheduler import STACK_BYTES, Scheduler
 from .self_extend import SelfExtend
 from .stats import EngineStats
 from .task import Task
+from .workers import Workers
 
 log = logging.getLogger("kubellama.engine")
 
@@ -40,6 +42,10 @@ POOLING = {
     "last": lc.LLAMA_POOLING_TYPE_LAST,
     "rank": lc.LLAMA_POOLING_TYPE_RANK,
 }
+
+
+# threads that prepare requests (tokenize, build sampler chains) beside the scheduler thread
+PREPARE_THREADS = max(2, min(8, os.cpu_count() or 2))
 
 
 class EngineState(str, enum.Enum):
@@ -56,6 +62,7 @@ class Engine:
         self.model: LlamaModel | None = None
         self.ctx: LlamaContext | None = None
         self.scheduler: Scheduler | None = None
+        self.workers: Workers | None = None  # prepare and tokenize requests (big stacks: grammars)
         self.multimodal: Multimodal | None = None
         self.stats = EngineStats()
         self.default_params = default_params(settings)  # the sampling flags
@@ -150,6 +157,7 @@ class Engine:
         )
         for hook in self.on_ready:
             hook(self)
+        self.workers = Workers(PREPARE_THREADS, STACK_BYTES)
         self.scheduler.start()
         self.t_loaded = time.time()
         self.state = EngineState.READY
@@ -196,11 +204,15 @@ class Engine:
                 hook(self)
             except Exception:  # never block the shutdown
                 log.exception("shutdown hook failed")
+        workers_stopped = self.workers.close() if self.workers is not None else True
         if self.scheduler is not None:
             self.scheduler.stop()
             if self.scheduler.running:  # a long decode or image encode: never free what it uses
                 log.warning("the scheduler did not stop in time; leaving the model loaded until exit")
                 return
+        if not workers_stopped:  # a huge prompt still tokenizing
+            log.warning("a request is still being prepared; leaving the model loaded until exit")
+            return
         if self.multimodal is not None:
             self.multimodal.close()
         if self.ctx is not None:
@@ -245,6 +257,12 @@ class Engine:
         """The model, for tokenizing off the scheduler thread (the vocabulary is read-only)."""
         self.require_ready()
         return self.model
+
+    async def off_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """`fn(*args)` on a prepare worker: tokenizing and preparing requests, never on the
+        event loop nor behind a decode step."""
+        self.require_ready()
+        return await self.workers.run(fn, *args)
 
     def submit(self, task: Task) -> None:
         self.require_ready().submit(task)

@@ -31,6 +31,7 @@ from .self_extend import SelfExtend
 from .slot import Slot
 from .stats import EngineStats
 from .task import Outbox, Task
+from .workers import start_thread
 
 log = logging.getLogger("kubellama.scheduler")
 
@@ -89,17 +90,7 @@ class Scheduler:
 
     # -- thread-safe API ----------------------------------------------------
     def start(self) -> None:
-        old = threading.stack_size()
-        try:
-            threading.stack_size(STACK_BYTES)
-        except (ValueError, RuntimeError):  # pragma: no cover - platform without it
-            old = None
-        try:
-            self._thread = threading.Thread(target=self._run, name="kubellama-scheduler", daemon=True)
-            self._thread.start()
-        finally:
-            if old is not None:
-                threading.stack_size(old)
+        self._thread = start_thread(self._run, "kubellama-scheduler", STACK_BYTES)
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()

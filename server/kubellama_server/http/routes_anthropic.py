@@ -31,4 +31,4 @@ async def count_tokens(request: Request):
     def count() -> int:
         return len(model.tokenize(prompt, add_special=model.add_bos, parse_special=True))
 
-    return {"input_tokens": await off_loop(count)}
+    return {"input_tokens": await engine.off_thread(count)}

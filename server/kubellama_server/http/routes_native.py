@@ -7,7 +7,7 @@ from fastapi import APIRouter, Request
 from ..engine.engine import Engine
 from ..errors import APIError, invalid
 from ..serving import lora, native, system_prompt
-from ..serving.limits import Limits, check_prompt_bytes, off_loop, prompt_bytes
+from ..serving.limits import Limits, check_prompt_bytes, prompt_bytes
 from .body import json_body
 from .streaming import run_tasks, run_to_completion, stream_task, stream_tasks
 
@@ -90,7 +90,7 @@ async def tokenize(request: Request):
             out.append({"id": t, "piece": piece})
         return {"tokens": out}
 
-    return await off_loop(work)  # the vocabulary only: never behind a decode, never on the event loop
+    return await engine.off_thread(work)  # the vocabulary only: never behind a decode, never on the event loop
 
 
 @router.post("/detokenize")
@@ -101,7 +101,7 @@ async def detokenize(request: Request):
     if not isinstance(tokens, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens):
         raise invalid("'tokens' must be an array of token ids")
     model = engine.vocab()
-    return await off_loop(lambda: {"content": model.detokenize(tokens)})
+    return await engine.off_thread(lambda: {"content": model.detokenize(tokens)})
 
 
 @router.get("/lora-adapters")

@@ -64,7 +64,7 @@ async def count_input_tokens(engine: Engine, tasks: list) -> dict:
         finally:
             task.drop_media()
 
-    return {"object": "response.input_tokens", "input_tokens": await off_loop(count)}
+    return {"object": "response.input_tokens", "input_tokens": await engine.off_thread(count)}
 
 
 @router.post("/v1/chat/completions/input_tokens")

@@ -169,11 +169,12 @@ def queued_tasks(engine) -> int:
 
 
 async def admit(engine, tasks: list[Task]) -> None:
-    """`check_tasks` with the engine's numbers, then `Engine.prepare` (tokenize, validate), on a
-    worker thread (schemas convert in Python, prompts tokenize off the event loop)."""
+    """`check_tasks` with the engine's numbers, then `Engine.prepare` (tokenize, validate), on one
+    of the engine's prepare threads (schemas convert in Python, grammars parse, prompts tokenize:
+    never on the event loop, never behind a decode step)."""
     engine.require_ready()
     limits = Limits.from_settings(engine.settings)
-    work = asyncio.ensure_future(off_loop(_check_and_prepare, engine, limits, tasks))
+    work = asyncio.ensure_future(engine.off_thread(_check_and_prepare, engine, limits, tasks))
     try:
         await asyncio.shield(work)
     except asyncio.CancelledError:  # the client left: what the worker prepares is never submitted
