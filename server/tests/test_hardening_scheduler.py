@@ -127,3 +127,26 @@ def test_cancelling_queued_tasks_is_constant_time(live_server):
     assert not sched.waiting
     assert complete(srv, "after").status_code == 200
     loop.close()
+
+
+def test_client_mistakes_and_tokenizing_never_wait_for_the_scheduler(live_server):
+    """Prompts are tokenized and checked on the request's own worker thread: while the
+    scheduler thread is busy (here: held), a bad request is still answered at once, and
+    /tokenize, /detokenize and GET /slots answer too."""
+    srv = live_server("-np", "1", "-c", "256")
+    gate = threading.Event()
+    srv.engine.call(lambda s: gate.wait(TIMEOUT))
+    try:
+        r = httpx.post(srv.url + "/completion", json={"prompt": [1, 10 ** 6], "n_predict": 1}, timeout=5)
+        assert r.status_code == 400 and "outside the vocabulary" in r.json()["error"]["message"]
+        r = httpx.post(srv.url + "/completion", json={"prompt": "word " * 400, "n_predict": 1}, timeout=5)
+        assert r.status_code == 400 and r.json()["error"]["type"] == "exceed_context_size_error"
+        r = httpx.post(srv.url + "/completion", json={"prompt": "a", "logit_bias": [[10 ** 6, 1.0]]}, timeout=5)
+        assert r.status_code == 400 and "logit_bias" in r.json()["error"]["message"]
+        tokens = httpx.post(srv.url + "/tokenize", json={"content": "Hello world"}, timeout=5).json()["tokens"]
+        assert tokens and httpx.post(srv.url + "/detokenize", json={"tokens": tokens}, timeout=5).json()["content"]
+        assert httpx.get(srv.url + "/slots", timeout=5).status_code == 200
+        assert srv.engine.scheduler.queued() == 0  # none of them reached the scheduler
+    finally:
+        gate.set()
+    assert complete(srv, "after").status_code == 200
