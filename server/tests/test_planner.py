@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
+import numpy as np
 import pytest
 
 from kubellama_server.engine.params import SlotParams
@@ -92,7 +93,10 @@ class FakeCtx:
         self.kv_ops.append(("cp", src, dst))
 
     def set_embeddings(self, on):
-        pass
+        self.embedding_mode = on
+
+    def embedding_seq(self, seq):
+        return np.array([3.0, 4.0, 0.0, 0.0])
 
 
 @pytest.fixture
@@ -237,6 +241,27 @@ def test_prompt_cache_reuse_and_system_prompt_copy(loop):
     sched.turn(block=False)
     assert ("cp", 0, 1) in sched.ctx.kv_ops and t3.n_cached == 3
     assert [tok for s, tok, *_ in sched.ctx.decodes[-1][1] if s == 1] == [30, 31]
+
+
+def test_embeddings_share_a_decode_and_take_turns_with_generation(loop):
+    sched = make_sched(n_slots=4, n_batch=16)
+    sched.ctx.embeddings, sched.ctx.pooling_type = True, 1  # mean pooling
+    gen = prepared(loop, [10, 11], n_predict=4)
+    embeds = [prepared(loop, [20 + k, 30, 40], kind="embedding") for k in range(3)]
+    sched.submit(gen)
+    sched.turn(block=False)  # the completion starts first
+    for t in embeds:
+        sched.submit(t)
+    run_until_idle(sched)
+    kinds = ["pooled" if all(logits for *_, logits in batch) and len(batch) > 1 else "gen"
+             for _, batch in sched.ctx.decodes]
+    assert kinds[:3] == ["gen", "pooled", "gen"]  # turns, not one kind first
+    (pooled,) = [batch for _, batch in sched.ctx.decodes if len(batch) == 9]  # three equal inputs, one decode
+    assert sorted({s for s, *_ in pooled}) == [1, 2, 3]
+    for t in embeds:
+        (final,) = [p for k, p in events(loop, t) if k == "final"]
+        assert final.embedding == pytest.approx([0.6, 0.8, 0.0, 0.0])  # L2-normalised
+    assert [p for k, p in events(loop, gen) if k == "final"][0].tokens_predicted == 4
 
 
 # -- the planner alone ----------------------------------------------------------------

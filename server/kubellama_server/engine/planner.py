@@ -57,7 +57,7 @@ class Chunk:
 class StepPlan:
     """One step: `chunks` go into one decode with adapter scales `lora`; before it, `shifts`
     (slot, n_keep, n_discard) make room and `stops` end slots whose context is full; after a
-    successful decode, `compress` (slot, seq_add args, seq_div args) apply self-extend."""
+    successful decode, `compress` (slot, window, seq_add args, seq_div args) apply self-extend."""
 
     __slots__ = ("kind", "lora", "chunks", "shifts", "stops", "compress", "n_tokens")
 
