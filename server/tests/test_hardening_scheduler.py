@@ -54,14 +54,14 @@ def wait_queued(srv, n):
 def test_exception_while_launching_answers_that_task_only(live_server):
     srv = live_server("-np", "1", "-c", "256")
     sched = srv.engine.scheduler
-    tokenize = sched._prompt_tokens
+    launch = sched.launcher.launch
 
-    def faulty(task):
+    def faulty(slot, task):
         if task.prompt == "BOOM":
             raise RuntimeError("injected fault")
-        return tokenize(task)
+        return launch(slot, task)
 
-    sched._prompt_tokens = faulty
+    sched.launcher.launch = faulty
     holder, held = hold_slot(srv, n_predict=200)
     gate = threading.Event()
     srv.engine.call(lambda s: gate.wait(TIMEOUT))  # the three arrive together, while the slot is busy
@@ -85,14 +85,14 @@ def test_exception_while_launching_answers_that_task_only(live_server):
 def test_exception_while_generating_fails_that_slot_only(live_server):
     srv = live_server("-np", "2", "-c", "512")
     sched = srv.engine.scheduler
-    sample = sched._sample
+    sample = sched.output.sample
 
-    def faulty(slot, i, now):
-        if slot.task.prompt == "BOOM" and slot.n_decoded >= 2:
+    def faulty(slot, run, i, now):
+        if run.task.prompt == "BOOM" and run.n_decoded >= 2:
             raise RuntimeError("injected fault")
-        return sample(slot, i, now)
+        return sample(slot, run, i, now)
 
-    sched._sample = faulty
+    sched.output.sample = faulty
     with ThreadPoolExecutor(2) as pool:
         other = pool.submit(complete, srv, "fine", n_predict=40, ignore_eos=True)
         boom = pool.submit(complete, srv, "BOOM", n_predict=40, ignore_eos=True)
@@ -127,3 +127,26 @@ def test_cancelling_queued_tasks_is_constant_time(live_server):
     assert not sched.waiting
     assert complete(srv, "after").status_code == 200
     loop.close()
+
+
+def test_client_mistakes_and_tokenizing_never_wait_for_the_scheduler(live_server):
+    """Prompts are tokenized and checked on the request's own worker thread: while the
+    scheduler thread is busy (here: held), a bad request is still answered at once, and
+    /tokenize, /detokenize and GET /slots answer too."""
+    srv = live_server("-np", "1", "-c", "256")
+    gate = threading.Event()
+    srv.engine.call(lambda s: gate.wait(TIMEOUT))
+    try:
+        r = httpx.post(srv.url + "/completion", json={"prompt": [1, 10 ** 6], "n_predict": 1}, timeout=5)
+        assert r.status_code == 400 and "outside the vocabulary" in r.json()["error"]["message"]
+        r = httpx.post(srv.url + "/completion", json={"prompt": "word " * 400, "n_predict": 1}, timeout=5)
+        assert r.status_code == 400 and r.json()["error"]["type"] == "exceed_context_size_error"
+        r = httpx.post(srv.url + "/completion", json={"prompt": "a", "logit_bias": [[10 ** 6, 1.0]]}, timeout=5)
+        assert r.status_code == 400 and "logit_bias" in r.json()["error"]["message"]
+        tokens = httpx.post(srv.url + "/tokenize", json={"content": "Hello world"}, timeout=5).json()["tokens"]
+        assert tokens and httpx.post(srv.url + "/detokenize", json={"tokens": tokens}, timeout=5).json()["content"]
+        assert httpx.get(srv.url + "/slots", timeout=5).status_code == 200
+        assert srv.engine.scheduler.queued() == 0  # none of them reached the scheduler
+    finally:
+        gate.set()
+    assert complete(srv, "after").status_code == 200

@@ -1,1 +1,1 @@
-"""The inference engine: request parameters, slots, sampling and the continuous-batching scheduler."""
+"""The inference engine: request preparation, the step planner, executor and result handling of the continuous-batching scheduler, slots and runs, sampling."""

@@ -1,13 +1,15 @@
 """The engine facade the HTTP layer talks to: model loading, task submission, slot views.
 
 Loading runs in a background thread so `/health` can answer 503 meanwhile; after
-that, only the scheduler thread calls llama.cpp.
+that, only the scheduler thread calls llama.cpp on the context (KV cache, decode);
+tokenizing reads the vocabulary only and runs on the requests' worker threads.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
+import os
 import threading
 import time
 from concurrent.futures import Future
@@ -22,11 +24,13 @@ from ..llama.model import LlamaModel, ModelLoadParams
 from ..llama.mtmd import Multimodal
 from ..settings import ServerSettings
 from .params import SlotParams
+from .prepare import as_api_error
 from .sampler_names import default_params
-from .scheduler import Scheduler
+from .scheduler import STACK_BYTES, Scheduler
 from .self_extend import SelfExtend
 from .stats import EngineStats
 from .task import Task
+from .workers import Workers
 
 log = logging.getLogger("kubellama.engine")
 
@@ -38,6 +42,10 @@ POOLING = {
     "last": lc.LLAMA_POOLING_TYPE_LAST,
     "rank": lc.LLAMA_POOLING_TYPE_RANK,
 }
+
+
+# threads that prepare requests (tokenize, build sampler chains) beside the scheduler thread
+PREPARE_THREADS = max(2, min(8, os.cpu_count() or 2))
 
 
 class EngineState(str, enum.Enum):
@@ -54,6 +62,7 @@ class Engine:
         self.model: LlamaModel | None = None
         self.ctx: LlamaContext | None = None
         self.scheduler: Scheduler | None = None
+        self.workers: Workers | None = None  # prepare and tokenize requests (big stacks: grammars)
         self.multimodal: Multimodal | None = None
         self.stats = EngineStats()
         self.default_params = default_params(settings)  # the sampling flags
@@ -151,6 +160,7 @@ class Engine:
         )
         for hook in self.on_ready:
             hook(self)
+        self.workers = Workers(PREPARE_THREADS, STACK_BYTES)
         self.scheduler.start()
         self.t_loaded = time.time()
         self.state = EngineState.READY
@@ -197,11 +207,15 @@ class Engine:
                 hook(self)
             except Exception:  # never block the shutdown
                 log.exception("shutdown hook failed")
+        workers_stopped = self.workers.close() if self.workers is not None else True
         if self.scheduler is not None:
             self.scheduler.stop()
             if self.scheduler.running:  # a long decode or image encode: never free what it uses
                 log.warning("the scheduler did not stop in time; leaving the model loaded until exit")
                 return
+        if not workers_stopped:  # a huge prompt still tokenizing
+            log.warning("a request is still being prepared; leaving the model loaded until exit")
+            return
         if self.multimodal is not None:
             self.multimodal.close()
         if self.ctx is not None:
@@ -225,6 +239,33 @@ class Engine:
     @property
     def n_slots(self) -> int:
         return self.settings.parallel
+
+    def prepare(self, tasks: list[Task]) -> None:
+        """Tokenize and validate a request's tasks before they are submitted (on the request's
+        own worker thread; see `prepare.py`). Raises the APIError its client gets; then none of
+        the tasks holds anything."""
+        preparer = self.require_ready().preparer
+        try:
+            for task in tasks:
+                try:
+                    preparer.prepare(task)
+                except Exception as exc:
+                    raise as_api_error(task, exc) from None
+        except BaseException:
+            for task in tasks:
+                task.discard()
+            raise
+
+    def vocab(self) -> LlamaModel:
+        """The model, for tokenizing off the scheduler thread (the vocabulary is read-only)."""
+        self.require_ready()
+        return self.model
+
+    async def off_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """`fn(*args)` on a prepare worker: tokenizing and preparing requests, never on the
+        event loop nor behind a decode step."""
+        self.require_ready()
+        return await self.workers.run(fn, *args)
 
     def submit(self, task: Task) -> None:
         self.require_ready().submit(task)

@@ -9,7 +9,7 @@ trained for (the KV cache still holds every token: `--ctx-size` must fit them).
 
 Because a window is compressed as soon as it is full, where every token sits is a
 function of the number of tokens in the sequence alone; these functions are pure
-and the scheduler applies them (`Scheduler._compress_window`).
+the planner schedules them (`planner.plan_step`) and the executor applies them.
 """
 
 from __future__ import annotations

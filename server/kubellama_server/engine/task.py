@@ -209,8 +209,9 @@ class RerankResult:
 class Task:
     """A unit of work for one slot.
 
-    `prompt` is tokenized on the scheduler thread (BOS rules of the reference);
-    `build_prompt`, when set, replaces that step (infill, pre-tokenized chat).
+    `prompt` is tokenized before the task is submitted (`Engine.prepare`, BOS rules of the
+    reference), else when it is launched; `build_prompt`, when set, replaces that step
+    (infill, pre-tokenized chat).
     """
 
     kind: str  # "completion" | "embedding" | "rerank"
@@ -224,21 +225,31 @@ class Task:
     id: int = field(default_factory=next_task_id)
     t_created: float = field(default_factory=time.perf_counter)
     cancelled: bool = False
-    tokens: list[int] | None = None  # set on the scheduler thread
+    tokens: list[int] | None = None  # the tokenized prompt (set by `Engine.prepare`; None: not prepared)
     slot: Any = None  # the slot serving it, once launched
     images: list[bytes] = field(default_factory=list)  # image files, in the order of the prompt's media markers
-    media: Any = None  # the MediaPrompt of `tokens` when there are images (scheduler thread)
+    media: Any = None  # the MediaPrompt of `tokens` when there are images
     lora: tuple[float, ...] | None = None  # its LoRA scales, one per adapter (set at launch)
     n_cached: int = 0  # prompt tokens its slot reused (set at launch)
     prompt_bytes: int = -1  # the prompt text's size when `prompt` does not hold it all (infill); -1: measure `prompt`
     done: bool = False  # answered with an error or cancelled before it reached a slot (scheduler thread)
     system_prompt: str | None = None  # this request's own `system_prompt` (None: the server's -spf one)
+    launch_tokens: list[int] | None = None  # what its slot evaluates: `tokens` cut to the context (prepared)
+    truncated: bool = False  # `launch_tokens` is a cut prompt
+    sampler: Any = None  # its SamplerChain, built and primed when prepared; its run owns it once launched
 
     def drop_media(self) -> None:
         """Free the image chunks (the task ended, or its slot has evaluated them)."""
         if self.media is not None:
             self.media.close()
             self.media = None
+
+    def discard(self) -> None:
+        """Free what a prepared task holds that never ran (cancelled, failed, not submitted)."""
+        self.drop_media()
+        if self.sampler is not None:
+            self.sampler.free()
+            self.sampler = None
 
 
 def error_event(exc: APIError) -> tuple[str, APIError]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 
 from fastapi import APIRouter, Request
 
@@ -27,7 +26,9 @@ async def count_tokens(request: Request):
     prompt = await off_loop(anthropic.count_tokens_prompt, chat_of(request), body)
     check_prompt_bytes(prompt_bytes(prompt), Limits.from_settings(engine.settings))
 
-    def count(sched) -> int:
-        return len(sched.model.tokenize(prompt, add_special=sched.model.add_bos, parse_special=True))
+    model = engine.vocab()
 
-    return {"input_tokens": await asyncio.wrap_future(engine.call(count))}
+    def count() -> int:
+        return len(model.tokenize(prompt, add_special=model.add_bos, parse_special=True))
+
+    return {"input_tokens": await engine.off_thread(count)}

@@ -74,13 +74,15 @@ async def tokenize(request: Request):
     if not isinstance(add_special, bool) or not isinstance(with_pieces, bool):
         raise invalid("'add_special' and 'with_pieces' must be booleans")
 
-    def work(sched):
-        tokens = sched.model.tokenize(content, add_special=add_special, parse_special=True)
+    model = engine.vocab()
+
+    def work():
+        tokens = model.tokenize(content, add_special=add_special, parse_special=True)
         if not with_pieces:
             return {"tokens": tokens}
         out = []
         for t in tokens:
-            raw = sched.model.token_bytes(t)
+            raw = model.token_bytes(t)
             try:
                 piece = raw.decode("utf-8")
             except UnicodeDecodeError:
@@ -88,7 +90,7 @@ async def tokenize(request: Request):
             out.append({"id": t, "piece": piece})
         return {"tokens": out}
 
-    return await _on_scheduler(engine, work)
+    return await engine.off_thread(work)  # the vocabulary only: never behind a decode, never on the event loop
 
 
 @router.post("/detokenize")
@@ -98,7 +100,8 @@ async def detokenize(request: Request):
     tokens = body.get("tokens", [])
     if not isinstance(tokens, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens):
         raise invalid("'tokens' must be an array of token ids")
-    return await _on_scheduler(engine, lambda sched: {"content": sched.model.detokenize(tokens)})
+    model = engine.vocab()
+    return await engine.off_thread(lambda: {"content": model.detokenize(tokens)})
 
 
 @router.get("/lora-adapters")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -63,13 +62,15 @@ async def count_input_tokens(engine: Engine, tasks: list) -> dict:
     task as the scheduler would evaluate it (the server's system prompt not counted)."""
     task = tasks[0]
 
-    def count(sched) -> int:
+    preparer = engine.require_ready().preparer
+
+    def count() -> int:
         try:
-            return len(sched._prompt_tokens(task)) - task.n_system
+            return len(preparer.prompt_tokens(task)) - task.n_system
         finally:
             task.drop_media()
 
-    return {"object": "response.input_tokens", "input_tokens": await asyncio.wrap_future(engine.call(count))}
+    return {"object": "response.input_tokens", "input_tokens": await engine.off_thread(count)}
 
 
 @router.post("/v1/chat/completions/input_tokens")

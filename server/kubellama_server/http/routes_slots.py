@@ -24,7 +24,7 @@ async def get_slots(request: Request):
     if engine.settings.slots_endpoint_disable:
         raise APIError("This server does not support slots endpoint.", "not_supported_error")
     engine.require_ready()
-    slots = engine.slots_json()
+    slots = await engine.off_thread(engine.slots_json)  # detokenizes prompts given as token ids
     if "fail_on_no_slot" in request.query_params and all(s["is_processing"] for s in slots):
         raise APIError("no slot available", "unavailable_error")  # as today's llama.cpp
     return slots

@@ -173,11 +173,23 @@ def queued_tasks(engine) -> int:
 
 
 async def admit(engine, tasks: list[Task]) -> None:
-    """`check_tasks` with the engine's numbers, on a worker thread (schemas convert in Python)."""
+    """`check_tasks` with the engine's numbers, then `Engine.prepare` (tokenize, validate), on one
+    of the engine's prepare threads (schemas convert in Python, grammars parse, prompts tokenize:
+    never on the event loop, never behind a decode step)."""
     engine.require_ready()
     limits = Limits.from_settings(engine.settings)
-    await off_loop(check_tasks, limits, tasks, n_ctx_slot=engine.n_ctx_slot(), queued=queued_tasks(engine),
-                   grp_attn_n=engine.settings.grp_attn_n)
+    work = asyncio.ensure_future(engine.off_thread(_check_and_prepare, engine, limits, tasks))
+    try:
+        await asyncio.shield(work)
+    except asyncio.CancelledError:  # the client left: what the worker prepares is never submitted
+        work.add_done_callback(lambda _f: [t.discard() for t in tasks])
+        raise
+
+
+def _check_and_prepare(engine, limits: Limits, tasks: list[Task]) -> None:
+    check_tasks(limits, tasks, n_ctx_slot=engine.n_ctx_slot(), queued=queued_tasks(engine),
+                grp_attn_n=engine.settings.grp_attn_n)
+    engine.prepare(tasks)  # tokenized and validated here: a client mistake is this request's 4xx
 
 
 async def off_loop(fn, *args, **kwargs):

@@ -61,7 +61,9 @@ def test_get_slots_has_every_reference_field(live_server):
 
 
 def test_get_slots_shows_a_processing_slot(live_server):
-    srv = live_server("-np", "1", "-c", "256", "--context-shift")  # generates until cancelled
+    # generates until cancelled (n_predict is capped at 4 contexts: 4096 tokens, seconds on the
+    # tiny model, where 1024 took ~0.3 s and could end before the two GETs below under load)
+    srv = live_server("-np", "1", "-c", "1024", "--context-shift")
     with httpx.stream("POST", srv.url + "/completion", json={"prompt": "go", "n_predict": 100000, "ignore_eos": True, "stream": True}, timeout=30) as r:
         it = r.iter_lines()
         next(it)
