@@ -11,6 +11,7 @@ object (for API servers that did not run CEL). `openapi` renders a class; `check
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import types
@@ -201,12 +202,19 @@ def check(obj: SpecModel, where: str) -> list[str]:
             out += check(value, sub)
         elif isinstance(value, list):
             out += [p for i, v in enumerate(value) if isinstance(v, SpecModel) for p in check(v, f"{sub}[{i}]")]
-        out += _bounds(field_schema(info), value, sub)
+        out += _bounds(_limits(type(obj))[name], value, sub)
         for rule in _k8s(info)["rules"]:
             out += rule.problems(value, sub)
     for rule in type(obj).rules:
         out += rule.problems(obj, where)
     return out
+
+
+@functools.lru_cache(maxsize=None)
+def _limits(cls: type[SpecModel]) -> dict[str, Schema]:
+    """Each field's numeric bounds and list length (from its schema, computed once per class)."""
+    keep = ("minimum", "maximum", "maxItems")
+    return {name: {k: v for k, v in field_schema(info).items() if k in keep} for name, info in cls.model_fields.items()}
 
 
 def _bounds(schema: Schema, value: Any, where: str) -> list[str]:
