@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+
+from kubellama_server.testing.wait import free_port  # noqa: F401  (bench.profile and bench.runner use it from here)
 
 from bench import api as apis
 
@@ -168,12 +169,6 @@ PEERS = {
     ]
 }
 OURS = "kubellama"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def peak_rss_bytes(pid: int) -> int | None:

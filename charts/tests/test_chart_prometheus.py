@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,9 @@ import httpx
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
+
+from kubellama_server.testing.wait import free_port
+from kubellama_server.testing.wait import wait_until as shared_wait_until
 
 from chart_support import (PROMETHEUS_OPERATOR_APIS, alert_rules, dashboard_queries, label_values_as_promql,
                            load_dashboard, metric_names, one, rule_groups, substitute, variable_queries)
@@ -40,25 +42,14 @@ DASHBOARD_VARIABLES = {"namespace": "team-a", "llamaserver": "tiny", "pod": "tin
 SCRAPE_INTERVAL_S = 1
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_until(check, timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    """The shared `wait_until`, failing at once when `proc` exits (with the end of its `log`)."""
+    def alive() -> None:
         if proc is not None and proc.poll() is not None:
             pytest.fail(f"{what}: the process exited with {proc.returncode}:\n{log.read_text()[-4000:] if log else ''}")
-        try:
-            result = check()
-            if result:
-                return result
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}\n{log.read_text()[-4000:] if log else ''}")
+
+    return shared_wait_until(check, what, timeout, transient=(httpx.HTTPError,), alive=alive,
+                             detail=lambda: log.read_text()[-4000:] if log else "")
 
 
 def stop(proc: subprocess.Popen) -> None:

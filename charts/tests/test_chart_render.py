@@ -465,12 +465,12 @@ def test_pod_monitor_matches_the_pods_the_operator_builds(rendered, example):
     """The PodMonitor selects the StatefulSet pods kubellama-operator really makes, on a port they have."""
     from kubellama_operator.builders import desired_children
     from kubellama_operator.config import OperatorConfig
-    from kubellama_operator.spec import normalize, resolve_model
+    from kubellama_operator.spec import parse, resolve_model
 
     docs = yaml.safe_load_all((REPO_ROOT / "crds" / "examples" / example).read_text())
     (server,) = [d for d in docs if d and d["kind"] == "LlamaServer"]
     server["metadata"].setdefault("namespace", "team-a")
-    spec = normalize(server["spec"])
+    spec = parse(server["spec"])
     children, _ = desired_children(server, spec, resolve_model(spec), OperatorConfig(), servicemonitor_crd=False)
     (sts,) = [c for c in children if c["kind"] == "StatefulSet"]
     template = sts["spec"]["template"]
@@ -500,12 +500,12 @@ def test_pod_monitor_selects_the_router_pods_too(rendered):
     """spec.routing's router pods are scraped by the same PodMonitor, with the same llamaserver label."""
     from kubellama_operator.builders import desired_children
     from kubellama_operator.config import OperatorConfig
-    from kubellama_operator.spec import normalize, resolve_model
+    from kubellama_operator.spec import parse, resolve_model
 
     server = {"apiVersion": "kubellama.dev/v1alpha1", "kind": "LlamaServer",
               "metadata": {"name": "gemma", "namespace": "team-a", "uid": "u"},
               "spec": {"model": {"url": "https://models.test/m.gguf"}, "routing": {"enabled": True}}}
-    spec = normalize(server["spec"])
+    spec = parse(server["spec"])
     children, _ = desired_children(server, spec, resolve_model(spec), OperatorConfig(), servicemonitor_crd=False)
     pm = one(rendered["monitoring"], "PodMonitor")["spec"]
     (endpoint,) = pm["podMetricsEndpoints"]
@@ -663,10 +663,10 @@ def test_a_lora_server_from_values_is_one_the_operator_runs(rendered):
     """The rendered LoRA LlamaServer passes the operator's own checks and gets one fetch-lora-<i> per adapter."""
     from kubellama_operator.builders import desired_children
     from kubellama_operator.config import OperatorConfig
-    from kubellama_operator.spec import normalize, problems, resolve_model
+    from kubellama_operator.spec import parse, problems, resolve_model
 
     server = by_kind(rendered["llamaserver"], "LlamaServer")[2]
-    spec = normalize(server["spec"])
+    spec = parse(server["spec"])
     assert problems(spec) == []
     children, _ = desired_children(server, spec, resolve_model(spec), OperatorConfig(), servicemonitor_crd=False)
     (sts,) = [c for c in children if c["kind"] == "StatefulSet"]

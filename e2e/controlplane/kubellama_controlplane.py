@@ -17,7 +17,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -28,6 +27,10 @@ from typing import Any, Callable, Iterator
 
 import httpx
 import yaml
+
+from kubellama_operator.kube import ApiError
+from kubellama_operator.kubesync import SyncKubeClient, kubeconfig_login, token_login
+from kubellama_server.testing.wait import free_port, wait_until
 
 HERE = Path(__file__).resolve().parent
 KWOK_STAGES = HERE / "kwok-stages.yaml"
@@ -108,12 +111,6 @@ def die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _openssl(*args: str, cwd: Path) -> None:
@@ -246,19 +243,9 @@ class Processes:
                 )
 
     def _wait(self, ready: Callable[[], Any], what: str) -> None:
-        deadline = time.monotonic() + self.startup_timeout
-        last: object = None
-        while time.monotonic() < deadline:
-            self._check_alive()
-            try:
-                if ready():
-                    return
-            except Exception as exc:  # not up yet
-                last = exc
-            time.sleep(0.25)
-        logs = "\n".join(f"--- {p.name} ({p.log}):\n{tail(p.log, 15)}" for p in self.procs)
-        raise TimeoutError(f"{type(self).__name__}: {what} not reached in {self.startup_timeout:.0f}s"
-                           f" (last error: {last!r})\n{logs}")
+        wait_until(ready, f"{type(self).__name__}: {what}", self.startup_timeout, transient=(Exception,),
+                   alive=self._check_alive,
+                   detail=lambda: "\n".join(f"--- {p.name} ({p.log}):\n{tail(p.log, 15)}" for p in self.procs))
 
 
 @dataclass
@@ -507,21 +494,19 @@ def ssl_context(ca_file: Path) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(ca_file))
 
 
-class ApiError(RuntimeError):
-    def __init__(self, method: str, path: str, status: int, body: dict | str):
-        self.status = status
-        self.body = body if isinstance(body, dict) else {"message": body}
-        self.message = self.body.get("message", str(body))
-        super().__init__(f"{method} {path} -> {status}: {self.message}")
-
-
 class Kube:
-    """A small synchronous Kubernetes REST client (httpx), enough for the tests."""
+    """The operator's Kubernetes client (`kubellama_operator.kube`, driven synchronously) with what the tests
+    need on top: paths from API discovery, CRDs applied and waited for, polling."""
 
-    def __init__(self, url: str, token: str, ca_file: Path):
-        self.http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"},
-                                 verify=ssl_context(ca_file), timeout=30)
+    def __init__(self, url: str, token: str, ca_file: Path, *, login: Callable[[], Any] | None = None):
+        self.api = SyncKubeClient(login or token_login(url, token, str(ca_file)))
         self._resources: dict[tuple[str, str], tuple[str, bool]] = {}
+        self._names: dict[str, tuple[str, str]] = {}
+
+    @classmethod
+    def from_kubeconfig(cls) -> "Kube":
+        """A client for the cluster of $KUBECONFIG (any credentials kopf reads: tokens, client certificates)."""
+        return cls("", "", Path(), login=kubeconfig_login)
 
     def __enter__(self) -> "Kube":
         return self
@@ -530,35 +515,34 @@ class Kube:
         self.close()
 
     def close(self) -> None:
-        self.http.close()
+        self.api.close()
 
     # ---- raw verbs -------------------------------------------------------------------
-    def request(self, method: str, path: str, *, missing_ok: bool = False, **kw: Any) -> dict | None:
-        r = self.http.request(method, path, **kw)
-        if r.status_code == 404 and missing_ok:
-            return None
-        if r.status_code >= 400:
-            try:
-                body = r.json()
-            except ValueError:
-                body = r.text
-            raise ApiError(method, path, r.status_code, body)
-        return r.json() if r.content else {}
+    def request(self, method: str, path: str, *, missing_ok: bool = False, json: Any = None,
+                params: dict[str, Any] | None = None, content_type: str = "application/json") -> dict | None:
+        try:
+            out = self.api.request(method, path, body=json, content_type=content_type,
+                                   params={k: str(v) for k, v in (params or {}).items()} or None)
+        except ApiError as exc:
+            if exc.status == 404 and missing_ok:
+                return None
+            raise
+        return out if isinstance(out, dict) else {}
 
     def get(self, path: str, missing_ok: bool = False, **params: Any) -> dict | None:
-        return self.request("GET", path, missing_ok=missing_ok, params=params or None)
+        return self.request("GET", path, missing_ok=missing_ok, params=params)
 
     def post(self, path: str, body: dict) -> dict:
         return self.request("POST", path, json=body)
 
     def delete(self, path: str, missing_ok: bool = True, **params: Any) -> dict | None:
-        return self.request("DELETE", path, missing_ok=missing_ok, params=params or None)
+        return self.request("DELETE", path, missing_ok=missing_ok, params=params)
 
     def patch(self, path: str, body: dict, kind: str = "merge") -> dict:
         ctype = {"merge": "application/merge-patch+json",
                  "strategic": "application/strategic-merge-patch+json",
                  "json": "application/json-patch+json"}[kind]
-        return self.request("PATCH", path, content=json.dumps(body), headers={"Content-Type": ctype})
+        return self.request("PATCH", path, json=body, content_type=ctype)
 
     # ---- objects by apiVersion/kind ----------------------------------------------------
     def resource(self, api_version: str, kind: str) -> tuple[str, bool]:
@@ -572,6 +556,29 @@ class Kube:
         if key not in self._resources:
             raise KeyError(f"the API server serves no {kind} in {api_version}")
         return self._resources[key]
+
+    def kind_named(self, name: str) -> tuple[str, str]:
+        """(apiVersion, kind) of a resource as kubectl names it: plural, singular, kind or short name
+        ("pvc", "llama", "statefulsets"), from API discovery (preferred versions)."""
+        if name.lower() not in self._names:  # (again: a CRD may have been installed since)
+            versions = ["v1"] + [g["preferredVersion"]["groupVersion"] for g in self.get("/apis")["groups"]]
+            for version in reversed(versions):  # the core group wins a name it shares
+                base = "/api/v1" if version == "v1" else f"/apis/{version}"
+                try:
+                    found = (self.get(base, missing_ok=True) or {}).get("resources", [])
+                except ApiError:  # an aggregated API that is not available: not a name the tests use
+                    continue
+                for res in found:
+                    if "/" in res["name"]:
+                        continue
+                    self._resources[(version, res["kind"])] = (res["name"], res["namespaced"])
+                    for alias in (res["name"], res.get("singularName") or res["kind"].lower(), res["kind"].lower(),
+                                  *res.get("shortNames", [])):
+                        self._names[alias] = (version, res["kind"])
+        try:
+            return self._names[name.lower()]
+        except KeyError:
+            raise KeyError(f"the API server serves no resource named {name!r}") from None
 
     def path(self, api_version: str, kind: str, namespace: str | None = None,
              name: str | None = None) -> str:
@@ -593,9 +600,8 @@ class Kube:
 
     def apply(self, obj: dict, namespace: str | None = None, manager: str = "kubellama-tests") -> dict:
         """Server-side apply (force)."""
-        return self.request("PATCH", self.path_of(obj, namespace),
-                            content=json.dumps(obj),
-                            headers={"Content-Type": "application/apply-patch+yaml"},
+        return self.request("PATCH", self.path_of(obj, namespace), json=obj,
+                            content_type="application/apply-patch+yaml",
                             params={"fieldManager": manager, "force": "true"})
 
     def read(self, api_version: str, kind: str, name: str, namespace: str | None = None,
@@ -631,18 +637,8 @@ class Kube:
     def wait_for(self, probe: Callable[[], Any], what: str, timeout: float = 60.0,
                  interval: float = 0.25) -> Any:
         """Poll until `probe()` is truthy; fail naming `what` and the last value seen."""
-        deadline = time.monotonic() + timeout
-        last: Any = None
-        while True:
-            try:
-                last = probe()
-                if last:
-                    return last
-            except (ApiError, KeyError) as exc:  # KeyError: a kind not served yet
-                last = exc
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
-            time.sleep(interval)
+        # KeyError: a kind not served yet
+        return wait_until(probe, what, timeout, interval=interval, transient=(ApiError, KeyError))
 
 
 def _main(argv: list[str]) -> int:

@@ -37,6 +37,7 @@ HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[1]
 sys.path.insert(0, str(REPO_ROOT / "e2e" / "controlplane"))
 import kubellama_controlplane as kcp  # noqa: E402
+from kubellama_server.testing.wait import free_port  # noqa: E402
 
 NODE_NAME = "kubellama-node"
 NODE_IP = "10.253.0.1"           # a second address of the loopback interface
@@ -339,7 +340,7 @@ class LocalNode(kcp.Processes):
     def _start_kube_proxy(self) -> None:
         config = self.workdir / "kube-proxy.yaml"
         config.write_text(yaml.safe_dump(kube_proxy_config(self.cp.kubeconfig_path,
-                                                           kcp.free_port(), kcp.free_port())))
+                                                           free_port(), free_port())))
         self._spawn("kube-proxy", [f"--config={config}", "--v=1"])
 
     # ---- tools -------------------------------------------------------------------------

@@ -1,13 +1,15 @@
 """Small helpers for the end-to-end tests: kubectl/helm calls, waits, port-forwards.
 
-Everything goes through the real `kubectl` and `helm` binaries against the cluster
-in $KUBECONFIG, so a failure here is what a user would see. Waits print what they
+What a user does goes through the real `kubectl` and `helm` binaries against the cluster
+in $KUBECONFIG, so a failure here is what a user would see; objects are read with the
+project's one Kubernetes client (the operator's, `kubellama_controlplane.Kube.from_kubeconfig`). Waits print what they
 are waiting for every few seconds (long work shows progress) and, when they time
 out, fail with the state of the namespace (events, pods, the resource) attached.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import re
@@ -26,6 +28,9 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 E2E_DIR = REPO_ROOT / "e2e"
+sys.path.insert(0, str(E2E_DIR / "controlplane"))
+import kubellama_controlplane as kcp  # noqa: E402
+from kubellama_operator.kube import ApiError  # noqa: E402
 MANIFESTS = E2E_DIR / "manifests"
 CHART = REPO_ROOT / "charts" / "kubellama"
 #: The file the in-cluster model server serves (e2e/manifests/model-server.yaml).
@@ -90,8 +95,20 @@ def run(cmd: list[str], *, input: str | bytes | None = None, check: bool = True,
     return proc
 
 
+_API: kcp.Kube | None = None
+
+
+def api() -> kcp.Kube:
+    """The REST client of the cluster in $KUBECONFIG (one per test session)."""
+    global _API
+    if _API is None:
+        _API = kcp.Kube.from_kubeconfig()
+        atexit.register(_API.close)
+    return _API
+
+
 class Kube:
-    """kubectl bound to one namespace."""
+    """kubectl bound to one namespace (what a user types), and reads of its objects (`get`)."""
 
     def __init__(self, namespace: str, kubectl: str | None = None):
         self.namespace = namespace
@@ -110,19 +127,11 @@ class Kube:
         self(*args, input=yaml.safe_dump_all(docs))
 
     def get(self, kind: str, name: str | None = None, *, selector: str | None = None) -> Any:
-        """One object (None when absent) or, without a name, the list of items."""
-        args = ["get", kind, "-o", "json"]
+        """One object (None when absent) or, without a name, the list of items; `kind` as kubectl names it."""
+        api_version, kind_name = api().kind_named(kind)
         if name:
-            args.insert(2, name)
-        if selector:
-            args += ["-l", selector]
-        proc = run([self.kubectl, "-n", self.namespace, *args], check=False)
-        if proc.returncode != 0:
-            if "NotFound" in proc.stderr or "not found" in proc.stderr:
-                return None
-            raise AssertionError(f"kubectl {' '.join(args)} failed: {proc.stderr}")
-        data = json.loads(proc.stdout)
-        return data if name else data.get("items", [])
+            return api().read(api_version, kind_name, name, self.namespace)
+        return api().list(api_version, kind_name, self.namespace, **({"labelSelector": selector} if selector else {}))
 
     def diagnostics(self, llamaserver: str | None = None) -> str:
         """What a person would look at when something did not become ready."""
@@ -156,7 +165,7 @@ class Kube:
                 if result:
                     log(f"ok: {what} after {time.monotonic() - start:.0f}s")
                     return result
-            except (AssertionError, KeyError, TypeError, OSError) as exc:  # transient while rolling
+            except (AssertionError, KeyError, TypeError, OSError, ApiError) as exc:  # transient while rolling
                 last_error = exc
             now = time.monotonic()
             if now - start > timeout:

@@ -24,6 +24,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from kubellama_server.testing.wait import free_port, wait_until
+
 from e2e_support import (
     CHART,
     E2E_DIR,
@@ -136,12 +138,6 @@ def test_llamaserver_points_at_the_model_server() -> None:
     assert probe == f"/{MODEL_FILE}", "ready only once the model file is served"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_model_server_command_serves_the_model_to_the_fetcher(tmp_path: Path) -> None:
     """Run the model server's own command on loopback and fetch from it with kubellama-fetch,
     as the LlamaServer's init container does in the cluster."""
@@ -156,7 +152,7 @@ def test_model_server_command_serves_the_model_to_the_fetcher(tmp_path: Path) ->
     (deployment, _) = load_manifest("model-server.yaml")
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     command = list(container["command"])
-    port = _free_port()
+    port = free_port()
     command[command.index("8000")] = str(port)
     command[command.index("0.0.0.0")] = "127.0.0.1"
     command[command.index("/srv/models")] = str(served)
@@ -194,7 +190,7 @@ class LocalServer:
     def __init__(self, model: Path, slots: Path, ctx: int = 512, extra: tuple[str, ...] = ()):
         (llama,) = load_manifest("llamaserver.yaml")
         spec = llama["spec"]
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         server = shutil.which("kubellama-server", path=str(Path(sys.executable).parent))
         assert server, "kubellama-server is not installed; run `make install`"
@@ -205,16 +201,12 @@ class LocalServer:
 
     def __enter__(self) -> str:
         self.proc = subprocess.Popen(self.cmd, stdout=self.log.open("w"), stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
+        def alive() -> None:
             assert self.proc.poll() is None, f"kubellama-server exited:\n{self.log.read_text()[-3000:]}"
-            try:
-                if http("GET", f"{self.url}/health", timeout=2)[0] == 200:
-                    return self.url
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError(f"kubellama-server not healthy in 60s:\n{self.log.read_text()[-3000:]}")
+
+        wait_until(lambda: http("GET", f"{self.url}/health", timeout=2)[0] == 200, "kubellama-server /health", 60,
+                   interval=0.2, transient=(OSError,), alive=alive, detail=lambda: self.log.read_text()[-3000:])
+        return self.url
 
     def __exit__(self, *exc) -> None:
         stop(self.proc, grace=40)
@@ -407,7 +399,7 @@ def test_cluster_tests_fail_loudly_with_e2e_and_no_cluster(tmp_path: Path) -> No
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(yaml.safe_dump({
         "apiVersion": "v1", "kind": "Config", "current-context": "nowhere",
-        "clusters": [{"name": "nowhere", "cluster": {"server": f"https://127.0.0.1:{_free_port()}"}}],
+        "clusters": [{"name": "nowhere", "cluster": {"server": f"https://127.0.0.1:{free_port()}"}}],
         "contexts": [{"name": "nowhere", "context": {"cluster": "nowhere", "user": "nobody"}}],
         "users": [{"name": "nobody", "user": {"token": "x"}}]}))
     proc = _pytest_cluster_tests(E2E="1", KUBECONFIG=str(kubeconfig))

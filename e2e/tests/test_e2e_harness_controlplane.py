@@ -8,24 +8,19 @@ the in-cluster model server's rollout, and the cluster tests that need no runnin
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from kubellama_server.testing.wait import free_port
+
 from e2e_support import CHART, REPO_ROOT, find_tool, stop
 
 CONTROLPLANE = REPO_ROOT / "e2e" / "controlplane"
 #: The cluster tests that need no kubelet: no port-forward, no container exit codes.
 WITHOUT_CONTAINERS = "becomes_ready or scale_to_two or delete_removes"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.timeout(900)
@@ -58,7 +53,7 @@ def test_e2e_harness_on_the_local_control_plane(tmp_path: Path) -> None:
             operator = subprocess.Popen(
                 [str(operator_bin), "--log-format", "text", "--resync-seconds", "5",
                  "--bind-address", "127.0.0.1",
-                 "--health-port", str(_free_port()), "--metrics-port", str(_free_port())],
+                 "--health-port", str(free_port()), "--metrics-port", str(free_port())],
                 env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             proc = subprocess.run(

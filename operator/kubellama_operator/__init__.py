@@ -1,7 +1,8 @@
 """kubellama operator: reconciles `LlamaServer` resources into llama.cpp-compatible servers.
 
-Module map: `crd` (the CRD, single source of truth for schema and defaults), `spec`
-(defaulting and runtime checks), `serverargs` (server flags), `builders/` (pure manifest
+Module map: `api/` (the typed `LlamaServerSpec`: single source of truth for the CRD's schema, defaults
+and CEL rules, and what the builders receive), `crd` (renders the CRD from it), `spec` (defaulting,
+parsing and checks; where the model's files come from and go), `serverargs` (server flags), `builders/` (pure manifest
 builders), `diff` (skip no-op writes), `status` (phase and conditions), `kube` (small async API
 client), `reconcile` (one reconcile pass), `handlers` (thin kopf handlers), `config` and `cli`
 (settings, flags), `rbac`, `metrics`, `health`.

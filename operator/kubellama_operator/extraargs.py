@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 
 from kubellama_server import cli as server_cli
 
-from .crd import FORBIDDEN_FLAGS, MANAGED_FLAGS
+from .api.server import FORBIDDEN_FLAGS, MANAGED_FLAGS
 
 
 class Refused(Exception):

@@ -35,6 +35,7 @@ class ApiError(Exception):
     def __init__(self, status: int, method: str, url: str, body: Any):
         self.status, self.method, self.url, self.body = status, method, url, body
         msg = body.get("message") if isinstance(body, dict) else str(body)[:300]
+        self.message: str = str(msg)
         super().__init__(f"{method} {url}: HTTP {status}: {msg}")
 
 
@@ -73,10 +74,14 @@ def _ssl_context(info: Any) -> ssl.SSLContext | bool:
 
 
 class KubeClient:
-    """Minimal async API client. `login` returns a fresh `kopf.ConnectionInfo` (or similar)."""
+    """Minimal async API client. `login` returns a fresh `kopf.ConnectionInfo` (or similar: `server`, `token` or
+    `username`/`password`, `ca_path`/`ca_data`, client certificates). The one client of the project: the
+    operator's, the router's, and (through `kubesync.SyncKubeClient`) the test harnesses'."""
 
-    def __init__(self, login: Callable[[], Any], *, on_request: Callable[[str, int], None] | None = None):
+    def __init__(self, login: Callable[[], Any], *, on_request: Callable[[str, int], None] | None = None,
+                 user_agent: str = FIELD_MANAGER):
         self._login = login
+        self._user_agent = user_agent
         self._info: Any = None
         self._session: aiohttp.ClientSession | None = None
         self._on_request = on_request
@@ -94,7 +99,7 @@ class KubeClient:
             if self._info is None:
                 raise RuntimeError("no Kubernetes credentials: neither in-cluster service account "
                                    "nor a kubeconfig (KUBECONFIG or ~/.kube/config) was found")
-            headers = {"User-Agent": f"{FIELD_MANAGER}"}
+            headers = {"User-Agent": self._user_agent}
             auth = None
             if getattr(self._info, "token", None):
                 headers["Authorization"] = f"{self._info.scheme or 'Bearer'} {self._info.token}"

@@ -25,7 +25,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from . import __version__
-from .crd import PHASES
+from .api import PHASES
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 

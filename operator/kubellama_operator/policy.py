@@ -5,7 +5,7 @@ from __future__ import annotations
 from fnmatch import fnmatchcase
 
 from .config import OperatorConfig
-from .spec import Spec
+from .api import LlamaServerSpec
 
 
 def allowed(value: str, patterns: tuple[str, ...]) -> bool:
@@ -14,14 +14,14 @@ def allowed(value: str, patterns: tuple[str, ...]) -> bool:
     return not patterns or any(fnmatchcase(value, p) for p in patterns)
 
 
-def policy_problems(spec: Spec, config: OperatorConfig) -> list[str]:
+def policy_problems(spec: LlamaServerSpec, config: OperatorConfig) -> list[str]:
     """What the spec asks for that the operator's allow-lists refuse, as messages; [] when fine."""
     out = []
-    image = spec.get("image")
+    image = spec.image
     if image and not allowed(image, config.allowed_images):
         out.append(f"spec.image {image!r} is not allowed by the operator (allowed: "
                    f"{', '.join(config.allowed_images)}): use one of those, or unset it for the default image")
-    account = spec.get("serviceAccountName")
+    account = spec.service_account_name
     if account and not allowed(account, config.allowed_service_accounts):
         out.append(f"spec.serviceAccountName {account!r} is not allowed by the operator (allowed: "
                    f"{', '.join(config.allowed_service_accounts)}): use one of those, or unset it (the pods "

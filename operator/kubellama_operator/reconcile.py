@@ -19,7 +19,10 @@ from .config import OperatorConfig
 from .diff import needs_apply, with_hash
 from .kube import KubeClient
 from .policy import policy_problems
-from .spec import Model, endpoint, normalize, problems, resolve_model
+from .api import LlamaServerSpec
+from .api.network import Service
+from .api.scaling import Routing
+from .spec import Model, endpoint, load, resolve_model
 from .status import compute_status, condition, download_progress, essence, pod_view
 
 
@@ -42,15 +45,15 @@ class Outcome:
         return self.status.get("message") != self.previous.get("message")
 
 
-async def check_references(client: KubeClient, namespace: str, spec: dict[str, Any]) -> list[str]:
+async def check_references(client: KubeClient, namespace: str, spec: LlamaServerSpec) -> list[str]:
     """Objects the spec names that must exist before pods can start.
 
     Secrets are not read (the operator has no access to them): a missing Secret or key shows in the pods'
     status (CreateContainerConfigError of check-api-key or a fetch container), which `status` reports.
     """
     out = []
-    claims = [("spec.model.pvc.claimName", (spec["model"].get("pvc") or {}).get("claimName")),
-              ("spec.storage.model.claimName", spec.get("storage", {}).get("model", {}).get("claimName"))]
+    claims = [("spec.model.pvc.claimName", spec.model.pvc.claim_name if spec.model.pvc is not None else None),
+              ("spec.storage.model.claimName", spec.storage.model.claim_name)]
     for where, claim in claims:
         if claim and await client.get("v1", "PersistentVolumeClaim", namespace, claim) is None:
             out.append(f"PersistentVolumeClaim {claim!r} ({where}) not found in namespace {namespace}: "
@@ -58,17 +61,16 @@ async def check_references(client: KubeClient, namespace: str, spec: dict[str, A
     return [p for p in out if p]
 
 
-async def shared_claim_warning(client: KubeClient, namespace: str, spec: dict[str, Any]) -> str | None:
+async def shared_claim_warning(client: KubeClient, namespace: str, spec: LlamaServerSpec) -> str | None:
     """Replicas sharing a ReadWriteOnce claim can only run on one node (the classic Multi-Attach trap)."""
-    claim = (spec["model"].get("pvc") or {}).get("claimName") or \
-        spec.get("storage", {}).get("model", {}).get("claimName")
-    if not claim or int(spec.get("replicas", 1)) <= 1:
+    claim = (spec.model.pvc.claim_name if spec.model.pvc is not None else None) or spec.storage.model.claim_name
+    if not claim or spec.replicas <= 1:
         return None
     pvc = await client.get("v1", "PersistentVolumeClaim", namespace, claim)
     modes = set(((pvc or {}).get("spec") or {}).get("accessModes") or [])
     if pvc is None or modes & {"ReadWriteMany", "ReadOnlyMany"}:
         return None
-    return (f"warning: {spec['replicas']} replicas share PersistentVolumeClaim {claim!r} "
+    return (f"warning: {spec.replicas} replicas share PersistentVolumeClaim {claim!r} "
             f"({', '.join(sorted(modes)) or 'no access modes'}): pods on other nodes cannot mount it; "
             "use a ReadWriteMany claim, or drop storage.model.claimName to give each replica its own")
 
@@ -82,7 +84,7 @@ def _owned_by(obj: dict[str, Any], owner: dict[str, Any]) -> bool:
     return not uid or any(r.get("uid") == uid for r in refs)
 
 
-async def apply_children(client: KubeClient, body: dict[str, Any], spec: dict[str, Any], model: Model,
+async def apply_children(client: KubeClient, body: dict[str, Any], spec: LlamaServerSpec, model: Model,
                          config: OperatorConfig, outcome: Outcome) -> None:
     ns = body["metadata"]["namespace"]
     sm_crd = await client.has_resource("monitoring.coreos.com/v1", "servicemonitors")
@@ -108,7 +110,7 @@ async def apply_children(client: KubeClient, body: dict[str, Any], spec: dict[st
             metrics.CHILDREN_APPLIED.labels(child.kind, "deleted").inc()
 
 
-async def autoscaling_condition(client: KubeClient, spec: dict[str, Any]) -> tuple[bool, str, str] | None:
+async def autoscaling_condition(client: KubeClient, spec: LlamaServerSpec) -> tuple[bool, str, str] | None:
     """(ok, reason, message) of the Autoscaling condition; None without spec.autoscaling."""
     driver = autoscaling_driver(spec)
     if driver is None:
@@ -121,7 +123,20 @@ async def autoscaling_condition(client: KubeClient, spec: dict[str, Any]) -> tup
         "keda": "KEDA ScaledObject scales on the router's queued and in-flight requests"}[driver]
 
 
-async def refresh_status(client: KubeClient, body: dict[str, Any], spec: dict[str, Any],
+def _desired_replicas(body: dict[str, Any], spec: LlamaServerSpec | None) -> int:
+    """spec.replicas; for a spec without the schema's shape, what it says when that is a count (else 1)."""
+    if spec is not None:
+        return spec.replicas
+    raw = (body.get("spec") or {}).get("replicas", 1) if isinstance(body.get("spec"), dict) else 1
+    return raw if isinstance(raw, int) and not isinstance(raw, bool) else 1
+
+
+def _endpoint(name: str, ns: str, spec: LlamaServerSpec | None) -> str:
+    return endpoint(name, ns, spec if spec is not None else LlamaServerSpec.model_construct(
+        routing=Routing(), service=Service()))
+
+
+async def refresh_status(client: KubeClient, body: dict[str, Any], spec: LlamaServerSpec | None,
                          model: Model | None, spec_problems: list[str], outcome: Outcome) -> None:
     meta = body["metadata"]
     name, ns = meta["name"], meta["namespace"]
@@ -133,12 +148,12 @@ async def refresh_status(client: KubeClient, body: dict[str, Any], spec: dict[st
         pod, view = downloading
         progress = download_progress(await client.pod_log(ns, pod["metadata"]["name"], view.fetcher))
     status = compute_status(
-        name=name, namespace=ns, generation=meta.get("generation"), desired=int(spec.get("replicas", 1)),
-        model=model, endpoint=endpoint(name, ns, spec), selector=selector_string(name), pods=pods,
+        name=name, namespace=ns, generation=meta.get("generation"), desired=_desired_replicas(body, spec),
+        model=model, endpoint=_endpoint(name, ns, spec), selector=selector_string(name), pods=pods,
         statefulset=sts, problems=spec_problems, previous=outcome.previous, progress=progress)
     if outcome.warnings:
         status["message"] = "; ".join([status["message"], *outcome.warnings])
-    auto = await autoscaling_condition(client, spec) if not spec_problems else None
+    auto = await autoscaling_condition(client, spec) if spec is not None and not spec_problems else None
     if auto is not None:
         prev = {c.get("type"): c for c in outcome.previous.get("conditions") or []}
         status["conditions"].append(condition("Autoscaling", *auto, meta.get("generation"), prev))
@@ -157,17 +172,18 @@ async def reconcile(client: KubeClient, body: dict[str, Any], config: OperatorCo
     """Run one pass. `apply=False` only recomputes the status (pod events)."""
     previous = dict(body.get("status") or {})
     outcome = Outcome(status=previous, previous=previous)
-    spec = normalize(body.get("spec"))
-    found = problems(spec) + policy_problems(spec, config)
+    spec, found = load(body.get("spec"))
+    if spec is not None:
+        found += policy_problems(spec, config)
     model = None
-    if not found:
+    if spec is not None and not found:
         model = resolve_model(spec)
         found = await check_references(client, body["metadata"]["namespace"], spec)
     outcome.problems = found
-    if not found:
+    if spec is not None and not found:
         warning = await shared_claim_warning(client, body["metadata"]["namespace"], spec)
         outcome.warnings = [warning] if warning else []
-    if not found and apply:
+    if spec is not None and model is not None and not found and apply:
         await apply_children(client, body, spec, model, config, outcome)
     await refresh_status(client, body, spec, model, found, outcome)
     return outcome

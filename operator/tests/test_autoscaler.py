@@ -12,7 +12,7 @@ import pytest
 
 from kubellama_operator import rbac
 from kubellama_operator.builders.autoscaler import router_load_query
-from kubellama_operator.spec import normalize, problems
+from kubellama_operator.spec import normalize, parse, problems
 
 from admission import admit
 from test_builders import CPU, K8S_VERSIONS, build
@@ -27,7 +27,7 @@ KEDA = {**ROUTED, "autoscaling": {**AUTO, "driver": "keda", "minReplicas": 0,
 
 
 def objs_of(spec, keda_crd=False):
-    s = normalize(spec)
+    s = parse(spec)
     from kubellama_operator.builders import desired_children
     from kubellama_operator.spec import resolve_model
     from test_builders import CONFIG, owner

@@ -14,7 +14,7 @@ import pytest
 from kubellama_operator.builders import desired_children
 from kubellama_operator.builders.meta import labels, selector_labels
 from kubellama_operator.config import OperatorConfig
-from kubellama_operator.spec import normalize, resolve_model
+from kubellama_operator.spec import parse, resolve_model
 
 K8S_VERSIONS = ["1.29.0", "1.33.0"]
 CONFIG = OperatorConfig(cpu_image="reg.test/kubellama-server:1", cuda_image="reg.test/kubellama-server-cuda:1")
@@ -28,7 +28,7 @@ def owner(name="gemma", namespace="ml"):
 
 
 def build(spec, *, sm_crd=False, pool_crd=False, name="gemma"):
-    s = normalize(spec)
+    s = parse(spec)
     want, drop = desired_children(owner(name), s, resolve_model(s), CONFIG, servicemonitor_crd=sm_crd,
                                   inferencepool_crd=pool_crd)
     return {(o["kind"], o["metadata"]["name"]): o for o in want}, drop
@@ -205,7 +205,7 @@ def test_probes_and_graceful_shutdown():
 def test_termination_grace_is_the_sum_of_the_servers_steps(server, slots, budget):
     from kubellama_operator.builders.statefulset import termination_budget, termination_grace
 
-    spec = normalize({**CPU, "server": server, "storage": {"slots": slots}})
+    spec = parse({**CPU, "server": server, "storage": {"slots": slots}})
     assert termination_budget(spec) == budget
     assert termination_grace(spec) == sum(budget.values())
     objs, _ = build({**CPU, "server": server, "storage": {"slots": slots}})
@@ -355,11 +355,12 @@ def test_image_override_and_metrics_off():
 
 
 def test_builders_are_pure():
-    spec = normalize(GPU)
-    before = json.dumps(spec, sort_keys=True)
-    first, _ = build(GPU)
-    second, _ = build(GPU)
-    assert first == second and json.dumps(spec, sort_keys=True) == before
+    spec = parse(GPU)
+    before = spec.model_dump_json()
+    model = resolve_model(spec)
+    first = desired_children(owner(), spec, model, CONFIG, servicemonitor_crd=False)
+    second = desired_children(owner(), spec, model, CONFIG, servicemonitor_crd=False)
+    assert first == second and spec.model_dump_json() == before
 
 
 def init_containers(objs):
@@ -555,7 +556,7 @@ def test_networkpolicy_adds_the_namespaces_and_peers_the_spec_names():
 def test_networkpolicy_follows_the_operators_prometheus_settings():
     from kubellama_operator.builders.networkpolicy import build_networkpolicy
 
-    spec = normalize(CPU)
+    spec = parse(CPU)
     config = OperatorConfig(prometheus_namespace_selector=(("team", "obs"),), prometheus_pod_selector=())
     peers = build_networkpolicy(owner(), spec, config)["spec"]["ingress"][0]["from"]
     assert peers[1] == {"namespaceSelector": {"matchLabels": {"team": "obs"}}}, "no pod selector: any pod there"
@@ -578,7 +579,7 @@ def test_hub_mirror_reaches_only_hugging_face_downloads():
 
     from kubellama_operator.builders.statefulset import pod_spec
 
-    spec = normalize({"model": {"huggingFace": {"repo": "o/r", "file": "m.gguf"},
+    spec = parse({"model": {"huggingFace": {"repo": "o/r", "file": "m.gguf"},
                                 "mmproj": {"url": "https://models.test/mm.gguf"}}})
     mirror = replace(CONFIG, hf_endpoint="http://hub-mirror.ml.svc:8080")
     inits = {c["name"]: c for c in pod_spec(owner("gemma"), spec, resolve_model(spec), mirror)["initContainers"]}

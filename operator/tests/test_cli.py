@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import socket
 import subprocess
 import sys
 
@@ -11,6 +10,7 @@ import aiohttp
 import pytest
 
 from kmock_harness import NAMESPACE, TEST_CONFIG, Running, eventually
+from kubellama_server.testing.wait import free_port
 from kubellama_operator import cli, metrics
 from kubellama_operator.config import DEFAULT_CPU_IMAGE, DEFAULT_CUDA_IMAGE
 
@@ -105,16 +105,10 @@ def test_console_script_help():
         assert name in cli.__doc__, f"{name} is not documented in cli.py"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.asyncio
 async def test_health_and_metrics_endpoints(api):
-    config = dataclasses.replace(TEST_CONFIG, bind_address="127.0.0.1", health_port=_free_port(),
-                                 metrics_port=_free_port())
+    config = dataclasses.replace(TEST_CONFIG, bind_address="127.0.0.1", health_port=free_port(),
+                                 metrics_port=free_port())
     running = Running(config, endpoints=True)  # the Deployment's probes and Prometheus
     await running.start()
     try:
@@ -179,7 +173,7 @@ async def test_console_script_runs_logs_json_and_stops_on_sigterm(api):
     script = shutil.which("kubellama-operator", path=os.path.dirname(sys.executable))
     cmd = [script] if script else [sys.executable, "-m", "kubellama_operator.cli"]
     proc = await asyncio.create_subprocess_exec(
-        *cmd, "-n", NAMESPACE, "--health-port", str(_free_port()), "--metrics-port", str(_free_port()),
+        *cmd, "-n", NAMESPACE, "--health-port", str(free_port()), "--metrics-port", str(free_port()),
         "--bind-address", "127.0.0.1", "--log-format", "json",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     lines: list[str] = []

@@ -17,7 +17,7 @@ import pytest
 from kubellama_operator.builders import desired_children
 from kubellama_operator.config import OperatorConfig
 from kubellama_operator.serverargs import server_args
-from kubellama_operator.spec import normalize, resolve_model
+from kubellama_operator.spec import parse, resolve_model
 from kubellama_operator.status import compute_status, pod_view
 
 server_cli = pytest.importorskip("kubellama_server.cli")
@@ -53,7 +53,7 @@ SPECS = {
 
 @pytest.mark.parametrize("name", sorted(SPECS))
 def test_server_accepts_the_derived_flags(name, tmp_path):
-    spec = normalize(SPECS[name])
+    spec = parse(SPECS[name])
     model = resolve_model(spec)
     args = server_args(spec, model)
     objs, _ = desired_children({"metadata": {"name": "a", "namespace": "n", "uid": "u"}}, spec, model,
@@ -94,16 +94,16 @@ def test_server_accepts_the_derived_flags(name, tmp_path):
 
 @pytest.mark.parametrize("name", sorted(SPECS))
 def test_fetcher_accepts_the_init_container_args(name):
-    spec = normalize(SPECS[name])
+    spec = parse(SPECS[name])
     model = resolve_model(spec)
     objs, _ = desired_children({"metadata": {"name": "a", "namespace": "n", "uid": "u"}}, spec, model,
                                OperatorConfig(), servicemonitor_crd=False)
     pod = next(o for o in objs if o["kind"] == "StatefulSet")["spec"]["template"]["spec"]
     inits = {c["name"]: c for c in pod.get("initContainers", []) if c["name"] != "check-api-key"}
-    wanted = [("fetch-model", spec["model"], "/models", model.fetch_args)]
+    wanted = [("fetch-model", spec.model, "/models", model.fetch_args)]
     if model.mmproj is not None:
-        wanted.append(("fetch-mmproj", spec["model"]["mmproj"], model.mmproj.dest, model.mmproj.fetch_args))
-    for lora, lora_spec in zip(model.loras, spec["model"].get("loras", [])):
+        wanted.append(("fetch-mmproj", spec.model.mmproj, model.mmproj.dest, model.mmproj.fetch_args))
+    for lora, lora_spec in zip(model.loras, spec.model.loras or []):
         wanted.append((f"fetch-lora-{lora.index}", lora_spec, lora.dest, lora.fetch_args))
     assert list(inits) == [name for name, _, _, fetch in wanted if fetch]
     for name, source, dest, _ in wanted:
@@ -111,10 +111,10 @@ def test_fetcher_accepts_the_init_container_args(name):
             continue
         args = fetch_cli.build_parser().parse_args(inits[name]["args"])
         assert str(args.dest) == dest
+        hf = source.hugging_face
         assert (args.url, args.hf_repo, args.hf_file, args.hf_revision) == (
-            source.get("url"), source.get("huggingFace", {}).get("repo"),
-            source.get("huggingFace", {}).get("file"), source.get("huggingFace", {}).get("revision"))
-        assert args.sha256 == (source["sha256"].lower() if source.get("sha256") else None)
+            source.url, hf and hf.repo, hf and hf.file, hf and hf.revision)
+        assert args.sha256 == (source.sha256.lower() if source.sha256 else None)
         mounts = {m["mountPath"] for m in inits[name]["volumeMounts"]}
         assert any(dest == m or dest.startswith(m + "/") for m in mounts), f"{name} writes {dest} outside its volumes"
 
@@ -164,7 +164,7 @@ def _as_pod(code: int, message: str) -> dict:
 
 def test_fetched_model_size_reaches_the_status(model_host, tmp_path):
     base, source = model_host
-    spec = normalize({"model": {"url": f"{base}/models/tiny-q4_0.gguf"}})
+    spec = parse({"model": {"url": f"{base}/models/tiny-q4_0.gguf"}})
     model = resolve_model(spec)
     code, message = _run_init_container(list(model.fetch_args), tmp_path / "models", tmp_path)
     assert code == 0, message
@@ -178,7 +178,7 @@ def test_fetched_model_size_reaches_the_status(model_host, tmp_path):
 
 def test_fetch_failure_reason_and_message_reach_the_status(model_host, tmp_path):
     base, _ = model_host
-    spec = normalize({"model": {"url": f"{base}/models/missing.gguf"}})
+    spec = parse({"model": {"url": f"{base}/models/missing.gguf"}})
     code, message = _run_init_container(list(resolve_model(spec).fetch_args), tmp_path / "models", tmp_path)
     assert code == 3, message
     view = pod_view(_as_pod(code, message))
@@ -211,7 +211,7 @@ def test_fetched_projector_lands_where_the_server_looks(model_host, tmp_path, mo
     model_spec = ({"url": f"{base}/models/tiny-q4_0.gguf"} if model_source == "url"
                   else {"pvc": {"claimName": "c", "path": "tiny-q4_0.gguf"}})
     # Any GGUF passes the fetcher's check: the tiny model stands in for a projector.
-    spec = normalize({"model": {**model_spec, "mmproj": {"url": f"{base}/models/tiny-q4_0.gguf",
+    spec = parse({"model": {**model_spec, "mmproj": {"url": f"{base}/models/tiny-q4_0.gguf",
                                                          "sha256": hashlib.sha256(source.read_bytes()).hexdigest()}}})
     model = resolve_model(spec)
     models, scratch = tmp_path / "models", tmp_path / "mmproj-volume"
@@ -234,7 +234,7 @@ def test_fetched_projector_lands_where_the_server_looks(model_host, tmp_path, mo
 
 def test_projector_fetch_failure_reaches_the_status(model_host, tmp_path):
     base, _ = model_host
-    spec = normalize({"model": {"url": f"{base}/models/tiny-q4_0.gguf",
+    spec = parse({"model": {"url": f"{base}/models/tiny-q4_0.gguf",
                                 "mmproj": {"url": f"{base}/models/mmproj-missing.gguf"}}})
     model = resolve_model(spec)
     code, message = _run_init_container(list(model.mmproj.fetch_args), tmp_path / "models", tmp_path)
@@ -255,9 +255,9 @@ def test_projector_fetch_failure_reaches_the_status(model_host, tmp_path):
     (["--grp-attn-n", "1"], False), (["--grp-attn-n=1"], False), ([], False)])
 def test_operator_refuses_the_self_extend_the_server_refuses(extra, refused, tmp_path, capsys):
     """spec.problems rejects exactly the --grp-attn-n settings kubellama-server refuses with --mmproj."""
-    from kubellama_operator.spec import problems
+    from kubellama_operator.spec import parse, problems
 
-    spec = normalize({"model": {"url": "https://m.test/a.gguf", "mmproj": {"url": "https://m.test/mm.gguf"}},
+    spec = parse({"model": {"url": "https://m.test/a.gguf", "mmproj": {"url": "https://m.test/mm.gguf"}},
                       "server": {"extraArgs": extra}})
     model = resolve_model(spec)
     args = server_args(spec, model)
@@ -271,7 +271,7 @@ def test_operator_refuses_the_self_extend_the_server_refuses(extra, refused, tmp
     assert server_refuses is refused
     assert bool([p for p in problems(spec) if "self-extend" in p]) is refused
     # Without a projector the same settings are the server's business, not a spec problem.
-    no_mmproj = normalize({"model": {"url": "https://m.test/a.gguf"}, "server": {"extraArgs": extra}})
+    no_mmproj = parse({"model": {"url": "https://m.test/a.gguf"}, "server": {"extraArgs": extra}})
     assert problems(no_mmproj) == []
 
 
@@ -311,7 +311,7 @@ def test_fetched_adapters_load_where_the_server_looks(lora_host, tmp_path, model
              {"name": "support", "url": f"{base}/loras/support/adapter.gguf"}]
     if model_source == "pvc":
         loras.append({"path": "tuned/adapter.gguf"})
-    spec = normalize({"model": {**model_spec, "loras": loras}, "server": {"contextSize": 256}})
+    spec = parse({"model": {**model_spec, "loras": loras}, "server": {"contextSize": 256}})
     model = resolve_model(spec)
     objs, _ = desired_children({"metadata": {"name": "a", "namespace": "n", "uid": "u"}}, spec, model,
                                OperatorConfig(), servicemonitor_crd=False)
@@ -342,7 +342,7 @@ def test_fetched_adapters_load_where_the_server_looks(lora_host, tmp_path, model
 
 def test_adapter_fetch_failure_reaches_the_status(model_host, tmp_path):
     base, _ = model_host
-    spec = normalize({"model": {"url": f"{base}/models/tiny-q4_0.gguf", "loras": [
+    spec = parse({"model": {"url": f"{base}/models/tiny-q4_0.gguf", "loras": [
         {"url": f"{base}/models/tiny-q4_0.gguf"}, {"name": "support", "url": f"{base}/loras/missing/adapter.gguf"}]}})
     model = resolve_model(spec)
     code, message = _run_init_container(list(model.loras[1].fetch_args), tmp_path / "models", tmp_path)
@@ -365,7 +365,7 @@ def test_lora_download_progress_from_the_fetchers_own_log_lines(lora_host, tmp_p
     from kubellama_operator.status import describe_progress, download_progress
 
     base, _, (_, support) = lora_host
-    spec = normalize({"model": {"url": f"{base}/models/tiny-q4_0.gguf", "loras": [
+    spec = parse({"model": {"url": f"{base}/models/tiny-q4_0.gguf", "loras": [
         {"url": f"{base}/models/tiny-q4_0.gguf"}, {"name": "support", "url": f"{base}/loras/support/adapter.gguf"}]}})
     lora = resolve_model(spec).loras[1]
     args = [_local(a, tmp_path / "models", None) for a in lora.fetch_args]
@@ -387,7 +387,7 @@ def test_probes_need_no_api_key_on_a_keyed_server(tmp_path):
     from kubellama_server.testing.live import LiveServer
     from kubellama_server.testing.tiny_gguf import build_tiny_gguf
 
-    spec = normalize({"model": {"url": "https://m.test/tiny.gguf"}, "apiKeySecretRef": {"name": "k"}})
+    spec = parse({"model": {"url": "https://m.test/tiny.gguf"}, "apiKeySecretRef": {"name": "k"}})
     model = resolve_model(spec)
     objs, _ = desired_children({"metadata": {"name": "a", "namespace": "n", "uid": "u"}}, spec, model,
                                OperatorConfig(), servicemonitor_crd=False)
@@ -421,7 +421,7 @@ def test_termination_budget_uses_the_servers_own_timeouts():
 
     assert statefulset.SLOT_SAVE_SECONDS >= persistence.SAVE_TIMEOUT
     assert statefulset.SCHEDULER_STOP_SECONDS >= inspect.signature(Scheduler.stop).parameters["timeout"].default
-    spec = normalize({"model": {"url": "https://m.test/a.gguf"}, "server": {"shutdownTimeoutSeconds": 45},
+    spec = parse({"model": {"url": "https://m.test/a.gguf"}, "server": {"shutdownTimeoutSeconds": 45},
                       "storage": {"slots": {"enabled": True, "restoreOnStart": True}}})
     settings, _ = server_cli.parse_settings(server_args(spec, resolve_model(spec)), environ={})
     budget = statefulset.termination_budget(spec)

@@ -13,7 +13,7 @@ import yaml
 from admission import admit, root_schema
 from kubellama_operator import rbac
 from kubellama_operator.crd import build_crd, render
-from kubellama_operator.spec import normalize, problems, resolve_model
+from kubellama_operator.spec import normalize, parse, problems, resolve_model
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CRD_FILE = ROOT / "crds" / "kubellama.dev_llamaservers.yaml"
@@ -106,7 +106,7 @@ def test_examples_cover_cpu_and_gpu_with_slots():
 def test_examples_cover_loras():
     specs = [d["spec"] for p in EXAMPLES for d in yaml.safe_load_all(p.read_text()) if d and d["kind"] == "LlamaServer"]
     (tuned,) = [s for s in specs if s["model"].get("loras")]
-    model = resolve_model(normalize(tuned))
+    model = resolve_model(parse(tuned))
     assert len(model.loras) >= 2 and all(lora.name for lora in model.loras)
     assert [lora.dest for lora in model.loras] == [f"/models/lora/{i}" for i in range(len(model.loras))]
 
@@ -115,7 +115,7 @@ def test_examples_cover_a_multimodal_model():
     specs = [d["spec"] for p in EXAMPLES for d in yaml.safe_load_all(p.read_text()) if d and d["kind"] == "LlamaServer"]
     (vision,) = [s for s in specs if "mmproj" in s["model"]]
     assert "huggingFace" in vision["model"]["mmproj"]
-    assert resolve_model(normalize(vision)).mmproj.path == "/models/mmproj/mmproj-model-f16.gguf"
+    assert resolve_model(parse(vision)).mmproj.path == "/models/mmproj/mmproj-model-f16.gguf"
 
 
 def test_defaults_fill_nested_objects():
@@ -362,7 +362,7 @@ def test_mmproj_defaults():
 ])
 def test_self_extend_check_agrees_with_cel(args, on):
     """`spec.turns_on_self_extend` and the CRD's rule read extraArgs the same way."""
-    from kubellama_operator.spec import turns_on_self_extend
+    from kubellama_operator.api.server import turns_on_self_extend
 
     assert turns_on_self_extend(args) is on
     _, errors = admit(server(model=MMPROJ_MODEL, server={"extraArgs": args}))

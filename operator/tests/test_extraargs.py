@@ -9,9 +9,9 @@ import sys
 import pytest
 
 from kubellama_operator import extraargs
-from kubellama_operator.crd import FORBIDDEN_FLAGS, MANAGED_FLAGS
+from kubellama_operator.api.server import FORBIDDEN_FLAGS, MANAGED_FLAGS
 from kubellama_operator.serverargs import server_args
-from kubellama_operator.spec import normalize, problems, resolve_model
+from kubellama_operator.spec import parse, problems, resolve_model
 
 server_cli = pytest.importorskip("kubellama_server.cli")
 
@@ -79,7 +79,7 @@ def test_every_spelling_of_a_managed_setting_is_refused():
 
 def test_the_server_would_take_what_is_refused():
     """Why the check exists: a managed flag's attached value, or an `=` form, overrides what the operator set."""
-    spec = normalize({"model": {"url": "https://m.test/a.gguf"}})
+    spec = parse({"model": {"url": "https://m.test/a.gguf"}})
     managed = server_args(spec, resolve_model(spec))
     settings, _ = server_cli.parse_settings(managed + ["--host=127.0.0.2", "-m/models/other.gguf"], environ={})
     assert (settings.host, settings.model) == ("127.0.0.2", "/models/other.gguf")
@@ -89,7 +89,7 @@ def test_the_server_would_take_what_is_refused():
 
 
 def test_spec_problems_include_the_extra_args():
-    spec = normalize({"model": {"url": "https://m.test/a.gguf"}, "server": {"extraArgs": ["--hos=0.0.0.0"]}})
+    spec = parse({"model": {"url": "https://m.test/a.gguf"}, "server": {"extraArgs": ["--hos=0.0.0.0"]}})
     assert any("--hos=0.0.0.0" in p for p in problems(spec))
 
 

@@ -3,6 +3,7 @@ create, errors keep the API server's message."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass
 
@@ -85,3 +86,31 @@ async def test_no_credentials_is_a_clear_error():
     client = KubeClient(lambda: None)
     with pytest.raises(RuntimeError, match="no Kubernetes credentials"):
         await client.get("v1", "Pod", "ns", "p")
+
+
+async def test_the_sync_client_is_the_same_client_for_the_test_harnesses(fake_api):
+    """`SyncKubeClient` (the control-plane harness's and the e2e support's) makes the operator client's calls,
+    from a plain thread: the same re-login, apply fallback, 404 as None and error messages."""
+    from kubellama_operator.kubesync import SyncKubeClient
+
+    url, seen = fake_api
+    tokens = iter(["t1", "t2"])
+    sync = SyncKubeClient(lambda: Info(server=url, token=next(tokens)), user_agent="kubellama-tests")
+
+    def calls() -> tuple:
+        obj = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "namespace": "ns"}}
+        created = sync.apply(obj)
+        missing = sync.get("v1", "Secret", "ns", "missing")
+        with pytest.raises(ApiError) as err:
+            sync.get("v1", "Secret", "ns", "forbidden")
+        return created, missing, err.value
+
+    try:
+        created, missing, error = await asyncio.to_thread(calls)
+    finally:
+        await asyncio.to_thread(sync.close)
+    assert created["metadata"]["name"] == "c" and missing is None
+    assert error.status == 403 and "cannot get" in error.message
+    assert [m for m, *_ in seen][-2:] == ["GET", "GET"] and seen[0][2] == "Bearer t1"
+    with pytest.raises(AttributeError):
+        sync.watch  # an async generator: not offered

@@ -7,14 +7,13 @@ emulator merges patches instead of doing real server-side apply.
 
 from __future__ import annotations
 
-import asyncio
 import copy
 from typing import Any
 from urllib.parse import parse_qs
 
 import pytest
 
-from kmock_harness import NAMESPACE, Running, TEST_CONFIG, eventually
+from kmock_harness import NAMESPACE, Running, TEST_CONFIG, counter, eventually
 from kubellama_operator import rbac
 from kubellama_operator.builders.meta import labels
 
@@ -173,11 +172,16 @@ async def test_periodic_resync_repairs_unwatched_drift(api, operator):
     await api.create(LS, "llamaservers", llama())
     await eventually(lambda: api.objects("apps/v1/statefulsets").get("gemma"))
     await phase_is(api, "Pending")
-    await asyncio.sleep(1)  # let the creation passes settle (kmock replays ADDED, so create runs twice)
+    # The creation passes are over once a resync pass has run (kmock replays ADDED, so create runs twice).
+    timer = counter("kubellama_operator_reconcile_total", trigger="timer", result="success")
+    await eventually(lambda: counter("kubellama_operator_reconcile_total", trigger="timer", result="success") > timer,
+                     timeout=4 * TEST_CONFIG.resync_seconds)
     api.kmock.objects["apps/v1/statefulsets", NAMESPACE, "gemma"].patch({"spec": {"replicas": 4}})
     assert api.objects("apps/v1/statefulsets")["gemma"]["spec"]["replicas"] == 4
-    await eventually(lambda: api.objects("apps/v1/statefulsets")["gemma"]["spec"]["replicas"] == 1,
-                     timeout=4 * TEST_CONFIG.resync_seconds)
+    updated = counter("kubellama_operator_children_applied_total", kind="StatefulSet", action="updated")
+    await eventually(lambda: api.objects("apps/v1/statefulsets")["gemma"]["spec"]["replicas"] == 1
+                     and counter("kubellama_operator_children_applied_total", kind="StatefulSet",
+                                 action="updated") > updated, timeout=4 * TEST_CONFIG.resync_seconds)
     await eventually(lambda: any("StatefulSet/gemma" in e["message"] for e in events(api, "Reverted", "Warning")))
 
 
@@ -420,11 +424,19 @@ async def test_restart_resumes_without_duplicates(api, operator):
     seen = len(list(api.kmock))
     before = {r: copy.deepcopy(api.objects(r)) for r in ("apps/v1/statefulsets", "v1/services",
                                                            "policy/v1/poddisruptionbudgets")}
+    resumed = counter("kubellama_operator_reconcile_total", trigger="resume", result="success")
+    timer = counter("kubellama_operator_reconcile_total", trigger="timer", result="success")
+    unchanged = counter("kubellama_operator_children_applied_total", kind="StatefulSet", action="unchanged")
     restarted = Running(TEST_CONFIG)
     await restarted.start()
     try:
-        # Let it resume and run a couple of resync passes.
-        await asyncio.sleep(2 * TEST_CONFIG.resync_seconds + 1)
+        # It resumed, then ran two resync passes, each comparing the children with what it wants (not a stall).
+        await eventually(lambda: counter("kubellama_operator_reconcile_total", trigger="resume", result="success")
+                         > resumed and counter("kubellama_operator_reconcile_total", trigger="timer",
+                                               result="success") >= timer + 2,
+                         timeout=10 * TEST_CONFIG.resync_seconds, what="the restarted operator's resume and resyncs")
+        assert counter("kubellama_operator_children_applied_total", kind="StatefulSet",
+                       action="unchanged") >= unchanged + 3
         after_requests = list(api.kmock)[seen:]
         writes = [(r.method, r.url.path) for r in after_requests
                   if r.method in ("POST", "PUT", "DELETE", "PATCH") and "/events" not in r.url.path

@@ -6,14 +6,14 @@ import pytest
 
 from kubellama_operator.config import OperatorConfig
 from kubellama_operator.policy import allowed, policy_problems
-from kubellama_operator.spec import normalize
+from kubellama_operator.spec import parse
 
 LISTS = OperatorConfig(allowed_images=("ghcr.io/kubellama/*", "registry.internal/llm/server:1.*"),
                        allowed_service_accounts=("llm", "team-*"))
 
 
 def spec(**fields):
-    return normalize({"model": {"url": "https://m.test/a.gguf"}, **fields})
+    return parse({"model": {"url": "https://m.test/a.gguf"}, **fields})
 
 
 @pytest.mark.parametrize("value, ok", [

@@ -9,8 +9,8 @@ import pytest
 from kubellama_operator import rbac
 from kubellama_operator.builders.meta import selector_labels
 from kubellama_operator.builders.router import ROUTER_RULES, router_name
-from kubellama_operator.crd import ROUTING_STRATEGIES
-from kubellama_operator.spec import endpoint, normalize
+from kubellama_operator.api.scaling import ROUTING_STRATEGIES
+from kubellama_operator.spec import endpoint, normalize, parse
 
 from test_builders import CONFIG, CPU, GPU, K8S_VERSIONS, build
 
@@ -79,8 +79,8 @@ def test_router_service_and_endpoint():
     svc = objs[("Service", "gemma-router")]
     assert svc["spec"]["selector"]["app.kubernetes.io/name"] == "kubellama-router"
     assert svc["spec"]["ports"][0]["port"] == 8080
-    assert endpoint("gemma", "ml", normalize(ROUTED)) == "http://gemma-router.ml.svc:8080/v1"
-    assert endpoint("gemma", "ml", normalize(CPU)) == "http://gemma.ml.svc:8080/v1"
+    assert endpoint("gemma", "ml", parse(ROUTED)) == "http://gemma-router.ml.svc:8080/v1"
+    assert endpoint("gemma", "ml", parse(CPU)) == "http://gemma.ml.svc:8080/v1"
 
 
 def test_routing_off_by_default_and_its_objects_dropped():

@@ -10,7 +10,7 @@ from kubellama_operator.builders import desired_children
 from kubellama_operator.config import OperatorConfig
 from kubellama_operator.diff import HASH_ANNOTATION, contains, needs_apply, with_hash
 from kubellama_operator.kube import resource_path
-from kubellama_operator.spec import endpoint, normalize, resolve_model
+from kubellama_operator.spec import endpoint, normalize, parse, resolve_model
 
 OWNER = {"apiVersion": "kubellama.dev/v1alpha1", "kind": "LlamaServer",
          "metadata": {"name": "a", "namespace": "n", "uid": "u"}}
@@ -22,18 +22,18 @@ OWNER = {"apiVersion": "kubellama.dev/v1alpha1", "kind": "LlamaServer",
     ({"pvc": {"claimName": "c", "path": "./a/../b/m.gguf"}}, "m.gguf", "/models/b/m.gguf", "m.gguf"),
 ])
 def test_resolve_model(model, file, path, name):
-    m = resolve_model(normalize({"model": model}))
+    m = resolve_model(parse({"model": model}))
     assert (m.file, m.path, m.name) == (file, path, name)
 
 
 def test_fetch_args_land_where_the_server_looks():
     """kubellama-fetch --dest DIR puts the file at DIR/<basename>: the server's -m must match."""
-    m = resolve_model(normalize({"model": {"huggingFace": {"repo": "o/r", "file": "q/x.gguf", "revision": "r1"},
+    m = resolve_model(parse({"model": {"huggingFace": {"repo": "o/r", "file": "q/x.gguf", "revision": "r1"},
                                            "sha256": "AB" * 32}}))
     assert m.fetch_args == ("--hf-repo", "o/r", "--hf-file", "q/x.gguf", "--hf-revision", "r1",
                             "--sha256", "ab" * 32, "--dest", "/models")
     assert m.path == "/models/" + "q/x.gguf".rsplit("/", 1)[1]
-    assert resolve_model(normalize({"model": {"pvc": {"claimName": "c", "path": "x.gguf"}}})).fetch_args == ()
+    assert resolve_model(parse({"model": {"pvc": {"claimName": "c", "path": "x.gguf"}}})).fetch_args == ()
 
 
 def test_normalize_does_not_mutate():
@@ -44,7 +44,7 @@ def test_normalize_does_not_mutate():
 
 
 def test_endpoint_uses_service_port():
-    assert endpoint("a", "ns", normalize({"model": {}, "service": {"port": 80}})) == "http://a.ns.svc:80/v1"
+    assert endpoint("a", "ns", parse({"model": {}, "service": {"port": 80}})) == "http://a.ns.svc:80/v1"
 
 
 def test_contains_ignores_server_defaults_but_not_changes():
@@ -89,7 +89,7 @@ def test_removed_fields_are_noticed_through_the_hash():
      "/models/mm.gguf", "/models", "path", "pvc://c/mm.gguf"),
 ])
 def test_resolve_mmproj(model, path, dest, source, description):
-    mm = resolve_model(normalize({"model": model})).mmproj
+    mm = resolve_model(parse({"model": model})).mmproj
     assert (mm.path, mm.dest, mm.source, mm.description, mm.offload) == (path, dest, source, description, True)
     assert mm.file == path.rsplit("/", 1)[1]
     if source == "path":
@@ -99,13 +99,13 @@ def test_resolve_mmproj(model, path, dest, source, description):
 
 
 def test_mmproj_offload_and_checksum():
-    mm = resolve_model(normalize({"model": {"url": "https://h.test/m.gguf", "mmproj": {
+    mm = resolve_model(parse({"model": {"url": "https://h.test/m.gguf", "mmproj": {
         "huggingFace": {"repo": "o/r", "file": "mm.gguf", "revision": "r1"}, "sha256": "CD" * 32,
         "offload": False}}})).mmproj
     assert mm.offload is False
     assert mm.fetch_args == ("--hf-repo", "o/r", "--hf-file", "mm.gguf", "--hf-revision", "r1",
                              "--sha256", "cd" * 32, "--dest", "/models/mmproj")
-    assert resolve_model(normalize({"model": {"url": "https://h.test/m.gguf"}})).mmproj is None
+    assert resolve_model(parse({"model": {"url": "https://h.test/m.gguf"}})).mmproj is None
 
 
 @pytest.mark.parametrize("model,paths,dests,sources", [
@@ -119,7 +119,7 @@ def test_mmproj_offload_and_checksum():
      ["/models/a.gguf", "/lora/1/b.gguf"], ["/models", "/lora/1"], ["path", "url"]),
 ])
 def test_resolve_loras(model, paths, dests, sources):
-    loras = resolve_model(normalize({"model": model})).loras
+    loras = resolve_model(parse({"model": model})).loras
     assert [(a.index, a.path, a.dest, a.source) for a in loras] == list(zip(range(len(paths)), paths, dests, sources))
     for lora in loras:
         assert lora.file == lora.path.rsplit("/", 1)[1]
@@ -130,7 +130,7 @@ def test_resolve_loras(model, paths, dests, sources):
 
 
 def test_lora_names_checksums_and_labels():
-    model = resolve_model(normalize({"model": {"url": "https://h.test/m.gguf", "loras": [
+    model = resolve_model(parse({"model": {"url": "https://h.test/m.gguf", "loras": [
         {"name": "sql", "huggingFace": {"repo": "o/r", "file": "sql.gguf", "revision": "r1"}, "sha256": "CD" * 32},
         {"url": "https://h.test/support.gguf"}]}}))
     sql, support = model.loras
@@ -139,7 +139,7 @@ def test_lora_names_checksums_and_labels():
     assert sql.description == "hf://o/r/sql.gguf@r1"
     assert (sql.name, sql.label) == ("sql", "LoRA adapter 0 (sql)")
     assert (support.name, support.label) == ("", "LoRA adapter 1")
-    assert resolve_model(normalize({"model": {"url": "https://h.test/m.gguf"}})).loras == ()
+    assert resolve_model(parse({"model": {"url": "https://h.test/m.gguf"}})).loras == ()
 
 
 def test_lora_changes_roll_the_pods():
@@ -150,7 +150,7 @@ def test_lora_changes_roll_the_pods():
     swapped["model"]["loras"].reverse()
 
     def sts(spec):
-        spec = normalize(spec)
+        spec = parse(spec)
         objs, _ = desired_children(OWNER, spec, resolve_model(spec), OperatorConfig(), servicemonitor_crd=False)
         return with_hash(next(o for o in objs if o["kind"] == "StatefulSet"))
 

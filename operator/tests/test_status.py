@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from kubellama_operator.spec import normalize, resolve_model
+from kubellama_operator.spec import parse, resolve_model
 from kubellama_operator.status import compute_status, essence, fetchers, pod_view
 
-MODEL = resolve_model(normalize({"model": {"url": "https://m.test/a.gguf"}}))
-PVC_MODEL = resolve_model(normalize({"model": {"pvc": {"claimName": "c", "path": "a.gguf"}}}))
+MODEL = resolve_model(parse({"model": {"url": "https://m.test/a.gguf"}}))
+PVC_MODEL = resolve_model(parse({"model": {"pvc": {"claimName": "c", "path": "a.gguf"}}}))
 RUNNING = {"running": {"startedAt": "2026-01-01T00:00:00Z"}}
 
 
@@ -133,11 +133,11 @@ def test_model_size_from_fetch_termination_message():
 
 # --- the multimodal projector's download (fetch-mmproj, after fetch-model) ---------------------------
 
-MM_MODEL = resolve_model(normalize({"model": {"url": "https://m.test/a.gguf",
+MM_MODEL = resolve_model(parse({"model": {"url": "https://m.test/a.gguf",
                                               "mmproj": {"url": "https://m.test/mmproj-f16.gguf"}}}))
-PVC_MM_MODEL = resolve_model(normalize({"model": {"pvc": {"claimName": "c", "path": "a.gguf"},
+PVC_MM_MODEL = resolve_model(parse({"model": {"pvc": {"claimName": "c", "path": "a.gguf"},
                                                   "mmproj": {"url": "https://m.test/mmproj-f16.gguf"}}}))
-PVC_MM_PATH = resolve_model(normalize({"model": {"pvc": {"claimName": "c", "path": "a.gguf"},
+PVC_MM_PATH = resolve_model(parse({"model": {"pvc": {"claimName": "c", "path": "a.gguf"},
                                                  "mmproj": {"path": "mmproj.gguf"}}}))
 DONE = {"state": {"terminated": {"exitCode": 0}}}
 WAITING = {"state": {"waiting": {"reason": "PodInitializing"}}}
@@ -230,9 +230,9 @@ def test_pvc_model_with_a_downloaded_projector():
 
 # --- LoRA adapters' downloads (fetch-lora-<i>, after fetch-model and fetch-mmproj) --------------------------
 
-LORA_MODEL = resolve_model(normalize({"model": {"url": "https://m.test/a.gguf", "loras": [
+LORA_MODEL = resolve_model(parse({"model": {"url": "https://m.test/a.gguf", "loras": [
     {"name": "sql", "url": "https://m.test/sql/adapter.gguf"}, {"url": "https://m.test/support/adapter.gguf"}]}}))
-PVC_LORA_MODEL = resolve_model(normalize({"model": {"pvc": {"claimName": "c", "path": "a.gguf"}, "loras": [
+PVC_LORA_MODEL = resolve_model(parse({"model": {"pvc": {"claimName": "c", "path": "a.gguf"}, "loras": [
     {"path": "sql.gguf", "name": "sql"}, {"url": "https://m.test/support/adapter.gguf", "name": "support"}]}}))
 
 
@@ -333,7 +333,7 @@ def test_pvc_model_with_adapters_on_the_claim_and_downloaded():
     assert cond(loaded, "ModelReady")["message"] == \
         "model file /models/a.gguf and LoRA adapters /models/sql.gguf, /lora/1/adapter.gguf are in place"
     # Everything on the claim: nothing to download.
-    on_claim = resolve_model(normalize({"model": {"pvc": {"claimName": "c", "path": "a.gguf"},
+    on_claim = resolve_model(parse({"model": {"pvc": {"claimName": "c", "path": "a.gguf"},
                                                   "mmproj": {"path": "mm.gguf"}, "loras": [{"path": "l.gguf"}]}}))
     from_claim = compute([pod(server={"state": RUNNING})], model=on_claim)
     assert cond(from_claim, "ModelReady")["reason"] == "FromClaim"

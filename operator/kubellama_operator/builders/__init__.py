@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import OperatorConfig
-from ..spec import Model, Spec
+from ..api import LlamaServerSpec
+from ..spec import Model
 from .autoscaler import HPA_API, KEDA_API, autoscaling_driver, build_hpa, build_scaledobject
 from .configmap import build_configmap, wants_configmap
 from .inferencepool import INFERENCEPOOL_API, build_inferencepool, wants_inferencepool
@@ -28,7 +29,7 @@ class ChildRef:
     name: str
 
 
-def desired_children(owner: Body, spec: Spec, model: Model, config: OperatorConfig, *,
+def desired_children(owner: Body, spec: LlamaServerSpec, model: Model, config: OperatorConfig, *,
                      servicemonitor_crd: bool, inferencepool_crd: bool = False,
                      scaledobject_crd: bool = False) -> tuple[list[dict[str, Any]], list[ChildRef]]:
     """The objects that should exist, and the optional ones that should not (to delete).

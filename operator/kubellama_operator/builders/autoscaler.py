@@ -7,10 +7,9 @@ from __future__ import annotations
 from typing import Any
 
 from .. import API_VERSION, KIND
-from ..crd import HPA_METRIC
-from ..spec import Spec
+from ..api.scaling import HPA_METRIC
+from ..api import LlamaServerSpec
 from .meta import Body, object_meta
-from .router import wants_autoscaling
 
 KEDA_API = "keda.sh/v1alpha1"
 KEDA_PLURAL = "scaledobjects"
@@ -19,32 +18,32 @@ HPA_API = "autoscaling/v2"
 MAX_STABILIZATION = 3600
 
 
-def autoscaling_driver(spec: Spec) -> str | None:
+def autoscaling_driver(spec: LlamaServerSpec) -> str | None:
     """router, hpa or keda; None without autoscaling."""
-    return (spec.get("autoscaling") or {}).get("driver", "router") if wants_autoscaling(spec) else None
+    return spec.autoscaling.driver if spec.autoscaled else None
 
 
 def _target(owner: Body) -> dict[str, str]:
     return {"apiVersion": API_VERSION, "kind": KIND, "name": owner["metadata"]["name"]}
 
 
-def build_hpa(owner: Body, spec: Spec) -> dict[str, Any]:
+def build_hpa(owner: Body, spec: LlamaServerSpec) -> dict[str, Any]:
     """An HPA on the Object metric HPA_METRIC of the LlamaServer (a metrics adapter must serve it): with an
     AverageValue target the HPA wants ceil(load / targetRequests) replicas, as the router would."""
-    auto = spec["autoscaling"]
+    auto = spec.autoscaling
     name = owner["metadata"]["name"]
     return {
         "apiVersion": HPA_API, "kind": "HorizontalPodAutoscaler", "metadata": object_meta(owner, name),
         "spec": {
             "scaleTargetRef": _target(owner),
-            "minReplicas": max(1, int(auto.get("minReplicas", 1))),
-            "maxReplicas": int(auto.get("maxReplicas", 3)),
+            "minReplicas": max(1, auto.min_replicas),
+            "maxReplicas": auto.max_replicas,
             "metrics": [{"type": "Object", "object": {
                 "describedObject": _target(owner),
                 "metric": {"name": HPA_METRIC},
-                "target": {"type": "AverageValue", "averageValue": str(int(auto.get("targetRequests", 4)))}}}],
+                "target": {"type": "AverageValue", "averageValue": str(auto.target_requests)}}}],
             "behavior": {"scaleDown": {"stabilizationWindowSeconds":
-                                       min(MAX_STABILIZATION, int(auto.get("scaleDownDelaySeconds", 120)))}},
+                                       min(MAX_STABILIZATION, auto.scale_down_delay_seconds)}},
         },
     }
 
@@ -56,23 +55,23 @@ def router_load_query(namespace: str, name: str) -> str:
             f"(sum(kubellama_router_inflight_requests{sel}) or vector(0))")
 
 
-def build_scaledobject(owner: Body, spec: Spec) -> dict[str, Any]:
+def build_scaledobject(owner: Body, spec: LlamaServerSpec) -> dict[str, Any]:
     """A KEDA ScaledObject with a Prometheus trigger on the router's load: KEDA scales from zero itself
     (activation at any queued request) and the router holds the request meanwhile."""
-    auto = spec["autoscaling"]
+    auto = spec.autoscaling
     meta = owner["metadata"]
     return {
         "apiVersion": KEDA_API, "kind": "ScaledObject", "metadata": object_meta(owner, meta["name"]),
         "spec": {
             "scaleTargetRef": _target(owner),
-            "minReplicaCount": int(auto.get("minReplicas", 1)),
-            "maxReplicaCount": int(auto.get("maxReplicas", 3)),
+            "minReplicaCount": auto.min_replicas,
+            "maxReplicaCount": auto.max_replicas,
             "pollingInterval": 15,
-            "cooldownPeriod": int(auto.get("scaleDownDelaySeconds", 120)),
+            "cooldownPeriod": auto.scale_down_delay_seconds,
             "triggers": [{"type": "prometheus", "metadata": {
-                "serverAddress": auto["prometheusAddress"],
+                "serverAddress": auto.prometheus_address,
                 "query": router_load_query(meta["namespace"], meta["name"]),
-                "threshold": str(int(auto.get("targetRequests", 4))),
+                "threshold": str(auto.target_requests),
                 "activationThreshold": "0",
             }}],
         },

@@ -5,18 +5,19 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..spec import SYSTEM_PROMPT_FILE, Spec
+from ..api import LlamaServerSpec
+from ..spec import SYSTEM_PROMPT_FILE
 from .meta import Body, config_name, object_meta
 
 
-def wants_configmap(spec: Spec) -> bool:
-    return bool(spec.get("server", {}).get("systemPrompt"))
+def wants_configmap(spec: LlamaServerSpec) -> bool:
+    return bool(spec.server.system_prompt)
 
 
-def build_configmap(owner: Body, spec: Spec) -> dict[str, Any]:
+def build_configmap(owner: Body, spec: LlamaServerSpec) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": object_meta(owner, config_name(owner["metadata"]["name"])),
-        "data": {SYSTEM_PROMPT_FILE: json.dumps({"prompt": spec["server"]["systemPrompt"]}, ensure_ascii=False)},
+        "data": {SYSTEM_PROMPT_FILE: json.dumps({"prompt": spec.server.system_prompt}, ensure_ascii=False)},
     }

@@ -6,18 +6,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..spec import SERVER_PORT, Spec
+from ..api import LlamaServerSpec
+from ..spec import SERVER_PORT
 from .meta import Body, object_meta, selector_labels
 
 INFERENCEPOOL_API = "inference.networking.k8s.io/v1"
 INFERENCEPOOL_PLURAL = "inferencepools"
 
 
-def wants_inferencepool(spec: Spec, crd_installed: bool) -> bool:
-    return crd_installed and bool((spec.get("inferencePool") or {}).get("enabled", True))
+def wants_inferencepool(spec: LlamaServerSpec, crd_installed: bool) -> bool:
+    return crd_installed and spec.inference_pool.enabled
 
 
-def build_inferencepool(owner: Body, spec: Spec) -> dict[str, Any]:
+def build_inferencepool(owner: Body, spec: LlamaServerSpec) -> dict[str, Any]:
     """The pool: the server pods (never the router's) on the server port. `endpointPickerRef` only when
     the spec names a picker: it is optional in the v1 schema since v1.5 (most gateways still need one)."""
     name = owner["metadata"]["name"]
@@ -26,10 +27,10 @@ def build_inferencepool(owner: Body, spec: Spec) -> dict[str, Any]:
         "targetPorts": [{"number": SERVER_PORT}],
         "appProtocol": "http",
     }
-    picker = (spec.get("inferencePool") or {}).get("endpointPickerRef")
-    if picker:
+    picker = spec.inference_pool.endpoint_picker_ref
+    if picker is not None:
         pool_spec["endpointPickerRef"] = {
-            "group": "", "kind": "Service", "name": picker["name"], "port": {"number": int(picker["port"])},
-            "failureMode": picker.get("failureMode", "FailClose")}
+            "group": "", "kind": "Service", "name": picker.name, "port": {"number": picker.port},
+            "failureMode": picker.failure_mode}
     return {"apiVersion": INFERENCEPOOL_API, "kind": "InferencePool", "metadata": object_meta(owner, name),
             "spec": pool_spec}

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..config import OperatorConfig
-from ..crd import EXTERNAL_SERVICE_TYPES
-from ..spec import SERVER_PORT, Spec
+from ..api import LlamaServerSpec
+from ..spec import SERVER_PORT
 from .meta import LABEL_COMPONENT, Body, object_meta, selector_labels
 
 #: The router's pods (same namespace) call the servers.
@@ -14,28 +14,28 @@ ROUTER_LABELS = {LABEL_COMPONENT: "router"}
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 
 
-def wants_networkpolicy(spec: Spec) -> bool:
-    return spec.get("networkPolicy", {}).get("enabled", True) is not False
+def wants_networkpolicy(spec: LlamaServerSpec) -> bool:
+    return spec.network_policy.enabled
 
 
-def allowed_peers(spec: Spec, config: OperatorConfig) -> list[dict[str, Any]] | None:
+def allowed_peers(spec: LlamaServerSpec, config: OperatorConfig) -> list[dict[str, Any]] | None:
     """The sources admitted to the server port; None: every source (a Service published outside the cluster)."""
-    if spec.get("service", {}).get("type") in EXTERNAL_SERVICE_TYPES:
+    if spec.service.external:
         return None
-    policy = spec.get("networkPolicy", {})
+    policy = spec.network_policy
     namespaces = config.prometheus_namespace_selector
     prometheus: dict[str, Any] = {"namespaceSelector": {"matchLabels": dict(namespaces)} if namespaces else {}}
     if config.prometheus_pod_selector:
         prometheus["podSelector"] = {"matchLabels": dict(config.prometheus_pod_selector)}
     peers = [{"podSelector": {"matchLabels": dict(ROUTER_LABELS)}}, prometheus]
-    if policy.get("allowedNamespaces"):
+    if policy.allowed_namespaces:
         peers.append({"namespaceSelector": {"matchExpressions": [{
-            "key": NAMESPACE_NAME_LABEL, "operator": "In", "values": sorted(set(policy["allowedNamespaces"]))}]}})
-    peers += [dict(peer) for peer in policy.get("from") or []]
+            "key": NAMESPACE_NAME_LABEL, "operator": "In", "values": sorted(set(policy.allowed_namespaces))}]}})
+    peers += [peer.to_dict() for peer in policy.from_ or []]
     return peers
 
 
-def build_networkpolicy(owner: Body, spec: Spec, config: OperatorConfig) -> dict[str, Any]:
+def build_networkpolicy(owner: Body, spec: LlamaServerSpec, config: OperatorConfig) -> dict[str, Any]:
     name = owner["metadata"]["name"]
     rule: dict[str, Any] = {"ports": [{"protocol": "TCP", "port": SERVER_PORT}]}
     peers = allowed_peers(spec, config)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..spec import Spec
+from ..api import LlamaServerSpec
 from .meta import Body, object_meta, selector_labels
 
 
-def wants_pdb(spec: Spec) -> bool:
-    return int(spec.get("replicas", 1)) > 1
+def wants_pdb(spec: LlamaServerSpec) -> bool:
+    return spec.replicas > 1
 
 
 def build_pdb(owner: Body) -> dict[str, Any]:

@@ -7,9 +7,10 @@ from __future__ import annotations
 from typing import Any
 
 from ..config import OperatorConfig
-from ..spec import SERVER_PORT, Spec
+from ..api import LlamaServerSpec
+from ..spec import SERVER_PORT
 from .meta import LABEL_COMPONENT, LABEL_INSTANCE, LABEL_NAME, LABEL_OWNER, Body, object_meta
-from .statefulset import RUN_AS, image_for
+from .statefulset import RUN_AS
 
 ROUTER_COMPONENT = "router"
 #: What the router's Role grants: nothing but following EndpointSlices.
@@ -20,8 +21,8 @@ def router_name(name: str) -> str:
     return f"{name}-router"
 
 
-def wants_router(spec: Spec) -> bool:
-    return bool((spec.get("routing") or {}).get("enabled"))
+def wants_router(spec: LlamaServerSpec) -> bool:
+    return spec.routing.enabled
 
 
 def router_selector(name: str) -> dict[str, str]:
@@ -35,16 +36,16 @@ def _meta(owner: Body, name: str) -> dict[str, Any]:
     return meta
 
 
-def wants_autoscaling(spec: Spec) -> bool:
-    return wants_router(spec) and bool((spec.get("autoscaling") or {}).get("enabled"))
+def wants_autoscaling(spec: LlamaServerSpec) -> bool:
+    return spec.autoscaled
 
 
-def router_scales(spec: Spec) -> bool:
+def router_scales(spec: LlamaServerSpec) -> bool:
     """Whether the router itself sets the replicas (driver router), rather than an HPA or KEDA."""
-    return wants_autoscaling(spec) and (spec.get("autoscaling") or {}).get("driver", "router") == "router"
+    return spec.autoscaled and spec.autoscaling.driver == "router"
 
 
-def router_rules(name: str, spec: Spec) -> list[dict[str, Any]]:
+def router_rules(name: str, spec: LlamaServerSpec) -> list[dict[str, Any]]:
     """The router Role's rules: EndpointSlices; when the router autoscales, this LlamaServer's scale too."""
     rules = [dict(r) for r in ROUTER_RULES]
     if router_scales(spec):
@@ -53,7 +54,7 @@ def router_rules(name: str, spec: Spec) -> list[dict[str, Any]]:
     return rules
 
 
-def build_router_rbac(owner: Body, spec: Spec) -> list[dict[str, Any]]:
+def build_router_rbac(owner: Body, spec: LlamaServerSpec) -> list[dict[str, Any]]:
     name = owner["metadata"]["name"]
     rname = router_name(name)
     rbac = "rbac.authorization.k8s.io/v1"
@@ -67,39 +68,36 @@ def build_router_rbac(owner: Body, spec: Spec) -> list[dict[str, Any]]:
     ]
 
 
-def router_args(owner: Body, spec: Spec) -> list[str]:
-    routing = spec.get("routing") or {}
+def router_args(owner: Body, spec: LlamaServerSpec) -> list[str]:
     args = ["--service", owner["metadata"]["name"], "--namespace", owner["metadata"]["namespace"],
-            "--strategy", routing.get("strategy", "prefix"), "--port", str(SERVER_PORT)]
+            "--strategy", spec.routing.strategy, "--port", str(SERVER_PORT)]
     if router_scales(spec):
-        auto = spec["autoscaling"]
+        auto = spec.autoscaling
         args += ["--autoscale", owner["metadata"]["name"],
-                 "--min-replicas", str(auto.get("minReplicas", 1)), "--max-replicas", str(auto.get("maxReplicas", 3)),
-                 "--target-requests", str(auto.get("targetRequests", 4)),
-                 "--autoscale-window", str(auto.get("windowSeconds", 60)),
-                 "--scale-down-delay", str(auto.get("scaleDownDelaySeconds", 120)),
-                 "--queue-timeout", str(auto.get("holdSeconds", 300))]
-    elif wants_autoscaling(spec):  # an HPA or KEDA scales: the router still holds requests while replicas start
-        args += ["--queue-timeout", str(spec["autoscaling"].get("holdSeconds", 300))]
+                 "--min-replicas", str(auto.min_replicas), "--max-replicas", str(auto.max_replicas),
+                 "--target-requests", str(auto.target_requests),
+                 "--autoscale-window", str(auto.window_seconds),
+                 "--scale-down-delay", str(auto.scale_down_delay_seconds),
+                 "--queue-timeout", str(auto.hold_seconds)]
+    elif spec.autoscaled:  # an HPA or KEDA scales: the router still holds requests while replicas start
+        args += ["--queue-timeout", str(spec.autoscaling.hold_seconds)]
     return args
 
 
-def build_router_deployment(owner: Body, spec: Spec, config: OperatorConfig) -> dict[str, Any]:
+def build_router_deployment(owner: Body, spec: LlamaServerSpec, config: OperatorConfig) -> dict[str, Any]:
     name = owner["metadata"]["name"]
-    routing = spec.get("routing") or {}
     probe = {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 10, "timeoutSeconds": 3}
     container = {
         "name": "router",
         # the server image carries kubellama-router (one distribution); the CPU image is enough even for GPU servers
-        "image": spec.get("image") or image_for({}, config),
+        "image": spec.image or config.cpu_image,
         "imagePullPolicy": config.image_pull_policy,
         "command": ["kubellama-router"],
         "args": router_args(owner, spec),
         "ports": [{"name": "http", "containerPort": SERVER_PORT, "protocol": "TCP"}],
         "readinessProbe": {**probe, "failureThreshold": 3},
         "livenessProbe": {**probe, "failureThreshold": 6},
-        "resources": routing.get("resources") or {"requests": {"cpu": "100m", "memory": "128Mi"},
-                                                   "limits": {"memory": "512Mi"}},
+        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
         "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True,
                             "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}},
     }
@@ -111,15 +109,15 @@ def build_router_deployment(owner: Body, spec: Spec, config: OperatorConfig) -> 
                             "seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [container],
     }
-    if spec.get("imagePullSecrets"):
-        pod["imagePullSecrets"] = [{"name": s["name"]} for s in spec["imagePullSecrets"]]
+    if spec.image_pull_secrets:
+        pod["imagePullSecrets"] = [{"name": s.name} for s in spec.image_pull_secrets]
     meta = _meta(owner, name)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": meta,
         "spec": {
-            "replicas": int(routing.get("replicas", 1)),
+            "replicas": spec.routing.replicas,
             "selector": {"matchLabels": router_selector(name)},
             "revisionHistoryLimit": 5,
             "template": {"metadata": {"labels": dict(meta["labels"])}, "spec": pod},
@@ -127,24 +125,24 @@ def build_router_deployment(owner: Body, spec: Spec, config: OperatorConfig) -> 
     }
 
 
-def build_router_service(owner: Body, spec: Spec) -> dict[str, Any]:
+def build_router_service(owner: Body, spec: LlamaServerSpec) -> dict[str, Any]:
     name = owner["metadata"]["name"]
-    svc = spec.get("service", {})
+    svc = spec.service
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {**_meta(owner, name), **({"annotations": dict(svc["annotations"])} if svc.get("annotations")
+        "metadata": {**_meta(owner, name), **({"annotations": dict(svc.annotations)} if svc.annotations
                                               else {})},
         "spec": {
-            "type": svc.get("type", "ClusterIP"),
+            "type": svc.type,
             "selector": router_selector(name),
-            "ports": [{"name": "http", "port": int(svc.get("port", SERVER_PORT)), "targetPort": "http",
+            "ports": [{"name": "http", "port": svc.port, "targetPort": "http",
                        "protocol": "TCP"}],
         },
     }
 
 
-def build_router(owner: Body, spec: Spec, config: OperatorConfig) -> list[dict[str, Any]]:
+def build_router(owner: Body, spec: LlamaServerSpec, config: OperatorConfig) -> list[dict[str, Any]]:
     """The router's objects, in the order they are applied (identity before the pods that use it)."""
     return [*build_router_rbac(owner, spec), build_router_service(owner, spec), build_router_deployment(owner, spec, config)]
 

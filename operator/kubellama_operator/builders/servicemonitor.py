@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..spec import Spec
+from ..api import LlamaServerSpec
 from .meta import ANNOTATION_MODEL, LABEL_OWNER, LABEL_SERVICE_ROLE, Body, object_meta, selector_labels
 
 
@@ -24,12 +24,11 @@ RELABELINGS: list[dict[str, Any]] = [
 ]
 
 
-def wants_servicemonitor(spec: Spec, crd_installed: bool) -> bool:
-    metrics = spec.get("server", {}).get("metrics", True)
-    return bool(metrics and crd_installed and spec.get("monitoring", {}).get("serviceMonitor"))
+def wants_servicemonitor(spec: LlamaServerSpec, crd_installed: bool) -> bool:
+    return spec.server.metrics and crd_installed and spec.monitoring.service_monitor
 
 
-def build_servicemonitor(owner: Body, spec: Spec) -> dict[str, Any]:
+def build_servicemonitor(owner: Body, spec: LlamaServerSpec) -> dict[str, Any]:
     name = owner["metadata"]["name"]
     return {
         "apiVersion": "monitoring.coreos.com/v1",
@@ -39,7 +38,7 @@ def build_servicemonitor(owner: Body, spec: Spec) -> dict[str, Any]:
             "selector": {"matchLabels": {**selector_labels(name), LABEL_SERVICE_ROLE: "api"}},
             "namespaceSelector": {"matchNames": [owner["metadata"]["namespace"]]},
             "endpoints": [{"port": "http", "path": "/metrics",
-                           "interval": spec.get("monitoring", {}).get("interval", "30s"),
+                           "interval": spec.monitoring.interval,
                            "relabelings": RELABELINGS}],
         },
     }

@@ -4,22 +4,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..spec import SERVER_PORT, Spec
+from ..api import LlamaServerSpec
+from ..spec import SERVER_PORT
 from .meta import LABEL_SERVICE_ROLE, Body, headless_name, object_meta, selector_labels
 
 
-def build_service(owner: Body, spec: Spec) -> dict[str, Any]:
+def build_service(owner: Body, spec: LlamaServerSpec) -> dict[str, Any]:
     name = owner["metadata"]["name"]
-    svc = spec.get("service", {})
+    svc = spec.service
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": object_meta(owner, name, extra_labels={LABEL_SERVICE_ROLE: "api"},
-                                annotations=svc.get("annotations") or None),
+                                annotations=svc.annotations or None),
         "spec": {
-            "type": svc.get("type", "ClusterIP"),
+            "type": svc.type,
             "selector": selector_labels(name),
-            "ports": [{"name": "http", "port": int(svc.get("port", SERVER_PORT)),
+            "ports": [{"name": "http", "port": svc.port,
                        "targetPort": "http", "protocol": "TCP"}],
         },
     }

@@ -7,8 +7,10 @@ from typing import Any
 
 from ..config import OperatorConfig
 from ..serverargs import server_args
+from ..api import LlamaServerSpec
+from ..api.llamaserver import ApiKeySecretRef
 from ..spec import (API_KEY_DIR, API_KEY_FILE, CONFIG_DIR, LORA_DIR, MMPROJ_DIR, MODEL_DIR, SERVER_PORT, SLOTS_DIR,
-                    SYSTEM_PROMPT_FILE, Model, Spec, uses_gpu)
+                    SYSTEM_PROMPT_FILE, Model)
 from .meta import ANNOTATION_MODEL, Body, config_name, headless_name, labels, object_meta, selector_labels
 
 #: The image's non-root user (images/server/Dockerfile).
@@ -38,13 +40,13 @@ EXIT_MARGIN_SECONDS = 10
 STARTUP_PERIOD = 10
 
 
-def image_for(spec: Spec, config: OperatorConfig) -> str:
-    if spec.get("image"):
-        return spec["image"]
-    return config.cuda_image if uses_gpu(spec) else config.cpu_image
+def image_for(spec: LlamaServerSpec, config: OperatorConfig) -> str:
+    if spec.image:
+        return spec.image
+    return config.cuda_image if spec.uses_gpu else config.cpu_image
 
 
-def termination_budget(spec: Spec) -> dict[str, int]:
+def termination_budget(spec: LlamaServerSpec) -> dict[str, int]:
     """Seconds each step of a server pod's termination may take, in the order they run.
 
     preStop sleep, then SIGTERM: the drain (running requests finish: --shutdown-timeout, from
@@ -52,15 +54,14 @@ def termination_budget(spec: Spec) -> dict[str, int]:
     the scheduler's stop, and a margin to exit. Their sum is the pod's terminationGracePeriodSeconds,
     so the kubelet never kills a server that is still saving its slots.
     """
-    restore = spec.get("storage", {}).get("slots", {}).get("restoreOnStart")
     return {"preStop": PRESTOP_SECONDS,
-            "drain": int(spec.get("server", {}).get("shutdownTimeoutSeconds", 30)),
-            "slotSave": SLOT_SAVE_SECONDS if restore else 0,
+            "drain": spec.server.shutdown_timeout_seconds,
+            "slotSave": SLOT_SAVE_SECONDS if spec.storage.slots.restore_on_start else 0,
             "schedulerStop": SCHEDULER_STOP_SECONDS,
             "exit": EXIT_MARGIN_SECONDS}
 
 
-def termination_grace(spec: Spec) -> int:
+def termination_grace(spec: LlamaServerSpec) -> int:
     """terminationGracePeriodSeconds: the whole `termination_budget`."""
     return sum(termination_budget(spec).values())
 
@@ -70,12 +71,11 @@ def _container_security() -> dict[str, Any]:
             "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
 
 
-def _model_claim_name(spec: Spec) -> str | None:
+def _model_claim_name(spec: LlamaServerSpec) -> str | None:
     """An existing claim holding the model directory, or None for per-replica claims."""
-    model = spec["model"]
-    if "pvc" in model:
-        return model["pvc"]["claimName"]
-    return spec.get("storage", {}).get("model", {}).get("claimName")
+    if spec.model.pvc is not None:
+        return spec.model.pvc.claim_name
+    return spec.storage.model.claim_name
 
 
 def fetch_lora(index: int) -> str:
@@ -93,7 +93,7 @@ def _lora_volume(model: Model) -> bool:
     return any(lora.dest.startswith(LORA_DIR + "/") for lora in model.loras)
 
 
-def _fetch_container(spec: Spec, name: str, fetch_args: tuple[str, ...], image: str, pull: str, *,
+def _fetch_container(spec: LlamaServerSpec, name: str, fetch_args: tuple[str, ...], image: str, pull: str, *,
                      hf_token: bool, own_volume: tuple[str, str] | None = None, hf_endpoint: str = "") -> dict[str, Any]:
     """A kubellama-fetch init container writing into the model volume (`own_volume`: (name, mount path) of an
     emptyDir instead, for a pvc model's projector or adapters).
@@ -104,12 +104,11 @@ def _fetch_container(spec: Spec, name: str, fetch_args: tuple[str, ...], image: 
     volume, root = own_volume or ("model", MODEL_DIR)
     env: list[dict[str, Any]] = [{"name": "HOME", "value": "/tmp"},
                                  {"name": "HF_HOME", "value": f"{root}/.hf"}]
-    token = spec["model"].get("tokenSecretRef")
+    token = spec.model.token_secret_ref
     if hf_endpoint and hf_token:
         env.append({"name": "HF_ENDPOINT", "value": hf_endpoint})
-    if token and hf_token:
-        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {
-            "name": token["name"], "key": token.get("key", "token")}}})
+    if token is not None and hf_token:
+        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": token.name, "key": token.key}}})
     return {
         "name": name,
         "image": image,
@@ -125,7 +124,7 @@ def _fetch_container(spec: Spec, name: str, fetch_args: tuple[str, ...], image: 
     }
 
 
-def _check_api_key_container(ref: dict[str, Any], image: str, pull: str) -> dict[str, Any]:
+def _check_api_key_container(ref: ApiKeySecretRef, image: str, pull: str) -> dict[str, Any]:
     """An init container that does nothing but needs the API key Secret's key to start.
 
     The Secret's volume is optional (a missing Secret would otherwise hold the pod in ContainerCreating
@@ -137,8 +136,7 @@ def _check_api_key_container(ref: dict[str, Any], image: str, pull: str) -> dict
         "image": image,
         "imagePullPolicy": pull,
         "command": ["true"],
-        "env": [{"name": "API_KEY", "valueFrom": {"secretKeyRef": {
-            "name": ref["name"], "key": ref.get("key", "api-key")}}}],
+        "env": [{"name": "API_KEY", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}],
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
         "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},
         "securityContext": _container_security(),
@@ -146,13 +144,13 @@ def _check_api_key_container(ref: dict[str, Any], image: str, pull: str) -> dict
     }
 
 
-def _init_containers(spec: Spec, model: Model, image: str, pull: str, hf_endpoint: str = "") -> list[dict[str, Any]]:
+def _init_containers(spec: LlamaServerSpec, model: Model, image: str, pull: str, hf_endpoint: str = "") -> list[dict[str, Any]]:
     """check-api-key (with spec.apiKeySecretRef), fetch-model (url/huggingFace models), then fetch-mmproj
     (url/huggingFace projectors), then one fetch-lora-<i> per url/huggingFace adapter (kubellama-fetch
     downloads one file per run)."""
     out = []
-    if spec.get("apiKeySecretRef"):
-        out.append(_check_api_key_container(spec["apiKeySecretRef"], image, pull))
+    if spec.api_key_secret_ref is not None:
+        out.append(_check_api_key_container(spec.api_key_secret_ref, image, pull))
     if model.fetch_args:
         out.append(_fetch_container(spec, FETCH_MODEL, model.fetch_args, image, pull,
                                     hf_token=model.source == "huggingFace", hf_endpoint=hf_endpoint))
@@ -168,31 +166,28 @@ def _init_containers(spec: Spec, model: Model, image: str, pull: str, hf_endpoin
     return out
 
 
-def _server_resources(spec: Spec) -> dict[str, Any]:
-    res = spec.get("resources", {}) or {}
-    out = {k: dict(v) for k, v in res.items() if k in ("limits", "requests") and v}
-    if uses_gpu(spec):
-        gpu = spec["gpu"]
-        out.setdefault("limits", {})[gpu.get("resourceName", "nvidia.com/gpu")] = int(gpu["count"])
+def _server_resources(spec: LlamaServerSpec) -> dict[str, Any]:
+    res = spec.resources
+    out = {k: dict(v) for k, v in (("limits", res and res.limits), ("requests", res and res.requests)) if v}
+    if spec.uses_gpu:
+        out.setdefault("limits", {})[spec.gpu.resource_name] = spec.gpu.count
     return out
 
 
-def _server_container(spec: Spec, model: Model, image: str, config: OperatorConfig) -> dict[str, Any]:
-    server = spec.get("server", {})
-    slots = spec.get("storage", {}).get("slots", {})
+def _server_container(spec: LlamaServerSpec, model: Model, image: str, config: OperatorConfig) -> dict[str, Any]:
     mounts = [{"name": "model", "mountPath": MODEL_DIR, "readOnly": True},
               {"name": "tmp", "mountPath": "/tmp"}]
     if _mmproj_volume(model):
         mounts.append({"name": "mmproj", "mountPath": MMPROJ_DIR, "readOnly": True})
     if _lora_volume(model):
         mounts.append({"name": "lora", "mountPath": LORA_DIR, "readOnly": True})
-    if slots.get("enabled"):
+    if spec.storage.slots.enabled:
         mounts.append({"name": "slots", "mountPath": SLOTS_DIR})
-    if spec.get("apiKeySecretRef"):
+    if spec.api_key_secret_ref is not None:
         mounts.append({"name": "api-key", "mountPath": API_KEY_DIR, "readOnly": True})
-    if server.get("systemPrompt"):
+    if spec.server.system_prompt:
         mounts.append({"name": "config", "mountPath": CONFIG_DIR, "readOnly": True})
-    startup_timeout = int(server.get("startupTimeoutSeconds", 1800))
+    startup_timeout = spec.server.startup_timeout_seconds
     container: dict[str, Any] = {
         "name": "server",
         "image": image,
@@ -224,39 +219,36 @@ def _server_container(spec: Spec, model: Model, image: str, config: OperatorConf
     return container
 
 
-def _volumes(spec: Spec, model: Model, name: str) -> list[dict[str, Any]]:
+def _volumes(spec: LlamaServerSpec, model: Model, name: str) -> list[dict[str, Any]]:
     vols: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
     claim = _model_claim_name(spec)
     if claim:
         vols.append({"name": "model", "persistentVolumeClaim": {
-            "claimName": claim, "readOnly": "pvc" in spec["model"]}})
+            "claimName": claim, "readOnly": spec.model.pvc is not None}})
     if _mmproj_volume(model):
         vols.append({"name": "mmproj", "emptyDir": {}})
     if _lora_volume(model):
         vols.append({"name": "lora", "emptyDir": {}})
-    ref = spec.get("apiKeySecretRef")
-    if ref:
+    ref = spec.api_key_secret_ref
+    if ref is not None:
         # Optional: check-api-key reports a missing Secret in the pod's status (a missing volume would not).
         vols.append({"name": "api-key", "secret": {
-            "secretName": ref["name"], "defaultMode": 0o440, "optional": True,
-            "items": [{"key": ref.get("key", "api-key"), "path": API_KEY_FILE}]}})
-    if spec.get("server", {}).get("systemPrompt"):
+            "secretName": ref.name, "defaultMode": 0o440, "optional": True,
+            "items": [{"key": ref.key, "path": API_KEY_FILE}]}})
+    if spec.server.system_prompt:
         vols.append({"name": "config", "configMap": {
             "name": config_name(name), "items": [{"key": SYSTEM_PROMPT_FILE, "path": SYSTEM_PROMPT_FILE}]}})
     return vols
 
 
-def _claim_templates(spec: Spec, name: str) -> list[dict[str, Any]]:
-    storage = spec.get("storage", {})
+def _claim_templates(spec: LlamaServerSpec, name: str) -> list[dict[str, Any]]:
     out = []
     if not _model_claim_name(spec):
-        m = storage.get("model", {})
-        out.append(_claim("model", name, m.get("accessModes", ["ReadWriteOnce"]), m.get("size", "20Gi"),
-                          m.get("storageClassName")))
-    slots = storage.get("slots", {})
-    if slots.get("enabled"):
-        out.append(_claim("slots", name, ["ReadWriteOnce"], slots.get("size", "2Gi"),
-                          slots.get("storageClassName")))
+        m = spec.storage.model
+        out.append(_claim("model", name, m.access_modes, m.size, m.storage_class_name))
+    slots = spec.storage.slots
+    if slots.enabled:
+        out.append(_claim("slots", name, ["ReadWriteOnce"], slots.size, slots.storage_class_name))
     return out
 
 
@@ -267,30 +259,30 @@ def _claim(volume: str, name: str, modes: list[str], size: Any, storage_class: s
     return {"metadata": {"name": volume, "labels": labels(name)}, "spec": spec}
 
 
-def _pod_annotations(spec: Spec, scrape_annotations: bool) -> dict[str, str]:
-    ann = dict(spec.get("podAnnotations") or {})
-    if scrape_annotations and spec.get("server", {}).get("metrics", True):
+def _pod_annotations(spec: LlamaServerSpec, scrape_annotations: bool) -> dict[str, str]:
+    ann = dict(spec.pod_annotations or {})
+    if scrape_annotations and spec.server.metrics:
         ann.update({"prometheus.io/scrape": "true", "prometheus.io/port": str(SERVER_PORT),
                     "prometheus.io/path": "/metrics"})
     return ann
 
 
-def _tolerations(spec: Spec) -> list[dict[str, Any]]:
-    tols = [dict(t) for t in spec.get("tolerations") or []]
-    if uses_gpu(spec) and not any(t.get("key") == GPU_TAINT for t in tols):
+def _tolerations(spec: LlamaServerSpec) -> list[dict[str, Any]]:
+    tols = [t.to_dict() for t in spec.tolerations or []]
+    if spec.uses_gpu and not any(t.get("key") == GPU_TAINT for t in tols):
         tols.append({"key": GPU_TAINT, "operator": "Exists", "effect": "NoSchedule"})
     return tols
 
 
-def _node_selector(spec: Spec) -> dict[str, str]:
-    sel = dict(spec.get("nodeSelector") or {})
-    product = spec.get("gpu", {}).get("product")
-    if uses_gpu(spec) and product:
+def _node_selector(spec: LlamaServerSpec) -> dict[str, str]:
+    sel = dict(spec.node_selector or {})
+    product = spec.gpu.product
+    if spec.uses_gpu and product:
         sel[GPU_PRODUCT_LABEL] = product
     return sel
 
 
-def pod_spec(owner: Body, spec: Spec, model: Model, config: OperatorConfig) -> dict[str, Any]:
+def pod_spec(owner: Body, spec: LlamaServerSpec, model: Model, config: OperatorConfig) -> dict[str, Any]:
     name = owner["metadata"]["name"]
     image = image_for(spec, config)
     pod: dict[str, Any] = {
@@ -305,15 +297,16 @@ def pod_spec(owner: Body, spec: Spec, model: Model, config: OperatorConfig) -> d
     init = _init_containers(spec, model, image, config.image_pull_policy, config.hf_endpoint)
     if init:
         pod["initContainers"] = init
-    if spec.get("serviceAccountName"):
-        pod["serviceAccountName"] = spec["serviceAccountName"]
+    if spec.service_account_name:
+        pod["serviceAccountName"] = spec.service_account_name
     else:
         pod["automountServiceAccountToken"] = False
-    for key in ("runtimeClassName", "priorityClassName", "affinity"):
-        if spec.get(key):
-            pod[key] = spec[key]
-    if spec.get("imagePullSecrets"):
-        pod["imagePullSecrets"] = [{"name": s["name"]} for s in spec["imagePullSecrets"]]
+    for key, value in (("runtimeClassName", spec.runtime_class_name), ("priorityClassName", spec.priority_class_name),
+                       ("affinity", spec.affinity)):
+        if value:
+            pod[key] = value
+    if spec.image_pull_secrets:
+        pod["imagePullSecrets"] = [{"name": s.name} for s in spec.image_pull_secrets]
     tols, sel = _tolerations(spec), _node_selector(spec)
     if tols:
         pod["tolerations"] = tols
@@ -322,12 +315,12 @@ def pod_spec(owner: Body, spec: Spec, model: Model, config: OperatorConfig) -> d
     return pod
 
 
-def build_statefulset(owner: Body, spec: Spec, model: Model, config: OperatorConfig, *,
+def build_statefulset(owner: Body, spec: LlamaServerSpec, model: Model, config: OperatorConfig, *,
                       scrape_annotations: bool) -> dict[str, Any]:
     name = owner["metadata"]["name"]
-    retention = spec.get("storage", {}).get("retention", {})
+    retention = spec.storage.retention
     template_meta: dict[str, Any] = {
-        "labels": {**(spec.get("podLabels") or {}), **labels(name)},
+        "labels": {**(spec.pod_labels or {}), **labels(name)},
     }
     template_meta["annotations"] = {**_pod_annotations(spec, scrape_annotations), ANNOTATION_MODEL: model.name}
     sts: dict[str, Any] = {
@@ -335,7 +328,7 @@ def build_statefulset(owner: Body, spec: Spec, model: Model, config: OperatorCon
         "kind": "StatefulSet",
         "metadata": object_meta(owner, name),
         "spec": {
-            "replicas": int(spec.get("replicas", 1)),
+            "replicas": spec.replicas,
             "serviceName": headless_name(name),
             "selector": {"matchLabels": selector_labels(name)},
             # Replicas download and load independently; no need to wait for each other.
@@ -343,8 +336,7 @@ def build_statefulset(owner: Body, spec: Spec, model: Model, config: OperatorCon
             "updateStrategy": {"type": "RollingUpdate"},
             "revisionHistoryLimit": 5,
             "persistentVolumeClaimRetentionPolicy": {
-                "whenDeleted": retention.get("whenDeleted", "Retain"),
-                "whenScaled": retention.get("whenScaled", "Retain")},
+                "whenDeleted": retention.when_deleted, "whenScaled": retention.when_scaled},
             "template": {"metadata": template_meta, "spec": pod_spec(owner, spec, model, config)},
         },
     }

@@ -21,6 +21,8 @@ import httpx
 import kubellama_controlplane as kcp
 import yaml
 
+from kubellama_server.testing.wait import free_port, wait_until
+
 REPO = Path(__file__).resolve().parents[3]
 CHART = REPO / "charts" / "kubellama"
 OPERATOR_NS = "kubellama-system"
@@ -77,7 +79,7 @@ def chart_operator(control_plane: kcp.ControlPlane, kube: kcp.Kube, helm: Callab
 
     workdir.mkdir(parents=True, exist_ok=True)
     config = control_plane.service_account_kubeconfig(OPERATOR_NS, account, workdir / "operator.kubeconfig")
-    health_port, metrics_port = kcp.free_port(), kcp.free_port()
+    health_port, metrics_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("KUBELLAMA_") and k != "KUBECONFIG"}
     env.update({"KUBECONFIG": str(config), "POD_NAMESPACE": OPERATOR_NS, "POD_NAME": f"{release}-operator-test"})
     log = workdir / "operator.log"
@@ -88,14 +90,9 @@ def chart_operator(control_plane: kcp.ControlPlane, kube: kcp.Kube, helm: Callab
     running = RunningOperator(proc, log, f"system:serviceaccount:{OPERATOR_NS}:{account}",
                               f"http://127.0.0.1:{health_port}", f"http://127.0.0.1:{metrics_port}")
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            running.check_alive()
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{running.health_url}/readyz", timeout=2).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, f"the operator is not ready after 60s:\n{kcp.tail(log, 30)}"
-            time.sleep(0.25)
+        wait_until(lambda: httpx.get(f"{running.health_url}/readyz", timeout=2).status_code == 200,
+                   "the operator's /readyz", 60, transient=(httpx.HTTPError,), alive=running.check_alive,
+                   detail=lambda: kcp.tail(log, 30))
         yield running
     finally:
         proc.terminate()

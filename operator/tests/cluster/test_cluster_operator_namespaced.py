@@ -3,7 +3,7 @@ and LlamaServers outside the watched namespaces are left alone."""
 
 from __future__ import annotations
 
-import time
+import httpx
 import uuid
 
 import kubellama_controlplane as kcp
@@ -32,13 +32,20 @@ def test_namespaced_operator_needs_only_the_charts_roles(control_plane, kube, he
     with chart_operator(control_plane, kube, helm, tmp_path, "kn",
                         "--set", f"operator.watchNamespaces={{{ns}}}") as operator:
         before = 0
-        kube.create(llama("mine", ns))
+        # The other namespace's first: by the time "mine" is Ready (passes on its pods' events, seconds later),
+        # an operator watching every namespace would long have handled "theirs" (no sleep that a stalled
+        # operator would also pass).
         kube.create(llama("theirs", other))
+        kube.create(llama("mine", ns))
         status = wait_phase(kube, operator, "mine", ns, "Ready", readyReplicas=1)
         assert status["endpoint"] == f"http://mine.{ns}.svc:8080/v1"
         assert kube.read("apps/v1", "StatefulSet", "mine", ns)
 
-        time.sleep(3)  # the operator had time to (wrongly) act on the other namespace
+        # The operator's own account of what it handled: its per-LlamaServer series.
+        scraped = httpx.get(f"{operator.metrics_url}/metrics", timeout=10).text
+        phases = [line for line in scraped.splitlines() if line.startswith("kubellama_operator_llamaserver_phase{")]
+        assert any(f'namespace="{ns}"' in line and 'name="mine"' in line for line in phases), phases
+        assert not any(f'namespace="{other}"' in line for line in phases), phases
         assert status_of(kube, "theirs", other) == {}
         assert kube.read("apps/v1", "StatefulSet", "theirs", other) is None
 
