@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from kubellama_server.engine.params import SlotParams
-from kubellama_server.engine.planner import GENERATE, POOLED, PlanConfig, admit, plan_step
+from kubellama_server.engine.planner import GENERATE, POOLED, Admission, PlanConfig, admit, plan_step
 from kubellama_server.engine.run import Run
 from kubellama_server.engine.scheduler import Scheduler
 from kubellama_server.engine.self_extend import SelfExtend
@@ -346,7 +346,33 @@ def test_admit_in_queue_order_with_prefix_reuse_and_requested_slots():
         return t
 
     reuse, lru, pinned = task([1, 2, 3, 4], cache_prompt=True), task([9]), task([9], id_slot=1)
-    assert admit([reuse, lru], [a, b, c]) == [(reuse, b), (lru, c)]
-    assert admit([pinned, lru], [a, b, c]) == [(pinned, b), (lru, c)]
+    def pairs(started):
+        return [(s.task, s.slot) for s in started]
+
+    assert pairs(admit([reuse, lru], [a, b, c])) == [(reuse, b), (lru, c)]
+    assert pairs(admit([pinned, lru], [a, b, c])) == [(pinned, b), (lru, c)]
     b.start(Run(lru, lru.params, [9], 0))  # the pinned slot is busy: the pinned task waits, the next goes
-    assert admit([pinned, reuse], [a, b, c]) == [(reuse, c)]
+    # the busy slot's 3 tokens are not worth a copy (slot_choice.COPY_COST): the LRU idle slot
+    assert admit([pinned, reuse], [a, b, c]) == [Admission(reuse, c)]
+
+
+def test_a_slot_taken_in_the_same_round_lends_nothing():
+    a, b = Slot(0, 64), Slot(1, 64)
+    shared = list(range(1, 41))
+    a.cache_tokens = shared + [100] * 20  # another conversation sharing 40 tokens of system prompt
+    a.t_last_used = 5.0
+
+    def task(tokens):
+        t = Task(kind="completion", prompt="", params=SlotParams(cache_prompt=True), sink=None)
+        t.tokens, t.lora = tokens, ()
+        return t
+
+    own, new = task(a.cache_tokens + [7, 8]), task(shared + [9])
+    assert admit([new], [a, b]) == [Admission(new, b, a, 40)]  # not into a: a keeps its conversation
+    # no copies (self-extend): the shared prefix is worth more than the 20 tokens it overwrites
+    assert admit([new], [a, b], can_copy=False) == [Admission(new, a)]
+    a.start(Run(new, new.params, [1], 0))  # a busy slot lends too (its cache is decoded between steps)
+    assert admit([new], [a, b]) == [Admission(new, b, a, 40)]
+    a.run = None
+    # `own` takes a (its whole cache) first; its cache then changes, so `new` gets no copy from it
+    assert admit([own, new], [a, b]) == [Admission(own, a), Admission(new, b)]

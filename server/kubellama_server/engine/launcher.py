@@ -48,17 +48,19 @@ class Launcher:
         finally:  # what was taken from the queue goes back in front, in order
             ready.extend(sched.waiting)
             sched.waiting = ready
-        started = admit(ready, sched.slots)
+        started = admit(ready, sched.slots, can_copy=not sched.self_extend)
         if not started:
             return
-        for task, slot in started:
+        for task, slot, donor, n_copy in started:
             try:
+                if donor is not None:
+                    self.copy_prefix(donor, slot, task.tokens[:n_copy])
                 self.launch(slot, task)
             except Exception as exc:  # this task only: the others stay queued or running
                 if slot.run is None and task.slot is slot:  # picked, not started: the slot stays free
                     task.slot = None
                 sched.output.fail_task(task, exc)
-        gone = {id(t) for t, _ in started}
+        gone = {id(a.task) for a in started}
         sched.waiting = deque(t for t in ready if id(t) not in gone)
 
     def launch(self, slot: Slot, task: Task) -> None:
@@ -119,6 +121,19 @@ class Launcher:
                 log.debug("slot %d: system prompt copied from slot %d (%d tokens)", slot.id, other.id, n)
                 return n
         return 0
+
+    def copy_prefix(self, donor: Slot, slot: Slot, prefix: list[int]) -> None:
+        """Seed idle `slot` with the KV of `prefix`, which `donor` holds (`planner.pick_slot`
+        chose this over evaluating it again); nothing when the donor no longer holds it."""
+        n = len(prefix)
+        if donor.cache_tokens[:n] != prefix:
+            return
+        ctx = self.sched.ctx
+        ctx.seq_rm(slot.id, 0, -1)
+        ctx.seq_cp(donor.id, slot.id)  # a whole-sequence copy (one KV stream per slot), then trimmed
+        ctx.seq_rm(slot.id, n, -1)
+        slot.cache_tokens, slot.cache_lora = list(prefix), donor.cache_lora
+        log.debug("slot %d: %d prompt tokens copied from slot %d", slot.id, n, donor.id)
 
     def make_pool_room(self, slot: Slot, need: int) -> None:
         """--kv-unified: drop idle slots' caches, least recently used first, until the shared

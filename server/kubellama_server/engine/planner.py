@@ -17,9 +17,10 @@ results. Everything here reads slots and runs and decides:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, NamedTuple, Sequence
 
 from .self_extend import SelfExtend
+from .slot_choice import IdleSlot, choose
 
 # task kinds decoded by the pooled step: one pooled output per input, no generation
 POOLED_KINDS = ("embedding", "rerank")
@@ -215,37 +216,58 @@ def common_prefix(a: list[int], b: list[int]) -> int:
     return i
 
 
-def pick_slot(task, idle: Sequence, slots: Sequence):
-    """The requested slot (if idle); else the idle slot sharing the longest prefix with the
-    task's prompt (same LoRA scales); else the least recently used idle slot."""
+class Admission(NamedTuple):
+    """A queued task starting in `slot`; with `donor`, the first `n_copy` tokens of the
+    donor's cache are copied into the slot first (cheaper than evaluating them again)."""
+
+    task: Any
+    slot: Any
+    donor: Any = None
+    n_copy: int = 0
+
+
+def pick_slot(task, idle: Sequence, slots: Sequence, can_copy: bool = True,
+              lenders: Sequence | None = None) -> Admission | None:
+    """The requested slot (if idle); else, for a cached completion, the idle slot
+    `slot_choice.choose` values most (reuse minus what it destroys, maybe seeded with a copy
+    of the longest matching prefix one of `lenders` (default: every slot) holds); else the
+    least recently used idle slot."""
     if task.params.id_slot >= 0:
         slot = slots[task.params.id_slot]
-        return slot if slot in idle else None
+        return Admission(task, slot) if slot in idle else None
     if not idle:
         return None
-    if task.kind == "completion" and task.params.cache_prompt:
-        best, best_len = None, 0
-        for s in idle:
-            if s.cache_lora != task.lora:  # computed with other LoRA scales: nothing to reuse
-                continue
-            k = common_prefix(s.cache_tokens, task.tokens)
-            if k > best_len:
-                best, best_len = s, k
-        if best is not None:
-            return best
-    return min(idle, key=lambda s: s.t_last_used)
+    if not (task.kind == "completion" and task.params.cache_prompt):
+        return Admission(task, min(idle, key=lambda s: s.t_last_used))
+
+    def common(s) -> int:  # computed with other LoRA scales: nothing to reuse
+        return common_prefix(s.cache_tokens, task.tokens) if s.cache_lora == task.lora else 0
+
+    donor, lend = None, 0
+    if can_copy and task.media is None:  # images are evaluated whole: never copied
+        for s in slots if lenders is None else lenders:
+            n = common(s)
+            if n > lend:
+                donor, lend = s, n
+    i, copy = choose([IdleSlot(common(s), len(s.cache_tokens), s.t_last_used) for s in idle], lend)
+    slot = idle[i]
+    if copy and donor is not None and donor is not slot:
+        return Admission(task, slot, donor, lend)
+    return Admission(task, slot)
 
 
-def admit(tasks: Sequence, slots: Sequence) -> list[tuple]:
-    """(task, slot) for the queued `tasks` (prepared, in queue order) that start now: each
-    takes the slot `pick_slot` gives it; a task whose slot is busy waits, later ones may go."""
+def admit(tasks: Sequence, slots: Sequence, can_copy: bool = True) -> list[Admission]:
+    """The queued `tasks` (prepared, in queue order) that start now, each in the slot
+    `pick_slot` gives it; a task whose slot is busy waits, later ones may go. A slot taken
+    in this round lends nothing (its cache changes when its task starts)."""
     idle = [s for s in slots if s.run is None]
-    out = []
+    out: list[Admission] = []
     for task in tasks:
         if not idle:
             break
-        slot = pick_slot(task, idle, slots)
-        if slot is not None:
-            idle.remove(slot)
-            out.append((task, slot))
+        taken = {id(a.slot) for a in out}
+        pick = pick_slot(task, idle, slots, can_copy, [s for s in slots if id(s) not in taken])
+        if pick is not None:
+            idle.remove(pick.slot)
+            out.append(pick)
     return out
