@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .chwbl import HashRing, load_ok
-from .hashing import block_hashes
+from .hashing import PromptHashes
 from .keys import RouteKeys
 from .prefix_index import PrefixIndex
 
@@ -103,12 +103,14 @@ class Prefix(Strategy):
     """Longest cached prompt prefix wins, under KubeAI's bounded-load rule, knowing llama.cpp's slots.
 
     The prompt (chat: the conversation as text, so a next turn extends the previous one) is cut
-    into `block_chars`-character blocks with chained hashes; the index models what each replica's
-    slots hold (`PrefixIndex`). Among the candidates whose load passes the bound:
+    into `block_chars`-character blocks with chained hashes, plus the hash of the whole prompt
+    (conversations that differ only in a short last message are different conversations); the
+    index models what each replica's slots hold (`PrefixIndex`). Among the candidates whose load passes the bound:
     - a replica holding this conversation (the prompt extends a prompt it holds) takes it: `hit`;
     - otherwise the request starts a new slot's worth of cache: replicas with a slot to spare
-      come first (so it does not evict another conversation's cache), then the most matching
-      blocks (a shared system prompt), then the least load.
+      come first (so it does not evict another conversation's cache; with slot counts unknown,
+      those holding the fewest prompts), then the most matching blocks (a shared system prompt),
+      then the least load.
     `spill`: a replica held more of the prompt but was over the bound or full; `miss`: none held any."""
 
     name = "prefix"
@@ -126,24 +128,30 @@ class Prefix(Strategy):
         top = max(matched.get(c.name, 0) for c in cands)
         return least_loaded([c for c in cands if matched.get(c.name, 0) == top], self.rng)
 
+    def _spare(self, cands: Sequence[Candidate]) -> list[Candidate]:
+        """Replicas where a new conversation evicts nobody: a slot free by the index; of those
+        whose slot count is unknown (not scraped yet, or not reported), the ones holding fewest."""
+        known = [c for c in cands if c.slots and self.index.chains(c.name) < c.slots]
+        unknown = [c for c in cands if not c.slots]
+        if unknown:
+            fewest = min(self.index.chains(c.name) for c in unknown)
+            known += [c for c in unknown if self.index.chains(c.name) == fewest]
+        return known
+
     def pick(self, keys, cands, load):
-        blocks = block_hashes(keys.prompt, self.block_chars, self.max_blocks) if keys.prompt else []
-        matched = {c.name: self.index.matched(c.name, blocks) for c in cands} if blocks else {}
+        p = PromptHashes(keys.prompt, self.block_chars, self.max_blocks)
+        matched = {c.name: self.index.matched(c.name, p) for c in cands}
         best = max(matched.values(), default=0)
         under = [c for c in cands if load_ok(c.inflight, load.total_inflight, load.n_replicas, self.load_factor)]
         pool = under or list(cands)
-        if best == 0:
-            choice, outcome = least_loaded(pool, self.rng), "miss"
-        else:
-            own = [c for c in pool if self.index.extends(c.name, blocks)]
-            if own:
-                choice = self._best(own, matched)
-            else:
-                spare = [c for c in pool if not c.slots or self.index.chains(c.name) < c.slots]
-                choice = self._best(spare or pool, matched)
-            outcome = "hit" if matched.get(choice.name, 0) == best else "spill"
-        if blocks:
-            self.index.record(choice.name, blocks, choice.slots)
+        holders = {c.name for c in cands if self.index.extends(c.name, p)} if p.n_chars else set()
+        own = [c for c in pool if c.name in holders]
+        if own:
+            choice, outcome = self._best(own, matched), "hit"
+        else:  # a new slot's worth of cache: where it evicts nobody, then the shared prefix, then load
+            choice = self._best(self._spare(pool) or pool, matched)
+            outcome = ("spill" if holders or matched.get(choice.name, 0) < best else "miss" if best == 0 else "hit")
+        self.index.record(choice.name, p, choice.slots)
         return Decision(choice.name, outcome, matched.get(choice.name, 0))
 
 

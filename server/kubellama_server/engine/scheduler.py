@@ -29,6 +29,7 @@ from .params import SlotParams
 from .sampling import SamplerChain, token_prob, top_probs
 from .self_extend import SelfExtend
 from .slot import Slot
+from .slot_choice import IdleSlot, choose
 from .text import indent_cut
 from .stats import EngineStats
 from .task import (
@@ -282,24 +283,36 @@ class Scheduler:
             self.waiting = still
 
     def _pick_slot(self, task: Task) -> Slot | None:
-        """The requested slot; else the idle slot sharing the longest prefix; else the LRU one."""
+        """The requested slot; else the idle slot `slot_choice.choose` values most (it may be
+        seeded with a copy of the longest matching prefix another slot holds)."""
         if task.params.id_slot >= 0:
             slot = self.slots[task.params.id_slot]
             return None if slot.is_processing else slot
         idle = [s for s in self.slots if not s.is_processing]
         if not idle:
             return None
-        if task.kind == "completion" and task.params.cache_prompt:
-            best, best_len = None, 0
-            for s in idle:
-                if s.cache_lora != task.lora:  # computed with other LoRA scales: nothing to reuse
-                    continue
-                n = common_prefix(s.cache_tokens, task.tokens)
-                if n > best_len:
-                    best, best_len = s, n
-            if best is not None:
-                return best
-        return min(idle, key=lambda s: s.t_last_used)
+        if not (task.kind == "completion" and task.params.cache_prompt):
+            return min(idle, key=lambda s: s.t_last_used)
+
+        def common(s: Slot) -> int:
+            return common_prefix(s.cache_tokens, task.tokens) if s.cache_lora == task.lora else 0
+
+        views = [IdleSlot(common(s), len(s.cache_tokens), s.t_last_used) for s in idle]
+        donor, lend = None, 0
+        if not self.self_extend and task.media is None:  # positions compressed / images: never copied
+            for s in self.slots:
+                n = common(s)
+                if n > lend:
+                    donor, lend = s, n
+        i, copy = choose(views, lend)
+        slot = idle[i]
+        if copy and donor is not None and donor is not slot:
+            self.ctx.seq_rm(slot.id, 0, -1)
+            self.ctx.seq_cp(donor.id, slot.id)  # a whole-sequence copy (one KV stream per slot), then trimmed
+            self.ctx.seq_rm(slot.id, lend, -1)
+            slot.cache_tokens, slot.cache_lora = donor.cache_tokens[:lend], donor.cache_lora
+            log.debug("slot %d: %d prompt tokens copied from slot %d", slot.id, lend, donor.id)
+        return slot
 
     def _prompt_tokens(self, task: Task) -> list[int]:
         """Tokenize a prompt with the reference's BOS rule."""
