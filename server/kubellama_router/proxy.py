@@ -106,6 +106,8 @@ class Proxy:
                 self.metrics.upstream_errors.labels(url, "connect").inc()
                 tried.add(url)
                 last = f"{url}: {type(exc).__name__}"
+                log.warning("replica %s did not take %s %s (%s): set aside for a while", url, request.method, path,
+                            type(exc).__name__)
                 continue
             except httpx.TimeoutException:
                 self.pool.release(url)
@@ -125,6 +127,7 @@ class Proxy:
                 self.metrics.upstream_errors.labels(url, "unavailable").inc()
                 tried.add(url)
                 last = f"{url}: HTTP 503"
+                log.warning("replica %s answered 503 to %s %s: set aside for a while", url, request.method, path)
                 continue
             return UpstreamResponse(upstream, lambda u=url: self.pool.release(u), self.metrics, url)
         self.metrics.rejected.labels("exhausted").inc()

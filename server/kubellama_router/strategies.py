@@ -105,7 +105,8 @@ class Prefix(Strategy):
     The prompt (chat: the conversation as text, so a next turn extends the previous one) is cut
     into `block_chars`-character blocks with chained hashes, plus the hash of the whole prompt
     (conversations that differ only in a short last message are different conversations); the
-    index models what each replica's slots hold (`PrefixIndex`). Among the candidates whose load passes the bound:
+    index models what each replica's slots hold (`PrefixIndex`). Among the candidates with an idle slot or
+    whose load passes the bound:
     - a replica holding this conversation (the prompt extends a prompt it holds) takes it: `hit`;
     - otherwise the request starts a new slot's worth of cache: replicas with a slot to spare
       come first (so it does not evict another conversation's cache; with slot counts unknown,
@@ -128,6 +129,15 @@ class Prefix(Strategy):
         top = max(matched.get(c.name, 0) for c in cands)
         return least_loaded([c for c in cands if matched.get(c.name, 0) == top], self.rng)
 
+    def _room(self, c: Candidate, load: Load) -> bool:
+        """Whether `c` may take one more: a slot of its own is idle (the request starts at once; a
+        conversation moved elsewhere would evaluate its whole history again), else KubeAI's bound
+        (which alone, at low load, sends a turn away from its cache as soon as its replica has one
+        request in flight)."""
+        if c.slots and c.load + 1 <= c.slots:
+            return True
+        return load_ok(c.inflight, load.total_inflight, load.n_replicas, self.load_factor)
+
     def _spare(self, cands: Sequence[Candidate]) -> list[Candidate]:
         """Replicas where a new conversation evicts nobody: a slot free by the index; of those
         whose slot count is unknown (not scraped yet, or not reported), the ones holding fewest."""
@@ -142,7 +152,7 @@ class Prefix(Strategy):
         p = PromptHashes(keys.prompt, self.block_chars, self.max_blocks)
         matched = {c.name: self.index.matched(c.name, p) for c in cands}
         best = max(matched.values(), default=0)
-        under = [c for c in cands if load_ok(c.inflight, load.total_inflight, load.n_replicas, self.load_factor)]
+        under = [c for c in cands if self._room(c, load)]
         pool = under or list(cands)
         holders = {c.name for c in cands if self.index.extends(c.name, p)} if p.n_chars else set()
         own = [c for c in pool if c.name in holders]

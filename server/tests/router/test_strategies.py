@@ -195,6 +195,22 @@ def test_prefix_spills_a_hot_prefix_under_the_load_bound():
     assert (fresh.pick(hot, cs, load_of(cs)).name, fresh.pick(hot, cs, load_of(cs)).outcome) == (A, "hit")
 
 
+def test_prefix_keeps_a_turn_on_its_replica_while_it_has_an_idle_slot():
+    """At low load KubeAI's bound alone spills as soon as the holder has one request in flight
+    ((1 + 1) > (1 + 1) / 3 x 1.25): the turn would evaluate its whole history elsewhere."""
+    st = strategies.make("prefix", seed=0)
+    first = chat("Tell me about the moon and its phases please, in detail, slowly.")
+    cs = [Candidate(A, slots=4), Candidate(B, slots=4), Candidate(C, slots=4)]
+    home = st.pick(first, cs, Load(0, 3)).name
+    busy = [Candidate(c.name, inflight=1 if c.name == home else 0, slots=4) for c in cs]
+    nxt = chat("Tell me about the moon and its phases please, in detail, slowly.", "Waxing.", "And then?")
+    d = st.pick(nxt, busy, Load(1, 3))
+    assert (d.name, d.outcome) == (home, "hit")
+    full = [Candidate(c.name, inflight=4 if c.name == home else 0, slots=4) for c in cs]
+    more = chat("Tell me about the moon and its phases please, in detail, slowly.", "Waxing.", "And then?", "Full.", "Next?")
+    assert st.pick(more, full, Load(4, 3)).outcome == "spill"  # all its slots busy and over the bound
+
+
 def test_prefix_starts_a_new_conversation_where_a_slot_is_spare():
     """A shared system prompt draws new conversations, but not into a replica whose slots all hold
     other conversations (that would evict one of them): llama.cpp's slots, known from /health."""
