@@ -74,6 +74,12 @@ class PrefixIndex:
         while len(r.chains) > cap or (r.blocks > self.max_blocks and len(r.chains) > 1):
             r.drop(next(iter(r.chains)))
 
+    def forget(self, replica: str, p: PromptHashes) -> None:
+        """The replica was not sent `p` after all (it refused the request)."""
+        r = self._r.get(replica)
+        if r is not None and p.full in r.chains:
+            r.drop(p.full)
+
     def matched(self, replica: str, p: PromptHashes) -> int:
         """How many leading whole blocks of `p` the replica holds."""
         r = self._r.get(replica)

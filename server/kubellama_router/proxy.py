@@ -103,6 +103,7 @@ class Proxy:
                 # no answer at all (RemoteProtocolError/ReadError: closed before the status line)
                 self.pool.release(url)
                 self.pool.mark_down(url)
+                self.pool.strategy.refused(decision)
                 self.metrics.upstream_errors.labels(url, "connect").inc()
                 tried.add(url)
                 last = f"{url}: {type(exc).__name__}"
@@ -124,6 +125,7 @@ class Proxy:
                 await upstream.aclose()
                 self.pool.release(url)
                 self.pool.mark_down(url)  # loading or shutting down: others first for a while
+                self.pool.strategy.refused(decision)
                 self.metrics.upstream_errors.labels(url, "unavailable").inc()
                 tried.add(url)
                 last = f"{url}: HTTP 503"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random as _random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .chwbl import HashRing, load_ok
 from .hashing import PromptHashes
@@ -48,6 +48,7 @@ class Decision:
     name: str
     outcome: str  # hit | spill | miss | pick
     matched: int = 0  # prefix blocks the chosen replica already holds
+    prompt: PromptHashes | None = field(default=None, compare=False, repr=False)  # what `prefix` recorded
 
 
 class Strategy:
@@ -58,6 +59,9 @@ class Strategy:
 
     def members(self, names: Sequence[str]) -> None:
         """The set of ready replicas changed."""
+
+    def refused(self, decision: Decision) -> None:
+        """The chosen replica did not take the request (it goes to another)."""
 
 
 class Random(Strategy):
@@ -125,6 +129,12 @@ class Prefix(Strategy):
     def members(self, names):
         self.index.retain(names)
 
+    def refused(self, decision):
+        """The replica never got the prompt: it must not be taken for its holder (the retry's
+        replica is recorded by its own pick)."""
+        if decision.prompt is not None:
+            self.index.forget(decision.name, decision.prompt)
+
     def _best(self, cands: Sequence[Candidate], matched: dict[str, int]) -> Candidate:
         top = max(matched.get(c.name, 0) for c in cands)
         return least_loaded([c for c in cands if matched.get(c.name, 0) == top], self.rng)
@@ -162,7 +172,7 @@ class Prefix(Strategy):
             choice = self._best(self._spare(pool) or pool, matched)
             outcome = ("spill" if holders or matched.get(choice.name, 0) < best else "miss" if best == 0 else "hit")
         self.index.record(choice.name, p, choice.slots)
-        return Decision(choice.name, outcome, matched.get(choice.name, 0))
+        return Decision(choice.name, outcome, matched.get(choice.name, 0), p)
 
 
 class _Ring(Strategy):

@@ -211,6 +211,19 @@ def test_prefix_keeps_a_turn_on_its_replica_while_it_has_an_idle_slot():
     assert st.pick(more, full, Load(4, 3)).outcome == "spill"  # all its slots busy and over the bound
 
 
+def test_prefix_forgets_a_prompt_its_replica_refused():
+    """A replica that refused a request (the proxy retried it elsewhere) does not hold the prompt:
+    the next turn must not go back to it (both would look like holders, the pick at random)."""
+    st = strategies.make("prefix", seed=0)
+    cs = [Candidate(A, slots=4), Candidate(B, slots=4)]
+    first = chat("Tell me about the moon and its phases please, in detail, slowly.")
+    refused = st.pick(first, cs, Load(0, 2))
+    st.refused(refused)
+    took = st.pick(first, [c for c in cs if c.name != refused.name], Load(0, 1))
+    nxt = chat("Tell me about the moon and its phases please, in detail, slowly.", "Waxing.", "And then?")
+    assert {st.pick(nxt, cs, Load(0, 2)).name for _ in range(8)} == {took.name}
+
+
 def test_prefix_starts_a_new_conversation_where_a_slot_is_spare():
     """A shared system prompt draws new conversations, but not into a replica whose slots all hold
     other conversations (that would evict one of them): llama.cpp's slots, known from /health."""
