@@ -11,6 +11,7 @@ import copy
 import json
 import os
 import time
+import urllib.request
 
 import pytest
 
@@ -330,4 +331,58 @@ def test_router_serves_from_zero_and_scales_back_to_zero(ns: Kube, model_server:
                     timeout=300, llamaserver="routed")
     finally:
         ns("delete", "llamaserver", "routed", "--ignore-not-found", "--wait=false", check=False)
+
+
+
+def _router_hits(url: str) -> float:
+    text = urllib.request.urlopen(f"{url}/metrics", timeout=30).read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("kubellama_router_requests_total{") and 'decision="hit"' in line)
+
+
+def test_router_keeps_conversations_on_the_replica_holding_their_cache(ns: Kube, model_server: str) -> None:
+    """spec.routing with two replicas: each turn of two interleaved conversations sharing a system
+    prompt goes to the replica that holds its previous turns' KV cache, and in its own slot there
+    (the Service alone would pick a pod at random; the server once gave the second conversation
+    the first one's slot)."""
+    (manifest,) = load_manifest("llamaserver.yaml")
+    manifest = copy.deepcopy(manifest)
+    manifest["metadata"]["name"] = "sticky"
+    manifest["spec"]["model"]["sha256"] = model_server
+    manifest["spec"]["replicas"] = 2
+    manifest["spec"]["server"]["contextSize"] = 2048
+    manifest["spec"]["storage"]["slots"] = {"enabled": False}
+    manifest["spec"]["routing"] = {"enabled": True, "strategy": "prefix"}
+    ns.apply(manifest)
+    try:
+        ns.wait_for("LlamaServer sticky Ready with 2 replicas", lambda: llamaserver_ready(ns, "sticky", 2),
+                    timeout=float(os.environ.get("E2E_READY_TIMEOUT", "600")), llamaserver="sticky")
+        ns.wait_for("the router of LlamaServer sticky Ready",
+                    lambda: (ns.get("deployment", "sticky-router") or {}).get("status", {}).get("readyReplicas") == 1,
+                    timeout=300, llamaserver="sticky")
+        with port_forward(ns, "svc/sticky-router", PORT) as url:
+            ns.wait_for("the router to follow both replicas (and their slot counts)", lambda: sum(
+                bool(r["ready"] and r["slots"]) for r in http_json("GET", f"{url}/router/replicas")["replicas"]) == 2,
+                timeout=120)
+            convs = [[{"role": "system", "content": "You answer questions about the solar system. " * 3},
+                      {"role": "user", "content": f"hello from {k}"}] for k in range(2)]
+            previous = [0, 0]
+            for turn in range(3):
+                for k, messages in enumerate(convs):
+                    reply = http_json("POST", f"{url}/v1/chat/completions",
+                                      {"messages": messages, "max_tokens": 6, "temperature": 0})
+                    usage = reply["usage"]
+                    if turn and usage["prompt_tokens_details"]["cached_tokens"] < previous[k] - 1:
+                        metrics = urllib.request.urlopen(f"{url}/metrics", timeout=30).read().decode()
+                        raise AssertionError(  # the whole previous prompt should have come from the cache
+                            f"turn {turn} of conversation {k}: {usage}\n"
+                            f"{http_json('GET', f'{url}/router/replicas')}\n"
+                            + "\n".join(line for line in metrics.splitlines() if line.startswith(
+                                ("kubellama_router_requests_total", "kubellama_router_upstream", "kubellama_router_retries")))
+                            + "\n" + ns("logs", "deployment/sticky-router", "--tail=100", check=False))
+                    previous[k] = usage["prompt_tokens"]
+                    messages += [reply["choices"][0]["message"], {"role": "user", "content": f"and turn {turn}?"}]
+            assert _router_hits(url) >= 4
+    finally:
+        ns("delete", "llamaserver", "sticky", "--ignore-not-found", "--wait=false", check=False)
 
