@@ -7,6 +7,7 @@ a spec change that rolls the pods, scale to two, delete. Run with `make e2e`.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import copy
 import json
 import os
@@ -386,3 +387,46 @@ def test_router_keeps_conversations_on_the_replica_holding_their_cache(ns: Kube,
     finally:
         ns("delete", "llamaserver", "sticky", "--ignore-not-found", "--wait=false", check=False)
 
+
+def test_router_scales_up_under_a_queue_and_back_down_when_idle(ns: Kube, model_server: str) -> None:
+    """spec.autoscaling (driver router) with one replica: a burst of concurrent requests through the
+    router raises spec.replicas to maxReplicas (never past it), the second pod turns Ready and the
+    router follows it; once idle the LlamaServer scales back down to minReplicas."""
+    (manifest,) = load_manifest("llamaserver.yaml")
+    manifest = copy.deepcopy(manifest)
+    manifest["metadata"]["name"] = "bursty"
+    manifest["spec"]["model"]["sha256"] = model_server
+    manifest["spec"]["replicas"] = 1
+    manifest["spec"]["server"]["contextSize"] = 2048
+    manifest["spec"]["storage"]["slots"] = {"enabled": False}
+    manifest["spec"]["routing"] = {"enabled": True, "strategy": "least-load"}
+    manifest["spec"]["autoscaling"] = {"enabled": True, "minReplicas": 1, "maxReplicas": 2, "targetRequests": 1,
+                                       "windowSeconds": 2, "scaleDownDelaySeconds": 3, "holdSeconds": 60}
+    ns.apply(manifest)
+    seen: list[int] = []
+    try:
+        ns.wait_for("LlamaServer bursty Ready", lambda: llamaserver_ready(ns, "bursty", 1),
+                    timeout=float(os.environ.get("E2E_READY_TIMEOUT", "600")), llamaserver="bursty")
+        ns.wait_for("the router of LlamaServer bursty Ready",
+                    lambda: (ns.get("deployment", "bursty-router") or {}).get("status", {}).get("readyReplicas") == 1,
+                    timeout=300, llamaserver="bursty")
+        with port_forward(ns, "svc/bursty-router", PORT) as url:
+            def replicas() -> int:
+                seen.append(ns.get("llamaserver", "bursty")["spec"]["replicas"])
+                return seen[-1]
+
+            body = {"prompt": "Once upon a time", "n_predict": 800, "ignore_eos": True, "temperature": 0}
+            with cf.ThreadPoolExecutor(8) as pool:  # 8 long requests on 2 slots: most of them queue
+                burst = [pool.submit(http_json, "POST", f"{url}/completion", body, timeout=120) for _ in range(8)]
+                ns.wait_for("the burst to scale bursty up to 2", lambda: replicas() == 2, timeout=30, interval=0.5,
+                            llamaserver="bursty")
+                assert all(f.result()["tokens_predicted"] == 800 for f in burst)
+            ns.wait_for("the router to follow the second replica", lambda: sum(
+                r["ready"] for r in http_json("GET", f"{url}/router/replicas")["replicas"]) == 2
+                or replicas() == 1, timeout=60, llamaserver="bursty")
+            ns.wait_for("bursty scaled back down to 1 when idle",
+                        lambda: replicas() == 1 and len(_replica_pods(ns, "bursty")) == 1,
+                        timeout=60, llamaserver="bursty")
+        assert max(seen) == 2, seen
+    finally:
+        ns("delete", "llamaserver", "bursty", "--ignore-not-found", "--wait=false", check=False)
