@@ -112,8 +112,9 @@ class Prefix(Strategy):
     index models what each replica's slots hold (`PrefixIndex`). Among the candidates with an idle slot or
     whose load passes the bound:
     - a replica holding this conversation (the prompt extends a prompt it holds) takes it: `hit`;
-    - otherwise the request starts a new slot's worth of cache: replicas with a slot to spare
-      come first (so it does not evict another conversation's cache; with slot counts unknown,
+    - otherwise the request starts a new slot's worth of cache: replicas with a slot idle now come
+      first (it starts at once rather than queue for a shared system prompt), among them those with
+      a slot to spare (so it does not evict another conversation's cache; with slot counts unknown,
       those holding the fewest prompts), then the most matching blocks (a shared system prompt),
       then the least load.
     `spill`: a replica held more of the prompt but was over the bound or full; `miss`: none held any."""
@@ -168,8 +169,10 @@ class Prefix(Strategy):
         own = [c for c in pool if c.name in holders]
         if own:
             choice, outcome = self._best(own, matched), "hit"
-        else:  # a new slot's worth of cache: where it evicts nobody, then the shared prefix, then load
-            choice = self._best(self._spare(pool) or pool, matched)
+        else:  # a new slot's worth of cache: where a slot is idle now (a shared prefix is not worth a
+            # queue), then where it evicts nobody, then the shared prefix, then load
+            free = [c for c in pool if c.slots and c.load + 1 <= c.slots] or pool
+            choice = self._best(self._spare(free) or free, matched)
             outcome = ("spill" if holders or matched.get(choice.name, 0) < best else "miss" if best == 0 else "hit")
         self.index.record(choice.name, p, choice.slots)
         return Decision(choice.name, outcome, matched.get(choice.name, 0), p)

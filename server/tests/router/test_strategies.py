@@ -211,6 +211,21 @@ def test_prefix_keeps_a_turn_on_its_replica_while_it_has_an_idle_slot():
     assert st.pick(more, full, Load(4, 3)).outcome == "spill"  # all its slots busy and over the bound
 
 
+def test_prefix_starts_a_new_conversation_where_a_slot_is_idle_now():
+    """A shared system prompt does not draw a new conversation into a queue: the replica holding it
+    has all its slots busy (though under KubeAI's bound), another has one idle."""
+    st = strategies.make("prefix", seed=0)
+    system = "Shared group instructions, long enough for several blocks. " * 6
+    cs = [Candidate(A, slots=4), Candidate(B, slots=4), Candidate(C, slots=4)]
+    home = st.pick(chat("Conversation 0: hello there, a long question. " * 3, system=system), cs, Load(0, 3)).name
+    loads = {home: 4, **{n: 4 for n in (A, B, C) if n != home}}
+    idle = next(n for n in (A, B, C) if n != home)
+    loads[idle] = 3
+    busy = [Candidate(n, inflight=loads[n], slots=4) for n in (A, B, C)]
+    d = st.pick(chat("Conversation 1: hello there, a long question. " * 3, system=system), busy, Load(11, 3))
+    assert d.name == idle
+
+
 def test_prefix_forgets_a_prompt_its_replica_refused():
     """A replica that refused a request (the proxy retried it elsewhere) does not hold the prompt:
     the next turn must not go back to it (both would look like holders, the pick at random)."""
