@@ -390,8 +390,9 @@ def test_router_keeps_conversations_on_the_replica_holding_their_cache(ns: Kube,
 
 def test_router_scales_up_under_a_queue_and_back_down_when_idle(ns: Kube, model_server: str) -> None:
     """spec.autoscaling (driver router) with one replica: a burst of concurrent requests through the
-    router raises spec.replicas to maxReplicas (never past it), the second pod turns Ready and the
-    router follows it; once idle the LlamaServer scales back down to minReplicas."""
+    router raises spec.replicas to maxReplicas (never past it), the router follows the second pod
+    when the burst outlasts its start-up (the tiny model answers it in 1 to 20 s, with the machine's
+    load); once idle the LlamaServer scales back down to minReplicas."""
     (manifest,) = load_manifest("llamaserver.yaml")
     manifest = copy.deepcopy(manifest)
     manifest["metadata"]["name"] = "bursty"
