@@ -50,7 +50,7 @@ class Conversation:
 @dataclass(frozen=True)
 class Workload:
     groups: int = 3
-    per_group: int = 4
+    per_group: int = 8  # 24 conversations: more than the 12 slots of 3 replicas x 4
     turns: int = 4
     system_chars: int = 2400
     question_chars: int = 400
@@ -225,9 +225,11 @@ def run_arm(arm: str, args, w: Workload, convs: list[Conversation], logdir: Path
                 await asyncio.gather(*(run_conversation(client, url, c, w, t0, records) for c in convs))
                 return records, time.perf_counter() - t0
 
+        load_before = os.getloadavg()[0]
         records, wall = asyncio.run(drive())
         served = [served_chats(s.base_url) for s in servers]
         out = summarize(records, wall, served)
+        out["load_average"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]  # 1-min, before/after
         out["records"] = [asdict(r) for r in records]
         return out
     finally:
@@ -244,7 +246,9 @@ def render(results: dict) -> str:
     w = results["workload"]
     lines = [
         "# kubellama-router: strategies on a multi-turn chat workload", "",
-        f"{w['groups']} groups x {w['per_group']} conversations x {w['turns']} turns; system prompts of "
+        f"{w['groups']} groups x {w['per_group']} conversations x {w['turns']} turns "
+        f"({w['groups'] * w['per_group']} conversations on {results['settings']['replicas'] * results['settings']['slots']}"
+        f" slots); system prompts of "
         f"{w['system_chars']} characters shared per group, questions of {w['question_chars']}, "
         f"{w['max_tokens']} tokens per answer; conversations start at {w['rate']}/s (seed {w['seed']}), think "
         f"{w['think_mean']} s on average between turns. {results['settings']['replicas']} kubellama-server replicas "
@@ -253,8 +257,9 @@ def render(results: dict) -> str:
         f"Model: `{Path(results['settings']['model']).name}`. Machine: {results['machine'].get('cpu', '?')}, "
         f"{results['machine'].get('cpus', '?')} CPUs. Command: `{results['command']}`", "",
         "| arm | TTFT p50 | TTFT p90 | TTFT p50, turns 2+ | gen tok/s | prompt tokens from cache | "
-        "max/mean replica load | requests per replica | errors | TTFT p50 vs " + base + " |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "max/mean replica load | requests per replica | errors | load average (1 min) before/after | "
+        "TTFT p50 vs " + base + " |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     b = arms.get(base, {})
     for name, a in arms.items():
@@ -263,7 +268,8 @@ def render(results: dict) -> str:
             f"| {name} | {a['ttft_p50_s'] * 1000:.0f} ms | {a['ttft_p90_s'] * 1000:.0f} ms | "
             f"{a['ttft_later_turns_p50_s'] * 1000:.0f} ms | {a['gen_tok_s']:.1f} | "
             f"{a['cached_tokens']}/{a['prompt_tokens']} ({a['cached_share'] * 100:.0f}%) | "
-            f"{a['max_over_mean_load']:.2f} | {a['served_per_replica']} | {a['errors']} | {ratio:.2f}x |")
+            f"{a['max_over_mean_load']:.2f} | {a['served_per_replica']} | {a['errors']} | "
+            f"{'/'.join(str(x) for x in a.get('load_average', [])) or '?'} | {ratio:.2f}x |")
     if "prefix" in arms and base in arms:
         p = arms["prefix"]
         speedup = b["ttft_p50_s"] / p["ttft_p50_s"] if p["ttft_p50_s"] else 0.0

@@ -9,6 +9,7 @@ def test_conversations_are_seeded_and_share_a_system_prompt_per_group():
     a, b = conversations(w), conversations(w)
     assert a == b and len(a) == 12
     assert conversations(Workload(seed=6)) != conversations(Workload(seed=7))
+    assert len(conversations(Workload())) > 3 * 4  # by default more conversations than the replicas' slots
     by_group = {}
     for c in a:
         by_group.setdefault(c.group, set()).add(c.system)
@@ -27,10 +28,12 @@ def test_summary_and_report():
     assert s["errors"] == 1 and s["gen_tok_s"] == 5.0
     assert s["cached_share"] == 100 / 250 and s["ttft_later_turns_p50_s"] == 0.2
     assert s["max_over_mean_load"] == 2.0
+    s["load_average"] = [1.5, 2.25]
     fast = dict(s, ttft_p50_s=0.1, gen_tok_s=6.0)
     results = {"arms": {"random": s, "prefix": fast}, "baseline": "random", "workload": vars(Workload()),
                "settings": {"replicas": 3, "slots": 2, "threads": 1, "ctx_per_slot": 4096, "model": "/m/g.gguf"},
                "machine": {"cpu": "x", "cpus": 2}, "command": "python -m bench.routing", "notes": ["a note"]}
     md = render(results)
-    assert "| prefix | 100 ms |" in md and "6.00x" in md and "a note" in md
+    assert "| prefix | 100 ms |" in md and "6.00x" in md and "a note" in md and "| 1.5/2.25 |" in md
+    assert "(24 conversations on 6 slots)" in md
     assert "prefix TTFT p50 >= 5x lower than random: 6.00x — PASS" in md

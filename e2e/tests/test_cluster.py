@@ -7,10 +7,12 @@ a spec change that rolls the pods, scale to two, delete. Run with `make e2e`.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import copy
 import json
 import os
 import time
+import urllib.request
 
 import pytest
 
@@ -331,3 +333,101 @@ def test_router_serves_from_zero_and_scales_back_to_zero(ns: Kube, model_server:
     finally:
         ns("delete", "llamaserver", "routed", "--ignore-not-found", "--wait=false", check=False)
 
+
+
+def _router_hits(url: str) -> float:
+    text = urllib.request.urlopen(f"{url}/metrics", timeout=30).read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("kubellama_router_requests_total{") and 'decision="hit"' in line)
+
+
+def test_router_keeps_conversations_on_the_replica_holding_their_cache(ns: Kube, model_server: str) -> None:
+    """spec.routing with two replicas: each turn of two interleaved conversations sharing a system
+    prompt goes to the replica that holds its previous turns' KV cache, and in its own slot there
+    (the Service alone would pick a pod at random; the server once gave the second conversation
+    the first one's slot)."""
+    (manifest,) = load_manifest("llamaserver.yaml")
+    manifest = copy.deepcopy(manifest)
+    manifest["metadata"]["name"] = "sticky"
+    manifest["spec"]["model"]["sha256"] = model_server
+    manifest["spec"]["replicas"] = 2
+    manifest["spec"]["server"]["contextSize"] = 2048
+    manifest["spec"]["storage"]["slots"] = {"enabled": False}
+    manifest["spec"]["routing"] = {"enabled": True, "strategy": "prefix"}
+    ns.apply(manifest)
+    try:
+        ns.wait_for("LlamaServer sticky Ready with 2 replicas", lambda: llamaserver_ready(ns, "sticky", 2),
+                    timeout=float(os.environ.get("E2E_READY_TIMEOUT", "600")), llamaserver="sticky")
+        ns.wait_for("the router of LlamaServer sticky Ready",
+                    lambda: (ns.get("deployment", "sticky-router") or {}).get("status", {}).get("readyReplicas") == 1,
+                    timeout=300, llamaserver="sticky")
+        with port_forward(ns, "svc/sticky-router", PORT) as url:
+            ns.wait_for("the router to follow both replicas (and their slot counts)", lambda: sum(
+                bool(r["ready"] and r["slots"]) for r in http_json("GET", f"{url}/router/replicas")["replicas"]) == 2,
+                timeout=120)
+            convs = [[{"role": "system", "content": "You answer questions about the solar system. " * 3},
+                      {"role": "user", "content": f"hello from {k}"}] for k in range(2)]
+            previous = [0, 0]
+            for turn in range(3):
+                for k, messages in enumerate(convs):
+                    reply = http_json("POST", f"{url}/v1/chat/completions",
+                                      {"messages": messages, "max_tokens": 6, "temperature": 0})
+                    usage = reply["usage"]
+                    if turn and usage["prompt_tokens_details"]["cached_tokens"] < previous[k] - 1:
+                        metrics = urllib.request.urlopen(f"{url}/metrics", timeout=30).read().decode()
+                        raise AssertionError(  # the whole previous prompt should have come from the cache
+                            f"turn {turn} of conversation {k}: {usage}\n"
+                            f"{http_json('GET', f'{url}/router/replicas')}\n"
+                            + "\n".join(line for line in metrics.splitlines() if line.startswith(
+                                ("kubellama_router_requests_total", "kubellama_router_upstream", "kubellama_router_retries")))
+                            + "\n" + ns("logs", "deployment/sticky-router", "--tail=100", check=False))
+                    previous[k] = usage["prompt_tokens"]
+                    messages += [reply["choices"][0]["message"], {"role": "user", "content": f"and turn {turn}?"}]
+            assert _router_hits(url) >= 4
+    finally:
+        ns("delete", "llamaserver", "sticky", "--ignore-not-found", "--wait=false", check=False)
+
+
+def test_router_scales_up_under_a_queue_and_back_down_when_idle(ns: Kube, model_server: str) -> None:
+    """spec.autoscaling (driver router) with one replica: a burst of concurrent requests through the
+    router raises spec.replicas to maxReplicas (never past it), the router follows the second pod
+    when the burst outlasts its start-up (the tiny model answers it in 1 to 20 s, with the machine's
+    load); once idle the LlamaServer scales back down to minReplicas."""
+    (manifest,) = load_manifest("llamaserver.yaml")
+    manifest = copy.deepcopy(manifest)
+    manifest["metadata"]["name"] = "bursty"
+    manifest["spec"]["model"]["sha256"] = model_server
+    manifest["spec"]["replicas"] = 1
+    manifest["spec"]["server"]["contextSize"] = 2048
+    manifest["spec"]["storage"]["slots"] = {"enabled": False}
+    manifest["spec"]["routing"] = {"enabled": True, "strategy": "least-load"}
+    manifest["spec"]["autoscaling"] = {"enabled": True, "minReplicas": 1, "maxReplicas": 2, "targetRequests": 1,
+                                       "windowSeconds": 2, "scaleDownDelaySeconds": 3, "holdSeconds": 60}
+    ns.apply(manifest)
+    seen: list[int] = []
+    try:
+        ns.wait_for("LlamaServer bursty Ready", lambda: llamaserver_ready(ns, "bursty", 1),
+                    timeout=float(os.environ.get("E2E_READY_TIMEOUT", "600")), llamaserver="bursty")
+        ns.wait_for("the router of LlamaServer bursty Ready",
+                    lambda: (ns.get("deployment", "bursty-router") or {}).get("status", {}).get("readyReplicas") == 1,
+                    timeout=300, llamaserver="bursty")
+        with port_forward(ns, "svc/bursty-router", PORT) as url:
+            def replicas() -> int:
+                seen.append(ns.get("llamaserver", "bursty")["spec"]["replicas"])
+                return seen[-1]
+
+            body = {"prompt": "Once upon a time", "n_predict": 800, "ignore_eos": True, "temperature": 0}
+            with cf.ThreadPoolExecutor(8) as pool:  # 8 long requests on 2 slots: most of them queue
+                burst = [pool.submit(http_json, "POST", f"{url}/completion", body, timeout=120) for _ in range(8)]
+                ns.wait_for("the burst to scale bursty up to 2", lambda: replicas() == 2, timeout=30, interval=0.5,
+                            llamaserver="bursty")
+                assert all(f.result()["tokens_predicted"] == 800 for f in burst)
+            ns.wait_for("the router to follow the second replica", lambda: sum(
+                r["ready"] for r in http_json("GET", f"{url}/router/replicas")["replicas"]) == 2
+                or replicas() == 1, timeout=60, llamaserver="bursty")
+            ns.wait_for("bursty scaled back down to 1 when idle",
+                        lambda: replicas() == 1 and len(_replica_pods(ns, "bursty")) == 1,
+                        timeout=60, llamaserver="bursty")
+        assert max(seen) == 2, seen
+    finally:
+        ns("delete", "llamaserver", "bursty", "--ignore-not-found", "--wait=false", check=False)

@@ -1,7 +1,8 @@
 """kopf handlers (thin): every trigger ends in one `reconcile.reconcile` pass per LlamaServer.
 
 Triggers: create/update/resume of a LlamaServer; a periodic resync (drift repair, status refresh);
-events of its children (a deleted or edited child is re-applied) and of its pods (status only).
+events of its children (a deleted or edited child is re-applied; the router's and autoscaler's
+children on spec changes and deletions only) and of its pods (status only).
 Passes for one LlamaServer never overlap, and bursts of child events collapse into one pass.
 """
 
@@ -26,7 +27,36 @@ log = logging.getLogger("kubellama_operator")
 CHILD_RESOURCES = [("apps", "v1", "statefulsets"), ("", "v1", "services"), ("", "v1", "configmaps"),
                    ("policy", "v1", "poddisruptionbudgets"), ("networking.k8s.io", "v1", "networkpolicies")]
 SERVICEMONITORS = ("monitoring.coreos.com", "v1", "servicemonitors")
+#: The router's and the autoscaler's children (spec.routing, spec.autoscaling, spec.inferencePool): a
+#: pass when their spec changes or they are deleted, not on their frequent status updates. The CRD-backed
+#: ones are watched once their CRD is served (kopf rescans).
+SPEC_CHILD_RESOURCES = [("apps", "v1", "deployments"), ("", "v1", "serviceaccounts"),
+                        ("rbac.authorization.k8s.io", "v1", "roles"),
+                        ("rbac.authorization.k8s.io", "v1", "rolebindings"),
+                        ("autoscaling", "v2", "horizontalpodautoscalers"), ("keda.sh", "v1alpha1", "scaledobjects"),
+                        ("inference.networking.k8s.io", "v1", "inferencepools")]
 MANAGED = {LABEL_MANAGED_BY: FIELD_MANAGER}
+
+
+class SpecChanges:
+    """Which child events change a child's spec: deletions, and MODIFIED with a `metadata.generation`
+    not seen before for that object (status updates keep it). Objects without a generation (a Role)
+    always count. Bounded by the live children: a deleted one is forgotten."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, int] = {}
+
+    def __call__(self, event_type: str | None, meta: dict[str, Any]) -> bool:
+        uid, gen = meta.get("uid"), meta.get("generation")
+        if event_type == "DELETED":
+            self.seen.pop(uid, None)
+            return True
+        if uid is not None and gen is not None:
+            before, self.seen[uid] = self.seen.get(uid), gen
+        else:
+            before = None
+        # None: kopf's initial listing (records the generation); ADDED: created (by us, or the pass covers it)
+        return event_type == "MODIFIED" and (gen is None or before != gen)
 
 
 def login(**kwargs: Any) -> Any:
@@ -221,6 +251,18 @@ def register(config: OperatorConfig, registry: kopf.OperatorRegistry | None = No
     for group, version, plural in CHILD_RESOURCES + [SERVICEMONITORS]:
         kopf.on.event(group, version, plural, registry=registry, labels=MANAGED,
                       id=f"child-{plural}")(on_child)
+
+    spec_changes = SpecChanges()
+
+    async def on_spec_child(event: dict[str, Any], body: kopf.Body, namespace: str, labels: dict[str, str],
+                            **_: Any) -> None:
+        owner = labels.get(LABEL_OWNER)
+        if owner and namespace and spec_changes(event.get("type"), dict(body.get("metadata") or {})):
+            await _quietly(op.run_for(namespace, owner, "child", apply=True))
+
+    for group, version, plural in SPEC_CHILD_RESOURCES:
+        kopf.on.event(group, version, plural, registry=registry, labels=MANAGED,
+                      id=f"child-{plural}")(on_spec_child)
     kopf.on.event("", "v1", "pods", registry=registry, labels=MANAGED, id="pods")(on_pod)
     return registry, op
 

@@ -103,9 +103,12 @@ class Proxy:
                 # no answer at all (RemoteProtocolError/ReadError: closed before the status line)
                 self.pool.release(url)
                 self.pool.mark_down(url)
+                self.pool.strategy.refused(decision)
                 self.metrics.upstream_errors.labels(url, "connect").inc()
                 tried.add(url)
                 last = f"{url}: {type(exc).__name__}"
+                log.warning("replica %s did not take %s %s (%s): set aside for a while", url, request.method, path,
+                            type(exc).__name__)
                 continue
             except httpx.TimeoutException:
                 self.pool.release(url)
@@ -122,9 +125,11 @@ class Proxy:
                 await upstream.aclose()
                 self.pool.release(url)
                 self.pool.mark_down(url)  # loading or shutting down: others first for a while
+                self.pool.strategy.refused(decision)
                 self.metrics.upstream_errors.labels(url, "unavailable").inc()
                 tried.add(url)
                 last = f"{url}: HTTP 503"
+                log.warning("replica %s answered 503 to %s %s: set aside for a while", url, request.method, path)
                 continue
             return UpstreamResponse(upstream, lambda u=url: self.pool.release(u), self.metrics, url)
         self.metrics.rejected.labels("exhausted").inc()

@@ -1,5 +1,9 @@
 """Reads each replica's queue and running counts from its Prometheus /metrics, and its readiness and
-slot count from /health (a 503 there sets it aside while it loads)."""
+slot count from /health (a 503 there sets it aside while it loads).
+
+Only a replica that cannot be reached (connection refused or reset) is set aside: one that is slow
+to answer (a busy CPU) keeps its requests and its conversations, and its last figures stand;
+the kubelet's readiness probe takes a replica that stays unresponsive out of the endpoints."""
 
 from __future__ import annotations
 
@@ -41,11 +45,13 @@ def parse_slots(resp: httpx.Response) -> int:
         return 0
 
 
-async def scrape_once(pool: Pool, client: httpx.AsyncClient) -> None:
+async def scrape_once(pool: Pool, client: httpx.AsyncClient, timeout: float = 2.0) -> None:
     async def one(url: str) -> None:
         try:
-            health, metrics = await asyncio.gather(client.get(url + "/health", timeout=2.0),
-                                                   client.get(url + "/metrics", timeout=2.0))
+            health, metrics = await asyncio.gather(client.get(url + "/health", timeout=timeout),
+                                                   client.get(url + "/metrics", timeout=timeout))
+        except (httpx.ReadTimeout, httpx.PoolTimeout, httpx.WriteTimeout):
+            return  # busy, not gone
         except httpx.TransportError:
             pool.mark_down(url)
             return

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import random as _random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .chwbl import HashRing, load_ok
-from .hashing import block_hashes
+from .hashing import PromptHashes
 from .keys import RouteKeys
 from .prefix_index import PrefixIndex
 
@@ -48,6 +48,7 @@ class Decision:
     name: str
     outcome: str  # hit | spill | miss | pick
     matched: int = 0  # prefix blocks the chosen replica already holds
+    prompt: PromptHashes | None = field(default=None, compare=False, repr=False)  # what `prefix` recorded
 
 
 class Strategy:
@@ -58,6 +59,9 @@ class Strategy:
 
     def members(self, names: Sequence[str]) -> None:
         """The set of ready replicas changed."""
+
+    def refused(self, decision: Decision) -> None:
+        """The chosen replica did not take the request (it goes to another)."""
 
 
 class Random(Strategy):
@@ -103,12 +107,16 @@ class Prefix(Strategy):
     """Longest cached prompt prefix wins, under KubeAI's bounded-load rule, knowing llama.cpp's slots.
 
     The prompt (chat: the conversation as text, so a next turn extends the previous one) is cut
-    into `block_chars`-character blocks with chained hashes; the index models what each replica's
-    slots hold (`PrefixIndex`). Among the candidates whose load passes the bound:
+    into `block_chars`-character blocks with chained hashes, plus the hash of the whole prompt
+    (conversations that differ only in a short last message are different conversations); the
+    index models what each replica's slots hold (`PrefixIndex`). Among the candidates with an idle slot or
+    whose load passes the bound:
     - a replica holding this conversation (the prompt extends a prompt it holds) takes it: `hit`;
-    - otherwise the request starts a new slot's worth of cache: replicas with a slot to spare
-      come first (so it does not evict another conversation's cache), then the most matching
-      blocks (a shared system prompt), then the least load.
+    - otherwise the request starts a new slot's worth of cache: replicas with a slot idle now come
+      first (it starts at once rather than queue for a shared system prompt), among them those with
+      a slot to spare (so it does not evict another conversation's cache; with slot counts unknown,
+      those holding the fewest prompts), then the most matching blocks (a shared system prompt),
+      then the least load.
     `spill`: a replica held more of the prompt but was over the bound or full; `miss`: none held any."""
 
     name = "prefix"
@@ -122,29 +130,52 @@ class Prefix(Strategy):
     def members(self, names):
         self.index.retain(names)
 
+    def refused(self, decision):
+        """The replica never got the prompt: it must not be taken for its holder (the retry's
+        replica is recorded by its own pick)."""
+        if decision.prompt is not None:
+            self.index.forget(decision.name, decision.prompt)
+
     def _best(self, cands: Sequence[Candidate], matched: dict[str, int]) -> Candidate:
         top = max(matched.get(c.name, 0) for c in cands)
         return least_loaded([c for c in cands if matched.get(c.name, 0) == top], self.rng)
 
+    def _room(self, c: Candidate, load: Load) -> bool:
+        """Whether `c` may take one more: a slot of its own is idle (the request starts at once; a
+        conversation moved elsewhere would evaluate its whole history again), else KubeAI's bound
+        (which alone, at low load, sends a turn away from its cache as soon as its replica has one
+        request in flight)."""
+        if c.slots and c.load + 1 <= c.slots:
+            return True
+        return load_ok(c.inflight, load.total_inflight, load.n_replicas, self.load_factor)
+
+    def _spare(self, cands: Sequence[Candidate]) -> list[Candidate]:
+        """Replicas where a new conversation evicts nobody: a slot free by the index; of those
+        whose slot count is unknown (not scraped yet, or not reported), the ones holding fewest."""
+        known = [c for c in cands if c.slots and self.index.chains(c.name) < c.slots]
+        unknown = [c for c in cands if not c.slots]
+        if unknown:
+            fewest = min(self.index.chains(c.name) for c in unknown)
+            known += [c for c in unknown if self.index.chains(c.name) == fewest]
+        return known
+
     def pick(self, keys, cands, load):
-        blocks = block_hashes(keys.prompt, self.block_chars, self.max_blocks) if keys.prompt else []
-        matched = {c.name: self.index.matched(c.name, blocks) for c in cands} if blocks else {}
+        p = PromptHashes(keys.prompt, self.block_chars, self.max_blocks)
+        matched = {c.name: self.index.matched(c.name, p) for c in cands}
         best = max(matched.values(), default=0)
-        under = [c for c in cands if load_ok(c.inflight, load.total_inflight, load.n_replicas, self.load_factor)]
+        under = [c for c in cands if self._room(c, load)]
         pool = under or list(cands)
-        if best == 0:
-            choice, outcome = least_loaded(pool, self.rng), "miss"
-        else:
-            own = [c for c in pool if self.index.extends(c.name, blocks)]
-            if own:
-                choice = self._best(own, matched)
-            else:
-                spare = [c for c in pool if not c.slots or self.index.chains(c.name) < c.slots]
-                choice = self._best(spare or pool, matched)
-            outcome = "hit" if matched.get(choice.name, 0) == best else "spill"
-        if blocks:
-            self.index.record(choice.name, blocks, choice.slots)
-        return Decision(choice.name, outcome, matched.get(choice.name, 0))
+        holders = {c.name for c in cands if self.index.extends(c.name, p)} if p.n_chars else set()
+        own = [c for c in pool if c.name in holders]
+        if own:
+            choice, outcome = self._best(own, matched), "hit"
+        else:  # a new slot's worth of cache: where a slot is idle now (a shared prefix is not worth a
+            # queue), then where it evicts nobody, then the shared prefix, then load
+            free = [c for c in pool if c.slots and c.load + 1 <= c.slots] or pool
+            choice = self._best(self._spare(free) or free, matched)
+            outcome = ("spill" if holders or matched.get(choice.name, 0) < best else "miss" if best == 0 else "hit")
+        self.index.record(choice.name, p, choice.slots)
+        return Decision(choice.name, outcome, matched.get(choice.name, 0), p)
 
 
 class _Ring(Strategy):

@@ -369,8 +369,8 @@ def test_a_slot_taken_in_the_same_round_lends_nothing():
 
     own, new = task(a.cache_tokens + [7, 8]), task(shared + [9])
     assert admit([new], [a, b]) == [Admission(new, b, a, 40)]  # not into a: a keeps its conversation
-    # no copies (self-extend): the shared prefix is worth more than the 20 tokens it overwrites
-    assert admit([new], [a, b], can_copy=False) == [Admission(new, a)]
+    # no copies (self-extend): still the empty slot, a keeps the other conversation
+    assert admit([new], [a, b], can_copy=False) == [Admission(new, b)]
     a.start(Run(new, new.params, [1], 0))  # a busy slot lends too (its cache is decoded between steps)
     assert admit([new], [a, b]) == [Admission(new, b, a, 40)]
     a.run = None

@@ -23,12 +23,13 @@ def test_a_new_conversation_takes_an_empty_slot_with_the_shared_prefix_copied():
     assert choose([IdleSlot(3, 260, 1.0), empty], donor=3) == (1, False)
 
 
-def test_no_empty_slot_the_one_losing_least_and_ties_go_lru():
+def test_no_slot_free_of_another_conversation_the_lru_one_with_the_prefix_copied():
     long_other, short_other = IdleSlot(200, 900, 2.0), IdleSlot(200, 230, 3.0)
-    assert choose([long_other, short_other], donor=200) == (1, False)
+    assert choose([long_other, short_other], donor=200) == (0, False)  # LRU, as the router's index expects
+    assert choose([IdleSlot(10, 900, 2.0), short_other], donor=200) == (0, True)  # seeded with the prefix
     a, b = IdleSlot(0, 50, 2.0), IdleSlot(0, 50, 1.0)
     assert choose([a, b]) == (1, False)
-    # a short shared prefix is not worth a copy: plain LRU among empty slots
+    # a short shared prefix is not worth a copy into an empty slot: plain LRU among empty slots
     assert choose([IdleSlot(0, 0, 2.0), IdleSlot(0, 0, 1.0)], donor=COPY_COST // 2) == (1, False)
 
 

@@ -227,6 +227,53 @@ def test_deleted_child_is_restored(kube, operator, namespace, kind, api_version,
     wait_phase(kube, operator, "restore", namespace, "Ready", readyReplicas=1)
 
 
+DRIFT_CHILDREN = {  # spec of the LlamaServer, the child, an edit of the child's spec and how to see it reverted
+    "hpa": ({"routing": {"enabled": True}, "autoscaling": {"enabled": True, "driver": "hpa", "maxReplicas": 3}},
+            "autoscaling/v2", "HorizontalPodAutoscaler", "", {"spec": {"maxReplicas": 9}},
+            lambda o: o["spec"]["maxReplicas"] == 3),
+    "keda": ({"routing": {"enabled": True}, "autoscaling": {
+        "enabled": True, "driver": "keda", "maxReplicas": 3, "prometheusAddress": "http://prometheus.monitoring:9090"}},
+        "keda.sh/v1alpha1", "ScaledObject", "", {"spec": {"maxReplicaCount": 9}},
+        lambda o: o["spec"]["maxReplicaCount"] == 3),
+    "inferencepool": ({"inferencePool": {"endpointPickerRef": {"name": "epp", "port": 9002}}},
+                      "inference.networking.k8s.io/v1", "InferencePool", "", {"spec": {"targetPorts": [{"number": 9}]}},
+                      lambda o: o["spec"]["targetPorts"] == [{"number": 8080}]),
+    "router": ({"routing": {"enabled": True}}, "apps/v1", "Deployment", "-router", {"spec": {"replicas": 3}},
+               lambda o: o["spec"]["replicas"] == 1),
+}
+
+
+@pytest.mark.parametrize("case", list(DRIFT_CHILDREN))
+def test_edited_or_deleted_router_and_autoscaler_children_are_restored(kube, operator, namespace, case):
+    """The operator follows its HPA, ScaledObject, InferencePool and router Deployment: an edit of
+    one's spec is reverted and a deleted one re-created (each reported with a Warning event) before
+    the periodic resync (60 s) would; their status updates start no pass (`SpecChanges`)."""
+    spec, api, kind, suffix, edit, reverted = DRIFT_CHILDREN[case]
+    if case == "keda":
+        upstream_crds.crd_or_skip(upstream_crds.SCALEDOBJECT)
+    if case == "inferencepool":
+        upstream_crds.crd_or_skip(upstream_crds.INFERENCEPOOL)
+    name = f"drift-{case}"
+    kube.create(llama(name, namespace, **spec))
+    wait_phase(kube, operator, name, namespace, "Ready", readyReplicas=1)
+    child = name + suffix
+    old = kube.wait_for(lambda: kube.read(api, kind, child, namespace), f"the {kind}")
+    kube.patch(kube.path(api, kind, namespace, child), edit)
+    kube.wait_for(lambda: reverted(kube.read(api, kind, child, namespace)), f"the edit of the {kind} reverted",
+                  timeout=30)
+    kube.remove(api, kind, child, namespace)
+    kube.wait_for(lambda: (kube.read(api, kind, child, namespace) or old)["metadata"]["uid"] != old["metadata"]["uid"],
+                  f"the operator to re-create the {kind}", timeout=30)
+
+    def reported():
+        events = kube.list("v1", "Event", namespace)
+        reasons = {e["reason"] for e in events if e["involvedObject"].get("name") == name
+                   and f"{kind}/{child}" in e.get("message", "")}
+        return {"Reverted", "Restored"} <= reasons
+
+    kube.wait_for(reported, "Reverted and Restored events", timeout=30)
+
+
 def test_deleting_the_llamaserver_garbage_collects_its_children(kube, operator, namespace):
     kube.create(llama("gone", namespace, monitoring={"serviceMonitor": True}))
     wait_phase(kube, operator, "gone", namespace, "Ready", readyReplicas=1)

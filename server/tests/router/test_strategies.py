@@ -9,7 +9,7 @@ import pytest
 
 from kubellama_router import strategies
 from kubellama_router.chwbl import HashRing, load_ok
-from kubellama_router.hashing import block_hashes
+from kubellama_router.hashing import PromptHashes, block_hashes
 from kubellama_router.keys import RouteKeys, extract
 from kubellama_router.prefix_index import PrefixIndex
 from kubellama_router.strategies import Candidate, Load
@@ -42,27 +42,61 @@ def test_block_hashes_are_chained_and_skip_the_partial_block():
     assert block_hashes("x" * 64 * 10, 64, 3) == block_hashes("x" * 64 * 3, 64, 100)  # bounded
 
 
+def P(*parts: str) -> PromptHashes:
+    """A prompt of whole 8-character blocks (and a partial one) for the index tests."""
+    return PromptHashes("".join(parts), 8, 100)
+
+
+SYS, A1, A2, B1, C1 = "system::", "conv-a-1", "conv-a-2", "conv-b-1", "conv-c-1"
+
+
+def test_prompt_hashes_tell_apart_what_differs_after_the_last_block():
+    one, two = P(SYS, "hi"), P(SYS, "yo")
+    assert one.blocks == two.blocks and one.full != two.full
+    assert P(SYS, "hi there").prefix(len(SYS) + 2) == one.full  # a longer prompt extends it
+    assert P(SYS).full != P(SYS).blocks[-1] and P("x").prefix(5) is None
+
+
 def test_prefix_index_models_slots():
     idx = PrefixIndex(max_blocks=100)
-    sys_, a1, a2, b1, c1 = 1, 10, 11, 20, 30
-    idx.record(A, [sys_, a1], slots=2)  # conversation a, turn 1
-    idx.record(A, [sys_, b1], slots=2)  # conversation b
-    assert idx.chains(A) == 2 and idx.matched(A, [sys_, a1, a2]) == 2
-    idx.record(A, [sys_, a1, a2], slots=2)  # a's next turn reuses a's slot
-    assert idx.chains(A) == 2 and idx.extends(A, [sys_, a1, a2, 12]) and idx.extends(A, [sys_, b1, 21])
-    idx.record(A, [sys_, c1], slots=2)  # a third conversation on 2 slots evicts the least recent (b)
-    assert idx.chains(A) == 2 and idx.matched(A, [sys_, b1]) == 1 and not idx.extends(A, [sys_, b1, 21])
-    assert idx.matched(A, [sys_, a1, a2]) == 3  # the shared system prompt stays while a chain holds it
-    idx.retain([B])
-    assert idx.size(A) == 0
+    idx.record(A, P(SYS, A1), slots=2)  # conversation a, turn 1
+    idx.record(A, P(SYS, B1), slots=2)  # conversation b
+    assert idx.chains(A) == 2 and idx.matched(A, P(SYS, A1, A2)) == 2
+    idx.record(A, P(SYS, A1, A2), slots=2)  # a's next turn reuses a's slot
+    assert idx.chains(A) == 2 and idx.extends(A, P(SYS, A1, A2, "x")) and idx.extends(A, P(SYS, B1, "x"))
+    idx.record(A, P(SYS, C1), slots=2)  # a third conversation on 2 slots evicts the least recent (b)
+    assert idx.chains(A) == 2 and idx.matched(A, P(SYS, B1)) == 1 and not idx.extends(A, P(SYS, B1, "x"))
+    assert idx.matched(A, P(SYS, A1, A2)) == 3  # the shared system prompt stays while a chain holds it
+    # two conversations whose only difference is a short last message are two prompts, two slots
+    idx.record(B, P(SYS, "hi"), slots=2)
+    idx.record(B, P(SYS, "yo"), slots=2)
+    assert idx.chains(B) == 2 and not idx.extends(B, P(SYS, "hey"))
+
+
+def test_prefix_index_remembers_a_replica_that_blinks_out_and_forgets_one_gone_for_good():
+    idx = PrefixIndex(forget_after=60, max_departed=2)
+    for name in (A, B, C):
+        idx.record(name, P(SYS, A1))
+    idx.retain([B, C], now=0)  # A not ready for a moment (a readiness probe, a replaced slice)
+    idx.retain([A, B, C], now=5)
+    assert idx.matched(A, P(SYS, A1)) == 2
+    idx.retain([C], now=10)  # A and B leave
+    idx.retain([C], now=69)
+    assert idx.size(A) == idx.size(B) == 2
+    idx.retain([C], now=70)  # gone for forget_after
+    assert idx.size(A) == idx.size(B) == 0 and idx.size(C) == 2
+    for name in ("d", "e", "f"):
+        idx.record(name, P(SYS))
+    idx.retain([C], now=71)  # more departed than max_departed: the oldest is forgotten first
+    assert sum(idx.size(n) > 0 for n in ("d", "e", "f")) == 2
 
 
 def test_prefix_index_is_bounded_without_slot_counts():
     idx = PrefixIndex(max_blocks=10, max_chains=3)
     for i in range(10):
-        idx.record(A, [100 + i, 200 + i])
+        idx.record(A, P(f"{i:08d}", f"{i:08d}"))
     assert idx.chains(A) == 3
-    idx.record(A, list(range(1000, 1020)))  # one chain over max_blocks: kept alone
+    idx.record(A, PromptHashes("z" * 160, 8, 100))  # one chain over max_blocks: kept alone
     assert idx.chains(A) == 1 and idx.size(A) == 20
 
 
@@ -140,8 +174,8 @@ def test_prefix_sticks_a_multi_turn_chat_to_its_replica():
 
 def test_prefix_prefers_the_longest_match():
     st = strategies.Prefix(block_chars=8, rng=random.Random(0))
-    st.index.record(A, block_hashes("0123456789abcdef", 8, 10))  # 2 blocks
-    st.index.record(B, block_hashes("0123456789abcdefGHIJKLMN", 8, 10))  # 3 blocks
+    st.index.record(A, PromptHashes("0123456789abcdef", 8, 10))  # 2 blocks
+    st.index.record(B, PromptHashes("0123456789abcdefGHIJKLMN", 8, 10))  # 3 blocks
     cs = cands(0, 0, 0)
     d = st.pick(RouteKeys(prompt="0123456789abcdefGHIJKLMNopq"), cs, load_of(cs))
     assert (d.name, d.outcome, d.matched) == (B, "hit", 3)
@@ -150,15 +184,59 @@ def test_prefix_prefers_the_longest_match():
 def test_prefix_spills_a_hot_prefix_under_the_load_bound():
     st = strategies.Prefix(block_chars=8, load_factor=1.25, rng=random.Random(0))
     hot = RouteKeys(prompt="the same long system prompt " * 4)
-    st.index.record(A, block_hashes(hot.prompt, 8, 100))
+    st.index.record(A, PromptHashes(hot.prompt, 8, 100))
     cs = cands(4, 1, 1)  # threshold (6+1)/3*1.25 = 2.9: A (4) is over it
     d = st.pick(hot, cs, load_of(cs))
     assert d.name in (B, C) and d.outcome == "spill"
-    assert st.index.matched(d.name, block_hashes(hot.prompt, 8, 100)) > 0  # the spill's replica has it now
+    assert st.index.matched(d.name, PromptHashes(hot.prompt, 8, 100)) > 0  # the spill's replica has it now
     fresh = strategies.Prefix(block_chars=8, load_factor=1.25, rng=random.Random(0))
-    fresh.index.record(A, block_hashes(hot.prompt, 8, 100))
+    fresh.index.record(A, PromptHashes(hot.prompt, 8, 100))
     cs = cands(2, 2, 2)  # threshold 2.9: A may take one more
     assert (fresh.pick(hot, cs, load_of(cs)).name, fresh.pick(hot, cs, load_of(cs)).outcome) == (A, "hit")
+
+
+def test_prefix_keeps_a_turn_on_its_replica_while_it_has_an_idle_slot():
+    """At low load KubeAI's bound alone spills as soon as the holder has one request in flight
+    ((1 + 1) > (1 + 1) / 3 x 1.25): the turn would evaluate its whole history elsewhere."""
+    st = strategies.make("prefix", seed=0)
+    first = chat("Tell me about the moon and its phases please, in detail, slowly.")
+    cs = [Candidate(A, slots=4), Candidate(B, slots=4), Candidate(C, slots=4)]
+    home = st.pick(first, cs, Load(0, 3)).name
+    busy = [Candidate(c.name, inflight=1 if c.name == home else 0, slots=4) for c in cs]
+    nxt = chat("Tell me about the moon and its phases please, in detail, slowly.", "Waxing.", "And then?")
+    d = st.pick(nxt, busy, Load(1, 3))
+    assert (d.name, d.outcome) == (home, "hit")
+    full = [Candidate(c.name, inflight=4 if c.name == home else 0, slots=4) for c in cs]
+    more = chat("Tell me about the moon and its phases please, in detail, slowly.", "Waxing.", "And then?", "Full.", "Next?")
+    assert st.pick(more, full, Load(4, 3)).outcome == "spill"  # all its slots busy and over the bound
+
+
+def test_prefix_starts_a_new_conversation_where_a_slot_is_idle_now():
+    """A shared system prompt does not draw a new conversation into a queue: the replica holding it
+    has all its slots busy (though under KubeAI's bound), another has one idle."""
+    st = strategies.make("prefix", seed=0)
+    system = "Shared group instructions, long enough for several blocks. " * 6
+    cs = [Candidate(A, slots=4), Candidate(B, slots=4), Candidate(C, slots=4)]
+    home = st.pick(chat("Conversation 0: hello there, a long question. " * 3, system=system), cs, Load(0, 3)).name
+    loads = {home: 4, **{n: 4 for n in (A, B, C) if n != home}}
+    idle = next(n for n in (A, B, C) if n != home)
+    loads[idle] = 3
+    busy = [Candidate(n, inflight=loads[n], slots=4) for n in (A, B, C)]
+    d = st.pick(chat("Conversation 1: hello there, a long question. " * 3, system=system), busy, Load(11, 3))
+    assert d.name == idle
+
+
+def test_prefix_forgets_a_prompt_its_replica_refused():
+    """A replica that refused a request (the proxy retried it elsewhere) does not hold the prompt:
+    the next turn must not go back to it (both would look like holders, the pick at random)."""
+    st = strategies.make("prefix", seed=0)
+    cs = [Candidate(A, slots=4), Candidate(B, slots=4)]
+    first = chat("Tell me about the moon and its phases please, in detail, slowly.")
+    refused = st.pick(first, cs, Load(0, 2))
+    st.refused(refused)
+    took = st.pick(first, [c for c in cs if c.name != refused.name], Load(0, 1))
+    nxt = chat("Tell me about the moon and its phases please, in detail, slowly.", "Waxing.", "And then?")
+    assert {st.pick(nxt, cs, Load(0, 2)).name for _ in range(8)} == {took.name}
 
 
 def test_prefix_starts_a_new_conversation_where_a_slot_is_spare():
@@ -178,6 +256,20 @@ def test_prefix_starts_a_new_conversation_where_a_slot_is_spare():
     # each conversation's next turn goes back to its own slot, full replica or not
     assert st.pick(conv(0, "ok", "more"), cs, Load(0, 3)) .name == homes[0]
     assert st.pick(conv(2, "ok", "more"), cs, Load(0, 3)).name == third.name
+
+
+def test_prefix_without_slot_counts_spreads_new_conversations():
+    """Slot counts not scraped yet (or not reported): a shared system prompt does not pile every new
+    conversation onto one replica; each goes where the fewest are held, its turns stay there."""
+    st = strategies.make("prefix", seed=0)
+    system = "Shared group instructions, long enough for several blocks. " * 6
+    convs = [chat(f"Conversation {i}: tell me something long and interesting please. " * 3, system=system)
+             for i in range(6)]
+    cs = cands(0, 0, 0)
+    homes = [st.pick(k, cs, load_of(cs)).name for k in convs]
+    assert Counter(homes) == {A: 2, B: 2, C: 2}
+    again = [st.pick(RouteKeys(prompt=k.prompt + "<|assistant|>ok\n"), cs, load_of(cs)) for k in convs]
+    assert [d.name for d in again] == homes and {d.outcome for d in again} == {"hit"}
 
 
 def test_prefix_miss_goes_to_the_least_loaded():
