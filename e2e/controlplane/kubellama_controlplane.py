@@ -417,12 +417,14 @@ class ControlPlane(Processes):
                               f"node {name} Ready (kwok)", timeout=60)
         return names
 
-    def ensure_volumes(self, available: int = 10) -> None:
-        """A default StorageClass and at least `available` unbound PersistentVolumes.
+    def ensure_volumes(self, available: int = 10, make_volume: Callable[[int], dict] | None = None) -> None:
+        """A default StorageClass and at least `available` unbound PersistentVolumes, the
+        missing ones made by `make_volume(index)` (default: `fake_volume`, for kwok's pods).
 
         There is no volume provisioner, so PersistentVolumeClaims (a StatefulSet's
         volumeClaimTemplates) bind to pre-made volumes; released ones are not reused.
         """
+        make_volume = make_volume or (lambda i: fake_volume(f"kwok-pv-{i}"))
         with self.client() as kube:
             kube.apply({
                 "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
@@ -435,7 +437,7 @@ class ControlPlane(Processes):
             free = sum(1 for pv in pvs if pv.get("status", {}).get("phase") in (None, "Pending", "Available")
                        and not pv["spec"].get("claimRef"))
             for i in range(len(pvs), len(pvs) + max(0, available - free)):
-                kube.create(fake_volume(f"kwok-pv-{i}"))
+                kube.create(make_volume(i))
 
 
 def fake_volume(name: str, size: str = "1Ti") -> dict:

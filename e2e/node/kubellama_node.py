@@ -388,21 +388,13 @@ class LocalNode(kcp.Processes):
     def ensure_volumes(self, available: int = 8) -> None:
         """A default StorageClass and `available` unbound hostPath volumes on the node, writable
         by the pods' non-root users (a folder each under the node's work folder)."""
-        with self.cp.client() as kube:
-            kube.apply({
-                "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
-                "metadata": {"name": "standard", "annotations": {
-                    "storageclass.kubernetes.io/is-default-class": "true"}},
-                "provisioner": "kubernetes.io/no-provisioner",
-                "volumeBindingMode": "Immediate", "reclaimPolicy": "Retain",
-            })
-            pvs = kube.list("v1", "PersistentVolume")
-            free = sum(1 for pv in pvs if not pv["spec"].get("claimRef"))
-            for i in range(len(pvs), len(pvs) + max(0, available - free)):
-                folder = self.workdir / "volumes" / f"pv-{i}"
-                folder.mkdir(parents=True, exist_ok=True)
-                folder.chmod(0o1777)
-                kube.create(hostpath_volume(f"node-pv-{i}", folder))
+        def make_volume(i: int) -> dict:
+            folder = self.workdir / "volumes" / f"pv-{i}"
+            folder.mkdir(parents=True, exist_ok=True)
+            folder.chmod(0o1777)
+            return hostpath_volume(f"node-pv-{i}", folder)
+
+        self.cp.ensure_volumes(available, make_volume)
 
 
 # ---- host set-up and clean-up --------------------------------------------------------------
