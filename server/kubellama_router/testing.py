@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 
 import httpx
 
 from kubellama_server.testing.live import free_port, serve_in_thread, stop_thread_server
 
 from .cli import parse
+
+
+@dataclass
+class LoginInfo:
+    """A login for `KubeClient` with the fields of kopf's ConnectionInfo that it reads: a
+    service-account token for a stand-in API server on loopback."""
+
+    server: str
+    token: str = "sa-token"
+    scheme: str = "Bearer"
+    insecure: bool = False
+    ca_path: str | None = None
+    ca_data: str | None = None
 
 
 class LiveRouter:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import queue
 import threading
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
@@ -16,21 +15,11 @@ import httpx
 
 from kubellama_operator.kube import KubeClient
 from kubellama_server.testing.wait import wait_until
-from kubellama_router.testing import LiveRouter
+from kubellama_router.testing import LoginInfo, LiveRouter
 from kubellama_server.testing.live import LiveServer
 
 SCALE = "/apis/kubellama.dev/v1alpha1/namespaces/ml/llamaservers/chat/scale"
 SLICES = "/apis/discovery.k8s.io/v1/namespaces/ml/endpointslices"
-
-
-@dataclass
-class Info:
-    server: str
-    token: str = "sa-token"
-    scheme: str = "Bearer"
-    insecure: bool = False
-    ca_path: str | None = None
-    ca_data: str | None = None
 
 
 class FakeCluster:
@@ -126,7 +115,7 @@ def test_scale_from_zero_holds_the_request_then_scales_back_to_zero(tiny_model):
     router = LiveRouter(["--service", "chat", "--namespace", "ml", "--autoscale", "chat", "--min-replicas", "0",
                          "--max-replicas", "2", "--target-requests", "4", "--autoscale-window", "1",
                          "--scale-down-delay", "1", "--queue-timeout", "60"],
-                        kube_factory=lambda: KubeClient(lambda: Info(cluster.url)))
+                        kube_factory=lambda: KubeClient(lambda: LoginInfo(cluster.url)))
     try:
         router.start()
         assert httpx.get(router.url + "/health").json()["ready_replicas"] == 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import dataclass
 
 import pytest
 import pytest_asyncio
@@ -13,20 +12,11 @@ from aiohttp import web
 
 from kubellama_operator.kube import KubeClient
 from kubellama_router import strategies
+from kubellama_router.testing import LoginInfo
 from kubellama_router.endpoints import watch_endpoints
 from kubellama_router.pool import Pool
 
 pytestmark = pytest.mark.asyncio
-
-
-@dataclass
-class Info:
-    server: str
-    token: str = "sa-token"
-    scheme: str = "Bearer"
-    insecure: bool = False
-    ca_path: str | None = None
-    ca_data: str | None = None
 
 
 def eps(name: str, *endpoints: tuple[str, bool], service: str = "chat") -> dict:
@@ -79,7 +69,7 @@ async def test_router_follows_ready_endpoints(api):
     url, state, events = api
     pool = Pool(strategies.make("round-robin"))
     ready = lambda: sorted(r.url for r in pool.ready())  # noqa: E731
-    task = asyncio.create_task(watch_endpoints(pool, "ml", "chat", client=KubeClient(lambda: Info(url))))
+    task = asyncio.create_task(watch_endpoints(pool, "ml", "chat", client=KubeClient(lambda: LoginInfo(url))))
     try:
         await _until(lambda: ready() == ["http://10.0.0.1:8080"])
         # a pod turns ready, a second slice appears, a slice of another Service is ignored

@@ -9,27 +9,16 @@ import json
 import queue
 import threading
 import time
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
 import httpx
 
 from kubellama_operator.kube import KubeClient
-from kubellama_router.testing import LiveRouter
+from kubellama_router.testing import LoginInfo, LiveRouter
 
 SLICES = "/apis/discovery.k8s.io/v1/namespaces/ml/endpointslices"
 SYSTEM = "You answer questions about the solar system, briefly and with care. " * 3
-
-
-@dataclass
-class Info:
-    server: str
-    token: str = "sa-token"
-    scheme: str = "Bearer"
-    insecure: bool = False
-    ca_path: str | None = None
-    ca_data: str | None = None
 
 
 def eps(name: str, port: int, ready: bool) -> dict:
@@ -112,7 +101,7 @@ def test_conversations_keep_their_replica_through_an_endpoints_flap(fresh_replic
     api = SliceAPI(ports)
     try:
         r = LiveRouter(["--service", "chat", "--namespace", "ml", "--strategy", "prefix", "--seed", "1"],
-                       kube_factory=lambda: KubeClient(lambda: Info(api.url))).start()
+                       kube_factory=lambda: KubeClient(lambda: LoginInfo(api.url))).start()
         try:
             _wait(lambda: _ready(r) == sorted([a.url, b.url]) and api.watchers)
             convs = [[{"role": "system", "content": SYSTEM}, {"role": "user", "content": f"Hello from {k}"}]
