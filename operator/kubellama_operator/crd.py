@@ -147,6 +147,94 @@ def _mmproj_schema() -> Schema:
     )
 
 
+# --- Models (issue 19): the model cache, downloads off the GPU, rollouts without downtime, LoRA scales. ---
+CACHE_MODES = ["perReplica", "shared", "claim", "image"]
+CACHE_PVC_RULE = "!has(self.cache) || !has(self.cache.mode) || self.cache.mode == 'perReplica' || !has(self.pvc)"
+CACHE_PVC_MESSAGE = ("spec.model.cache is for downloaded models; a pvc model is read from its own claim "
+                     "(leave cache.mode perReplica)")
+_SHARED_MODE = "(has({o}.model.cache) && has({o}.model.cache.mode) && {o}.model.cache.mode != 'perReplica')"
+CACHE_TRANSITION_RULE = (f"!has(oldSelf.model) || {_SHARED_MODE.format(o='self')} == "
+                         f"{_SHARED_MODE.format(o='oldSelf')}")
+CACHE_TRANSITION_MESSAGE = ("switching spec.model.cache.mode between perReplica and a shared mode changes the "
+                            "StatefulSet's volume claims, which Kubernetes forbids; create a new LlamaServer instead")
+CACHE_STORAGE_RULE = (f"!{_SHARED_MODE.format(o='self')} || !has(self.storage) || !has(self.storage.model) || "
+                      "!has(self.storage.model.claimName)")
+CACHE_STORAGE_MESSAGE = ("spec.storage.model.claimName is unused with a shared spec.model.cache; remove it "
+                         "(name the claim in spec.model.cache.claimName with mode claim)")
+#: LoRA default scales (--lora-scaled): the same range as POST /lora-adapters accepts.
+LORA_SCALE_MIN, LORA_SCALE_MAX = -4.0, 4.0
+LORA_SCALE_SCHEMA: Schema = {"type": "number", "minimum": LORA_SCALE_MIN, "maximum": LORA_SCALE_MAX,
+                             "description": "The adapter's default scale on every replica (default 1.0; "
+                                            "--lora-scaled); a "
+                                            "request may still pick its own. The operator reports a replica "
+                                            "whose scales differ (changed by POST /lora-adapters)."}
+ROLLOUT_STRATEGIES = ["RollingUpdate", "Surge"]
+
+
+def _cache_schema() -> Schema:
+    return _o(
+        "Where downloaded files (model, projector, LoRA adapters) are kept. perReplica (default): each replica "
+        "downloads into its own claim (spec.storage.model) in init containers. shared: one ReadWriteMany claim "
+        "per namespace that the operator creates (kubellama-model-cache, shared by every LlamaServer there); "
+        "claim: a ReadWriteMany claim you name. In both a download Job (CPU only) fills the cache before any "
+        "server pod is created, files are stored under a key (sha256-<hex> with a sha256, else a hash of the "
+        "source and revision), the servers mount the claim read-only, and files no LlamaServer uses are removed "
+        "after cleanupAfterSeconds. image: an OCI image volume holding the same layout (no download).", {
+            "mode": _s("perReplica, shared, claim or image.", enum=CACHE_MODES, default="perReplica"),
+            "claimName": _s("The ReadWriteMany claim of mode claim, in the LlamaServer's namespace.",
+                            minLength=1, maxLength=253),
+            "size": _quantity("Size of the claim the operator creates (mode shared; default 100Gi)."),
+            "storageClassName": _s("StorageClass of the claim the operator creates (mode shared); it must "
+                                   "provide ReadWriteMany volumes.", maxLength=253),
+            "image": _o("The image volume of mode image (Kubernetes ImageVolume).", {
+                "reference": _s("Image reference, e.g. registry.example/models/qwen:1.", minLength=1,
+                                maxLength=1024),
+                "pullPolicy": _s("Pull policy of the image volume.", enum=["Always", "IfNotPresent", "Never"]),
+            }, required=["reference"]),
+            "cleanupAfterSeconds": _i("Files of the shared cache no LlamaServer of the namespace references "
+                                      "are removed this long after they stopped being used.", 0,
+                                      maximum=30 * 86400, default=3600),
+        }, rules=[
+            ("!has(self.mode) || self.mode != 'claim' || has(self.claimName)",
+             "spec.model.cache.mode claim needs spec.model.cache.claimName"),
+            ("!has(self.claimName) || (has(self.mode) && self.mode == 'claim')",
+             "spec.model.cache.claimName is only used with mode claim"),
+            ("(has(self.mode) && self.mode == 'image') == has(self.image)",
+             "spec.model.cache.mode image needs spec.model.cache.image, which no other mode uses"),
+            ("(!has(self.size) && !has(self.storageClassName)) || (has(self.mode) && self.mode == 'shared')",
+             "spec.model.cache.size and storageClassName are only used with mode shared"),
+        ])
+
+
+def _rollout_schema() -> Schema:
+    return _o("How pods are replaced when their template changes (a new model, new flags).", {
+        "strategy": _s("RollingUpdate: one pod at a time (with one replica the model is unavailable until the "
+                       "new pod is Ready). Surge: first one extra pod with the new template (it needs room: one "
+                       "more GPU), then the others one at a time, then the extra pod goes: the Service never "
+                       "lacks a Ready endpoint, with one replica too.", enum=ROLLOUT_STRATEGIES,
+                       default="RollingUpdate"),
+    })
+
+
+MODELS_STATUS: dict[str, Schema] = {
+    "cache": _o("The model cache (spec.model.cache).", {
+        "mode": _s(), "claimName": _s(),
+        "keys": {"type": "array", "items": _s(), "description": "Cache keys of the files this LlamaServer uses."},
+        "nearlyFull": _s("Set when the cache's free space is below what the next download needs."),
+        "removed": {"type": "array", "items": _s(), "description": "Keys removed by the last cleanup."},
+    }),
+    "download": _o("The download Job of a shared cache.", {
+        "job": _s(), "state": _s(enum=["Pending", "Running", "Complete", "Failed"]), "message": _s(),
+    }),
+    "rollout": _o("A pod template change in progress.", {
+        "phase": _s(enum=["Downloading", "Surge", "Replacing", "ScalingDown", "RollingUpdate"]),
+        "message": _s(),
+        "slots": _s("Why saved slots are not restored (a model change: the server refuses another model's)."),
+    }),
+    "loraScales": _s("Replicas whose LoRA scales differ from spec.model.loras[].scale, when some do."),
+}
+
+
 def _lora_schema() -> Schema:
     return _o(
         "A LoRA adapter (GGUF) for the model, loaded at start-up with scale 1.0 (kubellama-server --lora): "
@@ -172,6 +260,7 @@ def _lora_schema() -> Schema:
                        minLength=1, maxLength=MAX_PATH, pattern=r"^[^/].*$"),
             "sha256": _s("Expected SHA-256 of the adapter file; the download fails on a mismatch.",
                          pattern=_SHA256),
+            "scale": LORA_SCALE_SCHEMA,
         },
         rules=[
             ("(has(self.url) ? 1 : 0) + (has(self.huggingFace) ? 1 : 0) + (has(self.path) ? 1 : 0) == 1",
@@ -203,6 +292,7 @@ def _model_schema() -> Schema:
                 "for the model's, the projector's and the LoRA adapters' huggingFace downloads.",
                 "token"),
             "mmproj": _mmproj_schema(),
+            "cache": _cache_schema(),
             "loras": {"type": "array", "maxItems": MAX_LORAS, "items": _lora_schema(),
                       "description": "LoRA adapters for the model (kubellama-server --lora, in this order: the "
                                      "first is adapter id 0). One server then serves several fine-tunes of its "
@@ -226,6 +316,7 @@ def _model_schema() -> Schema:
             ("!has(self.loras) || self.loras.all(a, has(a.path) ? "
              "self.loras.exists_one(b, has(b.path) ? b.path == a.path : false) : true)",
              "two spec.model.loras entries name the same path: list each adapter once"),
+            (CACHE_PVC_RULE, CACHE_PVC_MESSAGE),
         ],
     )
 
@@ -407,6 +498,7 @@ def spec_schema() -> Schema:
                              "items": _o("A LocalObjectReference.", {"name": _s(minLength=1)},
                                          required=["name"])},
         "storage": _storage_schema(),
+        "rollout": _rollout_schema(),
         "apiKeySecretRef": _secret_ref("Secret holding the API key clients must send.", "api-key"),
         "service": _o("The ClusterIP (or other) Service named after the LlamaServer.", {
             "type": _s("Service type.", enum=["ClusterIP", "NodePort", "LoadBalancer"],
@@ -437,6 +529,8 @@ def spec_schema() -> Schema:
          "spec.storage.model.claimName is unused with a pvc model source; remove one of them"),
         _self_extend_rule(),
         (EXTERNAL_SERVICE_RULE, EXTERNAL_SERVICE_MESSAGE),
+        (CACHE_TRANSITION_RULE, CACHE_TRANSITION_MESSAGE),
+        (CACHE_STORAGE_RULE, CACHE_STORAGE_MESSAGE),
     ])
 
 
@@ -558,6 +652,7 @@ def status_schema() -> Schema:
                           "file": _s("Adapter file name."),
                       })},
         }),
+        **MODELS_STATUS,
     })
 
 
@@ -579,7 +674,7 @@ def _immutable_storage(schema: Schema) -> Schema:
 
 
 #: Objects defaulted to {} so that their fields' defaults apply when the user omits them.
-_DEFAULT_EMPTY = ["server", "gpu", "storage", "storage.model", "storage.slots", "storage.retention",
+_DEFAULT_EMPTY = ["server", "gpu", "storage", "storage.model", "storage.slots", "storage.retention", "rollout",
                   "service", "networkPolicy", "monitoring", "routing", "autoscaling", "inferencePool"]
 
 

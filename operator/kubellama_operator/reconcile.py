@@ -19,7 +19,10 @@ from .config import OperatorConfig
 from .diff import needs_apply, with_hash
 from .kube import KubeClient
 from .policy import policy_problems
-from .spec import Model, endpoint, normalize, problems, resolve_model
+from .model_cache import resolve as resolve_model
+from .model_children import ModelState, prepare
+from .model_status import merge as merge_model_status
+from .spec import Model, endpoint, normalize, problems
 from .status import compute_status, condition, download_progress, essence, pod_view
 
 
@@ -32,6 +35,7 @@ class Outcome:
     created: list[str] = field(default_factory=list)
     updated: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
+    models: ModelState | None = None
 
     @property
     def phase_changed(self) -> bool:
@@ -50,7 +54,8 @@ async def check_references(client: KubeClient, namespace: str, spec: dict[str, A
     """
     out = []
     claims = [("spec.model.pvc.claimName", (spec["model"].get("pvc") or {}).get("claimName")),
-              ("spec.storage.model.claimName", spec.get("storage", {}).get("model", {}).get("claimName"))]
+              ("spec.storage.model.claimName", spec.get("storage", {}).get("model", {}).get("claimName")),
+              ("spec.model.cache.claimName", (spec["model"].get("cache") or {}).get("claimName"))]
     for where, claim in claims:
         if claim and await client.get("v1", "PersistentVolumeClaim", namespace, claim) is None:
             out.append(f"PersistentVolumeClaim {claim!r} ({where}) not found in namespace {namespace}: "
@@ -90,6 +95,7 @@ async def apply_children(client: KubeClient, body: dict[str, Any], spec: dict[st
     keda_crd = await client.has_resource(KEDA_API, KEDA_PLURAL)
     want, drop = desired_children(body, spec, model, config, servicemonitor_crd=sm_crd, inferencepool_crd=pool_crd,
                                   scaledobject_crd=keda_crd)
+    outcome.models = await prepare(client, body, spec, model, config, want, apply=True)
     for obj in map(with_hash, want):
         ref = f"{obj['kind']}/{obj['metadata']['name']}"
         live = await client.get(obj["apiVersion"], obj["kind"], ns, obj["metadata"]["name"])
@@ -122,7 +128,8 @@ async def autoscaling_condition(client: KubeClient, spec: dict[str, Any]) -> tup
 
 
 async def refresh_status(client: KubeClient, body: dict[str, Any], spec: dict[str, Any],
-                         model: Model | None, spec_problems: list[str], outcome: Outcome) -> None:
+                         model: Model | None, spec_problems: list[str], outcome: Outcome,
+                         config: OperatorConfig | None = None) -> None:
     meta = body["metadata"]
     name, ns = meta["name"], meta["namespace"]
     sts = await client.get("apps/v1", "StatefulSet", ns, name)
@@ -136,6 +143,15 @@ async def refresh_status(client: KubeClient, body: dict[str, Any], spec: dict[st
         name=name, namespace=ns, generation=meta.get("generation"), desired=int(spec.get("replicas", 1)),
         model=model, endpoint=endpoint(name, ns, spec), selector=selector_string(name), pods=pods,
         statefulset=sts, problems=spec_problems, previous=outcome.previous, progress=progress)
+    models = outcome.models
+    if models is None and model is not None and not spec_problems:
+        models = await prepare(client, body, spec, model, config or OperatorConfig(), [], apply=False)
+    if models is not None:
+        dl_progress = None
+        if models.progress_from is not None:
+            dl_progress = download_progress(await client.pod_log(ns, *models.progress_from))
+        merge_model_status(status, generation=meta.get("generation"), previous=outcome.previous, cache=models.cache,
+                           download=models.download, progress=dl_progress, plan=models.plan, slots=models.slots)
     if outcome.warnings:
         status["message"] = "; ".join([status["message"], *outcome.warnings])
     auto = await autoscaling_condition(client, spec) if not spec_problems else None
@@ -169,5 +185,5 @@ async def reconcile(client: KubeClient, body: dict[str, Any], config: OperatorCo
         outcome.warnings = [warning] if warning else []
     if not found and apply:
         await apply_children(client, body, spec, model, config, outcome)
-    await refresh_status(client, body, spec, model, found, outcome)
+    await refresh_status(client, body, spec, model, found, outcome, config)
     return outcome

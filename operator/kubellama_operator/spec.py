@@ -127,6 +127,8 @@ def problems(spec: Spec) -> list[str]:
         if driver == "keda" and not auto.get("prometheusAddress"):
             out.append(KEDA_ADDRESS_MESSAGE)
     out += extraargs.problems(list(spec.get("server", {}).get("extraArgs") or []))
+    from .model_cache import problems as cache_problems  # noqa: PLC0415 (model_cache imports this module)
+    out += cache_problems(spec)
     return out
 
 

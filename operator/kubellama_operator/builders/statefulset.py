@@ -9,6 +9,7 @@ from ..config import OperatorConfig
 from ..serverargs import server_args
 from ..spec import (API_KEY_DIR, API_KEY_FILE, CONFIG_DIR, LORA_DIR, MMPROJ_DIR, MODEL_DIR, SERVER_PORT, SLOTS_DIR,
                     SYSTEM_PROMPT_FILE, Model, Spec, uses_gpu)
+from .. import model_cache
 from .meta import ANNOTATION_MODEL, Body, config_name, headless_name, labels, object_meta, selector_labels
 
 #: The image's non-root user (images/server/Dockerfile).
@@ -75,6 +76,8 @@ def _model_claim_name(spec: Spec) -> str | None:
     model = spec["model"]
     if "pvc" in model:
         return model["pvc"]["claimName"]
+    if model_cache.is_shared(spec):
+        return model_cache.claim_name(spec)  # None for an image volume
     return spec.get("storage", {}).get("model", {}).get("claimName")
 
 
@@ -153,6 +156,8 @@ def _init_containers(spec: Spec, model: Model, image: str, pull: str, hf_endpoin
     out = []
     if spec.get("apiKeySecretRef"):
         out.append(_check_api_key_container(spec["apiKeySecretRef"], image, pull))
+    if model_cache.is_shared(spec):
+        return out  # a download Job filled the shared cache (or the image holds the files)
     if model.fetch_args:
         out.append(_fetch_container(spec, FETCH_MODEL, model.fetch_args, image, pull,
                                     hf_token=model.source == "huggingFace", hf_endpoint=hf_endpoint))
@@ -229,7 +234,11 @@ def _volumes(spec: Spec, model: Model, name: str) -> list[dict[str, Any]]:
     claim = _model_claim_name(spec)
     if claim:
         vols.append({"name": "model", "persistentVolumeClaim": {
-            "claimName": claim, "readOnly": "pvc" in spec["model"]}})
+            "claimName": claim, "readOnly": "pvc" in spec["model"] or model_cache.is_shared(spec)}})
+    elif model_cache.mode(spec) == "image":
+        image = spec["model"]["cache"]["image"]
+        vols.append({"name": "model", "image": {"reference": image["reference"],
+                                                **({"pullPolicy": image["pullPolicy"]} if image.get("pullPolicy") else {})}})
     if _mmproj_volume(model):
         vols.append({"name": "mmproj", "emptyDir": {}})
     if _lora_volume(model):
@@ -249,7 +258,7 @@ def _volumes(spec: Spec, model: Model, name: str) -> list[dict[str, Any]]:
 def _claim_templates(spec: Spec, name: str) -> list[dict[str, Any]]:
     storage = spec.get("storage", {})
     out = []
-    if not _model_claim_name(spec):
+    if not _model_claim_name(spec) and not model_cache.is_shared(spec):
         m = storage.get("model", {})
         out.append(_claim("model", name, m.get("accessModes", ["ReadWriteOnce"]), m.get("size", "20Gi"),
                           m.get("storageClassName")))

@@ -1,0 +1,91 @@
+"""The reconcile steps of issue 19 (API calls only; the decisions are in model_cache, download_job, rollout).
+
+Before the children are applied: with a shared cache, the cache claim (mode shared) and the download Job;
+the StatefulSet is held back (not created, or left on its old template) until the Job is Complete; then the
+StatefulSet's replicas and partition come from `rollout.plan`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from . import model_cache, rollout
+from .builders.download_job import (COMPONENT, Download, build_download_job, build_shared_claim, download_state,
+                                    job_labels)
+from .builders.meta import ANNOTATION_MODEL, selector_labels
+from .config import OperatorConfig
+from .kube import KubeClient
+from .model_status import slots_note
+from .spec import Model, Spec
+
+#: On the StatefulSet: the model the pods of its current template serve (a model change is told from others).
+ANNOTATION_MODEL_KEY = "kubellama.dev/model-key"
+
+
+@dataclass
+class ModelState:
+    download: Download | None = None
+    plan: rollout.Plan | None = None
+    cache: dict[str, Any] | None = None
+    slots: str = ""
+    progress_from: tuple[str, str] | None = None  # (pod, container) whose log has the download progress
+
+
+async def _download(client: KubeClient, body: dict[str, Any], spec: Spec, model: Model, config: OperatorConfig,
+                    apply: bool, state: ModelState) -> None:
+    ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    if model_cache.mode(spec) == "shared" and apply and \
+            await client.get("v1", "PersistentVolumeClaim", ns, model_cache.SHARED_CLAIM) is None:
+        await client.apply(build_shared_claim(ns, spec))
+    job = build_download_job(body, spec, model, config)
+    job_name = job["metadata"]["name"]
+    live = await client.get("batch/v1", "Job", ns, job_name)
+    if live is None and apply:
+        live = await client.apply(job)
+    if apply:  # Jobs of an earlier model are done with (their files stay in the cache)
+        for old in await client.list("batch/v1", "Job", ns, job_labels(name)):
+            if old["metadata"]["name"] != job_name:
+                await client.delete("batch/v1", "Job", ns, old["metadata"]["name"])
+    pods = [p for p in await client.list("v1", "Pod", ns, job_labels(name))
+            if (p["metadata"].get("labels") or {}).get("job-name") == job_name]
+    state.download = download_state(job_name, live, pods, model)
+    if state.download.state == "Running" and state.download.pod:
+        state.progress_from = (state.download.pod, state.download.fetcher)
+
+
+async def prepare(client: KubeClient, body: dict[str, Any], spec: Spec, model: Model, config: OperatorConfig,
+                  want: list[dict[str, Any]], *, apply: bool) -> ModelState:
+    """Download first, then plan the StatefulSet's rollout; edits `want` (the children to apply) in place."""
+    ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    state = ModelState()
+    if model_cache.is_shared(spec):
+        files = model_cache.cache_files(spec, model)
+        state.cache = {"mode": model_cache.mode(spec), "keys": [f.key for f in files]}
+        if model_cache.claim_name(spec):
+            state.cache["claimName"] = model_cache.claim_name(spec)
+            await _download(client, body, spec, model, config, apply, state)
+    live = await client.get("apps/v1", "StatefulSet", ns, name)
+    i = next((i for i, o in enumerate(want) if o["kind"] == "StatefulSet"), None)
+    if i is None or not apply:  # a status-only pass: the step the StatefulSet is in
+        state.plan = rollout.observed(live, int(spec.get("replicas", 1)))
+        return state
+    if state.download is not None and state.download.state != "Complete":
+        del want[i]  # no pod before its files are in place; old pods keep serving meanwhile
+        return state
+    desired = want[i]
+    desired["metadata"].setdefault("annotations", {})[ANNOTATION_MODEL_KEY] = model_cache.model_key(spec)
+    pods = await client.list("v1", "Pod", ns, selector_labels(name))
+    strategy = (spec.get("rollout") or {}).get("strategy", "RollingUpdate")
+    state.plan = rollout.plan(desired, live, pods, strategy=strategy)
+    want[i] = rollout.apply_plan(desired, state.plan)
+    if live is not None and state.plan.step:
+        old = rollout._ann(live, ANNOTATION_MODEL_KEY)
+        old_name = ((live["spec"]["template"].get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_MODEL, "")
+        slots = bool(spec.get("storage", {}).get("slots", {}).get("enabled"))
+        if old and old != model_cache.model_key(spec):
+            state.slots = slots_note(slots, old_name or old, model.name)
+    return state
+
+
+__all__ = ["COMPONENT", "ModelState", "prepare"]
