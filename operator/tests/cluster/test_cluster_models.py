@@ -1,0 +1,132 @@
+"""Issue 19 on the control plane (kwok plays the nodes and runs no container): a shared cache filled by one
+CPU-only Job before any server pod, two LlamaServers naming one file, and a model change with the Surge
+strategy during which the Service's EndpointSlices (watched, not sampled) always have a Ready endpoint."""
+
+from __future__ import annotations
+
+import time
+
+import kubellama_controlplane as kcp
+import pytest
+from chart_operator import (LLAMA_API, MODEL_URL, RunningOperator, assert_no_forbidden, chart_operator, llama,
+                            status_of, wait_phase)
+from endpoint_watch import ReadyWatch
+
+kcp.skip_module_if_unavailable()
+
+OTHER_URL = "http://models.invalid/models/tiny-q8_0.gguf"
+OWNER = "kubellama.dev/llamaserver"
+
+
+@pytest.fixture(scope="module")
+def operator(control_plane: kcp.ControlPlane, kube: kcp.Kube, helm, llama_crd, tmp_path_factory):
+    with chart_operator(control_plane, kube, helm, tmp_path_factory.mktemp("operator-models"), "km") as running:
+        yield running
+
+
+@pytest.fixture(autouse=True)
+def rbac_is_exactly_enough(operator: RunningOperator, control_plane: kcp.ControlPlane):
+    before = len(control_plane.forbidden_requests(operator.user))
+    yield
+    assert_no_forbidden(control_plane, operator, before)
+
+
+def jobs(kube, name, namespace):
+    return kube.list("batch/v1", "Job", namespace, labelSelector=f"{OWNER}={name}")
+
+
+def server_pods(kube, name, namespace):
+    return kube.list("v1", "Pod", namespace,
+                     labelSelector=f"{OWNER}={name},app.kubernetes.io/name=kubellama-server")
+
+
+def model_path(sts):
+    args = sts["spec"]["template"]["spec"]["containers"][0]["args"]
+    return args[args.index("-m") + 1]
+
+
+def test_a_shared_cache_is_filled_by_one_cpu_job_before_the_two_replicas_start(kube, operator, namespace):
+    kube.create(llama("pair", namespace, replicas=2, gpu={"count": 1},
+                      model={"url": MODEL_URL, "cache": {"mode": "shared"}}))
+    status = wait_phase(kube, operator, "pair", namespace, "Ready", timeout=90, readyReplicas=2)
+    [job] = jobs(kube, "pair", namespace)
+    assert job["status"].get("succeeded") == 1
+    pod = job["spec"]["template"]["spec"]
+    assert [c["name"] for c in pod["initContainers"]] == ["fetch-model"]
+    assert "nvidia.com/gpu" not in str(pod), "the download Job holds no GPU"
+    # The StatefulSet (and so every GPU pod) came after the download.
+    sts = kube.read("apps/v1", "StatefulSet", "pair", namespace)
+    assert sts["metadata"]["creationTimestamp"] >= job["status"]["completionTime"]
+    assert "volumeClaimTemplates" not in sts["spec"]
+    claim = kube.read("v1", "PersistentVolumeClaim", "kubellama-model-cache", namespace)
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    for p in server_pods(kube, "pair", namespace):
+        assert "initContainers" not in p["spec"]
+        assert {"name": "model", "persistentVolumeClaim": {"claimName": "kubellama-model-cache", "readOnly": True}} \
+            in p["spec"]["volumes"]
+    key = status["cache"]["keys"][0]
+    assert model_path(sts) == f"/models/{key}/tiny-q4_0.gguf"
+    assert status["download"]["state"] == "Complete"
+    assert {c["type"]: c["reason"] for c in status["conditions"]}["ModelReady"] in ("Downloaded", "InCache")
+
+
+def test_two_llamaservers_naming_one_file_share_it(kube, operator, namespace):
+    kube.create({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "models"},
+                 "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "10Gi"}}}},
+                namespace=namespace)
+    for name in ("left", "right"):
+        kube.create(llama(name, namespace, model={"url": MODEL_URL, "alias": name,
+                                                  "cache": {"mode": "claim", "claimName": "models"}}))
+    for name in ("left", "right"):
+        wait_phase(kube, operator, name, namespace, "Ready", timeout=90, readyReplicas=1)
+    left, right = (kube.read("apps/v1", "StatefulSet", n, namespace) for n in ("left", "right"))
+    assert model_path(left) == model_path(right)
+    dests = {tuple(j["spec"]["template"]["spec"]["initContainers"][0]["args"][-2:])
+             for n in ("left", "right") for j in jobs(kube, n, namespace)}
+    assert len(dests) == 1, "both Jobs fetch into one folder (kubellama-fetch's lock: the second finds it there)"
+    assert status_of(kube, "left", namespace)["cache"]["keys"] == status_of(kube, "right", namespace)["cache"]["keys"]
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_a_model_change_never_leaves_the_service_without_a_ready_endpoint(control_plane, kube, operator, namespace,
+                                                                         replicas):
+    name = f"swap{replicas}"
+    kube.create(llama(name, namespace, replicas=replicas, rollout={"strategy": "Surge"},
+                      storage={"slots": {"enabled": True}},
+                      model={"url": MODEL_URL, "cache": {"mode": "shared"}}))
+    wait_phase(kube, operator, name, namespace, "Ready", timeout=90, readyReplicas=replicas)
+    kube.wait_for(lambda: any(_ready_count(s) == replicas for s in
+                              kube.list("discovery.k8s.io/v1", "EndpointSlice", namespace,
+                                        labelSelector=f"kubernetes.io/service-name={name}")),
+                  f"{replicas} ready endpoints")
+    old = model_path(kube.read("apps/v1", "StatefulSet", name, namespace))
+    watch = ReadyWatch(control_plane.client, namespace, name)
+    seen_steps: set[str] = set()
+    try:
+        kube.patch(kube.path(LLAMA_API, "LlamaServer", namespace, name), {"spec": {"model": {"url": OTHER_URL}}})
+
+        def rolled():
+            st = status_of(kube, name, namespace)
+            seen_steps.add((st.get("rollout") or {}).get("phase", ""))
+            if st.get("rollout", {}).get("slots"):
+                seen_steps.add("slots:" + st["rollout"]["slots"])
+            sts = kube.read("apps/v1", "StatefulSet", name, namespace)
+            pods = server_pods(kube, name, namespace)
+            return (model_path(sts) != old and sts["spec"]["replicas"] == replicas and not st.get("rollout")
+                    and st.get("phase") == "Ready" and len(pods) == replicas
+                    and sts["status"].get("updatedReplicas") == replicas
+                    and sts["status"].get("currentRevision") == sts["status"].get("updateRevision"))
+        kube.wait_for(rolled, "the new model on every pod, the extra pod gone", timeout=120)
+        time.sleep(2)  # the last endpoint changes
+    finally:
+        counts = watch.stop()
+    assert len(counts) > 3, counts
+    assert watch.never_empty(), f"the Service had no Ready endpoint at some point: {counts}"
+    assert len(watch.pods) >= replicas + 1, f"no surge pod served: {watch.pods}"
+    assert {"Surge", "Replacing"} <= seen_steps, seen_steps
+    assert any(s.startswith("slots:") and "not restored" in s for s in seen_steps), seen_steps
+    assert len(jobs(kube, name, namespace)) == 1, "the first model's Job is deleted once the new one is there"
+
+
+def _ready_count(slice_):
+    return sum(1 for ep in slice_.get("endpoints") or [] if (ep.get("conditions") or {}).get("ready"))
