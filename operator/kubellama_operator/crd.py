@@ -221,6 +221,10 @@ MODELS_STATUS: dict[str, Schema] = {
         "mode": _s(), "claimName": _s(),
         "keys": {"type": "array", "items": _s(), "description": "Cache keys of the files this LlamaServer uses."},
         "nearlyFull": _s("Set when the cache's free space is below what the next download needs."),
+        "released": {"type": "array", "description": "Keys this LlamaServer no longer uses, since when; removed "
+                                                     "after spec.model.cache.cleanupAfterSeconds unless another "
+                                                     "LlamaServer uses them.",
+                     "items": _o("A released key.", {"key": _s(), "since": _s(format="date-time")})},
         "removed": {"type": "array", "items": _s(), "description": "Keys removed by the last cleanup."},
     }),
     "download": _o("The download Job of a shared cache.", {

@@ -10,14 +10,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from . import model_cache, rollout
+import datetime
+
+from . import GROUP, VERSION, cache_cleanup, model_cache, rollout
 from .builders.download_job import (COMPONENT, Download, build_download_job, build_shared_claim, download_state,
                                     job_labels)
 from .builders.meta import ANNOTATION_MODEL, selector_labels
 from .config import OperatorConfig
 from .kube import KubeClient
 from .model_status import slots_note
-from .spec import Model, Spec
+from .spec import Model, Spec, normalize
 
 #: On the StatefulSet: the model the pods of its current template serve (a model change is told from others).
 ANNOTATION_MODEL_KEY = "kubellama.dev/model-key"
@@ -62,6 +64,9 @@ async def prepare(client: KubeClient, body: dict[str, Any], spec: Spec, model: M
     if model_cache.is_shared(spec):
         files = model_cache.cache_files(spec, model)
         state.cache = {"mode": model_cache.mode(spec), "keys": [f.key for f in files]}
+        previous = (body.get("status") or {}).get("cache")
+        state.cache["released"] = cache_cleanup.released(previous, state.cache["keys"], _now())
+        state.cache["removed"] = list((previous or {}).get("removed") or [])
         if model_cache.claim_name(spec):
             state.cache["claimName"] = model_cache.claim_name(spec)
             await _download(client, body, spec, model, config, apply, state)
@@ -79,6 +84,8 @@ async def prepare(client: KubeClient, body: dict[str, Any], spec: Spec, model: M
     strategy = (spec.get("rollout") or {}).get("strategy", "RollingUpdate")
     state.plan = rollout.plan(desired, live, pods, strategy=strategy)
     want[i] = rollout.apply_plan(desired, state.plan)
+    if state.cache is not None and model_cache.claim_name(spec):
+        await _cleanup(client, body, spec, config, state, steady=not state.plan.step)
     if live is not None and state.plan.step:
         old = rollout._ann(live, ANNOTATION_MODEL_KEY)
         old_name = ((live["spec"]["template"].get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_MODEL, "")
@@ -86,6 +93,59 @@ async def prepare(client: KubeClient, body: dict[str, Any], spec: Spec, model: M
         if old and old != model_cache.model_key(spec):
             state.slots = slots_note(slots, old_name or old, model.name)
     return state
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+async def _referenced(client: KubeClient, namespace: str, me: str, claim: str, now: str) -> set[str]:
+    """Keys other LlamaServers on `claim` use, or let go of less than their grace period ago."""
+    out: set[str] = set()
+    for other in await client.list(f"{GROUP}/{VERSION}", "LlamaServer", namespace):
+        if other["metadata"]["name"] == me:
+            continue
+        try:
+            spec = normalize(other.get("spec"))
+            if model_cache.claim_name(spec) != claim:
+                continue
+            out |= {f.key for f in model_cache.cache_files(spec, model_cache.resolve(spec))}
+        except (KeyError, TypeError, ValueError):  # an invalid spec: its status still says what it used
+            pass
+        cache = (other.get("status") or {}).get("cache") or {}
+        out |= set(cache.get("keys") or [])
+        grace = int(((other.get("spec") or {}).get("model", {}).get("cache") or {}).get("cleanupAfterSeconds", 3600))
+        held = cache.get("released") or []
+        out |= {r["key"] for r in held} - set(cache_cleanup.due(held, set(), grace, now))
+    return out
+
+
+async def _cleanup(client: KubeClient, body: dict[str, Any], spec: Spec, config: OperatorConfig, state: ModelState,
+                   *, steady: bool) -> None:
+    """Remove files this LlamaServer let go of, once past their grace period and used by no other."""
+    ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    now = _now()
+    held = state.cache["released"]
+    for job in await client.list("batch/v1", "Job", ns, cache_cleanup.cleanup_labels(name)):
+        done = (job.get("status") or {}).get("succeeded") or (job.get("status") or {}).get("failed")
+        if not done:
+            state.cache["released"] = held
+            return  # one cleanup at a time
+        pods = [p for p in await client.list("v1", "Pod", ns, cache_cleanup.cleanup_labels(name))
+                if (p["metadata"].get("labels") or {}).get("job-name") == job["metadata"]["name"]]
+        removed = cache_cleanup.removed_keys(job, pods)
+        if removed is not None:
+            state.cache["removed"] = removed
+            held = [r for r in held if r["key"] not in removed]
+        await client.delete("batch/v1", "Job", ns, job["metadata"]["name"])
+    state.cache["released"] = held
+    grace = int((spec["model"].get("cache") or {}).get("cleanupAfterSeconds", 3600))
+    if not steady or state.download is None or state.download.state != "Complete":
+        return  # old pods may still read a released file
+    claim = model_cache.claim_name(spec) or ""
+    due = cache_cleanup.due(held, await _referenced(client, ns, name, claim, now), grace, now)
+    if due:
+        await client.apply(cache_cleanup.build_cleanup_job(body, spec, claim, due, config))
 
 
 __all__ = ["COMPONENT", "ModelState", "prepare"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from .builders.download_job import Download
@@ -17,6 +18,21 @@ def slots_note(slots_enabled: bool, old_model: str, new_model: str) -> str:
             "kubellama-server refuses a slot file saved by another model")
 
 
+_FREE_SPACE = "files no LlamaServer uses are removed after spec.model.cache.cleanupAfterSeconds, or enlarge the claim"
+
+
+def nearly_full(fetch_log: str | None) -> str:
+    """The fetcher's last "nearly_full" warning in its JSON-lines log, or ""."""
+    for line in reversed((fetch_log or "").splitlines()):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("event") == "nearly_full":
+            return str(record.get("message") or "")
+    return ""
+
+
 def _set(status: dict[str, Any], type_: str, ok: bool | None, reason: str, message: str,
          generation: int | None, previous: dict[str, Any]) -> None:
     prev = {c.get("type"): c for c in previous.get("conditions") or []}
@@ -28,10 +44,23 @@ def _set(status: dict[str, Any], type_: str, ok: bool | None, reason: str, messa
 
 def merge(status: dict[str, Any], *, generation: int | None, previous: dict[str, Any],
           cache: dict[str, Any] | None = None, download: Download | None = None,
-          progress: dict[str, Any] | None = None, plan: Plan | None = None, slots: str = "") -> dict[str, Any]:
-    """`status` (from compute_status) with the cache, the download Job and the rollout step (in place)."""
+          progress: dict[str, Any] | None = None, plan: Plan | None = None, slots: str = "",
+          fetch_log: str | None = None) -> dict[str, Any]:
+    """`status` (from compute_status) with the cache, the download Job and the rollout step (in place).
+
+    The cache is reported nearly full from the fetcher's warning (kept until a cleanup removes files) or full
+    from a DiskFull failure, with what to do."""
     ready = int(status.get("readyReplicas") or 0)
     if cache:
+        cache = dict(cache)
+        before = (previous.get("cache") or {}).get("nearlyFull", "")
+        warning = nearly_full(fetch_log)
+        if download is not None and download.reason == "DiskFull":
+            warning = download.message
+        if warning:
+            cache["nearlyFull"] = f"{warning}; {_FREE_SPACE}"
+        elif before and not cache.get("removed"):
+            cache["nearlyFull"] = before  # until a cleanup removes files
         status["cache"] = cache
     rollout: dict[str, Any] = {}
     if download is not None:

@@ -147,11 +147,10 @@ async def refresh_status(client: KubeClient, body: dict[str, Any], spec: dict[st
     if models is None and model is not None and not spec_problems:
         models = await prepare(client, body, spec, model, config or OperatorConfig(), [], apply=False)
     if models is not None:
-        dl_progress = None
-        if models.progress_from is not None:
-            dl_progress = download_progress(await client.pod_log(ns, *models.progress_from))
+        log_text = await client.pod_log(ns, *models.progress_from) if models.progress_from is not None else None
         merge_model_status(status, generation=meta.get("generation"), previous=outcome.previous, cache=models.cache,
-                           download=models.download, progress=dl_progress, plan=models.plan, slots=models.slots)
+                           download=models.download, progress=download_progress(log_text), plan=models.plan,
+                           slots=models.slots, fetch_log=log_text)
     if outcome.warnings:
         status["message"] = "; ".join([status["message"], *outcome.warnings])
     auto = await autoscaling_condition(client, spec) if not spec_problems else None

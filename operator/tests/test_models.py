@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import kubernetes_validate
 import pytest
 
@@ -319,3 +321,58 @@ def test_status_only_passes_read_the_step_from_the_statefulset():
     assert rollout.observed(surging, 1).step == "Surge"
     assert rollout.observed(live_sts(desired_sts(), replicas=1, current="r1", update="r2"), 1).step == "RollingUpdate"
     assert rollout.observed(None, 1) is None
+
+
+# --- cleanup -----------------------------------------------------------------------------------------------------
+
+def test_keys_let_go_of_are_released_with_their_time_and_removed_after_the_grace_period():
+    from kubellama_operator import cache_cleanup
+
+    t0, t1 = "2026-01-01T00:00:00Z", "2026-01-01T01:00:00Z"
+    held = cache_cleanup.released({"keys": ["a", "b"]}, ["b", "c"], t0)
+    assert held == [{"key": "a", "since": t0}]
+    # Later passes keep the first time; a key used again is no longer released.
+    assert cache_cleanup.released({"keys": ["b", "c"], "released": held}, ["b", "c"], t1) == held
+    assert cache_cleanup.released({"keys": ["b", "c"], "released": held}, ["a"], t1) == [
+        {"key": "b", "since": t1}, {"key": "c", "since": t1}]
+    assert cache_cleanup.due(held, set(), 3600, "2026-01-01T00:59:59Z") == []
+    assert cache_cleanup.due(held, set(), 3600, t1) == ["a"]
+    assert cache_cleanup.due(held, {"a"}, 3600, t1) == [], "another LlamaServer uses it"
+
+
+def test_the_cleanup_job_and_what_it_removed():
+    from kubellama_operator import cache_cleanup
+
+    spec = spec_of()
+    job = cache_cleanup.build_cleanup_job(owner(), spec, "kubellama-model-cache", ["k2", "k1"], CONFIG)
+    kubernetes_validate.validate(job, "1.33.0", strict=True)
+    [c] = job["spec"]["template"]["spec"]["containers"]
+    assert c["command"] == ["python", "-m", "kubellama_server.fetch.gc", "--root", "/models", "k1", "k2"]
+    assert "nvidia" not in str(job)
+    assert cache_cleanup.removed_keys(job, []) is None  # not finished
+    done = {**job, "status": {"succeeded": 1}}
+    pod = {"status": {"containerStatuses": [{"name": "gc", "state": {"terminated": {
+        "exitCode": 0, "message": json.dumps({"removed": ["k1"], "kept": {"k2": "being downloaded"}})}}}]}}
+    assert cache_cleanup.removed_keys(done, [pod]) == ["k1"]
+    assert cache_cleanup.removed_keys(done, []) == ["k1", "k2"], "no message: the keys it was given"
+
+
+def test_a_nearly_full_cache_is_reported_until_a_cleanup_frees_space():
+    from kubellama_operator.builders.download_job import Download
+
+    log = "\n".join([json.dumps({"event": "start", "file": "m.gguf"}),
+                     json.dumps({"event": "nearly_full", "message": "the volume holding /models/k is nearly full"})])
+    dl = Download("j", "Running", "Downloading", "", pod="p", fetcher="fetch-model", fetching="model")
+    status = merge(base_status(), generation=2, previous={}, cache={"mode": "shared", "keys": ["k"]}, download=dl,
+                   fetch_log=log)
+    warning = status["cache"]["nearlyFull"]
+    assert "nearly full" in warning and "cleanupAfterSeconds" in warning
+    later = merge(base_status(ready=1), generation=2, previous=status, cache={"mode": "shared", "keys": ["k"]},
+                  download=Download("j", "Complete"))
+    assert later["cache"]["nearlyFull"] == warning
+    freed = merge(base_status(ready=1), generation=2, previous=status, download=Download("j", "Complete"),
+                  cache={"mode": "shared", "keys": ["k"], "removed": ["old"]})
+    assert "nearlyFull" not in freed["cache"]
+    full = merge(base_status(), generation=2, previous={}, cache={"mode": "shared", "keys": ["k"]},
+                 download=Download("j", "Failed", "DiskFull", "model download failed: not enough space in /models/k"))
+    assert full["cache"]["nearlyFull"].startswith("model download failed: not enough space")
