@@ -147,7 +147,7 @@ def _mmproj_schema() -> Schema:
     )
 
 
-# --- Models (issue 19): the model cache, downloads off the GPU, rollouts without downtime, LoRA scales. ---
+# --- Models (issue 19): the model cache, downloads off the GPU, rollouts without downtime. ---
 CACHE_MODES = ["perReplica", "shared", "claim", "image"]
 CACHE_PVC_RULE = "!has(self.cache) || !has(self.cache.mode) || self.cache.mode == 'perReplica' || !has(self.pvc)"
 CACHE_PVC_MESSAGE = ("spec.model.cache is for downloaded models; a pvc model is read from its own claim "
@@ -161,13 +161,6 @@ CACHE_STORAGE_RULE = (f"!{_SHARED_MODE.format(o='self')} || !has(self.storage) |
                       "!has(self.storage.model.claimName)")
 CACHE_STORAGE_MESSAGE = ("spec.storage.model.claimName is unused with a shared spec.model.cache; remove it "
                          "(name the claim in spec.model.cache.claimName with mode claim)")
-#: LoRA default scales (--lora-scaled): the same range as POST /lora-adapters accepts.
-LORA_SCALE_MIN, LORA_SCALE_MAX = -4.0, 4.0
-LORA_SCALE_SCHEMA: Schema = {"type": "number", "minimum": LORA_SCALE_MIN, "maximum": LORA_SCALE_MAX,
-                             "description": "The adapter's default scale on every replica (default 1.0; "
-                                            "--lora-scaled); a "
-                                            "request may still pick its own. The operator reports a replica "
-                                            "whose scales differ (changed by POST /lora-adapters)."}
 ROLLOUT_STRATEGIES = ["RollingUpdate", "Surge"]
 
 
@@ -235,7 +228,6 @@ MODELS_STATUS: dict[str, Schema] = {
         "message": _s(),
         "slots": _s("Why saved slots are not restored (a model change: the server refuses another model's)."),
     }),
-    "loraScales": _s("Replicas whose LoRA scales differ from spec.model.loras[].scale, when some do."),
 }
 
 
@@ -264,7 +256,6 @@ def _lora_schema() -> Schema:
                        minLength=1, maxLength=MAX_PATH, pattern=r"^[^/].*$"),
             "sha256": _s("Expected SHA-256 of the adapter file; the download fails on a mismatch.",
                          pattern=_SHA256),
-            "scale": LORA_SCALE_SCHEMA,
         },
         rules=[
             ("(has(self.url) ? 1 : 0) + (has(self.huggingFace) ? 1 : 0) + (has(self.path) ? 1 : 0) == 1",
