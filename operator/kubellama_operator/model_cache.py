@@ -198,3 +198,41 @@ def resolve(spec: Spec) -> Model:
 
     model = resolve_model(spec)
     return place(model, spec) if is_shared(spec) else model
+
+
+def layout(spec: Spec) -> list[str]:
+    """`<key>/<file name>` of each downloaded file of a spec: where an image (mode image) must hold them."""
+    placed = place(resolve_plain(spec), spec)
+    return [f.path.removeprefix(MODEL_DIR + "/") for f in cache_files(spec, placed)]
+
+
+def resolve_plain(spec: Spec) -> Model:
+    from .spec import resolve_model  # noqa: PLC0415
+
+    return resolve_model(spec)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m kubellama_operator.model_cache FILE.yaml`: the cache layout of a LlamaServer's files, one
+    `<key>/<file>` per line (build a model image with that layout, or look files up in a shared claim)."""
+    import sys  # noqa: PLC0415
+
+    import yaml  # noqa: PLC0415
+
+    from .spec import normalize  # noqa: PLC0415
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m kubellama_operator.model_cache LLAMASERVER.yaml", file=sys.stderr)
+        return 2
+    with open(args[0], encoding="utf-8") as f:
+        for doc in yaml.safe_load_all(f):
+            if isinstance(doc, dict) and doc.get("kind") == "LlamaServer":
+                spec = normalize(doc.get("spec"))
+                if "pvc" not in spec["model"]:
+                    print("\n".join(layout(spec)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

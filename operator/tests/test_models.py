@@ -376,3 +376,16 @@ def test_a_nearly_full_cache_is_reported_until_a_cleanup_frees_space():
     full = merge(base_status(), generation=2, previous={}, cache={"mode": "shared", "keys": ["k"]},
                  download=Download("j", "Failed", "DiskFull", "model download failed: not enough space in /models/k"))
     assert full["cache"]["nearlyFull"].startswith("model download failed: not enough space")
+
+
+def test_the_layout_an_image_must_hold(tmp_path, capsys):
+    doc = tmp_path / "l.yaml"
+    doc.write_text("apiVersion: kubellama.dev/v1alpha1\nkind: LlamaServer\nmetadata: {name: x}\nspec:\n"
+                   f"  model: {{url: '{URL}', sha256: '{SHA}', cache: {{mode: image, image: {{reference: r/m:1}}}},\n"
+                   "          loras: [{url: 'https://m.test/l/adapter.gguf'}]}\n")
+    assert model_cache.main([str(doc)]) == 0
+    lines = capsys.readouterr().out.split()
+    spec = spec_of({"url": URL, "sha256": SHA, "cache": {"mode": "image", "image": {"reference": "r/m:1"}},
+                    "loras": [{"url": "https://m.test/l/adapter.gguf"}]})
+    model = model_cache.resolve(spec)
+    assert lines == [f"sha256-{SHA}/qwen-q4.gguf", model.loras[0].path.removeprefix("/models/")]
