@@ -22,7 +22,7 @@ while not os.path.exists("/tmp/stop"):
         with urllib.request.urlopen(req, timeout=60) as r:
             model = json.loads(r.read())["model"]
         ok += 1
-        if not models or models[-1] != model:
+        if model not in models:
             models.append(model)
             print(json.dumps({"event": "model", "model": model}), flush=True)
     except Exception as e:
