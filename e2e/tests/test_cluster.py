@@ -365,7 +365,7 @@ def test_model_change_with_a_shared_cache_and_surge_fails_no_request(ns: Kube, m
 
         watch = EndpointWatch(ns, name)
         client = f"{name}-client"
-        ns.apply(client_pod(client, f"http://{name}", image("kubellama-server")))
+        ns.apply(client_pod(client, f"http://{name}:{PORT}", image("kubellama-server")))
         ns.wait_for("the client's first answer", lambda: any(e.get("event") == "model"
                                                               for e in client_lines(ns, client)), timeout=180)
         # Another file (the same bytes under another URL: its cache key differs) and another model id.
