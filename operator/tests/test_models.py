@@ -191,6 +191,11 @@ def test_download_state_from_job_and_pods():
     assert (failed.state, failed.reason) == ("Failed", "ModelNotFound") and "404: no such" in failed.message
     retrying = download_state("j", {"status": {"failed": 1}}, [failed_pod], model)
     assert retrying.state == "Running" and "retrying" in retrying.message
+    unbound = {"metadata": {"name": "j-1"}, "status": {"conditions": [{
+        "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+        "message": "pod has unbound immediate PersistentVolumeClaims"}]}}
+    waiting = download_state("j", {"status": {"active": 1}}, [unbound], model)
+    assert waiting.state == "Pending" and "unbound immediate PersistentVolumeClaims" in waiting.message
     done = download_state("j", {"status": {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}},
                           [], model)
     assert done.state == "Complete"

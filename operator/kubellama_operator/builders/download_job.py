@@ -152,4 +152,6 @@ def download_state(name: str, job: dict[str, Any] | None, pods: list[dict[str, A
             return Download(name, "Failed", view.reason, view.message, fetcher=view.fetcher, fetching=view.fetching)
         if view.fetch_failed:  # a retried failure: say it while the next try starts
             return Download(name, "Running", view.reason, view.message + " (retrying)")
+        if view.stage == "Pending" and view.message and view.reason != "PodPending":  # e.g. an unbound cache claim
+            return Download(name, "Pending", view.reason, f"the download pod waits: {view.reason}: {view.message}")
     return Download(name, "Pending", "JobPending", "waiting for the download pod to start")
