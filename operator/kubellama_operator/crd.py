@@ -22,7 +22,7 @@ PHASES = ["Pending", "Downloading", "Loading", "Ready", "Degraded", "Failed"]
 MANAGED_FLAGS = ["-m", "--model", "--host", "--port", "-a", "--alias", "--slot-save-path", "--slot-persist",
                  "--shutdown-timeout", "-spf", "--system-prompt-file", "-mu", "--model-url", "-hfr", "--hf-repo",
                  "-hff", "--hf-file", "-hf", "-mm", "--mmproj", "-mmu", "--mmproj-url", "--no-mmproj-offload",
-                 "--no-mmproj", "--lora"]
+                 "--no-mmproj", "--lora", "--lora-scaled"]
 _KEY_FROM_SECRET = "API keys come from spec.apiKeySecretRef (a Secret), never from the spec itself"
 _NO_TLS = ("the server pod does not terminate TLS (the key would have to be in the image); terminate it at "
            "an Ingress, a Gateway or a service mesh")
@@ -161,6 +161,11 @@ CACHE_STORAGE_RULE = (f"!{_SHARED_MODE.format(o='self')} || !has(self.storage) |
                       "!has(self.storage.model.claimName)")
 CACHE_STORAGE_MESSAGE = ("spec.storage.model.claimName is unused with a shared spec.model.cache; remove it "
                          "(name the claim in spec.model.cache.claimName with mode claim)")
+#: spec.model.loras[].scale: the adapter's default scale on every replica (--lora-scaled); no default (1.0).
+LORA_SCALE_SCHEMA: Schema = {"type": "number", "minimum": -16, "maximum": 16,
+                             "description": "The adapter's default scale on every replica (kubellama-server "
+                                            "--lora-scaled; 1.0 when unset; 0 starts it switched off). A request's "
+                                            "\"lora\" and POST /lora-adapters still change it."}
 ROLLOUT_STRATEGIES = ["RollingUpdate", "Surge"]
 
 
@@ -256,6 +261,7 @@ def _lora_schema() -> Schema:
                        minLength=1, maxLength=MAX_PATH, pattern=r"^[^/].*$"),
             "sha256": _s("Expected SHA-256 of the adapter file; the download fails on a mismatch.",
                          pattern=_SHA256),
+            "scale": LORA_SCALE_SCHEMA,
         },
         rules=[
             ("(has(self.url) ? 1 : 0) + (has(self.huggingFace) ? 1 : 0) + (has(self.path) ? 1 : 0) == 1",

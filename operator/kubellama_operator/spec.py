@@ -254,6 +254,7 @@ class Lora:
     #: Its folder: LORA_SUBDIR/<i> (downloaded into the model volume), LORA_DIR/<i> (downloaded into an emptyDir
     #: of its own, for pvc models) or MODEL_DIR (a file on the pvc model's claim).
     dest: str
+    scale: float = 1.0   # spec.model.loras[].scale: its default scale (--lora-scaled when any is not 1.0)
 
     @property
     def label(self) -> str:
@@ -314,7 +315,8 @@ def resolve_mmproj(model: Spec) -> Mmproj | None:
 
 def resolve_loras(model: Spec) -> tuple[Lora, ...]:
     """Resolve `spec.model.loras` into paths and fetch flags (adapter i is downloaded into a folder `<i>/`)."""
-    return tuple(Lora(i, lora.get("name") or "", *_resolve_file(lora, model, f"{LORA_SUBDIR}/{i}", f"{LORA_DIR}/{i}"))
+    return tuple(Lora(i, lora.get("name") or "", *_resolve_file(lora, model, f"{LORA_SUBDIR}/{i}", f"{LORA_DIR}/{i}"),
+                      scale=float(lora.get("scale", 1.0)))
                  for i, lora in enumerate(model.get("loras") or []))
 
 

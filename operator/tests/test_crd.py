@@ -192,6 +192,8 @@ REJECTED = {
     "lora not an http url": server(model=loras({"url": "ftp://e.test/a.gguf"})),
     "lora empty name": server(model=loras({"url": "https://e.test/a.gguf", "name": ""})),
     "lora unknown field": server(model=loras({"url": "https://e.test/a.gguf", "weight": 0.5})),
+    "lora scale out of range": server(model=loras({"url": "https://e.test/a.gguf", "scale": 17})),
+    "lora-scaled in extraArgs": server(server={"extraArgs": ["--lora-scaled", "/models/a.gguf", "0.5"]}),
     "cache mode unknown": server(model={"url": "https://e.test/m.gguf", "cache": {"mode": "nfs"}}),
     "cache claim without claimName": server(model={"url": "https://e.test/m.gguf", "cache": {"mode": "claim"}}),
     "cache claimName with mode shared": server(model={"url": "https://e.test/m.gguf",
@@ -289,6 +291,8 @@ ACCEPTED = {
         "mode": "claim", "claimName": "models"}}),
     "cache image": server(model={"url": "https://e.test/m.gguf", "cache": {
         "mode": "image", "image": {"reference": "registry.test/models/m:1", "pullPolicy": "IfNotPresent"}}}),
+    "lora scales": server(model=loras({"url": "https://e.test/a.gguf", "scale": 0.5},
+                                      {"url": "https://e.test/b.gguf", "scale": -1})),
     "per-replica cache with a pvc model": server(model={**PVC_MODEL, "cache": {"mode": "perReplica"}}),
     "lora-base passes through": server(model=loras({"url": "https://e.test/a.gguf"}),
                                        server={"extraArgs": ["--lora-base", "/models/m.gguf"]}),

@@ -394,3 +394,17 @@ def test_the_layout_an_image_must_hold(tmp_path, capsys):
                     "loras": [{"url": "https://m.test/l/adapter.gguf"}]})
     model = model_cache.resolve(spec)
     assert lines == [f"sha256-{SHA}/qwen-q4.gguf", model.loras[0].path.removeprefix("/models/")]
+
+
+def test_lora_scales_start_every_replica_with_the_same_defaults():
+    spec = normalize({"model": {"url": URL, "loras": [{"url": "https://m.test/a.gguf"},
+                                                      {"url": "https://m.test/b.gguf", "scale": 0.25}]},
+                      "replicas": 3})
+    args = children(spec)["StatefulSet"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    m = model_cache.resolve(spec)
+    # In list order (ids 0, 1), every adapter with its scale: the server numbers --lora ones first.
+    assert [a for a in args if a.startswith("--lora")] == ["--lora-scaled", "--lora-scaled"]
+    i = args.index("--lora-scaled")
+    assert args[i:i + 6] == ["--lora-scaled", m.loras[0].path, "1", "--lora-scaled", m.loras[1].path, "0.25"]
+    plain = normalize({"model": {"url": URL, "loras": [{"url": "https://m.test/a.gguf", "scale": 1}]}})
+    assert "--lora-scaled" not in children(plain)["StatefulSet"]["spec"]["template"]["spec"]["containers"][0]["args"]
