@@ -336,8 +336,8 @@ def test_router_serves_from_zero_and_scales_back_to_zero(ns: Kube, model_server:
 @pytest.mark.skipif(os.environ.get("E2E") == "1", reason="needs ReadWriteMany volumes (the local node's hostPath "
                     "volumes are; kind's local-path provisioner has none)")
 def test_model_change_with_a_shared_cache_and_surge_fails_no_request(ns: Kube, model_server: str) -> None:
-    """spec.model.cache shared + spec.rollout.strategy Surge on the real node: a CPU-only Job downloads the model
-    before any server pod; a model change downloads the new one while the old pod serves, then a surge pod takes
+    """spec.model.cache shared + spec.rollout.strategy Surge on the real node: two replicas, one CPU-only Job that
+    downloads the model once before any server pod; a model change downloads the new one while the old pod serves, then a surge pod takes
     over; an in-cluster client sending requests through the Service the whole time sees no failure, and the
     Service's EndpointSlices (watched) never lack a Ready endpoint."""
     from e2e_support import image
@@ -350,13 +350,19 @@ def test_model_change_with_a_shared_cache_and_surge_fails_no_request(ns: Kube, m
     manifest["spec"]["model"] = {"url": "http://e2e-model-server/kubellama-tiny.gguf", "alias": "tiny-v1",
                                  "sha256": model_server, "cache": {"mode": "shared", "size": "1Gi"}}
     manifest["spec"]["rollout"] = {"strategy": "Surge"}
+    manifest["spec"]["replicas"] = replicas = 2
     manifest["spec"]["storage"] = {"slots": {"enabled": True, "size": "1Gi"}}
     ns.apply(manifest)
     watch = client = None
     try:
-        ns.wait_for(f"LlamaServer {name} Ready", lambda: llamaserver_ready(ns, name, 1),
+        ns.wait_for(f"LlamaServer {name} Ready", lambda: llamaserver_ready(ns, name, replicas),
                     timeout=float(os.environ.get("E2E_READY_TIMEOUT", "600")), llamaserver=name)
-        [job] = ns.get("jobs", selector=f"kubellama.dev/llamaserver={name}")
+        [job] = ns.get("jobs", selector=f"kubellama.dev/llamaserver={name}")  # one download for both replicas
+        servers = f"kubellama.dev/llamaserver={name},app.kubernetes.io/name=kubellama-server"
+        pods = ns.get("pods", selector=servers)
+        assert len(pods) == replicas and not any(p["spec"].get("initContainers") for p in pods)
+        assert all({"name": "model", "persistentVolumeClaim": {"claimName": "kubellama-model-cache", "readOnly": True}}
+                   in p["spec"]["volumes"] for p in pods)
         assert job["status"].get("succeeded") == 1
         assert "nvidia.com/gpu" not in json.dumps(job["spec"])
         sts = ns.get("statefulset", name)
@@ -372,7 +378,6 @@ def test_model_change_with_a_shared_cache_and_surge_fails_no_request(ns: Kube, m
         ns("patch", "llamaserver", name, "--type=merge", "-p", json.dumps({"spec": {"model": {
             "url": "http://e2e-model-server/kubellama-tiny.gguf?v=2", "sha256": None, "alias": "tiny-v2"}}}))
         seen: set[str] = set()
-        servers = f"kubellama.dev/llamaserver={name},app.kubernetes.io/name=kubellama-server"
 
         def changed() -> bool:
             obj = ns.get("llamaserver", name)
@@ -383,8 +388,8 @@ def test_model_change_with_a_shared_cache_and_surge_fails_no_request(ns: Kube, m
             sts = ns.get("statefulset", name)
             st = sts["status"]
             return (sts["spec"]["template"]["spec"]["containers"][0]["args"] != old_args and not rollout
-                    and sts["spec"]["replicas"] == 1 and st.get("currentRevision") == st.get("updateRevision")
-                    and st.get("readyReplicas") == 1 and len(ns.get("pods", selector=servers)) == 1
+                    and sts["spec"]["replicas"] == replicas and st.get("currentRevision") == st.get("updateRevision")
+                    and st.get("readyReplicas") == replicas and len(ns.get("pods", selector=servers)) == replicas
                     and obj["status"].get("phase") == "Ready")
 
         ns.wait_for("the new model on a new pod, the surge pod gone", changed, timeout=600, llamaserver=name)
@@ -406,7 +411,7 @@ def test_model_change_with_a_shared_cache_and_surge_fails_no_request(ns: Kube, m
         # From the first event with a Ready endpoint (the watch may start before the slice caught up).
         first = next(i for i, (_, c, _) in enumerate(counts) if c > 0)
         assert len(counts) - first > 3 and all(c > 0 for _, c, _ in counts[first:]), counts
-        assert len({p for _, _, pods in counts for p in pods}) >= 2, "no second pod ever served"
+        assert len({p for _, _, pods in counts for p in pods}) >= replicas + 1, "the surge pod never served"
         assert "slots" in seen or "Surge" in seen or "Replacing" in seen, seen
     finally:
         if watch is not None:
