@@ -90,8 +90,25 @@ def test_two_llamaservers_naming_one_file_share_it(kube, operator, namespace):
 @pytest.mark.parametrize("replicas", [1, 2])
 def test_a_model_change_never_leaves_the_service_without_a_ready_endpoint(control_plane, kube, operator, namespace,
                                                                          replicas):
-    name = f"swap{replicas}"
-    kube.create(llama(name, namespace, replicas=replicas, rollout={"strategy": "Surge"},
+    watch, seen_steps = _change_model(control_plane, kube, operator, namespace, f"swap{replicas}", replicas, "Surge")
+    counts = watch.counts
+    assert len(counts) > 3, counts
+    assert watch.never_empty(), f"the Service had no Ready endpoint at some point: {counts}"
+    assert len(watch.pods) >= replicas + 1, f"no surge pod served: {watch.pods}"
+    # Steps go by fast with kwok (polled here, so some may be missed); the watch above saw the extra pod serve.
+    assert seen_steps & {"Surge", "Replacing", "ScalingDown"}, seen_steps
+    assert any(s.startswith("slots:") and "not restored" in s for s in seen_steps), seen_steps
+    assert len(jobs(kube, f"swap{replicas}", namespace)) == 1, "the first model's Job is deleted once the new one is there"
+
+
+def test_the_watch_sees_the_gap_of_a_rolling_update_with_one_replica(control_plane, kube, operator, namespace):
+    """The negative control: the default strategy replaces the only pod, and the same watch sees no endpoint."""
+    watch, _ = _change_model(control_plane, kube, operator, namespace, "plain", 1, "RollingUpdate")
+    assert not watch.never_empty(), watch.counts
+
+
+def _change_model(control_plane, kube, operator, namespace, name, replicas, strategy):
+    kube.create(llama(name, namespace, replicas=replicas, rollout={"strategy": strategy},
                       storage={"slots": {"enabled": True}},
                       model={"url": MODEL_URL, "cache": {"mode": "shared"}}))
     wait_phase(kube, operator, name, namespace, "Ready", timeout=90, readyReplicas=replicas)
@@ -119,14 +136,8 @@ def test_a_model_change_never_leaves_the_service_without_a_ready_endpoint(contro
         kube.wait_for(rolled, "the new model on every pod, the extra pod gone", timeout=120)
         time.sleep(2)  # the last endpoint changes
     finally:
-        counts = watch.stop()
-    assert len(counts) > 3, counts
-    assert watch.never_empty(), f"the Service had no Ready endpoint at some point: {counts}"
-    assert len(watch.pods) >= replicas + 1, f"no surge pod served: {watch.pods}"
-    # Steps go by fast with kwok (polled here, so some may be missed); the watch above saw the extra pod serve.
-    assert seen_steps & {"Surge", "Replacing", "ScalingDown"}, seen_steps
-    assert any(s.startswith("slots:") and "not restored" in s for s in seen_steps), seen_steps
-    assert len(jobs(kube, name, namespace)) == 1, "the first model's Job is deleted once the new one is there"
+        watch.stop()
+    return watch, seen_steps
 
 
 def _ready_count(slice_):
