@@ -202,14 +202,10 @@ def resolve(spec: Spec) -> Model:
 
 def layout(spec: Spec) -> list[str]:
     """`<key>/<file name>` of each downloaded file of a spec: where an image (mode image) must hold them."""
-    placed = place(resolve_plain(spec), spec)
-    return [f.path.removeprefix(MODEL_DIR + "/") for f in cache_files(spec, placed)]
-
-
-def resolve_plain(spec: Spec) -> Model:
     from .spec import resolve_model  # noqa: PLC0415
 
-    return resolve_model(spec)
+    placed = place(resolve_model(spec), spec)
+    return [f.path.removeprefix(MODEL_DIR + "/") for f in cache_files(spec, placed)]
 
 
 def main(argv: list[str] | None = None) -> int:

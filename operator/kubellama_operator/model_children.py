@@ -13,8 +13,7 @@ from typing import Any
 import datetime
 
 from . import GROUP, VERSION, cache_cleanup, model_cache, rollout
-from .builders.download_job import (COMPONENT, Download, build_download_job, build_shared_claim, download_state,
-                                    job_labels)
+from .builders.download_job import Download, build_download_job, build_shared_claim, download_state, job_labels
 from .builders.meta import ANNOTATION_MODEL, selector_labels
 from .config import OperatorConfig
 from .kube import KubeClient
@@ -87,11 +86,13 @@ async def prepare(client: KubeClient, body: dict[str, Any], spec: Spec, model: M
     if state.cache is not None and model_cache.claim_name(spec):
         await _cleanup(client, body, spec, config, state, steady=not state.plan.step)
     if live is not None and state.plan.step:
-        old = rollout._ann(live, ANNOTATION_MODEL_KEY)
+        old = rollout.annotation(live, ANNOTATION_MODEL_KEY)
         old_name = ((live["spec"]["template"].get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_MODEL, "")
         slots = bool(spec.get("storage", {}).get("slots", {}).get("enabled"))
-        if old and old != model_cache.model_key(spec):
-            state.slots = slots_note(slots, old_name or old, model.name)
+        new = model_cache.model_key(spec)
+        if old and old != new:  # the same name may be another file: then the keys tell them apart
+            same_name = old_name == model.name
+            state.slots = slots_note(slots, old if same_name else old_name or old, new if same_name else model.name)
     return state
 
 
@@ -148,4 +149,4 @@ async def _cleanup(client: KubeClient, body: dict[str, Any], spec: Spec, config:
         await client.apply(cache_cleanup.build_cleanup_job(body, spec, claim, due, config))
 
 
-__all__ = ["COMPONENT", "ModelState", "prepare"]
+__all__ = ["ModelState", "prepare"]

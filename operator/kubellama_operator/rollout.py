@@ -41,7 +41,7 @@ def template_hash(sts: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(sts["spec"]["template"], sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _ann(obj: dict[str, Any] | None, key: str) -> str:
+def annotation(obj: dict[str, Any] | None, key: str) -> str:
     return (((obj or {}).get("metadata") or {}).get("annotations") or {}).get(key, "")
 
 
@@ -82,13 +82,13 @@ def plan(desired: dict[str, Any], live: dict[str, Any] | None, pods: list[dict[s
     want = template_hash(desired)
     if live is None:
         return _plan(n, 0, "", n)
-    live_hash = _ann(live, ANNOTATION_TEMPLATE)
+    live_hash = annotation(live, ANNOTATION_TEMPLATE)
     changed = live_hash not in ("", want)  # "": made by an operator that did not record it; taken as unchanged
     if strategy != "Surge" or n == 0:
         return _plan(n, 0, "RollingUpdate" if changed or _rolling(live) else "", n)
     live_spec = live.get("spec") or {}
     status = live.get("status") or {}
-    step = _ann(live, ANNOTATION_ROLLOUT)
+    step = annotation(live, ANNOTATION_ROLLOUT)
     synced = int(status.get("observedGeneration") or 0) >= int((live.get("metadata") or {}).get("generation") or 0)
     if changed:
         if step not in STEPS and not any(_ready(p) for p in pods):
@@ -114,7 +114,7 @@ def observed(live: dict[str, Any] | None, n: int) -> Plan | None:
     """The step a StatefulSet is in, from its annotations and status alone (for status-only passes)."""
     if live is None:
         return None
-    step = _ann(live, ANNOTATION_ROLLOUT)
+    step = annotation(live, ANNOTATION_ROLLOUT)
     if step not in STEPS:
         step = "RollingUpdate" if _rolling(live) else ""
     spec = live.get("spec") or {}
