@@ -333,8 +333,6 @@ def test_router_serves_from_zero_and_scales_back_to_zero(ns: Kube, model_server:
 
 
 
-@pytest.mark.skipif(os.environ.get("E2E") == "1", reason="needs ReadWriteMany volumes (the local node's hostPath "
-                    "volumes are; kind's local-path provisioner has none)")
 def test_model_change_with_a_shared_cache_and_surge_fails_no_request(ns: Kube, model_server: str) -> None:
     """spec.model.cache shared + spec.rollout.strategy Surge on the real node: two replicas, one CPU-only Job that
     downloads the model once before any server pod; a model change downloads the new one while the old pod serves, then a surge pod takes
@@ -342,6 +340,10 @@ def test_model_change_with_a_shared_cache_and_surge_fails_no_request(ns: Kube, m
     Service's EndpointSlices (watched) never lack a Ready endpoint."""
     from e2e_support import image
     from e2e_watch import EndpointWatch, client_lines, client_pod
+
+    if os.environ.get("E2E") == "1":
+        pytest.skip("needs ReadWriteMany volumes (the local node's hostPath volumes are; kind's local-path "
+                    "provisioner has none)")
 
     name = "swap"
     (manifest,) = load_manifest("llamaserver.yaml")
