@@ -421,3 +421,34 @@ def test_model_change_with_a_shared_cache_and_surge_fails_no_request(ns: Kube, m
         if client is not None:
             ns("delete", "pod", client, "--ignore-not-found", "--wait=false", check=False)
         ns("delete", "llamaserver", name, "--ignore-not-found", "--wait=false", check=False)
+
+
+def test_a_failed_download_job_is_reported(ns: Kube, model_server: str) -> None:
+    """A shared cache's download Job whose file is a 404: the Job fails at once (kubellama-fetch's exit code 3 is
+    final: podFailurePolicy), no server pod is created, and the status says why, as the init containers would."""
+    if os.environ.get("E2E") == "1":
+        pytest.skip("needs ReadWriteMany volumes (kind's local-path provisioner has none)")
+    (manifest,) = load_manifest("llamaserver.yaml")
+    manifest = copy.deepcopy(manifest)
+    manifest["metadata"]["name"] = "missing-shared"
+    manifest["spec"]["model"] = {"url": "http://e2e-model-server/does-not-exist.gguf",
+                                 "cache": {"mode": "shared", "size": "1Gi"}}
+    manifest["spec"]["storage"] = {"slots": {"enabled": False}}
+    ns.apply(manifest)
+    try:
+        def reported() -> dict | None:
+            obj = ns.get("llamaserver", "missing-shared") or {}
+            status = obj.get("status", {})
+            conditions = {c["type"]: c for c in status.get("conditions", [])}
+            model = conditions.get("ModelReady", {})
+            return obj if status.get("phase") == "Failed" and model.get("reason") == "ModelNotFound" else None
+
+        obj = ns.wait_for("the failed download Job in the status", reported, timeout=300, llamaserver="missing-shared")
+        assert "404" in obj["status"]["message"] or "not found" in obj["status"]["message"].lower(), obj["status"]
+        assert obj["status"]["download"]["state"] == "Failed"
+        [job] = ns.get("jobs", selector="kubellama.dev/llamaserver=missing-shared")
+        assert any(c["type"] == "Failed" and c["reason"] == "PodFailurePolicy" for c in job["status"]["conditions"])
+        assert job["status"].get("failed") == 1, "a 404 is not retried"
+        assert ns.get("statefulset", "missing-shared") is None, "no server pod without its model"
+    finally:
+        ns("delete", "llamaserver", "missing-shared", "--ignore-not-found", "--wait=false", check=False)
