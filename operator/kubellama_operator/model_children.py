@@ -73,6 +73,9 @@ async def prepare(client: KubeClient, body: dict[str, Any], spec: Spec, model: M
     i = next((i for i, o in enumerate(want) if o["kind"] == "StatefulSet"), None)
     if i is None or not apply:  # a status-only pass: the step the StatefulSet is in
         state.plan = rollout.observed(live, int(spec.get("replicas", 1)))
+        if state.plan is not None and state.plan.step == "Surge":
+            pods = await client.list("v1", "Pod", ns, selector_labels(name))
+            state.plan = rollout.waiting_surge(state.plan, pods, int(spec.get("replicas", 1)))
         return state
     if state.download is not None and state.download.state != "Complete":
         del want[i]  # no pod before its files are in place; old pods keep serving meanwhile
@@ -83,6 +86,7 @@ async def prepare(client: KubeClient, body: dict[str, Any], spec: Spec, model: M
     strategy = (spec.get("rollout") or {}).get("strategy", "RollingUpdate")
     state.plan = rollout.plan(desired, live, pods, strategy=strategy)
     want[i] = rollout.apply_plan(desired, state.plan)
+    state.plan = rollout.waiting_surge(state.plan, pods, int(spec.get("replicas", 1)))
     if state.cache is not None and model_cache.claim_name(spec):
         await _cleanup(client, body, spec, config, state, steady=not state.plan.step)
     if live is not None and state.plan.step:

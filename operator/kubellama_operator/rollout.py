@@ -110,6 +110,19 @@ def plan(desired: dict[str, Any], live: dict[str, Any] | None, pods: list[dict[s
     return _plan(n, 0, "RollingUpdate" if _rolling(live) else "", n)
 
 
+def waiting_surge(p: Plan, pods: list[dict[str, Any]], n: int) -> Plan:
+    """`p`, its message saying why the extra pod does not start when it cannot be scheduled (no free GPU...)."""
+    if p.step != "Surge":
+        return p
+    surge = next((pod for pod in pods if _ordinal(pod) == n), None)
+    for cond in ((surge or {}).get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+            why = f"{cond.get('reason') or 'Unschedulable'}: {cond.get('message') or ''}".strip(": ")
+            return Plan(p.replicas, p.partition, p.step,
+                        f"{p.message}; it cannot start ({why}), the serving pods keep serving")
+    return p
+
+
 def observed(live: dict[str, Any] | None, n: int) -> Plan | None:
     """The step a StatefulSet is in, from its annotations and status alone (for status-only passes)."""
     if live is None:

@@ -408,3 +408,14 @@ def test_lora_scales_start_every_replica_with_the_same_defaults():
     assert args[i:i + 6] == ["--lora-scaled", m.loras[0].path, "1", "--lora-scaled", m.loras[1].path, "0.25"]
     plain = normalize({"model": {"url": URL, "loras": [{"url": "https://m.test/a.gguf", "scale": 1}]}})
     assert "--lora-scaled" not in children(plain)["StatefulSet"]["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+def test_a_surge_pod_that_cannot_be_scheduled_says_why():
+    p = rollout.Plan(2, 1, "Surge", rollout.describe("Surge", 1))
+    pending = {"metadata": {"name": "chat-1"}, "status": {"conditions": [{
+        "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+        "message": "0/4 nodes are available: 4 Insufficient nvidia.com/gpu."}]}}
+    said = rollout.waiting_surge(p, [spod(0, "r1"), pending], 1)
+    assert "Insufficient nvidia.com/gpu" in said.message and "keep serving" in said.message
+    assert (said.replicas, said.partition, said.step) == (2, 1, "Surge")
+    assert rollout.waiting_surge(p, [spod(0, "r1"), spod(1, "r2", ready=False)], 1) == p

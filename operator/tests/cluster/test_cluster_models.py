@@ -169,3 +169,28 @@ def test_files_no_llamaserver_uses_are_removed_after_the_grace_period(kube, oper
     st = kube.wait_for(lambda: (s := status_of(kube, "second", namespace)).get("cache", {}).get("removed") and s,
                        "the cleanup to be reported", timeout=90)
     assert st["cache"]["removed"] == [old_key] and not st["cache"].get("released"), st["cache"]
+
+
+def test_a_surge_without_a_free_gpu_waits_and_says_why(control_plane, kube, operator, namespace):
+    """Every GPU busy: the extra pod cannot start, the old pods keep serving and the status says why; switching to
+    RollingUpdate then replaces the pods in place."""
+    gpus = len(control_plane.gpu_nodes)
+    kube.create(llama("full", namespace, replicas=gpus, gpu={"count": 1}, rollout={"strategy": "Surge"},
+                      model={"url": MODEL_URL, "cache": {"mode": "shared"}}))
+    wait_phase(kube, operator, "full", namespace, "Ready", timeout=90, readyReplicas=gpus)
+    path = kube.path(LLAMA_API, "LlamaServer", namespace, "full")
+    kube.patch(path, {"spec": {"model": {"url": OTHER_URL}}})
+    st = kube.wait_for(lambda: "Insufficient nvidia.com/gpu" in ((s := status_of(kube, "full", namespace))
+                                                                  .get("rollout") or {}).get("message", "") and s,
+                       "the surge pod's reason in the status", timeout=90)
+    assert st["readyReplicas"] == gpus and st["rollout"]["phase"] == "Surge", st
+    assert "keep serving" in st["message"]
+    kube.patch(path, {"spec": {"rollout": {"strategy": "RollingUpdate"}}})
+
+    def replaced():
+        sts = kube.read("apps/v1", "StatefulSet", "full", namespace)
+        s = sts["status"]
+        return (sts["spec"]["replicas"] == gpus and s.get("updatedReplicas") == gpus and s.get("readyReplicas") == gpus
+                and s.get("currentRevision") == s.get("updateRevision") and model_path(sts).endswith("tiny-q8_0.gguf"))
+    kube.wait_for(replaced, "the pods replaced in place", timeout=120)
+    wait_phase(kube, operator, "full", namespace, "Ready", timeout=60, readyReplicas=gpus)
