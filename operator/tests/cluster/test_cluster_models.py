@@ -117,7 +117,7 @@ def _change_model(control_plane, kube, operator, namespace, name, replicas, stra
                                         labelSelector=f"kubernetes.io/service-name={name}")),
                   f"{replicas} ready endpoints")
     old = model_path(kube.read("apps/v1", "StatefulSet", name, namespace))
-    watch = ReadyWatch(control_plane.client, namespace, name)
+    watch = ReadyWatch(kube, namespace, name)
     seen_steps: set[str] = set()
     try:
         kube.patch(kube.path(LLAMA_API, "LlamaServer", namespace, name), {"spec": {"model": {"url": OTHER_URL}}})
