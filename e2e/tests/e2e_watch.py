@@ -1,12 +1,9 @@
-"""A real watch of a Service's EndpointSlices through `kubectl get --watch`, and an in-cluster client that
-keeps sending requests through the Service (kube-proxy's rules, not a port-forward pinned to one pod)."""
+"""An in-cluster client that keeps sending requests through a Service (kube-proxy's rules, not a port-forward
+pinned to one pod); its EndpointSlices are watched with `endpoint_watch.ReadyWatch` (e2e/controlplane)."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import threading
-import time
 
 from e2e_support import Kube
 
@@ -54,45 +51,3 @@ def client_lines(ns: Kube, name: str) -> list[dict]:
         except ValueError:
             pass
     return out
-
-
-class EndpointWatch:
-    """`kubectl get endpointslices -l kubernetes.io/service-name=S --watch --output-watch-events -o json`:
-    every event of the Service's slices, the count of Ready endpoints after each."""
-
-    def __init__(self, ns: Kube, service: str):
-        self.proc = subprocess.Popen(
-            [ns.kubectl, "-n", ns.namespace, "get", "endpointslices", "-l", f"kubernetes.io/service-name={service}",
-             "--watch", "--output-watch-events", "-o", "json"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.slices: dict[str, set[str]] = {}
-        self.counts: list[tuple[float, int, tuple[str, ...]]] = []
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        decoder, buf = json.JSONDecoder(), ""
-        for chunk in iter(lambda: self.proc.stdout.read(1), ""):
-            buf += chunk
-            if chunk != "}":
-                continue
-            try:
-                event, end = decoder.raw_decode(buf.lstrip())
-            except ValueError:
-                continue
-            buf = buf.lstrip()[end:]
-            obj = event.get("object") or {}
-            name = obj.get("metadata", {}).get("name", "")
-            if event.get("type") == "DELETED":
-                self.slices.pop(name, None)
-            else:
-                self.slices[name] = {(e.get("targetRef") or {}).get("name", "") for e in obj.get("endpoints") or []
-                                     if (e.get("conditions") or {}).get("ready")}
-            ready = set().union(*self.slices.values()) if self.slices else set()
-            self.counts.append((time.monotonic(), len(ready), tuple(sorted(ready))))
-
-    def stop(self) -> list[tuple[float, int, tuple[str, ...]]]:
-        self.proc.terminate()
-        self.proc.wait(timeout=20)
-        self.thread.join(timeout=10)
-        return self.counts

@@ -338,8 +338,9 @@ def test_model_change_with_a_shared_cache_and_surge_fails_no_request(ns: Kube, m
     downloads the model once before any server pod; a model change downloads the new one while the old pod serves, then a surge pod takes
     over; an in-cluster client sending requests through the Service the whole time sees no failure, and the
     Service's EndpointSlices (watched) never lack a Ready endpoint."""
-    from e2e_support import image
-    from e2e_watch import EndpointWatch, client_lines, client_pod
+    from e2e_support import api, image
+    from e2e_watch import client_lines, client_pod
+    from endpoint_watch import ReadyWatch
 
     if os.environ.get("E2E") == "1":
         pytest.skip("needs ReadWriteMany volumes (the local node's hostPath volumes are; kind's local-path "
@@ -371,7 +372,7 @@ def test_model_change_with_a_shared_cache_and_surge_fails_no_request(ns: Kube, m
         assert sts["metadata"]["creationTimestamp"] >= job["status"]["completionTime"], "a server pod before its model"
         old_args = sts["spec"]["template"]["spec"]["containers"][0]["args"]
 
-        watch = EndpointWatch(ns, name)
+        watch = ReadyWatch(api(), ns.namespace, name)
         client = f"{name}-client"
         ns.apply(client_pod(client, f"http://{name}:{PORT}", image("kubellama-server")))
         ns.wait_for("the client's first answer", lambda: any(e.get("event") == "model"
