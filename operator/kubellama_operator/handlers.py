@@ -23,8 +23,9 @@ from .reconcile import Outcome, reconcile
 
 log = logging.getLogger("kubellama_operator")
 
-CHILD_RESOURCES = [("apps", "v1", "statefulsets"), ("batch", "v1", "jobs"), ("", "v1", "services"), ("", "v1", "configmaps"),
-                   ("policy", "v1", "poddisruptionbudgets"), ("networking.k8s.io", "v1", "networkpolicies")]
+CHILD_RESOURCES = [("apps", "v1", "statefulsets"), ("batch", "v1", "jobs"), ("", "v1", "services"),
+                   ("", "v1", "configmaps"), ("policy", "v1", "poddisruptionbudgets"),
+                   ("networking.k8s.io", "v1", "networkpolicies")]
 SERVICEMONITORS = ("monitoring.coreos.com", "v1", "servicemonitors")
 MANAGED = {LABEL_MANAGED_BY: FIELD_MANAGER}
 

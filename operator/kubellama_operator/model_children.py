@@ -34,8 +34,8 @@ class ModelState:
     progress_from: tuple[str, str] | None = None  # (pod, container) whose log has the download progress
 
 
-async def _download(client: KubeClient, body: dict[str, Any], spec: LlamaServerSpec, model: Model, config: OperatorConfig,
-                    apply: bool, state: ModelState) -> None:
+async def _download(client: KubeClient, body: dict[str, Any], spec: LlamaServerSpec, model: Model,
+                    config: OperatorConfig, apply: bool, state: ModelState) -> None:
     ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
     if model_cache.mode(spec) == "shared" and apply and \
             await client.get("v1", "PersistentVolumeClaim", ns, model_cache.SHARED_CLAIM) is None:
@@ -123,8 +123,8 @@ async def _referenced(client: KubeClient, namespace: str, me: str, claim: str, n
     return out
 
 
-async def _cleanup(client: KubeClient, body: dict[str, Any], spec: LlamaServerSpec, config: OperatorConfig, state: ModelState,
-                   *, steady: bool) -> None:
+async def _cleanup(client: KubeClient, body: dict[str, Any], spec: LlamaServerSpec, config: OperatorConfig,
+                   state: ModelState, *, steady: bool) -> None:
     """Remove files this LlamaServer let go of, once past their grace period and used by no other."""
     ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
     now = _now()
