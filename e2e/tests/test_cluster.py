@@ -431,3 +431,125 @@ def test_router_scales_up_under_a_queue_and_back_down_when_idle(ns: Kube, model_
         assert max(seen) == 2, seen
     finally:
         ns("delete", "llamaserver", "bursty", "--ignore-not-found", "--wait=false", check=False)
+
+
+def test_model_change_with_a_shared_cache_and_surge_fails_no_request(ns: Kube, model_server: str) -> None:
+    """spec.model.cache shared + spec.rollout.strategy Surge on the real node: two replicas, one CPU-only Job that
+    downloads the model once before any server pod; a model change downloads the new one while the old pod serves, then a surge pod takes
+    over; an in-cluster client sending requests through the Service the whole time sees no failure, and the
+    Service's EndpointSlices (watched) never lack a Ready endpoint."""
+    from e2e_support import api, image
+    from e2e_watch import client_lines, client_pod
+    from endpoint_watch import ReadyWatch
+
+    if os.environ.get("E2E") == "1":
+        pytest.skip("needs ReadWriteMany volumes (the local node's hostPath volumes are; kind's local-path "
+                    "provisioner has none)")
+
+    name = "swap"
+    (manifest,) = load_manifest("llamaserver.yaml")
+    manifest = copy.deepcopy(manifest)
+    manifest["metadata"]["name"] = name
+    manifest["spec"]["model"] = {"url": "http://e2e-model-server/kubellama-tiny.gguf", "alias": "tiny-v1",
+                                 "sha256": model_server, "cache": {"mode": "shared", "size": "1Gi"}}
+    manifest["spec"]["rollout"] = {"strategy": "Surge"}
+    manifest["spec"]["replicas"] = replicas = 2
+    manifest["spec"]["storage"] = {"slots": {"enabled": True, "size": "1Gi"}}
+    ns.apply(manifest)
+    watch = client = None
+    try:
+        ns.wait_for(f"LlamaServer {name} Ready", lambda: llamaserver_ready(ns, name, replicas),
+                    timeout=float(os.environ.get("E2E_READY_TIMEOUT", "600")), llamaserver=name)
+        [job] = ns.get("jobs", selector=f"kubellama.dev/llamaserver={name}")  # one download for both replicas
+        servers = f"kubellama.dev/llamaserver={name},app.kubernetes.io/name=kubellama-server"
+        pods = ns.get("pods", selector=servers)
+        assert len(pods) == replicas and not any(p["spec"].get("initContainers") for p in pods)
+        assert all({"name": "model", "persistentVolumeClaim": {"claimName": "kubellama-model-cache", "readOnly": True}}
+                   in p["spec"]["volumes"] for p in pods)
+        assert job["status"].get("succeeded") == 1
+        assert "nvidia.com/gpu" not in json.dumps(job["spec"])
+        sts = ns.get("statefulset", name)
+        assert sts["metadata"]["creationTimestamp"] >= job["status"]["completionTime"], "a server pod before its model"
+        old_args = sts["spec"]["template"]["spec"]["containers"][0]["args"]
+
+        watch = ReadyWatch(api(), ns.namespace, name)
+        client = f"{name}-client"
+        ns.apply(client_pod(client, f"http://{name}:{PORT}", image("kubellama-server")))
+        ns.wait_for("the client's first answer", lambda: any(e.get("event") == "model"
+                                                              for e in client_lines(ns, client)), timeout=180)
+        # Another file (the same bytes under another URL: its cache key differs) and another model id.
+        ns("patch", "llamaserver", name, "--type=merge", "-p", json.dumps({"spec": {"model": {
+            "url": "http://e2e-model-server/kubellama-tiny.gguf?v=2", "sha256": None, "alias": "tiny-v2"}}}))
+        seen: set[str] = set()
+
+        def changed() -> bool:
+            obj = ns.get("llamaserver", name)
+            rollout = obj["status"].get("rollout") or {}
+            seen.add(rollout.get("phase", ""))
+            if rollout.get("slots"):
+                seen.add("slots")
+            sts = ns.get("statefulset", name)
+            st = sts["status"]
+            return (sts["spec"]["template"]["spec"]["containers"][0]["args"] != old_args and not rollout
+                    and sts["spec"]["replicas"] == replicas and st.get("currentRevision") == st.get("updateRevision")
+                    and st.get("readyReplicas") == replicas and len(ns.get("pods", selector=servers)) == replicas
+                    and obj["status"].get("phase") == "Ready")
+
+        ns.wait_for("the new model on a new pod, the surge pod gone", changed, timeout=600, llamaserver=name)
+        ns.wait_for("the client to get the new model", lambda: any(
+            e.get("model") == "tiny-v2" for e in client_lines(ns, client)), timeout=60)
+        time.sleep(3)
+        ns("exec", client, "--", "touch", "/tmp/stop")
+        ns.wait_for("the client's summary", lambda: any(e.get("event") == "summary"
+                                                         for e in client_lines(ns, client)), timeout=120)
+        lines = client_lines(ns, client)
+        summary = next(e for e in lines if e.get("event") == "summary")
+        log(f"model change through the Service: {summary['ok']} requests answered, {summary['failed']} failed, "
+            f"models {summary['models']}; rollout steps seen {sorted(seen)}")
+        assert summary["failed"] == 0, [e for e in lines if e.get("event") == "failure"]
+        assert summary["models"] == ["tiny-v1", "tiny-v2"], summary
+        counts = watch.stop()
+        watch = None
+        log(f"EndpointSlice events during the change: {[(c, pods) for _, c, pods in counts]}")
+        # From the first event with a Ready endpoint (the watch may start before the slice caught up).
+        first = next(i for i, (_, c, _) in enumerate(counts) if c > 0)
+        assert len(counts) - first > 3 and all(c > 0 for _, c, _ in counts[first:]), counts
+        assert len({p for _, _, pods in counts for p in pods}) >= replicas + 1, "the surge pod never served"
+        assert "slots" in seen or "Surge" in seen or "Replacing" in seen, seen
+    finally:
+        if watch is not None:
+            watch.stop()
+        if client is not None:
+            ns("delete", "pod", client, "--ignore-not-found", "--wait=false", check=False)
+        ns("delete", "llamaserver", name, "--ignore-not-found", "--wait=false", check=False)
+
+
+def test_a_failed_download_job_is_reported(ns: Kube, model_server: str) -> None:
+    """A shared cache's download Job whose file is a 404: the Job fails at once (kubellama-fetch's exit code 3 is
+    final: podFailurePolicy), no server pod is created, and the status says why, as the init containers would."""
+    if os.environ.get("E2E") == "1":
+        pytest.skip("needs ReadWriteMany volumes (kind's local-path provisioner has none)")
+    (manifest,) = load_manifest("llamaserver.yaml")
+    manifest = copy.deepcopy(manifest)
+    manifest["metadata"]["name"] = "missing-shared"
+    manifest["spec"]["model"] = {"url": "http://e2e-model-server/does-not-exist.gguf",
+                                 "cache": {"mode": "shared", "size": "1Gi"}}
+    manifest["spec"]["storage"] = {"slots": {"enabled": False}}
+    ns.apply(manifest)
+    try:
+        def reported() -> dict | None:
+            obj = ns.get("llamaserver", "missing-shared") or {}
+            status = obj.get("status", {})
+            conditions = {c["type"]: c for c in status.get("conditions", [])}
+            model = conditions.get("ModelReady", {})
+            return obj if status.get("phase") == "Failed" and model.get("reason") == "ModelNotFound" else None
+
+        obj = ns.wait_for("the failed download Job in the status", reported, timeout=300, llamaserver="missing-shared")
+        assert "404" in obj["status"]["message"] or "not found" in obj["status"]["message"].lower(), obj["status"]
+        assert obj["status"]["download"]["state"] == "Failed"
+        [job] = ns.get("jobs", selector="kubellama.dev/llamaserver=missing-shared")
+        assert any(c["type"] == "Failed" and c["reason"] == "PodFailurePolicy" for c in job["status"]["conditions"])
+        assert job["status"].get("failed") == 1, "a 404 is not retried"
+        assert ns.get("statefulset", "missing-shared") is None, "no server pod without its model"
+    finally:
+        ns("delete", "llamaserver", "missing-shared", "--ignore-not-found", "--wait=false", check=False)

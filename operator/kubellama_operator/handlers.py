@@ -24,8 +24,9 @@ from .reconcile import Outcome, reconcile
 
 log = logging.getLogger("kubellama_operator")
 
-CHILD_RESOURCES = [("apps", "v1", "statefulsets"), ("", "v1", "services"), ("", "v1", "configmaps"),
-                   ("policy", "v1", "poddisruptionbudgets"), ("networking.k8s.io", "v1", "networkpolicies")]
+CHILD_RESOURCES = [("apps", "v1", "statefulsets"), ("batch", "v1", "jobs"), ("", "v1", "services"),
+                   ("", "v1", "configmaps"), ("policy", "v1", "poddisruptionbudgets"),
+                   ("networking.k8s.io", "v1", "networkpolicies")]
 SERVICEMONITORS = ("monitoring.coreos.com", "v1", "servicemonitors")
 #: The router's and the autoscaler's children (spec.routing, spec.autoscaling, spec.inferencePool): a
 #: pass when their spec changes or they are deleted, not on their frequent status updates. The CRD-backed

@@ -27,7 +27,7 @@ PLURALS = {
     "LlamaServer": "llamaservers", "Event": "events",
     "Deployment": "deployments", "ServiceAccount": "serviceaccounts", "Role": "roles", "RoleBinding": "rolebindings",
     "InferencePool": "inferencepools", "HorizontalPodAutoscaler": "horizontalpodautoscalers",
-    "ScaledObject": "scaledobjects",
+    "ScaledObject": "scaledobjects", "Job": "jobs",
 }
 
 

@@ -4,6 +4,7 @@ same requests, errors and credential handling as the operator's, driven on an ev
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 from types import SimpleNamespace
 from typing import Any, Callable
@@ -27,7 +28,8 @@ def kubeconfig_login() -> Any:
 
 class SyncKubeClient:
     """Every coroutine method of `KubeClient` (request, get, list, apply, delete, patch_status, pod_log,
-    has_resource) as a plain call that returns its result; `close()` (or `with`) ends the thread."""
+    has_resource) as a plain call that returns its result, `watch` in the background; `close()` (or `with`)
+    ends the thread."""
 
     def __init__(self, login: Callable[[], Any], *, timeout: float = 120.0, user_agent: str = "kubellama-tests"):
         self.client = KubeClient(login, user_agent=user_agent)
@@ -45,6 +47,16 @@ class SyncKubeClient:
             raise AttributeError(name)
         bound = getattr(self.client, name)
         return lambda *args, **kwargs: self._run(bound(*args, **kwargs))
+
+    def watch(self, path: str, params: dict[str, str] | None, on_event: Callable[[dict[str, Any]], None], *,
+              timeout_seconds: int = 300) -> concurrent.futures.Future:
+        """Follow `KubeClient.watch` in the background: `on_event` gets each event (on the client's thread) until
+        the API server ends the watch or the returned future is cancelled; what `on_event` raises ends it too."""
+        async def follow() -> None:
+            async for event in self.client.watch(path, params, timeout_seconds=timeout_seconds):
+                on_event(event)
+
+        return asyncio.run_coroutine_threadsafe(follow(), self._loop)
 
     def close(self) -> None:
         if self._loop.is_closed():

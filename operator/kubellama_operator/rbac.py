@@ -43,7 +43,9 @@ RULES: list[dict[str, list[str]]] = [
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
     # The fetch init container's log: download progress in the status message.
     {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
-    {"apiGroups": [""], "resources": ["persistentvolumeclaims"], "verbs": ["get"]},
+    # spec.model.cache: the download Jobs that fill a shared cache, and the claim of mode shared (created once).
+    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": list(_RW)},
+    {"apiGroups": [""], "resources": ["persistentvolumeclaims"], "verbs": ["get", "create", "patch"]},
     # Kubernetes Events about LlamaServers (kopf's poster and ours).
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
     {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},

@@ -22,7 +22,10 @@ from .policy import policy_problems
 from .api import LlamaServerSpec
 from .api.network import Service
 from .api.scaling import Routing
-from .spec import Model, endpoint, load, resolve_model
+from .model_cache import resolve as resolve_model
+from .model_children import ModelState, prepare
+from .model_status import merge as merge_model_status
+from .spec import Model, endpoint, load
 from .status import compute_status, condition, download_progress, essence, pod_view
 
 
@@ -35,6 +38,7 @@ class Outcome:
     created: list[str] = field(default_factory=list)
     updated: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
+    models: ModelState | None = None
 
     @property
     def phase_changed(self) -> bool:
@@ -52,8 +56,10 @@ async def check_references(client: KubeClient, namespace: str, spec: LlamaServer
     status (CreateContainerConfigError of check-api-key or a fetch container), which `status` reports.
     """
     out = []
+    cache = spec.model.cache
     claims = [("spec.model.pvc.claimName", spec.model.pvc.claim_name if spec.model.pvc is not None else None),
-              ("spec.storage.model.claimName", spec.storage.model.claim_name)]
+              ("spec.storage.model.claimName", spec.storage.model.claim_name),
+              ("spec.model.cache.claimName", cache.claim_name if cache is not None else None)]
     for where, claim in claims:
         if claim and await client.get("v1", "PersistentVolumeClaim", namespace, claim) is None:
             out.append(f"PersistentVolumeClaim {claim!r} ({where}) not found in namespace {namespace}: "
@@ -92,6 +98,7 @@ async def apply_children(client: KubeClient, body: dict[str, Any], spec: LlamaSe
     keda_crd = await client.has_resource(KEDA_API, KEDA_PLURAL)
     want, drop = desired_children(body, spec, model, config, servicemonitor_crd=sm_crd, inferencepool_crd=pool_crd,
                                   scaledobject_crd=keda_crd)
+    outcome.models = await prepare(client, body, spec, model, config, want, apply=True)
     for obj in map(with_hash, want):
         ref = f"{obj['kind']}/{obj['metadata']['name']}"
         live = await client.get(obj["apiVersion"], obj["kind"], ns, obj["metadata"]["name"])
@@ -137,7 +144,8 @@ def _endpoint(name: str, ns: str, spec: LlamaServerSpec | None) -> str:
 
 
 async def refresh_status(client: KubeClient, body: dict[str, Any], spec: LlamaServerSpec | None,
-                         model: Model | None, spec_problems: list[str], outcome: Outcome) -> None:
+                         model: Model | None, spec_problems: list[str], outcome: Outcome,
+                         config: OperatorConfig | None = None) -> None:
     meta = body["metadata"]
     name, ns = meta["name"], meta["namespace"]
     sts = await client.get("apps/v1", "StatefulSet", ns, name)
@@ -151,6 +159,14 @@ async def refresh_status(client: KubeClient, body: dict[str, Any], spec: LlamaSe
         name=name, namespace=ns, generation=meta.get("generation"), desired=_desired_replicas(body, spec),
         model=model, endpoint=_endpoint(name, ns, spec), selector=selector_string(name), pods=pods,
         statefulset=sts, problems=spec_problems, previous=outcome.previous, progress=progress)
+    models = outcome.models
+    if models is None and spec is not None and model is not None and not spec_problems:
+        models = await prepare(client, body, spec, model, config or OperatorConfig(), [], apply=False)
+    if models is not None:
+        log_text = await client.pod_log(ns, *models.progress_from) if models.progress_from is not None else None
+        merge_model_status(status, generation=meta.get("generation"), previous=outcome.previous, cache=models.cache,
+                           download=models.download, progress=download_progress(log_text), plan=models.plan,
+                           slots=models.slots, fetch_log=log_text)
     if outcome.warnings:
         status["message"] = "; ".join([status["message"], *outcome.warnings])
     auto = await autoscaling_condition(client, spec) if spec is not None and not spec_problems else None
@@ -185,5 +201,5 @@ async def reconcile(client: KubeClient, body: dict[str, Any], config: OperatorCo
         outcome.warnings = [warning] if warning else []
     if spec is not None and model is not None and not found and apply:
         await apply_children(client, body, spec, model, config, outcome)
-    await refresh_status(client, body, spec, model, found, outcome)
+    await refresh_status(client, body, spec, model, found, outcome, config)
     return outcome

@@ -26,8 +26,10 @@ def server_args(spec: LlamaServerSpec, model: Model, *, log_format: str = "json"
         args += ["--mmproj", model.mmproj.path]
         if not model.mmproj.offload:
             args.append("--no-mmproj-offload")
+    scaled = any(lora.scale != 1.0 for lora in model.loras)
     for lora in model.loras:  # in order: the server's adapter ids are the list's indices
-        args += ["--lora", lora.path]
+        # All --lora-scaled when one has a scale: the server numbers --lora adapters before --lora-scaled ones.
+        args += ["--lora-scaled", lora.path, _num(lora.scale)] if scaled else ["--lora", lora.path]
     for field, flag in _NUMERIC:
         if getattr(server, field) is not None:
             args += [flag, str(getattr(server, field))]

@@ -137,6 +137,7 @@ class Lora(FetchedFile):
 
     index: int = 0       # its position in spec.model.loras: the adapter's id on the server
     name: str = ""       # spec.model.loras[].name ("" when unset): a label for people
+    scale: float = 1.0   # spec.model.loras[].scale: its default scale (--lora-scaled when any is not 1.0)
 
     @property
     def label(self) -> str:
@@ -195,7 +196,7 @@ def resolve_mmproj(model: ModelSource) -> Mmproj | None:
 def resolve_loras(model: ModelSource) -> tuple[Lora, ...]:
     """Resolve `spec.model.loras` into paths and fetch flags (adapter i is downloaded into a folder `<i>/`)."""
     return tuple(Lora(**_with_model(lora, model, f"{LORA_SUBDIR}/{i}", f"{LORA_DIR}/{i}"), index=i,
-                      name=lora.name or "")
+                      name=lora.name or "", scale=1.0 if lora.scale is None else float(lora.scale))
                  for i, lora in enumerate(model.loras or []))
 
 

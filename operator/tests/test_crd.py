@@ -191,7 +191,22 @@ REJECTED = {
     "lora absolute path": server(model=loras({"path": "/a.gguf"}, model=PVC_MODEL)),
     "lora not an http url": server(model=loras({"url": "ftp://e.test/a.gguf"})),
     "lora empty name": server(model=loras({"url": "https://e.test/a.gguf", "name": ""})),
-    "lora unknown field": server(model=loras({"url": "https://e.test/a.gguf", "scale": 0.5})),
+    "lora unknown field": server(model=loras({"url": "https://e.test/a.gguf", "weight": 0.5})),
+    "lora scale out of range": server(model=loras({"url": "https://e.test/a.gguf", "scale": 17})),
+    "lora-scaled in extraArgs": server(server={"extraArgs": ["--lora-scaled", "/models/a.gguf", "0.5"]}),
+    "cache mode unknown": server(model={"url": "https://e.test/m.gguf", "cache": {"mode": "nfs"}}),
+    "cache claim without claimName": server(model={"url": "https://e.test/m.gguf", "cache": {"mode": "claim"}}),
+    "cache claimName with mode shared": server(model={"url": "https://e.test/m.gguf",
+                                                      "cache": {"mode": "shared", "claimName": "c"}}),
+    "cache image without image": server(model={"url": "https://e.test/m.gguf", "cache": {"mode": "image"}}),
+    "cache image with mode shared": server(model={"url": "https://e.test/m.gguf", "cache": {
+        "mode": "shared", "image": {"reference": "r/m:1"}}}),
+    "cache size with mode claim": server(model={"url": "https://e.test/m.gguf", "cache": {
+        "mode": "claim", "claimName": "c", "size": "5Gi"}}),
+    "shared cache with a pvc model": server(model={**PVC_MODEL, "cache": {"mode": "shared"}}),
+    "shared cache with storage.model.claimName": server(model={"url": "https://e.test/m.gguf", "cache": {
+        "mode": "shared"}}, storage={"model": {"claimName": "c"}}),
+    "rollout strategy unknown": server(rollout={"strategy": "BlueGreen"}),
     "too many loras": server(model=loras(*[{"url": f"https://e.test/{i}.gguf"} for i in range(17)])),
 }
 
@@ -211,7 +226,9 @@ CEL_ONLY = ["two sources", "no source", "restoreOnStart without slots", "gpu pro
             "mmproj offload flag in extraArgs", "token with url model and url mmproj", "lora with two sources",
             "lora without a source", "lora path with a url model", "lora path with an hf model",
             "the same lora path twice", "lora flag in extraArgs", "lora flag in extraArgs, = form",
-            "token with url model and url loras", "too many loras"]
+            "token with url model and url loras", "too many loras", "cache claim without claimName",
+            "cache claimName with mode shared", "cache image without image", "cache image with mode shared",
+            "cache size with mode claim", "shared cache with a pvc model", "shared cache with storage.model.claimName"]
 
 
 @pytest.mark.parametrize("name", CEL_ONLY)
@@ -267,6 +284,16 @@ ACCEPTED = {
     "16 loras": server(model=loras(*[{"url": f"https://e.test/{i}/adapter.gguf"} for i in range(16)])),
     "no loras": server(model=loras()),
     "loras with a projector": server(model={**MMPROJ_MODEL, "loras": [{"url": "https://e.test/a.gguf"}]}),
+    "shared cache": server(model={"url": "https://e.test/m.gguf", "cache": {
+        "mode": "shared", "size": "200Gi", "storageClassName": "nfs", "cleanupAfterSeconds": 60}},
+        rollout={"strategy": "Surge"}),
+    "cache claim": server(model={"huggingFace": {"repo": "o/r", "file": "m.gguf"}, "cache": {
+        "mode": "claim", "claimName": "models"}}),
+    "cache image": server(model={"url": "https://e.test/m.gguf", "cache": {
+        "mode": "image", "image": {"reference": "registry.test/models/m:1", "pullPolicy": "IfNotPresent"}}}),
+    "lora scales": server(model=loras({"url": "https://e.test/a.gguf", "scale": 0.5},
+                                      {"url": "https://e.test/b.gguf", "scale": -1})),
+    "per-replica cache with a pvc model": server(model={**PVC_MODEL, "cache": {"mode": "perReplica"}}),
     "lora-base passes through": server(model=loras({"url": "https://e.test/a.gguf"}),
                                        server={"extraArgs": ["--lora-base", "/models/m.gguf"]}),
 }
@@ -334,6 +361,12 @@ def test_transition_rules():
                         storage={"slots": {"enabled": True}}), old)[1]
     # Scaling and other spec changes are fine.
     assert admit(server(replicas=3, storage={"slots": {"enabled": True}}), old)[1] == []
+    # A per-replica cache (volume claim templates) cannot become a shared one, nor back; shared modes may swap.
+    shared = server(model={"url": "https://e.test/m.gguf", "cache": {"mode": "shared"}})
+    claim = server(model={"url": "https://e.test/n.gguf", "cache": {"mode": "claim", "claimName": "c"}})
+    assert admit(shared, BASE)[1] and admit(BASE, shared)[1]
+    assert admit(claim, shared)[1] == []
+    assert admit(server(model={"url": "https://e.test/m.gguf", "cache": {"mode": "perReplica"}}), BASE)[1] == []
 
 
 def test_rbac_rules_are_valid_and_cover_the_crd():

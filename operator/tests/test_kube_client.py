@@ -38,6 +38,10 @@ async def fake_api():
             return web.json_response({"kind": "Status", "code": 401, "message": "Unauthorized"}, status=401)
         if request.method == "PATCH":
             return web.json_response({"kind": "Status", "code": 404, "message": "not found"}, status=404)
+        if request.query.get("watch") == "true":  # two events and a bookmark, then the server ends the watch
+            events = [{"type": t, "object": {"metadata": {"name": "s", "resourceVersion": rv}}}
+                      for t, rv in (("ADDED", "2"), ("BOOKMARK", "3"), ("MODIFIED", "4"))]
+            return web.Response(text="".join(json.dumps(e) + "\n" for e in events), content_type="application/json")
         if request.method == "POST":
             return web.json_response(json.loads(await request.text()), status=201)
         if request.path.endswith("/forbidden"):
@@ -105,12 +109,28 @@ async def test_the_sync_client_is_the_same_client_for_the_test_harnesses(fake_ap
             sync.get("v1", "Secret", "ns", "forbidden")
         return created, missing, err.value
 
+    def watched() -> tuple:
+        events: list[dict] = []
+        sync.watch("/apis/discovery.k8s.io/v1/endpointslices", {"resourceVersion": "1"}, events.append).result(10)
+
+        def refuse(event: dict) -> None:
+            raise RuntimeError(f"refused {event['type']}")
+
+        broken = sync.watch("/apis/discovery.k8s.io/v1/endpointslices", None, refuse)
+        with pytest.raises(RuntimeError, match="refused ADDED"):
+            broken.result(10)
+        return events
+
     try:
         created, missing, error = await asyncio.to_thread(calls)
+        events = await asyncio.to_thread(watched)
     finally:
         await asyncio.to_thread(sync.close)
     assert created["metadata"]["name"] == "c" and missing is None
     assert error.status == 403 and "cannot get" in error.message
-    assert [m for m, *_ in seen][-2:] == ["GET", "GET"] and seen[0][2] == "Bearer t1"
+    assert [m for m, *_ in seen][3:5] == ["GET", "GET"] and seen[0][2] == "Bearer t1"
+    # A watch runs in the background (on the client's thread) until the API server ends it; bookmarks are skipped.
+    assert [(e["type"], e["object"]["metadata"]["resourceVersion"]) for e in events] == [("ADDED", "2"),
+                                                                                       ("MODIFIED", "4")]
     with pytest.raises(AttributeError):
-        sync.watch  # an async generator: not offered
+        sync._ensure  # the client's private coroutines are not offered

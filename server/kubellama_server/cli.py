@@ -8,6 +8,7 @@ has one (e.g. LLAMA_ARG_CTX_SIZE, LLAMA_ARG_N_PARALLEL) and LLAMA_ARG_<LONG_FLAG
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -48,6 +49,8 @@ FLAGS: list[Flag] = [
     Flag(("--offline",), "offline", "bool", "never touch the network; use the cached model or fail (kubellama)", ("LLAMA_OFFLINE",)),
     Flag(("-a", "--alias"), "alias", "str", "model names, comma-separated; the first is returned in API responses", ("LLAMA_ARG_ALIAS",), metavar="ALIAS"),
     Flag(("--lora",), "lora", "list", "apply a LoRA adapter (repeatable)", ("LLAMA_ARG_LORA",), metavar="FNAME"),
+    Flag(("--lora-scaled",), "lora_scaled", "pairs", "apply a LoRA adapter with a default scale, FNAME SCALE "
+         "(repeatable; its id follows the --lora adapters'); the env var takes FNAME:SCALE,...", metavar="FNAME SCALE"),
     Flag(("--lora-base",), "lora_base", "str", "base model for the LoRA layers", metavar="FNAME"),
     Flag(("-mm", "--mmproj"), "mmproj", "str", "multimodal projector file (images in prompts)", ("LLAMA_ARG_MMPROJ",), metavar="FILE"),
     Flag(("--reasoning-format",), "reasoning_format", "choice", "where thinking models' <think> text goes: deepseek/auto = reasoning_content, none = left in content [auto]", ("LLAMA_ARG_THINK",), choices=("auto", "deepseek", "none"), metavar="FORMAT"),
@@ -201,6 +204,11 @@ def _convert(flag: Flag, raw: str, source: str) -> Any:
             return raw
         if flag.kind == "list":
             return [x for x in raw.split(",") if x] if source.startswith("env") else [raw]
+        if flag.kind == "pairs":
+            pairs = [x.rsplit(":", 1) for x in raw.split(",") if x] if isinstance(raw, str) else raw
+            if any(len(p) != 2 or not p[0] for p in pairs):
+                raise ValueError(raw)
+            return [(str(path), float(scale)) for path, scale in pairs]
         return raw
     except ValueError:
         expected = {
@@ -209,6 +217,7 @@ def _convert(flag: Flag, raw: str, source: str) -> Any:
             "floats": "comma-separated numbers",
             "bool": "true/false",
             "choice": "one of " + ", ".join(flag.choices),
+            "pairs": "a file and a number (FNAME SCALE; FNAME:SCALE,... in the environment)",
         }.get(flag.kind, "a value")
         raise UsageError(f"invalid value {raw!r} for {source}: expected {expected}") from None
 
@@ -225,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
         kw: dict[str, Any] = {"help": flag.help + "  [env: " + ", ".join(flag.env_names) + "]"}
         if flag.kind == "bool":
             kw.update(action="store_const", const=not flag.invert, dest=flag.dest)
+        elif flag.kind == "pairs":
+            kw.update(dest=flag.dest, metavar=tuple(flag.metavar.split()), nargs=2, action="append")
         else:
             kw.update(dest=flag.dest, metavar=flag.metavar, action="append" if flag.kind == "list" else "store")
         kw["default"] = argparse.SUPPRESS
@@ -280,7 +291,8 @@ def _validate(s: ServerSettings) -> None:
         (not (s.slot_persist and not s.slot_save_path), "--slot-persist needs --slot-save-path"),
         (not (s.reranking and s.pooling not in ("", "rank")), f"--reranking uses pooling rank: drop --pooling {s.pooling}"),
         (s.reasoning_budget in (-1, 0), "--reasoning-budget must be -1 (unrestricted) or 0 (no thinking)"),
-        (not (s.embeddings_enabled and s.lora and s.parallel & (s.parallel - 1)),
+        (all(math.isfinite(scale) for _, scale in s.lora_scaled), "--lora-scaled: the scale must be a finite number"),
+        (not (s.embeddings_enabled and (s.lora or s.lora_scaled) and s.parallel & (s.parallel - 1)),
          "--embedding/--reranking with --lora needs --parallel 1, 2, 4, 8, ...: llama.cpp aborts on a pooled "
          "decode with LoRA adapters when the slot count is not a power of two"),
         (not ((s.mmproj or s.mmproj_url) and s.grp_attn_n > 1), "--mmproj cannot be combined with --grp-attn-n (self-extend would split images)"),

@@ -40,6 +40,8 @@ class ServerSettings:
     offline: bool = False
     alias: str = ""
     lora: list[str] = field(default_factory=list)
+    #: --lora-scaled FNAME SCALE: adapters with a default scale, after the --lora ones (ids continue).
+    lora_scaled: list[tuple[str, float]] = field(default_factory=list)
     lora_base: str = ""
     mmproj: str = ""
     spm_infill: bool = False

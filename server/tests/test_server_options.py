@@ -58,6 +58,39 @@ def test_lora_scales_change_at_run_time(live_server, tmp_path):
         assert r.status_code == 400 and needle in r.json()["error"]["message"], r.text
 
 
+def test_lora_scaled_sets_the_default_scale_at_start_up(live_server, tmp_path):
+    """--lora-scaled FNAME SCALE (llama.cpp's flag): the adapter starts at that scale, after the --lora ones."""
+    a, b = build_tiny_lora(tmp_path / "a.gguf"), build_tiny_lora(tmp_path / "b.gguf", seed=7)
+    srv = live_server("--lora", str(a), "--lora-scaled", str(b), "0.5", "-np", "1")
+    assert httpx.get(srv.url + "/lora-adapters").json() == [{"id": 0, "path": str(a), "scale": 1.0},
+                                                             {"id": 1, "path": str(b), "scale": 0.5}]
+    started = _probs(srv)
+    # The same scales set at run time give the same output: the start-up scales are applied, not just listed.
+    plain = live_server("--lora", str(a), "--lora", str(b), "-np", "1")
+    assert httpx.post(plain.url + "/lora-adapters", json=[{"id": 0, "scale": 1.0}, {"id": 1, "scale": 0.5}]).status_code == 200
+    assert _probs(plain) == started
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--lora-scaled", "a.gguf"], "expected 2 arguments"),
+    (["--lora-scaled", "a.gguf", "x"], "FNAME SCALE"),
+    (["--lora-scaled", "a.gguf", "nan"], "finite number"),
+])
+def test_lora_scaled_refuses_bad_values(args, needle, capsys):
+    from kubellama_server.cli import parse_settings
+
+    with pytest.raises(SystemExit):
+        parse_settings(["-m", "m.gguf", *args], environ={})
+    assert needle in capsys.readouterr().err
+
+
+def test_lora_scaled_from_the_environment():
+    from kubellama_server.cli import parse_settings
+
+    settings, given = parse_settings(["-m", "m.gguf"], environ={"LLAMA_ARG_LORA_SCALED": "/a.gguf:0.25,/b.gguf:2"})
+    assert settings.lora_scaled == [("/a.gguf", 0.25), ("/b.gguf", 2.0)] and "lora_scaled" in given
+
+
 def test_bad_lora_fails_the_load_with_a_message(tmp_path, tiny_model):
     bogus = tmp_path / "not-a-lora.gguf"
     bogus.write_bytes(b"nope")

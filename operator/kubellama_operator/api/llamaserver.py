@@ -6,11 +6,15 @@ from typing import Literal, get_args
 
 from .model import ModelSource, SecretKeyRef
 from .network import EXTERNAL_SERVICE_MESSAGE, EXTERNAL_SERVICE_RULE, NetworkPolicy, Service
-from .scaling import Autoscaling, InferencePool, Monitoring, Routing
+from .scaling import Autoscaling, InferencePool, Monitoring, Rollout, Routing
 from .schema import Int64, Opaque, Rule, SpecModel, field
 from .server import (SELF_EXTEND_FLAG, Gpu, LocalObjectReference, Resources, ServerSettings, Toleration,
                      self_extend_cel, turns_on_self_extend)
 from .storage import Storage
+
+
+#: CEL: whether `{o}` (self or oldSelf) has a shared spec.model.cache (any mode but perReplica).
+_SHARED_CEL = "(has({o}.model.cache) && has({o}.model.cache.mode) && {o}.model.cache.mode != 'perReplica')"
 
 
 class ApiKeySecretRef(SecretKeyRef):
@@ -36,6 +40,7 @@ class LlamaServerSpec(SpecModel):
     image: str | None = field("Server image; overrides the operator's default CPU/CUDA image.", None, minLength=1)
     image_pull_secrets: list[LocalObjectReference] | None = field("Pull secrets for the image.", None)
     storage: Storage = field(default=Storage)
+    rollout: Rollout = field(default=Rollout)
     api_key_secret_ref: ApiKeySecretRef | None = field("Secret holding the API key clients must send.", None)
     service: Service = field(default=Service)
     network_policy: NetworkPolicy = field(default=NetworkPolicy)
@@ -63,6 +68,14 @@ class LlamaServerSpec(SpecModel):
         Rule(EXTERNAL_SERVICE_MESSAGE, EXTERNAL_SERVICE_RULE,
              lambda s: not s.service.external or s.api_key_secret_ref is not None or bool(
                  s.service.allow_unauthenticated)),
+        Rule("switching spec.model.cache.mode between perReplica and a shared mode changes the StatefulSet's volume "
+             "claims, which Kubernetes forbids; create a new LlamaServer instead",
+             f"!has(oldSelf.model) || {_SHARED_CEL.format(o='self')} == {_SHARED_CEL.format(o='oldSelf')}"),
+        Rule("spec.storage.model.claimName is unused with a shared spec.model.cache; remove it (name the claim in "
+             "spec.model.cache.claimName with mode claim)",
+             f"!{_SHARED_CEL.format(o='self')} || !has(self.storage) || !has(self.storage.model) || "
+             "!has(self.storage.model.claimName)",
+             lambda s: not s.model.shared_cache or s.storage.model.claim_name is None),
     )
 
     @property
@@ -112,6 +125,43 @@ class StatusModel(SpecModel):
                                            "the server.", None)
 
 
+class CacheRelease(SpecModel):
+    """A released key."""
+
+    key: str | None = None
+    since: str | None = field(default=None, format="date-time")
+
+
+class StatusCache(SpecModel):
+    """The model cache (spec.model.cache)."""
+
+    mode: str | None = None
+    claim_name: str | None = None
+    keys: list[str] | None = field("Cache keys of the files this LlamaServer uses.", None)
+    nearly_full: str | None = field("Set when the cache's free space is below what the next download needs.", None)
+    released: list[CacheRelease] | None = field(
+        "Keys this LlamaServer no longer uses, since when; removed after spec.model.cache.cleanupAfterSeconds "
+        "unless another LlamaServer uses them.", None)
+    removed: list[str] | None = field("Keys removed by the last cleanup.", None)
+
+
+class StatusDownload(SpecModel):
+    """The download Job of a shared cache."""
+
+    job: str | None = None
+    state: Literal["Pending", "Running", "Complete", "Failed"] | None = None
+    message: str | None = None
+
+
+class StatusRollout(SpecModel):
+    """A pod template change in progress."""
+
+    phase: Literal["Downloading", "Surge", "Replacing", "ScalingDown", "RollingUpdate"] | None = None
+    message: str | None = None
+    slots: str | None = field("Why saved slots are not restored (a model change: the server refuses another "
+                              "model's).", None)
+
+
 class LlamaServerStatus(SpecModel):
     """Observed state, written by the operator."""
 
@@ -126,3 +176,6 @@ class LlamaServerStatus(SpecModel):
     endpoint: str | None = field("Cluster-internal OpenAI base URL.", None)
     observed_generation: Int64 | None = None
     model: StatusModel | None = None
+    cache: StatusCache | None = None
+    download: StatusDownload | None = None
+    rollout: StatusRollout | None = None

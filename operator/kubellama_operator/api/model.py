@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from .schema import Rule, SpecModel, field, one_source
+from typing import Literal, get_args
+
+from .schema import Quantity, Rule, SpecModel, field, one_source
 
 HF_REPO = r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$"
 SHA256 = r"^[A-Fa-f0-9]{64}$"
@@ -11,6 +13,11 @@ RELATIVE = r"^[^/].*$"
 MAX_LORAS = 16
 #: Longest path of a file on the model's claim (bounds the cost of the CEL rule comparing adapter paths).
 MAX_PATH = 1024
+#: Where downloaded files are kept (spec.model.cache.mode): per replica, or in a cache the pods share.
+CacheMode = Literal["perReplica", "shared", "claim", "image"]
+CACHE_MODES = list(get_args(CacheMode))
+#: Longest spec.model.cache.cleanupAfterSeconds: 30 days.
+MAX_CLEANUP_SECONDS = 30 * 86400
 
 
 class HuggingFaceFile(SpecModel):
@@ -55,7 +62,8 @@ class ProjectorSource(ClaimFileSource):
 
 
 class LoraSource(ClaimFileSource):
-    """A LoRA adapter (GGUF) for the model, loaded at start-up with scale 1.0 (kubellama-server --lora):
+    """A LoRA adapter (GGUF) for the model, loaded at start-up with scale 1.0 (kubellama-server --lora; with
+    scale set: --lora-scaled):
     exactly one of url, huggingFace or path. url and huggingFace are downloaded by an init container
     of its own, fetch-lora-<i> (after fetch-model and fetch-mmproj), into the folder lora/<i>/ of the
     model volume, or, for a pvc model (mounted read-only), of an emptyDir downloaded again whenever a pod
@@ -65,9 +73,55 @@ class LoraSource(ClaimFileSource):
                              "the adapters by their position in spec.model.loras: id 0, 1, ... in GET /lora-adapters, "
                              "POST /lora-adapters and a request's \"lora\": [{\"id\": N, \"scale\": S}].", None,
                              minLength=1, maxLength=63)
+    scale: float | None = field("The adapter's default scale on every replica (kubellama-server --lora-scaled; 1.0 "
+                                "when unset; 0 starts it switched off). A request's \"lora\" and POST "
+                                "/lora-adapters still change it.", None, minimum=-16, maximum=16)
 
     rules = (one_source("each spec.model.loras entry needs exactly one source: url, huggingFace or path",
                         "url", "hugging_face", "path"),)
+
+
+class CacheImage(SpecModel):
+    """The image volume of mode image (Kubernetes ImageVolume)."""
+
+    reference: str = field("Image reference, e.g. registry.example/models/qwen:1.", minLength=1, maxLength=1024)
+    pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = field("Pull policy of the image volume.", None)
+
+
+class ModelCache(SpecModel):
+    """Where downloaded files (model, projector, LoRA adapters) are kept. perReplica (default): each replica
+    downloads into its own claim (spec.storage.model) in init containers. shared: one ReadWriteMany claim
+    per namespace that the operator creates (kubellama-model-cache, shared by every LlamaServer there);
+    claim: a ReadWriteMany claim you name. In both a download Job (CPU only) fills the cache before any
+    server pod is created, files are stored under a key (sha256-<hex> with a sha256, else a hash of the
+    source and revision), the servers mount the claim read-only, and files no LlamaServer uses are removed
+    after cleanupAfterSeconds. image: an OCI image volume holding the same layout (no download)."""
+
+    mode: CacheMode = field("perReplica, shared, claim or image.", "perReplica")
+    claim_name: str | None = field("The ReadWriteMany claim of mode claim, in the LlamaServer's namespace.", None,
+                                   minLength=1, maxLength=253)
+    size: Quantity | None = field("Size of the claim the operator creates (mode shared; default 100Gi).", None)
+    storage_class_name: str | None = field("StorageClass of the claim the operator creates (mode shared); it must "
+                                           "provide ReadWriteMany volumes.", None, maxLength=253)
+    image: CacheImage | None = field(default=None)
+    cleanup_after_seconds: int = field("Files of the shared cache no LlamaServer of the namespace references are "
+                                       "removed this long after they stopped being used.", 3600, minimum=0,
+                                       maximum=MAX_CLEANUP_SECONDS)
+
+    rules = (
+        Rule("spec.model.cache.mode claim needs spec.model.cache.claimName",
+             "!has(self.mode) || self.mode != 'claim' || has(self.claimName)",
+             lambda c: c.mode != "claim" or c.claim_name is not None),
+        Rule("spec.model.cache.claimName is only used with mode claim",
+             "!has(self.claimName) || (has(self.mode) && self.mode == 'claim')",
+             lambda c: c.claim_name is None or c.mode == "claim"),
+        Rule("spec.model.cache.mode image needs spec.model.cache.image, which no other mode uses",
+             "(has(self.mode) && self.mode == 'image') == has(self.image)",
+             lambda c: (c.mode == "image") == (c.image is not None)),
+        Rule("spec.model.cache.size and storageClassName are only used with mode shared",
+             "(!has(self.size) && !has(self.storageClassName)) || (has(self.mode) && self.mode == 'shared')",
+             lambda c: (c.size is None and c.storage_class_name is None) or c.mode == "shared"),
+    )
 
 
 class PvcFile(SpecModel):
@@ -83,6 +137,10 @@ class SecretKeyRef(SpecModel):
 
 class TokenSecretRef(SecretKeyRef):
     key: str = field("Key inside the Secret.", "token", minLength=1)
+
+
+CACHE_PVC_MESSAGE = ("spec.model.cache is for downloaded models; a pvc model is read from its own claim "
+                     "(leave cache.mode perReplica)")
 
 
 def _lora_paths(model: ModelSource) -> list[str]:
@@ -103,10 +161,21 @@ class ModelSource(FileSource):
         "Secret with a Hugging Face access token, for gated repositories (sets HF_TOKEN); used for the model's, "
         "the projector's and the LoRA adapters' huggingFace downloads.", None)
     mmproj: ProjectorSource | None = field(default=None)
+    cache: ModelCache | None = field(default=None)
     loras: list[LoraSource] | None = field(
         "LoRA adapters for the model (kubellama-server --lora, in this order: the first is adapter id 0). One "
         "server then serves several fine-tunes of its model: a request picks adapters and scales with \"lora\": "
         "[{\"id\": N, \"scale\": S}], POST /lora-adapters changes the default scales.", None, maxItems=MAX_LORAS)
+
+    @property
+    def cache_mode(self) -> CacheMode:
+        """spec.model.cache.mode (perReplica when unset; a pvc model is never downloaded: perReplica)."""
+        return "perReplica" if self.pvc is not None or self.cache is None else self.cache.mode
+
+    @property
+    def shared_cache(self) -> bool:
+        """Whether the pods share the files (a cache filled by a download Job, or an image)."""
+        return self.cache_mode != "perReplica"
 
     def huggingface_sources(self) -> bool:
         """Whether anything is downloaded from Hugging Face (the model, its projector or an adapter)."""
@@ -139,4 +208,7 @@ class ModelSource(FileSource):
              lambda m: not _twice(m),
              lambda m, where: f"two spec.model.loras entries name the same path ({', '.join(_twice(m))}): "
                               "list each adapter once"),
+        Rule(CACHE_PVC_MESSAGE,
+             "!has(self.cache) || !has(self.cache.mode) || self.cache.mode == 'perReplica' || !has(self.pvc)",
+             lambda m: m.cache is None or m.cache.mode == "perReplica" or m.pvc is None),
     )

@@ -1,4 +1,4 @@
-"""spec.routing, spec.autoscaling, spec.inferencePool and spec.monitoring."""
+"""spec.routing, spec.autoscaling, spec.inferencePool, spec.monitoring and spec.rollout."""
 
 from __future__ import annotations
 
@@ -100,3 +100,18 @@ class Monitoring(SpecModel):
     service_monitor: bool = field("Create a ServiceMonitor (when its CRD is installed; pod scrape annotations "
                                   "otherwise).", False)
     interval: str = field("Scrape interval.", "30s", pattern=r"^[0-9]+(ms|s|m|h)$")
+
+
+#: How pods are replaced when their template changes (rollout.py).
+RolloutStrategy = Literal["RollingUpdate", "Surge"]
+ROLLOUT_STRATEGIES = list(get_args(RolloutStrategy))
+
+
+class Rollout(SpecModel):
+    """How pods are replaced when their template changes (a new model, new flags)."""
+
+    strategy: RolloutStrategy = field(
+        "RollingUpdate: one pod at a time (with one replica the model is unavailable until the new pod is Ready). "
+        "Surge: first one extra pod with the new template (it needs room: one more GPU), then the others one at a "
+        "time, then the extra pod goes: the Service never lacks a Ready endpoint, with one replica too.",
+        "RollingUpdate")

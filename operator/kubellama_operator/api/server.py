@@ -12,7 +12,7 @@ from .schema import Markers, Quantity, Rule, SpecModel, field
 MANAGED_FLAGS = ["-m", "--model", "--host", "--port", "-a", "--alias", "--slot-save-path", "--slot-persist",
                  "--shutdown-timeout", "-spf", "--system-prompt-file", "-mu", "--model-url", "-hfr", "--hf-repo",
                  "-hff", "--hf-file", "-hf", "-mm", "--mmproj", "-mmu", "--mmproj-url", "--no-mmproj-offload",
-                 "--no-mmproj", "--lora"]
+                 "--no-mmproj", "--lora", "--lora-scaled"]
 _KEY_FROM_SECRET = "API keys come from spec.apiKeySecretRef (a Secret), never from the spec itself"
 _NO_TLS = ("the server pod does not terminate TLS (the key would have to be in the image); terminate it at "
            "an Ingress, a Gateway or a service mesh")

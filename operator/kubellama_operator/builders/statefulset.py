@@ -11,6 +11,7 @@ from ..api import LlamaServerSpec
 from ..api.llamaserver import ApiKeySecretRef
 from ..spec import (API_KEY_DIR, API_KEY_FILE, CONFIG_DIR, LORA_DIR, MMPROJ_DIR, MODEL_DIR, SERVER_PORT, SLOTS_DIR,
                     SYSTEM_PROMPT_FILE, Model)
+from .. import model_cache
 from .meta import ANNOTATION_MODEL, Body, config_name, headless_name, labels, object_meta, selector_labels
 
 #: The image's non-root user (images/server/Dockerfile).
@@ -75,6 +76,8 @@ def _model_claim_name(spec: LlamaServerSpec) -> str | None:
     """An existing claim holding the model directory, or None for per-replica claims."""
     if spec.model.pvc is not None:
         return spec.model.pvc.claim_name
+    if spec.model.shared_cache:
+        return model_cache.claim_name(spec)  # None for an image volume
     return spec.storage.model.claim_name
 
 
@@ -151,6 +154,8 @@ def _init_containers(spec: LlamaServerSpec, model: Model, image: str, pull: str,
     out = []
     if spec.api_key_secret_ref is not None:
         out.append(_check_api_key_container(spec.api_key_secret_ref, image, pull))
+    if spec.model.shared_cache:
+        return out  # a download Job filled the shared cache (or the image holds the files)
     if model.fetch_args:
         out.append(_fetch_container(spec, FETCH_MODEL, model.fetch_args, image, pull,
                                     hf_token=model.source == "huggingFace", hf_endpoint=hf_endpoint))
@@ -224,7 +229,12 @@ def _volumes(spec: LlamaServerSpec, model: Model, name: str) -> list[dict[str, A
     claim = _model_claim_name(spec)
     if claim:
         vols.append({"name": "model", "persistentVolumeClaim": {
-            "claimName": claim, "readOnly": spec.model.pvc is not None}})
+            "claimName": claim, "readOnly": spec.model.pvc is not None or spec.model.shared_cache}})
+    elif spec.model.cache_mode == "image":
+        assert spec.model.cache is not None and spec.model.cache.image is not None
+        image = spec.model.cache.image
+        vols.append({"name": "model", "image": {"reference": image.reference,
+                                                **({"pullPolicy": image.pull_policy} if image.pull_policy else {})}})
     if _mmproj_volume(model):
         vols.append({"name": "mmproj", "emptyDir": {}})
     if _lora_volume(model):
@@ -243,7 +253,7 @@ def _volumes(spec: LlamaServerSpec, model: Model, name: str) -> list[dict[str, A
 
 def _claim_templates(spec: LlamaServerSpec, name: str) -> list[dict[str, Any]]:
     out = []
-    if not _model_claim_name(spec):
+    if not _model_claim_name(spec) and not spec.model.shared_cache:
         m = spec.storage.model
         out.append(_claim("model", name, m.access_modes, m.size, m.storage_class_name))
     slots = spec.storage.slots

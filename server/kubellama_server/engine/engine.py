@@ -128,7 +128,9 @@ class Engine:
         self.ctx.embeddings = s.embeddings_enabled  # embedding batches switch llama_set_embeddings on
         if self.reranking:
             self._check_reranker()
-        self.ctx.apply_loras(s.lora)
+        self.ctx.apply_loras(s.lora + [path for path, _ in s.lora_scaled])
+        if s.lora_scaled:  # default scales: the --lora adapters at 1.0, then the --lora-scaled ones
+            self.ctx.set_lora_scales([1.0] * len(s.lora) + [scale for _, scale in s.lora_scaled])
         self_extend = SelfExtend.from_settings(s.grp_attn_n, s.grp_attn_w)
         if self_extend and not self.ctx.can_shift:
             raise RuntimeError(

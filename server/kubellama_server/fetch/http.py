@@ -245,7 +245,7 @@ def _attempt(client, remote, paths, source_key, part, state, progress) -> Downlo
         state.update(source=source_key, url=remote.shown, total=total,
                      etag=resp.headers.get("ETag"), last_modified=resp.headers.get("Last-Modified"))
         write_json_atomic(paths.part_meta, state)
-        _check_space(paths.folder, total, offset)
+        _check_space(paths.folder, total, offset, progress)
         progress.start(paths.target.name, total, offset, remote.shown)
         checked_magic = offset >= 4
         for chunk in resp.iter_bytes():  # no chunk size: a cut connection loses no received bytes
@@ -304,13 +304,23 @@ def _give_up(err: _Retry, remote: Remote, host: str, part: _PartFile, ever_conne
     return NetworkError(f"the connection to {host} kept failing ({err}){kept}")
 
 
-def _check_space(folder: Path, total: int | None, offset: int) -> None:
+#: Below this share of the volume left free after a download, the fetcher says the volume is nearly full.
+NEARLY_FULL = 0.1
+
+
+def _check_space(folder: Path, total: int | None, offset: int, progress: Progress | None = None) -> None:
+    """Fail before downloading what cannot fit; say so (event "nearly_full") when it fits but leaves under
+    NEARLY_FULL of the volume free, so that the next download's failure is announced before it happens."""
     if total is None:
         return
     try:
-        free = shutil.disk_usage(folder).free
+        usage = shutil.disk_usage(folder)
     except OSError:
         return
+    free = usage.free
+    if progress is not None and total - offset <= free and free - (total - offset) < NEARLY_FULL * usage.total:
+        progress.message(f"the volume holding {folder} is nearly full: {human_bytes(free - (total - offset))} of "
+                         f"{human_bytes(usage.total)} will be free after this download", "nearly_full")
     if total - offset > free:
         raise DiskFullError(
             f"not enough space in {folder}: the model needs {human_bytes(total - offset)} more but only "
