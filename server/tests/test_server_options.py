@@ -165,7 +165,9 @@ def test_slot_files_record_the_lora_scales(live_server, tmp_path):
 def test_a_running_request_keeps_its_lora_scales(live_server, tmp_path):
     lora = build_tiny_lora(tmp_path / "lora.gguf")
     srv = live_server("--lora", str(lora), "-np", "1", "--slot-save-path", str(tmp_path), "--context-shift")
-    body = {"prompt": "hello world", "n_predict": 100000, "ignore_eos": True, "cache_prompt": True, "stream": True}
+    # n_keep -1: a context shift (the request runs until the client leaves) keeps the prompt's KV
+    body = {"prompt": "hello world", "n_predict": 100000, "ignore_eos": True, "cache_prompt": True, "stream": True,
+            "n_keep": -1}
     with httpx.stream("POST", srv.url + "/completion", json=body, timeout=60) as r:
         lines = r.iter_lines()
         next(lines)
@@ -173,7 +175,7 @@ def test_a_running_request_keeps_its_lora_scales(live_server, tmp_path):
         assert httpx.post(srv.url + "/lora-adapters", json=[{"id": 0, "scale": 0}]).status_code == 200
         for _ in range(5):
             next(lines)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30
     while httpx.get(srv.url + "/slots").json()[0]["is_processing"]:  # the disconnect frees the slot
         assert time.monotonic() < deadline
         time.sleep(0.01)
