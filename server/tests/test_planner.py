@@ -296,6 +296,9 @@ def test_plan_shifts_or_stops_a_full_context():
     full = slot_with(0, [1] * 10, pending=5, cache=[1] * 16, n_ctx=16, n_predict=100, n_keep=2)
     plan = plan_step([full], cfg)
     assert plan.shifts == [(full, 2, 7)] and plan.chunks[0].pos == 9
+    # a model that adds a BOS: llama.cpp keeps it beyond n_keep
+    bos = PlanConfig(n_batch=8, n_ubatch=8, n_predict_limit=-1, keep_bos=1)
+    assert plan_step([full], bos).shifts == [(full, 3, 6)]
     unlimited = slot_with(0, [1] * 10, pending=5, cache=[1] * 16, n_ctx=16, n_predict=-1)
     plan = plan_step([unlimited], cfg)
     assert plan.stops == [unlimited] and not plan.chunks

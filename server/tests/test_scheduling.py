@@ -104,6 +104,16 @@ def test_context_shift_keeps_generating(live_server):
     assert d["tokens_predicted"] == 300 and d["truncated"] is True and d["stopped_limit"] is True
 
 
+def test_context_shift_keeps_the_bos_beyond_n_keep(live_server):
+    # llama.cpp keeps n_keep tokens plus the BOS: after shifts with n_keep 0 the cache still starts
+    # with the BOS, so the same prompt again finds exactly that one token cached
+    srv = live_server("-np", "1", "-c", "128", "--context-shift")
+    d = _complete(srv.url, prompt="keep this prefix", n_predict=300, n_keep=0, ignore_eos=True, seed=1)
+    assert d["truncated"] is True
+    again = _complete(srv.url, prompt="keep this prefix", n_predict=1, seed=1, cache_prompt=True)
+    assert again["tokens_cached"] == 1
+
+
 def test_unlimited_generation_stops_when_the_context_is_full(live_server):
     srv = live_server("-np", "1", "-c", "128")
     d = _complete(srv.url, prompt="fill", n_predict=-1, ignore_eos=True, seed=1)

@@ -39,6 +39,7 @@ class PlanConfig:
     lora: bool = False  # LoRA adapters are loaded: one set of scales per decode
     context_shift: bool = True  # --context-shift
     can_shift: bool = True  # the KV cache's positions can be shifted
+    keep_bos: int = 0  # 1 when the model adds a BOS token: a context shift keeps it
     n_predict_limit: int = -1  # the server's -n
 
 
@@ -134,7 +135,8 @@ def context_room(slot, config: PlanConfig) -> tuple[int, int] | None:
     if (unlimited or not config.context_shift or not config.can_shift or config.self_extend
             or any(t < 0 for t in slot.cache_tokens)):
         return None
-    n_keep = len(run.prompt_tokens) if params.n_keep < 0 else params.n_keep
+    # llama.cpp keeps n_keep tokens plus the BOS (-1: the whole prompt, plus one)
+    n_keep = (len(run.prompt_tokens) if params.n_keep < 0 else params.n_keep) + config.keep_bos
     n_keep = min(n_keep, slot.n_ctx - 4)
     return n_keep, max(1, (slot.n_past - n_keep) // 2)
 

@@ -81,7 +81,7 @@ class Scheduler:
         self.plan_config = PlanConfig(
             n_batch=ctx.n_batch, n_ubatch=ctx.n_ubatch, cont_batching=cont_batching, self_extend=self_extend,
             lora=bool(ctx.lora_paths), context_shift=context_shift, can_shift=ctx.can_shift,
-            n_predict_limit=n_predict_limit)
+            n_predict_limit=n_predict_limit, keep_bos=int(bool(getattr(getattr(ctx, "model", None), "add_bos", False))))
         self.last_kind = ""  # the kind of the last plan (pooled inputs and generation take turns)
         self.preparer = Preparer(self)
         self.launcher = Launcher(self)
