@@ -15,9 +15,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import signal
-import ssl
 import subprocess
 import sys
 import time
@@ -28,76 +26,16 @@ from typing import Any, Callable, Iterator
 import httpx
 import yaml
 
-from kubellama_operator.kube import ApiError
-from kubellama_operator.kubesync import SyncKubeClient, kubeconfig_login, token_login
+from kubellama_operator.kube import ApiError  # noqa: F401 - kcp.ApiError
 from kubellama_server.testing.wait import free_port, wait_until
 
-HERE = Path(__file__).resolve().parent
-KWOK_STAGES = HERE / "kwok-stages.yaml"
-BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
-SERVICE_CIDR = "10.96.0.0/16"
-KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
-GPU_RESOURCE = "nvidia.com/gpu"
-GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
-GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
-
-
-class BinariesNotFound(RuntimeError):
-    """No complete set of control-plane binaries on this machine."""
-
-
-def build_dir() -> Path | None:
-    """The cache folder `e2e/controlplane/build.sh` builds into (for the pinned versions)."""
-    try:
-        out = subprocess.run(
-            ["bash", str(HERE / "build.sh"), "--print-dir"],
-            capture_output=True, text=True, check=True, timeout=30,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return Path(out) if out else None
-
-
-def find_binaries() -> dict[str, Path]:
-    """Each binary from KUBEBUILDER_ASSETS, else the build cache, else PATH."""
-    folders = [Path(p) for p in (os.environ.get("KUBEBUILDER_ASSETS"), build_dir()) if p]
-    found: dict[str, Path] = {}
-    for name in BINARIES:
-        for folder in folders:
-            if os.access(folder / name, os.X_OK):
-                found[name] = folder / name
-                break
-        else:
-            on_path = shutil.which(name)
-            if on_path:
-                found[name] = Path(on_path)
-    missing = [n for n in BINARIES if n not in found]
-    if missing:
-        raise BinariesNotFound(
-            f"control-plane binaries not found ({', '.join(missing)}): run `make controlplane` "
-            "(builds them once from the Go module proxy, needs Go) or set KUBEBUILDER_ASSETS"
-        )
-    return found
-
-
-def unavailable_reason() -> str | None:
-    """Why no control plane can start here (one line), or None."""
-    try:
-        find_binaries()
-    except BinariesNotFound as exc:
-        return str(exc)
-    if not shutil.which("openssl"):
-        return "control plane: `openssl` is needed to make its certificates (apt-get install openssl)"
-    return None
-
-
-def skip_module_if_unavailable() -> None:
-    """In a pytest module: skip it, with the reason on one line, when no control plane can start."""
-    reason = unavailable_reason()
-    if reason:
-        import pytest
-
-        pytest.skip(reason, allow_module_level=True)
+# the harness's parts (e2e/controlplane/kcp_*.py); their public names stay importable from here
+from kcp_assets import (  # noqa: F401
+    AUDIT_POLICY, BINARIES, GPU_PRODUCT_LABEL, GPU_RESOURCE, GPU_TAINT, HERE, KWOK_NODE_ANNOTATION, KWOK_STAGES,
+    SERVICE_CIDR, BinariesNotFound, build_dir, find_binaries, kubeconfig, make_pki, skip_module_if_unavailable,
+    unavailable_reason)
+from kcp_client import Kube, ssl_context  # noqa: F401
+from kcp_objects import fake_node, fake_volume, node_ready  # noqa: F401
 
 
 def die_with_parent() -> None:
@@ -113,64 +51,11 @@ def die_with_parent() -> None:
         pass
 
 
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
-def make_pki(folder: Path, extra_ips: tuple[str, ...] = ()) -> None:
-    """A CA, an API-server serving cert for loopback (and `extra_ips`), and the service-account key pair."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for key in ("ca.key", "apiserver.key", "sa.key"):
-        _openssl("genrsa", "-out", key, "2048", cwd=folder)
-    _openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=folder)
-    _openssl(
-        "req", "-x509", "-new", "-key", "ca.key", "-subj", "/CN=kubellama-test-ca", "-days", "3",
-        "-addext", "basicConstraints=critical,CA:TRUE",
-        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-        "-out", "ca.crt", cwd=folder,
-    )
-    _openssl("req", "-new", "-key", "apiserver.key", "-subj", "/CN=kube-apiserver",
-             "-out", "apiserver.csr", cwd=folder)
-    (folder / "apiserver.ext").write_text(
-        "basicConstraints=CA:FALSE\n"
-        "keyUsage=critical,digitalSignature,keyEncipherment\n"
-        "extendedKeyUsage=serverAuth\n"
-        "authorityKeyIdentifier=keyid,issuer\n"
-        f"subjectAltName=IP:127.0.0.1,IP:10.96.0.1,{''.join(f'IP:{ip},' for ip in extra_ips)}"
-        "DNS:localhost,DNS:kubernetes,"
-        "DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local\n"
-    )
-    _openssl(
-        "x509", "-req", "-in", "apiserver.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-        "-CAcreateserial", "-days", "3", "-extfile", "apiserver.ext", "-out", "apiserver.crt",
-        cwd=folder,
-    )
-
-
-def kubeconfig(server: str, ca_file: Path, token: str, user: str = "user") -> dict:
-    """A kubeconfig for one bearer token (admin or a service account's)."""
-    return {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "kubellama-test", "cluster": {
-            "server": server, "certificate-authority": str(ca_file)}}],
-        "users": [{"name": user, "user": {"token": token}}],
-        "contexts": [{"name": "kubellama-test", "context": {"cluster": "kubellama-test", "user": user}}],
-        "current-context": "kubellama-test",
-    }
-
-
-AUDIT_POLICY = {
-    # Every request a service account makes (the operator under test runs as one);
-    # nothing else, so the log stays small.
-    "apiVersion": "audit.k8s.io/v1",
-    "kind": "Policy",
-    "omitStages": ["RequestReceived"],
-    "rules": [
-        {"level": "Metadata", "userGroups": ["system:serviceaccounts"]},
-        {"level": "None"},
-    ],
-}
+def tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
 
 
 @dataclass
@@ -438,209 +323,6 @@ class ControlPlane(Processes):
                        and not pv["spec"].get("claimRef"))
             for i in range(len(pvs), len(pvs) + max(0, available - free)):
                 kube.create(make_volume(i))
-
-
-def fake_volume(name: str, size: str = "1Ti") -> dict:
-    """A PersistentVolume nothing backs (kwok's pods never mount it)."""
-    return {
-        "apiVersion": "v1", "kind": "PersistentVolume",
-        "metadata": {"name": name, "labels": {"type": "kwok"}},
-        "spec": {
-            "capacity": {"storage": size},
-            "accessModes": ["ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany"],
-            "persistentVolumeReclaimPolicy": "Retain",
-            "storageClassName": "standard",
-            # Never touched: no kubelet mounts it, and Retain means nothing deletes it.
-            "hostPath": {"path": f"/nonexistent/kubellama-kwok/{name}"},
-        },
-    }
-
-
-def fake_node(name: str, cpu: str = "16", memory: str = "64Gi", pods: str = "110",
-              gpus: int = 0, gpu_product: str = "NVIDIA-L4") -> dict:
-    """A Node that kwok manages; GPU nodes carry the GPU capacity, product label and taint."""
-    capacity = {"cpu": cpu, "memory": memory, "pods": pods, "ephemeral-storage": "500Gi"}
-    labels = {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
-              "kubernetes.io/arch": "amd64", "type": "kwok"}
-    taints = []
-    if gpus:
-        capacity[GPU_RESOURCE] = str(gpus)
-        labels.update({GPU_PRODUCT_LABEL: gpu_product, "nvidia.com/gpu.present": "true",
-                       "nvidia.com/gpu.count": str(gpus)})
-        taints.append(dict(GPU_TAINT))
-    return {
-        "apiVersion": "v1",
-        "kind": "Node",
-        "metadata": {"name": name, "labels": labels,
-                     "annotations": {KWOK_NODE_ANNOTATION: "fake", "node.alpha.kubernetes.io/ttl": "0"}},
-        "spec": {"taints": taints},
-        "status": {"capacity": capacity, "allocatable": dict(capacity),
-                   "nodeInfo": {"architecture": "amd64", "operatingSystem": "linux",
-                                "kubeletVersion": "fake", "kubeProxyVersion": "fake"}},
-    }
-
-
-def node_ready(node: dict) -> bool:
-    return any(c["type"] == "Ready" and c["status"] == "True"
-               for c in node.get("status", {}).get("conditions", []))
-
-
-def tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
-def ssl_context(ca_file: Path) -> ssl.SSLContext:
-    return ssl.create_default_context(cafile=str(ca_file))
-
-
-class Kube:
-    """The operator's Kubernetes client (`kubellama_operator.kube`, driven synchronously) with what the tests
-    need on top: paths from API discovery, CRDs applied and waited for, polling."""
-
-    def __init__(self, url: str, token: str, ca_file: Path, *, login: Callable[[], Any] | None = None):
-        self.api = SyncKubeClient(login or token_login(url, token, str(ca_file)))
-        self._resources: dict[tuple[str, str], tuple[str, bool]] = {}
-        self._names: dict[str, tuple[str, str]] = {}
-
-    @classmethod
-    def from_kubeconfig(cls) -> "Kube":
-        """A client for the cluster of $KUBECONFIG (any credentials kopf reads: tokens, client certificates)."""
-        return cls("", "", Path(), login=kubeconfig_login)
-
-    def __enter__(self) -> "Kube":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self.api.close()
-
-    # ---- raw verbs -------------------------------------------------------------------
-    def request(self, method: str, path: str, *, missing_ok: bool = False, json: Any = None,
-                params: dict[str, Any] | None = None, content_type: str = "application/json") -> dict | None:
-        try:
-            out = self.api.request(method, path, body=json, content_type=content_type,
-                                   params={k: str(v) for k, v in (params or {}).items()} or None)
-        except ApiError as exc:
-            if exc.status == 404 and missing_ok:
-                return None
-            raise
-        return out if isinstance(out, dict) else {}
-
-    def get(self, path: str, missing_ok: bool = False, **params: Any) -> dict | None:
-        return self.request("GET", path, missing_ok=missing_ok, params=params)
-
-    def post(self, path: str, body: dict) -> dict:
-        return self.request("POST", path, json=body)
-
-    def delete(self, path: str, missing_ok: bool = True, **params: Any) -> dict | None:
-        return self.request("DELETE", path, missing_ok=missing_ok, params=params)
-
-    def patch(self, path: str, body: dict, kind: str = "merge") -> dict:
-        ctype = {"merge": "application/merge-patch+json",
-                 "strategic": "application/strategic-merge-patch+json",
-                 "json": "application/json-patch+json"}[kind]
-        return self.request("PATCH", path, json=body, content_type=ctype)
-
-    # ---- objects by apiVersion/kind ----------------------------------------------------
-    def resource(self, api_version: str, kind: str) -> tuple[str, bool]:
-        """(plural, namespaced) for a kind, from API discovery."""
-        key = (api_version, kind)
-        if key not in self._resources:
-            base = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
-            for res in self.get(base)["resources"]:
-                if "/" not in res["name"]:
-                    self._resources[(api_version, res["kind"])] = (res["name"], res["namespaced"])
-        if key not in self._resources:
-            raise KeyError(f"the API server serves no {kind} in {api_version}")
-        return self._resources[key]
-
-    def kind_named(self, name: str) -> tuple[str, str]:
-        """(apiVersion, kind) of a resource as kubectl names it: plural, singular, kind or short name
-        ("pvc", "llama", "statefulsets"), from API discovery (preferred versions)."""
-        if name.lower() not in self._names:  # (again: a CRD may have been installed since)
-            versions = ["v1"] + [g["preferredVersion"]["groupVersion"] for g in self.get("/apis")["groups"]]
-            for version in reversed(versions):  # the core group wins a name it shares
-                base = "/api/v1" if version == "v1" else f"/apis/{version}"
-                try:
-                    found = (self.get(base, missing_ok=True) or {}).get("resources", [])
-                except ApiError:  # an aggregated API that is not available: not a name the tests use
-                    continue
-                for res in found:
-                    if "/" in res["name"]:
-                        continue
-                    self._resources[(version, res["kind"])] = (res["name"], res["namespaced"])
-                    for alias in (res["name"], res.get("singularName") or res["kind"].lower(), res["kind"].lower(),
-                                  *res.get("shortNames", [])):
-                        self._names[alias] = (version, res["kind"])
-        try:
-            return self._names[name.lower()]
-        except KeyError:
-            raise KeyError(f"the API server serves no resource named {name!r}") from None
-
-    def path(self, api_version: str, kind: str, namespace: str | None = None,
-             name: str | None = None) -> str:
-        plural, namespaced = self.resource(api_version, kind)
-        base = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
-        if namespaced:
-            if not namespace:
-                raise ValueError(f"{kind} is namespaced: give a namespace")
-            base += f"/namespaces/{namespace}"
-        return f"{base}/{plural}" + (f"/{name}" if name else "")
-
-    def path_of(self, obj: dict, namespace: str | None = None, named: bool = True) -> str:
-        meta = obj.get("metadata", {})
-        return self.path(obj["apiVersion"], obj["kind"], meta.get("namespace") or namespace,
-                         meta.get("name") if named else None)
-
-    def create(self, obj: dict, namespace: str | None = None) -> dict:
-        return self.post(self.path_of(obj, namespace, named=False), obj)
-
-    def apply(self, obj: dict, namespace: str | None = None, manager: str = "kubellama-tests") -> dict:
-        """Server-side apply (force)."""
-        return self.request("PATCH", self.path_of(obj, namespace), json=obj,
-                            content_type="application/apply-patch+yaml",
-                            params={"fieldManager": manager, "force": "true"})
-
-    def read(self, api_version: str, kind: str, name: str, namespace: str | None = None,
-             missing_ok: bool = True) -> dict | None:
-        return self.get(self.path(api_version, kind, namespace, name), missing_ok=missing_ok)
-
-    def list(self, api_version: str, kind: str, namespace: str | None = None,
-             **params: Any) -> list[dict]:
-        return self.get(self.path(api_version, kind, namespace), **params)["items"]
-
-    def remove(self, api_version: str, kind: str, name: str, namespace: str | None = None,
-               **params: Any) -> dict | None:
-        return self.delete(self.path(api_version, kind, namespace, name), **params)
-
-    def apply_crd(self, crd: dict, timeout: float = 60.0) -> dict:
-        """Apply a CustomResourceDefinition and wait until its kinds are served."""
-        applied = self.apply(crd)
-        name = crd["metadata"]["name"]
-
-        def established() -> bool:
-            got = self.read("apiextensions.k8s.io/v1", "CustomResourceDefinition", name) or {}
-            return any(c["type"] == "Established" and c["status"] == "True"
-                       for c in (got.get("status") or {}).get("conditions") or [])
-
-        self.wait_for(established, f"CRD {name} Established", timeout)
-        group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
-        for version in crd["spec"]["versions"]:
-            if version.get("served", True):
-                self.wait_for(lambda v=version["name"]: self.resource(f"{group}/{v}", kind),
-                              f"{kind} {group}/{version['name']} served", timeout)
-        return applied
-
-    def wait_for(self, probe: Callable[[], Any], what: str, timeout: float = 60.0,
-                 interval: float = 0.25) -> Any:
-        """Poll until `probe()` is truthy; fail naming `what` and the last value seen."""
-        # KeyError: a kind not served yet
-        return wait_until(probe, what, timeout, interval=interval, transient=(ApiError, KeyError))
 
 
 def _main(argv: list[str]) -> int:
