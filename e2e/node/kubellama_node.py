@@ -39,29 +39,15 @@ sys.path.insert(0, str(REPO_ROOT / "e2e" / "controlplane"))
 import kubellama_controlplane as kcp  # noqa: E402
 from kubellama_server.testing.wait import free_port  # noqa: E402
 
-NODE_NAME = "kubellama-node"
-NODE_IP = "10.253.0.1"           # a second address of the loopback interface
-BRIDGE = "kubellama-br0"
-POD_SUBNET = "10.244.0.0/24"     # the bridge's pods (kwok's fake pods use the rest of /16)
-POD_GATEWAY = "10.244.0.1"
-BLACKHOLE_ROUTES = (kcp.SERVICE_CIDR, "10.244.0.0/16")
-KUBELET_PORT = 10250
-RUN_DIR = Path("/run/kubellama-node")   # sockets: short paths
-CONTAINERD_SOCK = RUN_DIR / "containerd.sock"
-BUILDKIT_SOCK = RUN_DIR / "buildkitd.sock"
-K8S_NAMESPACE = "k8s.io"
-PAUSE_IMAGE = "localhost/kubellama-pause:1"
-FIREWALL_COMMENT = "kubellama-node: pods stay on this machine"
-BINARIES = ("kubelet", "kube-proxy", "containerd", "containerd-shim-runc-v2", "ctr", "runc",
-            "bridge", "host-local", "loopback", "portmap", "coredns", "buildkitd", "buildctl")
+# the node's parts (e2e/node/node_*.py); their names stay importable from here
+from node_config import (  # noqa: E402,F401
+    BINARIES, BUILDKIT_SOCK, CONTAINERD_SOCK, K8S_NAMESPACE, NODE_IP, NODE_NAME, PAUSE_IMAGE, POD_SUBNET, RUN_DIR,
+    cache_dir, cni_config, containerd_config, corefile, hostpath_volume, kube_proxy_config, kubelet_config)
+from node_host import cleanup_host, log, setup_host_network, sh  # noqa: E402
 
 
 class NodeUnavailable(RuntimeError):
     """This machine cannot run the local node (one line saying why)."""
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("KUBELLAMA_CACHE") or Path.home() / ".cache" / "kubellama")
 
 
 def _script_output(script: str, flag: str) -> Path:
@@ -96,148 +82,6 @@ def unavailable_reason() -> str | None:
     if not _script_output("base.sh", "--print-path").is_file():
         return "the node's base image is not made: run `make node`"
     return None
-
-
-def sh(*cmd: str, check: bool = True, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
-    proc = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, **kw)
-    if check and proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
-    return proc
-
-
-def log(message: str) -> None:
-    print(f"[node {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-# ---- configuration files (pure) --------------------------------------------------------------
-
-def containerd_config(bin_dir: Path, root: Path, state: Path, cni_conf: Path) -> str:
-    return f"""version = 3
-root = "{root}"
-state = "{state}"
-[grpc]
-  address = "{CONTAINERD_SOCK}"
-[ttrpc]
-  address = "{CONTAINERD_SOCK}.ttrpc"
-[plugins."io.containerd.cri.v1.images"]
-  snapshotter = "overlayfs"
-  [plugins."io.containerd.cri.v1.images".pinned_images]
-    sandbox = "{PAUSE_IMAGE}"
-[plugins."io.containerd.cri.v1.runtime"]
-  # This VM refuses negative oom_score_adj, even to root (the kubelet asks -998).
-  restrict_oom_score_adj = true
-  [plugins."io.containerd.cri.v1.runtime".containerd]
-    default_runtime_name = "runc"
-    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
-        SystemdCgroup = false
-        BinaryName = "{bin_dir / 'runc'}"
-  [plugins."io.containerd.cri.v1.runtime".cni]
-    bin_dirs = ["{bin_dir}"]
-    conf_dir = "{cni_conf}"
-[plugins."io.containerd.grpc.v1.cri"]
-  stream_server_address = "127.0.0.1"
-  stream_server_port = "0"
-"""
-
-
-def cni_config(ipam_dir: Path) -> dict:
-    return {
-        "cniVersion": "1.0.0",
-        "name": "kubellama",
-        "plugins": [
-            {"type": "bridge", "bridge": BRIDGE, "isGateway": True, "ipMasq": False,
-             "hairpinMode": True,
-             "ipam": {"type": "host-local", "dataDir": str(ipam_dir),
-                      "ranges": [[{"subnet": POD_SUBNET, "gateway": POD_GATEWAY}]],
-                      "routes": [{"dst": "0.0.0.0/0"}]}},
-            {"type": "portmap", "capabilities": {"portMappings": True}},
-        ],
-    }
-
-
-def kubelet_config(resolv_conf: Path) -> dict:
-    return {
-        "apiVersion": "kubelet.config.k8s.io/v1beta1",
-        "kind": "KubeletConfiguration",
-        # cgroup v1 host, no systemd (see shared notes on the local node).
-        "failCgroupV1": False,
-        "cgroupDriver": "cgroupfs",
-        "cgroupsPerQOS": False,
-        "enforceNodeAllocatable": [],
-        "failSwapOn": False,
-        "containerRuntimeEndpoint": f"unix://{CONTAINERD_SOCK}",
-        "address": NODE_IP,
-        "port": KUBELET_PORT,
-        "readOnlyPort": 0,
-        "healthzBindAddress": "127.0.0.1",
-        "healthzPort": 0,
-        # Only the API server reaches this address (logs, exec, port-forward).
-        "authentication": {"anonymous": {"enabled": True}, "webhook": {"enabled": False}},
-        "authorization": {"mode": "AlwaysAllow"},
-        "clusterDNS": [NODE_IP],
-        "clusterDomain": "cluster.local",
-        "resolvConf": str(resolv_conf),
-        "evictionHard": {"memory.available": "1Mi", "nodefs.available": "1%",
-                         "imagefs.available": "1%"},
-        "imageGCHighThresholdPercent": 100,
-        "imageGCLowThresholdPercent": 99,
-        "serializeImagePulls": False,
-        "syncFrequency": "10s",
-        "fileCheckFrequency": "10s",
-        "nodeStatusUpdateFrequency": "5s",
-        "shutdownGracePeriod": "0s",
-        "rotateCertificates": False,
-        "serverTLSBootstrap": False,
-    }
-
-
-def kube_proxy_config(kubeconfig: Path, metrics_port: int, healthz_port: int) -> dict:
-    return {
-        "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
-        "kind": "KubeProxyConfiguration",
-        "clientConnection": {"kubeconfig": str(kubeconfig)},
-        "mode": "iptables",
-        "clusterCIDR": POD_SUBNET,
-        "hostnameOverride": NODE_NAME,
-        "bindAddress": NODE_IP,
-        "metricsBindAddress": f"127.0.0.1:{metrics_port}",
-        "healthzBindAddress": f"127.0.0.1:{healthz_port}",
-        # Replies of pod -> Service -> pod on the same bridge go back through the host.
-        "iptables": {"masqueradeAll": True, "syncPeriod": "5s", "minSyncPeriod": "0s"},
-        "conntrack": {"maxPerCore": 0},  # leave the host's conntrack table size alone
-        "nodePortAddresses": [f"{NODE_IP}/32"],
-    }
-
-
-def corefile(kubeconfig: Path) -> str:
-    return f""".:53 {{
-    bind {NODE_IP}
-    errors
-    kubernetes cluster.local in-addr.arpa ip6.arpa {{
-        kubeconfig {kubeconfig}
-        pods insecure
-        fallthrough in-addr.arpa ip6.arpa
-    }}
-    cache 10
-}}
-"""
-
-
-def hostpath_volume(name: str, path: Path, size: str = "20Gi") -> dict:
-    """A PersistentVolume backed by a folder on the node (no provisioner runs here)."""
-    return {
-        "apiVersion": "v1", "kind": "PersistentVolume",
-        "metadata": {"name": name, "labels": {"type": "local-node"}},
-        "spec": {
-            "capacity": {"storage": size},
-            "accessModes": ["ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany"],
-            "persistentVolumeReclaimPolicy": "Retain",
-            "storageClassName": "standard",
-            "hostPath": {"path": str(path), "type": "DirectoryOrCreate"},
-        },
-    }
 
 
 # ---- the node ------------------------------------------------------------------------------
@@ -395,106 +239,6 @@ class LocalNode(kcp.Processes):
             return hostpath_volume(f"node-pv-{i}", folder)
 
         self.cp.ensure_volumes(available, make_volume)
-
-
-# ---- host set-up and clean-up --------------------------------------------------------------
-
-def _link_exists(name: str) -> bool:
-    return sh("ip", "link", "show", name, check=False).returncode == 0
-
-
-def setup_host_network() -> None:
-    """The node's address (on loopback: this kernel has no dummy links), blackhole routes for
-    the cluster ranges, forwarding for the bridge, and a firewall rule that keeps pod traffic
-    off every interface but the bridge."""
-    sh("ip", "addr", "replace", f"{NODE_IP}/32", "dev", "lo")
-    for cidr in BLACKHOLE_ROUTES:
-        sh("ip", "route", "replace", "blackhole", cidr)
-    for key, value in (("net/ipv4/ip_forward", "1"), ("net/bridge/bridge-nf-call-iptables", "1")):
-        with contextlib.suppress(OSError):
-            Path("/proc/sys", key).write_text(value)
-    rule = ["FORWARD", "-i", BRIDGE, "!", "-o", BRIDGE, "-m", "comment", "--comment", FIREWALL_COMMENT,
-            "-j", "REJECT"]
-    if sh("iptables", "-C", *rule, check=False).returncode != 0:
-        sh("iptables", "-I", *rule)
-
-
-def _mounts_under(prefixes: list[str]) -> list[str]:
-    """Mount points under one of `prefixes`, or that the kubelet made for pods' volumes
-    (under any kubelet root: a run killed before its clean-up leaves them in its folder)."""
-    points = []
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/self/mounts").read_text().splitlines():
-            point = line.split()[1].replace("\\040", " ")
-            if (any(point.startswith(p) for p in prefixes) or "/kubelet/pods/" in point
-                    or point.endswith("/node/kubelet")):  # LocalNode's kubelet root, bind-mounted on itself
-                points.append(point)
-    return sorted(points, key=len, reverse=True)
-
-
-def _our_pids(markers: list[str]) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        with contextlib.suppress(OSError):
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            if any(m in cmdline for m in markers):
-                pids.append(int(entry.name))
-    return pids
-
-
-def _container_pids() -> list[int]:
-    """Processes in cgroups that containerd's runc made for the node's pods."""
-    pids: set[int] = set()
-    for root in Path("/sys/fs/cgroup/pids").glob("**/cgroup.procs") if Path("/sys/fs/cgroup/pids").is_dir() else []:
-        if "kubepods" in str(root) or "/k8s.io/" in str(root):
-            with contextlib.suppress(OSError, ValueError):
-                pids.update(int(p) for p in root.read_text().split())
-    return sorted(pids)
-
-
-def _remove_kube_chains() -> None:
-    """The kubelet's and kube-proxy's iptables chains (KUBE-*), and the jumps into them."""
-    for table in ("filter", "nat", "mangle"):
-        rules = sh("iptables", "-t", table, "-S", check=False).stdout.splitlines()
-        for rule in rules:
-            parts = rule.split()
-            if parts[:1] == ["-A"] and not parts[1].startswith("KUBE-") and "-j" in parts \
-                    and parts[parts.index("-j") + 1].startswith("KUBE-"):
-                sh("iptables", "-t", table, "-D", *parts[1:], check=False)
-        chains = [r.split()[1] for r in rules if r.startswith("-N KUBE-")]
-        for chain in chains:
-            sh("iptables", "-t", table, "-F", chain, check=False)
-        for chain in chains:
-            sh("iptables", "-t", table, "-X", chain, check=False)
-
-
-def cleanup_host(bin_dir: Path, kube_proxy: Path | None = None, also_under: Path | None = None) -> None:
-    """Remove what a node run leaves: container processes and shims, mounts, pod network
-    namespaces, kube-proxy's rules, the bridge. Safe to run when nothing is left."""
-    for pid in _our_pids([f"-address {CONTAINERD_SOCK}", str(RUN_DIR)]) + _container_pids():
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
-    time.sleep(0.2)
-    runtime = cache_dir() / "node-runtime"
-    for point in _mounts_under([str(RUN_DIR) + "/", "/run/netns/cni-", "/var/run/netns/cni-",
-                                str(runtime / "containerd") + "/",
-                                *([str(also_under) + "/"] if also_under else [])]):
-        sh("umount", "-l", point, check=False)
-    for netns in Path("/run/netns").glob("cni-*") if Path("/run/netns").is_dir() else []:
-        sh("ip", "netns", "delete", netns.name, check=False)
-    if kube_proxy is None and (bin_dir / "kube-proxy").exists():
-        kube_proxy = bin_dir / "kube-proxy"
-    if kube_proxy:
-        sh(str(kube_proxy), "--cleanup", check=False, timeout=60)
-    _remove_kube_chains()
-    if _link_exists(BRIDGE):
-        sh("ip", "link", "delete", BRIDGE, check=False)
-    with contextlib.suppress(OSError):
-        for sock in RUN_DIR.glob("*.sock*"):
-            sock.unlink()
-        shutil.rmtree(RUN_DIR / "containerd", ignore_errors=True)
 
 
 @contextlib.contextmanager
