@@ -8,7 +8,7 @@ import json
 from e2e_support import Kube
 
 #: Runs in the kubellama-server image: completions through the Service until /tmp/stop exists, one JSON
-#: line per failure and a summary line at the end.
+#: line per failure, per new model and per 10 answers ("progress"), and a summary line at the end.
 CLIENT = r"""
 import json, os, time, urllib.request
 url, ok, failed, models, first = os.environ["URL"], 0, 0, [], None
@@ -19,6 +19,8 @@ while not os.path.exists("/tmp/stop"):
         with urllib.request.urlopen(req, timeout=60) as r:
             model = json.loads(r.read())["model"]
         ok += 1
+        if ok % 10 == 0:
+            print(json.dumps({"event": "progress", "ok": ok, "model": model}), flush=True)
         if model not in models:
             models.append(model)
             print(json.dumps({"event": "model", "model": model}), flush=True)

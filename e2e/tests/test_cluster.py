@@ -498,7 +498,10 @@ def test_model_change_with_a_shared_cache_and_surge_fails_no_request(ns: Kube, m
         ns.wait_for("the new model on a new pod, the surge pod gone", changed, timeout=600, llamaserver=name)
         ns.wait_for("the client to get the new model", lambda: any(
             e.get("model") == "tiny-v2" for e in client_lines(ns, client)), timeout=60)
-        time.sleep(3)
+        def answered() -> int:
+            return max([e["ok"] for e in client_lines(ns, client) if e.get("event") == "progress"] or [0])
+        after = answered() + 20  # the old pods gone: twenty more requests through the Service, then stop
+        ns.wait_for("twenty more answers after the change", lambda: answered() >= after, timeout=120)
         ns("exec", client, "--", "touch", "/tmp/stop")
         ns.wait_for("the client's summary", lambda: any(e.get("event") == "summary"
                                                          for e in client_lines(ns, client)), timeout=120)
