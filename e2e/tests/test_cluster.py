@@ -13,6 +13,7 @@ import json
 import os
 import time
 import urllib.request
+from typing import Any
 
 import pytest
 
@@ -298,21 +299,31 @@ def _replica_pods(ns: Kube, name: str, ready: bool = False) -> list[dict]:
     return [p for p in pods if p["metadata"].get("labels", {}).get("app.kubernetes.io/component") != "router"]
 
 
+def tiny_llamaserver(name: str, model_server: str, *, context_size: int | None = None, slots: bool = True,
+                     **spec: Any) -> dict:
+    """The e2e LlamaServer (manifests/llamaserver.yaml) as `name`, pinned to the served model's sha256, with
+    the spec's top-level fields in `spec` replaced."""
+    (manifest,) = load_manifest("llamaserver.yaml")
+    manifest = copy.deepcopy(manifest)
+    manifest["metadata"]["name"] = name
+    manifest["spec"]["model"]["sha256"] = model_server
+    if context_size is not None:
+        manifest["spec"]["server"]["contextSize"] = context_size
+    if not slots:
+        manifest["spec"]["storage"]["slots"] = {"enabled": False}
+    manifest["spec"].update(spec)
+    return manifest
+
+
 def test_router_serves_from_zero_and_scales_back_to_zero(ns: Kube, model_server: str) -> None:
     """spec.routing with spec.autoscaling.minReplicas 0: nothing runs until a request comes; the
     router holds it while the operator's scale-up brings a replica to Ready (model download and
     load included), follows the replica's endpoint, answers through it, and scales back to zero
     once idle."""
-    (manifest,) = load_manifest("llamaserver.yaml")
-    manifest = copy.deepcopy(manifest)
-    manifest["metadata"]["name"] = "routed"
-    manifest["spec"]["model"]["sha256"] = model_server
-    manifest["spec"]["replicas"] = 0
-    manifest["spec"]["storage"]["slots"] = {"enabled": False}
-    manifest["spec"]["routing"] = {"enabled": True, "strategy": "prefix"}
-    manifest["spec"]["autoscaling"] = {"enabled": True, "minReplicas": 0, "maxReplicas": 1, "targetRequests": 1,
-                                       "windowSeconds": 5, "scaleDownDelaySeconds": 5, "holdSeconds": 300}
-    ns.apply(manifest)
+    ns.apply(tiny_llamaserver(
+        "routed", model_server, slots=False, replicas=0, routing={"enabled": True, "strategy": "prefix"},
+        autoscaling={"enabled": True, "minReplicas": 0, "maxReplicas": 1, "targetRequests": 1,
+                     "windowSeconds": 5, "scaleDownDelaySeconds": 5, "holdSeconds": 300}))
     try:
         ns.wait_for("the router of LlamaServer routed Ready",
                     lambda: (ns.get("deployment", "routed-router") or {}).get("status", {}).get("readyReplicas") == 1,
@@ -346,15 +357,8 @@ def test_router_keeps_conversations_on_the_replica_holding_their_cache(ns: Kube,
     prompt goes to the replica that holds its previous turns' KV cache, and in its own slot there
     (the Service alone would pick a pod at random; the server once gave the second conversation
     the first one's slot)."""
-    (manifest,) = load_manifest("llamaserver.yaml")
-    manifest = copy.deepcopy(manifest)
-    manifest["metadata"]["name"] = "sticky"
-    manifest["spec"]["model"]["sha256"] = model_server
-    manifest["spec"]["replicas"] = 2
-    manifest["spec"]["server"]["contextSize"] = 2048
-    manifest["spec"]["storage"]["slots"] = {"enabled": False}
-    manifest["spec"]["routing"] = {"enabled": True, "strategy": "prefix"}
-    ns.apply(manifest)
+    ns.apply(tiny_llamaserver("sticky", model_server, context_size=2048, slots=False, replicas=2,
+                              routing={"enabled": True, "strategy": "prefix"}))
     try:
         ns.wait_for("LlamaServer sticky Ready with 2 replicas", lambda: llamaserver_ready(ns, "sticky", 2),
                     timeout=float(os.environ.get("E2E_READY_TIMEOUT", "600")), llamaserver="sticky")
@@ -393,17 +397,11 @@ def test_router_scales_up_under_a_queue_and_back_down_when_idle(ns: Kube, model_
     router raises spec.replicas to maxReplicas (never past it), the router follows the second pod
     when the burst outlasts its start-up (the tiny model answers it in 1 to 20 s, with the machine's
     load); once idle the LlamaServer scales back down to minReplicas."""
-    (manifest,) = load_manifest("llamaserver.yaml")
-    manifest = copy.deepcopy(manifest)
-    manifest["metadata"]["name"] = "bursty"
-    manifest["spec"]["model"]["sha256"] = model_server
-    manifest["spec"]["replicas"] = 1
-    manifest["spec"]["server"]["contextSize"] = 2048
-    manifest["spec"]["storage"]["slots"] = {"enabled": False}
-    manifest["spec"]["routing"] = {"enabled": True, "strategy": "least-load"}
-    manifest["spec"]["autoscaling"] = {"enabled": True, "minReplicas": 1, "maxReplicas": 2, "targetRequests": 1,
-                                       "windowSeconds": 2, "scaleDownDelaySeconds": 3, "holdSeconds": 60}
-    ns.apply(manifest)
+    ns.apply(tiny_llamaserver(
+        "bursty", model_server, context_size=2048, slots=False, replicas=1,
+        routing={"enabled": True, "strategy": "least-load"},
+        autoscaling={"enabled": True, "minReplicas": 1, "maxReplicas": 2, "targetRequests": 1,
+                     "windowSeconds": 2, "scaleDownDelaySeconds": 3, "holdSeconds": 60}))
     seen: list[int] = []
     try:
         ns.wait_for("LlamaServer bursty Ready", lambda: llamaserver_ready(ns, "bursty", 1),
