@@ -233,7 +233,9 @@ def test_embeddings_and_completions_still_work(rr_server):
     assert e.status_code == 200, e.text
     vec = e.json()["data"][0]["embedding"]
     assert len(vec) == 2 and math.isclose(math.hypot(*vec), 1.0, rel_tol=1e-5)
-    c = httpx.post(rr_server.url + "/completion", json={"prompt": "hello", "n_predict": 4}, timeout=60)
+    # ignore_eos: the tiny model samples its EOS within 4 tokens about once in 100 runs
+    c = httpx.post(rr_server.url + "/completion", json={"prompt": "hello", "n_predict": 4, "ignore_eos": True},
+                   timeout=60)
     assert c.status_code == 200 and c.json()["tokens_predicted"] == 4
 
 
