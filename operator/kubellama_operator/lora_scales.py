@@ -89,13 +89,11 @@ def scales_condition(expected: Sequence[float], observed: Mapping[str, Sequence[
 
 
 def _ready_ips(pods: Sequence[dict[str, Any]]) -> dict[str, str]:
-    out = {}
-    for pod in pods:
-        status = pod.get("status") or {}
-        ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
-        if ready and status.get("podIP") and not pod.get("metadata", {}).get("deletionTimestamp"):
-            out[pod["metadata"]["name"]] = status["podIP"]
-    return out
+    """Ready pods (as the status counts them) with an IP: pod name -> IP."""
+    from .status import pod_view  # status -> builders -> networkpolicy -> this module
+
+    return {pod["metadata"]["name"]: ip for pod in pods
+            if (ip := (pod.get("status") or {}).get("podIP")) and pod_view(pod).stage == "Ready"}
 
 
 async def _scrape(session: aiohttp.ClientSession, ip: str, port: int) -> tuple[float, ...] | None:
@@ -110,14 +108,14 @@ async def _scrape(session: aiohttp.ClientSession, ip: str, port: int) -> tuple[f
     return parse_scales(body.decode("utf-8", "replace"))
 
 
-async def scrape_scales(pods: Sequence[dict[str, Any]], *, port: int = SERVER_PORT,
+async def scrape_scales(pods: Sequence[dict[str, Any]], *, port: int | None = None,
                         timeout: float = SCRAPE_TIMEOUT) -> dict[str, tuple[float, ...] | None]:
     """Each Ready pod's scales (pod name -> scales, None when unreadable), scraped in parallel."""
     ips = _ready_ips(pods)
     if not ips:
         return {}
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
-        results = await asyncio.gather(*(_scrape(session, ip, port) for ip in ips.values()))
+        results = await asyncio.gather(*(_scrape(session, ip, port or SERVER_PORT) for ip in ips.values()))
     return dict(zip(ips, results))
 
 

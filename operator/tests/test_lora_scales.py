@@ -70,8 +70,8 @@ def test_event_when_drift_appears_changes_or_ends():
 
 
 def _pod(name, ip, ready=True):
-    return {"metadata": {"name": name},
-            "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}}
+    return {"metadata": {"name": name}, "status": {"podIP": ip, "containerStatuses": [
+        {"name": "server", "ready": ready, "state": {"running": {}}}]}}
 
 
 def test_scrape_reads_real_servers_and_sees_a_post(tmp_path):
