@@ -82,7 +82,8 @@ def scales_condition(expected: Sequence[float], observed: Mapping[str, Sequence[
     if not read:
         return None, "NotScraped", ("could not read the LoRA scales of any ready pod (/metrics)" if unread
                                     else "no ready pod to compare")
-    message = f"{len(read)} ready pods run the spec's LoRA scales {_fmt(expected)}"
+    message = (f"{len(read)} ready pods run" if len(read) > 1 else "the ready pod runs") + \
+        f" the spec's LoRA scales {_fmt(expected)}"
     if unread:
         message += f"; could not read {', '.join(unread[:MAX_LISTED])}"
     return True, "ScalesAgree", message

@@ -49,7 +49,7 @@ def test_condition_names_the_drifted_pods_and_their_scales():
     many = {f"s-{i}": (0.0, 0.0) for i in range(8)}
     assert "and 3 more" in scales_condition((1.0, 0.5), many)[2]
     assert scales_condition((1.0, 0.5), {"s-0": (1.0, 0.5), "s-1": None}) == (
-        True, "ScalesAgree", "1 ready pods run the spec's LoRA scales [1, 0.5]; could not read s-1")
+        True, "ScalesAgree", "the ready pod runs the spec's LoRA scales [1, 0.5]; could not read s-1")
     assert scales_condition((1.0,), {"s-0": None})[:2] == (None, "NotScraped")
     assert scales_condition((1.0,), {})[:2] == (None, "NotScraped")
 
