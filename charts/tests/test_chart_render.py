@@ -270,6 +270,10 @@ def test_operator_network_policy_admits_only_prometheus_to_the_metrics_port(rend
     config = operator_config(c)
     assert config.prometheus_namespace_selector == (("kubernetes.io/metadata.name", "monitoring"),)
     assert config.prometheus_pod_selector == (("app.kubernetes.io/name", "prometheus"),)
+    # And the operator's own pods (in POD_NAMESPACE), which read the LoRA scales of the server pods.
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert len(config.operator_pod_selector) > 1 and dict(config.operator_pod_selector).items() <= pod_labels.items()
+    assert any(e["name"] == "POD_NAMESPACE" for e in c["env"])
 
     # Helm merges maps with the defaults: null drops a default label.
     objects = helm.template({"networkPolicy": {"prometheus": {

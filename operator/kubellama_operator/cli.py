@@ -28,6 +28,10 @@ Every flag can also be set by an environment variable (the flag wins):
                             KUBELLAMA_PROMETHEUS_POD_SELECTOR, default app.kubernetes.io/name=prometheus
                             Where the Prometheus that scrapes the server pods runs (k=v,k2=v2; empty:
                             any namespace / any pod): the LlamaServers' NetworkPolicies admit it.
+  --operator-pod-selector LABELS
+                            KUBELLAMA_OPERATOR_POD_SELECTOR, default app.kubernetes.io/component=operator
+                            The operator's own pods (in POD_NAMESPACE): the NetworkPolicies of servers
+                            with LoRA adapters admit them (the operator reads their LoRA scales).
   --allowed-image PATTERN   KUBELLAMA_ALLOWED_IMAGES (comma-separated)
   --hf-endpoint URL         KUBELLAMA_HF_ENDPOINT
   --allowed-service-account PATTERN
@@ -56,7 +60,8 @@ from typing import Any
 import kopf
 
 from . import __version__
-from .config import (DEFAULT_CPU_IMAGE, DEFAULT_CUDA_IMAGE, DEFAULT_PROMETHEUS_NAMESPACES, DEFAULT_PROMETHEUS_PODS,
+from .config import (DEFAULT_CPU_IMAGE, DEFAULT_CUDA_IMAGE, DEFAULT_OPERATOR_PODS, DEFAULT_PROMETHEUS_NAMESPACES,
+                     DEFAULT_PROMETHEUS_PODS,
                      Labels, OperatorConfig)
 from .health import start as start_endpoints
 
@@ -138,6 +143,8 @@ def parser() -> argparse.ArgumentParser:
                                 _labels_text(DEFAULT_PROMETHEUS_NAMESPACES), labels))
     p.add_argument("--prometheus-pod-selector", type=labels, metavar="LABELS",
                    default=_env("KUBELLAMA_PROMETHEUS_POD_SELECTOR", _labels_text(DEFAULT_PROMETHEUS_PODS), labels))
+    p.add_argument("--operator-pod-selector", type=labels, metavar="LABELS",
+                   default=_env("KUBELLAMA_OPERATOR_POD_SELECTOR", _labels_text(DEFAULT_OPERATOR_PODS), labels))
     p.add_argument("--allowed-image", action="append", dest="allowed_images", default=None, metavar="PATTERN",
                    help="allowed spec.image (glob; repeatable); default: any")
     p.add_argument("--allowed-service-account", action="append", dest="allowed_service_accounts", default=None,
@@ -167,6 +174,7 @@ def parse_config(argv: Sequence[str] | None = None) -> OperatorConfig:
         metrics_port=args.metrics_port, health_port=args.health_port,
         prometheus_namespace_selector=args.prometheus_namespace_selector,
         prometheus_pod_selector=args.prometheus_pod_selector,
+        operator_namespace=_env("POD_NAMESPACE", ""), operator_pod_selector=args.operator_pod_selector,
         allowed_images=tuple(args.allowed_images or args.env_allowed_images),
         allowed_service_accounts=tuple(args.allowed_service_accounts or args.env_allowed_service_accounts),
         hf_endpoint=args.hf_endpoint.rstrip("/"))

@@ -12,6 +12,7 @@ DEFAULT_CUDA_IMAGE = f"{IMAGE_REPO}/kubellama-server-cuda:{__version__}"
 #: Where Prometheus runs, for the server pods' NetworkPolicy (kube-prometheus-stack's defaults).
 DEFAULT_PROMETHEUS_NAMESPACES = (("kubernetes.io/metadata.name", "monitoring"),)
 DEFAULT_PROMETHEUS_PODS = (("app.kubernetes.io/name", "prometheus"),)
+DEFAULT_OPERATOR_PODS = (("app.kubernetes.io/component", "operator"),)
 
 Labels = tuple[tuple[str, str], ...]
 
@@ -36,6 +37,10 @@ class OperatorConfig:
     #: their NetworkPolicy admits it. () selects every namespace / every pod.
     prometheus_namespace_selector: Labels = DEFAULT_PROMETHEUS_NAMESPACES
     prometheus_pod_selector: Labels = DEFAULT_PROMETHEUS_PODS
+    #: The operator's own namespace (POD_NAMESPACE) and pods (matchLabels): the NetworkPolicy of a server with LoRA
+    #: adapters admits them (the status pass reads the pods' LoRA scales from /metrics). "": not in a cluster.
+    operator_namespace: str = ""
+    operator_pod_selector: Labels = DEFAULT_OPERATOR_PODS
     #: Allow-lists (glob patterns) for spec.image and spec.serviceAccountName; empty allows any.
     allowed_images: tuple[str, ...] = ()
     allowed_service_accounts: tuple[str, ...] = ()

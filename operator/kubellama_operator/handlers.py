@@ -20,6 +20,7 @@ from . import FIELD_MANAGER, GROUP, PLURAL, VERSION, metrics
 from .builders.meta import LABEL_MANAGED_BY, LABEL_OWNER
 from .config import OperatorConfig
 from .kube import ApiError, KubeClient
+from .lora_scales import scales_event
 from .reconcile import Outcome, reconcile
 
 log = logging.getLogger("kubellama_operator")
@@ -183,6 +184,9 @@ class Operator:
         if outcome.warnings and outcome.message_changed:
             for warning in outcome.warnings:
                 kopf.warn(body, reason="SharedClaimNotShareable", message=warning)
+        lora = scales_event(outcome.previous, status)
+        if lora is not None:
+            kopf.event(body, type=lora[0], reason=lora[1], message=lora[2])
         if outcome.phase_changed or (status.get("phase") in ("Failed", "Degraded") and outcome.message_changed):
             phase = status.get("phase", "")
             reason = "InvalidSpec" if outcome.problems else phase

@@ -564,6 +564,24 @@ def test_networkpolicy_follows_the_operators_prometheus_settings():
     assert build_networkpolicy(owner(), spec, everywhere)["spec"]["ingress"][0]["from"][1] == {"namespaceSelector": {}}
 
 
+def test_networkpolicy_admits_the_operator_to_servers_with_lora_adapters():
+    """The status pass reads the LoRA scales of the server pods (/metrics): their policy admits the operator."""
+    from kubellama_operator.builders.networkpolicy import build_networkpolicy
+
+    config = OperatorConfig(operator_namespace="kubellama-system",
+                            operator_pod_selector=(("app.kubernetes.io/instance", "kl"),
+                                                   ("app.kubernetes.io/component", "operator")))
+    lora = parse({"model": {"url": URL, "loras": [{"url": "https://models.test/sql.gguf"}]}})
+    peers = build_networkpolicy(owner(), lora, config)["spec"]["ingress"][0]["from"]
+    assert peers[2:] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kubellama-system"}},
+                          "podSelector": {"matchLabels": {"app.kubernetes.io/instance": "kl",
+                                                          "app.kubernetes.io/component": "operator"}}}]
+    # No adapters, metrics off (nothing to read), or an operator outside the cluster: not admitted.
+    no_metrics = parse({"model": {"url": URL, "loras": [{"url": URL}]}, "server": {"metrics": False}})
+    for spec, cfg in ((parse(CPU), config), (no_metrics, config), (lora, OperatorConfig())):
+        assert len(build_networkpolicy(owner(), spec, cfg)["spec"]["ingress"][0]["from"]) == 2
+
+
 def test_networkpolicy_is_open_for_a_published_service_and_can_be_turned_off():
     (rule,) = networkpolicy_of(build(PUBLISHED)[0])["spec"]["ingress"]
     assert "from" not in rule and rule["ports"] == [{"protocol": "TCP", "port": 8080}]

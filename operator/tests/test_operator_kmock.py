@@ -326,6 +326,41 @@ async def test_lora_server_downloads_and_reports_its_adapters(api, operator):
     assert_rbac_covers(api)
 
 
+async def test_a_replica_whose_lora_scales_differ_is_reported(api, operator, monkeypatch, tmp_path):
+    """The status pass reads each Ready pod's LoRA scales from /metrics (a real server on loopback plays both pods)."""
+    import asyncio
+
+    import httpx
+
+    from kubellama_operator import lora_scales
+    from kubellama_server.testing.live import LiveServer
+    from kubellama_server.testing.tiny_gguf import build_tiny_gguf, build_tiny_lora
+
+    a, b = build_tiny_lora(tmp_path / "a.gguf"), build_tiny_lora(tmp_path / "b.gguf", seed=7)
+    srv = LiveServer(["-m", str(build_tiny_gguf(tmp_path / "m.gguf")), "-t", "1", "-np", "1", "--metrics",
+                      "--lora", str(a), "--lora-scaled", str(b), "0.5"]).start()
+    monkeypatch.setattr(lora_scales, "SERVER_PORT", srv.port)
+    try:
+        await api.create(LS, "llamaservers", llama(model={"url": URL, "loras": [
+            {"url": "https://models.test/a.gguf"}, {"url": "https://models.test/b.gguf", "scale": 0.5}]}))
+        for name in ("gemma-0", "gemma-1"):
+            ready = pod(name, server=RUNNING, ready=True)
+            ready["status"]["podIP"] = "127.0.0.1"
+            await api.create("v1", "pods", ready)
+        agree = await eventually(lambda: (c := next((c for c in status_of(api).get("conditions", [])
+                                                     if c["type"] == "LoraScalesAgree"), None)) and c["status"] == "True" and c)
+        assert agree["message"] == "2 ready pods run the spec's LoRA scales [1, 0.5]"
+        r = await asyncio.to_thread(httpx.post, srv.url + "/lora-adapters", json=[{"id": 0, "scale": 1.0}])
+        assert r.status_code == 200
+        differ = await eventually(lambda: condition(status_of(api), "LoraScalesAgree")["status"] == "False"
+                                  and condition(status_of(api), "LoraScalesAgree"))
+        assert differ["reason"] == "ScalesDiffer" and "gemma-0 [1, 0], gemma-1 [1, 0]" in differ["message"]
+        assert differ["message"] in status_of(api)["message"]
+        await eventually(lambda: events(api, "LoraScalesDiffer", "Warning"))
+    finally:
+        srv.stop()
+
+
 async def test_missing_secret_is_seen_in_the_pods_status_then_recovers(api, operator):
     """The operator reads no Secret: the kubelet's CreateContainerConfigError of check-api-key says it is missing."""
     await api.create(LS, "llamaservers", llama(apiKeySecretRef={"name": "gemma-key"}))

@@ -71,6 +71,22 @@ def test_lora_scaled_sets_the_default_scale_at_start_up(live_server, tmp_path):
     assert _probs(plain) == started
 
 
+def _lora_gauges(srv) -> dict[str, float]:
+    text = httpx.get(srv.url + "/metrics").text
+    prefix = 'kubellama_lora_adapter_scale{adapter="'
+    return {line[len(prefix):].split('"')[0]: float(line.split()[-1]) for line in text.splitlines() if line.startswith(prefix)}
+
+
+def test_metrics_export_the_lora_scales(live_server, tmp_path):
+    """/metrics shows each adapter's default scale and follows POST /lora-adapters (the operator compares replicas)."""
+    a, b = build_tiny_lora(tmp_path / "a.gguf"), build_tiny_lora(tmp_path / "b.gguf", seed=7)
+    srv = live_server("--metrics", "--lora", str(a), "--lora-scaled", str(b), "0.5", "-np", "1")
+    assert _lora_gauges(srv) == {"0": 1.0, "1": 0.5}
+    assert httpx.post(srv.url + "/lora-adapters", json=[{"id": 1, "scale": 2.0}]).status_code == 200
+    assert _lora_gauges(srv) == {"0": 0.0, "1": 2.0}
+    assert _lora_gauges(live_server("--metrics")) == {}  # no adapters, no series
+
+
 @pytest.mark.parametrize("args, needle", [
     (["--lora-scaled", "a.gguf"], "expected 2 arguments"),
     (["--lora-scaled", "a.gguf", "x"], "FNAME SCALE"),

@@ -14,6 +14,7 @@ Command-line arguments of kubellama-operator (see `kubellama-operator --help`).
 - --image-pull-policy={{ .Values.serverImages.pullPolicy }}
 - --prometheus-namespace-selector={{ include "kubellama.matchLabelsText" .Values.networkPolicy.prometheus.namespaceSelector }}
 - --prometheus-pod-selector={{ include "kubellama.matchLabelsText" .Values.networkPolicy.prometheus.podSelector }}
+- --operator-pod-selector={{ include "kubellama.matchLabelsText" (include "kubellama.operator.selectorLabels" . | fromYaml) }}
 {{- with $op.huggingFaceEndpoint }}
 - --hf-endpoint={{ . }}
 {{- end }}

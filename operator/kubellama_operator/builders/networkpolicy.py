@@ -1,4 +1,5 @@
-"""The NetworkPolicy that admits only the router, Prometheus and the sources the spec names to the server pods."""
+"""The NetworkPolicy that admits only the router, Prometheus, the sources the spec names and (LoRA adapters with
+metrics on) the operator to the server pods."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from typing import Any
 
 from ..config import OperatorConfig
 from ..api import LlamaServerSpec
+from ..lora_scales import wants_check
 from ..spec import SERVER_PORT
 from .meta import LABEL_COMPONENT, Body, object_meta, selector_labels
 
@@ -28,6 +30,9 @@ def allowed_peers(spec: LlamaServerSpec, config: OperatorConfig) -> list[dict[st
     if config.prometheus_pod_selector:
         prometheus["podSelector"] = {"matchLabels": dict(config.prometheus_pod_selector)}
     peers = [{"podSelector": {"matchLabels": dict(ROUTER_LABELS)}}, prometheus]
+    if wants_check(spec) and config.operator_namespace:  # the status pass reads the pods' LoRA scales
+        peers.append({"namespaceSelector": {"matchLabels": {NAMESPACE_NAME_LABEL: config.operator_namespace}},
+                      "podSelector": {"matchLabels": dict(config.operator_pod_selector)}})
     if policy.allowed_namespaces:
         peers.append({"namespaceSelector": {"matchExpressions": [{
             "key": NAMESPACE_NAME_LABEL, "operator": "In", "values": sorted(set(policy.allowed_namespaces))}]}})

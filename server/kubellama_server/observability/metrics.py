@@ -13,6 +13,10 @@ Histogram buckets (seconds), chosen for CPU and GPU serving of small to mid-size
 - `kubellama_request_duration_seconds`: DURATION_BUCKETS (request received -> last token / embedding)
 - `kubellama_queue_wait_seconds`: QUEUE_BUCKETS (request received -> slot assigned)
 - `kubellama_image_seconds`: IMAGE_BUCKETS (one prompt image encoded and decoded into its slot)
+
+`kubellama_lora_adapter_scale{adapter="ID"}` is the current default scale of each loaded
+LoRA adapter (`--lora`, `--lora-scaled`, `POST /lora-adapters`); the operator compares it
+across replicas.
 """
 
 from __future__ import annotations
@@ -107,6 +111,27 @@ class LlamaCppCollector:
         yield gauge("llamacpp:requests_deferred", "Number of requests deferred.", deferred)
 
 
+class LoraCollector:
+    """`kubellama_lora_adapter_scale`: the default scale of each loaded adapter, at scrape time."""
+
+    def __init__(self, engine: "Engine"):
+        self.engine = engine
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        sched = self.engine.scheduler
+        if sched is None or self.engine.ctx is None or not self.engine.ctx.lora_paths:
+            return
+        family = GaugeMetricFamily("kubellama_lora_adapter_scale",
+                                   "Default scale of each loaded LoRA adapter (GET/POST /lora-adapters).",
+                                   labels=["adapter"])
+        for i, scale in enumerate(sched.lora_default):
+            family.add_metric([str(i)], float(scale))
+        yield family
+
+
 class ServerMetrics:
     """Everything /metrics shows for one app; also the engine's StatsListener."""
 
@@ -116,6 +141,7 @@ class ServerMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         r.register(LlamaCppCollector(engine))
+        r.register(LoraCollector(engine))
         self.ttft = Histogram(
             "kubellama_time_to_first_token_seconds",
             "Time from receiving a completion request to its first sampled token.",

@@ -1,0 +1,134 @@
+"""Replicas agree on their LoRA scales: `POST /lora-adapters` changes one pod only, so the status pass scrapes
+each Ready server pod's `kubellama_lora_adapter_scale` gauges (`/metrics`, `spec.server.metrics`) and reports
+the pods whose default scales differ from `spec.model.loras[].scale` (condition `LoraScalesAgree`).
+
+The comparison and the condition are pure functions; `scrape_scales` is the thin I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import aiohttp
+
+from .spec import SERVER_PORT, Model
+
+CONDITION = "LoraScalesAgree"
+GAUGE = "kubellama_lora_adapter_scale"
+#: Seconds one pod's /metrics may take: the status pass must not wait on a stuck server.
+SCRAPE_TIMEOUT = 2.0
+#: Largest /metrics answer read (bytes).
+MAX_METRICS_BYTES = 1 << 20
+#: Pods named in the condition's message (the rest are counted).
+MAX_LISTED = 5
+
+
+def wants_check(spec: Any) -> bool:
+    """Scrape only when there are adapters and the servers export metrics (`spec.server.metrics`)."""
+    return bool(spec.model.loras) and bool(spec.server.metrics)
+
+
+def expected_scales(model: Model) -> tuple[float, ...]:
+    """The spec's scales, in adapter-id order (unset is 1.0)."""
+    return tuple(float(lora.scale) for lora in model.loras)
+
+
+def parse_scales(text: str) -> tuple[float, ...] | None:
+    """The adapters' scales (by id) from a /metrics text; None when the gauge is missing or malformed."""
+    found: dict[int, float] = {}
+    prefix = GAUGE + '{adapter="'
+    for line in text.splitlines():
+        if not line.startswith(prefix):
+            continue
+        ident, _, rest = line[len(prefix):].partition('"')
+        try:
+            found[int(ident)] = float(rest.split()[-1])
+        except (ValueError, IndexError):
+            return None
+    if not found or sorted(found) != list(range(len(found))):
+        return None
+    return tuple(found[i] for i in range(len(found)))
+
+
+def drifted(expected: Sequence[float], observed: Mapping[str, Sequence[float] | None]) -> dict[str, tuple[float, ...]]:
+    """The pods whose scales differ from `expected` (pod -> its scales); unreadable pods (None) are left out."""
+    out = {}
+    for pod, scales in sorted(observed.items()):
+        if scales is None:
+            continue
+        if len(scales) != len(expected) or not all(math.isclose(a, b, abs_tol=1e-6) for a, b in zip(scales, expected)):
+            out[pod] = tuple(scales)
+    return out
+
+
+def _fmt(scales: Sequence[float]) -> str:
+    return "[" + ", ".join(f"{s:g}" for s in scales) + "]"
+
+
+def scales_condition(expected: Sequence[float], observed: Mapping[str, Sequence[float] | None]) -> tuple[bool | None, str, str]:
+    """(ok, reason, message) of the LoraScalesAgree condition."""
+    drift = drifted(expected, observed)
+    read = [pod for pod, s in observed.items() if s is not None]
+    unread = sorted(pod for pod, s in observed.items() if s is None)
+    if drift:
+        listed = [f"{pod} {_fmt(s)}" for pod, s in list(drift.items())[:MAX_LISTED]]
+        more = f" and {len(drift) - MAX_LISTED} more" if len(drift) > MAX_LISTED else ""
+        return False, "ScalesDiffer", (f"{len(drift)} of {len(observed)} ready pods run other LoRA scales than the "
+                                       f"spec's {_fmt(expected)}: {', '.join(listed)}{more} (POST /lora-adapters "
+                                       "changed them, or restart the pod)")
+    if not read:
+        return None, "NotScraped", ("could not read the LoRA scales of any ready pod (/metrics)" if unread
+                                    else "no ready pod to compare")
+    message = (f"{len(read)} ready pods run" if len(read) > 1 else "the ready pod runs") + \
+        f" the spec's LoRA scales {_fmt(expected)}"
+    if unread:
+        message += f"; could not read {', '.join(unread[:MAX_LISTED])}"
+    return True, "ScalesAgree", message
+
+
+def _ready_ips(pods: Sequence[dict[str, Any]]) -> dict[str, str]:
+    """Ready pods (as the status counts them) with an IP: pod name -> IP."""
+    from .status import pod_view  # status -> builders -> networkpolicy -> this module
+
+    return {pod["metadata"]["name"]: ip for pod in pods
+            if (ip := (pod.get("status") or {}).get("podIP")) and pod_view(pod).stage == "Ready"}
+
+
+async def _scrape(session: aiohttp.ClientSession, ip: str, port: int) -> tuple[float, ...] | None:
+    host = f"[{ip}]" if ":" in ip else ip
+    try:
+        async with session.get(f"http://{host}:{port}/metrics") as r:
+            if r.status != 200:
+                return None
+            body = await r.content.read(MAX_METRICS_BYTES)
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+        return None
+    return parse_scales(body.decode("utf-8", "replace"))
+
+
+async def scrape_scales(pods: Sequence[dict[str, Any]], *, port: int | None = None,
+                        timeout: float = SCRAPE_TIMEOUT) -> dict[str, tuple[float, ...] | None]:
+    """Each Ready pod's scales (pod name -> scales, None when unreadable), scraped in parallel."""
+    ips = _ready_ips(pods)
+    if not ips:
+        return {}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
+        results = await asyncio.gather(*(_scrape(session, ip, port or SERVER_PORT) for ip in ips.values()))
+    return dict(zip(ips, results))
+
+
+def _find(status: Mapping[str, Any] | None, type_: str = CONDITION) -> dict[str, Any]:
+    return next((c for c in (status or {}).get("conditions") or [] if c.get("type") == type_), {})
+
+
+def scales_event(previous: Mapping[str, Any] | None, status: Mapping[str, Any]) -> tuple[str, str, str] | None:
+    """The Event (type, reason, message) for a change of LoraScalesAgree: drift found or changed, or gone."""
+    old, new = _find(previous), _find(status)
+    if new.get("status") == "False" and (old.get("status"), old.get("message")) != ("False", new.get("message")):
+        return "Warning", "LoraScalesDiffer", new.get("message", "")
+    if new.get("status") == "True" and old.get("status") == "False":
+        return "Normal", "LoraScalesAgree", new.get("message", "")
+    return None
