@@ -5,20 +5,26 @@ from __future__ import annotations
 from kcp_assets import GPU_PRODUCT_LABEL, GPU_RESOURCE, GPU_TAINT, KWOK_NODE_ANNOTATION
 
 
-def fake_volume(name: str, size: str = "1Ti") -> dict:
-    """A PersistentVolume nothing backs (kwok's pods never mount it)."""
+def hostpath_volume(name: str, path: str, size: str, label: str, path_type: str | None = None) -> dict:
+    """A PersistentVolume on a hostPath of the node (no provisioner runs here), labelled `type: label`."""
+    host_path = {"path": path, **({"type": path_type} if path_type else {})}
     return {
         "apiVersion": "v1", "kind": "PersistentVolume",
-        "metadata": {"name": name, "labels": {"type": "kwok"}},
+        "metadata": {"name": name, "labels": {"type": label}},
         "spec": {
             "capacity": {"storage": size},
             "accessModes": ["ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany"],
             "persistentVolumeReclaimPolicy": "Retain",
             "storageClassName": "standard",
-            # Never touched: no kubelet mounts it, and Retain means nothing deletes it.
-            "hostPath": {"path": f"/nonexistent/kubellama-kwok/{name}"},
+            "hostPath": host_path,
         },
     }
+
+
+def fake_volume(name: str, size: str = "1Ti") -> dict:
+    """A PersistentVolume nothing backs: never touched (kwok's pods never mount it, and Retain
+    means nothing deletes it)."""
+    return hostpath_volume(name, f"/nonexistent/kubellama-kwok/{name}", size, "kwok")
 
 
 def fake_node(name: str, cpu: str = "16", memory: str = "64Gi", pods: str = "110",

@@ -10,6 +10,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[1]
 sys.path.insert(0, str(REPO_ROOT / "e2e" / "controlplane"))
+import kcp_objects  # noqa: E402
 from kcp_assets import SERVICE_CIDR  # noqa: E402
 
 NODE_NAME = "kubellama-node"
@@ -144,18 +145,8 @@ def corefile(kubeconfig: Path) -> str:
 
 
 def hostpath_volume(name: str, path: Path, size: str = "20Gi") -> dict:
-    """A PersistentVolume backed by a folder on the node (no provisioner runs here)."""
-    return {
-        "apiVersion": "v1", "kind": "PersistentVolume",
-        "metadata": {"name": name, "labels": {"type": "local-node"}},
-        "spec": {
-            "capacity": {"storage": size},
-            "accessModes": ["ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany"],
-            "persistentVolumeReclaimPolicy": "Retain",
-            "storageClassName": "standard",
-            "hostPath": {"path": str(path), "type": "DirectoryOrCreate"},
-        },
-    }
+    """A PersistentVolume backed by a folder on the node."""
+    return kcp_objects.hostpath_volume(name, str(path), size, "local-node", "DirectoryOrCreate")
 
 
 def cache_dir() -> Path:
