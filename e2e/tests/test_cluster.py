@@ -299,6 +299,13 @@ def _replica_pods(ns: Kube, name: str, ready: bool = False) -> list[dict]:
     return [p for p in pods if p["metadata"].get("labels", {}).get("app.kubernetes.io/component") != "router"]
 
 
+def wait_router_ready(ns: Kube, name: str) -> None:
+    """The router Deployment of LlamaServer `name` has its one replica Ready."""
+    ns.wait_for(f"the router of LlamaServer {name} Ready",
+                lambda: (ns.get("deployment", f"{name}-router") or {}).get("status", {}).get("readyReplicas") == 1,
+                timeout=300, llamaserver=name)
+
+
 def tiny_llamaserver(name: str, model_server: str, *, context_size: int | None = None, slots: bool = True,
                      **spec: Any) -> dict:
     """The e2e LlamaServer (manifests/llamaserver.yaml) as `name`, pinned to the served model's sha256, with
@@ -325,9 +332,7 @@ def test_router_serves_from_zero_and_scales_back_to_zero(ns: Kube, model_server:
         autoscaling={"enabled": True, "minReplicas": 0, "maxReplicas": 1, "targetRequests": 1,
                      "windowSeconds": 5, "scaleDownDelaySeconds": 5, "holdSeconds": 300}))
     try:
-        ns.wait_for("the router of LlamaServer routed Ready",
-                    lambda: (ns.get("deployment", "routed-router") or {}).get("status", {}).get("readyReplicas") == 1,
-                    timeout=300, llamaserver="routed")
+        wait_router_ready(ns, "routed")
         assert not _replica_pods(ns, "routed"), "a replica runs before any request"
         started = time.monotonic()
         with port_forward(ns, "svc/routed-router", PORT) as url:
@@ -362,9 +367,7 @@ def test_router_keeps_conversations_on_the_replica_holding_their_cache(ns: Kube,
     try:
         ns.wait_for("LlamaServer sticky Ready with 2 replicas", lambda: llamaserver_ready(ns, "sticky", 2),
                     timeout=float(os.environ.get("E2E_READY_TIMEOUT", "600")), llamaserver="sticky")
-        ns.wait_for("the router of LlamaServer sticky Ready",
-                    lambda: (ns.get("deployment", "sticky-router") or {}).get("status", {}).get("readyReplicas") == 1,
-                    timeout=300, llamaserver="sticky")
+        wait_router_ready(ns, "sticky")
         with port_forward(ns, "svc/sticky-router", PORT) as url:
             ns.wait_for("the router to follow both replicas (and their slot counts)", lambda: sum(
                 bool(r["ready"] and r["slots"]) for r in http_json("GET", f"{url}/router/replicas")["replicas"]) == 2,
@@ -406,9 +409,7 @@ def test_router_scales_up_under_a_queue_and_back_down_when_idle(ns: Kube, model_
     try:
         ns.wait_for("LlamaServer bursty Ready", lambda: llamaserver_ready(ns, "bursty", 1),
                     timeout=float(os.environ.get("E2E_READY_TIMEOUT", "600")), llamaserver="bursty")
-        ns.wait_for("the router of LlamaServer bursty Ready",
-                    lambda: (ns.get("deployment", "bursty-router") or {}).get("status", {}).get("readyReplicas") == 1,
-                    timeout=300, llamaserver="bursty")
+        wait_router_ready(ns, "bursty")
         with port_forward(ns, "svc/bursty-router", PORT) as url:
             def replicas() -> int:
                 seen.append(ns.get("llamaserver", "bursty")["spec"]["replicas"])
