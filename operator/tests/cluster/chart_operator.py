@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import httpx
+import pytest
 import kubellama_controlplane as kcp
 import yaml
 
@@ -114,6 +115,15 @@ def assert_no_forbidden(control_plane: kcp.ControlPlane, operator: RunningOperat
     assert not forbidden, (f"the chart's RBAC refused requests of the operator ({operator.user}): "
                            f"{sorted(set(forbidden))}\n{kcp.tail(operator.log, 20)}")
     operator.check_alive()
+
+
+@pytest.fixture(autouse=True)
+def rbac_is_exactly_enough(operator: RunningOperator, control_plane: kcp.ControlPlane):
+    """Imported by the modules that run an `operator`: fail the test during which the operator made
+    a request RBAC refused (or died)."""
+    before = len(control_plane.forbidden_requests(operator.user))
+    yield
+    assert_no_forbidden(control_plane, operator, before)
 
 
 def llama(name: str, namespace: str, **spec) -> dict:

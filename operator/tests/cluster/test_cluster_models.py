@@ -8,7 +8,8 @@ import time
 
 import kubellama_controlplane as kcp
 import pytest
-from chart_operator import (LLAMA_API, MODEL_URL, RunningOperator, assert_no_forbidden, chart_operator, llama,
+from chart_operator import rbac_is_exactly_enough  # noqa: F401 - autouse: no request RBAC refused
+from chart_operator import (LLAMA_API, MODEL_URL, chart_operator, llama,
                             status_of, wait_phase)
 from endpoint_watch import ReadyWatch
 
@@ -22,13 +23,6 @@ OWNER = "kubellama.dev/llamaserver"
 def operator(control_plane: kcp.ControlPlane, kube: kcp.Kube, helm, llama_crd, tmp_path_factory):
     with chart_operator(control_plane, kube, helm, tmp_path_factory.mktemp("operator-models"), "km") as running:
         yield running
-
-
-@pytest.fixture(autouse=True)
-def rbac_is_exactly_enough(operator: RunningOperator, control_plane: kcp.ControlPlane):
-    before = len(control_plane.forbidden_requests(operator.user))
-    yield
-    assert_no_forbidden(control_plane, operator, before)
 
 
 def jobs(kube, name, namespace):

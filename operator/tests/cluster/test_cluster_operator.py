@@ -16,7 +16,8 @@ import kubellama_controlplane as kcp
 import pytest
 import yaml
 import upstream_crds
-from chart_operator import (LLAMA_API, RunningOperator, assert_no_forbidden, chart_operator, llama,
+from chart_operator import rbac_is_exactly_enough  # noqa: F401 - autouse: no request RBAC refused
+from chart_operator import (LLAMA_API, chart_operator, llama,
                             server_pods, wait_phase)
 
 kcp.skip_module_if_unavailable()
@@ -50,14 +51,6 @@ def operator(control_plane: kcp.ControlPlane, kube: kcp.Kube, helm, llama_crd, t
             kube.apply_crd({k: v for k, v in crd.items() if k != "status"})
     with chart_operator(control_plane, kube, helm, tmp_path_factory.mktemp("operator"), "kl") as running:
         yield running
-
-
-@pytest.fixture(autouse=True)
-def rbac_is_exactly_enough(operator: RunningOperator, control_plane: kcp.ControlPlane):
-    """Fail the test during which the operator made a request RBAC refused (or died)."""
-    before = len(control_plane.forbidden_requests(operator.user))
-    yield
-    assert_no_forbidden(control_plane, operator, before)
 
 
 def test_llamaserver_gets_children_and_goes_ready(kube, operator, namespace):
