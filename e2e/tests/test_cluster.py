@@ -11,11 +11,13 @@ import concurrent.futures as cf
 import copy
 import json
 import os
+import threading
 import time
 import urllib.request
 from typing import Any
 
 import pytest
+from kubellama_server.promtext import read_samples
 
 from e2e_checks import (
     check_chat,
@@ -352,9 +354,10 @@ def test_router_serves_from_zero_and_scales_back_to_zero(ns: Kube, model_server:
 
 
 def _router_hits(url: str) -> float:
-    text = urllib.request.urlopen(f"{url}/metrics", timeout=30).read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("kubellama_router_requests_total{") and 'decision="hit"' in line)
+    page = urllib.request.urlopen(f"{url}/metrics", timeout=30).read()
+    samples = read_samples(page, ("kubellama_router_requests_total",), limit=None)
+    assert samples is not None, f"the router's /metrics is not a Prometheus text page: {page[:300]!r}"
+    return sum(s.value for s in samples if s.labels.get("decision") == "hit")
 
 
 def test_router_keeps_conversations_on_the_replica_holding_their_cache(ns: Kube, model_server: str) -> None:
@@ -416,11 +419,23 @@ def test_router_scales_up_under_a_queue_and_back_down_when_idle(ns: Kube, model_
                 return seen[-1]
 
             body = {"prompt": "Once upon a time", "n_predict": 800, "ignore_eos": True, "temperature": 0}
-            with cf.ThreadPoolExecutor(8) as pool:  # 8 long requests on 2 slots: most of them queue
-                burst = [pool.submit(http_json, "POST", f"{url}/completion", body, timeout=120) for _ in range(8)]
-                ns.wait_for("the burst to scale bursty up to 2", lambda: replicas() == 2, timeout=30, interval=0.5,
-                            llamaserver="bursty")
-                assert all(f.result()["tokens_predicted"] == 800 for f in burst)
+            stop = threading.Event()
+
+            def client() -> list[int]:  # one of 8 clients on 2 slots: most requests queue, until scaled
+                done = []
+                while not stop.is_set():
+                    done.append(http_json("POST", f"{url}/completion", body, timeout=120)["tokens_predicted"])
+                return done
+
+            with cf.ThreadPoolExecutor(8) as pool:  # the burst lasts until the scale-up (a quiet machine
+                burst = [pool.submit(client) for _ in range(8)]  # answers 8 requests in a few seconds)
+                try:
+                    ns.wait_for("the burst to scale bursty up to 2", lambda: replicas() == 2, timeout=30,
+                                interval=0.5, llamaserver="bursty")
+                finally:
+                    stop.set()
+                answered = [n for f in burst for n in f.result()]
+                assert len(answered) >= 8 and all(n == 800 for n in answered)
             ns.wait_for("the router to follow the second replica", lambda: sum(
                 r["ready"] for r in http_json("GET", f"{url}/router/replicas")["replicas"]) == 2
                 or replicas() == 1, timeout=60, llamaserver="bursty")

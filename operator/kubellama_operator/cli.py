@@ -63,6 +63,7 @@ from . import __version__
 from .config import (DEFAULT_CPU_IMAGE, DEFAULT_CUDA_IMAGE, DEFAULT_OPERATOR_PODS, DEFAULT_PROMETHEUS_NAMESPACES,
                      DEFAULT_PROMETHEUS_PODS,
                      Labels, OperatorConfig)
+from .handlers import register
 from .health import start as start_endpoints
 
 log = logging.getLogger("kubellama_operator")
@@ -191,8 +192,6 @@ def configure_logging(config: OperatorConfig) -> None:
 async def serve(config: OperatorConfig, *, stop_flag: Any = None, ready_flag: Any = None,
                 endpoints: bool = True) -> None:
     """Run the operator until `stop_flag` is set (or a signal arrives when in the main thread)."""
-    from .handlers import register
-
     registry, op = register(config)
     kopf_done = asyncio.Event()
     runners = []

@@ -16,7 +16,23 @@ from typing import Any, NoReturn
 
 from kubellama_server import cli as server_cli
 
-from .api.server import FORBIDDEN_FLAGS, MANAGED_FLAGS
+#: Server flags the operator sets itself from the spec; `server.extraArgs` may not set them (in any spelling:
+#: this module reads the list with the server's own parser, the CRD's CEL rule (api.server) catches `FLAG` and `FLAG=...`).
+MANAGED_FLAGS = ["-m", "--model", "--host", "--port", "-a", "--alias", "--slot-save-path", "--slot-persist",
+                 "--shutdown-timeout", "-spf", "--system-prompt-file", "-mu", "--model-url", "-hfr", "--hf-repo",
+                 "-hff", "--hf-file", "-hf", "-mm", "--mmproj", "-mmu", "--mmproj-url", "--no-mmproj-offload",
+                 "--no-mmproj", "--lora", "--lora-scaled"]
+_KEY_FROM_SECRET = "API keys come from spec.apiKeySecretRef (a Secret), never from the spec itself"
+_NO_TLS = ("the server pod does not terminate TLS (the key would have to be in the image); terminate it at "
+           "an Ingress, a Gateway or a service mesh")
+#: Server flags no LlamaServer may set, with the reason (the same checks as MANAGED_FLAGS).
+FORBIDDEN_FLAGS = {
+    "--api-key": _KEY_FROM_SECRET,
+    "--api-key-file": _KEY_FROM_SECRET,
+    "--path": "it would serve files of the container (the mounted API key among them) to anyone",
+    "--ssl-key-file": _NO_TLS,
+    "--ssl-cert-file": _NO_TLS,
+}
 
 
 class Refused(Exception):

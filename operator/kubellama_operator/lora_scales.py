@@ -14,7 +14,10 @@ from typing import Any
 
 import aiohttp
 
+from kubellama_server.promtext import read_samples
+
 from .spec import SERVER_PORT, Model
+from .status import pod_view
 
 CONDITION = "LoraScalesAgree"
 GAUGE = "kubellama_lora_adapter_scale"
@@ -26,27 +29,19 @@ MAX_METRICS_BYTES = 1 << 20
 MAX_LISTED = 5
 
 
-def wants_check(spec: Any) -> bool:
-    """Scrape only when there are adapters and the servers export metrics (`spec.server.metrics`)."""
-    return bool(spec.model.loras) and bool(spec.server.metrics)
-
-
 def expected_scales(model: Model) -> tuple[float, ...]:
     """The spec's scales, in adapter-id order (unset is 1.0)."""
     return tuple(float(lora.scale) for lora in model.loras)
 
 
-def parse_scales(text: str) -> tuple[float, ...] | None:
-    """The adapters' scales (by id) from a /metrics text; None when the gauge is missing or malformed."""
+def parse_scales(page: str | bytes) -> tuple[float, ...] | None:
+    """The adapters' scales (by id) from a /metrics page; None when the gauge is missing or malformed, its ids do
+    not run 0..n-1, or the page is malformed."""
     found: dict[int, float] = {}
-    prefix = GAUGE + '{adapter="'
-    for line in text.splitlines():
-        if not line.startswith(prefix):
-            continue
-        ident, _, rest = line[len(prefix):].partition('"')
+    for sample in read_samples(page, (GAUGE,), limit=MAX_METRICS_BYTES) or ():
         try:
-            found[int(ident)] = float(rest.split()[-1])
-        except (ValueError, IndexError):
+            found[int(sample.labels["adapter"])] = float(sample.value)
+        except (KeyError, ValueError):
             return None
     if not found or sorted(found) != list(range(len(found))):
         return None
@@ -91,8 +86,6 @@ def scales_condition(expected: Sequence[float], observed: Mapping[str, Sequence[
 
 def _ready_ips(pods: Sequence[dict[str, Any]]) -> dict[str, str]:
     """Ready pods (as the status counts them) with an IP: pod name -> IP."""
-    from .status import pod_view  # status -> builders -> networkpolicy -> this module
-
     return {pod["metadata"]["name"]: ip for pod in pods
             if (ip := (pod.get("status") or {}).get("podIP")) and pod_view(pod).stage == "Ready"}
 
@@ -103,10 +96,14 @@ async def _scrape(session: aiohttp.ClientSession, ip: str, port: int) -> tuple[f
         async with session.get(f"http://{host}:{port}/metrics") as r:
             if r.status != 200:
                 return None
-            body = await r.content.read(MAX_METRICS_BYTES)
+            body = bytearray()
+            async for chunk in r.content.iter_chunked(1 << 16):
+                body += chunk
+                if len(body) > MAX_METRICS_BYTES:  # parse_scales reads up to the last whole line within
+                    break
     except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
         return None
-    return parse_scales(body.decode("utf-8", "replace"))
+    return parse_scales(bytes(body))
 
 
 async def scrape_scales(pods: Sequence[dict[str, Any]], *, port: int | None = None,

@@ -24,7 +24,8 @@ from urllib.parse import parse_qsl, urlencode, urlparse, urlunparse
 
 from .api import LlamaServerSpec
 from .api.model import CACHE_MODES, FileSource
-from .spec import MODEL_DIR, Mmproj, Model
+from .containers import FETCH_MMPROJ, FETCH_MODEL, fetch_lora
+from .spec import MODEL_DIR, Mmproj, Model, parse, resolve_model
 
 MODES = tuple(CACHE_MODES)
 #: The claim the operator creates in a namespace for `mode: shared` (shared by every LlamaServer there).
@@ -144,8 +145,6 @@ def cache_files(spec: LlamaServerSpec, model: Model) -> list[CacheFile]:
 
     `model` must be `place`d already.
     """
-    from .builders.statefulset import FETCH_MMPROJ, FETCH_MODEL, fetch_lora  # noqa: PLC0415 (no import cycle)
-
     m = spec.model
     out = [CacheFile(file_key(m), "model", FETCH_MODEL, model.path, model.fetch_args, m.hugging_face is not None)]
     if model.mmproj is not None and model.mmproj.fetch_args:
@@ -169,16 +168,12 @@ def keys_digest(files: list[CacheFile]) -> str:
 
 def resolve(spec: LlamaServerSpec) -> Model:
     """The spec's model with its files where the pods find them (`place`d for a shared cache)."""
-    from .spec import resolve_model  # noqa: PLC0415
-
     model = resolve_model(spec)
     return place(model, spec) if is_shared(spec) else model
 
 
 def layout(spec: LlamaServerSpec) -> list[str]:
     """`<key>/<file name>` of each downloaded file of a spec: where an image (mode image) must hold them."""
-    from .spec import resolve_model  # noqa: PLC0415
-
     placed = place(resolve_model(spec), spec)
     return [f.path.removeprefix(MODEL_DIR + "/") for f in cache_files(spec, placed)]
 
@@ -189,8 +184,6 @@ def main(argv: list[str] | None = None) -> int:
     import sys  # noqa: PLC0415
 
     import yaml  # noqa: PLC0415
-
-    from .spec import parse  # noqa: PLC0415
 
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:

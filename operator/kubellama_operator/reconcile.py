@@ -22,7 +22,7 @@ from .policy import policy_problems
 from .api import LlamaServerSpec
 from .api.network import Service
 from .api.scaling import Routing
-from .lora_scales import CONDITION as LORA_CONDITION, expected_scales, scales_condition, scrape_scales, wants_check
+from .lora_scales import CONDITION as LORA_CONDITION, expected_scales, scales_condition, scrape_scales
 from .model_cache import resolve as resolve_model
 from .model_children import ModelState, prepare
 from .model_status import merge as merge_model_status
@@ -176,7 +176,7 @@ async def refresh_status(client: KubeClient, body: dict[str, Any], spec: LlamaSe
         status["conditions"].append(condition("Autoscaling", *auto, meta.get("generation"), prev))
         if not auto[0]:
             status["message"] = "; ".join([status["message"], auto[2]])
-    if spec is not None and model is not None and not spec_problems and wants_check(spec):
+    if spec is not None and model is not None and not spec_problems and spec.checks_lora_scales:
         agree = scales_condition(expected_scales(model), await scrape_scales(pods))
         prev = {c.get("type"): c for c in outcome.previous.get("conditions") or []}
         status["conditions"].append(condition(LORA_CONDITION, *agree, meta.get("generation"), prev))

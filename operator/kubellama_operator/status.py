@@ -14,11 +14,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from .builders.statefulset import CHECK_API_KEY, FETCH_LORA_PREFIX, FETCH_MMPROJ, FETCH_MODEL
+from .containers import CHECK_API_KEY, FETCH_LORA_PREFIX, FETCH_MMPROJ, FETCH_MODEL, SERVER_CONTAINER
 from .spec import Model
 
 FETCH_CONTAINER = FETCH_MODEL
-SERVER_CONTAINER = "server"
 #: The init containers that download, in the order they run, with what they download; then come the
 #: LoRA adapters' (fetch-lora-0, fetch-lora-1, ...: see `fetchers`).
 FETCH_CONTAINERS = ((FETCH_MODEL, "model"), (FETCH_MMPROJ, "multimodal projector"))

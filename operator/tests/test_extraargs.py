@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from kubellama_operator import extraargs
-from kubellama_operator.api.server import FORBIDDEN_FLAGS, MANAGED_FLAGS
+from kubellama_operator.extraargs import FORBIDDEN_FLAGS, MANAGED_FLAGS
 from kubellama_operator.serverargs import server_args
 from kubellama_operator.spec import parse, problems, resolve_model
 

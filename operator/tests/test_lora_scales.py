@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import httpx
-import pytest
 
-from kubellama_operator.lora_scales import (drifted, expected_scales, parse_scales, scales_condition, scales_event,
-                                            scrape_scales, wants_check)
+from kubellama_operator.lora_scales import (MAX_METRICS_BYTES, drifted, expected_scales, parse_scales, scales_condition,
+                                            scales_event, scrape_scales)
 from kubellama_operator.spec import parse, resolve_model
 from kubellama_server.testing.live import LiveServer
 from kubellama_server.testing.tiny_gguf import build_tiny_gguf, build_tiny_lora
@@ -21,9 +20,9 @@ SPEC = {"model": {"url": URL, "loras": [{"url": "https://models.test/a.gguf"},
 def test_expected_scales_follow_the_spec_in_order_unset_is_one():
     spec = parse(SPEC)
     assert expected_scales(resolve_model(spec)) == (1.0, 0.5)
-    assert wants_check(spec)
-    assert not wants_check(parse({**SPEC, "server": {"metrics": False}})), "metrics off: nothing to read"
-    assert not wants_check(parse({"model": {"url": URL}}))
+    assert spec.checks_lora_scales
+    assert not parse({**SPEC, "server": {"metrics": False}}).checks_lora_scales, "metrics off: nothing to read"
+    assert not parse({"model": {"url": URL}}).checks_lora_scales
 
 
 def test_parse_scales_reads_the_gauge_by_adapter_id():
@@ -34,6 +33,17 @@ def test_parse_scales_reads_the_gauge_by_adapter_id():
     assert parse_scales("llamacpp:n_decode_total 3.0\n") is None, "no gauge: an older server, or no adapters"
     assert parse_scales('kubellama_lora_adapter_scale{adapter="1"} 0.5\n') is None, "ids must run from 0"
     assert parse_scales('kubellama_lora_adapter_scale{adapter="x"} 0.5\n') is None
+    assert parse_scales('kubellama_lora_adapter_scale 0.5\n') is None, "no adapter label"
+
+
+def test_parse_scales_of_a_malformed_or_huge_page_is_none_or_the_whole_lines():
+    good = 'kubellama_lora_adapter_scale{adapter="0"} 0.25\n'
+    assert parse_scales(good + 'kubellama_lora_adapter_scale{adapter="1"} one\n') is None
+    assert parse_scales(good + "llamacpp:n_decode_total{broken 3\n") is None, "a malformed page is not trusted"
+    assert parse_scales(good.encode()) == (0.25,), "the body's bytes"
+    filler = "# " + "x" * 100 + "\n"
+    cut = good + filler * (MAX_METRICS_BYTES // len(filler)) + 'kubellama_lora_adapter_scale{adapter="1"} 1.0\n'
+    assert parse_scales(cut.encode()) == (0.25,), "read up to the last whole line within the cap"
 
 
 def test_drifted_lists_the_pods_whose_scales_differ():
@@ -93,3 +103,37 @@ def test_scrape_reads_real_servers_and_sees_a_post(tmp_path):
         two.stop()
     # A server that is gone answers nothing: unreadable, not drifted, and quickly.
     assert asyncio.run(scrape_scales([_pod("s-0", "127.0.0.1")], port=one.port, timeout=1)) == {"s-0": None}
+
+
+
+def test_scrape_reads_a_long_page_to_its_end_within_the_cap():
+    """A page sent in many chunks is read to its end (aiohttp's read(n) returns the first), not beyond 1 MiB."""
+    from aiohttp import web
+
+    filler = "# " + "x" * 98 + "\n"
+    gauge = 'kubellama_lora_adapter_scale{adapter="0"} 0.5\n'
+    serving = {}
+
+    async def metrics(req):
+        resp = web.StreamResponse()
+        await resp.prepare(req)
+        for i in range(0, len(serving["page"]), 8192):
+            await resp.write(serving["page"][i:i + 8192])
+            await asyncio.sleep(0)
+        await resp.write_eof()
+        return resp
+
+    async def scrape(page: str):
+        serving["page"] = page.encode()
+        app = web.Application()
+        app.router.add_get("/metrics", metrics)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        try:
+            return (await scrape_scales([_pod("s-0", "127.0.0.1")], port=runner.addresses[0][1]))["s-0"]
+        finally:
+            await runner.cleanup()
+
+    assert asyncio.run(scrape(filler * 5000 + gauge)) == (0.5,)
+    assert asyncio.run(scrape(filler * 11_000 + gauge)) is None, "past the cap: not read"

@@ -9,6 +9,7 @@ import time
 import httpx
 import pytest
 
+from kubellama_server.promtext import read_samples
 from kubellama_server.testing.live import ServerProcess
 from kubellama_server.testing.tiny_gguf import build_tiny_lora
 
@@ -72,9 +73,8 @@ def test_lora_scaled_sets_the_default_scale_at_start_up(live_server, tmp_path):
 
 
 def _lora_gauges(srv) -> dict[str, float]:
-    text = httpx.get(srv.url + "/metrics").text
-    prefix = 'kubellama_lora_adapter_scale{adapter="'
-    return {line[len(prefix):].split('"')[0]: float(line.split()[-1]) for line in text.splitlines() if line.startswith(prefix)}
+    samples = read_samples(httpx.get(srv.url + "/metrics").content, ("kubellama_lora_adapter_scale",))
+    return {s.labels["adapter"]: s.value for s in samples}
 
 
 def test_metrics_export_the_lora_scales(live_server, tmp_path):

@@ -87,6 +87,12 @@ class LlamaServerSpec(SpecModel):
         """Autoscaling is on (it needs the router)."""
         return self.routing.enabled and self.autoscaling.enabled
 
+    @property
+    def checks_lora_scales(self) -> bool:
+        """The status pass reads the pods' LoRA scales (`lora_scales`): there are adapters and the servers
+        export metrics (`spec.server.metrics`)."""
+        return bool(self.model.loras) and bool(self.server.metrics)
+
 
 Phase = Literal["Pending", "Downloading", "Loading", "Ready", "Degraded", "Failed"]
 PHASES = list(get_args(Phase))

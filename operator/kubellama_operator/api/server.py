@@ -5,25 +5,9 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
+from ..extraargs import FORBIDDEN_FLAGS, MANAGED_FLAGS, problems as extra_args_problems
 from .schema import Markers, Quantity, Rule, SpecModel, field
 
-#: Server flags the operator sets itself from the spec; `server.extraArgs` may not set them (in any spelling:
-#: `extraargs` reads the list with the server's own parser, the CEL rule catches `FLAG` and `FLAG=...`).
-MANAGED_FLAGS = ["-m", "--model", "--host", "--port", "-a", "--alias", "--slot-save-path", "--slot-persist",
-                 "--shutdown-timeout", "-spf", "--system-prompt-file", "-mu", "--model-url", "-hfr", "--hf-repo",
-                 "-hff", "--hf-file", "-hf", "-mm", "--mmproj", "-mmu", "--mmproj-url", "--no-mmproj-offload",
-                 "--no-mmproj", "--lora", "--lora-scaled"]
-_KEY_FROM_SECRET = "API keys come from spec.apiKeySecretRef (a Secret), never from the spec itself"
-_NO_TLS = ("the server pod does not terminate TLS (the key would have to be in the image); terminate it at "
-           "an Ingress, a Gateway or a service mesh")
-#: Server flags no LlamaServer may set, with the reason (the same checks as MANAGED_FLAGS).
-FORBIDDEN_FLAGS = {
-    "--api-key": _KEY_FROM_SECRET,
-    "--api-key-file": _KEY_FROM_SECRET,
-    "--path": "it would serve files of the container (the mounted API key among them) to anyone",
-    "--ssl-key-file": _NO_TLS,
-    "--ssl-cert-file": _NO_TLS,
-}
 #: The self-extend flag kubellama-server refuses together with --mmproj (values > 1 turn it on).
 SELF_EXTEND_FLAG = "--grp-attn-n"
 #: A --grp-attn-n value that turns self-extend on (an integer > 1); shared by the CEL rule and the operator.
@@ -60,9 +44,7 @@ def self_extend_cel() -> str:
 
 
 def _extra_args_problems(args: list[str] | None, where: str) -> list[str]:
-    from .. import extraargs  # the server's own parser (imports kubellama_server.cli)
-
-    return extraargs.problems(list(args or []))
+    return extra_args_problems(list(args or []))
 
 
 _REFUSED_CEL = ("self.all(a, !(a in FLAGS) && !FLAGS.exists(f, a.startsWith(f + '=')))"

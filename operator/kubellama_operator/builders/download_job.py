@@ -19,6 +19,7 @@ from ..config import OperatorConfig
 from ..model_cache import CacheFile
 from ..api import LlamaServerSpec
 from ..spec import MODEL_DIR, Model
+from ..status import pod_view
 from .meta import LABEL_COMPONENT, LABEL_MANAGED_BY, LABEL_OWNER, Body, owner_reference
 from .statefulset import RUN_AS, _container_security
 
@@ -128,8 +129,6 @@ def _condition(job: dict[str, Any], type_: str) -> dict[str, Any] | None:
 def download_state(name: str, job: dict[str, Any] | None, pods: list[dict[str, Any]],
                    model: Model | None) -> Download:
     """The state of Job `name` from the Job and its pods (newest first wins)."""
-    from ..status import pod_view  # noqa: PLC0415 (status imports the builders)
-
     if job is None:
         return Download(name, "Pending", "JobPending", "creating the download Job")
     if _condition(job, "Complete") or (job.get("status") or {}).get("succeeded"):

@@ -7,7 +7,6 @@ from typing import Any
 
 from ..config import OperatorConfig
 from ..api import LlamaServerSpec
-from ..lora_scales import wants_check
 from ..spec import SERVER_PORT
 from .meta import LABEL_COMPONENT, Body, object_meta, selector_labels
 
@@ -30,7 +29,7 @@ def allowed_peers(spec: LlamaServerSpec, config: OperatorConfig) -> list[dict[st
     if config.prometheus_pod_selector:
         prometheus["podSelector"] = {"matchLabels": dict(config.prometheus_pod_selector)}
     peers = [{"podSelector": {"matchLabels": dict(ROUTER_LABELS)}}, prometheus]
-    if wants_check(spec) and config.operator_namespace:  # the status pass reads the pods' LoRA scales
+    if spec.checks_lora_scales and config.operator_namespace:  # the status pass reads the pods' LoRA scales
         peers.append({"namespaceSelector": {"matchLabels": {NAMESPACE_NAME_LABEL: config.operator_namespace}},
                       "podSelector": {"matchLabels": dict(config.operator_pod_selector)}})
     if policy.allowed_namespaces:

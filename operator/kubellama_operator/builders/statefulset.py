@@ -12,20 +12,13 @@ from ..api.llamaserver import ApiKeySecretRef
 from ..spec import (API_KEY_DIR, API_KEY_FILE, CONFIG_DIR, LORA_DIR, MMPROJ_DIR, MODEL_DIR, SERVER_PORT, SLOTS_DIR,
                     SYSTEM_PROMPT_FILE, Model)
 from .. import model_cache
+from ..containers import CHECK_API_KEY, FETCH_MMPROJ, FETCH_MODEL, SERVER_CONTAINER, fetch_lora
 from .meta import ANNOTATION_MODEL, Body, config_name, headless_name, labels, object_meta, selector_labels
 
 #: The image's non-root user (images/server/Dockerfile).
 RUN_AS = 10001
 GPU_TAINT = "nvidia.com/gpu"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
-#: Init containers: the model's download, then the multimodal projector's, then each LoRA adapter's
-#: (fetch-lora-0, fetch-lora-1, ...; status.py reads them all).
-FETCH_MODEL = "fetch-model"
-FETCH_MMPROJ = "fetch-mmproj"
-FETCH_LORA_PREFIX = "fetch-lora-"
-#: Runs first when spec.apiKeySecretRef is set: it only references the key (an env var), so that a missing
-#: Secret or key is a CreateContainerConfigError in the pod's status (the operator may not read Secrets).
-CHECK_API_KEY = "check-api-key"
 #: The emptyDir volumes (name, mount path) that downloads for a pvc model go to: its claim is read-only.
 MMPROJ_VOLUME = ("mmproj", MMPROJ_DIR)
 LORA_VOLUME = ("lora", LORA_DIR)
@@ -79,11 +72,6 @@ def _model_claim_name(spec: LlamaServerSpec) -> str | None:
     if spec.model.shared_cache:
         return model_cache.claim_name(spec)  # None for an image volume
     return spec.storage.model.claim_name
-
-
-def fetch_lora(index: int) -> str:
-    """The name of the init container that downloads LoRA adapter `index`."""
-    return f"{FETCH_LORA_PREFIX}{index}"
 
 
 def _mmproj_volume(model: Model) -> bool:
@@ -194,7 +182,7 @@ def _server_container(spec: LlamaServerSpec, model: Model, image: str, config: O
         mounts.append({"name": "config", "mountPath": CONFIG_DIR, "readOnly": True})
     startup_timeout = spec.server.startup_timeout_seconds
     container: dict[str, Any] = {
-        "name": "server",
+        "name": SERVER_CONTAINER,
         "image": image,
         "imagePullPolicy": config.image_pull_policy,
         "command": ["kubellama-server"],

@@ -16,6 +16,7 @@ import kubellama_controlplane as kcp
 import pytest
 import yaml
 import upstream_crds
+from kubellama_server.promtext import read_samples
 from chart_operator import rbac_is_exactly_enough  # noqa: F401 - autouse: no request RBAC refused
 from chart_operator import (LLAMA_API, chart_operator, llama,
                             server_pods, wait_phase)
@@ -329,11 +330,11 @@ def test_failing_model_download_is_reported(kube, operator, namespace):
     model_ready = next(c for c in status["conditions"] if c["type"] == "ModelReady")
     assert (model_ready["status"], model_ready["reason"]) == ("False", "ModelNotFound")
     # What the "model download failing" alert sees.
-    text = httpx.get(f"{operator.metrics_url}/metrics", timeout=5).text
-    series = [line for line in text.splitlines()
-              if line.startswith("kubellama_operator_llamaserver_phase{") and 'name="broken"' in line
-              and f'namespace="{namespace}"' in line and 'phase="Failed"' in line]
-    assert series and series[0].endswith(" 1.0"), series
+    page = httpx.get(f"{operator.metrics_url}/metrics", timeout=5).content
+    series = [s.value for s in read_samples(page, ("kubellama_operator_llamaserver_phase",))
+              if s.labels.get("name") == "broken" and s.labels.get("namespace") == namespace
+              and s.labels.get("phase") == "Failed"]
+    assert series == [1.0], series
 
 
 MMPROJ = {"url": "http://models.invalid/models/mmproj-tiny-f16.gguf"}

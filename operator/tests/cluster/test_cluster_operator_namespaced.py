@@ -8,6 +8,7 @@ import uuid
 
 import kubellama_controlplane as kcp
 import pytest
+from kubellama_server.promtext import read_samples
 from chart_operator import LLAMA_API, assert_no_forbidden, chart_operator, llama, status_of, wait_phase
 
 kcp.skip_module_if_unavailable()
@@ -42,10 +43,10 @@ def test_namespaced_operator_needs_only_the_charts_roles(control_plane, kube, he
         assert kube.read("apps/v1", "StatefulSet", "mine", ns)
 
         # The operator's own account of what it handled: its per-LlamaServer series.
-        scraped = httpx.get(f"{operator.metrics_url}/metrics", timeout=10).text
-        phases = [line for line in scraped.splitlines() if line.startswith("kubellama_operator_llamaserver_phase{")]
-        assert any(f'namespace="{ns}"' in line and 'name="mine"' in line for line in phases), phases
-        assert not any(f'namespace="{other}"' in line for line in phases), phases
+        scraped = httpx.get(f"{operator.metrics_url}/metrics", timeout=10).content
+        phases = [s.labels for s in read_samples(scraped, ("kubellama_operator_llamaserver_phase",))]
+        assert any(labels.get("namespace") == ns and labels.get("name") == "mine" for labels in phases), phases
+        assert not any(labels.get("namespace") == other for labels in phases), phases
         assert status_of(kube, "theirs", other) == {}
         assert kube.read("apps/v1", "StatefulSet", "theirs", other) is None
 

@@ -6,12 +6,13 @@ import json
 
 import httpx
 
+from kubellama_server.promtext import read_samples
+
 
 def metric(srv, name: str) -> float:
-    for line in httpx.get(srv.url + "/metrics").text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    raise AssertionError(f"{name} not exported")
+    samples = read_samples(httpx.get(srv.url + "/metrics").content, (name,))
+    assert samples, f"{name} not exported"
+    return samples[0].value
 
 
 def test_cached_requests_count_processed_and_cached_prompt_tokens(live_server):

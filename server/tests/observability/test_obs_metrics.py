@@ -10,6 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from kubellama_server.observability.metrics import DURATION_BUCKETS, ITL_BUCKETS, QUEUE_BUCKETS, TTFT_BUCKETS
+from kubellama_server.promtext import read_samples
 
 LLAMACPP = [
     "llamacpp:prompt_tokens_total", "llamacpp:tokens_predicted_total", "llamacpp:prompt_tokens_seconds",
@@ -72,7 +73,7 @@ def test_every_contract_name_has_help_and_type(srv):
         assert f"# HELP {name} " in text and f"# TYPE {name} {kind}\n" in text, name
     for name, buckets in HISTOGRAMS.items():
         assert f"# TYPE {name} histogram\n" in text
-        les = [line.split('le="')[1].split('"')[0] for line in text.splitlines() if line.startswith(name + "_bucket")]
+        les = [sample.labels["le"] for sample in read_samples(text, (name + "_bucket",))]
         assert les == [repr(float(b)) for b in buckets] + ["+Inf"], (name, les)
     for name in ("kubellama_requests_total", "kubellama_slot_saves_total", "kubellama_slot_restores_total", "kubellama_cancellations_total"):
         assert f"# TYPE {name.removesuffix('_total')} counter\n" in text or f"# TYPE {name} counter\n" in text, name
