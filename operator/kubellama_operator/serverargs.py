@@ -10,7 +10,7 @@ ALL_LAYERS = 999
 
 # spec.server field -> flag, for plain numeric settings passed only when set.
 _NUMERIC = [("context_size", "-c"), ("parallel", "-np"), ("batch_size", "-b"),
-            ("ubatch_size", "-ub"), ("threads", "-t"), ("n_predict", "-n")]
+            ("ubatch_size", "-ub"), ("threads", "-t"), ("n_predict", "-n"), ("cache_ram_mib", "--cache-ram")]
 
 
 def _num(x: float) -> str:

@@ -30,7 +30,7 @@ SPECS = {
                    "gpu": {"count": 2, "tensorSplit": [3, 1], "mainGpu": 1},
                    "server": {"contextSize": 8192, "parallel": 4, "batchSize": 512, "ubatchSize": 256, "threads": 8,
                               "embedding": True, "chatTemplate": "chatml", "systemPrompt": "Be brief.",
-                              "nPredict": 256, "shutdownTimeoutSeconds": 45, "extraArgs": ["-tb", "4"]},
+                              "nPredict": 256, "cacheRamMiB": 2048, "shutdownTimeoutSeconds": 45, "extraArgs": ["-tb", "4"]},
                    "storage": {"slots": {"enabled": True, "restoreOnStart": True}},
                    "apiKeySecretRef": {"name": "k"}},
     "pvc": {"model": {"pvc": {"claimName": "c", "path": "dir/m.gguf"}}, "server": {"metrics": False, "gpuLayers": 0}},
@@ -79,6 +79,7 @@ def test_server_accepts_the_derived_flags(name, tmp_path):
         assert (settings.ctx_size, settings.parallel, settings.batch_size, settings.ubatch_size) == (8192, 4, 512, 256)
         assert settings.n_gpu_layers == 999 and settings.main_gpu == 1 and settings.tensor_split == [3.0, 1.0]
         assert settings.embedding and settings.chat_template == "chatml" and settings.n_predict == 256
+        assert settings.cache_ram == 2048
         assert settings.system_prompt_file == str(tmp_path / "system-prompt.json")
         assert settings.slot_save_path == "/slots" and settings.slot_persist
         assert settings.api_key_file == str(tmp_path / "api-key")

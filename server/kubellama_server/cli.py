@@ -161,6 +161,8 @@ FLAGS: list[Flag] = [
     Flag(("--no-context-shift",), "context_shift", "bool", "no context shift (the default)", invert=True),
     Flag(("-kvu", "--kv-unified"), "kv_unified", "bool", "one KV pool shared by all slots: each may use the whole --ctx-size (idle slots' caches make room) [off]", ("LLAMA_ARG_KV_UNIFIED",)),
     Flag(("-no-kvu", "--no-kv-unified"), "kv_unified", "bool", "a KV pool per slot, --ctx-size / --parallel each (the default)", invert=True),
+    Flag(("-cram", "--cache-ram"), "cache_ram", "int", "MiB of host memory for prompt caches evicted from slots, loaded back when a prompt "
+         "continues one (-1 = no limit, 0 = off) [8192, at most a quarter of the container's memory limit]", ("LLAMA_ARG_CACHE_RAM",), metavar="N"),
     Flag(("-fa", "--flash-attn"), "flash_attn", "choice", "Flash Attention: on, off or auto [auto]", ("LLAMA_ARG_FLASH_ATTN",), choices=("on", "off", "auto"), metavar="{on,off,auto}"),
     Flag(("--jinja",), "jinja", "bool", "render chat templates with Jinja (always on here)", ("LLAMA_ARG_JINJA",)),
     Flag(("--no-jinja",), "jinja", "bool", "refused: chat templates are always rendered with Jinja", invert=True),
@@ -285,6 +287,7 @@ def _validate(s: ServerSettings) -> None:
         (s.n_predict >= -1, "--n-predict must be >= -1"),
         (s.timeout > 0, "--timeout must be > 0"),
         (s.shutdown_timeout >= 0, "--shutdown-timeout must be >= 0"),
+        (s.cache_ram >= -1, "--cache-ram must be -1 (no limit), 0 (off) or a size in MiB"),
         *[(getattr(s, name) >= 1, f"--{name.replace('_', '-')} must be >= 1") for name in LIMIT_FLAGS],
         (not (s.ssl_key_file and not s.ssl_cert_file) and not (s.ssl_cert_file and not s.ssl_key_file),
          "--ssl-key-file and --ssl-cert-file must be given together"),

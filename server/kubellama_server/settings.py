@@ -26,6 +26,25 @@ def available_cpus(cgroup_cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
     return max(1, n)
 
 
+CACHE_RAM_MIB = 8192  # llama.cpp's --cache-ram default
+CGROUP_MEMORY_MAX = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")  # cgroup v2, v1
+
+
+def default_cache_ram_mib(paths: tuple[str, ...] = CGROUP_MEMORY_MAX) -> int:
+    """--cache-ram's default: llama.cpp's 8192 MiB, at most a quarter of the container's memory
+    limit (cgroup v2 memory.max, else v1), so a pod limited to 4 GiB keeps 3 GiB for the model
+    and its KV cache instead of being OOM-killed by prompts kept in RAM."""
+    for path in paths:
+        try:
+            raw = open(path).read().strip()
+        except OSError:
+            continue
+        if raw.isdigit() and int(raw) < 1 << 60:  # "max" / v1's huge number: no limit
+            return max(0, min(CACHE_RAM_MIB, int(raw) // 4 >> 20))
+        return CACHE_RAM_MIB
+    return CACHE_RAM_MIB
+
+
 @dataclass
 class ServerSettings:
     # model
@@ -153,6 +172,7 @@ class ServerSettings:
     flash_attn: str = "auto"  # -fa on|off|auto
     jinja: bool = True  # chat templates are always Jinja here (--jinja is accepted)
     kv_unified: bool = False  # one KV pool shared by all slots (each may use the whole context)
+    cache_ram: int = field(default_factory=default_cache_ram_mib)  # MiB of slots' prompt caches kept in RAM; -1 no limit, 0 off
     context_shift: bool = False  # today's llama.cpp: a prompt that does not fit is a 400, generation stops at the context
 
     @property

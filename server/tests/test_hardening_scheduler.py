@@ -150,3 +150,29 @@ def test_client_mistakes_and_tokenizing_never_wait_for_the_scheduler(live_server
     finally:
         gate.set()
     assert complete(srv, "after").status_code == 200
+
+
+def test_a_token_id_prompt_is_shown_as_text_without_detokenizing_on_the_event_loop(live_server):
+    """A /completion reply shows a token-id prompt as text; a 100k-token prompt takes ~0.2 s to
+    detokenize, so that happens when the task is prepared (a worker thread), never on the event
+    loop that streams every other client's tokens."""
+    srv = live_server("-np", "1", "-c", "256")
+    model, on_loop = srv.engine.model, []
+    real = model.detokenize
+
+    def watched(tokens, *a, **kw):
+        on_loop.append(threading.current_thread() is srv._thread)
+        return real(tokens, *a, **kw)
+
+    model.detokenize = watched
+    try:
+        tokens = httpx.post(srv.url + "/tokenize", json={"content": "Hello world again"}, timeout=5).json()["tokens"]
+        text = real([model.bos] + tokens if model.bos >= 0 else tokens)
+        for stream in (False, True):
+            r = httpx.post(srv.url + "/completion", json={"prompt": tokens, "n_predict": 2, "stream": stream}, timeout=30)
+            assert r.status_code == 200
+            final = json.loads(r.text.strip().splitlines()[-1][6:]) if stream else r.json()
+            assert final["prompt"] == text and final["stop"] is True
+        assert on_loop and not any(on_loop)  # detokenized, and never on the event loop
+    finally:
+        model.detokenize = real

@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from kubellama_server.llama.mtmd import ImageChunk, MediaPrompt, image_key
+from kubellama_server.promtext import read_samples
 from kubellama_server.testing.tiny_mmproj import build_tiny_mmproj, tiny_png
 
 N_IMAGE = 16  # tokens per image: (32 / 8) ** 2 patches of the tiny projector
@@ -97,6 +98,23 @@ def test_a_cached_image_is_reused_and_gives_the_same_result(mm_server):
     assert other["tokens_cached"] == n_before
     assert [(p["id"], round(p["logprob"], 5)) for p in other["completion_probabilities"][0]["top_logprobs"]] == \
         probs(srv.url, "look [img-1] at this", {1: BLUE}, cache_prompt=False)
+
+
+def test_a_prompt_with_an_image_comes_back_from_ram_only_for_the_same_image(mm_server):
+    prompt = "look closely at the following picture and then [img-1] tell me about it"
+    ref = mm_server("--cache-ram", "0")
+    cold = {name: probs(ref.url, prompt, {1: png}, cache_prompt=False) for name, png in (("red", RED), ("blue", BLUE))}
+    n_before = complete(ref.url, prompt=prompt.split("[img-1]")[0], n_predict=0)["tokens_evaluated"]
+    srv = mm_server("-np", "1", "--cache-ram", "16")
+    first = complete(srv.url, prompt=prompt, image_data=[{"id": 1, "data": b64(RED)}], n_predict=1)
+    complete(srv.url, prompt="something else entirely, a text without pictures", n_predict=1)  # RED's prompt to RAM
+    # the same text with another image: the entry's text before the image only (image keys differ)
+    blue = complete(srv.url, prompt=prompt, image_data=[{"id": 1, "data": b64(BLUE)}], n_predict=1, n_probs=8)
+    assert blue["tokens_cached"] == n_before
+    assert [(p["id"], round(p["logprob"], 5)) for p in blue["completion_probabilities"][0]["top_logprobs"]] == cold["blue"]
+    red = complete(srv.url, prompt=prompt, image_data=[{"id": 1, "data": b64(RED)}], n_predict=1, n_probs=8)
+    assert red["tokens_cached"] == first["tokens_evaluated"] - 1  # the image's KV, loaded from RAM
+    assert [(p["id"], round(p["logprob"], 5)) for p in red["completion_probabilities"][0]["top_logprobs"]] == cold["red"]
 
 
 def test_the_first_of_two_images_is_reused_when_only_the_second_changes(mm_server):
@@ -281,7 +299,7 @@ def test_a_projector_for_another_model_fails_the_start_with_a_reason(tiny_model,
 def test_images_are_timed_in_metrics(mm_server):
     srv = mm_server("--metrics")
     complete(srv.url, prompt="a [img-1] b [img-2] c", image_data=[{"id": 1, "data": b64(RED)}, {"id": 2, "data": b64(BLUE)}])
-    lines = httpx.get(srv.url + "/metrics").text.splitlines()
-    count = next(float(x.split()[-1]) for x in lines if x.startswith("kubellama_image_seconds_count"))
-    total = next(float(x.split()[-1]) for x in lines if x.startswith("kubellama_image_seconds_sum"))
+    names = ("kubellama_image_seconds_count", "kubellama_image_seconds_sum")
+    count, total = ({s.name: s.value for s in read_samples(httpx.get(srv.url + "/metrics").content, names)}[n]
+                    for n in names)
     assert count == 2 and total > 0

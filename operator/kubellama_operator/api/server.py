@@ -65,6 +65,11 @@ class ServerSettings(SpecModel):
     chat_template: str | None = field("Chat template name or Jinja text (--chat-template).", None, minLength=1)
     system_prompt: str | None = field("System prompt prepended to every conversation (-spf).", None, minLength=1)
     n_predict: int | None = field("Default maximum tokens to generate, -1 = unlimited (-n).", None, minimum=-1)
+    cache_ram_mib: int | None = field(
+        "MiB of host memory for prompt caches evicted from slots and loaded back when a conversation returns "
+        "(--cache-ram; -1 = no limit, 0 = off). Default: the server's, 8192 or a quarter of the container's "
+        "memory limit if that is smaller; it counts against resources.limits.memory.", None, minimum=-1,
+        alias="cacheRamMiB")
     metrics: bool = field("Expose Prometheus metrics on /metrics (--metrics).", True)
     shutdown_timeout_seconds: int = field(
         "On termination, how long running requests may finish (--shutdown-timeout). The pod's "

@@ -154,6 +154,7 @@ class Engine:
             n_predict_limit=s.n_predict,
             context_shift=s.context_shift,
             kv_unified=s.kv_unified,
+            cache_ram_mib=s.cache_ram,
             cont_batching=s.cont_batching,
             model_name=s.model_name or self.model_path,
             stats=self.stats,

@@ -3,7 +3,9 @@
 A launched task becomes a `Run` in its slot. The slot keeps the longest prefix its cache
 shares with the prompt (same LoRA scales; whole images; self-extend's compressed windows
 whole), gets the system prompt's KV copied from another slot when it lacks it, and with
---kv-unified idle slots' caches are dropped, least recently used first, to make room.
+--kv-unified idle slots' caches are dropped, least recently used first, to make room. With
+--cache-ram a slot's cache goes to host memory before a task discards most of it, and a prompt
+found there is loaded back into the slot (`host_cache.py`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import logging
 from collections import deque
 from typing import Any
 
+from . import host_cache
 from .planner import POOLED_KINDS, admit, common_prefix
 from .run import Run
 from .slot import Slot
@@ -53,7 +56,8 @@ class Launcher:
             return
         for task, slot, donor, n_copy in started:
             try:
-                if donor is not None:
+                loaded = host_cache.prepare_slot(sched, task, slot, n_copy if donor is not None else 0)
+                if donor is not None and not loaded:
                     self.copy_prefix(donor, slot, task.tokens[:n_copy])
                 self.launch(slot, task)
             except Exception as exc:  # this task only: the others stay queued or running
@@ -135,9 +139,10 @@ class Launcher:
         slot.cache_tokens, slot.cache_lora = list(prefix), donor.cache_lora
         log.debug("slot %d: %d prompt tokens copied from slot %d", slot.id, n, donor.id)
 
-    def make_pool_room(self, slot: Slot, need: int) -> None:
+    def make_pool_room(self, slot: Slot, need: int, protect: Any = None) -> None:
         """--kv-unified: drop idle slots' caches, least recently used first, until the shared
-        pool has room for `need` more tokens (llama.cpp clears idle slots with a unified KV)."""
+        pool has room for `need` more tokens (llama.cpp clears idle slots with a unified KV);
+        with --cache-ram they go to host memory first (`protect`: an entry that must stay there)."""
         sched = self.sched
 
         def used() -> int:
@@ -147,6 +152,7 @@ class Launcher:
                             key=lambda s: s.t_last_used):
             if used() + need <= sched.ctx.n_ctx:
                 return
+            host_cache.stash(sched, other, protect)
             sched.ctx.seq_rm(other.id, 0, -1)
             other.cache_tokens = []
             log.debug("slot %d: cache dropped to make room in the unified KV pool", other.id)
@@ -156,6 +162,7 @@ class Launcher:
         sched = self.sched
         idle = [s for s in sched.slots if s.run is None and s.cache_tokens]
         for s in idle:
+            host_cache.stash(sched, s)  # --cache-ram: kept in host memory
             sched.ctx.seq_rm(s.id, 0, -1)
             s.cache_tokens = []
         if idle:

@@ -176,6 +176,7 @@ class Output:
             tokens=list(run.generated),
             id_slot=slot.id,
             prompt_tokens=run.prompt_tokens,
+            prompt_text=run.task.prompt_text,
             tokens_predicted=run.n_decoded,
             tokens_evaluated=len(run.prompt_tokens),
             tokens_cached=run.n_cached,

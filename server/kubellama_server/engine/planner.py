@@ -242,8 +242,13 @@ def pick_slot(task, idle: Sequence, slots: Sequence, can_copy: bool = True,
     if not (task.kind == "completion" and task.params.cache_prompt):
         return Admission(task, min(idle, key=lambda s: s.t_last_used))
 
+    known: dict[int, int] = {}  # slot id -> common prefix (idle slots are also lenders: computed once)
+
     def common(s) -> int:  # computed with other LoRA scales: nothing to reuse
-        return common_prefix(s.cache_tokens, task.tokens) if s.cache_lora == task.lora else 0
+        n = known.get(id(s))
+        if n is None:
+            n = known[id(s)] = common_prefix(s.cache_tokens, task.tokens) if s.cache_lora == task.lora else 0
+        return n
 
     donor, lend = None, 0
     if can_copy and task.media is None:  # images are evaluated whole: never copied

@@ -199,6 +199,9 @@ class Preparer:
             sampler.free()
             raise
         task.launch_tokens = tokens
+        if task.build_prompt is not None or not isinstance(task.prompt, str):  # token ids or infill: the reply
+            # shows the prompt as text, detokenized here (a worker thread), not on the event loop
+            task.prompt_text = model.detokenize(tokens)
         task.sampler = sampler
 
     def eog_tokens(self) -> list[int]:

@@ -27,6 +27,7 @@ from .launcher import Launcher
 from .output import Output
 from .planner import POOLED_KINDS, PlanConfig, plan_step  # noqa: F401 - POOLED_KINDS: its old home
 from .prepare import Preparer
+from .prompt_cache import PromptCache, limit_bytes
 from .self_extend import SelfExtend
 from .slot import Slot
 from .stats import EngineStats
@@ -55,6 +56,7 @@ class Scheduler:
         multimodal: Multimodal | None = None,
         context_shift: bool = True,
         kv_unified: bool = False,
+        cache_ram_mib: int = 0,
     ):
         self.model = model
         self.ctx = ctx
@@ -66,6 +68,8 @@ class Scheduler:
         self.stats = stats or EngineStats()
         self.self_extend = self_extend
         self.multimodal = multimodal
+        # --cache-ram: slots' prompt caches kept in host memory (None: disabled, no copies)
+        self.prompt_cache = PromptCache(limit_bytes(cache_ram_mib)) if cache_ram_mib != 0 else None
         self.slots = [Slot(id=i, n_ctx=ctx.n_ctx_seq, cache_lora=ctx.lora_scales) for i in range(n_slots)]
         self.batch = Batch(ctx.n_batch, 1)
         self.waiting: deque[Task] = deque()

@@ -162,6 +162,7 @@ class CompletionResult:
     tokens: list[int]
     id_slot: int
     prompt_tokens: list[int]
+    prompt_text: str | None  # the task's `prompt_text`: the evaluated prompt as text, for token-id prompts
     tokens_predicted: int
     tokens_evaluated: int
     tokens_cached: int
@@ -236,6 +237,7 @@ class Task:
     system_prompt: str | None = None  # this request's own `system_prompt` (None: the server's -spf one)
     launch_tokens: list[int] | None = None  # what its slot evaluates: `tokens` cut to the context (prepared)
     truncated: bool = False  # `launch_tokens` is a cut prompt
+    prompt_text: str | None = None  # `launch_tokens` as text when `prompt` is not a string (prepared, off the event loop)
     sampler: Any = None  # its SamplerChain, built and primed when prepared; its run owns it once launched
 
     def drop_media(self) -> None:

@@ -179,6 +179,26 @@ class LlamaContext:
         n_read = lc.llama_state_seq_load_file(self.ptr, path.encode(), seq, arr, capacity, ctypes.byref(n_out))
         return n_read, list(arr[: n_out.value])
 
+    # -- sequence state in memory (--cache-ram) -------------------------
+    def state_seq_size(self, seq: int) -> int:
+        """Bytes `state_seq_get` would return (llama.cpp measures without copying)."""
+        return lc.llama_state_seq_get_size(self.ptr, seq)
+
+    def state_seq_get(self, seq: int, size: int = -1):
+        """The KV state of sequence `seq` (llama_state_seq_get_data) as a ctypes byte array of
+        `size` bytes (`state_seq_size`); None when llama.cpp wrote another amount."""
+        if size < 0:
+            size = self.state_seq_size(seq)
+        buf = (ctypes.c_uint8 * max(1, size))()
+        n = lc.llama_state_seq_get_data(self.ptr, buf, size, seq)
+        return buf if n == size and size > 0 else None
+
+    def state_seq_set(self, seq: int, data) -> bool:
+        """Load a state from `state_seq_get` into sequence `seq` (its cells are replaced);
+        False when llama.cpp refused it (no room in the KV cache, another shape)."""
+        size = ctypes.sizeof(data)
+        return lc.llama_state_seq_set_data(self.ptr, data, size, seq) == size
+
     def close(self) -> None:
         if self.ptr:
             lc.llama_free(self.ptr)

@@ -16,7 +16,7 @@ Histogram buckets (seconds), chosen for CPU and GPU serving of small to mid-size
 
 `kubellama_lora_adapter_scale{adapter="ID"}` is the current default scale of each loaded
 LoRA adapter (`--lora`, `--lora-scaled`, `POST /lora-adapters`); the operator compares it
-across replicas.
+across replicas. `kubellama_prompt_cache_*` describe the --cache-ram store (engine/prompt_cache.py).
 """
 
 from __future__ import annotations
@@ -57,19 +57,23 @@ def engine_gauges(engine: "Engine") -> tuple[int, float, int, int]:
     return tokens, tokens / n_ctx, processing, deferred
 
 
-class LlamaCppCollector:
+class _EngineCollector:
+    """A collector computing its metrics from the engine at scrape time (nothing to auto-describe)."""
+
+    def __init__(self, engine: "Engine"):
+        self.engine = engine
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+
+class LlamaCppCollector(_EngineCollector):
     """The llama.cpp server's metrics, from the engine's counters, at scrape time.
 
     Like llama.cpp, the throughput gauges (`prompt_tokens_seconds`,
     `predicted_tokens_seconds`) cover the time since the previous scrape: each collect
     resets that bucket.
     """
-
-    def __init__(self, engine: "Engine"):
-        self.engine = engine
-
-    def describe(self) -> Iterable[Metric]:
-        return []  # computed at scrape time; no auto-describe of values
 
     def collect(self) -> Iterable[Metric]:
         stats = self.engine.stats
@@ -111,14 +115,8 @@ class LlamaCppCollector:
         yield gauge("llamacpp:requests_deferred", "Number of requests deferred.", deferred)
 
 
-class LoraCollector:
+class LoraCollector(_EngineCollector):
     """`kubellama_lora_adapter_scale`: the default scale of each loaded adapter, at scrape time."""
-
-    def __init__(self, engine: "Engine"):
-        self.engine = engine
-
-    def describe(self) -> Iterable[Metric]:
-        return []
 
     def collect(self) -> Iterable[Metric]:
         sched = self.engine.scheduler
@@ -132,6 +130,24 @@ class LoraCollector:
         yield family
 
 
+class PromptCacheCollector(_EngineCollector):
+    """`kubellama_prompt_cache_*`: the --cache-ram store (absent when it is off), at scrape time."""
+
+    def collect(self) -> Iterable[Metric]:
+        sched = self.engine.scheduler
+        cache = getattr(sched, "prompt_cache", None)
+        if cache is None:
+            return
+        yield GaugeMetricFamily("kubellama_prompt_cache_entries", "Prompts kept in host memory (--cache-ram).", value=cache.n_entries)
+        yield GaugeMetricFamily("kubellama_prompt_cache_bytes", "Bytes of the prompts kept in host memory (KV state and tokens).", value=cache.n_bytes)
+        if cache.limit is not None:
+            yield GaugeMetricFamily("kubellama_prompt_cache_limit_bytes", "--cache-ram in bytes.", value=cache.limit)
+        yield CounterMetricFamily("kubellama_prompt_cache_saves", "Slot prompt caches saved to host memory.", value=cache.n_saved)
+        yield CounterMetricFamily("kubellama_prompt_cache_loads", "Prompts loaded from host memory into a slot.", value=cache.n_loaded)
+        yield CounterMetricFamily("kubellama_prompt_cache_evictions", "Prompts dropped from host memory to stay within --cache-ram.",
+                                  value=cache.n_evicted)
+
+
 class ServerMetrics:
     """Everything /metrics shows for one app; also the engine's StatsListener."""
 
@@ -142,6 +158,7 @@ class ServerMetrics:
         r = self.registry
         r.register(LlamaCppCollector(engine))
         r.register(LoraCollector(engine))
+        r.register(PromptCacheCollector(engine))
         self.ttft = Histogram(
             "kubellama_time_to_first_token_seconds",
             "Time from receiving a completion request to its first sampled token.",

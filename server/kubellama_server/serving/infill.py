@@ -1,7 +1,7 @@
 """POST /infill: fill-in-the-middle from the model's FIM tokens.
 
 The prompt is [BOS] <FIM_PRE> prefix <FIM_SUF> suffix <FIM_MID> [prompt] (with
-`--spm-infill`: suffix first), built on the scheduler thread (`Task.build_prompt`), as
+`--spm-infill`: suffix first), built when the task is prepared on a worker thread (`Task.build_prompt`), as
 llama.cpp's server does. `input_extra` (other files of the project, as code-completion
 plugins send them) goes in front with the repo-level pattern of today's llama.cpp:
 <FIM_REP>myproject\n <FIM_SEP>filename\n text ... <FIM_SEP>filename\n, or plain

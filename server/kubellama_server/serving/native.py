@@ -107,7 +107,7 @@ def final_json(engine: Engine, res: CompletionResult, prompt: Any, *, streamed: 
         "tokens_predicted": res.tokens_predicted,
         "tokens_evaluated": res.tokens_evaluated,
         "generation_settings": res.settings,
-        "prompt": prompt if isinstance(prompt, str) else engine.model.detokenize(res.prompt_tokens),
+        "prompt": prompt if isinstance(prompt, str) else res.prompt_text or "",
         "has_new_line": "\n" in res.content,
         "truncated": res.truncated,
         "stopped_eos": res.stopped_eos,

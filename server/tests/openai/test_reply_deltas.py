@@ -54,7 +54,7 @@ def part(text: str, probs: list[TokenInfo] | None = None) -> PartialResult:
 
 
 def result(text: str, *, limit: bool = False, word: str = "", predicted: int = 5) -> CompletionResult:
-    return CompletionResult(content=text, tokens=[], id_slot=0, prompt_tokens=[], tokens_predicted=predicted,
+    return CompletionResult(content=text, tokens=[], id_slot=0, prompt_tokens=[], prompt_text=None, tokens_predicted=predicted,
                             tokens_evaluated=10, tokens_cached=4, truncated=False, stopped_eos=not (limit or word),
                             stopped_limit=limit, stopped_word=bool(word), stopping_word=word, probs=[],
                             timings=Timings(), settings={})
