@@ -47,7 +47,8 @@ def create_app(settings: RouterSettings, *, kube=None) -> Starlette:
         ready = {r.url for r in pool.ready()}
         return JSONResponse({"strategy": settings.strategy, "replicas": [
             {"url": r.url, "ready": r.url in ready, "inflight": r.inflight, "served": r.served,
-             "queued": r.queued, "processing": r.processing, "slots": r.slots} for r in pool.replicas.values()]})
+             "queued": r.queued, "processing": r.processing, "slots": r.slots,
+             "ram_prompts": r.ram} for r in pool.replicas.values()]})
 
     async def forward(req: Request) -> Response:
         return await state["proxy"].handle(req)

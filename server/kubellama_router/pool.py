@@ -22,11 +22,12 @@ class Replica:
     queued: float = 0.0  # scraped llamacpp:requests_deferred
     processing: float = 0.0  # scraped llamacpp:requests_processing
     slots: int = 0  # scraped from /health (slots_idle + slots_processing); 0: unknown
+    ram: int = 0  # prompts its --cache-ram keeps beyond its slots (scrape.ram_prompts); 0: none
     down_until: float = 0.0  # after a connection error, skipped until then
     served: int = 0  # requests sent to it (for /health and the bench)
 
     def candidate(self) -> Candidate:
-        return Candidate(self.url, self.inflight, self.queued, self.processing, self.slots)
+        return Candidate(self.url, self.inflight, self.queued, self.processing, self.slots, self.ram)
 
 
 class Rejected(Exception):

@@ -1,11 +1,14 @@
 """Which prompt prefixes each replica probably holds in its KV cache, modelled on llama.cpp's slots.
 
-A replica keeps one prompt per slot. The index keeps, per replica, the prompts it was sent (as
-`hashing.PromptHashes`: block hashes and the hash of the whole prompt): a request that extends a
-prompt held (the next turn of a conversation, or the same prompt again) replaces it, as the
-replica reuses that slot; a new prompt beyond the replica's slot count evicts the least recently
-used one. A block is held while any prompt holds it (a shared system prompt stays while one
-conversation using it does). Bounded: at most `max_chains` prompts and `max_blocks` blocks per
+A replica keeps one prompt per slot, and with a host-memory prompt cache (`--cache-ram`) some more
+that other conversations evicted from their slots (loaded back when their conversation returns).
+The index keeps, per replica, the prompts it was sent (as `hashing.PromptHashes`: block hashes and
+the hash of the whole prompt): a request that extends a prompt held (the next turn of a
+conversation, or the same prompt again) replaces it, as the replica reuses that slot (or loads it
+from RAM); a new prompt beyond the replica's capacity (its slots, plus what its RAM cache keeps)
+evicts the least recently used one (the most recent `slots` prompts are the ones in slots). A
+block is held while any prompt holds it (a shared system prompt stays while one conversation using
+it does). Bounded: at most `max_chains` prompts and `max_blocks` blocks per
 replica, whatever the traffic.
 
 A replica that leaves the ready set is remembered for `forget_after` seconds (at most
@@ -59,8 +62,8 @@ class PrefixIndex:
         self._r: dict[str, _Replica] = {}
         self._gone: OrderedDict[str, float] = OrderedDict()  # departed replica -> since when, oldest first
 
-    def record(self, replica: str, p: PromptHashes, slots: int = 0) -> None:
-        """The replica was sent prompt `p`; it holds at most `slots` prompts (0: unknown)."""
+    def record(self, replica: str, p: PromptHashes, capacity: int = 0) -> None:
+        """The replica was sent prompt `p`; it holds at most `capacity` prompts (0: unknown)."""
         if not p.n_chars:
             return
         r = self._r.setdefault(replica, _Replica())
@@ -70,7 +73,7 @@ class PrefixIndex:
         for h in p.blocks:
             r.refs[h] = r.refs.get(h, 0) + 1
         r.blocks += len(p.blocks)
-        cap = min(slots or self.max_chains, self.max_chains)
+        cap = min(capacity or self.max_chains, self.max_chains)
         while len(r.chains) > cap or (r.blocks > self.max_blocks and len(r.chains) > 1):
             r.drop(next(iter(r.chains)))
 

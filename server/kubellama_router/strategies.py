@@ -28,6 +28,7 @@ class Candidate:
     queued: float = 0.0  # the replica's llamacpp:requests_deferred (scraped)
     processing: float = 0.0  # the replica's llamacpp:requests_processing (scraped)
     slots: int = 0  # the replica's slots (scraped from /health; 0: unknown)
+    ram: int = 0  # prompts its host-memory prompt cache keeps beyond its slots (scrape.ram_prompts; 0: none)
 
     @property
     def load(self) -> float:
@@ -109,14 +110,16 @@ class Prefix(Strategy):
     The prompt (chat: the conversation as text, so a next turn extends the previous one) is cut
     into `block_chars`-character blocks with chained hashes, plus the hash of the whole prompt
     (conversations that differ only in a short last message are different conversations); the
-    index models what each replica's slots hold (`PrefixIndex`). Among the candidates with an idle slot or
-    whose load passes the bound:
+    index models what each replica's slots hold, and its host-memory prompt cache (`--cache-ram`: a
+    conversation evicted from its slot is loaded back from RAM, a memory copy, where another replica
+    would evaluate its whole history) (`PrefixIndex`, `slots + ram` prompts per replica). Among the
+    candidates with an idle slot or whose load passes the bound:
     - a replica holding this conversation (the prompt extends a prompt it holds) takes it: `hit`;
     - otherwise the request starts a new slot's worth of cache: replicas with a slot idle now come
       first (it starts at once rather than queue for a shared system prompt), among them those with
       a slot to spare (so it does not evict another conversation's cache; with slot counts unknown,
-      those holding the fewest prompts), then the most matching blocks (a shared system prompt),
-      then the least load.
+      those holding the fewest prompts), else those with room in RAM (the slot's prompt moves there,
+      a copy), then the most matching blocks (a shared system prompt), then the least load.
     `spill`: a replica held more of the prompt but was over the bound or full; `miss`: none held any."""
 
     name = "prefix"
@@ -149,15 +152,22 @@ class Prefix(Strategy):
             return True
         return load_ok(c.inflight, load.total_inflight, load.n_replicas, self.load_factor)
 
+    @staticmethod
+    def _capacity(c: Candidate) -> int:
+        """Prompts `c` holds: one per slot, plus what its RAM cache keeps (0: slots unknown)."""
+        return c.slots + c.ram if c.slots else 0
+
     def _spare(self, cands: Sequence[Candidate]) -> list[Candidate]:
-        """Replicas where a new conversation evicts nobody: a slot free by the index; of those
-        whose slot count is unknown (not scraped yet, or not reported), the ones holding fewest."""
+        """Replicas where a new conversation evicts nobody from a slot: a slot free by the index
+        (the most recent `slots` prompts are in slots); of those whose slot count is unknown (not
+        scraped yet, or not reported), the ones holding fewest. Else those where it evicts nobody
+        at all: the least recent slot's prompt moves to RAM (a copy), room for it there."""
         known = [c for c in cands if c.slots and self.index.chains(c.name) < c.slots]
         unknown = [c for c in cands if not c.slots]
         if unknown:
             fewest = min(self.index.chains(c.name) for c in unknown)
             known += [c for c in unknown if self.index.chains(c.name) == fewest]
-        return known
+        return known or [c for c in cands if self.index.chains(c.name) < self._capacity(c)]
 
     def pick(self, keys, cands, load):
         p = PromptHashes(keys.prompt, self.block_chars, self.max_blocks)
@@ -174,7 +184,7 @@ class Prefix(Strategy):
             free = [c for c in pool if c.slots and c.load + 1 <= c.slots] or pool
             choice = self._best(self._spare(free) or free, matched)
             outcome = ("spill" if holders or matched.get(choice.name, 0) < best else "miss" if best == 0 else "hit")
-        self.index.record(choice.name, p, choice.slots)
+        self.index.record(choice.name, p, self._capacity(choice))
         return Decision(choice.name, outcome, matched.get(choice.name, 0), p)
 
 

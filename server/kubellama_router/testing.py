@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from kubellama_server.promtext import read_samples
 from kubellama_server.testing.live import free_port, serve_in_thread, stop_thread_server
 
 from .cli import parse
@@ -51,13 +52,7 @@ class LiveRouter:
         stop_thread_server(self._server, self._thread)
 
     def metric(self, name: str, **labels: str) -> float:
-        """One sample of the router's /metrics (0 when absent)."""
-        from prometheus_client.parser import text_string_to_metric_families
-
-        text = httpx.get(self.url + "/metrics", timeout=5).text
-        total = 0.0
-        for fam in text_string_to_metric_families(text):
-            for s in fam.samples:
-                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                    total += s.value
-        return total
+        """The sum of the router's /metrics samples `name` with these labels (0 when absent)."""
+        samples = read_samples(httpx.get(self.url + "/metrics", timeout=5).content, (name,), limit=None)
+        assert samples is not None, "the router's /metrics is not a Prometheus text page"
+        return sum(s.value for s in samples if all(s.labels.get(k) == v for k, v in labels.items()))

@@ -48,6 +48,32 @@ def test_prefix_keeps_a_multi_turn_chat_on_the_replica_holding_its_cache(replica
     assert r.metric("kubellama_router_requests_total", strategy="prefix", decision="hit") >= 9
 
 
+def test_prefix_sends_a_turn_back_to_the_replica_keeping_its_conversation_in_ram(fresh_replicas, router):
+    """Four conversations on two one-slot replicas with --cache-ram: each slot holds the latest, the
+    others wait in RAM, and every next turn goes back to its replica (a load, not a re-evaluation)."""
+    srvs = fresh_replicas(2, "-np", "1", "--cache-ram", "64", "--metrics")
+    # one scrape (at start): a later one could catch a replica still processing the previous request,
+    # a busy figure that sends the next turn elsewhere until the scrape after
+    r = router(srvs, "--strategy", "prefix", "--scrape-interval", "60")
+    _wait(lambda: all(x["ram_prompts"] for x in httpx.get(r.url + "/router/replicas").json()["replicas"]))
+    prompts = [f"conversation {i}: " + f"topic {i} is discussed at length here, " * 20 for i in range(4)]
+
+    def complete(prompt: str) -> dict:
+        resp = httpx.post(r.url + "/completion", json={"prompt": prompt, "n_predict": 4, "cache_prompt": True}, timeout=60)
+        assert resp.status_code == 200, resp.text
+        return resp.json()
+
+    first = [complete(p) for p in prompts]
+    hits = r.metric("kubellama_router_requests_total", strategy="prefix", decision="hit")
+    for p, d in zip(prompts, first):
+        again = complete(p + d["content"] + " and then?")
+        # the whole first turn (but the last tokens, which may merge with the answer); elsewhere ~14
+        assert again["tokens_cached"] >= d["tokens_evaluated"] - 4, (p[:15], again["tokens_cached"])
+    assert r.metric("kubellama_router_requests_total", strategy="prefix", decision="hit") == hits + 4
+    loads = sum(s.engine.scheduler.prompt_cache.n_loaded for s in srvs)
+    assert loads >= 2  # the two conversations evicted from the slots came back from RAM
+
+
 def test_random_loses_the_cache_that_prefix_keeps(replicas, router):
     """The comparison the router exists for: random routing re-reads the prompt on most turns."""
     r = router(replicas, "--strategy", "round-robin")

@@ -59,17 +59,17 @@ def test_prompt_hashes_tell_apart_what_differs_after_the_last_block():
 
 def test_prefix_index_models_slots():
     idx = PrefixIndex(max_blocks=100)
-    idx.record(A, P(SYS, A1), slots=2)  # conversation a, turn 1
-    idx.record(A, P(SYS, B1), slots=2)  # conversation b
+    idx.record(A, P(SYS, A1), capacity=2)  # conversation a, turn 1
+    idx.record(A, P(SYS, B1), capacity=2)  # conversation b
     assert idx.chains(A) == 2 and idx.matched(A, P(SYS, A1, A2)) == 2
-    idx.record(A, P(SYS, A1, A2), slots=2)  # a's next turn reuses a's slot
+    idx.record(A, P(SYS, A1, A2), capacity=2)  # a's next turn reuses a's slot
     assert idx.chains(A) == 2 and idx.extends(A, P(SYS, A1, A2, "x")) and idx.extends(A, P(SYS, B1, "x"))
-    idx.record(A, P(SYS, C1), slots=2)  # a third conversation on 2 slots evicts the least recent (b)
+    idx.record(A, P(SYS, C1), capacity=2)  # a third conversation on 2 slots evicts the least recent (b)
     assert idx.chains(A) == 2 and idx.matched(A, P(SYS, B1)) == 1 and not idx.extends(A, P(SYS, B1, "x"))
     assert idx.matched(A, P(SYS, A1, A2)) == 3  # the shared system prompt stays while a chain holds it
     # two conversations whose only difference is a short last message are two prompts, two slots
-    idx.record(B, P(SYS, "hi"), slots=2)
-    idx.record(B, P(SYS, "yo"), slots=2)
+    idx.record(B, P(SYS, "hi"), capacity=2)
+    idx.record(B, P(SYS, "yo"), capacity=2)
     assert idx.chains(B) == 2 and not idx.extends(B, P(SYS, "hey"))
 
 
@@ -256,6 +256,43 @@ def test_prefix_starts_a_new_conversation_where_a_slot_is_spare():
     # each conversation's next turn goes back to its own slot, full replica or not
     assert st.pick(conv(0, "ok", "more"), cs, Load(0, 3)) .name == homes[0]
     assert st.pick(conv(2, "ok", "more"), cs, Load(0, 3)).name == third.name
+
+
+def test_prefix_finds_a_conversation_its_replica_keeps_in_ram():
+    """A replica with a host-memory prompt cache (--cache-ram) keeps the conversations other ones
+    evicted from its slot: the next turn goes back there (a load from RAM), not to an idle replica
+    (which would evaluate the whole history). Without the cache the evicted one is not held."""
+    system = "Shared group instructions, long enough for several blocks. " * 6
+
+    def conv(i, *turns):
+        return chat(f"Conversation {i}: tell me something long and interesting please. " * 3, *turns, system=system)
+
+    for ram in (4, 0):
+        st = strategies.make("prefix", seed=0)
+        only_a = [Candidate(A, slots=1, ram=ram)]
+        for i in range(3):  # three conversations on A's one slot (B not ready yet)
+            st.pick(conv(i), only_a, Load(0, 1))
+        both = [Candidate(A, slots=1, ram=ram), Candidate(B, slots=1, ram=ram)]
+        d = st.pick(conv(0, "ok", "more"), both, Load(0, 2))
+        assert (d.name, d.outcome) == ((A, "hit") if ram else (B, "spill")), ram
+
+
+def test_prefix_starts_a_new_conversation_where_it_evicts_nobody():
+    """Every slot taken: a new conversation goes where the slot's prompt moves to RAM (a copy), not
+    where it drops another conversation's cache; a free slot still comes first."""
+    system = "Shared group instructions, long enough for several blocks. " * 6
+
+    def conv(i):
+        return chat(f"Conversation {i}: tell me something long and interesting please. " * 3, system=system)
+
+    for seed in range(6):
+        st = strategies.make("prefix", seed=seed)
+        st.pick(conv(0), [Candidate(A, slots=1)], Load(0, 1))
+        st.pick(conv(1), [Candidate(B, slots=1, ram=2)], Load(0, 1))
+        full = [Candidate(A, slots=1), Candidate(B, slots=1, ram=2)]
+        assert st.pick(conv(2 + seed), full, Load(0, 2)).name == B
+        spare = [Candidate(A, slots=1), Candidate(B, slots=1, ram=2), Candidate(C, slots=1, ram=2)]
+        assert st.pick(conv(10 + seed), spare, Load(0, 3)).name == C  # C's slot is free
 
 
 def test_prefix_without_slot_counts_spreads_new_conversations():
