@@ -27,6 +27,7 @@ import httpx
 from bench.machine import describe
 from bench.peers import CACHE, PEERS, REPO, RunningServer, ServerConfig, free_port
 from bench.stats import percentile
+from kubellama_server.promtext import read_samples
 
 ARMS = ("random", "round-robin", "least-load", "prefix", "kubeai-prefixhash", "vllm-router")
 #: The external peer: vllm-router from PyPI (its cache_aware policy), in a virtualenv of its own.
@@ -49,14 +50,19 @@ class Conversation:
 
 @dataclass(frozen=True)
 class Workload:
+    """Defaults: chats about a document, 18 conversations on the 12 slots of 3 replicas x 4 (slots
+    oversubscribed), each conversation's history (~1,000-1,500 tokens) worth more than its group's
+    system prompt (~400), so a turn sent away from its replica re-evaluates most of its prompt."""
+
     groups: int = 3
-    per_group: int = 8  # 24 conversations: more than the 12 slots of 3 replicas x 4
-    turns: int = 4
+    per_group: int = 6
+    turns: int = 6
     system_chars: int = 2400
-    question_chars: int = 400
+    question_chars: int = 200
+    document_chars: int = 4000  # a document of its own pasted into each conversation's first question
     max_tokens: int = 32
-    rate: float = 1.0  # conversations started per second (exponential gaps)
-    think_mean: float = 0.5
+    rate: float = 0.3  # conversations started per second (exponential gaps)
+    think_mean: float = 2.0
     seed: int = 7
 
 
@@ -76,6 +82,8 @@ def conversations(w: Workload) -> list[Conversation]:
     rng.shuffle(order)
     for cid, group in enumerate(order):
         questions = tuple(f"Question {cid}.{k}: " + _text(rng, w.question_chars) for k in range(w.turns))
+        if w.document_chars:
+            questions = (questions[0] + "\n\nDocument:\n" + _text(rng, w.document_chars),) + questions[1:]
         think = tuple(rng.expovariate(1 / w.think_mean) for _ in range(w.turns - 1))
         out.append(Conversation(cid, group, systems[group], questions, t, think))
         t += rng.expovariate(w.rate)
@@ -165,14 +173,10 @@ def _router_cmd(strategy: str, urls: list[str], port: int) -> list[str]:
 
 def served_chats(url: str) -> int:
     """Chat requests a replica answered (its kubellama_requests_total), whichever router sent them."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    total = 0
-    for fam in text_string_to_metric_families(httpx.get(url + "/metrics", timeout=10).text):
-        for sample in fam.samples:
-            if sample.name == "kubellama_requests_total" and sample.labels.get("endpoint") == "/v1/chat/completions":
-                total += int(sample.value)
-    return total
+    samples = read_samples(httpx.get(url + "/metrics", timeout=10).content, ("kubellama_requests_total",), limit=None)
+    if samples is None:
+        raise RuntimeError(f"{url}/metrics is not a Prometheus text page")
+    return sum(int(s.value) for s in samples if s.labels.get("endpoint") == "/v1/chat/completions")
 
 
 def _wait(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:
@@ -190,13 +194,16 @@ def _wait(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:
 
 
 class _Replica:
-    """kubellama-server as the bench starts it, plus --metrics (least-load scrapes it)."""
+    """kubellama-server as the bench starts it, plus --metrics (least-load scrapes it) and --server-arg flags."""
 
     name = "kubellama"
     health_path = PEERS["kubellama"].health_path
 
+    def __init__(self, extra: list[str] | None = None):
+        self.extra = list(extra or [])
+
     def command(self, cfg: ServerConfig, workdir: Path) -> list[str]:
-        return PEERS["kubellama"].command(cfg, workdir) + ["--metrics"]
+        return PEERS["kubellama"].command(cfg, workdir) + ["--metrics"] + self.extra
 
 
 def run_arm(arm: str, args, w: Workload, convs: list[Conversation], logdir: Path) -> dict:
@@ -205,7 +212,7 @@ def run_arm(arm: str, args, w: Workload, convs: list[Conversation], logdir: Path
         cfg = ServerConfig(model=args.model, ctx=args.ctx_per_slot * args.slots, slots=args.slots,
                            threads=args.threads, port=free_port())
         (logdir / f"{arm}-{i}").mkdir(parents=True, exist_ok=True)
-        servers.append(RunningServer(_Replica(), cfg, logdir / f"{arm}-{i}"))
+        servers.append(RunningServer(_Replica(args.server_arg), cfg, logdir / f"{arm}-{i}"))
     router = None
     try:
         for s in servers:
@@ -249,7 +256,9 @@ def render(results: dict) -> str:
         f"{w['groups']} groups x {w['per_group']} conversations x {w['turns']} turns "
         f"({w['groups'] * w['per_group']} conversations on {results['settings']['replicas'] * results['settings']['slots']}"
         f" slots); system prompts of "
-        f"{w['system_chars']} characters shared per group, questions of {w['question_chars']}, "
+        f"{w['system_chars']} characters shared per group, questions of {w['question_chars']}"
+        + (f" (the first with a document of {w['document_chars']} characters of its own)"
+           if w.get("document_chars") else "") + ", "
         f"{w['max_tokens']} tokens per answer; conversations start at {w['rate']}/s (seed {w['seed']}), think "
         f"{w['think_mean']} s on average between turns. {results['settings']['replicas']} kubellama-server replicas "
         f"(`-np {results['settings']['slots']} -t {results['settings']['threads']}`, "
@@ -300,8 +309,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--system-chars", type=int, default=Workload.system_chars)
     p.add_argument("--max-tokens", type=int, default=Workload.max_tokens)
     p.add_argument("--question-chars", type=int, default=Workload.question_chars)
+    p.add_argument("--document-chars", type=int, default=Workload.document_chars,
+                   help="a document of its own in each conversation's first question (chat about a file)")
+    p.add_argument("--think", type=float, default=Workload.think_mean, help="mean pause between turns (s)")
     p.add_argument("--rate", type=float, default=Workload.rate)
     p.add_argument("--seed", type=int, default=Workload.seed)
+    p.add_argument("--server-arg", action="append", default=[],
+                   help="a kubellama-server flag for every replica (repeatable), e.g. --server-arg=--cache-ram=0")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "router")
     p.add_argument("--note", action="append", default=[])
     args = p.parse_args(argv)
@@ -313,14 +327,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vllm-router not installed at {VLLM_ROUTER} (make bench-router-setup): arm skipped", flush=True)
         arms.remove("vllm-router")
     w = Workload(groups=args.groups, per_group=args.per_group, turns=args.turns, system_chars=args.system_chars,
-                 max_tokens=args.max_tokens, rate=args.rate, seed=args.seed, question_chars=args.question_chars)
+                 max_tokens=args.max_tokens, rate=args.rate, seed=args.seed, question_chars=args.question_chars,
+                 document_chars=args.document_chars, think_mean=args.think)
     convs = conversations(w)
     args.out.mkdir(parents=True, exist_ok=True)
     logdir = CACHE / "bench" / "logs" / "router"
     logdir.mkdir(parents=True, exist_ok=True)
     results = {"workload": asdict(w), "baseline": arms[0], "arms": {}, "notes": args.note,
                "settings": {"replicas": args.replicas, "slots": args.slots, "threads": args.threads,
-                            "ctx_per_slot": args.ctx_per_slot, "model": args.model},
+                            "ctx_per_slot": args.ctx_per_slot, "model": args.model, "server_args": args.server_arg},
                "machine": describe(REPO), "command": "python -m bench.routing " + " ".join(argv or sys.argv[1:])}
     for arm in arms:
         print(f"==> {arm}", flush=True)
