@@ -8,6 +8,7 @@ the kubelet's readiness probe takes a replica that stays unresponsive out of the
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 
@@ -27,6 +28,8 @@ RAM_BYTES = "kubellama_prompt_cache_bytes"
 RAM_LIMIT = "kubellama_prompt_cache_limit_bytes"
 #: Largest /metrics answer read (bytes).
 MAX_METRICS_BYTES = 1_000_000
+#: Largest /health answer read (bytes): a few counters; more is not a server's health.
+MAX_HEALTH_BYTES = 65_536
 
 
 def parse_metrics(page: str | bytes) -> tuple[float, float, int]:
@@ -67,22 +70,25 @@ def ram_prompts(entries: float | None, n_bytes: float | None, limit: float | Non
     return int(min(MAX_ENTRIES, max(entries, entries * limit // n_bytes)))
 
 
-async def _get_capped(client: httpx.AsyncClient, url: str, timeout: float) -> tuple[int, bytes]:
-    """(status, body) of a GET; stops reading once the body passes MAX_METRICS_BYTES (parse_metrics cuts it)."""
+async def _get_capped(client: httpx.AsyncClient, url: str, timeout: float, limit: int) -> tuple[int, bytes]:
+    """(status, body) of a GET; stops reading once the body passes `limit` bytes (the readers cut or refuse it)."""
     async with client.stream("GET", url, timeout=timeout) as resp:
         body = bytearray()
         async for chunk in resp.aiter_bytes():
             body += chunk
-            if len(body) > MAX_METRICS_BYTES:
+            if len(body) > limit:
                 break
         return resp.status_code, bytes(body)
 
 
-def parse_slots(resp: httpx.Response) -> int:
-    """A kubellama-server's (or llama.cpp's) slot count from its /health answer; 0 when it says none."""
+def parse_slots(body: bytes) -> int:
+    """A kubellama-server's (or llama.cpp's) slot count from its /health answer; 0 when it says none, or
+    when the answer is not a JSON object of at most MAX_HEALTH_BYTES."""
+    if len(body) > MAX_HEALTH_BYTES:
+        return 0
     try:
-        body = resp.json()
-        return max(0, int(body.get("slots_idle", 0)) + int(body.get("slots_processing", 0)))
+        health = json.loads(body)
+        return max(0, int(health.get("slots_idle", 0)) + int(health.get("slots_processing", 0)))
     except (ValueError, TypeError, AttributeError):
         return 0
 
@@ -90,14 +96,15 @@ def parse_slots(resp: httpx.Response) -> int:
 async def scrape_once(pool: Pool, client: httpx.AsyncClient, timeout: float = 2.0) -> None:
     async def one(url: str) -> None:
         try:
-            health, (metrics_status, metrics) = await asyncio.gather(
-                client.get(url + "/health", timeout=timeout), _get_capped(client, url + "/metrics", timeout))
+            (health_status, health), (metrics_status, metrics) = await asyncio.gather(
+                _get_capped(client, url + "/health", timeout, MAX_HEALTH_BYTES),
+                _get_capped(client, url + "/metrics", timeout, MAX_METRICS_BYTES))
         except (httpx.ReadTimeout, httpx.PoolTimeout, httpx.WriteTimeout):
             return  # busy, not gone
         except httpx.TransportError:
             pool.mark_down(url)
             return
-        if health.status_code == 503:  # loading the model, or shutting down
+        if health_status == 503:  # loading the model, or shutting down
             pool.mark_down(url)
             return
         pool.mark_up(url)

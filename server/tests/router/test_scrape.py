@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from kubellama_router import strategies
 from kubellama_router.pool import Pool
-from kubellama_router.scrape import parse_load, parse_metrics, ram_prompts, scrape_once
+from kubellama_router.scrape import MAX_HEALTH_BYTES, parse_load, parse_metrics, parse_slots, ram_prompts, scrape_once
 from kubellama_server.engine.prompt_cache import MAX_ENTRIES, MIB, Entry, PromptCache
 from kubellama_server.observability.metrics import PromptCacheCollector
 from kubellama_server.testing.wait import free_port
@@ -137,3 +137,30 @@ async def test_scrape_reads_each_replicas_prompt_cache_into_its_candidate():
             await scrape_once(pool, client)
     got = {url.rsplit("/", 1)[1]: (rep.candidate().slots, rep.candidate().ram) for url, rep in pool.replicas.items()}
     assert got == {"full": (2, 4), "none": (2, 0)}
+
+
+@pytest.mark.asyncio
+async def test_health_is_read_up_to_its_cap_and_an_oversized_or_odd_answer_counts_no_slots():
+    bodies = {"ok": b'{"status": "ok", "slots_idle": 3, "slots_processing": 1}',
+              # a JSON object past MAX_HEALTH_BYTES: not read to its end, no slots counted
+              "huge": b'{"slots_idle": 3, "slots_processing": 1, "pad": "' + b"x" * (4 * MAX_HEALTH_BYTES) + b'"}',
+              "odd": b'["not", "an", "object"]'}
+
+    async def health(req):
+        return web.Response(body=bodies[req.match_info["page"]], content_type="application/json")
+
+    async def metrics(_req):
+        return web.Response(text="llamacpp:requests_processing 1\n")
+
+    app = web.Application()
+    app.router.add_get("/{page}/health", health)
+    app.router.add_get("/{page}/metrics", metrics)
+    async with serving(app) as base:
+        pool = Pool(strategies.make("least-load", seed=0), down_seconds=30)
+        pool.set_replicas([f"{base}/{name}" for name in bodies])
+        async with httpx.AsyncClient() as client:
+            await scrape_once(pool, client)
+    got = {url.rsplit("/", 1)[1]: (rep.slots, rep.processing) for url, rep in pool.replicas.items()}
+    assert got == {"ok": (4, 1.0), "huge": (0, 1.0), "odd": (0, 1.0)}
+    assert len(pool.ready()) == 3, "an odd /health answer with status 200 is still up"
+    assert parse_slots(bodies["ok"]) == 4 and parse_slots(b"not json") == 0
