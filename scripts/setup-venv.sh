@@ -2,8 +2,8 @@
 # Create or refresh the project virtualenv.
 #
 # llama-cpp-python is compiled from source (about 7 minutes on 2 cores), so its
-# wheel is cached under $KUBELLAMA_CACHE/wheels, keyed by the pinned version and
-# CMAKE_ARGS; a fresh clone (CI) then installs it in seconds. The venv is stamped
+# wheel is cached under $KUBELLAMA_CACHE/wheels, keyed by the pinned version,
+# CMAKE_ARGS and the flags of scripts/ggml-cflags.sh; a fresh clone (CI) then installs it in seconds. The venv is stamped
 # with a hash of pyproject.toml and only re-synced when that changes.
 set -euo pipefail
 
@@ -13,7 +13,8 @@ CACHE=${KUBELLAMA_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kubellama}
 EXTRAS=${EXTRAS:-test,default-model}
 
 pin=$(grep -o '"llama-cpp-python==[^"]*"' pyproject.toml | tr -d '"')
-key=$(printf '%s|%s|%s' "$pin" "${CMAKE_ARGS:-}" "$(uname -m)" | sha256sum | cut -c1-12)
+cflags=$(scripts/ggml-cflags.sh)  # -march=native minus what this machine cannot run (see that script)
+key=$(printf '%s|%s|%s|%s' "$pin" "${CMAKE_ARGS:-}" "$(uname -m)" "$cflags" | sha256sum | cut -c1-12)
 wheels="$CACHE/wheels/$key"
 stamp="$VENV/.kubellama-stamp"
 want=$( (cat pyproject.toml; echo "$EXTRAS") | sha256sum | cut -d' ' -f1)
@@ -57,6 +58,7 @@ run_with_progress() {
 mkdir -p "$wheels"
 if ! ls "$wheels"/llama_cpp_python-*.whl >/dev/null 2>&1; then
     echo "==> building $pin from source (once per machine, ~7 min on 2 cores; cached in $wheels)"
+    CFLAGS="$cflags ${CFLAGS:-}" CXXFLAGS="$cflags ${CXXFLAGS:-}" \
     run_with_progress "building llama-cpp-python" "$CACHE/llama-cpp-python-build.log" \
         "$PYTHON" -m pip wheel --no-deps --no-cache-dir -v "$pin" -w "$wheels.tmp"
     mv "$wheels".tmp/*.whl "$wheels"/ && rmdir "$wheels.tmp"
