@@ -14,7 +14,7 @@ from typing import Any
 
 import aiohttp
 
-from kubellama_server.promtext import read_samples
+from kubellama_server.promtext import MAX_PAGE_BYTES, read_samples
 
 from .spec import SERVER_PORT, Model
 from .status import pod_view
@@ -24,7 +24,7 @@ GAUGE = "kubellama_lora_adapter_scale"
 #: Seconds one pod's /metrics may take: the status pass must not wait on a stuck server.
 SCRAPE_TIMEOUT = 2.0
 #: Largest /metrics answer read (bytes).
-MAX_METRICS_BYTES = 1 << 20
+MAX_METRICS_BYTES = MAX_PAGE_BYTES
 #: Pods named in the condition's message (the rest are counted).
 MAX_LISTED = 5
 

@@ -41,11 +41,6 @@ def parse_metrics(page: str | bytes) -> tuple[float, float, int]:
             ram_prompts(values.get(RAM_ENTRIES), values.get(RAM_BYTES), values.get(RAM_LIMIT)))
 
 
-def parse_load(page: str | bytes) -> tuple[float, float]:
-    """(requests_deferred, requests_processing) of `parse_metrics`."""
-    return parse_metrics(page)[:2]
-
-
 def ram_prompts(entries: float | None, n_bytes: float | None, limit: float | None) -> int:
     """How many prompts a replica's host-memory prompt cache (kubellama-server's --cache-ram) keeps
     beyond its slots, from its `kubellama_prompt_cache_*` gauges; 0 without them (llama.cpp's

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 def available_cpus(cgroup_cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
@@ -18,7 +19,7 @@ def available_cpus(cgroup_cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
     except (AttributeError, OSError):  # pragma: no cover - not Linux
         n = os.cpu_count() or 1
     try:
-        quota, period = open(cgroup_cpu_max).read().split()[:2]
+        quota, period = Path(cgroup_cpu_max).read_text().split()[:2]
         if quota != "max":
             n = min(n, max(1, math.ceil(int(quota) / int(period))))
     except (OSError, ValueError):
@@ -36,7 +37,7 @@ def default_cache_ram_mib(paths: tuple[str, ...] = CGROUP_MEMORY_MAX) -> int:
     and its KV cache instead of being OOM-killed by prompts kept in RAM."""
     for path in paths:
         try:
-            raw = open(path).read().strip()
+            raw = Path(path).read_text().strip()
         except OSError:
             continue
         if raw.isdigit() and int(raw) < 1 << 60:  # "max" / v1's huge number: no limit

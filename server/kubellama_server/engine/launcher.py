@@ -152,19 +152,22 @@ class Launcher:
                             key=lambda s: s.t_last_used):
             if used() + need <= sched.ctx.n_ctx:
                 return
-            host_cache.stash(sched, other, protect)
-            sched.ctx.seq_rm(other.id, 0, -1)
-            other.cache_tokens = []
+            self.drop_cache(other, protect)
             log.debug("slot %d: cache dropped to make room in the unified KV pool", other.id)
+
+    def drop_cache(self, slot: Slot, protect: Any = None) -> None:
+        """--kv-unified: an idle slot's cache leaves the shared pool (with --cache-ram it goes to host
+        memory first; `protect`: an entry that must stay there)."""
+        host_cache.stash(self.sched, slot, protect)
+        self.sched.ctx.seq_rm(slot.id, 0, -1)
+        slot.cache_tokens = []
 
     def free_idle_caches(self) -> bool:
         """--kv-unified: drop every idle slot's cache; whether there was any."""
         sched = self.sched
         idle = [s for s in sched.slots if s.run is None and s.cache_tokens]
         for s in idle:
-            host_cache.stash(sched, s)  # --cache-ram: kept in host memory
-            sched.ctx.seq_rm(s.id, 0, -1)
-            s.cache_tokens = []
+            self.drop_cache(s)
         if idle:
             log.debug("unified KV pool full: dropped the caches of %d idle slots", len(idle))
         return bool(idle)

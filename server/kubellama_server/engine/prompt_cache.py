@@ -151,7 +151,8 @@ class PromptCache:
         if drop is None:
             return None
         gone = [keep[i] for i in drop]
-        self.entries = [e for i, e in enumerate(keep) if i not in set(drop)] + [entry]
+        dropped = set(drop)
+        self.entries = [e for i, e in enumerate(keep) if i not in dropped] + [entry]
         self.n_bytes = sum(e.size for e in self.entries)
         self.n_saved += 1
         self.n_evicted += len(gone)

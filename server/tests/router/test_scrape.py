@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from kubellama_router import strategies
 from kubellama_router.pool import Pool
-from kubellama_router.scrape import MAX_HEALTH_BYTES, parse_load, parse_metrics, parse_slots, ram_prompts, scrape_once
+from kubellama_router.scrape import MAX_HEALTH_BYTES, parse_metrics, parse_slots, ram_prompts, scrape_once
 from kubellama_server.engine.prompt_cache import MAX_ENTRIES, MIB, Entry, PromptCache
 from kubellama_server.observability.metrics import PromptCacheCollector
 from kubellama_server.testing.wait import free_port
@@ -101,7 +101,10 @@ async def test_load_is_read_from_a_page_of_any_size_and_zero_when_malformed():
     assert loads == {"ok": (4.0, 2.0, 2), "huge": (3.0, 0.0, 2), "bad": (0.0, 0.0, 2)}
 
 
-def test_parse_load_reads_the_llamacpp_gauges():
+def test_parse_metrics_reads_the_llamacpp_load_gauges():
+    def parse_load(page):
+        return parse_metrics(page)[:2]
+
     assert parse_load(b"llamacpp:requests_processing 2\nllamacpp:requests_deferred 1\n") == (1.0, 2.0)
     assert parse_load("llamacpp:n_decode_total 5\n") == (0.0, 0.0), "absent"
     assert parse_load("llamacpp:requests_deferred NaN\nllamacpp:requests_processing +Inf\n") == (0.0, 0.0)
